@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds stallmon and runs its tests: the unit tier (hermetic, fast), then the integration tier
+# (real QEMU guests under libvirt; needs root). This is the README's test command and what CI runs.
+#
+# Usage: deploy/test.sh [unit|integration|all]   (default: all)
+# Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_JOBS (default: nproc).
+set -euo pipefail
+
+tier="${1:-all}"
+case "$tier" in unit|integration|all) ;; *) echo "usage: $0 [unit|integration|all]" >&2; exit 2 ;; esac
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${STALLMON_BUILD_DIR:-$root/build/release}"
+jobs="${STALLMON_JOBS:-$(nproc)}"
+
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON
+cmake --build "$build" -j "$jobs"
+
+rc=0
+if [ "$tier" = unit ] || [ "$tier" = all ]; then
+  ctest --test-dir "$build" -L unit -j "$jobs" --output-on-failure --timeout 120 || rc=1
+fi
+if [ "$tier" = integration ] || [ "$tier" = all ]; then
+  # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
+  "$root/tests/testbed/testbed" prepare
+  ctest --test-dir "$build" -L integration -j 1 --output-on-failure --timeout 900 || rc=1
+fi
+exit "$rc"
