@@ -22,7 +22,9 @@ if [ "$tier" = unit ] || [ "$tier" = all ]; then
 fi
 if [ "$tier" = integration ] || [ "$tier" = all ]; then
   # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
-  "$root/tests/testbed/testbed" prepare
+  # Bring up libvirt and build the guest kit once, before the tests race to do it.
+  python3 "$root/tests/testbed/testbed.py" libvirt-up
+  python3 "$root/tests/testbed/testbed.py" kit
   ctest --test-dir "$build" -L integration -j 1 --output-on-failure --timeout 900 || rc=1
 fi
 exit "$rc"
