@@ -1,0 +1,2 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/introspect/kernel_memory.h"
