@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+// Per-thread samples, the bounded history ring that keeps them, and the signals derived from a
+// window of that history.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace stallmon::host {
+
+// One sample of one thread: 56 bytes, so ten minutes at 10 Hz is 336 KB per vCPU.
+//
+// Counters that only matter as differences over seconds (timeslices, context switches,
+// nr_throttled, CPU ticks) are stored truncated to 32 bits and differenced modulo 2^32: no
+// realistic rate wraps them between two samples of one window.
+struct ThreadSample {
+  enum Flags : uint8_t {
+    kHasSchedstat = 1 << 0,  // run_ns/wait_ns/timeslices came from schedstat
+    kHasStatus = 1 << 1,     // context switches were read this sample (else carried over)
+    kHasCgroup = 1 << 2,     // the thread has its own cgroup and throttling fields are valid
+    kTraced = 1 << 3,        // TracerPid != 0
+    kFirst = 1 << 4,         // first sample of this thread (or after tid reuse): no delta to
+                             // the sample before it
+    kCgroupChanged = 1 << 5, // the thread moved to another cgroup: throttling counters restart
+  };
+  int64_t t_ns = 0;         // monotonic time of the read
+  uint64_t run_ns = 0;      // schedstat: on-CPU time
+  uint64_t wait_ns = 0;     // schedstat: runnable but waiting for a CPU (run delay)
+  uint64_t throttled_ns = 0;  // cgroup cpu.stat throttled time
+  uint32_t cpu_ticks = 0;   // utime + stime, clock ticks (mod 2^32)
+  uint32_t timeslices = 0;  // schedstat (mod 2^32)
+  uint32_t voluntary_switches = 0;    // mod 2^32
+  uint32_t involuntary_switches = 0;  // mod 2^32
+  uint32_t nr_throttled = 0;          // mod 2^32
+  int16_t cpu = -1;         // host CPU it last ran on
+  char state = '?';         // /proc state letter
+  uint8_t flags = 0;
+};
+static_assert(sizeof(ThreadSample) == 56, "keep the history compact");
+
+// A fixed-capacity ring of samples, oldest first. Allocates its capacity once, so its memory is
+// known up front and never grows.
+class SampleRing {
+ public:
+  // A capacity below 2 is raised to 2: a delta needs two samples.
+  explicit SampleRing(size_t capacity = 2) : buf_(capacity < 2 ? 2 : capacity) {}
+
+  void push(const ThreadSample& s);
+  size_t size() const { return size_; }
+  size_t capacity() const { return buf_.size(); }
+  bool empty() const { return size_ == 0; }
+  // i = 0 is the oldest kept sample, size() - 1 the newest. Precondition: i < size().
+  const ThreadSample& at(size_t i) const { return buf_[(head_ + i) % buf_.size()]; }
+  const ThreadSample& newest() const { return at(size_ - 1); }
+  void clear() { head_ = size_ = 0; }
+  size_t memory_bytes() const { return buf_.capacity() * sizeof(ThreadSample); }
+
+ private:
+  std::vector<ThreadSample> buf_;
+  size_t head_ = 0;  // index of the oldest sample
+  size_t size_ = 0;
+};
+
+// What cannot be recovered from a window of the ring: how long the thread has been in its state
+// and without run progress. Updated with every sample (see StateTracker::observe).
+struct StateTracker {
+  char state = '?';
+  int64_t state_since_ns = 0;     // time of the first sample seen in the current state
+  int64_t last_progress_ns = 0;   // time of the last sample whose run_ns grew (or the first)
+  uint64_t last_run_ns = 0;
+  bool started = false;
+
+  void observe(const ThreadSample& s);
+};
+
+// Signals over a window ending at the newest sample. Durations are lower bounds measured
+// between samples: a state change between two samples is dated at the later one.
+struct ThreadSignals {
+  bool valid = false;        // false until two samples of the same thread span some time
+  int64_t window_ns = 0;     // the wall time actually covered (<= the requested window)
+  int64_t end_ns = 0;        // time of the newest sample
+  char state = '?';          // state at the newest sample
+  int64_t time_in_state_ns = 0;      // continuously in `state` for at least this long
+  int64_t no_progress_ns = 0;        // run_ns has not grown for at least this long
+  uint64_t run_delta_ns = 0;         // Δrun_ns over the window
+  uint64_t wait_delta_ns = 0;        // Δwait_ns over the window (run delay)
+  bool run_progress = false;         // run_delta_ns > 0
+  double run_fraction = 0;           // Δrun_ns / window
+  double steal_fraction = 0;         // Δwait_ns / window: the run-delay rate
+  uint32_t involuntary_switches_delta = 0;
+  uint32_t voluntary_switches_delta = 0;
+  bool has_cgroup = false;
+  uint64_t throttled_delta_ns = 0;
+  uint32_t nr_throttled_delta = 0;
+  bool throttled = false;            // nr_throttled or throttled time grew in the window
+  bool has_schedstat = false;
+};
+
+// Derives the signals for the window (newest.t_ns - window_ns, newest.t_ns]. The base sample is
+// the newest one at or before the window start, or the oldest after a restart (kFirst) or in the
+// ring, so the window covered can be shorter than asked.
+ThreadSignals derive_signals(const SampleRing& ring, const StateTracker& tracker,
+                             int64_t window_ns);
+
+}  // namespace stallmon::host

@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host-side sampling of a qemu process's threads from /proc and the cgroup file system.
+//
+// The daemon calls ProcessSampler::sample_once() at its sampling rate (10 Hz by default). A tick
+// costs two or three pread()s per thread on descriptors kept open across ticks; everything
+// slower is rate-limited: re-listing /proc/PID/task (new and exited threads, default once per
+// second), cgroup membership of vCPU threads (at the same time), and the wchan and kernel stack
+// of threads in D, T or t (once per second per thread).
+//
+// Nothing here knows about libvirt: the caller passes the qemu pid and the vCPU index → host
+// thread id map it resolved, and replaces the map when it changes.
+//
+// Not thread-safe: one ProcessSampler is driven by one thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "stallmon/base/result.h"
+#include "stallmon/host/clock.h"
+#include "stallmon/host/history.h"
+#include "stallmon/host/host_fs.h"
+#include "stallmon/host/proc_parse.h"
+
+namespace stallmon::host {
+
+struct SamplerOptions {
+  std::string proc_root = "proc";             // relative to the HostFs root
+  std::string cgroup_root = "sys/fs/cgroup";  // relative to the HostFs root
+  int64_t enumerate_interval_ns = 1'000'000'000;  // re-list /proc/PID/task
+  int64_t detail_interval_ns = 1'000'000'000;     // per-thread wchan/stack rate limit
+  // status (context switches, TracerPid): 0 = every sample, > 0 = at most this often, < 0 = never
+  int64_t status_interval_ns = 0;
+  bool read_stacks = true;         // /proc/.../stack: root only, and the costliest file here
+  bool sample_other_threads = true;  // non-vCPU qemu threads (main loop, I/O, RCU...)
+  size_t vcpu_history = 6000;      // samples per vCPU: 10 minutes at 10 Hz
+  size_t thread_history = 20;      // samples per other thread: 2 s at 10 Hz
+  size_t max_threads = 1024;       // other threads tracked per process (bounds memory)
+  int64_t signal_window_ns = 1'000'000'000;  // default window for signals()
+};
+
+// What a thread in D, T or t was waiting on, read at most once per detail_interval_ns.
+struct BlockedDetail {
+  int64_t t_ns = 0;        // when read; 0 = never
+  char state = '?';        // the state it was in then
+  std::string wchan;       // "" when the kernel gives none (or hides it)
+  std::vector<std::string> stack;  // innermost first; empty when unreadable
+  int stack_errno = 0;     // why the stack could not be read (EACCES without root), else 0
+
+  size_t memory_bytes() const;
+};
+
+// Reads one thread. Keeps stat, schedstat, status (and for vCPUs the cgroup's cpu.stat) open.
+class ThreadSampler {
+ public:
+  // want_cgroup: look for the thread's own cpu cgroup (vCPU threads).
+  ThreadSampler(HostFs& fs, const SamplerOptions& opts, int32_t pid, int32_t tid,
+                bool want_cgroup);
+  ~ThreadSampler();
+  ThreadSampler(const ThreadSampler&) = delete;
+  ThreadSampler& operator=(const ThreadSampler&) = delete;
+
+  // Reads the thread at time now_ns. Errors: is_gone() when the thread exited or its tid now
+  // belongs to another thread (starttime changed; reused() is then true); kCorrupt or kIo for
+  // anything else, after one reopen-and-retry. The first sample (and only it) carries kFirst.
+  Result<ThreadSample> sample(int64_t now_ns);
+
+  // Re-reads the thread's cgroup membership. The thread has its own cgroup when its cpu cgroup
+  // differs from the process's (libvirt's .../vcpuN, or a cgroup a test moved it into).
+  void refresh_cgroup(const CpuCgroup& process_cgroup);
+
+  // Releases the descriptors; sample() reopens them.
+  void close();
+
+  int32_t tid() const { return tid_; }
+  const std::string& comm() const { return comm_; }
+  uint64_t starttime_ticks() const { return starttime_; }
+  bool reused() const { return reused_; }
+  const CpuCgroup& cgroup() const { return cgroup_; }
+  bool own_cgroup() const { return cgroup_fd_ >= 0; }
+  const BlockedDetail& detail() const { return detail_; }
+  size_t memory_bytes() const;
+
+ private:
+  Result<void> open_files();
+  Result<ThreadSample> read_once(int64_t now_ns);
+  void read_detail(int64_t now_ns, char state);
+
+  HostFs& fs_;
+  const SamplerOptions& opts_;
+  int32_t pid_, tid_;
+  std::string dir_;  // proc/PID/task/TID/
+  bool want_cgroup_;
+  int stat_fd_ = -1, schedstat_fd_ = -1, status_fd_ = -1, cgroup_fd_ = -1;
+  CgroupVersion cgroup_version_ = CgroupVersion::kNone;
+  CpuCgroup cgroup_;
+  std::string cgroup_stat_path_;
+  bool cgroup_changed_ = false;
+  bool started_ = false;
+  bool reused_ = false;
+  uint64_t starttime_ = 0;
+  std::string comm_;
+  int64_t last_status_ns_ = 0;
+  TaskStatus last_status_;
+  bool has_status_ = false;
+  bool has_schedstat_ = true;
+  BlockedDetail detail_;
+};
+
+// One thread of the process as the ProcessSampler sees it: its reader, history and tracker.
+class TrackedThread {
+ public:
+  int32_t tid() const { return tid_; }
+  int32_t vcpu() const { return vcpu_; }  // vCPU index, or -1 for other qemu threads
+  bool present() const { return present_; }  // false once the thread exited or tid was reused
+  bool tid_reused() const { return reused_; }
+  const std::string& comm() const { return sampler_->comm(); }
+  const ThreadSampler& sampler() const { return *sampler_; }
+  const SampleRing& history() const { return history_; }
+  const StateTracker& tracker() const { return tracker_; }
+  const BlockedDetail& detail() const { return sampler_->detail(); }
+  uint64_t errors() const { return errors_; }  // samples lost to kIo/kCorrupt
+  const Error& last_error() const { return last_error_; }
+  ThreadSignals signals(int64_t window_ns) const {
+    return derive_signals(history_, tracker_, window_ns);
+  }
+  size_t memory_bytes() const;
+
+ private:
+  friend class ProcessSampler;
+  TrackedThread(HostFs& fs, const SamplerOptions& opts, int32_t pid, int32_t tid, int32_t vcpu,
+                size_t history);
+
+  int32_t tid_, vcpu_;
+  bool present_ = true;
+  bool reused_ = false;
+  std::unique_ptr<ThreadSampler> sampler_;
+  SampleRing history_;
+  StateTracker tracker_;
+  uint64_t errors_ = 0;
+  Error last_error_;
+};
+
+class ProcessSampler {
+ public:
+  // vcpu_tids: vCPU index → host thread id. fs, clock and the options must outlive the sampler.
+  ProcessSampler(HostFs& fs, Clock& clock, int32_t pid, const std::map<int32_t, int32_t>& vcpu_tids,
+                 SamplerOptions opts = {});
+  // The threads it tracks point at its options: not copyable or movable.
+  ProcessSampler(const ProcessSampler&) = delete;
+  ProcessSampler& operator=(const ProcessSampler&) = delete;
+
+  // Replaces the vCPU map. A vCPU whose tid changed keeps its history; its next sample starts a
+  // new baseline (kFirst). vCPUs no longer in the map are dropped.
+  void set_vcpu_threads(const std::map<int32_t, int32_t>& vcpu_tids);
+
+  // One tick: samples every vCPU thread and (if enabled) every other thread; re-lists threads
+  // when enumerate_interval_ns has passed. Errors: kNotFound once the process is gone (nothing is
+  // sampled then; the history stays readable). A single thread's failure is recorded on it
+  // (errors(), present()) and does not fail the tick.
+  Result<void> sample_once();
+
+  int32_t pid() const { return pid_; }
+  bool process_gone() const { return gone_; }
+  uint64_t ticks() const { return ticks_; }
+  const SamplerOptions& options() const { return opts_; }
+
+  // vCPU by index, or nullptr.
+  const TrackedThread* vcpu(int32_t index) const;
+  // Every vCPU, by index.
+  std::vector<const TrackedThread*> vcpus() const;
+  // Every other thread being tracked (not the vCPUs), by tid.
+  std::vector<const TrackedThread*> other_threads() const;
+  // Signals for a vCPU over the default window; invalid (valid=false) for an unknown index.
+  ThreadSignals vcpu_signals(int32_t index) const;
+  ThreadSignals vcpu_signals(int32_t index, int64_t window_ns) const;
+
+  // Heap and object memory held for histories, details and readers. Bounded by
+  // (vCPUs × vcpu_history + max_threads × thread_history) × sizeof(ThreadSample) plus at most
+  // ~17 KB of blocked detail per thread.
+  size_t memory_bytes() const;
+
+ private:
+  Result<void> enumerate(int64_t now_ns);
+  void sample_thread(TrackedThread& t);
+
+  HostFs& fs_;
+  Clock& clock_;
+  int32_t pid_;
+  SamplerOptions opts_;
+  std::map<int32_t, std::unique_ptr<TrackedThread>> vcpus_;    // by vCPU index
+  std::map<int32_t, std::unique_ptr<TrackedThread>> threads_;  // other threads, by tid
+  int64_t last_enumerate_ns_ = 0;
+  bool enumerated_ = false;
+  bool gone_ = false;
+  uint64_t ticks_ = 0;
+};
+
+}  // namespace stallmon::host

@@ -1,0 +1,433 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/host/sampler.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <set>
+
+namespace stallmon::host {
+namespace {
+
+// Large enough for any status file (its cpu masks grow with the CPU count).
+constexpr size_t kStatusBuf = 16384;
+constexpr size_t kSmallBuf = 1024;
+
+bool is_blocked_state(char s) { return s == 'D' || s == 'T' || s == 't'; }
+
+Error gone_error(const std::string& what) { return Error(ErrorCode::kNotFound, what); }
+
+int64_t ns_per_tick() {
+  static const int64_t v = [] {
+    long hz = sysconf(_SC_CLK_TCK);
+    return hz > 0 ? 1'000'000'000 / hz : 10'000'000;
+  }();
+  return v;
+}
+
+void close_fd(HostFs& fs, int& fd) {
+  if (fd >= 0) fs.close(fd);
+  fd = -1;
+}
+
+Result<std::string_view> read_into(HostFs& fs, int fd, char* buf, size_t len) {
+  STALLMON_TRY(size_t n, fs.read(fd, buf, len));
+  return std::string_view(buf, n);
+}
+
+std::string join(const std::vector<std::string>& v, char sep) {
+  std::string out;
+  for (const std::string& s : v) {
+    if (!out.empty()) out += sep;
+    out += s;
+  }
+  return out;
+}
+
+}  // namespace
+
+size_t BlockedDetail::memory_bytes() const {
+  size_t n = wchan.capacity() + stack.capacity() * sizeof(std::string);
+  for (const std::string& f : stack) n += f.capacity();
+  return n;
+}
+
+// ---- ThreadSampler ----
+
+ThreadSampler::ThreadSampler(HostFs& fs, const SamplerOptions& opts, int32_t pid, int32_t tid,
+                             bool want_cgroup)
+    : fs_(fs),
+      opts_(opts),
+      pid_(pid),
+      tid_(tid),
+      dir_(opts.proc_root + "/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/"),
+      want_cgroup_(want_cgroup) {}
+
+ThreadSampler::~ThreadSampler() { close(); }
+
+void ThreadSampler::close() {
+  close_fd(fs_, stat_fd_);
+  close_fd(fs_, schedstat_fd_);
+  close_fd(fs_, status_fd_);
+  close_fd(fs_, cgroup_fd_);
+}
+
+size_t ThreadSampler::memory_bytes() const {
+  return sizeof(*this) + dir_.capacity() + comm_.capacity() + cgroup_.path.capacity() +
+         cgroup_stat_path_.capacity() + detail_.memory_bytes();
+}
+
+Result<void> ThreadSampler::open_files() {
+  if (stat_fd_ < 0) {
+    STALLMON_TRY(stat_fd_, fs_.open(dir_ + "stat"));
+  }
+  if (schedstat_fd_ < 0 && has_schedstat_) {
+    // Absent without CONFIG_SCHED_INFO: fall back to stat's tick counts for run time.
+    Result<int> fd = fs_.open(dir_ + "schedstat");
+    if (fd.ok()) {
+      schedstat_fd_ = *fd;
+    } else if (is_gone(fd.error()) && fd.error().sys_errno == ENOENT) {
+      // Either the thread exited or the kernel lacks the file; stat decides which.
+      has_schedstat_ = false;
+    } else {
+      return std::move(fd).error();
+    }
+  }
+  if (status_fd_ < 0 && opts_.status_interval_ns >= 0) {
+    STALLMON_TRY(status_fd_, fs_.open(dir_ + "status"));
+  }
+  return Ok();
+}
+
+void ThreadSampler::refresh_cgroup(const CpuCgroup& process_cgroup) {
+  if (!want_cgroup_) return;
+  CpuCgroup mine;
+  if (Result<std::string> text = read_whole(fs_, dir_ + "cgroup"); text.ok()) {
+    if (auto m = parse_proc_cgroup(*text); m.ok()) mine = find_cpu_cgroup(*m);
+  }
+  bool own = mine.version != CgroupVersion::kNone &&
+             (mine.version != process_cgroup.version || mine.path != process_cgroup.path);
+  if (own && cgroup_fd_ >= 0 && mine.path == cgroup_.path && mine.version == cgroup_.version) {
+    return;  // unchanged
+  }
+  bool had = cgroup_fd_ >= 0;
+  close_fd(fs_, cgroup_fd_);
+  cgroup_ = mine;
+  cgroup_stat_path_.clear();
+  cgroup_version_ = CgroupVersion::kNone;
+  if (own) {
+    // Mount points differ between layouts: v1 hierarchies are mounted by controller list
+    // ("cpu,cpuacct", or "cpu" as a symlink to it); v2 is the root itself, or "unified" in the
+    // hybrid layout.
+    std::vector<std::string> candidates;
+    const std::string& root = opts_.cgroup_root;
+    if (mine.version == CgroupVersion::kV1) {
+      candidates.push_back(root + "/" + join(mine.controllers, ',') + mine.path);
+      candidates.push_back(root + "/cpu" + mine.path);
+    } else {
+      candidates.push_back(root + mine.path);
+      candidates.push_back(root + "/unified" + mine.path);
+    }
+    for (const std::string& dir : candidates) {
+      std::string path = dir == root + "/" ? dir + "cpu.stat" : dir + "/cpu.stat";
+      Result<std::string> text = read_whole(fs_, path);
+      if (!text.ok()) continue;
+      bool parses = mine.version == CgroupVersion::kV1 ? parse_cgroup_v1_cpu_stat(*text).ok()
+                                                        : parse_cgroup_v2_cpu_stat(*text).ok();
+      if (!parses) continue;
+      if (Result<int> fd = fs_.open(path); fd.ok()) {
+        cgroup_fd_ = *fd;
+        cgroup_stat_path_ = path;
+        cgroup_version_ = mine.version;
+        break;
+      }
+    }
+  }
+  cgroup_changed_ = had || cgroup_fd_ >= 0;
+}
+
+Result<ThreadSample> ThreadSampler::sample(int64_t now_ns) {
+  if (reused_) return gone_error(dir_ + ": tid reused");
+  Result<ThreadSample> s = read_once(now_ns);
+  if (!s.ok() && !reused_) {
+    // A kept descriptor can fail transiently, or for good when the thread exited (ESRCH). Reopen
+    // once: ENOENT then means exited, and a thread found under the same tid is checked against
+    // the starttime seen before.
+    close();
+    s = read_once(now_ns);
+  }
+  if (!s.ok()) {
+    close();
+    if (is_gone(s.error())) return gone_error(dir_ + (reused_ ? ": tid reused" : ": exited"));
+    return s;
+  }
+  if (is_blocked_state(s->state)) read_detail(now_ns, s->state);
+  return s;
+}
+
+Result<ThreadSample> ThreadSampler::read_once(int64_t now_ns) {
+  STALLMON_TRY_VOID(open_files());
+  ThreadSample s;
+  s.t_ns = now_ns;
+
+  char buf[kSmallBuf];
+  STALLMON_TRY(std::string_view stat_text, read_into(fs_, stat_fd_, buf, sizeof buf));
+  // An empty read is what a file of a thread that just exited can return.
+  if (stat_text.empty()) return Error::io(dir_ + "stat: empty", ESRCH);
+  STALLMON_TRY(TaskStat st, parse_task_stat(stat_text));
+  if (started_ && st.starttime_ticks != starttime_) {
+    reused_ = true;
+    return gone_error(dir_ + ": tid reused");
+  }
+  s.state = st.state;
+  s.cpu = static_cast<int16_t>(std::clamp<int32_t>(st.processor, -1, INT16_MAX));
+  uint64_t ticks = st.utime_ticks + st.stime_ticks;
+  s.cpu_ticks = static_cast<uint32_t>(ticks);
+
+  if (schedstat_fd_ >= 0) {
+    STALLMON_TRY(std::string_view text, read_into(fs_, schedstat_fd_, buf, sizeof buf));
+    STALLMON_TRY(SchedStat ss, parse_schedstat(text));
+    s.run_ns = ss.run_ns;
+    s.wait_ns = ss.wait_ns;
+    s.timeslices = static_cast<uint32_t>(ss.timeslices);
+    s.flags |= ThreadSample::kHasSchedstat;
+  } else {
+    s.run_ns = ticks * static_cast<uint64_t>(ns_per_tick());  // coarse, but still progress
+  }
+
+  if (status_fd_ >= 0 &&
+      (!has_status_ || opts_.status_interval_ns == 0 ||
+       now_ns - last_status_ns_ >= opts_.status_interval_ns)) {
+    static thread_local char status_buf[kStatusBuf];
+    STALLMON_TRY(std::string_view text, read_into(fs_, status_fd_, status_buf, kStatusBuf));
+    STALLMON_TRY(last_status_, parse_task_status(text));
+    has_status_ = true;
+    last_status_ns_ = now_ns;
+    s.flags |= ThreadSample::kHasStatus;
+  }
+  s.voluntary_switches = static_cast<uint32_t>(last_status_.voluntary_ctxt_switches);
+  s.involuntary_switches = static_cast<uint32_t>(last_status_.nonvoluntary_ctxt_switches);
+  if (last_status_.tracer_pid != 0) s.flags |= ThreadSample::kTraced;
+
+  if (cgroup_fd_ >= 0) {
+    Result<std::string_view> text = read_into(fs_, cgroup_fd_, buf, sizeof buf);
+    Result<CgroupCpuStat> cs = Error(ErrorCode::kNotFound, "");
+    if (text.ok()) {
+      cs = cgroup_version_ == CgroupVersion::kV1 ? parse_cgroup_v1_cpu_stat(*text)
+                                                  : parse_cgroup_v2_cpu_stat(*text);
+    }
+    if (cs.ok()) {
+      s.throttled_ns = cs->throttled_ns;
+      s.nr_throttled = static_cast<uint32_t>(cs->nr_throttled);
+      s.flags |= ThreadSample::kHasCgroup;
+      if (cgroup_changed_) s.flags |= ThreadSample::kCgroupChanged;
+      cgroup_changed_ = false;
+    } else {
+      // The cgroup was removed (libvirt tore it down, a test injector cleaned up): the thread
+      // is no longer in it. The next refresh_cgroup() finds where it went.
+      close_fd(fs_, cgroup_fd_);
+    }
+  }
+
+  if (!started_) {
+    started_ = true;
+    starttime_ = st.starttime_ticks;
+    s.flags |= ThreadSample::kFirst;
+  }
+  if (comm_ != st.comm) comm_ = std::move(st.comm);  // threads rename themselves (rarely)
+  return s;
+}
+
+void ThreadSampler::read_detail(int64_t now_ns, char state) {
+  if (detail_.t_ns != 0 && now_ns - detail_.t_ns < opts_.detail_interval_ns) return;
+  detail_.t_ns = now_ns;
+  detail_.state = state;
+  Result<std::string> w = read_whole(fs_, dir_ + "wchan", 512);
+  detail_.wchan = w.ok() ? parse_wchan(*w) : std::string();
+  detail_.stack.clear();
+  detail_.stack_errno = 0;
+  if (opts_.read_stacks) {
+    Result<std::string> st = read_whole(fs_, dir_ + "stack", 16384);
+    if (st.ok()) {
+      detail_.stack = parse_stack(*st);
+    } else {
+      detail_.stack_errno = st.error().sys_errno != 0 ? st.error().sys_errno : EIO;
+    }
+  }
+}
+
+// ---- TrackedThread ----
+
+TrackedThread::TrackedThread(HostFs& fs, const SamplerOptions& opts, int32_t pid, int32_t tid,
+                             int32_t vcpu, size_t history)
+    : tid_(tid),
+      vcpu_(vcpu),
+      sampler_(std::make_unique<ThreadSampler>(fs, opts, pid, tid, vcpu >= 0)),
+      history_(history) {}
+
+size_t TrackedThread::memory_bytes() const {
+  return sizeof(*this) + sampler_->memory_bytes() + history_.memory_bytes() +
+         last_error_.message.capacity();
+}
+
+// ---- ProcessSampler ----
+
+ProcessSampler::ProcessSampler(HostFs& fs, Clock& clock, int32_t pid,
+                               const std::map<int32_t, int32_t>& vcpu_tids, SamplerOptions opts)
+    : fs_(fs), clock_(clock), pid_(pid), opts_(std::move(opts)) {
+  set_vcpu_threads(vcpu_tids);
+}
+
+void ProcessSampler::set_vcpu_threads(const std::map<int32_t, int32_t>& vcpu_tids) {
+  for (auto it = vcpus_.begin(); it != vcpus_.end();) {
+    it = vcpu_tids.count(it->first) ? std::next(it) : vcpus_.erase(it);
+  }
+  for (auto [index, tid] : vcpu_tids) {
+    threads_.erase(tid);  // it was tracked as an ordinary thread until now
+    auto it = vcpus_.find(index);
+    if (it != vcpus_.end() && it->second->tid_ == tid) continue;
+    auto t = std::unique_ptr<TrackedThread>(
+        new TrackedThread(fs_, opts_, pid_, tid, index, opts_.vcpu_history));
+    if (it != vcpus_.end()) {
+      // Same vCPU, new thread: keep its history; the new reader's first sample has kFirst.
+      t->history_ = std::move(it->second->history_);
+      t->tracker_ = it->second->tracker_;
+      it->second = std::move(t);
+    } else {
+      vcpus_.emplace(index, std::move(t));
+    }
+  }
+  // Make the next tick look at cgroups and threads again.
+  enumerated_ = false;
+}
+
+Result<void> ProcessSampler::enumerate(int64_t now_ns) {
+  last_enumerate_ns_ = now_ns;
+  enumerated_ = true;
+  std::string task_dir = opts_.proc_root + "/" + std::to_string(pid_) + "/task";
+  Result<std::vector<std::string>> names = fs_.list_dir(task_dir);
+  if (!names.ok()) {
+    if (!is_gone(names.error())) return std::move(names).error().context("listing threads");
+    gone_ = true;
+    for (auto& [i, t] : vcpus_) {
+      t->present_ = false;
+      t->sampler_->close();
+    }
+    threads_.clear();
+    return gone_error("process " + std::to_string(pid_) + " exited");
+  }
+  std::set<int32_t> listed;
+  for (const std::string& n : *names) {
+    int32_t tid = 0;
+    if (n.empty() || n.size() > 10 || n.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    tid = static_cast<int32_t>(std::stol(n));
+    listed.insert(tid);
+  }
+
+  std::set<int32_t> vcpu_tids;
+  for (auto& [i, t] : vcpus_) {
+    vcpu_tids.insert(t->tid_);
+    if (!listed.count(t->tid_) && t->present_) {
+      t->present_ = false;
+      t->sampler_->close();
+    }
+  }
+  if (opts_.sample_other_threads) {
+    for (auto it = threads_.begin(); it != threads_.end();) {
+      it = listed.count(it->first) ? std::next(it) : threads_.erase(it);
+    }
+    for (int32_t tid : listed) {
+      if (vcpu_tids.count(tid) || threads_.count(tid)) continue;
+      if (threads_.size() >= opts_.max_threads) break;
+      threads_.emplace(tid, std::unique_ptr<TrackedThread>(
+                                new TrackedThread(fs_, opts_, pid_, tid, -1, opts_.thread_history)));
+    }
+  }
+
+  // vCPU cgroups are compared with the process's own (the main thread's): only a cgroup of the
+  // vCPU's own says anything about that vCPU's quota.
+  if (!vcpus_.empty()) {
+    CpuCgroup process_cg;
+    std::string path = task_dir + "/" + std::to_string(pid_) + "/cgroup";
+    if (Result<std::string> text = read_whole(fs_, path); text.ok()) {
+      if (auto m = parse_proc_cgroup(*text); m.ok()) process_cg = find_cpu_cgroup(*m);
+    }
+    for (auto& [i, t] : vcpus_) {
+      if (t->present_) t->sampler_->refresh_cgroup(process_cg);
+    }
+  }
+  return Ok();
+}
+
+void ProcessSampler::sample_thread(TrackedThread& t) {
+  Result<ThreadSample> s = t.sampler_->sample(clock_.now_ns());
+  if (!s.ok()) {
+    if (is_gone(s.error())) {
+      t.present_ = false;
+      t.reused_ = t.sampler_->reused();
+    } else {
+      ++t.errors_;
+      t.last_error_ = std::move(s).error();
+    }
+    return;
+  }
+  t.history_.push(*s);
+  t.tracker_.observe(*s);
+}
+
+Result<void> ProcessSampler::sample_once() {
+  if (gone_) return gone_error("process " + std::to_string(pid_) + " exited");
+  ++ticks_;
+  int64_t now = clock_.now_ns();
+  if (!enumerated_ || now - last_enumerate_ns_ >= opts_.enumerate_interval_ns) {
+    STALLMON_TRY_VOID(enumerate(now));
+  }
+  for (auto& [i, t] : vcpus_) {
+    if (t->present_) sample_thread(*t);
+  }
+  for (auto it = threads_.begin(); it != threads_.end();) {
+    sample_thread(*it->second);
+    // An exited thread is forgotten; if its tid came back as a new thread, the next listing
+    // picks that up as new.
+    it = it->second->present_ ? std::next(it) : threads_.erase(it);
+  }
+  return Ok();
+}
+
+const TrackedThread* ProcessSampler::vcpu(int32_t index) const {
+  auto it = vcpus_.find(index);
+  return it == vcpus_.end() ? nullptr : it->second.get();
+}
+
+std::vector<const TrackedThread*> ProcessSampler::vcpus() const {
+  std::vector<const TrackedThread*> out;
+  for (auto& [i, t] : vcpus_) out.push_back(t.get());
+  return out;
+}
+
+std::vector<const TrackedThread*> ProcessSampler::other_threads() const {
+  std::vector<const TrackedThread*> out;
+  for (auto& [i, t] : threads_) out.push_back(t.get());
+  return out;
+}
+
+ThreadSignals ProcessSampler::vcpu_signals(int32_t index) const {
+  return vcpu_signals(index, opts_.signal_window_ns);
+}
+
+ThreadSignals ProcessSampler::vcpu_signals(int32_t index, int64_t window_ns) const {
+  const TrackedThread* t = vcpu(index);
+  return t ? t->signals(window_ns) : ThreadSignals{};
+}
+
+size_t ProcessSampler::memory_bytes() const {
+  size_t n = sizeof(*this);
+  for (auto& [i, t] : vcpus_) n += t->memory_bytes();
+  for (auto& [i, t] : threads_) n += t->memory_bytes();
+  return n;
+}
+
+}  // namespace stallmon::host
