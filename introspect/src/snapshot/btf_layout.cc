@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <bpf/btf.h>
+
+#include <string>
+
+#include "stallmon/introspect/snapshot_btf.h"
+
+namespace stallmon::introspect {
+
+namespace {
+
+constexpr int kMaxDepth = 16;  // nesting bound: BTF from guest memory is untrusted
+
+int find_named(const struct btf* b, std::string_view type) {
+  if (type.starts_with("struct ")) type.remove_prefix(7);
+  else if (type.starts_with("union ")) type.remove_prefix(6);
+  std::string name(type);
+  for (int kind : {BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_TYPEDEF}) {
+    int id = btf__find_by_name_kind(b, name.c_str(), kind);
+    if (id > 0) return id;
+  }
+  return -1;
+}
+
+// Skips typedefs and qualifiers (bounded).
+const struct btf_type* strip(const struct btf* b, uint32_t& id) {
+  for (int i = 0; i < kMaxDepth; ++i) {
+    const struct btf_type* t = btf__type_by_id(b, id);
+    if (!t) return nullptr;
+    if (btf_is_typedef(t) || btf_is_mod(t) || btf_is_type_tag(t)) {
+      id = t->type;
+      continue;
+    }
+    return t;
+  }
+  return nullptr;
+}
+
+MemberLayout::Kind kind_of(const struct btf_type* t) {
+  if (btf_is_int(t)) return MemberLayout::Kind::kInt;
+  if (btf_is_ptr(t)) return MemberLayout::Kind::kPointer;
+  if (btf_is_array(t)) return MemberLayout::Kind::kArray;
+  if (btf_is_struct(t)) return MemberLayout::Kind::kStruct;
+  if (btf_is_union(t)) return MemberLayout::Kind::kUnion;
+  if (btf_is_any_enum(t)) return MemberLayout::Kind::kEnum;
+  return MemberLayout::Kind::kOther;
+}
+
+// Finds member `name` in composite `id`, descending into anonymous members. On success sets
+// `bit_off` (relative to `id`), `bits` (bitfield size) and `member_type`.
+bool find_member(const struct btf* b, uint32_t id, std::string_view name, int depth, uint64_t& bit_off,
+                 uint32_t& bits, uint32_t& member_type) {
+  if (depth > kMaxDepth) return false;
+  const struct btf_type* t = strip(b, id);
+  if (!t || !btf_is_composite(t)) return false;
+  const struct btf_member* m = btf_members(t);
+  const uint16_t n = btf_vlen(t);
+  for (uint16_t i = 0; i < n; ++i, ++m) {
+    const char* mname = btf__name_by_offset(b, m->name_off);
+    const uint64_t off = btf_member_bit_offset(t, i);
+    if (mname && *mname) {
+      if (name == mname) {
+        bit_off = off;
+        bits = btf_member_bitfield_size(t, i);
+        member_type = m->type;
+        return true;
+      }
+    } else {
+      uint64_t inner = 0;
+      if (find_member(b, m->type, name, depth + 1, inner, bits, member_type)) {
+        bit_off = off + inner;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+Result<MemberLayout> btf_member_layout(const struct btf* b, std::string_view type, std::string_view path) {
+  if (!b) return Error(ErrorCode::kInvalidArgument, "no BTF");
+  int id = find_named(b, type);
+  if (id <= 0) return Error(ErrorCode::kNotFound, "type " + std::string(type) + " not in BTF");
+  uint32_t cur = static_cast<uint32_t>(id);
+  MemberLayout out;
+  uint64_t total = 0;
+  std::string_view rest = path;
+  int steps = 0;
+  while (!rest.empty()) {
+    if (++steps > kMaxDepth) return Error(ErrorCode::kLimit, "member path too deep: " + std::string(path));
+    size_t dot = rest.find('.');
+    std::string_view name = rest.substr(0, dot);
+    rest = dot == std::string_view::npos ? std::string_view() : rest.substr(dot + 1);
+    uint64_t off = 0;
+    uint32_t bits = 0, mtype = 0;
+    if (!find_member(b, cur, name, 0, off, bits, mtype))
+      return Error(ErrorCode::kNotFound, "member " + std::string(type) + "." + std::string(path) + " not in BTF");
+    total += off;
+    out.bit_size = bits;
+    cur = mtype;
+  }
+  const struct btf_type* t = strip(b, cur);
+  if (!t) return Error(ErrorCode::kCorrupt, "bad BTF type for " + std::string(type) + "." + std::string(path));
+  out.kind = kind_of(t);
+  int64_t sz = btf__resolve_size(b, cur);
+  out.size = sz > 0 ? static_cast<uint32_t>(sz) : 0;
+  out.bit_offset = total;
+  if (out.bit_size == 0 && total % 8 != 0)
+    return Error(ErrorCode::kCorrupt, "unaligned member " + std::string(type) + "." + std::string(path));
+  return out;
+}
+
+Result<uint64_t> btf_type_size(const struct btf* b, std::string_view type) {
+  if (!b) return Error(ErrorCode::kInvalidArgument, "no BTF");
+  int id = find_named(b, type);
+  if (id <= 0) return Error(ErrorCode::kNotFound, "type " + std::string(type) + " not in BTF");
+  int64_t sz = btf__resolve_size(b, static_cast<uint32_t>(id));
+  if (sz < 0) return Error(ErrorCode::kCorrupt, "no size for type " + std::string(type));
+  return static_cast<uint64_t>(sz);
+}
+
+}  // namespace stallmon::introspect

@@ -1,0 +1,674 @@
+// SPDX-License-Identifier: Apache-2.0
+// SnapshotReader: per-CPU runqueue, call_single_queue, cfd_data, watchdog and steal-time state.
+//
+// Layout changes handled (detected by member/symbol presence, never by version):
+// - include/linux/smp_types.h (5.8): struct __call_single_node { llist; u_flags (flags in 5.8/5.9);
+//   src, dst } shared by csd, irq_work and task_struct.wake_entry, typed by CSD_TYPE_* in the
+//   flags. Before, csd = { llist; func; info; flags } and remote wakeups used rq->wake_list.
+// - kernel/smp.c (5.13, "smp: Add extended csd lock debugging"): call_function_data.csd (a
+//   percpu csd) became call_function_data.pcpu (a percpu struct cfd_percpu { csd; ... }).
+// - cpumask_var_t is a pointer with CONFIG_CPUMASK_OFFSTACK, an inline array otherwise.
+// - task_struct.state became __state (5.14, "sched: Change task_struct::state").
+// - rq->ttwu_pending (5.8, "sched: Add rq::ttwu_pending"); watchdog_report_ts (5.14, split from
+//   watchdog_touch_ts); hrtimer_interrupts only with the hard-lockup detector; steal_time only
+//   with CONFIG_KVM_GUEST (and zero unless the host enabled it: TCG never does).
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "field_set.h"
+#include "printk.h"
+#include "stallmon/introspect/snapshot.h"
+
+namespace stallmon::introspect {
+
+using snapshot_detail::FieldSet;
+using snapshot_detail::is_aligned_kernel_pointer;
+using snapshot_detail::is_kernel_pointer;
+using snapshot_detail::ObjectRead;
+
+Result<void> KernelAccess::read_batch(std::span<ReadRequest> requests) {
+  Result<void> first;
+  for (ReadRequest& r : requests) {
+    auto res = read(r.addr, r.buf, r.len);
+    r.ok = res.ok();
+    if (!res.ok() && first.ok()) first = std::move(res);
+  }
+  return first;
+}
+
+const char* to_string(CsdType t) {
+  switch (t) {
+    case CsdType::kAsync: return "ASYNC";
+    case CsdType::kSync: return "SYNC";
+    case CsdType::kIrqWork: return "IRQ_WORK";
+    case CsdType::kTtwu: return "TTWU";
+    case CsdType::kUnknown: return "UNKNOWN";
+    case CsdType::kLegacy: return "CSD";
+  }
+  return "?";
+}
+
+std::vector<const SnapshotError*> GuestSnapshot::errors_for(int32_t cpu) const {
+  std::vector<const SnapshotError*> v;
+  for (const auto& e : errors)
+    if (e.cpu == cpu) v.push_back(&e);
+  return v;
+}
+
+namespace {
+
+constexpr uint32_t kMaxNrCpuIds = 8192;  // CONFIG_NR_CPUS upper bound (MAXSMP)
+constexpr uint32_t kTaskCommLen = 16;    // TASK_COMM_LEN, when BTF gives no array size
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+CsdType csd_type(uint32_t flags, bool typed) {
+  if (!typed) return CsdType::kLegacy;
+  switch (flags & kCsdTypeMask) {
+    case kCsdTypeAsync: return CsdType::kAsync;
+    case kCsdTypeSync: return CsdType::kSync;
+    case kCsdTypeIrqWork: return CsdType::kIrqWork;
+    case kCsdTypeTtwu: return CsdType::kTtwu;
+    default: return CsdType::kUnknown;
+  }
+}
+
+}  // namespace
+
+struct SnapshotReader::Layout {
+  SnapshotOptions opt;
+  SnapshotFeatures feat;
+  std::vector<std::string> notes;
+  uint32_t nr_cpu_ids = 0;
+  uint32_t ncpus = 0;  // CPUs read: min(nr_cpu_ids, max_cpus)
+  std::vector<uint64_t> pcpu;
+
+  std::optional<uint64_t> online_mask, jiffies, wd_thresh, panic_cpu;
+  uint32_t wd_thresh_size = 4, panic_cpu_size = 4;
+
+  uint64_t runqueues = 0;
+  std::optional<uint64_t> csq, cfd, wd_touch, wd_report, hr_int, hr_saved, steal;
+
+  FieldSet rq;
+  int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1;
+
+  FieldSet task;
+  int t_pid = -1, t_comm = -1, t_state = -1;
+
+  uint64_t llist_first_off = 0;  // llist_head.first
+
+  // A call_single_queue entry, relative to its llist_node.
+  FieldSet node;
+  int n_next = -1, n_flags = -1, n_func = -1, n_irq_func = -1;
+  int64_t csd_llist_off = 0, irq_llist_off = 0, task_llist_off = 0;
+  bool have_task_llist = false, have_irq = false;
+
+  // A csd relative to its start (cfd targets).
+  FieldSet csd;
+  int c_flags = -1, c_func = -1;
+
+  FieldSet cfdfs;
+  int cfd_ptr = -1, cfd_mask = -1;
+  uint64_t cfd_csd_in_pcpu = 0;  // offsetof(cfd_percpu, csd), 0 for the old layout
+  uint32_t mask_bytes = 8;
+
+  FieldSet steal_fs;
+  int st_steal = -1, st_version = -1, st_preempted = -1;
+
+  std::optional<snapshot_detail::PrintkLayout> printk;
+};
+
+SnapshotReader::SnapshotReader(KernelAccess& kernel) : kernel_(kernel) {}
+SnapshotReader::~SnapshotReader() = default;
+const SnapshotFeatures& SnapshotReader::features() const { return layout_->feat; }
+const SnapshotOptions& SnapshotReader::options() const { return layout_->opt; }
+const std::vector<std::string>& SnapshotReader::layout_notes() const { return layout_->notes; }
+
+Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, SnapshotOptions options) {
+  std::unique_ptr<SnapshotReader> r(new SnapshotReader(k));
+  r->layout_ = std::make_unique<Layout>();
+  Layout& L = *r->layout_;
+  L.opt = options;
+  auto note = [&](std::string s) { L.notes.push_back(std::move(s)); };
+  auto sym = [&](const char* name) -> std::optional<uint64_t> {
+    auto a = k.symbol(name);
+    if (!a) return std::nullopt;
+    return *a;
+  };
+  auto first_sym = [&](std::initializer_list<const char*> names) -> std::optional<uint64_t> {
+    for (const char* n : names)
+      if (auto a = sym(n)) return a;
+    return std::nullopt;
+  };
+  // First member path that exists (feature detection across layouts).
+  auto first_member = [&](const char* type, std::initializer_list<const char*> paths) -> std::optional<MemberLayout> {
+    for (const char* p : paths)
+      if (auto m = k.member(type, p)) return *m;
+    return std::nullopt;
+  };
+  auto need = [&](const char* type, const char* path) -> Result<MemberLayout> {
+    auto m = k.member(type, path);
+    if (!m) return Error(ErrorCode::kUnsupported, std::string("member ") + type + "." + path + " not found");
+    return *m;
+  };
+
+  // --- CPUs: nr_cpu_ids and __per_cpu_offset never change after boot. ---
+  auto nr_sym = k.symbol("nr_cpu_ids");
+  if (!nr_sym) return std::move(nr_sym).error().context("snapshot layout");
+  uint32_t nr = 0;
+  STALLMON_TRY_VOID(k.read(*nr_sym, &nr, sizeof nr));
+  if (nr == 0 || nr > kMaxNrCpuIds)
+    return Error(ErrorCode::kCorrupt, "nr_cpu_ids is implausible: " + std::to_string(nr), *nr_sym);
+  L.nr_cpu_ids = nr;
+  L.ncpus = std::min(nr, std::max<uint32_t>(options.max_cpus, 1));
+  if (L.ncpus < nr) note("nr_cpu_ids " + std::to_string(nr) + " capped to " + std::to_string(L.ncpus));
+  auto pco = k.symbol("__per_cpu_offset");
+  if (!pco) return std::move(pco).error().context("snapshot layout");
+  L.pcpu.assign(L.ncpus, 0);
+  STALLMON_TRY_VOID(k.read(*pco, L.pcpu.data(), L.ncpus * sizeof(uint64_t)));
+  auto rqs = k.symbol("runqueues");
+  if (!rqs) return std::move(rqs).error().context("snapshot layout");
+  L.runqueues = *rqs;
+
+  // --- Globals. ---
+  L.online_mask = first_sym({"__cpu_online_mask", "cpu_online_bits"});  // renamed in 4.5
+  if (!L.online_mask) note("no __cpu_online_mask: online CPUs unknown");
+  L.jiffies = first_sym({"jiffies_64", "jiffies"});
+  L.wd_thresh = sym("watchdog_thresh");
+  L.panic_cpu = sym("panic_cpu");
+
+  // --- struct rq. ---
+  STALLMON_TRY(auto m_nr, need("rq", "nr_running"));
+  STALLMON_TRY(auto m_curr, need("rq", "curr"));
+  STALLMON_TRY(auto m_idle, need("rq", "idle"));
+  STALLMON_TRY(auto m_clock, need("rq", "clock"));
+  L.rq_nr_running = L.rq.add(m_nr);
+  L.rq_curr = L.rq.add(m_curr);
+  L.rq_idle = L.rq.add(m_idle);
+  L.rq_clock = L.rq.add(m_clock);
+  if (auto m = k.member("rq", "cfs.h_nr_running")) L.rq_cfs_h = L.rq.add(*m);
+  else note("rq.cfs.h_nr_running not found");
+  if (auto m = k.member("rq", "ttwu_pending")) {
+    L.rq_ttwu = L.rq.add(*m);
+    L.feat.ttwu_pending = true;
+  }
+  L.rq.finalize();
+
+  // --- task_struct. ---
+  STALLMON_TRY(auto m_pid, need("task_struct", "pid"));
+  STALLMON_TRY(auto m_comm, need("task_struct", "comm"));
+  L.t_pid = L.task.add(m_pid);
+  L.t_comm = L.task.add(m_comm, static_cast<int64_t>(m_comm.offset()),
+                        std::min<uint32_t>(m_comm.size ? m_comm.size : kTaskCommLen, 64));
+  if (auto m = k.member("task_struct", "__state")) {
+    L.t_state = L.task.add(*m);
+    L.feat.task_state_new = true;
+  } else if (auto m2 = k.member("task_struct", "state")) {
+    L.t_state = L.task.add(*m2);
+  }
+  L.task.finalize();
+
+  // --- call_single_queue entries. ---
+  L.csq = sym("call_single_queue");
+  if (L.csq) {
+    auto first = k.member("llist_head", "first");
+    auto next = k.member("llist_node", "next");
+    L.feat.typed_csd = k.type_size("__call_single_node").ok();
+    auto csd_llist = first_member("__call_single_data", {"node.llist", "llist"});
+    auto csd_flags = first_member("__call_single_data", {"node.u_flags", "node.flags", "flags"});
+    auto csd_func = first_member("__call_single_data", {"func"});
+    if (!csd_llist) {  // before 4.14 the struct was call_single_data
+      csd_llist = first_member("call_single_data", {"llist"});
+      csd_flags = first_member("call_single_data", {"flags"});
+      csd_func = first_member("call_single_data", {"func"});
+    }
+    if (!first || !next || !csd_llist || !csd_flags || !csd_func) {
+      note("call_single_queue: csd/llist layout not understood; queue not read");
+      L.csq.reset();
+    } else {
+      L.llist_first_off = first->offset();
+      L.csd_llist_off = static_cast<int64_t>(csd_llist->offset());
+      L.n_next = L.node.add(*next);
+      L.n_flags = L.node.add(*csd_flags, static_cast<int64_t>(csd_flags->offset()) - L.csd_llist_off);
+      L.n_func = L.node.add(*csd_func, static_cast<int64_t>(csd_func->offset()) - L.csd_llist_off);
+      if (L.feat.typed_csd) {
+        if (auto t = k.member("task_struct", "wake_entry.llist")) {
+          L.task_llist_off = static_cast<int64_t>(t->offset());
+          L.have_task_llist = true;
+        } else {
+          note("task_struct.wake_entry.llist not found: TTWU entries without task");
+        }
+        auto il = k.member("irq_work", "node.llist");
+        auto ifn = k.member("irq_work", "func");
+        if (il && ifn) {
+          L.irq_llist_off = static_cast<int64_t>(il->offset());
+          L.n_irq_func = L.node.add(*ifn, static_cast<int64_t>(ifn->offset()) - L.irq_llist_off);
+          L.have_irq = true;
+        }
+      }
+      L.node.finalize();
+      L.c_flags = L.csd.add(*csd_flags);
+      L.c_func = L.csd.add(*csd_func);
+      L.csd.finalize();
+    }
+  } else {
+    note("no call_single_queue symbol");
+  }
+
+  // --- cfd_data. ---
+  L.cfd = sym("cfd_data");
+  if (L.cfd && L.csq) {
+    auto pcpu = k.member("call_function_data", "pcpu");
+    auto oldcsd = k.member("call_function_data", "csd");
+    auto mask = k.member("call_function_data", "cpumask");
+    std::optional<MemberLayout> in_pcpu;
+    if (pcpu) in_pcpu = first_member("cfd_percpu", {"csd"});
+    if ((!pcpu || !in_pcpu) && !oldcsd) {
+      note("call_function_data: neither pcpu nor csd member; cfd_data not read");
+      L.cfd.reset();
+    } else if (!mask) {
+      note("call_function_data.cpumask not found; cfd_data not read");
+      L.cfd.reset();
+    } else {
+      L.feat.cfd_pcpu = pcpu && in_pcpu;
+      L.cfd_ptr = L.cfdfs.add(L.feat.cfd_pcpu ? *pcpu : *oldcsd);
+      L.cfd_csd_in_pcpu = L.feat.cfd_pcpu ? in_pcpu->offset() : 0;
+      L.mask_bytes = static_cast<uint32_t>(((L.ncpus + 63) / 64) * 8);
+      L.feat.cfd_mask_offstack = mask->kind == MemberLayout::Kind::kPointer;
+      if (L.feat.cfd_mask_offstack) {
+        L.cfd_mask = L.cfdfs.add(*mask);
+      } else {
+        // Inline cpumask_var_t (struct cpumask[1]): read only the words covering our CPUs.
+        L.cfd_mask = L.cfdfs.add(*mask, static_cast<int64_t>(mask->offset()),
+                                 std::min<uint32_t>(L.mask_bytes, std::max<uint32_t>(mask->size, 8)));
+      }
+      L.cfdfs.finalize();
+    }
+  }
+
+  // --- Watchdogs (per-cpu unsigned long: 8 bytes on x86-64). ---
+  L.wd_touch = sym("watchdog_touch_ts");
+  L.wd_report = sym("watchdog_report_ts");
+  L.hr_int = sym("hrtimer_interrupts");
+  L.hr_saved = sym("hrtimer_interrupts_saved");
+  L.feat.watchdog_report_ts = L.wd_report.has_value();
+  L.feat.hrtimer_interrupts = L.hr_int.has_value();
+  if (!L.wd_touch) note("no watchdog_touch_ts (soft-lockup detector off?)");
+
+  // --- Steal time (arch/x86/kernel/kvm.c, CONFIG_KVM_GUEST). ---
+  L.steal = sym("steal_time");
+  if (L.steal) {
+    auto s = k.member("kvm_steal_time", "steal");
+    auto v = k.member("kvm_steal_time", "version");
+    auto p = k.member("kvm_steal_time", "preempted");
+    if (s && v && p) {
+      L.st_steal = L.steal_fs.add(*s);
+      L.st_version = L.steal_fs.add(*v);
+      L.st_preempted = L.steal_fs.add(*p);
+      L.steal_fs.finalize();
+      L.feat.steal_time = true;
+    } else {
+      L.steal.reset();
+    }
+  }
+
+  if (options.read_printk) {
+    auto p = snapshot_detail::resolve_printk_layout(k);
+    if (p) {
+      L.printk = std::move(p).value();
+      L.feat.printk_ringbuffer = true;
+    } else {
+      note("printk: " + p.error().message);
+    }
+  }
+  return r;
+}
+
+GuestSnapshot SnapshotReader::take() {
+  const Layout& L = *layout_;
+  KernelAccess& k = kernel_;
+  GuestSnapshot s;
+  s.taken_at_ns = monotonic_ns();
+  k.begin_snapshot();
+  s.nr_cpu_ids = L.nr_cpu_ids;
+  s.per_cpu_offsets = L.pcpu;
+  const uint32_t n = L.ncpus;
+  s.cpus.resize(n);
+  if (n < L.nr_cpu_ids)
+    s.errors.push_back({-1, "cpus", "only the first " + std::to_string(n) + " of " + std::to_string(L.nr_cpu_ids) +
+                                        " CPUs read (max_cpus)", std::nullopt});
+
+  auto err = [&](int32_t cpu, std::string what, std::string msg, std::optional<uint64_t> addr = {}) {
+    s.errors.push_back(SnapshotError{cpu, std::move(what), std::move(msg), addr});
+  };
+
+  struct Work {
+    ObjectRead rq, cfd, steal, task;
+    uint64_t csq_first = 0;
+    uint64_t wd[4] = {0, 0, 0, 0};
+    size_t csq_req = SIZE_MAX, wd_req[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    std::vector<uint64_t> mask_words;
+    size_t mask_req = SIZE_MAX;
+    // queue walk
+    uint64_t cursor = 0;
+    std::vector<uint64_t> visited;
+    ObjectRead node;
+  };
+  std::vector<Work> w(n);
+  std::vector<ReadRequest> reqs;
+  reqs.reserve(n * 12 + 8);
+  auto push = [&](uint64_t addr, void* buf, size_t len) {
+    reqs.push_back(ReadRequest{addr, buf, len, false});
+    return reqs.size() - 1;
+  };
+
+  // ---- Batch 1: globals and every CPU's fixed per-cpu objects. ----
+  std::vector<uint64_t> online((n + 63) / 64, 0);
+  uint64_t jiffies = 0;
+  int32_t thresh = 0, panic = 0;
+  size_t online_req = SIZE_MAX, jif_req = SIZE_MAX, thr_req = SIZE_MAX, pan_req = SIZE_MAX;
+  if (L.online_mask) online_req = push(*L.online_mask, online.data(), online.size() * 8);
+  if (L.jiffies) jif_req = push(*L.jiffies, &jiffies, 8);
+  if (L.wd_thresh) thr_req = push(*L.wd_thresh, &thresh, 4);
+  if (L.panic_cpu) pan_req = push(*L.panic_cpu, &panic, 4);
+  const std::optional<uint64_t>* wd_syms[4] = {&L.wd_touch, &L.wd_report, &L.hr_int, &L.hr_saved};
+  for (uint32_t c = 0; c < n; ++c) {
+    const uint64_t off = L.pcpu[c];
+    Work& x = w[c];
+    x.rq.plan(L.rq, L.runqueues + off, reqs);
+    if (L.csq) x.csq_req = push(*L.csq + off + L.llist_first_off, &x.csq_first, 8);
+    if (L.cfd) x.cfd.plan(L.cfdfs, *L.cfd + off, reqs);
+    for (int i = 0; i < 4; ++i)
+      if (*wd_syms[i]) x.wd_req[i] = push(**wd_syms[i] + off, &x.wd[i], 8);
+    if (L.steal) x.steal.plan(L.steal_fs, *L.steal + off, reqs);
+  }
+  (void)k.read_batch(reqs);
+
+  auto req_ok = [&](size_t i) { return i != SIZE_MAX && reqs[i].ok; };
+  if (L.online_mask) {
+    if (req_ok(online_req)) {
+      for (uint32_t c = 0; c < n; ++c)
+        if (online[c / 64] >> (c % 64) & 1) {
+          s.online_cpus.push_back(c);
+          s.cpus[c].online = true;
+        }
+    } else {
+      err(-1, "__cpu_online_mask", "unreadable", *L.online_mask);
+    }
+  }
+  if (req_ok(jif_req)) s.jiffies = jiffies;
+  else if (L.jiffies) err(-1, "jiffies_64", "unreadable", *L.jiffies);
+  if (req_ok(thr_req)) s.watchdog_thresh = thresh;
+  if (req_ok(pan_req)) s.panic_cpu = panic;
+
+  static const char* const kWdNames[4] = {"watchdog_touch_ts", "watchdog_report_ts", "hrtimer_interrupts",
+                                          "hrtimer_interrupts_saved"};
+  for (uint32_t c = 0; c < n; ++c) {
+    Work& x = w[c];
+    CpuSnapshot& cs = s.cpus[c];
+    const int32_t ci = static_cast<int32_t>(c);
+    cs.cpu = c;
+    cs.per_cpu_offset = L.pcpu[c];
+    x.rq.settle(reqs);
+    cs.rq.address = x.rq.base;
+    if (x.rq.ok) {
+      cs.rq.ok = true;
+      cs.rq.nr_running = static_cast<uint32_t>(x.rq.get(L.rq_nr_running));
+      cs.rq.curr.address = x.rq.get(L.rq_curr);
+      cs.rq.idle = x.rq.get(L.rq_idle);
+      cs.rq.curr_is_idle = cs.rq.curr.address == cs.rq.idle;
+      cs.rq.clock_ns = x.rq.get(L.rq_clock);
+      if (L.rq_cfs_h >= 0) cs.rq.cfs_h_nr_running = static_cast<uint32_t>(x.rq.get(L.rq_cfs_h));
+      if (L.rq_ttwu >= 0) cs.rq.ttwu_pending = static_cast<uint32_t>(x.rq.get(L.rq_ttwu));
+      s.guest_clock_ns = std::max(s.guest_clock_ns, cs.rq.clock_ns);
+    } else {
+      err(ci, "runqueues[" + std::to_string(c) + "]", "unreadable", x.rq.bad_address);
+    }
+    if (L.csq) {
+      if (req_ok(x.csq_req)) {
+        cs.call_single_queue_ok = true;
+        x.cursor = x.csq_first;
+      } else {
+        err(ci, "call_single_queue[" + std::to_string(c) + "]", "unreadable", reqs[x.csq_req].addr);
+      }
+    }
+    if (L.cfd) x.cfd.settle(reqs);
+    if (L.cfd && !x.cfd.ok) err(ci, "cfd_data[" + std::to_string(c) + "]", "unreadable", x.cfd.bad_address);
+    std::optional<uint64_t>* wd_out[4] = {&cs.watchdog.touch_ts, &cs.watchdog.report_ts,
+                                          &cs.watchdog.hrtimer_interrupts, &cs.watchdog.hrtimer_interrupts_saved};
+    for (int i = 0; i < 4; ++i) {
+      if (x.wd_req[i] == SIZE_MAX) continue;
+      if (reqs[x.wd_req[i]].ok) *wd_out[i] = x.wd[i];
+      else err(ci, std::string(kWdNames[i]) + "[" + std::to_string(c) + "]", "unreadable", reqs[x.wd_req[i]].addr);
+    }
+    if (L.steal) {
+      x.steal.settle(reqs);
+      if (x.steal.ok) {
+        cs.steal = StealTime{x.steal.get(L.st_steal), static_cast<uint32_t>(x.steal.get(L.st_version)),
+                             static_cast<uint8_t>(x.steal.get(L.st_preempted))};
+      } else {
+        err(ci, "steal_time[" + std::to_string(c) + "]", "unreadable", x.steal.bad_address);
+      }
+    }
+  }
+
+  // ---- Batch 2: current tasks and off-stack cfd cpumasks. ----
+  reqs.clear();
+  for (uint32_t c = 0; c < n; ++c) {
+    Work& x = w[c];
+    CpuSnapshot& cs = s.cpus[c];
+    if (cs.rq.ok) {
+      if (is_aligned_kernel_pointer(cs.rq.curr.address)) x.task.plan(L.task, cs.rq.curr.address, reqs);
+      else err(static_cast<int32_t>(c), "runqueues[" + std::to_string(c) + "].curr", "not a kernel pointer", cs.rq.curr.address);
+    }
+    if (L.cfd && x.cfd.ok && L.feat.cfd_mask_offstack) {
+      uint64_t p = x.cfd.get(L.cfd_mask);
+      if (is_aligned_kernel_pointer(p)) {
+        x.mask_words.assign(L.mask_bytes / 8, 0);
+        x.mask_req = push(p, x.mask_words.data(), L.mask_bytes);
+      } else {
+        err(static_cast<int32_t>(c), "cfd_data[" + std::to_string(c) + "].cpumask", "not a kernel pointer", p);
+      }
+    }
+  }
+  if (!reqs.empty()) (void)k.read_batch(reqs);
+  auto fill_task = [&](TaskRef& t, const ObjectRead& o) {
+    t.ok = true;
+    t.pid = static_cast<int32_t>(o.get(L.t_pid));
+    t.comm = snapshot_detail::guest_string(o.ptr(L.t_comm), L.task.size(L.t_comm));
+    if (L.t_state >= 0) t.state = static_cast<uint32_t>(o.get(L.t_state));
+  };
+  for (uint32_t c = 0; c < n; ++c) {
+    Work& x = w[c];
+    CpuSnapshot& cs = s.cpus[c];
+    if (x.task.fs) {
+      x.task.settle(reqs);
+      if (x.task.ok) fill_task(cs.rq.curr, x.task);
+      else err(static_cast<int32_t>(c), "rq->curr of CPU " + std::to_string(c), "task unreadable", x.task.bad_address);
+    }
+    if (L.cfd && x.cfd.ok) {
+      const uint8_t* words = nullptr;
+      if (!L.feat.cfd_mask_offstack) {
+        words = x.cfd.ptr(L.cfd_mask);
+      } else if (req_ok(x.mask_req)) {
+        words = reinterpret_cast<const uint8_t*>(x.mask_words.data());
+      } else if (x.mask_req != SIZE_MAX) {
+        err(static_cast<int32_t>(c), "cfd_data[" + std::to_string(c) + "].cpumask", "unreadable", reqs[x.mask_req].addr);
+      }
+      if (words) {
+        cs.cfd_ok = true;
+        uint32_t bytes = L.feat.cfd_mask_offstack ? L.mask_bytes : L.cfdfs.size(L.cfd_mask);
+        for (uint32_t t = 0; t < n && t / 8 < bytes; ++t)
+          if (words[t / 8] >> (t % 8) & 1) cs.cfd_mask.push_back(t);
+      }
+    }
+  }
+
+  // ---- Batches 3..: per-target cfd csds, then the queue walks level by level (a queue is
+  // usually empty or one or two entries long, so this is one or two more batches). ----
+  struct TargetRead {
+    uint32_t cpu;
+    size_t index;
+    ObjectRead csd;
+  };
+  std::vector<TargetRead> targets;
+  struct TaskRead {
+    uint32_t cpu;
+    size_t entry;
+    ObjectRead task;
+  };
+  std::vector<TaskRead> task_reads;
+  for (uint32_t c = 0; c < n; ++c) {
+    CpuSnapshot& cs = s.cpus[c];
+    if (!cs.cfd_ok) continue;
+    uint64_t base = w[c].cfd.get(L.cfd_ptr);
+    for (uint32_t t : cs.cfd_mask) {
+      CfdTarget ct;
+      ct.target = t;
+      ct.csd = base + L.pcpu[t] + L.cfd_csd_in_pcpu;
+      cs.cfd_targets.push_back(ct);
+    }
+  }
+  const uint32_t max_rounds = L.opt.max_queue_entries + 2;
+  for (uint32_t round = 0; round < max_rounds; ++round) {
+    reqs.clear();
+    if (round == 0) {
+      for (uint32_t c = 0; c < n; ++c) {
+        CpuSnapshot& cs = s.cpus[c];
+        for (size_t i = 0; i < cs.cfd_targets.size(); ++i) {
+          CfdTarget& ct = cs.cfd_targets[i];
+          if (!is_aligned_kernel_pointer(ct.csd)) {
+            err(static_cast<int32_t>(c), "cfd csd for CPU " + std::to_string(ct.target), "not a kernel pointer", ct.csd);
+            continue;
+          }
+          targets.push_back(TargetRead{c, i, {}});
+        }
+      }
+      for (TargetRead& tr : targets) tr.csd.plan(L.csd, s.cpus[tr.cpu].cfd_targets[tr.index].csd, reqs);
+    }
+    for (TaskRead& tr : task_reads) tr.task.plan(L.task, s.cpus[tr.cpu].call_single_queue[tr.entry].task.address, reqs);
+    for (uint32_t c = 0; c < n; ++c) {
+      Work& x = w[c];
+      CpuSnapshot& cs = s.cpus[c];
+      x.node.fs = nullptr;
+      if (x.cursor == 0) continue;
+      const std::string what = "call_single_queue[" + std::to_string(c) + "]";
+      if (!is_aligned_kernel_pointer(x.cursor)) {
+        err(static_cast<int32_t>(c), what, "entry pointer is not a kernel pointer", x.cursor);
+        cs.call_single_queue_truncated = true;
+        x.cursor = 0;
+        continue;
+      }
+      if (std::find(x.visited.begin(), x.visited.end(), x.cursor) != x.visited.end()) {
+        err(static_cast<int32_t>(c), what, "cycle in llist after " + std::to_string(x.visited.size()) + " entries", x.cursor);
+        cs.call_single_queue_truncated = true;
+        x.cursor = 0;
+        continue;
+      }
+      if (x.visited.size() >= L.opt.max_queue_entries) {
+        err(static_cast<int32_t>(c), what, "longer than " + std::to_string(L.opt.max_queue_entries) + " entries; truncated", x.cursor);
+        cs.call_single_queue_truncated = true;
+        x.cursor = 0;
+        continue;
+      }
+      x.visited.push_back(x.cursor);
+      x.node.plan(L.node, x.cursor, reqs);
+    }
+    if (reqs.empty()) break;
+    (void)k.read_batch(reqs);
+
+    if (round == 0) {
+      for (TargetRead& tr : targets) {
+        tr.csd.settle(reqs);
+        CfdTarget& ct = s.cpus[tr.cpu].cfd_targets[tr.index];
+        if (!tr.csd.ok) {
+          err(static_cast<int32_t>(tr.cpu), "cfd csd for CPU " + std::to_string(ct.target), "unreadable", tr.csd.bad_address);
+          continue;
+        }
+        ct.ok = true;
+        ct.flags = static_cast<uint32_t>(tr.csd.get(L.c_flags));
+        ct.locked = ct.flags & kCsdFlagLock;
+        ct.type = csd_type(ct.flags, L.feat.typed_csd);
+        ct.func = tr.csd.get(L.c_func);
+      }
+    }
+    for (TaskRead& tr : task_reads) {
+      tr.task.settle(reqs);
+      TaskRef& t = s.cpus[tr.cpu].call_single_queue[tr.entry].task;
+      if (tr.task.ok) fill_task(t, tr.task);
+      else err(static_cast<int32_t>(tr.cpu), "TTWU task in call_single_queue[" + std::to_string(tr.cpu) + "]", "unreadable", tr.task.bad_address);
+    }
+    task_reads.clear();
+    for (uint32_t c = 0; c < n; ++c) {
+      Work& x = w[c];
+      if (!x.node.fs) continue;
+      CpuSnapshot& cs = s.cpus[c];
+      x.node.settle(reqs);
+      if (!x.node.ok) {
+        err(static_cast<int32_t>(c), "call_single_queue[" + std::to_string(c) + "] entry", "unreadable", x.node.bad_address);
+        cs.call_single_queue_truncated = true;
+        x.cursor = 0;
+        continue;
+      }
+      QueueEntry e;
+      e.node = x.cursor;
+      e.flags = static_cast<uint32_t>(x.node.get(L.n_flags));
+      e.type = csd_type(e.flags, L.feat.typed_csd);
+      e.locked = e.flags & kCsdFlagLock;
+      switch (e.type) {
+        case CsdType::kTtwu:
+          e.object = L.have_task_llist ? e.node - static_cast<uint64_t>(L.task_llist_off) : 0;
+          e.task.address = e.object;
+          if (L.have_task_llist) task_reads.push_back(TaskRead{c, cs.call_single_queue.size(), {}});
+          break;
+        case CsdType::kIrqWork:
+          e.object = e.node - static_cast<uint64_t>(L.irq_llist_off);
+          if (L.have_irq) e.func = x.node.get(L.n_irq_func);
+          break;
+        default:
+          e.object = e.node - static_cast<uint64_t>(L.csd_llist_off);
+          e.func = x.node.get(L.n_func);
+          break;
+      }
+      cs.call_single_queue.push_back(std::move(e));
+      x.cursor = x.node.get(L.n_next);
+    }
+  }
+  for (uint32_t c = 0; c < n; ++c)
+    if (w[c].cursor != 0) s.cpus[c].call_single_queue_truncated = true;
+
+  if (L.opt.symbolize) {
+    for (CpuSnapshot& cs : s.cpus) {
+      for (QueueEntry& e : cs.call_single_queue)
+        if (e.func) e.func_name = k.symbolize(e.func);
+      for (CfdTarget& t : cs.cfd_targets)
+        if (t.func) t.func_name = k.symbolize(t.func);
+    }
+  }
+
+  if (L.printk) {
+    auto recs = snapshot_detail::read_printk(k, *L.printk, L.opt.printk_records, L.opt.printk_max_text, &s.errors);
+    if (recs) {
+      s.printk = std::move(recs).value();
+      s.printk_read = true;
+    } else {
+      err(-1, "printk", recs.error().message, recs.error().address);
+    }
+  }
+  s.duration_ns = monotonic_ns() - s.taken_at_ns;
+  return s;
+}
+
+Result<std::vector<PrintkRecord>> read_printk_tail(KernelAccess& kernel, uint32_t max_records, uint32_t max_text,
+                                                   std::vector<SnapshotError>* errors) {
+  STALLMON_TRY(auto layout, snapshot_detail::resolve_printk_layout(kernel));
+  return snapshot_detail::read_printk(kernel, layout, max_records, max_text, errors);
+}
+
+}  // namespace stallmon::introspect
