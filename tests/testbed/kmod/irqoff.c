@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * stallmon testbed: a guest-internal IRQs-off lockup (seed cases 2 and 4).
+ * On load, starts a kthread bound to CPU `cpu` that disables interrupts and spins forever.
+ * It never returns: the module cannot be unloaded and the CPU stays lost until reboot.
+ */
+#include <linux/module.h>
+#include <linux/kthread.h>
+#include <linux/irqflags.h>
+#include <linux/err.h>
+
+static int cpu = 1;
+module_param(cpu, int, 0444);
+MODULE_PARM_DESC(cpu, "CPU on which to spin with interrupts disabled");
+
+static int irqoff_fn(void *unused)
+{
+	pr_info("stallmon-irqoff: spinning with IRQs off on CPU%d\n", smp_processor_id());
+	local_irq_disable();
+	for (;;)
+		cpu_relax();
+	return 0;
+}
+
+static int __init irqoff_init(void)
+{
+	struct task_struct *t;
+
+	if (cpu < 0 || cpu >= nr_cpu_ids || !cpu_online(cpu))
+		return -EINVAL;
+	t = kthread_create(irqoff_fn, NULL, "irqoff/%d", cpu);
+	if (IS_ERR(t))
+		return PTR_ERR(t);
+	kthread_bind(t, cpu);
+	wake_up_process(t);
+	return 0;
+}
+module_init(irqoff_init);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("stallmon testbed: spin with interrupts disabled on one CPU");
