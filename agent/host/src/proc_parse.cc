@@ -73,7 +73,10 @@ Result<TaskStat> parse_task_stat(std::string_view text) {
   // Fields after the comm start at field 3 (state); tokens[k] is field k + 3.
   std::string_view rest = text.substr(close + 1);
   std::string_view state = next_token(rest);
-  if (state.size() != 1) return corrupt("stat: bad state", state);
+  if (state.size() != 1 || !((state[0] >= 'A' && state[0] <= 'Z') ||
+                             (state[0] >= 'a' && state[0] <= 'z'))) {
+    return corrupt("stat: bad state", state);
+  }
   st.state = state[0];
   uint64_t v = 0;
   for (int field = 4; field <= 39; ++field) {

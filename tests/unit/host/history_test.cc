@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/host/history.h"
+
+#include <gtest/gtest.h>
+
+namespace stallmon::host {
+namespace {
+
+constexpr int64_t kMs = 1'000'000;
+constexpr int64_t kSec = 1'000'000'000;
+
+ThreadSample at(int64_t t_ms, char state, uint64_t run_ms, uint64_t wait_ms, uint8_t flags = 0) {
+  ThreadSample s;
+  s.t_ns = t_ms * kMs;
+  s.state = state;
+  s.run_ns = run_ms * kMs;
+  s.wait_ns = wait_ms * kMs;
+  s.flags = flags | ThreadSample::kHasSchedstat;
+  return s;
+}
+
+struct Feed {
+  SampleRing ring{100};
+  StateTracker tracker;
+  void push(const ThreadSample& s) {
+    ring.push(s);
+    tracker.observe(s);
+  }
+};
+
+TEST(SampleRing, KeepsNewestAndIsBounded) {
+  SampleRing r(3);
+  EXPECT_TRUE(r.empty());
+  for (int i = 1; i <= 5; ++i) r.push(at(i, 'R', i, 0));
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r.at(0).t_ns, 3 * kMs);
+  EXPECT_EQ(r.newest().t_ns, 5 * kMs);
+  EXPECT_EQ(r.memory_bytes(), 3 * sizeof(ThreadSample));
+  SampleRing tiny(0);
+  EXPECT_EQ(tiny.capacity(), 2u);
+  tiny.push(at(1, 'R', 0, 0));
+  EXPECT_EQ(tiny.size(), 1u);
+}
+
+TEST(Signals, InvalidWithOneSample) {
+  Feed f;
+  EXPECT_FALSE(derive_signals(f.ring, f.tracker, kSec).valid);
+  f.push(at(0, 'R', 0, 0, ThreadSample::kFirst));
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  EXPECT_FALSE(s.valid);
+  EXPECT_EQ(s.state, 'R');
+}
+
+TEST(Signals, RunAndStealFractionsAreExact) {
+  Feed f;
+  // 10 Hz for 2 s: the thread runs 60% and waits for a CPU 30% of the time.
+  for (int i = 0; i <= 20; ++i) {
+    f.push(at(i * 100, 'R', i * 60, i * 30, i == 0 ? ThreadSample::kFirst : 0));
+  }
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  ASSERT_TRUE(s.valid);
+  EXPECT_EQ(s.window_ns, kSec);
+  EXPECT_EQ(s.run_delta_ns, 600u * kMs);
+  EXPECT_EQ(s.wait_delta_ns, 300u * kMs);
+  EXPECT_DOUBLE_EQ(s.run_fraction, 0.6);
+  EXPECT_DOUBLE_EQ(s.steal_fraction, 0.3);
+  EXPECT_TRUE(s.run_progress);
+  EXPECT_EQ(s.time_in_state_ns, 2 * kSec);
+  EXPECT_EQ(s.no_progress_ns, 0);
+  EXPECT_TRUE(s.has_schedstat);
+}
+
+TEST(Signals, WindowCoversOnlyTheLastSecond) {
+  Feed f;
+  // Waiting for a CPU for the first second, then never: the 1 s window shows no steal, 2 s half.
+  for (int i = 0; i <= 20; ++i) {
+    uint64_t wait = i <= 10 ? i * 100 : 1000;
+    f.push(at(i * 100, 'R', 0, wait, i == 0 ? ThreadSample::kFirst : 0));
+  }
+  EXPECT_DOUBLE_EQ(derive_signals(f.ring, f.tracker, kSec).steal_fraction, 0.0);
+  EXPECT_DOUBLE_EQ(derive_signals(f.ring, f.tracker, 2 * kSec).steal_fraction, 0.5);
+  // A window longer than the history uses what there is.
+  ThreadSignals s = derive_signals(f.ring, f.tracker, 60 * kSec);
+  EXPECT_EQ(s.window_ns, 2 * kSec);
+  // A window shorter than one sample interval still uses the last interval.
+  s = derive_signals(f.ring, f.tracker, 10 * kMs);
+  EXPECT_EQ(s.window_ns, 100 * kMs);
+}
+
+TEST(Signals, UnevenSamplesUseTheNewestSampleAtOrBeforeTheWindowStart) {
+  Feed f;
+  f.push(at(0, 'R', 0, 0, ThreadSample::kFirst));
+  f.push(at(150, 'R', 100, 0));
+  f.push(at(1300, 'R', 900, 0));
+  // Window start is 300 ms: the sample at 150 ms is the base, so the window is 1150 ms.
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  ASSERT_TRUE(s.valid);
+  EXPECT_EQ(s.window_ns, 1150 * kMs);
+  EXPECT_EQ(s.run_delta_ns, 800u * kMs);
+}
+
+TEST(Signals, BlockedThreadWithoutRunProgress) {
+  Feed f;
+  // Running until 1.0 s, then frozen in D: run_ns stops at 500 ms.
+  for (int i = 0; i <= 10; ++i) f.push(at(i * 100, 'S', i * 50, 0, i == 0 ? ThreadSample::kFirst : 0));
+  for (int i = 11; i <= 17; ++i) f.push(at(i * 100, 'D', 500, 0));
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  ASSERT_TRUE(s.valid);
+  EXPECT_EQ(s.state, 'D');
+  EXPECT_EQ(s.time_in_state_ns, 600 * kMs);  // first seen in D at 1.1 s, now 1.7 s
+  EXPECT_EQ(s.no_progress_ns, 700 * kMs);    // last growth seen at 1.0 s
+  EXPECT_TRUE(s.run_progress);               // the window still includes 0.7..1.0 s
+  ThreadSignals short_window = derive_signals(f.ring, f.tracker, 500 * kMs);
+  EXPECT_FALSE(short_window.run_progress);
+  EXPECT_EQ(short_window.run_delta_ns, 0u);
+  EXPECT_DOUBLE_EQ(short_window.run_fraction, 0.0);
+}
+
+TEST(Signals, StateChangeResetsTimeInState) {
+  Feed f;
+  f.push(at(0, 'D', 0, 0, ThreadSample::kFirst));
+  f.push(at(100, 'D', 0, 0));
+  f.push(at(200, 'R', 10, 0));
+  f.push(at(300, 'D', 10, 0));
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  EXPECT_EQ(s.state, 'D');
+  EXPECT_EQ(s.time_in_state_ns, 0);
+  EXPECT_EQ(s.no_progress_ns, 100 * kMs);
+}
+
+TEST(Signals, RestartedThreadIsNotDifferencedAcross) {
+  Feed f;
+  f.push(at(0, 'R', 5000, 5000, ThreadSample::kFirst));
+  f.push(at(500, 'R', 5400, 5000));
+  // New thread under the same vCPU (tid changed): its counters start near zero.
+  f.push(at(600, 'S', 10, 20, ThreadSample::kFirst));
+  f.push(at(1000, 'S', 30, 60));
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  ASSERT_TRUE(s.valid);
+  EXPECT_EQ(s.window_ns, 400 * kMs);
+  EXPECT_EQ(s.run_delta_ns, 20u * kMs);
+  EXPECT_EQ(s.wait_delta_ns, 40u * kMs);
+  EXPECT_EQ(s.time_in_state_ns, 400 * kMs);
+}
+
+TEST(Signals, CountersThatGoBackwardsGiveZeroNotHuge) {
+  Feed f;
+  f.push(at(0, 'R', 900, 900, ThreadSample::kFirst));
+  f.push(at(1000, 'R', 100, 100));
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  EXPECT_EQ(s.run_delta_ns, 0u);
+  EXPECT_EQ(s.wait_delta_ns, 0u);
+}
+
+TEST(Signals, ThrottlingAndWrappingCounters) {
+  Feed f;
+  ThreadSample a = at(0, 'R', 0, 0, ThreadSample::kFirst | ThreadSample::kHasCgroup);
+  a.nr_throttled = 0xFFFFFFF0u;  // about to wrap in its 32-bit slot
+  a.throttled_ns = 7 * kSec;
+  a.involuntary_switches = 0xFFFFFFFFu;
+  ThreadSample b = at(1000, 'R', 200, 700, ThreadSample::kHasCgroup);
+  b.nr_throttled = 0x10u;
+  b.throttled_ns = 7 * kSec + 650 * kMs;
+  b.involuntary_switches = 9;
+  f.push(a);
+  f.push(b);
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  ASSERT_TRUE(s.has_cgroup);
+  EXPECT_TRUE(s.throttled);
+  EXPECT_EQ(s.nr_throttled_delta, 0x20u);
+  EXPECT_EQ(s.throttled_delta_ns, 650u * kMs);
+  EXPECT_EQ(s.involuntary_switches_delta, 10u);
+  EXPECT_DOUBLE_EQ(s.steal_fraction, 0.7);
+}
+
+TEST(Signals, NoCgroupMeansNoThrottlingClaim) {
+  Feed f;
+  f.push(at(0, 'R', 0, 0, ThreadSample::kFirst));
+  f.push(at(1000, 'R', 0, 900));
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  EXPECT_FALSE(s.has_cgroup);
+  EXPECT_FALSE(s.throttled);
+  EXPECT_DOUBLE_EQ(s.steal_fraction, 0.9);
+}
+
+TEST(Signals, CgroupMoveRestartsThrottlingBaseline) {
+  Feed f;
+  ThreadSample a = at(0, 'R', 0, 0, ThreadSample::kFirst | ThreadSample::kHasCgroup);
+  a.throttled_ns = 50 * kSec;  // the old cgroup's total
+  a.nr_throttled = 5000;
+  ThreadSample b = at(500, 'R', 0, 0, ThreadSample::kHasCgroup | ThreadSample::kCgroupChanged);
+  b.throttled_ns = 0;
+  b.nr_throttled = 0;
+  ThreadSample c = at(1000, 'R', 0, 0, ThreadSample::kHasCgroup);
+  c.throttled_ns = 200 * kMs;
+  c.nr_throttled = 3;
+  f.push(a);
+  f.push(b);
+  f.push(c);
+  ThreadSignals s = derive_signals(f.ring, f.tracker, kSec);
+  EXPECT_EQ(s.window_ns, kSec);  // run/steal still use the whole window
+  EXPECT_EQ(s.throttled_delta_ns, 200u * kMs);
+  EXPECT_EQ(s.nr_throttled_delta, 3u);
+}
+
+}  // namespace
+}  // namespace stallmon::host
