@@ -1,0 +1,953 @@
+// SPDX-License-Identifier: Apache-2.0
+// The only file that talks to libvirt. libvirt types stay in here.
+#include "stallmon/libvirt/domain_watcher.h"
+
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <variant>
+
+#include "event_loop.h"
+#include "libvirt_events.h"
+#include "stallmon/libvirt/qemu_process.h"
+
+namespace stallmon::libvirt {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using DomPtr = std::shared_ptr<virDomain>;
+
+DomPtr own_domain(virDomainPtr d) {
+  return DomPtr(d, [](virDomainPtr p) {
+    if (p) virDomainFree(p);
+  });
+}
+
+// Turns the calling thread's last libvirt error into an Error (and clears it).
+Error libvirt_error(const std::string& what) {
+  virErrorPtr e = virGetLastError();
+  ErrorCode code = ErrorCode::kIo;
+  std::string msg = e && e->message ? e->message : "unknown libvirt error";
+  if (e) {
+    switch (e->code) {
+      case VIR_ERR_OPERATION_TIMEOUT:  // "cannot acquire state change lock": a job is stuck
+        code = ErrorCode::kTimeout;
+        break;
+      case VIR_ERR_NO_DOMAIN:
+      case VIR_ERR_OPERATION_INVALID:  // "domain is not running"
+        code = ErrorCode::kNotFound;
+        break;
+      case VIR_ERR_NO_SUPPORT:
+      case VIR_ERR_ARGUMENT_UNSUPPORTED:
+        code = ErrorCode::kUnsupported;
+        break;
+      default:
+        break;
+    }
+  }
+  virResetLastError();
+  return Error(code, what + ": " + msg);
+}
+
+Result<std::string> monitor_command(virDomainPtr dom, const std::string& command, bool hmp) {
+  char* reply = nullptr;
+  unsigned int flags = hmp ? VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP : VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT;
+  if (virDomainQemuMonitorCommand(dom, command.c_str(), &reply, flags) < 0) {
+    return libvirt_error(std::string(hmp ? "hmp " : "qmp ") + command);
+  }
+  std::string out = reply ? reply : "";
+  std::free(reply);
+  return out;
+}
+
+DomainRunState map_state(int state) {
+  switch (state) {
+    case VIR_DOMAIN_RUNNING: return DomainRunState::kRunning;
+    case VIR_DOMAIN_BLOCKED: return DomainRunState::kBlocked;
+    case VIR_DOMAIN_PAUSED: return DomainRunState::kPaused;
+    case VIR_DOMAIN_SHUTDOWN: return DomainRunState::kShutdown;
+    case VIR_DOMAIN_SHUTOFF: return DomainRunState::kShutoff;
+    case VIR_DOMAIN_CRASHED: return DomainRunState::kCrashed;
+    case VIR_DOMAIN_PMSUSPENDED: return DomainRunState::kPmSuspended;
+    default: return DomainRunState::kUnknown;
+  }
+}
+
+std::string domain_uuid(virDomainPtr dom) {
+  char buf[VIR_UUID_STRING_BUFLEN] = {};
+  if (virDomainGetUUIDString(dom, buf) < 0) return {};
+  return buf;
+}
+
+std::string domain_name(virDomainPtr dom) {
+  const char* n = virDomainGetName(dom);
+  return n ? n : "";
+}
+
+const char* close_reason(int reason) {
+  switch (reason) {
+    case VIR_CONNECT_CLOSE_REASON_ERROR: return "I/O error";
+    case VIR_CONNECT_CLOSE_REASON_EOF: return "libvirtd closed the connection";
+    case VIR_CONNECT_CLOSE_REASON_KEEPALIVE: return "keepalive timeout";
+    case VIR_CONNECT_CLOSE_REASON_CLIENT: return "closed by client";
+    default: return "unknown reason";
+  }
+}
+
+// One running domain as libvirt lists it.
+struct Listed {
+  DomPtr dom;
+  std::string uuid;
+  std::string name;
+  int id = -1;
+  DomainRunState state = DomainRunState::kUnknown;
+};
+
+// Messages to the dispatch thread.
+struct CmdConnectionLost {
+  uint64_t epoch;
+  std::string reason;
+};
+struct CmdEvent {
+  uint64_t epoch;
+  DomainEvent event;
+  bool resync;  // lifecycle: re-list everything; otherwise re-probe just this domain
+};
+struct CmdRefresh {
+  std::string key;  // uuid or name; empty = full re-sync
+};
+struct CmdProbeDone {
+  std::string uuid;
+  pid_t pid;
+  uint64_t seq;
+  Result<std::vector<VcpuThread>> vcpus;
+  std::optional<Result<std::vector<introspect::RamRange>>> layout;
+};
+struct CmdHealth {
+  std::string uuid;
+  MonitorHealth health;
+};
+using Cmd = std::variant<CmdConnectionLost, CmdEvent, CmdRefresh, CmdProbeDone, CmdHealth>;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::Impl> {
+ public:
+  explicit Impl(WatcherOptions o) : opts_(std::move(o)), backoff_(opts_.backoff) {}
+
+  // Context handed to libvirt callbacks; freed by libvirt through free_ctx.
+  struct CallbackCtx {
+    std::weak_ptr<Impl> impl;
+    uint64_t epoch;
+  };
+
+  struct Slot {
+    DomainInfo info;
+    DomPtr dom;
+    std::shared_ptr<DeadlineWorker> monitor;  // QMP/HMP commands
+    std::shared_ptr<DeadlineWorker> prober;   // discovery steps that wait on `monitor`
+    uint64_t probe_seq = 0;
+    bool probe_running = false;
+    bool probe_again = false;
+    bool layout_refresh = false;  // resolve the RAM layout again even though one is cached
+  };
+
+  WatcherOptions opts_;
+  std::vector<DomainObserver*> observers_;
+  std::shared_ptr<EventLoop> loop_;
+  std::thread dispatch_;
+  bool started_ = false;
+
+  std::mutex q_mu_;
+  std::condition_variable q_cv_;
+  std::deque<Cmd> queue_;
+  bool stopping_ = false;
+
+  // Dispatch-thread state.
+  std::shared_ptr<DeadlineWorker> conn_worker_;
+  ReconnectBackoff backoff_;
+  uint64_t epoch_ = 0;
+  std::vector<int> event_ids_;
+  bool resync_pending_ = false;
+  Clock::time_point resync_due_{};
+
+  // Shared with callers of domains()/qmp()/...
+  mutable std::mutex table_mu_;
+  mutable std::condition_variable table_cv_;
+  virConnectPtr conn_ = nullptr;  // owned by the dispatch thread; others take a virConnectRef
+  std::map<std::string, Slot> slots_;  // by uuid
+  ConnectionStatus status_;
+  uint64_t syncs_ = 0;
+
+  // ---- plumbing ----
+  void post(Cmd cmd) {
+    std::lock_guard lock(q_mu_);
+    queue_.push_back(std::move(cmd));
+    q_cv_.notify_all();
+  }
+
+  static void free_ctx(void* opaque) { delete static_cast<CallbackCtx*>(opaque); }
+
+  static void post_event(void* opaque, DomainEvent ev, bool resync) {
+    auto* ctx = static_cast<CallbackCtx*>(opaque);
+    ev.time = std::chrono::system_clock::now();
+    if (auto impl = ctx->impl.lock()) impl->post(CmdEvent{ctx->epoch, std::move(ev), resync});
+  }
+
+  // libvirt callbacks: run on the event loop thread; only translate and post.
+  static int on_lifecycle(virConnectPtr, virDomainPtr dom, int event, int detail, void* opaque) {
+    DomainEvent ev = map_lifecycle_event(event, detail);
+    ev.uuid = domain_uuid(dom);
+    ev.name = domain_name(dom);
+    post_event(opaque, std::move(ev), true);
+    return 0;
+  }
+  static void on_reboot(virConnectPtr, virDomainPtr dom, void* opaque) {
+    post_event(opaque, DomainEvent{DomainEventKind::kRebooted, domain_uuid(dom), domain_name(dom), "reset", {}},
+               false);
+  }
+  static void on_device_added(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+    post_event(opaque,
+               DomainEvent{DomainEventKind::kDeviceAdded, domain_uuid(dom), domain_name(dom), alias ? alias : "", {}},
+               false);
+  }
+  static void on_device_removed(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+    post_event(opaque,
+               DomainEvent{DomainEventKind::kDeviceRemoved, domain_uuid(dom), domain_name(dom), alias ? alias : "", {}},
+               false);
+  }
+  static void on_memory_resized(virConnectPtr, virDomainPtr dom, const char* alias, unsigned long long size,
+                                void* opaque) {
+    std::string detail = std::string(alias ? alias : "") + " size " + std::to_string(size) + " KiB";
+    post_event(opaque, DomainEvent{DomainEventKind::kMemoryDeviceResized, domain_uuid(dom), domain_name(dom), detail, {}},
+               false);
+  }
+  static void on_close(virConnectPtr, int reason, void* opaque) {
+    auto* ctx = static_cast<CallbackCtx*>(opaque);
+    if (auto impl = ctx->impl.lock()) impl->post(CmdConnectionLost{ctx->epoch, close_reason(reason)});
+  }
+
+  template <typename F>
+  void notify(F&& f) {
+    for (auto* o : observers_) f(*o);
+  }
+
+  // ---- connection ----
+  struct ConnHandoff {
+    std::mutex mu;
+    bool abandoned = false;
+    virConnectPtr conn = nullptr;
+    std::vector<int> ids;
+  };
+
+  static void teardown(virConnectPtr c, const std::vector<int>& ids) {
+    for (int id : ids) virConnectDomainEventDeregisterAny(c, id);
+    virConnectUnregisterCloseCallback(c, on_close);
+    virConnectClose(c);
+    virResetLastError();
+  }
+
+  void try_connect() {
+    uint64_t epoch = ++epoch_;
+    {
+      std::lock_guard lock(table_mu_);
+      status_.state = ConnectionState::kConnecting;
+    }
+    auto handoff = std::make_shared<ConnHandoff>();
+    std::weak_ptr<Impl> weak = weak_from_this();
+    WatcherOptions opts = opts_;
+    auto r = conn_worker_
+                 ->submit<bool>("connect " + opts.uri, opts.connect_timeout,
+                                [handoff, weak, epoch, opts]() -> Result<bool> {
+                                  virConnectPtr c = virConnectOpen(opts.uri.c_str());
+                                  if (!c) return libvirt_error("virConnectOpen " + opts.uri);
+                                  std::vector<int> ids;
+                                  // Without keepalive a hung (not dead) libvirtd would never be noticed.
+                                  if (virConnectSetKeepAlive(c, opts.keepalive_interval_s, opts.keepalive_count) < 0) {
+                                    Error e = libvirt_error("virConnectSetKeepAlive");
+                                    spdlog::warn("libvirt: {}", e.message);
+                                  }
+                                  if (virConnectRegisterCloseCallback(c, on_close, new CallbackCtx{weak, epoch},
+                                                                      free_ctx) < 0) {
+                                    Error e = libvirt_error("virConnectRegisterCloseCallback");
+                                    virConnectClose(c);
+                                    return e;
+                                  }
+                                  struct Reg {
+                                    int id;
+                                    virConnectDomainEventGenericCallback cb;
+                                    bool required;
+                                  };
+                                  const Reg regs[] = {
+                                      {VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), true},
+                                      {VIR_DOMAIN_EVENT_ID_REBOOT, VIR_DOMAIN_EVENT_CALLBACK(on_reboot), false},
+                                      {VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, VIR_DOMAIN_EVENT_CALLBACK(on_device_added), false},
+                                      {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(on_device_removed), false},
+                                      {VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE,
+                                       VIR_DOMAIN_EVENT_CALLBACK(on_memory_resized), false},
+                                  };
+                                  for (const auto& reg : regs) {
+                                    int id = virConnectDomainEventRegisterAny(c, nullptr, reg.id, reg.cb,
+                                                                              new CallbackCtx{weak, epoch}, free_ctx);
+                                    if (id < 0) {
+                                      Error e = libvirt_error("virConnectDomainEventRegisterAny(" +
+                                                              std::to_string(reg.id) + ")");
+                                      if (reg.required) {
+                                        teardown(c, ids);
+                                        return e;
+                                      }
+                                      // Older libvirtd without this event: run without it.
+                                      spdlog::info("libvirt: {}", e.message);
+                                      continue;
+                                    }
+                                    ids.push_back(id);
+                                  }
+                                  std::lock_guard lock(handoff->mu);
+                                  if (handoff->abandoned) {
+                                    // The caller gave up waiting: do not leak a connection nobody uses.
+                                    teardown(c, ids);
+                                    return Error(ErrorCode::kTimeout, "connected after the deadline");
+                                  }
+                                  handoff->conn = c;
+                                  handoff->ids = std::move(ids);
+                                  return true;
+                                })
+                 .wait();
+    virConnectPtr c = nullptr;
+    {
+      std::lock_guard lock(handoff->mu);
+      c = handoff->conn;
+      if (c) {
+        event_ids_ = handoff->ids;
+      } else {
+        handoff->abandoned = true;
+      }
+    }
+    auto now = Clock::now();
+    ConnectionStatus st;
+    if (c) {
+      backoff_.on_connected();
+      {
+        std::lock_guard lock(table_mu_);
+        conn_ = c;
+        status_.state = ConnectionState::kConnected;
+        status_.reason.clear();
+        status_.attempts = 0;
+        status_.retry_in = milliseconds(0);
+        st = status_;
+      }
+      spdlog::info("libvirt: connected to {}", opts_.uri);
+      resync_pending_ = true;
+      resync_due_ = now;
+    } else {
+      backoff_.on_attempt_failed(now);
+      {
+        std::lock_guard lock(table_mu_);
+        status_.state = ConnectionState::kDisconnected;
+        status_.reason = r.ok() ? "connect failed" : r.error().message;
+        status_.attempts = backoff_.failures();
+        status_.retry_in = backoff_.last_delay();
+        st = status_;
+      }
+      // Log the first failures loudly, then quietly: a dead libvirtd would otherwise flood the log.
+      if (backoff_.failures() <= 3 || backoff_.failures() % 20 == 0) {
+        spdlog::warn("libvirt: cannot connect to {} ({}); retry in {} ms (attempt {})", opts_.uri, st.reason,
+                     st.retry_in.count(), st.attempts);
+      }
+    }
+    notify([&](DomainObserver& o) { o.on_connection(st); });
+  }
+
+  void drop_connection(const std::string& reason) {
+    virConnectPtr c = nullptr;
+    ConnectionStatus st;
+    {
+      std::lock_guard lock(table_mu_);
+      c = conn_;
+      conn_ = nullptr;
+      status_.state = ConnectionState::kDisconnected;
+      status_.reason = reason;
+      st = status_;
+    }
+    if (c) {
+      auto ids = event_ids_;
+      event_ids_.clear();
+      // Deregistering is an RPC; on a dead connection it fails at once, on a hung one the worker's
+      // deadline bounds it.
+      auto r = conn_worker_->call<bool>("disconnect", opts_.call_timeout, [c, ids]() -> Result<bool> {
+        teardown(c, ids);
+        return true;
+      });
+      if (!r.ok()) spdlog::warn("libvirt: {}", r.error().message);
+    }
+    ++epoch_;  // events still queued from the old connection are stale
+    backoff_.on_lost(Clock::now());
+    {
+      std::lock_guard lock(table_mu_);
+      status_.retry_in = backoff_.last_delay();
+      st = status_;
+    }
+    if (reason != "shutdown") spdlog::warn("libvirt: connection to {} lost: {}", opts_.uri, reason);
+    notify([&](DomainObserver& o) { o.on_connection(st); });
+  }
+
+  // ---- discovery ----
+  Result<std::vector<Listed>> list_domains() {
+    virConnectPtr c = nullptr;
+    {
+      std::lock_guard lock(table_mu_);
+      if (!conn_) return Error(ErrorCode::kIo, "not connected");
+      c = conn_;
+      virConnectRef(c);
+    }
+    return conn_worker_->call<std::vector<Listed>>(
+        "list domains", opts_.call_timeout, [c]() -> Result<std::vector<Listed>> {
+          virDomainPtr* doms = nullptr;
+          // Connection-wide and job-free: works while any domain's monitor hangs.
+          int n = virConnectListAllDomains(c, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+          if (n < 0) {
+            Error e = libvirt_error("virConnectListAllDomains");
+            virConnectClose(c);
+            return e;
+          }
+          std::vector<Listed> out;
+          for (int i = 0; i < n; ++i) {
+            Listed l;
+            l.dom = own_domain(doms[i]);
+            l.uuid = domain_uuid(doms[i]);
+            l.name = domain_name(doms[i]);
+            l.id = virDomainGetID(doms[i]) == static_cast<unsigned>(-1) ? -1 : static_cast<int>(virDomainGetID(doms[i]));
+            int state = 0, reason = 0;
+            // qemuDomainGetState reads libvirt's cached state: no job, no monitor.
+            if (virDomainGetState(doms[i], &state, &reason, 0) == 0) l.state = map_state(state);
+            virResetLastError();
+            out.push_back(std::move(l));
+          }
+          std::free(doms);
+          virConnectClose(c);
+          return out;
+        });
+  }
+
+  // Finds the qemu pid without the monitor: libvirt's pid file, checked against /proc.
+  std::pair<pid_t, std::string> find_pid(const std::string& uuid, const std::string& name) {
+    std::string pidfile = opts_.qemu_run_dir + "/" + name + ".pid";
+    auto r = qemu_pid_from_pidfile(pidfile, opts_.proc_root, uuid, name);
+    if (r.ok()) return {*r, pidfile};
+    auto scan = find_qemu_pid_by_uuid(opts_.proc_root, uuid, name);
+    if (scan.ok()) return {*scan, opts_.proc_root + " scan"};
+    spdlog::warn("libvirt: domain {}: no qemu pid ({}; {})", name, r.error().message, scan.error().message);
+    return {0, ""};
+  }
+
+  void sync() {
+    resync_pending_ = false;
+    auto listed = list_domains();
+    if (!listed.ok()) {
+      spdlog::warn("libvirt: listing domains failed: {}", listed.error().message);
+      // Try again soon; a lost connection is reported separately by the close callback.
+      resync_pending_ = true;
+      resync_due_ = Clock::now() + milliseconds(1000);
+      return;
+    }
+    std::vector<DomainInfo> gone, updated, all;
+    std::vector<std::string> to_probe;
+    {
+      std::lock_guard lock(table_mu_);
+      std::set<std::string> seen;
+      for (auto& l : *listed) {
+        if (l.uuid.empty()) continue;
+        seen.insert(l.uuid);
+        auto [it, fresh] = slots_.try_emplace(l.uuid);
+        Slot& s = it->second;
+        bool changed = fresh || s.info.id != l.id || s.info.state != l.state || s.info.name != l.name;
+        s.dom = l.dom;
+        s.info.uuid = l.uuid;
+        s.info.name = l.name;
+        s.info.id = l.id;
+        s.info.state = l.state;
+        if (fresh) make_workers(s);
+        auto [pid, source] = find_pid(l.uuid, l.name);
+        if (pid != s.info.qemu_pid) {
+          // New qemu (first sight, restart, or restarted while we were disconnected): everything
+          // derived from the old process is void.
+          s.info.qemu_pid = pid;
+          s.info.pid_source = source;
+          s.info.vcpus.clear();
+          s.info.vcpu_source = VcpuSource::kNone;
+          s.info.ram_layout.reset();
+          s.info.ram_layout_error.clear();
+          if (pid > 0) {
+            // Thread names need no monitor: publish them now, QMP confirms (or corrects) later.
+            auto names = vcpu_threads_from_proc(opts_.proc_root, pid);
+            if (names.ok()) {
+              s.info.vcpus = std::move(names).value();
+              s.info.vcpu_source = VcpuSource::kThreadNames;
+            }
+          }
+          ++s.info.generation;
+          changed = true;
+        }
+        if (pid > 0 && (s.info.vcpu_source != VcpuSource::kQmp || (opts_.ram_layout_resolver && !s.info.ram_layout))) {
+          to_probe.push_back(l.uuid);
+        }
+        if (changed) updated.push_back(s.info);
+      }
+      for (auto it = slots_.begin(); it != slots_.end();) {
+        if (seen.count(it->first)) {
+          ++it;
+          continue;
+        }
+        gone.push_back(it->second.info);
+        it = slots_.erase(it);  // workers stuck in a dead qemu's monitor detach on destruction
+      }
+      ++syncs_;
+      all = snapshot_locked();
+    }
+    table_cv_.notify_all();
+    for (auto& uuid : to_probe) schedule_probe(uuid);
+    for (auto& d : gone) {
+      spdlog::info("libvirt: domain {} ({}) is gone", d.name, d.uuid);
+      notify([&](DomainObserver& o) { o.on_domain_gone(d); });
+    }
+    for (auto& d : updated) notify([&](DomainObserver& o) { o.on_domain_updated(d); });
+    notify([&](DomainObserver& o) { o.on_domains_synced(all); });
+  }
+
+  void make_workers(Slot& s) {
+    std::weak_ptr<Impl> weak = weak_from_this();
+    std::string uuid = s.info.uuid;
+    s.monitor = std::make_shared<DeadlineWorker>("mon-" + s.info.name, [weak, uuid](const MonitorHealth& h) {
+      if (auto impl = weak.lock()) impl->post(CmdHealth{uuid, h});
+    });
+    s.prober = std::make_shared<DeadlineWorker>("probe-" + s.info.name);
+  }
+
+  std::vector<DomainInfo> snapshot_locked() const {
+    std::vector<DomainInfo> out;
+    out.reserve(slots_.size());
+    for (const auto& [uuid, s] : slots_) out.push_back(s.info);
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    return out;
+  }
+
+  void schedule_probe(const std::string& uuid) {
+    std::lock_guard lock(table_mu_);
+    auto it = slots_.find(uuid);
+    if (it == slots_.end()) return;
+    Slot& s = it->second;
+    if (s.probe_running) {
+      s.probe_again = true;
+      return;
+    }
+    start_probe_locked(s);
+  }
+
+  // The probe runs on the domain's prober thread and waits (with deadlines) on its monitor
+  // thread, so neither the dispatch thread nor any other domain ever waits on this monitor.
+  void start_probe_locked(Slot& s) {
+    if (!s.dom || s.info.qemu_pid <= 0) return;
+    s.probe_running = true;
+    s.probe_again = false;
+    uint64_t seq = ++s.probe_seq;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    auto monitor = s.monitor;
+    auto dom = s.dom;
+    pid_t pid = s.info.qemu_pid;
+    std::string uuid = s.info.uuid;
+    auto timeout = opts_.monitor_timeout;
+    auto resolver = opts_.ram_layout_resolver;
+    bool want_layout = resolver && (!s.info.ram_layout || s.layout_refresh);
+    s.layout_refresh = false;
+    std::string proc_root = opts_.proc_root;
+    auto probe = [=]() -> Result<bool> {
+      CmdProbeDone done{uuid, pid, seq, Error(ErrorCode::kInternal, "not run"), std::nullopt};
+      auto reply = monitor->call<std::string>("qmp query-cpus-fast", timeout, [dom]() {
+        return monitor_command(dom.get(), R"({"execute":"query-cpus-fast"})", false);
+      });
+      if (reply.ok()) {
+        auto vcpus = parse_query_cpus_fast(*reply);
+        if (vcpus.ok()) {
+          auto belong = check_threads_belong(proc_root, pid, *vcpus);
+          if (belong.ok()) {
+            fill_thread_names(proc_root, pid, *vcpus);
+            done.vcpus = std::move(vcpus).value();
+          } else {
+            done.vcpus = std::move(belong).error();
+          }
+        } else {
+          done.vcpus = std::move(vcpus).error();
+        }
+      } else {
+        done.vcpus = std::move(reply).error();
+      }
+      if (want_layout) {
+        introspect::HmpCommand hmp = [monitor, dom, timeout](std::string_view cmd) -> Result<std::string> {
+          std::string line(cmd);
+          return monitor->call<std::string>("hmp " + line, timeout,
+                                            [dom, line]() { return monitor_command(dom.get(), line, true); });
+        };
+        done.layout = resolver(hmp);
+      }
+      if (auto impl = weak.lock()) impl->post(std::move(done));
+      return true;
+    };
+    // The probe's own deadline only bounds queueing; each monitor call inside has its own.
+    (void)s.prober->submit<bool>("probe", timeout * 64, probe);
+  }
+
+  void apply_probe(CmdProbeDone& d) {
+    std::optional<DomainInfo> updated;
+    {
+      std::lock_guard lock(table_mu_);
+      auto it = slots_.find(d.uuid);
+      if (it == slots_.end()) return;
+      Slot& s = it->second;
+      s.probe_running = false;
+      if (d.seq == s.probe_seq && d.pid == s.info.qemu_pid) {
+        bool changed = false;
+        if (d.vcpus.ok()) {
+          auto& v = d.vcpus.value();
+          bool same = s.info.vcpu_source == VcpuSource::kQmp && v.size() == s.info.vcpus.size() &&
+                      std::equal(v.begin(), v.end(), s.info.vcpus.begin(),
+                                 [](const auto& a, const auto& b) { return a.index == b.index && a.tid == b.tid; });
+          if (!same) {
+            s.info.vcpus = v;
+            s.info.vcpu_source = VcpuSource::kQmp;
+            ++s.info.generation;
+            changed = true;
+          }
+        } else {
+          spdlog::warn("libvirt: domain {}: vCPU threads from QMP failed ({}); using {}", s.info.name,
+                       d.vcpus.error().message, to_string(s.info.vcpu_source));
+          if (s.info.vcpu_source != VcpuSource::kQmp) {
+            // Retry the thread names: the domain may have been probed before its vCPU threads existed.
+            auto names = vcpu_threads_from_proc(opts_.proc_root, s.info.qemu_pid);
+            if (names.ok() && names->size() != s.info.vcpus.size()) {
+              s.info.vcpus = std::move(names).value();
+              s.info.vcpu_source = VcpuSource::kThreadNames;
+              ++s.info.generation;
+              changed = true;
+            }
+          }
+        }
+        if (d.layout) {
+          if (d.layout->ok()) {
+            s.info.ram_layout =
+                std::make_shared<const std::vector<introspect::RamRange>>(std::move(d.layout->value()));
+            s.info.ram_layout_error.clear();
+            ++s.info.generation;
+            changed = true;
+          } else if (s.info.ram_layout_error != d.layout->error().message) {
+            s.info.ram_layout_error = d.layout->error().message;
+            spdlog::warn("libvirt: domain {}: RAM layout: {}", s.info.name, s.info.ram_layout_error);
+            changed = true;
+          }
+        }
+        if (changed) updated = s.info;
+      }
+      if (s.probe_again) start_probe_locked(s);
+    }
+    table_cv_.notify_all();
+    if (updated) notify([&](DomainObserver& o) { o.on_domain_updated(*updated); });
+  }
+
+  void apply_health(const CmdHealth& h) {
+    std::optional<DomainInfo> updated;
+    {
+      std::lock_guard lock(table_mu_);
+      auto it = slots_.find(h.uuid);
+      if (it == slots_.end()) return;
+      it->second.info.monitor = h.health;
+      updated = it->second.info;
+    }
+    if (h.health.responsive) {
+      spdlog::info("libvirt: domain {}: monitor answers again", updated->name);
+    } else {
+      spdlog::warn("libvirt: domain {}: monitor unresponsive (stuck in {})", updated->name, h.health.stuck_call);
+    }
+    notify([&](DomainObserver& o) { o.on_domain_updated(*updated); });
+  }
+
+  std::string resolve_key_locked(std::string_view key) const {
+    if (slots_.count(std::string(key))) return std::string(key);
+    for (const auto& [uuid, s] : slots_) {
+      if (s.info.name == key) return uuid;
+    }
+    return {};
+  }
+
+  // ---- dispatch thread ----
+  void handle(Cmd& cmd) {
+    if (auto* lost = std::get_if<CmdConnectionLost>(&cmd)) {
+      bool connected;
+      {
+        std::lock_guard lock(table_mu_);
+        connected = conn_ != nullptr;
+      }
+      if (lost->epoch == epoch_ && connected) drop_connection(lost->reason);
+    } else if (auto* ev = std::get_if<CmdEvent>(&cmd)) {
+      if (ev->epoch != epoch_) return;
+      spdlog::info("libvirt: domain {}: {}{}{}", ev->event.name, to_string(ev->event.kind),
+                   ev->event.detail.empty() ? "" : " ", ev->event.detail);
+      notify([&](DomainObserver& o) { o.on_domain_event(ev->event); });
+      if (ev->resync) {
+        resync_pending_ = true;
+        resync_due_ = Clock::now();
+      } else {
+        schedule_probe_fresh(ev->event.uuid);
+      }
+    } else if (auto* rf = std::get_if<CmdRefresh>(&cmd)) {
+      if (rf->key.empty()) {
+        resync_pending_ = true;
+        resync_due_ = Clock::now();
+      } else {
+        std::string uuid;
+        {
+          std::lock_guard lock(table_mu_);
+          uuid = resolve_key_locked(rf->key);
+        }
+        if (!uuid.empty()) schedule_probe_fresh(uuid);
+      }
+    } else if (auto* pd = std::get_if<CmdProbeDone>(&cmd)) {
+      apply_probe(*pd);
+    } else if (auto* h = std::get_if<CmdHealth>(&cmd)) {
+      apply_health(*h);
+    }
+  }
+
+  // Reboot, hotplug, explicit refresh: re-read the vCPU map and the RAM layout even if cached.
+  // The cached layout stays published until a new one replaces it: if the monitor hangs now,
+  // the old mapping is still the best there is (it only changes with memory hotplug).
+  void schedule_probe_fresh(const std::string& uuid) {
+    std::lock_guard lock(table_mu_);
+    auto it = slots_.find(uuid);
+    if (it == slots_.end()) return;
+    Slot& s = it->second;
+    s.layout_refresh = true;
+    if (s.probe_running) {
+      s.probe_again = true;
+      return;
+    }
+    start_probe_locked(s);
+  }
+
+  void run() {
+    pthread_setname_np(pthread_self(), "virt-dispatch");
+    for (;;) {
+      std::deque<Cmd> batch;
+      {
+        std::unique_lock lock(q_mu_);
+        auto now = Clock::now();
+        auto wake = now + milliseconds(250);  // deadline ticks
+        bool connected;
+        {
+          std::lock_guard tl(table_mu_);
+          connected = conn_ != nullptr;
+        }
+        if (!connected) wake = std::min(wake, backoff_.next_attempt());
+        if (connected && resync_pending_) wake = std::min(wake, resync_due_);
+        q_cv_.wait_until(lock, wake, [&] { return stopping_ || !queue_.empty(); });
+        if (stopping_) break;
+        batch.swap(queue_);
+      }
+      for (auto& cmd : batch) handle(cmd);
+      auto now = Clock::now();
+      bool connected;
+      {
+        std::lock_guard tl(table_mu_);
+        connected = conn_ != nullptr;
+      }
+      if (!connected && backoff_.attempt_due(now)) {
+        try_connect();
+        connected = backoff_.state() == ReconnectBackoff::State::kConnected;
+      }
+      if (connected && resync_pending_ && now >= resync_due_) sync();
+      // Calls nobody waits on (probes abandoned by their caller) still flag a stuck monitor.
+      std::vector<std::shared_ptr<DeadlineWorker>> monitors;
+      {
+        std::lock_guard tl(table_mu_);
+        for (auto& [uuid, s] : slots_) monitors.push_back(s.monitor);
+      }
+      for (auto& m : monitors) m->check_deadline(now);
+    }
+    // Shutdown, on this thread so that libvirt is only ever driven from here and the workers.
+    bool connected;
+    {
+      std::lock_guard lock(table_mu_);
+      connected = conn_ != nullptr;
+    }
+    if (connected) drop_connection("shutdown");
+    std::map<std::string, Slot> slots;
+    {
+      std::lock_guard lock(table_mu_);
+      slots.swap(slots_);
+    }
+    slots.clear();
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+DomainWatcher::DomainWatcher(WatcherOptions options) : impl_(std::make_shared<Impl>(std::move(options))) {}
+
+DomainWatcher::~DomainWatcher() { stop(); }
+
+void DomainWatcher::add_observer(DomainObserver* observer) { impl_->observers_.push_back(observer); }
+
+Result<void> DomainWatcher::start() {
+  if (impl_->started_) return Error(ErrorCode::kInvalidArgument, "DomainWatcher already started");
+  STALLMON_TRY(impl_->loop_, EventLoop::acquire());
+  impl_->conn_worker_ = std::make_shared<DeadlineWorker>("virt-conn");
+  {
+    std::lock_guard lock(impl_->table_mu_);
+    impl_->status_.uri = impl_->opts_.uri;
+  }
+  impl_->started_ = true;
+  impl_->dispatch_ = std::thread([impl = impl_.get()] { impl->run(); });
+  return Ok();
+}
+
+void DomainWatcher::stop() {
+  if (!impl_->started_) return;
+  {
+    std::lock_guard lock(impl_->q_mu_);
+    impl_->stopping_ = true;
+    impl_->q_cv_.notify_all();
+  }
+  if (impl_->dispatch_.joinable()) impl_->dispatch_.join();
+  impl_->conn_worker_.reset();
+  impl_->loop_.reset();
+  impl_->started_ = false;
+}
+
+uint64_t DomainWatcher::wait_synced(uint64_t after_count, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(impl_->table_mu_);
+  impl_->table_cv_.wait_for(lock, timeout, [&] { return impl_->syncs_ > after_count; });
+  return impl_->syncs_;
+}
+
+bool DomainWatcher::wait_probes_idle(std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(impl_->table_mu_);
+  return impl_->table_cv_.wait_for(lock, timeout, [&] {
+    return std::none_of(impl_->slots_.begin(), impl_->slots_.end(),
+                        [](const auto& kv) { return kv.second.probe_running; });
+  });
+}
+
+uint64_t DomainWatcher::sync_count() const {
+  std::lock_guard lock(impl_->table_mu_);
+  return impl_->syncs_;
+}
+
+std::vector<DomainInfo> DomainWatcher::domains() const {
+  std::lock_guard lock(impl_->table_mu_);
+  return impl_->snapshot_locked();
+}
+
+std::optional<DomainInfo> DomainWatcher::domain(std::string_view uuid_or_name) const {
+  std::lock_guard lock(impl_->table_mu_);
+  std::string uuid = impl_->resolve_key_locked(uuid_or_name);
+  if (uuid.empty()) return std::nullopt;
+  return impl_->slots_.at(uuid).info;
+}
+
+ConnectionStatus DomainWatcher::connection() const {
+  std::lock_guard lock(impl_->table_mu_);
+  return impl_->status_;
+}
+
+PendingCall<std::string> DomainWatcher::qmp(std::string_view uuid_or_name, std::string command_json,
+                                            std::chrono::milliseconds timeout) {
+  std::shared_ptr<DeadlineWorker> monitor;
+  DomPtr dom;
+  {
+    std::lock_guard lock(impl_->table_mu_);
+    std::string uuid = impl_->resolve_key_locked(uuid_or_name);
+    if (!uuid.empty()) {
+      auto& s = impl_->slots_.at(uuid);
+      monitor = s.monitor;
+      dom = s.dom;
+    }
+  }
+  if (!monitor || !dom) {
+    return PendingCall<std::string>::completed(
+        Error(ErrorCode::kNotFound, "no running domain " + std::string(uuid_or_name)));
+  }
+  return monitor->submit<std::string>("qmp " + command_json, timeout, [dom, command_json]() {
+    return monitor_command(dom.get(), command_json, false);
+  });
+}
+
+PendingCall<std::string> DomainWatcher::hmp(std::string_view uuid_or_name, std::string command_line,
+                                            std::chrono::milliseconds timeout) {
+  std::shared_ptr<DeadlineWorker> monitor;
+  DomPtr dom;
+  {
+    std::lock_guard lock(impl_->table_mu_);
+    std::string uuid = impl_->resolve_key_locked(uuid_or_name);
+    if (!uuid.empty()) {
+      auto& s = impl_->slots_.at(uuid);
+      monitor = s.monitor;
+      dom = s.dom;
+    }
+  }
+  if (!monitor || !dom) {
+    return PendingCall<std::string>::completed(
+        Error(ErrorCode::kNotFound, "no running domain " + std::string(uuid_or_name)));
+  }
+  return monitor->submit<std::string>("hmp " + command_line, timeout, [dom, command_line]() {
+    return monitor_command(dom.get(), command_line, true);
+  });
+}
+
+introspect::HmpCommand DomainWatcher::hmp_command(std::string_view uuid_or_name, std::chrono::milliseconds timeout) {
+  std::string key(uuid_or_name);
+  return [this, key, timeout](std::string_view cmd) { return hmp(key, std::string(cmd), timeout).wait(); };
+}
+
+Result<std::vector<std::string>> DomainWatcher::list_running_domains(std::chrono::milliseconds timeout) {
+  virConnectPtr c = nullptr;
+  {
+    std::lock_guard lock(impl_->table_mu_);
+    if (!impl_->conn_) return Error(ErrorCode::kIo, "not connected to " + impl_->opts_.uri);
+    c = impl_->conn_;
+    virConnectRef(c);
+  }
+  auto worker = impl_->conn_worker_;
+  return worker->call<std::vector<std::string>>("list domains", timeout, [c]() -> Result<std::vector<std::string>> {
+    virDomainPtr* doms = nullptr;
+    int n = virConnectListAllDomains(c, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    if (n < 0) {
+      Error e = libvirt_error("virConnectListAllDomains");
+      virConnectClose(c);
+      return e;
+    }
+    std::vector<std::string> names;
+    for (int i = 0; i < n; ++i) {
+      names.push_back(domain_name(doms[i]));
+      virDomainFree(doms[i]);
+    }
+    std::free(doms);
+    virConnectClose(c);
+    std::sort(names.begin(), names.end());
+    return names;
+  });
+}
+
+void DomainWatcher::refresh(std::string_view uuid_or_name) { impl_->post(CmdRefresh{std::string(uuid_or_name)}); }
+
+}  // namespace stallmon::libvirt
