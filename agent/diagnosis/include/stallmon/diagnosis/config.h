@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+// Thresholds of every rule. The defaults and the reasoning behind them are in
+// agent/diagnosis/README.md; keep the two in step.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+
+#include "stallmon/diagnosis/time.h"
+
+namespace stallmon::diagnosis {
+
+using namespace std::chrono_literals;
+
+struct DiagnosisConfig {
+  // --- VCPU_HOST_BLOCKED / VM_WIDE_STALL -------------------------------------------------
+  // A thread in D/T/t without run progress this long is blocked. Short D sleeps (page faults,
+  // I/O submission) last micro- to milliseconds and come with run progress in between.
+  Duration host_blocked_min = 500ms;
+
+  // --- VCPU_HOST_STARVED ------------------------------------------------------------------
+  // Steal (run delay / wall time) over `starved_window`, or cgroup throttled time / wall time.
+  // 0.8: a healthy 4-vCPU guest busy on a 2-core host sits at ~0.5 per vCPU; a vCPU capped
+  // at 5 ms/100 ms sits at ~0.95.
+  double starved_fraction = 0.8;
+  Duration starved_window = 3s;
+  // ...and it must hold at every tick for this long (so: evidence spans window + sustain).
+  Duration starved_sustain = 2s;
+
+  // --- GUEST_IPI_STALL --------------------------------------------------------------------
+  // A csd seen locked in consecutive snapshots for this long. Healthy IPIs finish in µs.
+  Duration ipi_stall_min = 500ms;
+
+  // --- GUEST_IDLE_WITH_PENDING_WORK -------------------------------------------------------
+  // Idle task current, with work queued, continuously over at least 2 snapshots spanning this.
+  Duration idle_pending_min = 500ms;
+
+  // --- GUEST_SOFTLOCKUP(_IMMINENT) --------------------------------------------------------
+  // Imminent once the touch age reaches this fraction of the guest's 2 x watchdog_thresh.
+  double softlockup_imminent_fraction = 0.5;
+
+  // --- GUEST_IRQS_OFF ---------------------------------------------------------------------
+  // hrtimer_interrupts advances once per watchdog period (2 x watchdog_thresh / 5 s). Judge
+  // only after this many periods without an increment...
+  double irqs_off_periods = 2.5;
+  // ...during which the vCPU thread ran at least this fraction of the wall time.
+  double irqs_off_min_run_fraction = 0.25;
+
+  // --- GUEST_PANIC ------------------------------------------------------------------------
+  std::size_t printk_tail_lines = 10;
+
+  // --- Snapshot scheduling ----------------------------------------------------------------
+  Duration baseline_snapshot_interval = 1s;  // a domain without suspect signals
+  bool snapshot_every_tick_when_suspect = true;
+  // Suspect (snapshot every tick) from this steal fraction on; below starved_fraction so the
+  // starvation rule has guest evidence by the time it fires.
+  double suspect_steal_fraction = 0.6;
+
+  // --- Events and memory ------------------------------------------------------------------
+  // An active finding whose only change is its ages emits UPDATED at most this often
+  // (material changes - severity, cause, CPUs, root, waiters - are emitted at once).
+  Duration update_min_interval = 1s;
+  std::size_t max_resolved_history = 1000;  // resolved findings kept for ListFindings
+  std::size_t max_event_log = 10000;        // events kept for WatchFindings resume
+};
+
+}  // namespace stallmon::diagnosis

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Per-domain state the engine keeps across ticks: host thread trackers (progress, windows),
+// guest CPU trackers (idle-with-work, hrtimer progress, watchdog touch), csd waits over time,
+// and the sticky panic state. Internal to the engine.
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stallmon/diagnosis/observation.h"
+
+namespace stallmon::diagnosis {
+
+struct HostSamplePoint {
+  Timestamp at{};
+  Duration run_time{0};
+  Duration run_delay{0};
+  std::optional<uint64_t> nr_throttled;
+  std::optional<Duration> throttled_time;
+};
+
+struct WindowStats {
+  Duration span{0};
+  double run_fraction = 0;        // run time / wall time
+  double steal_fraction = 0;      // run delay / wall time
+  double throttled_fraction = 0;  // cgroup throttled time / wall time
+  uint64_t throttled_count = 0;   // nr_throttled increments
+};
+
+struct ThreadTracker {
+  HostThreadView latest;
+  int vcpu = -1;  // -1: not a vCPU thread
+  Timestamp first_seen{};
+  Timestamp progress_at{};  // the last tick at which run_time was seen to advance
+  Timestamp state_since{};
+  std::deque<HostSamplePoint> samples;  // the last starved_window (+ a margin)
+  std::optional<Timestamp> starved_since;
+
+  // Derived at this tick.
+  Duration no_progress{0};
+  Duration blocked_for{0};  // D/T/t without progress; 0 otherwise
+  bool blocked = false;     // blocked_for >= host_blocked_min
+  bool futex_wait = false;  // S in a futex wait without progress >= host_blocked_min
+  std::optional<WindowStats> window;
+  bool starved = false;     // starvation held for starved_sustain
+};
+
+struct GuestCpuTracker {
+  GuestCpuView latest;
+  std::optional<Timestamp> idle_pending_since;
+  int idle_pending_snapshots = 0;
+  std::optional<uint64_t> hrtimer;
+  Timestamp hrtimer_since{};                  // first snapshot that showed the current value
+  std::optional<Duration> run_at_hrtimer_since;  // the vCPU thread's run time then
+  std::optional<uint64_t> prev_touch_ts;
+  bool touch_growing = false;  // touch_ts unchanged since the previous snapshot
+};
+
+struct CsdEdgeKey {
+  int waiter = -1;
+  int target = -1;
+  uint64_t csd_address = 0;
+  auto operator<=>(const CsdEdgeKey&) const = default;
+};
+
+struct CsdEdgeTracker {
+  Timestamp first_seen{};  // first of the consecutive snapshots that showed it locked
+  std::string function;
+  uint32_t flags = 0;
+};
+
+struct GuestState {
+  GuestView view;
+  Timestamp at{};
+  std::map<int, GuestCpuTracker> cpus;
+  std::map<CsdEdgeKey, CsdEdgeTracker> edges;
+};
+
+struct PanicState {
+  bool active = false;
+  Timestamp since{};
+  int cpu = -1;
+  bool from_event = false;
+  std::string event_detail;
+  std::optional<uint64_t> clock_at_panic;  // guest running clock when first seen in memory
+  std::vector<std::string> printk_tail;
+};
+
+struct DomainState {
+  DomainIdentity identity;
+  std::string key;
+  std::map<int, ThreadTracker> vcpus;   // by vCPU index
+  std::map<int, ThreadTracker> others;  // by tid
+  int main_loop_tid = 0;
+  std::optional<GuestState> guest;
+  std::optional<Timestamp> last_snapshot_at;
+  MonitorStatus monitor;
+  PanicState panic;
+  bool suspect = false;
+};
+
+}  // namespace stallmon::diagnosis

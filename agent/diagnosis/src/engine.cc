@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/diagnosis/engine.h"
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+
+#include "domain_state.h"
+#include "finding_store.h"
+#include "rules.h"
+
+namespace stallmon::diagnosis {
+
+namespace {
+
+bool is_guest_kind(FindingKind k) {
+  switch (k) {
+    case FindingKind::kGuestIpiStall:
+    case FindingKind::kGuestIdleWithPendingWork:
+    case FindingKind::kGuestSoftlockupImminent:
+    case FindingKind::kGuestSoftlockup:
+    case FindingKind::kGuestIrqsOff:
+      return true;
+    default:
+      return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
+  }
+}
+
+std::string domain_key(const DomainIdentity& id) { return id.uuid.empty() ? id.name : id.uuid; }
+
+std::optional<WindowStats> window_stats(const std::deque<HostSamplePoint>& samples, Timestamp now, Duration window) {
+  if (samples.size() < 2) return std::nullopt;
+  const HostSamplePoint* first = nullptr;
+  for (const auto& s : samples)
+    if (s.at >= now - window) {
+      first = &s;
+      break;
+    }
+  const HostSamplePoint& last = samples.back();
+  if (first == nullptr || first == &last) return std::nullopt;
+  const Duration span = last.at - first->at;
+  // Too little history (a thread just appeared) would turn one long run-queue wait into a
+  // fraction near 1: judge only over at least half the window.
+  if (span < window / 2 || span <= Duration::zero()) return std::nullopt;
+  WindowStats w;
+  w.span = span;
+  const double wall = static_cast<double>(span.count());
+  w.run_fraction = static_cast<double>((last.run_time - first->run_time).count()) / wall;
+  w.steal_fraction = static_cast<double>((last.run_delay - first->run_delay).count()) / wall;
+  if (first->throttled_time && last.throttled_time && *last.throttled_time >= *first->throttled_time)
+    w.throttled_fraction = static_cast<double>((*last.throttled_time - *first->throttled_time).count()) / wall;
+  if (first->nr_throttled && last.nr_throttled && *last.nr_throttled >= *first->nr_throttled)
+    w.throttled_count = *last.nr_throttled - *first->nr_throttled;
+  return w;
+}
+
+void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timestamp now, const DiagnosisConfig& c) {
+  const bool fresh = tr.latest.tid == 0 || tr.latest.tid != v.tid || v.run_time < tr.latest.run_time ||
+                     v.run_delay < tr.latest.run_delay;  // counters never go back: a reused tid
+  if (fresh) {
+    tr = ThreadTracker{};
+    tr.first_seen = tr.progress_at = tr.state_since = now;
+  } else {
+    if (v.run_time > tr.latest.run_time) tr.progress_at = now;
+    if (v.state != tr.latest.state) tr.state_since = now;
+  }
+  tr.latest = v;
+  tr.vcpu = vcpu;
+  tr.samples.push_back({now, v.run_time, v.run_delay, v.cgroup_nr_throttled, v.cgroup_throttled_time});
+  const Duration keep = c.starved_window + std::chrono::seconds(1);
+  while (tr.samples.size() > 2 && tr.samples.front().at < now - keep) tr.samples.pop_front();
+
+  tr.no_progress = now - tr.progress_at;
+  tr.blocked_for = Duration::zero();
+  if (is_host_blocking(v.state)) {
+    // A thread continuously in D/T/t cannot have run: the sampler's in-state time dates a stall
+    // that began before we first saw the thread.
+    tr.blocked_for = std::max(tr.no_progress, v.in_state_for.value_or(Duration::zero()));
+  }
+  tr.blocked = tr.blocked_for >= c.host_blocked_min;
+  tr.futex_wait = v.state == ThreadState::kSleeping && v.wchan.find("futex") != std::string::npos &&
+                  tr.no_progress >= c.host_blocked_min;
+
+  tr.window = window_stats(tr.samples, now, c.starved_window);
+  const bool starving = tr.window && !is_host_blocking(v.state) &&
+                        (tr.window->steal_fraction >= c.starved_fraction ||
+                         (tr.window->throttled_fraction >= c.starved_fraction && tr.window->throttled_count > 0));
+  if (!starving) {
+    tr.starved_since.reset();
+  } else if (!tr.starved_since) {
+    tr.starved_since = now;
+  }
+  tr.starved = tr.starved_since && now - *tr.starved_since >= c.starved_sustain;
+}
+
+void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
+  if (!d.guest) d.guest.emplace();
+  GuestState& gs = *d.guest;
+  std::map<int, GuestCpuTracker> cpus;
+  for (const GuestCpuView& cv : g.cpus) {
+    GuestCpuTracker tr;
+    if (auto it = gs.cpus.find(cv.cpu); it != gs.cpus.end()) tr = std::move(it->second);
+    const ThreadTracker* th = d.vcpus.count(cv.cpu) ? &d.vcpus.at(cv.cpu) : nullptr;
+
+    const bool pending = cv.idle && (cv.nr_running >= 1 || cv.ttwu_pending || !cv.call_single_queue.empty());
+    if (!pending) {
+      tr.idle_pending_since.reset();
+      tr.idle_pending_snapshots = 0;
+    } else if (!tr.idle_pending_since) {
+      tr.idle_pending_since = now;
+      tr.idle_pending_snapshots = 1;
+    } else {
+      ++tr.idle_pending_snapshots;
+    }
+
+    if (!cv.hrtimer_interrupts) {
+      tr.hrtimer.reset();
+      tr.run_at_hrtimer_since.reset();
+    } else if (!tr.hrtimer || *tr.hrtimer != *cv.hrtimer_interrupts || (!tr.run_at_hrtimer_since && th)) {
+      tr.hrtimer = cv.hrtimer_interrupts;
+      tr.hrtimer_since = now;
+      if (th) tr.run_at_hrtimer_since = th->latest.run_time;
+    }
+
+    tr.touch_growing = cv.watchdog_touch_ts && tr.prev_touch_ts && *tr.prev_touch_ts == *cv.watchdog_touch_ts;
+    tr.prev_touch_ts = cv.watchdog_touch_ts;
+    tr.latest = cv;
+    cpus[cv.cpu] = std::move(tr);
+  }
+
+  // csd waits: the same (waiter, target, csd) locked with the same function in consecutive
+  // snapshots is one wait, aged from the first of them (a lower bound of its true age).
+  std::map<CsdEdgeKey, CsdEdgeTracker> edges;
+  for (const GuestCpuView& cv : g.cpus)
+    for (const CsdRequest& r : cv.cfd_requests) {
+      if (!r.locked || r.target_cpu < 0 || r.target_cpu == cv.cpu) continue;
+      CsdEdgeKey key{cv.cpu, r.target_cpu, r.csd_address};
+      CsdEdgeTracker e{now, r.function, r.flags};
+      if (auto it = gs.edges.find(key); it != gs.edges.end() && it->second.function == r.function)
+        e.first_seen = it->second.first_seen;
+      edges[key] = e;
+    }
+
+  gs.cpus = std::move(cpus);
+  gs.edges = std::move(edges);
+  gs.view = g;
+  gs.at = now;
+  d.last_snapshot_at = now;
+
+  PanicState& p = d.panic;
+  std::vector<std::string> tail(g.printk_tail.end() - static_cast<std::ptrdiff_t>(std::min(g.printk_tail.size(), c.printk_tail_lines)),
+                                g.printk_tail.end());
+  if (g.panic_cpu >= 0) {
+    if (!p.active) p.since = now;
+    p.active = true;
+    p.cpu = g.panic_cpu;
+    if (!p.clock_at_panic) p.clock_at_panic = g.running_clock_ns;
+    p.printk_tail = std::move(tail);
+  } else if (p.active && p.clock_at_panic && g.running_clock_ns < *p.clock_at_panic) {
+    p = PanicState{};  // the guest clock went back: it rebooted
+  } else if (p.active) {
+    p.printk_tail = std::move(tail);  // crashed event without panic_cpu: keep the console fresh
+  }
+}
+
+}  // namespace
+
+struct DiagnosisEngine::Impl {
+  Impl(DiagnosisConfig c, const Clock& clk)
+      : config(std::move(c)), clock(clk), store(config.max_resolved_history, config.max_event_log) {}
+
+  DiagnosisConfig config;
+  const Clock& clock;
+  mutable std::mutex mu;
+  FindingStore store;
+  std::map<std::string, DomainState> domains;
+  FindingListener* listener = nullptr;
+
+  DomainState* find(const std::string& domain) {
+    if (auto it = domains.find(domain); it != domains.end()) return &it->second;
+    for (auto& [key, d] : domains)
+      if (d.identity.name == domain || d.identity.uuid == domain) return &d;
+    return nullptr;
+  }
+  const DomainState* find(const std::string& domain) const { return const_cast<Impl*>(this)->find(domain); }
+
+  void resolve_all(const DomainState& d, Timestamp now, bool keep_panic, std::vector<FindingEvent>& out) {
+    for (const auto& key : store.active_keys(d.key + "|")) {
+      if (keep_panic && store.active(key)->kind == FindingKind::kGuestPanic) continue;
+      store.resolve(key, now, out);
+    }
+  }
+
+  void deliver(const std::vector<FindingEvent>& events) {
+    if (listener == nullptr) return;
+    for (const auto& ev : events) listener->on_finding_event(ev);
+  }
+
+  bool compute_suspect(const DomainState& d) {
+    if (!d.monitor.responsive) return true;
+    for (const auto& [i, th] : d.vcpus) {
+      if (is_host_blocking(th.latest.state) || th.starved_since) return true;
+      if (th.window && th.window->steal_fraction >= config.suspect_steal_fraction) return true;
+    }
+    if (d.guest) {
+      const GuestState& g = *d.guest;
+      if (!g.edges.empty()) return true;
+      const uint64_t now_s = g.view.running_clock_ns >> 30;
+      // A touch is refreshed every watchdog period (0.4 x thresh s); allow 1.5 periods plus
+      // the 1-s granularity of the guest's timestamps before calling it stale.
+      const uint64_t stale_s = static_cast<uint64_t>(g.view.watchdog_thresh) * 6 / 10 + 1;
+      for (const auto& [cpu, ct] : g.cpus) {
+        if (ct.idle_pending_since) return true;
+        const auto& touch = ct.latest.watchdog_touch_ts;
+        if (g.view.watchdog_thresh > 0 && touch && *touch != 0 && *touch <= now_s && now_s - *touch > stale_s)
+          return true;
+      }
+    }
+    for (const auto& key : store.active_keys(d.key + "|"))
+      if (store.active(key)->kind != FindingKind::kGuestPanic) return true;  // a dead guest needs no 10 Hz
+    return false;
+  }
+
+  std::vector<FindingEvent> observe(const DomainObservation& obs) {
+    const Timestamp now = clock.now();
+    const std::string key = domain_key(obs.domain);
+    DomainState& d = domains[key];
+    d.key = key;
+    d.identity = obs.domain;
+    std::vector<FindingEvent> out;
+
+    for (const DomainEvent& ev : obs.events) {
+      switch (ev.type) {
+        case DomainEventType::kCrashed:
+          if (!d.panic.active) d.panic.since = ev.at == Timestamp{} ? now : ev.at;
+          d.panic.active = true;
+          d.panic.from_event = true;
+          d.panic.event_detail = ev.detail;
+          break;
+        case DomainEventType::kStarted:
+        case DomainEventType::kRebooted:
+        case DomainEventType::kStopped:
+          // A new boot (or none): nothing of the old one's state carries over.
+          d.panic = PanicState{};
+          d.guest.reset();
+          break;
+        case DomainEventType::kPaused:
+        case DomainEventType::kResumed:
+          break;  // obs.paused says the current state
+      }
+    }
+
+    if (obs.paused) {
+      // Deliberately stopped: not a stall. Drop the progress trackers, or resuming would look
+      // like threads that made no progress for the whole pause.
+      d.vcpus.clear();
+      d.others.clear();
+      d.guest.reset();
+      d.monitor = obs.monitor;
+      resolve_all(d, now, /*keep_panic=*/true, out);
+      d.suspect = false;
+      store.end_tick();
+      deliver(out);
+      return out;
+    }
+
+    // Host trackers.
+    {
+      std::map<int, ThreadTracker> vcpus, others;
+      for (const VcpuHostView& v : obs.vcpus) {
+        ThreadTracker tr;
+        if (auto it = d.vcpus.find(v.index); it != d.vcpus.end()) tr = std::move(it->second);
+        update_thread(tr, v.thread, v.index, now, config);
+        vcpus[v.index] = std::move(tr);
+      }
+      for (const HostThreadView& v : obs.other_threads) {
+        ThreadTracker tr;
+        if (auto it = d.others.find(v.tid); it != d.others.end()) tr = std::move(it->second);
+        update_thread(tr, v, -1, now, config);
+        others[v.tid] = std::move(tr);
+      }
+      d.vcpus = std::move(vcpus);
+      d.others = std::move(others);
+      d.main_loop_tid = obs.main_loop_tid;
+      d.monitor = obs.monitor;
+    }
+    const bool guest_tick = obs.guest.has_value();
+    if (guest_tick) update_guest(d, *obs.guest, now, config);
+
+    TickContext t(config, d, store, now);
+    rule_vm_wide_stall(t);
+    rule_host_blocked(t);
+    rule_host_starved(t);
+    rule_monitor_unresponsive(t);
+    rule_panic(t);
+    if (guest_tick) {
+      rule_irqs_off(t);
+      rule_ipi_stall(t);
+      rule_idle_with_pending_work(t);
+      rule_softlockup(t);
+    }
+
+    std::set<std::string> proposed;
+    for (Candidate& c : t.candidates) {
+      proposed.insert(c.condition_key);
+      store.upsert(c.condition_key, std::move(c.finding), c.signature, now, config.update_min_interval, out);
+    }
+    for (const auto& k : store.active_keys(d.key + "|")) {
+      if (proposed.count(k)) continue;
+      // Guest findings stand until a snapshot says otherwise.
+      if (!guest_tick && is_guest_kind(store.active(k)->kind)) continue;
+      store.resolve(k, now, out);
+    }
+    store.end_tick();
+    d.suspect = compute_suspect(d);
+    deliver(out);
+    return out;
+  }
+};
+
+DiagnosisEngine::DiagnosisEngine(DiagnosisConfig config, const Clock& clock)
+    : impl_(std::make_unique<Impl>(std::move(config), clock)) {}
+DiagnosisEngine::~DiagnosisEngine() = default;
+
+std::vector<FindingEvent> DiagnosisEngine::observe(const DomainObservation& observation) {
+  std::lock_guard lock(impl_->mu);
+  return impl_->observe(observation);
+}
+
+bool DiagnosisEngine::wants_guest_snapshot(const std::string& domain, Timestamp now) const {
+  std::lock_guard lock(impl_->mu);
+  const DomainState* d = impl_->find(domain);
+  if (d == nullptr || !d->last_snapshot_at) return true;
+  if (d->suspect && impl_->config.snapshot_every_tick_when_suspect) return true;
+  return now - *d->last_snapshot_at >= impl_->config.baseline_snapshot_interval;
+}
+
+std::vector<FindingEvent> DiagnosisEngine::forget_domain(const std::string& domain) {
+  std::lock_guard lock(impl_->mu);
+  std::vector<FindingEvent> out;
+  DomainState* d = impl_->find(domain);
+  if (d == nullptr) return out;
+  impl_->resolve_all(*d, impl_->clock.now(), /*keep_panic=*/false, out);
+  impl_->store.end_tick();
+  impl_->domains.erase(d->key);
+  impl_->deliver(out);
+  return out;
+}
+
+std::vector<Finding> DiagnosisEngine::list_findings(const FindingQuery& q) const {
+  std::lock_guard lock(impl_->mu);
+  auto match = [&](const Finding& f) {
+    if (!q.domain.empty() && f.domain != q.domain && f.domain_uuid != q.domain) return false;
+    if (!q.kinds.empty() && std::find(q.kinds.begin(), q.kinds.end(), f.kind) == q.kinds.end()) return false;
+    if (q.since && f.last_update < *q.since && !(f.resolved_at && *f.resolved_at >= *q.since)) return false;
+    return true;
+  };
+  std::vector<Finding> active;
+  for (auto& f : impl_->store.all_active())
+    if (match(f)) active.push_back(std::move(f));
+  std::sort(active.begin(), active.end(), [](const Finding& a, const Finding& b) {
+    return a.onset < b.onset || (a.onset == b.onset && a.id < b.id);
+  });
+  std::vector<Finding> out = std::move(active);
+  if (!q.active_only) {
+    const auto& resolved = impl_->store.resolved();
+    for (auto it = resolved.rbegin(); it != resolved.rend() && out.size() < q.limit; ++it)
+      if (match(*it)) out.push_back(*it);
+  }
+  if (out.size() > q.limit) out.resize(q.limit);
+  return out;
+}
+
+std::vector<Finding> DiagnosisEngine::active_findings(const std::string& domain) const {
+  FindingQuery q;
+  q.domain = domain;
+  q.active_only = true;
+  q.limit = static_cast<std::size_t>(-1);
+  return list_findings(q);
+}
+
+EventsSince DiagnosisEngine::events_since(uint64_t after_revision) const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->store.events_since(after_revision);
+}
+
+uint64_t DiagnosisEngine::revision() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->store.revision();
+}
+
+std::size_t DiagnosisEngine::resolved_history_size() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->store.resolved().size();
+}
+
+std::size_t DiagnosisEngine::event_log_size() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->store.event_log_size();
+}
+
+void DiagnosisEngine::set_listener(FindingListener* listener) {
+  std::lock_guard lock(impl_->mu);
+  impl_->listener = listener;
+}
+
+const DiagnosisConfig& DiagnosisEngine::config() const { return impl_->config; }
+
+}  // namespace stallmon::diagnosis

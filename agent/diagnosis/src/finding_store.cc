@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "finding_store.h"
+
+#include <algorithm>
+
+namespace stallmon::diagnosis {
+
+std::string FindingStore::id_for(const std::string& condition_key, const std::string& readable_prefix) {
+  if (auto it = active_.find(condition_key); it != active_.end()) return it->second.finding.id;
+  if (auto it = reserved_.find(condition_key); it != reserved_.end()) return it->second;
+  // The sequence number makes a recurrence of the same condition a new finding with a new id;
+  // the prefix keeps ids readable in logs ("vm1/GUEST_IPI_STALL/cpu2/17").
+  std::string id = readable_prefix + "/" + std::to_string(next_seq_++);
+  reserved_.emplace(condition_key, id);
+  return id;
+}
+
+const Finding* FindingStore::active(const std::string& condition_key) const {
+  auto it = active_.find(condition_key);
+  return it == active_.end() ? nullptr : &it->second.finding;
+}
+
+void FindingStore::emit(FindingEvent::Type type, const Finding& f, std::vector<FindingEvent>& out) {
+  FindingEvent ev;
+  ev.type = type;
+  ev.revision = ++revision_;
+  ev.finding = f;
+  events_.push_back(ev);
+  while (events_.size() > max_events_) events_.pop_front();
+  out.push_back(std::move(ev));
+}
+
+void FindingStore::upsert(const std::string& condition_key, Finding finding, const std::string& signature,
+                          Timestamp now, Duration refresh, std::vector<FindingEvent>& out) {
+  auto it = active_.find(condition_key);
+  if (it == active_.end()) {
+    // A new condition: its id was reserved by the rule (or is reserved now).
+    finding.id = id_for(condition_key, finding.domain + "/" + to_string(finding.kind));
+    finding.opened_at = now;
+    finding.last_update = now;
+    finding.active = true;
+    finding.resolved_at.reset();
+    finding.duration = now - finding.onset;
+    Active a{finding, signature, now};
+    active_.emplace(condition_key, a);
+    emit(FindingEvent::Type::kOpened, finding, out);
+    return;
+  }
+  Active& a = it->second;
+  finding.id = a.finding.id;
+  finding.opened_at = a.finding.opened_at;
+  // The onset never moves later: a condition re-dated by a longer window keeps its first date.
+  finding.onset = std::min(finding.onset, a.finding.onset);
+  finding.last_update = now;
+  finding.active = true;
+  finding.duration = now - finding.onset;
+  const bool material = signature != a.signature;
+  a.finding = std::move(finding);
+  a.signature = signature;
+  if (material || now - a.last_emitted >= refresh) {
+    a.last_emitted = now;
+    emit(FindingEvent::Type::kUpdated, a.finding, out);
+  }
+}
+
+void FindingStore::resolve(const std::string& condition_key, Timestamp now, std::vector<FindingEvent>& out) {
+  auto it = active_.find(condition_key);
+  if (it == active_.end()) return;
+  Finding f = std::move(it->second.finding);
+  active_.erase(it);
+  f.active = false;
+  f.resolved_at = now;
+  // Duration of the condition as last confirmed, not up to the tick that noticed it was gone.
+  f.duration = f.last_update - f.onset;
+  emit(FindingEvent::Type::kResolved, f, out);
+  resolved_.push_back(std::move(f));
+  while (resolved_.size() > max_history_) resolved_.pop_front();
+}
+
+std::vector<std::string> FindingStore::active_keys(const std::string& prefix) const {
+  std::vector<std::string> keys;
+  for (auto it = active_.lower_bound(prefix); it != active_.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+       ++it)
+    keys.push_back(it->first);
+  return keys;
+}
+
+std::vector<Finding> FindingStore::all_active() const {
+  std::vector<Finding> v;
+  v.reserve(active_.size());
+  for (const auto& [key, a] : active_) v.push_back(a.finding);
+  return v;
+}
+
+EventsSince FindingStore::events_since(uint64_t after) const {
+  EventsSince r;
+  r.revision = revision_;
+  const uint64_t oldest = events_.empty() ? revision_ + 1 : events_.front().revision;
+  // Resuming from `after` needs every event after it; if the first of those was dropped the
+  // stream has a gap the caller must close with a resync.
+  r.complete = after + 1 >= oldest || after >= revision_;
+  for (const auto& ev : events_)
+    if (ev.revision > after) r.events.push_back(ev);
+  return r;
+}
+
+}  // namespace stallmon::diagnosis

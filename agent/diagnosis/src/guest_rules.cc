@@ -1,0 +1,429 @@
+// SPDX-License-Identifier: Apache-2.0
+// Guest-side rules: what the guest kernel's own state says (csd waits, runqueues, watchdog
+// timestamps, timer interrupt counts), joined with the host verdict for each vCPU.
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <set>
+
+#include "rules.h"
+#include "stallmon/diagnosis/wait_graph.h"
+
+namespace stallmon::diagnosis {
+
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+// SOFTLOCKUP_DELAY_REPORT (ULONG_MAX): touch_softlockup_watchdog() asked the guest to skip the
+// next report; its next hrtimer restarts the report period.
+constexpr uint64_t kSoftlockupDelayReport = ~uint64_t{0};
+
+std::string ms(Duration d) { return std::to_string(duration_cast<milliseconds>(d).count()); }
+
+std::string hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
+  return buf;
+}
+
+// "CPU0 (sh, pid 107)"
+std::string cpu_task(const GuestCpuView& c) {
+  if (c.idle) return "CPU" + std::to_string(c.cpu) + " (idle)";
+  return "CPU" + std::to_string(c.cpu) + " (" + c.current_comm + ", pid " + std::to_string(c.current_pid) + ")";
+}
+
+std::string plural(std::size_t n, const std::string& one, const std::string& many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+// "a pending wakeup and 2 queued calls", "" when nothing waits.
+std::string pending_work(const GuestCpuView& c) {
+  std::vector<std::string> parts;
+  if (c.ttwu_pending) parts.push_back("a pending wakeup");
+  if (!c.call_single_queue.empty()) parts.push_back(plural(c.call_single_queue.size(), "queued call", "queued calls"));
+  if (c.nr_running > 0) parts.push_back(plural(c.nr_running, "runnable task", "runnable tasks"));
+  std::string s;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) s += (i + 1 == parts.size()) ? " and " : ", ";
+    s += parts[i];
+  }
+  return s;
+}
+
+// "CPU2 is idle with a pending wakeup and 2 queued calls" / "CPU1 runs insmod (pid 200)"
+std::string cpu_state_phrase(const GuestCpuView& c) {
+  std::string s = "CPU" + std::to_string(c.cpu);
+  s += c.idle ? " is idle" : " runs " + c.current_comm + " (pid " + std::to_string(c.current_pid) + ")";
+  const std::string work = pending_work(c);
+  if (!work.empty()) s += " with " + work;
+  return s;
+}
+
+Evidence runqueue_evidence(const GuestCpuView& c) {
+  Evidence e;
+  e.text = "CPU" + std::to_string(c.cpu) + ": current " + c.current_comm + " (pid " + std::to_string(c.current_pid) +
+           (c.idle ? ", idle" : "") + "), nr_running " + std::to_string(c.nr_running) + ", ttwu_pending " +
+           (c.ttwu_pending ? "1" : "0");
+  if (!c.call_single_queue.empty()) {
+    e.text += ", call_single_queue: [";
+    for (std::size_t i = 0; i < c.call_single_queue.size(); ++i) {
+      const QueuedCall& q = c.call_single_queue[i];
+      if (i > 0) e.text += ", ";
+      e.text += std::string(to_string(q.type)) + " " + q.function;
+      if (q.source_cpu >= 0) e.text += " from CPU" + std::to_string(q.source_cpu);
+    }
+    e.text += "]";
+  }
+  e.facts["cpu"] = std::to_string(c.cpu);
+  e.facts["current_pid"] = std::to_string(c.current_pid);
+  e.facts["current_comm"] = c.current_comm;
+  e.facts["idle"] = c.idle ? "1" : "0";
+  e.facts["nr_running"] = std::to_string(c.nr_running);
+  e.facts["ttwu_pending"] = c.ttwu_pending ? "1" : "0";
+  e.facts["call_single_queue_len"] = std::to_string(c.call_single_queue.size());
+  return e;
+}
+
+const char* cause_word(Cause c) {
+  switch (c) {
+    case Cause::kHostBlocked:
+    case Cause::kHostStarved: return "host";
+    case Cause::kGuestIrqsOff: return "guest (interrupts off)";
+    case Cause::kGuestOther: return "guest";
+    default: return "unknown";
+  }
+}
+
+Duration watchdog_period(const GuestView& g) {
+  // set_sample_period(): sample_period = 2 * watchdog_thresh * NSEC_PER_SEC / NUM_SAMPLE_PERIODS (5).
+  return std::chrono::milliseconds(400) * g.watchdog_thresh;
+}
+
+}  // namespace
+
+void rule_irqs_off(TickContext& t) {
+  const GuestState& g = *t.d.guest;
+  // With watchdog_thresh 0 the watchdog hrtimer does not run: a standing count proves nothing.
+  if (g.view.watchdog_thresh <= 0) return;
+  const Duration period = watchdog_period(g.view);
+  const auto window = duration_cast<Duration>(period * t.config.irqs_off_periods);
+  for (const auto& [cpu, ct] : g.cpus) {
+    if (!ct.latest.online || !ct.hrtimer || !ct.run_at_hrtimer_since) continue;
+    const ThreadTracker* th = t.vcpu_thread(cpu);
+    if (th == nullptr || th->blocked) continue;
+    const Duration frozen = t.now - ct.hrtimer_since;
+    if (frozen < window) continue;
+    // The count stands still. That alone is what a vCPU the host does not run looks like too:
+    // only real run time in the same window makes it "interrupts off".
+    const Duration ran = th->latest.run_time - *ct.run_at_hrtimer_since;
+    if (ran < duration_cast<Duration>(frozen * t.config.irqs_off_min_run_fraction)) continue;
+    auto& c = t.propose(FindingKind::kGuestIrqsOff, "cpu" + std::to_string(cpu), Severity::kCritical,
+                        Cause::kGuestIrqsOff);
+    Finding& f = c.finding;
+    f.cpus = {cpu};
+    f.onset = ct.hrtimer_since;
+    f.summary = cpu_task(ct.latest) + " runs with interrupts disabled: its " + thread_phrase(*th) + " ran " +
+                format_duration(ran) + " of the last " + format_duration(frozen) +
+                ", yet its timer interrupt count has not moved (the watchdog timer fires every " +
+                format_duration(period) + "). It cannot answer IPIs, and only an NMI watchdog could report it. "
+                "Cause: guest.";
+    Evidence e;
+    e.text = "CPU" + std::to_string(cpu) + ": hrtimer_interrupts " + std::to_string(*ct.hrtimer) + " unchanged for " +
+             format_duration(frozen) + " while " + thread_phrase(*th) + " ran " + format_duration(ran);
+    e.facts["hrtimer_interrupts"] = std::to_string(*ct.hrtimer);
+    e.facts["unchanged_ms"] = ms(frozen);
+    e.facts["host_run_ms"] = ms(ran);
+    e.facts["watchdog_period_ms"] = ms(period);
+    f.evidence.push_back(std::move(e));
+    f.evidence.push_back(runqueue_evidence(ct.latest));
+    c.signature = "irqs-off";
+    t.irqs_off_id[cpu] = f.id;
+  }
+}
+
+void rule_ipi_stall(TickContext& t) {
+  const GuestState& g = *t.d.guest;
+  std::vector<WaitEdge> edges;
+  for (const auto& [key, e] : g.edges)
+    if (t.now - e.first_seen >= t.config.ipi_stall_min) edges.push_back({key.waiter, key.target});
+  if (edges.empty()) return;
+
+  auto cpu_view = [&](int cpu) -> const GuestCpuView* {
+    auto it = g.cpus.find(cpu);
+    return it == g.cpus.end() ? nullptr : &it->second.latest;
+  };
+
+  for (const WaitRoot& root : find_wait_roots(edges)) {
+    std::set<int> members(root.roots.begin(), root.roots.end());
+    std::set<int> involved = members;
+    involved.insert(root.waiters.begin(), root.waiters.end());
+
+    // The qualifying edges of this component, oldest first.
+    struct EdgeRef {
+      CsdEdgeKey key;
+      const CsdEdgeTracker* e;
+    };
+    std::vector<EdgeRef> comp;
+    for (const auto& [key, e] : g.edges)
+      if (t.now - e.first_seen >= t.config.ipi_stall_min && involved.count(key.waiter) && involved.count(key.target))
+        comp.push_back({key, &e});
+    std::sort(comp.begin(), comp.end(), [](const EdgeRef& a, const EdgeRef& b) {
+      return a.e->first_seen < b.e->first_seen || (a.e->first_seen == b.e->first_seen && a.key < b.key);
+    });
+    const EdgeRef* first_into_root = nullptr;
+    for (const auto& r : comp)
+      if (members.count(r.key.target) && !members.count(r.key.waiter)) {
+        first_into_root = &r;
+        break;
+      }
+    if (first_into_root == nullptr) first_into_root = &comp.front();  // a pure cycle
+
+    // Classify the root's cause.
+    Cause cause = Cause::kUnknown;
+    std::string cause_phrase;
+    std::string explained_by;
+    std::vector<Evidence> host_evidence;
+    for (int r : root.roots) {
+      HostVerdict v = t.host_verdict(r);
+      host_evidence.insert(host_evidence.end(), v.evidence.begin(), v.evidence.end());
+      if (cause == Cause::kUnknown && v.cause != Cause::kUnspecified) {
+        cause = v.cause;
+        cause_phrase = v.phrase;
+        explained_by = v.explained_by;
+      }
+    }
+    if (cause == Cause::kUnknown && !root.cycle) {
+      const int r = root.roots.front();
+      const ThreadTracker* th = t.vcpu_thread(r);
+      const GuestCpuView* gv = cpu_view(r);
+      const GuestCpuTracker* ct = g.cpus.count(r) ? &g.cpus.at(r) : nullptr;
+      const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction;
+      if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
+        cause = Cause::kGuestIrqsOff;
+        explained_by = it->second;
+        cause_phrase = "its " + thread_phrase(*th) + " is running, but CPU" + std::to_string(r) +
+                       " has interrupts off: its timer interrupts stopped " + format_duration(t.now - ct->hrtimer_since) +
+                       " ago";
+      } else if (host_runs && gv != nullptr && !gv->idle) {
+        // A vCPU the host runs takes an IPI as soon as its interrupts are on. Not taking it for
+        // the whole wait, with no timer interrupt either, means they are off; a timer interrupt
+        // during the wait disproves that, and the CPU is merely stuck elsewhere in the guest.
+        const Timestamp wait_began = first_into_root->e->first_seen;
+        if (ct != nullptr && ct->hrtimer && ct->hrtimer_since <= wait_began) {
+          cause = Cause::kGuestIrqsOff;
+          cause_phrase = "its " + thread_phrase(*th) + " is running (" + percent(th->window->run_fraction) +
+                         " of a host CPU), yet CPU" + std::to_string(r) +
+                         " takes neither the IPI nor a timer interrupt: its interrupts are off";
+        } else {
+          cause = Cause::kGuestOther;
+          cause_phrase = "its " + thread_phrase(*th) + " is running and CPU" + std::to_string(r) +
+                         " takes timer interrupts, so it is stuck elsewhere in the guest";
+        }
+      } else if (th != nullptr) {
+        cause_phrase = "its " + thread_phrase(*th) + " is in " + std::string(1, thread_state_letter(th->latest.state)) +
+                       " state and neither blocked nor starved on the host";
+      }
+    }
+
+    const GuestCpuView* waiter_view = cpu_view(first_into_root->key.waiter);
+    const CsdEdgeTracker& e0 = *first_into_root->e;
+    std::string summary;
+    if (root.cycle) {
+      summary = cpu_list(root.roots) + " wait on each other's cross-CPU calls (a cycle)";
+      if (!root.waiters.empty())
+        summary += "; " + cpu_list(root.waiters) + (root.waiters.size() == 1 ? " waits" : " wait") + " on them too";
+    } else {
+      summary = (waiter_view ? cpu_task(*waiter_view) : "CPU" + std::to_string(first_into_root->key.waiter)) +
+                " has waited " + format_duration(t.now - e0.first_seen) + " for CPU" +
+                std::to_string(first_into_root->key.target) + " to run " +
+                (e0.function.empty() ? std::string("a function call") : e0.function);
+      std::vector<int> others;
+      for (int w : root.waiters)
+        if (w != first_into_root->key.waiter) others.push_back(w);
+      if (!others.empty())
+        summary += "; " + cpu_list(others) + (others.size() == 1 ? " also waits" : " also wait") + " on it";
+      if (const GuestCpuView* rv = cpu_view(root.roots.front())) summary += "; " + cpu_state_phrase(*rv);
+    }
+    if (!cause_phrase.empty()) summary += "; " + cause_phrase;
+    summary += std::string(". Cause: ") + cause_word(cause) + ".";
+
+    std::string key = "root=cpu";
+    for (std::size_t i = 0; i < root.roots.size(); ++i) key += (i ? "," : "") + std::to_string(root.roots[i]);
+    auto& c = t.propose(FindingKind::kGuestIpiStall, key, Severity::kCritical, cause);
+    Finding& f = c.finding;
+    f.cpus.assign(involved.begin(), involved.end());
+    f.onset = comp.front().e->first_seen;
+    f.summary = std::move(summary);
+    f.explained_by = explained_by;
+    for (const auto& r : comp) {
+      const GuestCpuView* wv = cpu_view(r.key.waiter);
+      Evidence e;
+      e.text = (wv ? cpu_task(*wv) : "CPU" + std::to_string(r.key.waiter)) + " waits on CPU" +
+               std::to_string(r.key.target) + "'s csd " + hex(r.key.csd_address) + " (" +
+               (r.e->function.empty() ? "?" : r.e->function) + ") for " + format_duration(t.now - r.e->first_seen);
+      e.facts["waiter_cpu"] = std::to_string(r.key.waiter);
+      e.facts["target_cpu"] = std::to_string(r.key.target);
+      e.facts["wait_ms"] = ms(t.now - r.e->first_seen);
+      e.facts["function"] = r.e->function;
+      e.facts["csd_address"] = hex(r.key.csd_address);
+      e.facts["csd_flags"] = hex(r.e->flags);
+      f.evidence.push_back(std::move(e));
+    }
+    for (int r : root.roots)
+      if (const GuestCpuView* rv = cpu_view(r)) f.evidence.push_back(runqueue_evidence(*rv));
+    f.evidence.insert(f.evidence.end(), host_evidence.begin(), host_evidence.end());
+    {
+      Evidence roots_ev;
+      roots_ev.text = "wait graph root: " + cpu_list(root.roots) + (root.cycle ? " (cycle)" : "");
+      std::string rs, ws;
+      for (int r : root.roots) rs += (rs.empty() ? "" : ",") + std::to_string(r);
+      for (int w : root.waiters) ws += (ws.empty() ? "" : ",") + std::to_string(w);
+      roots_ev.facts["roots"] = rs;
+      roots_ev.facts["waiters"] = ws;
+      roots_ev.facts["cycle"] = root.cycle ? "1" : "0";
+      f.evidence.push_back(std::move(roots_ev));
+    }
+    c.signature = std::string(to_string(cause)) + " waiters=" + std::to_string(root.waiters.size()) + ":" +
+                  [&] {
+                    std::string s;
+                    for (int w : root.waiters) s += std::to_string(w) + ",";
+                    return s;
+                  }();
+    for (int w : root.waiters) {
+      auto& link = t.waiter_of[w];
+      if (link.ipi_id.empty()) link = {f.id, cause, root.roots};
+    }
+  }
+}
+
+void rule_idle_with_pending_work(TickContext& t) {
+  const GuestState& g = *t.d.guest;
+  for (const auto& [cpu, ct] : g.cpus) {
+    if (!ct.idle_pending_since || ct.idle_pending_snapshots < 2) continue;
+    const Duration age = t.now - *ct.idle_pending_since;
+    if (age < t.config.idle_pending_min) continue;
+    HostVerdict v = t.host_verdict(cpu);
+    const Cause cause = v.cause != Cause::kUnspecified ? v.cause : Cause::kUnknown;
+    auto& c = t.propose(FindingKind::kGuestIdleWithPendingWork, "cpu" + std::to_string(cpu), Severity::kWarning, cause);
+    Finding& f = c.finding;
+    f.cpus = {cpu};
+    f.onset = *ct.idle_pending_since;
+    f.explained_by = v.explained_by;
+    f.summary = "CPU" + std::to_string(cpu) + " has been idle for " + format_duration(age) + " with " +
+                pending_work(ct.latest) + " it never runs";
+    if (v.cause != Cause::kUnspecified)
+      f.summary += "; " + v.phrase;
+    else
+      f.summary += "; its host thread is neither blocked nor starved";
+    f.summary += std::string(". Cause: ") + cause_word(cause) + ".";
+    f.evidence.push_back(runqueue_evidence(ct.latest));
+    f.evidence.back().facts["idle_pending_ms"] = ms(age);
+    f.evidence.back().facts["snapshots"] = std::to_string(ct.idle_pending_snapshots);
+    f.evidence.insert(f.evidence.end(), v.evidence.begin(), v.evidence.end());
+    c.signature = to_string(cause);
+  }
+}
+
+void rule_softlockup(TickContext& t) {
+  const GuestState& g = *t.d.guest;
+  const GuestView& view = g.view;
+  if (view.watchdog_thresh <= 0 || !view.softlockup_watchdog_enabled) return;
+  // The guest's watchdog works in its own "seconds": get_timestamp() = running_clock() >> 30
+  // (2^30 ns, ~1.07 s), compared against the guest's clock - never against host time, which
+  // differs by boot time and need not advance at the guest's rate. So do we.
+  const uint64_t now_s = view.running_clock_ns >> 30;
+  const uint64_t limit_s = 2 * static_cast<uint64_t>(view.watchdog_thresh);  // get_softlockup_thresh()
+  const uint64_t limit_ns = limit_s << 30;
+  for (const auto& [cpu, ct] : g.cpus) {
+    const auto& touch = ct.latest.watchdog_touch_ts;
+    // 0: touched via touch_softlockup_watchdog() on old kernels (reset at the next hrtimer).
+    if (!ct.latest.online || !touch || *touch == 0 || *touch > now_s) continue;
+    const uint64_t age_ns = view.running_clock_ns - (*touch << 30);
+    const uint64_t age_s = now_s - *touch;
+    FindingKind kind;
+    if (age_ns >= limit_ns)
+      kind = FindingKind::kGuestSoftlockup;
+    else if (static_cast<double>(age_ns) >= t.config.softlockup_imminent_fraction * static_cast<double>(limit_ns) &&
+             ct.touch_growing)
+      kind = FindingKind::kGuestSoftlockupImminent;
+    else
+      continue;
+
+    HostVerdict v = t.host_verdict(cpu);
+    const auto irqs = t.irqs_off_id.find(cpu);
+    const auto waiter = t.waiter_of.find(cpu);
+    Cause cause = Cause::kGuestOther;
+    std::string because, explained_by;
+    if (v.cause != Cause::kUnspecified) {
+      cause = v.cause;
+      because = v.phrase;
+      explained_by = v.explained_by;
+    } else if (irqs != t.irqs_off_id.end()) {
+      cause = Cause::kGuestIrqsOff;
+      because = "its interrupts are off (see GUEST_IRQS_OFF)";
+      explained_by = irqs->second;
+    } else if (waiter != t.waiter_of.end()) {
+      cause = waiter->second.cause;
+      because = "it waits on " + cpu_list(waiter->second.roots) + " (see GUEST_IPI_STALL)";
+      explained_by = waiter->second.ipi_id;
+    }
+    // Its own hrtimer reports a CPU's soft lockup: a vCPU the host does not run, or one with
+    // interrupts off, never will.
+    const bool cannot_report = v.not_running || irqs != t.irqs_off_id.end();
+    std::optional<Duration> predicted;
+    if (!cannot_report) {
+      // is_softlockup(): reports once now > period_ts + 2 * thresh, period_ts being
+      // watchdog_report_ts (5.13+) or watchdog_touch_ts; checked at the next hrtimer tick.
+      uint64_t period_ts = *touch;
+      if (const auto& rep = ct.latest.watchdog_report_ts; rep && *rep != kSoftlockupDelayReport && *rep >= *touch)
+        period_ts = *rep;
+      const uint64_t report_ns = (period_ts + limit_s + 1) << 30;
+      predicted = report_ns > view.running_clock_ns ? Duration(report_ns - view.running_clock_ns) : Duration::zero();
+    }
+
+    auto& c = t.propose(kind, "cpu" + std::to_string(cpu),
+                        kind == FindingKind::kGuestSoftlockup ? Severity::kCritical : Severity::kWarning, cause);
+    Finding& f = c.finding;
+    f.cpus = {cpu};
+    f.onset = t.now - Duration(age_ns);
+    f.explained_by = explained_by;
+    f.predicted_guest_report_in = predicted;
+    f.summary = cpu_task(ct.latest) + (kind == FindingKind::kGuestSoftlockup ? " is in a soft lockup: it" : "") +
+                " has not run its watchdog thread for " + std::to_string(age_s) + " s (the guest reports at " +
+                std::to_string(limit_s) + " s)";
+    if (cannot_report)
+      f.summary += "; the guest cannot report this itself";
+    else if (*predicted > Duration::zero())
+      f.summary += "; the guest will report it in ~" + format_duration(*predicted);
+    else
+      f.summary += "; the guest reports it at its next watchdog tick";
+    if (!because.empty()) f.summary += "; " + because;
+    f.summary += std::string(". Cause: ") + cause_word(cause) + ".";
+    Evidence e;
+    e.text = "CPU" + std::to_string(cpu) + ": watchdog_touch_ts " + std::to_string(*touch) + ", guest clock " +
+             std::to_string(now_s) + " (guest seconds): touch age " + std::to_string(age_s) + " s of " +
+             std::to_string(limit_s) + " s";
+    e.facts["watchdog_touch_ts"] = std::to_string(*touch);
+    if (ct.latest.watchdog_report_ts) e.facts["watchdog_report_ts"] = std::to_string(*ct.latest.watchdog_report_ts);
+    e.facts["guest_clock_s"] = std::to_string(now_s);
+    e.facts["touch_age_s"] = std::to_string(age_s);
+    e.facts["watchdog_thresh"] = std::to_string(view.watchdog_thresh);
+    if (predicted) e.facts["predicted_report_ms"] = ms(*predicted);
+    f.evidence.push_back(std::move(e));
+    if (ct.hrtimer) {
+      Evidence h;
+      h.text = "CPU" + std::to_string(cpu) + ": hrtimer_interrupts " + std::to_string(*ct.hrtimer) + ", unchanged for " +
+               format_duration(t.now - ct.hrtimer_since);
+      h.facts["hrtimer_interrupts"] = std::to_string(*ct.hrtimer);
+      h.facts["unchanged_ms"] = ms(t.now - ct.hrtimer_since);
+      f.evidence.push_back(std::move(h));
+    }
+    f.evidence.push_back(runqueue_evidence(ct.latest));
+    f.evidence.insert(f.evidence.end(), v.evidence.begin(), v.evidence.end());
+    c.signature = std::string(to_string(cause)) + (cannot_report ? " silent" : "") + " " + explained_by;
+  }
+}
+
+}  // namespace stallmon::diagnosis

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+// The rules: each reads the domain's trackers at one tick and proposes findings (candidates).
+// The engine then reconciles candidates with the active findings (open / update / resolve).
+// Internal to the engine.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "domain_state.h"
+#include "finding_store.h"
+#include "stallmon/diagnosis/config.h"
+#include "stallmon/diagnosis/finding.h"
+
+namespace stallmon::diagnosis {
+
+struct Candidate {
+  std::string condition_key;
+  Finding finding;
+  std::string signature;  // what makes a change material (see FindingStore::upsert)
+};
+
+// How the host treats one vCPU at this tick, phrased for a summary ("its host thread 18060 has
+// been in D state for 1.5 s (host stack: ...)").
+struct HostVerdict {
+  Cause cause = Cause::kUnspecified;  // kHostBlocked, kHostStarved, or unspecified (host runs it)
+  bool not_running = false;           // the host does not run this vCPU at all
+  std::string phrase;
+  std::string explained_by;  // the host finding's id
+  std::vector<Evidence> evidence;
+};
+
+class TickContext {
+ public:
+  TickContext(const DiagnosisConfig& cfg, DomainState& domain, FindingStore& store, Timestamp at)
+      : config(cfg), d(domain), now(at), store_(store) {}
+
+  const DiagnosisConfig& config;
+  DomainState& d;
+  const Timestamp now;
+
+  std::string condition_key(FindingKind kind, const std::string& key) const;
+  // The id the finding for (kind, key) has or will get this tick.
+  std::string id(FindingKind kind, const std::string& key);
+  Candidate& propose(FindingKind kind, const std::string& key, Severity severity, Cause cause);
+
+  HostVerdict host_verdict(int vcpu) const;
+  const ThreadTracker* vcpu_thread(int vcpu) const;
+
+  std::vector<Candidate> candidates;
+
+  // Cross-rule facts of this tick, filled in rule order.
+  std::string vm_wide_id;                      // set when VM_WIDE_STALL holds
+  std::string vm_wide_phrase;
+  std::map<int, std::string> blocked_id;       // vCPU -> its VCPU_HOST_BLOCKED finding
+  std::map<int, const ThreadTracker*> blocked_behind;  // vCPU -> the stuck qemu thread it waits on
+  std::map<int, std::string> starved_id;       // vCPU -> VCPU_HOST_STARVED finding
+  std::map<int, std::string> irqs_off_id;      // CPU -> GUEST_IRQS_OFF finding
+  struct WaiterLink {
+    std::string ipi_id;
+    Cause cause = Cause::kUnknown;
+    std::vector<int> roots;
+  };
+  std::map<int, WaiterLink> waiter_of;  // CPU waiting in an IPI stall -> that stall
+
+ private:
+  FindingStore& store_;
+};
+
+// Host rules: run every tick, in this order.
+void rule_vm_wide_stall(TickContext& t);
+void rule_host_blocked(TickContext& t);
+void rule_host_starved(TickContext& t);
+void rule_monitor_unresponsive(TickContext& t);
+void rule_panic(TickContext& t);
+// Guest rules: run on ticks with a guest snapshot, in this order.
+void rule_irqs_off(TickContext& t);
+void rule_ipi_stall(TickContext& t);
+void rule_idle_with_pending_work(TickContext& t);
+void rule_softlockup(TickContext& t);
+
+// Text helpers shared by the rules.
+std::string cpu_list(const std::vector<int>& cpus);  // "CPU0, CPU1 and CPU3"
+std::string stack_line(const std::vector<std::string>& stack, std::size_t max_frames);
+std::string thread_phrase(const ThreadTracker& t);    // "host thread 18060 (CPU 2/TCG)"
+std::string percent(double fraction);
+
+}  // namespace stallmon::diagnosis
