@@ -66,6 +66,11 @@ class SymbolTable {
  public:
   SymbolTable() = default;
   explicit SymbolTable(std::vector<Symbol> symbols);
+  // The name index points into the symbols: copies rebuild it, moves keep it.
+  SymbolTable(const SymbolTable& other);
+  SymbolTable& operator=(const SymbolTable& other);
+  SymbolTable(SymbolTable&&) noexcept = default;
+  SymbolTable& operator=(SymbolTable&&) noexcept = default;
 
   // kallsyms from guest memory, located by the SYMBOL(kallsyms_*) lines of VMCOREINFO.
   // kNotFound when VMCOREINFO lacks them (kernels before 6.0).
