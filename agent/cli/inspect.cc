@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: Apache-2.0
+// stallctl inspect / dump / ram-layout.
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "commands.h"
+#include "guest_source.h"
+#include "stallmon/introspect/elf_core.h"
+#include "stallmon/introspect/kernel.h"
+#include "stallmon/introspect/snapshot.h"
+#include "stallmon/introspect/snapshot_format.h"
+#include "stallmon/introspect/snapshot_json.h"
+#include "stallmon/introspect/snapshot_kernel_access.h"
+#include "stallmon/introspect/vmcoreinfo.h"
+
+namespace stallmon::cli {
+
+namespace {
+
+using namespace stallmon::introspect;
+
+int fail(const std::string& what, const Error& e) {
+  std::fprintf(stderr, "stallctl: %s: %s\n", what.c_str(), e.to_string().c_str());
+  return kExitFailure;
+}
+
+void add_source_options(CLI::App* c, SourceOptions& o, bool allow_core) {
+  if (allow_core) c->add_option("--core", o.core, "ELF core file (virsh dump --memory-only --format elf, stallctl dump)");
+  c->add_option("--qemu-pid", o.qemu_pid, "live qemu process (needs ptrace rights: root)");
+  c->add_option("--domain", o.domain, "libvirt domain: RAM layout via virsh qemu-monitor-command; pid from its pid file");
+  c->add_option("--qmp", o.qmp, "QMP unix socket of a qemu NOT managed by libvirt");
+  c->add_option("--ranges", o.ranges, "RAM ranges file (GPA SIZE HVA [NAME] per line; see ram-layout)");
+  c->add_option("--connect", o.connect, "libvirt URI for --domain")->capture_default_str();
+  c->add_option_function<int>(
+      "--monitor-timeout-ms", [&o](const int& ms) { o.monitor_timeout = std::chrono::milliseconds(ms); },
+      "deadline for each monitor command");
+}
+
+// Usage problems the parser cannot express (exactly one source).
+std::string check_source(const SourceOptions& o, bool allow_core) {
+  const bool live = o.qemu_pid != 0 || !o.domain.empty();
+  if (allow_core && !o.core.empty()) {
+    if (live || !o.qmp.empty() || !o.ranges.empty()) return "--core excludes the live-qemu options";
+    return {};
+  }
+  if (!live) return allow_core ? "one of --core, --qemu-pid or --domain is required" : "--qemu-pid or --domain is required";
+  if (o.domain.empty() && o.qmp.empty() && o.ranges.empty())
+    return "--qemu-pid needs the RAM layout: --domain, --qmp or --ranges";
+  return {};
+}
+
+struct InspectArgs {
+  SourceOptions src;
+  bool json = false;
+  uint32_t printk_lines = 20;
+  std::string vmlinux, btf;
+  uint32_t repeat = 1;
+};
+
+int run_inspect(const InspectArgs& a) {
+  if (auto u = check_source(a.src, true); !u.empty()) {
+    std::fprintf(stderr, "stallctl inspect: %s\n", u.c_str());
+    return kExitUsage;
+  }
+  auto mem = open_memory(a.src);
+  if (!mem) return fail("inspect", mem.error());
+  DiscoverOptions d;
+  d.vmlinux_path = a.vmlinux;
+  d.btf_path = a.btf;
+  auto kernel = Kernel::discover(*mem, d);
+  if (!kernel) return fail("discovering the guest kernel", kernel.error());
+  auto access = make_kernel_access(**kernel);
+  SnapshotOptions so;
+  so.read_printk = a.printk_lines > 0;
+  so.printk_records = std::max<uint32_t>(a.printk_lines, 1);
+  auto reader = SnapshotReader::create(*access, so);
+  if (!reader) return fail("snapshot layout", reader.error());
+  for (uint32_t i = 0; i < std::max<uint32_t>(a.repeat, 1); ++i) {
+    GuestSnapshot s = (*reader)->take();
+    if (a.json) {
+      nlohmann::json j = snapshot_to_json(s);
+      j["kernel"] = {{"osrelease", (*kernel)->vmcoreinfo().osrelease},
+                     {"build_id", (*kernel)->vmcoreinfo().build_id}};
+      std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    } else {
+      std::printf("kernel: %s\n", (*kernel)->vmcoreinfo().osrelease.c_str());
+      for (const auto& n : (*reader)->layout_notes()) std::printf("note: %s\n", n.c_str());
+      SnapshotFormatOptions fo;
+      fo.printk = a.printk_lines > 0;
+      fo.printk_lines = a.printk_lines;
+      std::fputs(format_snapshot(s, fo).c_str(), stdout);
+    }
+  }
+  return kExitOk;
+}
+
+struct DumpArgs {
+  SourceOptions src;
+  std::string out;
+  bool no_stop = false;
+};
+
+int run_dump(const DumpArgs& a) {
+  if (auto u = check_source(a.src, false); !u.empty()) {
+    std::fprintf(stderr, "stallctl dump: %s\n", u.c_str());
+    return kExitUsage;
+  }
+  auto mem = open_memory(a.src);
+  if (!mem) return fail("dump", mem.error());
+  auto* qemu = dynamic_cast<QemuProcessMemory*>(mem->get());
+  // The VMCOREINFO note is found before stopping the guest (the scan is the slow part).
+  ElfCoreWriteOptions wo;
+  if (auto info = find_vmcoreinfo(**mem); info) wo.vmcoreinfo_text = info->text;
+  else std::fprintf(stderr, "stallctl dump: warning: no VMCOREINFO found (%s); core written without it\n",
+                    info.error().to_string().c_str());
+  // SIGSTOP the whole qemu for a consistent image (QEMU's own dump pauses vCPUs and hangs on a
+  // frozen one); SIGCONT on every path out.
+  struct Resume {
+    pid_t pid = 0;
+    ~Resume() {
+      if (pid > 0) kill(pid, SIGCONT);
+    }
+  } resume;
+  if (!a.no_stop && qemu) {
+    if (kill(qemu->pid(), SIGSTOP) != 0) return fail("dump", Error::io("SIGSTOP qemu", errno));
+    resume.pid = qemu->pid();
+  }
+  auto n = write_elf_core(**mem, a.out, wo);
+  if (!n) return fail("writing " + a.out, n.error());
+  std::fprintf(stderr, "stallctl dump: wrote %llu bytes to %s\n", static_cast<unsigned long long>(*n), a.out.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app, std::function<int()>& run) {
+  auto a = std::make_shared<InspectArgs>();
+  CLI::App* c = app.add_subcommand("inspect", "print the guest kernel's per-CPU state (runqueues, IPIs, watchdogs, printk)");
+  add_source_options(c, a->src, true);
+  c->add_flag("--json", a->json, "JSON instead of a table");
+  c->add_option("--printk", a->printk_lines, "printk records to show (0: none)")->capture_default_str();
+  c->add_option("--vmlinux", a->vmlinux, "vmlinux with symbols (default: kallsyms from guest memory)");
+  c->add_option("--btf", a->btf, "BTF file (default: BTF from guest memory)");
+  c->add_option("--repeat", a->repeat, "take N snapshots")->capture_default_str();
+  c->callback([a, &run] { run = [a] { return run_inspect(*a); }; });
+}
+
+void add_dump_command(CLI::App& app, std::function<int()>& run) {
+  auto a = std::make_shared<DumpArgs>();
+  CLI::App* c = app.add_subcommand("dump", "write a live qemu's guest RAM as an ELF core (qemu SIGSTOPped meanwhile)");
+  add_source_options(c, a->src, false);
+  c->add_option("--out", a->out, "output file")->required();
+  c->add_flag("--no-stop", a->no_stop, "do not SIGSTOP qemu (image may be inconsistent)");
+  c->callback([a, &run] { run = [a] { return run_dump(*a); }; });
+}
+
+void add_ram_layout_command(CLI::App& app, std::function<int()>& run) {
+  auto a = std::make_shared<SourceOptions>();
+  CLI::App* c = app.add_subcommand("ram-layout", "print a qemu's guest RAM ranges (for --ranges)");
+  c->add_option("--domain", a->domain, "libvirt domain");
+  c->add_option("--qmp", a->qmp, "QMP unix socket");
+  c->add_option("--connect", a->connect, "libvirt URI")->capture_default_str();
+  c->callback([a, &run] {
+    run = [a] {
+      if (a->domain.empty() == a->qmp.empty()) {
+        std::fprintf(stderr, "stallctl ram-layout: exactly one of --domain or --qmp\n");
+        return kExitUsage;
+      }
+      auto r = resolve_layout(*a);
+      if (!r) return fail("ram-layout", r.error());
+      std::fputs(format_ranges(*r).c_str(), stdout);
+      return kExitOk;
+    };
+  });
+}
+
+}  // namespace stallmon::cli
