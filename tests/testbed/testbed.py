@@ -1284,7 +1284,11 @@ def main(argv=None):
         elif args.cmd == "console":
             sys.stdout.write(read_console(args.name))
         elif args.cmd == "guest":
-            cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+            cmd = list(args.command)
+            while cmd[:1] == ["--timeout"] and len(cmd) > 1:  # REMAINDER swallows options
+                args.timeout = float(cmd[1])
+                cmd = cmd[2:]
+            cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
             if not cmd:
                 raise TestbedError("no command")
             rc, out, err = guest_run(args.name, " ".join(cmd), args.timeout)

@@ -1,0 +1,197 @@
+// GoogleTest fixture for real-guest tests: a Debian guest under libvirt/QEMU (TCG here), booted
+// once per test binary and shared by its tests, plus RAII host-side fault injectors.
+// Everything is driven through tests/testbed/testbed.py (see tests/testbed/README.md).
+//
+//   #include "testbed/guest.h"
+//   using stallmon::testbed::GuestTest;
+//   TEST_F(GuestTest, Something) {
+//     auto& g = guest();                       // the shared guest (booted on first use)
+//     pid_t tid = g.vcpu_tid(2);
+//     auto f = g.freeze_vcpu(2);               // undone when f goes out of scope
+//     ASSERT_TRUE(f.applied()) << f.error();
+//     auto r = g.run("cat /proc/loadavg");    // guest shell command over the control channel
+//   }
+//
+// Register such a binary with add_test(... ) + LABELS integration (not gtest_discover_tests,
+// which would run every test in its own process and boot a guest each time).
+// If the testbed cannot run (no libvirt, not root, ...) GuestTest fails every test with the
+// reason; it skips instead only when STALLMON_SKIP_INTEGRATION=1 is set.
+#pragma once
+
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "testbed/process.h"
+
+namespace stallmon::testbed {
+
+using namespace std::chrono_literals;
+
+struct TestbedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Absolute path of tests/testbed (env STALLMON_TESTBED_DIR overrides the compiled-in one).
+std::string testbed_dir();
+// Runs `python3 testbed.py args...`; throws TestbedError if it fails or times out.
+ProcessResult run_testbed(const std::vector<std::string>& args,
+                          std::chrono::milliseconds timeout = 120s, bool check = true);
+// True when STALLMON_SKIP_INTEGRATION=1.
+bool integration_skipped();
+
+struct GuestOptions {
+  std::string tag = "shared";  // domain name: stallmon-tb-<tag>-<pid>
+  int vcpus = 4;
+  int memory_mib = 512;
+  std::string scenario = "ipi,wakeups,sleepers";  // or "none"
+  std::optional<int> watchdog_thresh = 5;
+  std::optional<double> ipi_interval;               // seconds (guest default 1)
+  std::string kernel_package;                       // empty: linux-image-amd64's target
+  std::string extra_cmdline;
+  int panic = -1;                                   // kernel panic=
+  std::string on_crash = "destroy";                 // libvirt <on_crash>
+  std::string accel;                                // "", "tcg", "kvm", "auto"
+  std::chrono::seconds boot_timeout = 180s;
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // guest stdout (binary-safe)
+  std::string err;  // guest stderr
+};
+
+// One fault applied by a `testbed.py inject` process; undone by release() or the destructor
+// (or, should this test process die, by the injector itself when its stdin closes).
+class Injector {
+ public:
+  Injector() = default;
+  Injector(const std::vector<std::string>& args, std::chrono::milliseconds apply_timeout);
+  ~Injector();
+  Injector(Injector&&) noexcept = default;
+  Injector& operator=(Injector&&) noexcept;
+
+  bool applied() const { return applied_; }
+  std::string error() const { return error_; }  // why it is not applied
+  const nlohmann::json& status() const { return status_; }  // the injector's first line
+  pid_t pid() const;           // target process
+  pid_t tid() const;           // target thread
+  std::string freeze_case() const;  // freeze: "vcpu-only" or "vm-wide"
+  // Undoes now (idempotent); returns the injector's final line ({"undone":..,"ok":..}).
+  const nlohmann::json& release();
+  bool released() const { return released_; }
+
+ private:
+  std::unique_ptr<Child> child_;
+  bool applied_ = false, released_ = false;
+  std::string error_;
+  nlohmann::json status_, undo_status_;
+};
+
+class Guest {
+ public:
+  // Boots a guest and waits until it is ready; throws TestbedError (with the console tail).
+  static std::unique_ptr<Guest> boot(const GuestOptions& opts);
+  ~Guest();  // destroys the domain (after undoing any testbed fault on it)
+  Guest(const Guest&) = delete;
+  Guest& operator=(const Guest&) = delete;
+
+  const std::string& name() const { return name_; }
+  pid_t qemu_pid() const { return qemu_pid_; }
+  int vcpu_count() const { return static_cast<int>(vcpu_tids_.size()); }
+  pid_t vcpu_tid(int index) const;  // throws if unknown
+  const std::map<int, pid_t>& vcpu_tids() const { return vcpu_tids_; }
+  const std::string& console_path() const { return console_path_; }
+  const std::string& run_dir() const { return run_dir_; }
+  const nlohmann::json& info() const { return info_; }  // testbed.py start's JSON
+  double boot_seconds() const { return boot_seconds_; }
+
+  // Console (ttyS0) text so far, from byte offset `from`.
+  std::string console(size_t from = 0) const;
+  size_t console_size() const;
+  // Waits until the console text after `from` matches re; returns the match or nullopt.
+  std::optional<std::string> wait_console(const std::regex& re, std::chrono::milliseconds timeout,
+                                          size_t from = 0) const;
+
+  // Runs a shell command in the guest (control channel, ttyS1). Throws TestbedError when the
+  // channel fails or times out; a non-zero exit of the command itself is in exit_code.
+  CommandResult run(const std::string& command, std::chrono::milliseconds timeout = 60s) const;
+
+  // Fault injectors on this guest's qemu threads.
+  // freeze: cgroup freezer (state D). when_idle: wait up to that long for the thread to sleep
+  // before freezing (less chance to catch it holding QEMU's big lock).
+  Injector freeze_vcpu(int index, std::chrono::milliseconds when_idle = 2s) const;
+  Injector freeze_thread(pid_t tid, std::chrono::milliseconds when_idle = 2s) const;
+  // throttle: cgroup cpu quota (quota_us per period_us) on one thread.
+  Injector throttle_vcpu(int index, int quota_us = 5000, int period_us = 100000) const;
+  // ptrace: PTRACE_SEIZE + PTRACE_INTERRUPT, only that thread stops (state t).
+  Injector ptrace_stop_vcpu(int index) const;
+  Injector ptrace_stop_thread(pid_t tid) const;
+  // SIGSTOP the whole qemu (state T), SIGCONT on release.
+  Injector sigstop() const;
+
+ private:
+  Guest() = default;
+  Injector inject(const std::vector<std::string>& args) const;
+  std::string name_, console_path_, run_dir_;
+  pid_t qemu_pid_ = -1;
+  std::map<int, pid_t> vcpu_tids_;
+  nlohmann::json info_;
+  double boot_seconds_ = 0;
+  std::unique_ptr<Child> holder_;  // destroys the domain if this process dies
+};
+
+// The guest shared by every test of this binary: booted on the first call with the options set
+// by set_shared_guest_options() (defaults otherwise), destroyed after the last test. A boot
+// failure is remembered and rethrown on later calls.
+Guest& shared_guest();
+void set_shared_guest_options(const GuestOptions& opts);
+
+// Base fixture: SetUp() fails the test with the reason when the testbed cannot run, or skips it
+// when STALLMON_SKIP_INTEGRATION=1.
+class GuestTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  Guest& guest() { return *guest_; }
+
+ private:
+  Guest* guest_ = nullptr;
+};
+
+// Whole file as text ("" if unreadable).
+std::string read_text(const std::string& path);
+// Thread ids of a process (/proc/PID/task).
+std::vector<pid_t> threads_of(pid_t pid);
+
+// Host /proc views of a thread (parse after the last ')', see shared/docs/testbed.md).
+char thread_state(pid_t pid, pid_t tid);  // 'R', 'S', 'D', 't', 'T', ... ; 0 if gone
+struct SchedStat {
+  unsigned long long run_ns = 0, delay_ns = 0, slices = 0;
+};
+SchedStat thread_schedstat(pid_t pid, pid_t tid);
+pid_t tracer_pid(pid_t tid);
+// Cgroup path of a thread in the v1 hierarchy holding `controller` ("" = the cgroup2 line).
+std::string thread_cgroup(pid_t pid, pid_t tid, const std::string& controller);
+// Polls pred every 20 ms until true or timeout; returns its last value.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    ::usleep(20000);
+  }
+  return pred();
+}
+
+}  // namespace stallmon::testbed
