@@ -136,12 +136,23 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory>
     auto syms = load_symbols(*k->kmem_, info, options);
     if (!syms.ok()) return std::move(syms).error().context("discover: symbols");
     k->symbols_ = std::move(*syms);
-    // Cross-check: the symbols must describe this kernel (catches a wrong vmlinux/System.map
-    // or a mis-decoded kallsyms table).
-    const char* top_name = info.symbol("init_top_pgt").ok() ? "init_top_pgt" : "swapper_pg_dir";
-    if (auto a = k->symbols_->address(top_name); a.ok() && *a != info.top_pgt_va) {
-      return Error(ErrorCode::kCorrupt, std::string("discover: symbol ") + top_name + " is " + hex(*a) +
-                                            " but VMCOREINFO says " + hex(info.top_pgt_va));
+    // Cross-check: the symbols must describe this kernel (catches a wrong vmlinux/System.map,
+    // a wrong KASLR relocation or a mis-decoded kallsyms table). _stext is a text symbol, so
+    // it is in kallsyms even without CONFIG_KALLSYMS_ALL.
+    for (const char* name : {"_stext", "init_top_pgt", "swapper_pg_dir"}) {
+      auto expected = info.symbol(name);
+      if (!expected.ok()) continue;
+      auto actual = k->symbols_->address(name);
+      if (!actual.ok()) {
+        if (std::string_view(name) == "_stext") {
+          return Error(ErrorCode::kCorrupt, "discover: symbols lack _stext: not this kernel's symbol table");
+        }
+        continue;
+      }
+      if (*actual != *expected) {
+        return Error(ErrorCode::kCorrupt, std::string("discover: symbol ") + name + " is " + hex(*actual) +
+                                              " but VMCOREINFO says " + hex(*expected));
+      }
     }
     if (cacheable) SharedCache::get().put_symbols(sym_key, k->symbols_);
   }

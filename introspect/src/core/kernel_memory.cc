@@ -18,9 +18,6 @@ constexpr uint64_t kPageSizeBit = 1ull << 7;  // PS: 1 GiB at PUD level, 2 MiB a
 // with sme_me_mask; KVM guests without SEV do not set it.)
 constexpr uint64_t kAddrMask = 0x000ffffffffff000ull;
 constexpr size_t kMaxCacheEntries = 1u << 16;
-// Direct map size: 64 TiB with 4-level paging, 32 PiB with 5-level (Documentation/x86/x86_64/mm.rst).
-constexpr uint64_t kDirectMap4 = 64ull << 40;
-constexpr uint64_t kDirectMap5 = 32ull << 50;
 
 std::string hex(uint64_t v) {
   char buf[24];
@@ -74,6 +71,11 @@ KernelMemory::KernelMemory(std::shared_ptr<PhysicalMemory> phys, PagingConfig co
 
 void KernelMemory::begin_snapshot() { cache_.clear(); }
 
+uint64_t KernelMemory::direct_map_limit() const {
+  const auto& r = phys_->ranges();
+  return r.empty() ? 0 : r.back().end();
+}
+
 Result<uint64_t> KernelMemory::translate(uint64_t va) {
   // Kernel image: a fixed linear mapping (__pa_symbol).
   if (va >= kKernelImageVaBase && va - kKernelImageVaBase < kKernelImageVaSize) {
@@ -83,9 +85,11 @@ Result<uint64_t> KernelMemory::translate(uint64_t va) {
     }
     return pa;
   }
-  // Direct map (__pa): va - page_offset_base.
+  // Direct map (__pa): va - page_offset_base. The window is bounded by the end of guest RAM,
+  // not by the architectural maximum: with CONFIG_RANDOMIZE_MEMORY the vmalloc area starts
+  // right after the direct map's actual size (RAM + padding), far below page_offset_base+64 TiB.
   if (config_.page_offset_base && va >= *config_.page_offset_base &&
-      va - *config_.page_offset_base < (config_.l5 ? kDirectMap5 : kDirectMap4)) {
+      va - *config_.page_offset_base < direct_map_limit()) {
     uint64_t pa = va - *config_.page_offset_base;
     if (!phys_->contains(pa, 1)) {
       return Error(ErrorCode::kUnmapped, "direct-map address " + hex(va) + " is outside guest RAM", va);

@@ -44,8 +44,8 @@ class KernelMemory {
  public:
   KernelMemory(std::shared_ptr<PhysicalMemory> phys, PagingConfig config);
 
-  // Translates a kernel virtual address: kernel image and direct map by arithmetic (result
-  // range-checked against guest RAM), everything else (vmalloc, per-cpu areas, modules) by
+  // Translates a kernel virtual address: kernel image and direct map (page_offset_base up to
+  // the end of guest RAM) by arithmetic (result range-checked against guest RAM), everything else (vmalloc, per-cpu areas, modules) by
   // walking the page tables, cached per 4 KiB page until begin_snapshot().
   Result<uint64_t> translate(uint64_t va);
 
@@ -84,6 +84,7 @@ class KernelMemory {
   uint64_t page_walks() const { return walks_; }
 
  private:
+  uint64_t direct_map_limit() const;
   std::shared_ptr<PhysicalMemory> phys_;
   PagingConfig config_;
   std::unordered_map<uint64_t, uint64_t> cache_;  // va page → pa page (4 KiB granularity)
