@@ -285,7 +285,7 @@ void rule_ipi_stall(TickContext& t) {
       roots_ev.facts["cycle"] = root.cycle ? "1" : "0";
       f.evidence.push_back(std::move(roots_ev));
     }
-    c.signature = std::string(to_string(cause)) + " waiters=" + std::to_string(root.waiters.size()) + ":" +
+    c.signature = std::string(to_string(cause)) + " by=" + explained_by + " waiters=" +
                   [&] {
                     std::string s;
                     for (int w : root.waiters) s += std::to_string(w) + ",";
