@@ -242,7 +242,7 @@ TEST_F(LibvirtLayer, HungMonitorMissesDeadlineWhileEverythingElseWorks) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, stallmon::ErrorCode::kTimeout) << r.error().to_string();
   EXPECT_GE(waited, 1500ms);
-  EXPECT_LT(waited, 2500ms) << "the caller's deadline must fire on time";
+  EXPECT_LT(waited, 3000ms) << "the caller's deadline must fire on time";
 
   // Flagged, with the time the stuck call started.
   std::optional<lv::DomainInfo> d;
@@ -262,12 +262,12 @@ TEST_F(LibvirtLayer, HungMonitorMissesDeadlineWhileEverythingElseWorks) {
   t0 = Clock::now();
   auto again = w->qmp(g.name(), R"({"execute":"query-status"})", 5s).wait();
   EXPECT_FALSE(again.ok());
-  EXPECT_LT(Clock::now() - t0, 200ms);
+  EXPECT_LT(Clock::now() - t0, 1s) << "rejected at once, not queued behind the stuck call";
 
   // The sampling path: a table copy, never libvirt.
   t0 = Clock::now();
   auto all = w->domains();
-  EXPECT_LT(Clock::now() - t0, 5ms);
+  EXPECT_LT(Clock::now() - t0, 50ms);
   EXPECT_GE(all.size(), 2u);
 
   // Connection-wide calls still work (no domain job): the domain list.
