@@ -96,6 +96,39 @@ const char* cause_word(Cause c) {
   }
 }
 
+// The guest's soft-lockup watchdog as seen from one CPU's per-cpu state.
+struct SoftlockupClock {
+  uint64_t now_s = 0;     // guest clock in guest seconds
+  uint64_t limit_s = 0;   // 2 x watchdog_thresh
+  uint64_t age_ns = 0;    // guest ns since watchdog_touch_ts
+  uint64_t age_s = 0;     // what the guest would print as "stuck for Ns"
+  Duration report_in{0};  // until the guest's hrtimer would report it (0: due now)
+};
+
+std::optional<SoftlockupClock> softlockup_clock(const GuestView& view, const GuestCpuView& cpu) {
+  if (view.watchdog_thresh <= 0 || !view.softlockup_watchdog_enabled || !cpu.online) return std::nullopt;
+  // The guest's watchdog works in its own "seconds": get_timestamp() = running_clock() >> 30
+  // (2^30 ns, ~1.07 s), compared against the guest's clock - never against host time, which
+  // differs by boot time and need not advance at the guest's rate. So do we.
+  SoftlockupClock c;
+  c.now_s = view.running_clock_ns >> 30;
+  c.limit_s = 2 * static_cast<uint64_t>(view.watchdog_thresh);  // get_softlockup_thresh()
+  const auto& touch = cpu.watchdog_touch_ts;
+  // 0: touched via touch_softlockup_watchdog() on old kernels (reset at the next hrtimer).
+  if (!touch || *touch == 0 || *touch > c.now_s) return std::nullopt;
+  c.age_ns = view.running_clock_ns - (*touch << 30);
+  c.age_s = c.now_s - *touch;
+  // is_softlockup(): reports once now > period_ts + 2 * thresh, period_ts being
+  // watchdog_report_ts (5.13+; restarted after each report) or watchdog_touch_ts; the check
+  // runs at the CPU's next watchdog hrtimer, up to one period later.
+  uint64_t period_ts = *touch;
+  if (const auto& rep = cpu.watchdog_report_ts; rep && *rep != kSoftlockupDelayReport && *rep >= *touch)
+    period_ts = *rep;
+  const uint64_t report_ns = (period_ts + c.limit_s + 1) << 30;
+  c.report_in = report_ns > view.running_clock_ns ? Duration(report_ns - view.running_clock_ns) : Duration::zero();
+  return c;
+}
+
 Duration watchdog_period(const GuestView& g) {
   // set_sample_period(): sample_period = 2 * watchdog_thresh * NSEC_PER_SEC / NUM_SAMPLE_PERIODS (5).
   return std::chrono::milliseconds(400) * g.watchdog_thresh;
@@ -247,6 +280,21 @@ void rule_ipi_stall(TickContext& t) {
       if (const GuestCpuView* rv = cpu_view(root.roots.front())) summary += "; " + cpu_state_phrase(*rv);
     }
     if (!cause_phrase.empty()) summary += "; " + cause_phrase;
+    // The waiters spin with their watchdog starved: the guest's first word on this stall will be
+    // a soft lockup on one of them (never on a root the host does not run).
+    std::optional<Duration> predicted;
+    int predicted_cpu = -1;
+    for (int w : root.waiters) {
+      const GuestCpuView* wv = cpu_view(w);
+      if (wv == nullptr || t.host_verdict(w).not_running || t.irqs_off_id.count(w)) continue;
+      if (auto sc = softlockup_clock(g.view, *wv); sc && (!predicted || sc->report_in < *predicted)) {
+        predicted = sc->report_in;
+        predicted_cpu = w;
+      }
+    }
+    if (predicted && *predicted > Duration::zero())
+      summary += "; the guest will report a soft lockup on CPU" + std::to_string(predicted_cpu) + " in ~" +
+                 format_duration(*predicted);
     summary += std::string(". Cause: ") + cause_word(cause) + ".";
 
     std::string key = "root=cpu";
@@ -257,6 +305,7 @@ void rule_ipi_stall(TickContext& t) {
     f.onset = comp.front().e->first_seen;
     f.summary = std::move(summary);
     f.explained_by = explained_by;
+    f.predicted_guest_report_in = predicted;
     for (const auto& r : comp) {
       const GuestCpuView* wv = cpu_view(r.key.waiter);
       Evidence e;
@@ -301,7 +350,7 @@ void rule_ipi_stall(TickContext& t) {
 void rule_idle_with_pending_work(TickContext& t) {
   const GuestState& g = *t.d.guest;
   for (const auto& [cpu, ct] : g.cpus) {
-    if (!ct.idle_pending_since || ct.idle_pending_snapshots < 2) continue;
+    if (!ct.latest.online || !ct.idle_pending_since || ct.idle_pending_snapshots < 2) continue;
     const Duration age = t.now - *ct.idle_pending_since;
     if (age < t.config.idle_pending_min) continue;
     HostVerdict v = t.host_verdict(cpu);
@@ -329,27 +378,22 @@ void rule_idle_with_pending_work(TickContext& t) {
 void rule_softlockup(TickContext& t) {
   const GuestState& g = *t.d.guest;
   const GuestView& view = g.view;
-  if (view.watchdog_thresh <= 0 || !view.softlockup_watchdog_enabled) return;
-  // The guest's watchdog works in its own "seconds": get_timestamp() = running_clock() >> 30
-  // (2^30 ns, ~1.07 s), compared against the guest's clock - never against host time, which
-  // differs by boot time and need not advance at the guest's rate. So do we.
-  const uint64_t now_s = view.running_clock_ns >> 30;
-  const uint64_t limit_s = 2 * static_cast<uint64_t>(view.watchdog_thresh);  // get_softlockup_thresh()
-  const uint64_t limit_ns = limit_s << 30;
   for (const auto& [cpu, ct] : g.cpus) {
-    const auto& touch = ct.latest.watchdog_touch_ts;
-    // 0: touched via touch_softlockup_watchdog() on old kernels (reset at the next hrtimer).
-    if (!ct.latest.online || !touch || *touch == 0 || *touch > now_s) continue;
-    const uint64_t age_ns = view.running_clock_ns - (*touch << 30);
-    const uint64_t age_s = now_s - *touch;
+    const auto sc = softlockup_clock(view, ct.latest);
+    if (!sc) continue;
+    const uint64_t limit_ns = sc->limit_s << 30;
     FindingKind kind;
-    if (age_ns >= limit_ns)
+    if (sc->age_ns >= limit_ns)
       kind = FindingKind::kGuestSoftlockup;
-    else if (static_cast<double>(age_ns) >= t.config.softlockup_imminent_fraction * static_cast<double>(limit_ns) &&
+    else if (static_cast<double>(sc->age_ns) >= t.config.softlockup_imminent_fraction * static_cast<double>(limit_ns) &&
              ct.touch_growing)
       kind = FindingKind::kGuestSoftlockupImminent;
     else
       continue;
+    const uint64_t age_s = sc->age_s;
+    const uint64_t limit_s = sc->limit_s;
+    const uint64_t now_s = sc->now_s;
+    const auto& touch = ct.latest.watchdog_touch_ts;
 
     HostVerdict v = t.host_verdict(cpu);
     const auto irqs = t.irqs_off_id.find(cpu);
@@ -373,21 +417,13 @@ void rule_softlockup(TickContext& t) {
     // interrupts off, never will.
     const bool cannot_report = v.not_running || irqs != t.irqs_off_id.end();
     std::optional<Duration> predicted;
-    if (!cannot_report) {
-      // is_softlockup(): reports once now > period_ts + 2 * thresh, period_ts being
-      // watchdog_report_ts (5.13+) or watchdog_touch_ts; checked at the next hrtimer tick.
-      uint64_t period_ts = *touch;
-      if (const auto& rep = ct.latest.watchdog_report_ts; rep && *rep != kSoftlockupDelayReport && *rep >= *touch)
-        period_ts = *rep;
-      const uint64_t report_ns = (period_ts + limit_s + 1) << 30;
-      predicted = report_ns > view.running_clock_ns ? Duration(report_ns - view.running_clock_ns) : Duration::zero();
-    }
+    if (!cannot_report) predicted = sc->report_in;
 
     auto& c = t.propose(kind, "cpu" + std::to_string(cpu),
                         kind == FindingKind::kGuestSoftlockup ? Severity::kCritical : Severity::kWarning, cause);
     Finding& f = c.finding;
     f.cpus = {cpu};
-    f.onset = t.now - Duration(age_ns);
+    f.onset = t.now - Duration(sc->age_ns);
     f.explained_by = explained_by;
     f.predicted_guest_report_in = predicted;
     f.summary = cpu_task(ct.latest) + (kind == FindingKind::kGuestSoftlockup ? " is in a soft lockup: it" : "") +

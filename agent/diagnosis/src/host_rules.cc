@@ -231,8 +231,23 @@ void rule_vm_wide_stall(TickContext& t) {
 void rule_host_blocked(TickContext& t) {
   const DomainState& d = t.d;
   if (!t.vm_wide_id.empty()) {
-    // VM_WIDE_STALL explains every vCPU: one finding for the whole condition, not one per vCPU.
-    for (const auto& [i, th] : d.vcpus) t.blocked_id[i] = t.vm_wide_id;
+    // VM_WIDE_STALL explains every vCPU. A blocked vCPU thread keeps its own finding (it is a
+    // fact of its own, and the waiters often pile up a tick after it: resolving it then would
+    // read as "fixed"), marked as explained by the VM-wide stall; the futex waiters get none.
+    for (const auto& [i, th] : d.vcpus) {
+      t.blocked_id[i] = t.vm_wide_id;
+      if (!th.blocked) continue;
+      auto& c = t.propose(FindingKind::kVcpuHostBlocked, "vcpu" + std::to_string(i), Severity::kCritical,
+                          Cause::kHostBlocked);
+      Finding& f = c.finding;
+      f.onset = t.now - th.blocked_for;
+      f.cpus = {i};
+      f.explained_by = t.vm_wide_id;
+      f.summary = "vCPU " + std::to_string(i) + "'s " + blocked_phrase(th) +
+                  "; the whole VM is stopped behind it (see VM_WIDE_STALL). Cause: host.";
+      f.evidence.push_back(thread_evidence(th, "vCPU " + std::to_string(i) + "'s " + blocked_phrase(th)));
+      c.signature = std::string(1, thread_state_letter(th.latest.state)) + " vm-wide";
+    }
     return;
   }
   const ThreadTracker* main = main_loop(d);

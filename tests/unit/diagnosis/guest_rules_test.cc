@@ -83,6 +83,10 @@ TEST_F(SeedCase1, RootIsCpu2BlockedOnTheHost) {
   EXPECT_TRUE(contains(f.summary, "its host thread 18002 (CPU 2/KVM) has been in D state for 3.3 s")) << f.summary;
   EXPECT_TRUE(contains(f.summary, "host stack: __refrigerator \u2190 get_signal")) << f.summary;
   EXPECT_TRUE(contains(f.summary, "Cause: host.")) << f.summary;
+  // CPU0 spins with interrupts on: the guest will eventually report a soft lockup there.
+  ASSERT_TRUE(f.predicted_guest_report_in.has_value());
+  EXPECT_GT(*f.predicted_guest_report_in, 5s);
+  EXPECT_TRUE(contains(f.summary, "the guest will report a soft lockup on CPU0 in ~")) << f.summary;
   // Evidence chain: the csd wait, CPU2's runqueue, the host thread with its stack, the root.
   ASSERT_GE(f.evidence.size(), 4u);
   EXPECT_EQ(f.evidence[0].facts.at("waiter_cpu"), "0");

@@ -177,9 +177,13 @@ TEST(VmWideStall, EveryoneBehindOneFrozenThreadIsOneVmWideFinding) {
   EXPECT_TRUE(contains(vm[0].summary, "QEMU's big lock")) << vm[0].summary;
   EXPECT_TRUE(contains(vm[0].summary, "cannot run or report anything")) << vm[0].summary;
   EXPECT_EQ(vm[0].evidence.at(0).host_stack, kFrozenStack);
-  // It supersedes the per-vCPU finding: none is open, and none was opened.
-  EXPECT_TRUE(sim.active(FindingKind::kVcpuHostBlocked).empty());
-  EXPECT_EQ(sim.count(FindingEvent::Type::kOpened, FindingKind::kVcpuHostBlocked), 0);
+  // It supersedes the per-vCPU view: the frozen vCPU's own finding is explained by it, and the
+  // vCPUs waiting on the lock get none of their own.
+  auto blocked = sim.active(FindingKind::kVcpuHostBlocked);
+  ASSERT_EQ(blocked.size(), 1u);
+  EXPECT_EQ(blocked[0].cpus, std::vector<int>{2});
+  EXPECT_EQ(blocked[0].explained_by, vm[0].id);
+  EXPECT_TRUE(contains(blocked[0].summary, "the whole VM is stopped behind it")) << blocked[0].summary;
   // The monitor hangs because of it.
   auto mon = sim.active(FindingKind::kHostMonitorUnresponsive);
   ASSERT_EQ(mon.size(), 1u);
@@ -238,9 +242,29 @@ TEST(VmWideStall, WholeQemuStoppedIsVmWide) {
   for (auto& v : sim.vcpus) v.block(ThreadState::kStopped, "do_signal_stop", {"do_signal_stop"});
   sim.main.block(ThreadState::kStopped, "do_signal_stop", {"do_signal_stop"});
   sim.run(1s);
+  auto vm = sim.active(FindingKind::kVmWideStall);
+  ASSERT_EQ(vm.size(), 1u);
+  EXPECT_TRUE(contains(vm[0].summary, "every vCPU thread and the main loop are blocked")) << vm[0].summary;
+  for (const auto& f : sim.active(FindingKind::kVcpuHostBlocked)) EXPECT_EQ(f.explained_by, vm[0].id);
+}
+
+TEST(VmWideStall, WaitersPilingUpLaterDoNotFlapTheBlockedFinding) {
+  Sim sim(3);
+  sim.run(1s);
+  sim.vcpus[0].block(ThreadState::kDiskSleep, "__refrigerator", kFrozenStack);
+  sim.run(600ms);
+  ASSERT_EQ(sim.active(FindingKind::kVcpuHostBlocked).size(), 1u);
+  const std::string id = sim.active(FindingKind::kVcpuHostBlocked)[0].id;
+  sim.vcpus[1].futex_wait();
+  sim.vcpus[2].futex_wait();
+  sim.main.futex_wait();
+  sim.run(2s);
   ASSERT_EQ(sim.active(FindingKind::kVmWideStall).size(), 1u);
-  EXPECT_TRUE(contains(sim.active(FindingKind::kVmWideStall)[0].summary, "every vCPU thread and the main loop are blocked"));
-  EXPECT_TRUE(sim.active(FindingKind::kVcpuHostBlocked).empty());
+  auto blocked = sim.active(FindingKind::kVcpuHostBlocked);
+  ASSERT_EQ(blocked.size(), 1u);
+  EXPECT_EQ(blocked[0].id, id);
+  EXPECT_EQ(blocked[0].explained_by, sim.active(FindingKind::kVmWideStall)[0].id);
+  EXPECT_EQ(sim.count(FindingEvent::Type::kResolved, FindingKind::kVcpuHostBlocked), 0);
 }
 
 // --- HOST_MONITOR_UNRESPONSIVE -----------------------------------------------------------
