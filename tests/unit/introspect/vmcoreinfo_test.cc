@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/introspect/vmcoreinfo.h"
+
+#include <gtest/gtest.h>
+
+#include "fake_guest.h"
+
+namespace stallmon::introspect {
+namespace {
+
+constexpr const char* kText =
+    "OSRELEASE=6.1.0-56-amd64\n"
+    "BUILD-ID=4e1f0c6d0a9b\n"
+    "PAGESIZE=4096\n"
+    "SYMBOL(init_uts_ns)=ffffffff9b613420\n"
+    "OFFSET(uts_namespace.name)=4\n"
+    "SYMBOL(swapper_pg_dir)=ffffffff9b60a000\n"
+    "SYMBOL(kallsyms_names)=ffffffff9a6b1a18\n"
+    "SYMBOL(prb)=ffffffff9b4a6e58\n"
+    "SIZE(printk_info)=88\n"
+    "OFFSET(printk_info.text_len)=16\n"
+    "LENGTH(printk_ringbuffer.desc_ring)=3\n"
+    "NUMBER(phys_base)=-446693376\n"
+    "SYMBOL(init_top_pgt)=ffffffff9b60a000\n"
+    "NUMBER(pgtable_l5_enabled)=1\n"
+    "KERNELOFFSET=19a00000\n";
+
+TEST(ParseVmcoreinfo, DebianLikeText) {
+  auto r = parse_vmcoreinfo(kText);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->osrelease, "6.1.0-56-amd64");
+  EXPECT_EQ(r->build_id, "4e1f0c6d0a9b");
+  EXPECT_EQ(r->page_size, 4096u);
+  EXPECT_EQ(r->kernel_offset, 0x19a00000u);
+  EXPECT_EQ(r->phys_base, -446693376);
+  EXPECT_EQ(r->top_pgt_va, 0xffffffff9b60a000u);
+  EXPECT_TRUE(r->pgtable_l5);
+  EXPECT_EQ(*r->symbol("prb"), 0xffffffff9b4a6e58u);
+  EXPECT_EQ(*r->offset("printk_info.text_len"), 16u);
+  EXPECT_EQ(*r->size("printk_info"), 88u);
+  EXPECT_EQ(*r->length("printk_ringbuffer.desc_ring"), 3u);
+  EXPECT_EQ(r->symbol("nope").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(*r->number("phys_base"), -446693376);
+}
+
+TEST(ParseVmcoreinfo, SwapperPgDirAloneIsEnough) {
+  auto r = parse_vmcoreinfo("OSRELEASE=5.4.0\nSYMBOL(swapper_pg_dir)=ffffffff8200a000\n");
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->top_pgt_va, 0xffffffff8200a000u);
+  EXPECT_EQ(r->kernel_offset, 0u);
+}
+
+TEST(ParseVmcoreinfo, RejectsMalformed) {
+  EXPECT_EQ(parse_vmcoreinfo("").error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(parse_vmcoreinfo("PAGESIZE=4096\nSYMBOL(init_top_pgt)=1\n").error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(parse_vmcoreinfo("OSRELEASE=x\n").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(parse_vmcoreinfo("OSRELEASE=x\nSYMBOL(init_top_pgt)=zz\n").error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(parse_vmcoreinfo("OSRELEASE=x\nSYMBOL(init_top_pgt)=1\nKERNELOFFSET=-\n").error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(parse_vmcoreinfo("OSRELEASE=x\nSYMBOL(init_top_pgt)=1\nNUMBER(phys_base)=1x\n").error().code,
+            ErrorCode::kCorrupt);
+  EXPECT_EQ(parse_vmcoreinfo("OSRELEASE=x\nSYMBOL(init_top_pgt)=1\nPAGESIZE=3000\n").error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(parse_vmcoreinfo(std::string(70000, 'A')).error().code, ErrorCode::kLimit);
+  // Junk lines and NUL padding are tolerated.
+  std::string padded = std::string("garbage\n=x\nOSRELEASE=x\nSYMBOL(init_top_pgt)=1\n") + std::string(8, '\0') + "JUNK";
+  auto r = parse_vmcoreinfo(padded);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->get("JUNK"));
+}
+
+TEST(ParseVmcoreinfoNote, HeaderChecks) {
+  auto note = fake::make_vmcoreinfo_note(kText);
+  auto r = parse_vmcoreinfo_note(note);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->osrelease, "6.1.0-56-amd64");
+  // descsz larger than the buffer.
+  auto trunc = note;
+  trunc.resize(100);
+  EXPECT_EQ(parse_vmcoreinfo_note(trunc).error().code, ErrorCode::kCorrupt);
+  // Wrong name.
+  auto wrong = note;
+  wrong[12] = 'X';
+  EXPECT_EQ(parse_vmcoreinfo_note(wrong).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(parse_vmcoreinfo_note({}).error().code, ErrorCode::kCorrupt);
+}
+
+TEST(FindVmcoreinfo, ScansPageStartsSkippingDecoys) {
+  auto mem = RawImageMemory::zeroed(0x100000, 8 << 20);  // RAM not starting at 0
+  auto note = fake::make_vmcoreinfo_note(kText);
+  // Not at a page start: must not be found.
+  ASSERT_TRUE(mem->write(0x200010, note.data(), note.size()).ok());
+  EXPECT_EQ(find_vmcoreinfo(*mem).error().code, ErrorCode::kNotFound);
+  // A decoy that looks right but lacks the page-table symbol, then the real one.
+  auto decoy = fake::make_vmcoreinfo_note("OSRELEASE=decoy\n");
+  ASSERT_TRUE(mem->write(0x300000, decoy.data(), decoy.size()).ok());
+  ASSERT_TRUE(mem->write(0x700000, note.data(), note.size()).ok());
+  VmcoreInfoScanOptions o;
+  o.chunk_bytes = 1 << 20;
+  auto r = find_vmcoreinfo(*mem, o);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->note_gpa.value_or(0), 0x700000u);
+  // With a hint the scan starts there; with a limit it gives up early.
+  o.hint_gpa = 0x700000;
+  EXPECT_TRUE(find_vmcoreinfo(*mem, o).ok());
+  o.hint_gpa = 0;
+  o.max_bytes = 2 << 20;
+  EXPECT_EQ(find_vmcoreinfo(*mem, o).error().code, ErrorCode::kNotFound);
+
+  auto valid = vmcoreinfo_still_valid(*mem, *r);
+  ASSERT_TRUE(valid.ok());
+  EXPECT_TRUE(*valid);
+}
+
+TEST(FindVmcoreinfo, NoteAtTheVeryEndOfRam) {
+  auto note = fake::make_vmcoreinfo_note(kText);
+  auto mem = RawImageMemory::zeroed(0, 0x10000);
+  ASSERT_TRUE(mem->write(0xf000, note.data(), note.size()).ok());
+  auto r = find_vmcoreinfo(*mem);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r->note_gpa, 0xf000u);
+}
+
+}  // namespace
+}  // namespace stallmon::introspect
