@@ -8,6 +8,7 @@
 #include "domain_state.h"
 #include "finding_store.h"
 #include "rules.h"
+#include "text.h"
 
 namespace stallmon::diagnosis {
 
@@ -285,7 +286,7 @@ struct DiagnosisEngine::Impl {
       d.monitor = obs.monitor;
     }
     const bool guest_tick = obs.guest.has_value();
-    if (guest_tick) update_guest(d, *obs.guest, now, config);
+    if (guest_tick) update_guest(d, sanitize_guest_view(*obs.guest), now, config);
 
     TickContext t(config, d, store, now);
     rule_vm_wide_stall(t);

@@ -499,3 +499,26 @@ TEST(HealthyGuest, BusyFourVcpusOnTwoCoresForFiveMinutesProduceNothing) {
 
 }  // namespace
 }  // namespace stallmon::diagnosis::testing
+
+namespace stallmon::diagnosis::testing {
+namespace {
+
+TEST(HostileGuest, GuestStringsReachSummariesAsValidText) {
+  Sim sim(2);
+  sim.run_task(0, std::string("sh\xff\x01", 4), 107);
+  sim.run_task(1, "ok\xc3\xa9", 108);  // "oké": valid UTF-8 stays
+  sim.run(1s);
+  sim.csd_wait(0, 1, std::string("do_\xc0\xafsync", 10));  // an overlong '/'
+  sim.cpus[1].view.cfd_requests.push_back({-5, true, "bad_target", 0, 0});
+  sim.cpus[1].view.cfd_requests.push_back({1, true, "self", 0, 0});
+  sim.run(1s);
+  auto ipi = sim.active(FindingKind::kGuestIpiStall);
+  ASSERT_EQ(ipi.size(), 1u);
+  EXPECT_TRUE(contains(ipi[0].summary, "CPU0 (sh??, pid 107) has waited")) << ipi[0].summary;
+  EXPECT_TRUE(contains(ipi[0].summary, "to run do_??sync")) << ipi[0].summary;
+  EXPECT_TRUE(contains(ipi[0].summary, "CPU1 runs ok\xc3\xa9 (pid 108)")) << ipi[0].summary;
+  EXPECT_EQ(ipi[0].cpus, (std::vector<int>{0, 1})) << "negative and self targets are ignored";
+}
+
+}  // namespace
+}  // namespace stallmon::diagnosis::testing

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: Apache-2.0
+// Guest memory is hostile input, and its strings (task names, symbols, console lines) end up in
+// summaries that the API sends as proto strings, which must be valid UTF-8. Internal.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "stallmon/diagnosis/observation.h"
+
+namespace stallmon::diagnosis {
+
+// Valid UTF-8 is kept; invalid bytes and control characters become '?'; at most `max_bytes`.
+std::string sanitize_text(std::string_view in, std::size_t max_bytes = 512);
+
+// The view with every guest-sourced string sanitised.
+GuestView sanitize_guest_view(const GuestView& in);
+
+}  // namespace stallmon::diagnosis
