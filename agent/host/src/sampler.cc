@@ -172,19 +172,6 @@ Result<ThreadSample> ThreadSampler::read_once(int64_t now_ns) {
   s.t_ns = now_ns;
 
   char buf[kSmallBuf];
-  STALLMON_TRY(std::string_view stat_text, read_into(fs_, stat_fd_, buf, sizeof buf));
-  // An empty read is what a file of a thread that just exited can return.
-  if (stat_text.empty()) return Error::io(dir_ + "stat: empty", ESRCH);
-  STALLMON_TRY(TaskStat st, parse_task_stat(stat_text));
-  if (started_ && st.starttime_ticks != starttime_) {
-    reused_ = true;
-    return gone_error(dir_ + ": tid reused");
-  }
-  s.state = st.state;
-  s.cpu = static_cast<int16_t>(std::clamp<int32_t>(st.processor, -1, INT16_MAX));
-  uint64_t ticks = st.utime_ticks + st.stime_ticks;
-  s.cpu_ticks = static_cast<uint32_t>(ticks);
-
   if (schedstat_fd_ >= 0) {
     STALLMON_TRY(std::string_view text, read_into(fs_, schedstat_fd_, buf, sizeof buf));
     STALLMON_TRY(SchedStat ss, parse_schedstat(text));
@@ -192,18 +179,48 @@ Result<ThreadSample> ThreadSampler::read_once(int64_t now_ns) {
     s.wait_ns = ss.wait_ns;
     s.timeslices = static_cast<uint32_t>(ss.timeslices);
     s.flags |= ThreadSample::kHasSchedstat;
+  }
+
+  const bool skip_stat = opts_.skip_stat_while_running && started_ &&
+                         (s.flags & ThreadSample::kHasSchedstat) && s.run_ns > last_run_ns_ &&
+                         now_ns - last_stat_ns_ < opts_.stat_refresh_interval_ns;
+  if (skip_stat) {
+    s.state = 'R';
+    s.cpu = last_cpu_;
+    s.cpu_ticks = last_ticks_;
+    s.flags |= ThreadSample::kStateInferred;
   } else {
-    s.run_ns = ticks * static_cast<uint64_t>(ns_per_tick());  // coarse, but still progress
+    STALLMON_TRY(std::string_view stat_text, read_into(fs_, stat_fd_, buf, sizeof buf));
+    // An empty read is what a file of a thread that just exited can return.
+    if (stat_text.empty()) return Error::io(dir_ + "stat: empty", ESRCH);
+    STALLMON_TRY(TaskStat st, parse_task_stat(stat_text));
+    if (started_ && st.starttime_ticks != starttime_) {
+      reused_ = true;
+      return gone_error(dir_ + ": tid reused");
+    }
+    s.state = st.state;
+    s.cpu = static_cast<int16_t>(std::clamp<int32_t>(st.processor, -1, INT16_MAX));
+    uint64_t ticks = st.utime_ticks + st.stime_ticks;
+    s.cpu_ticks = static_cast<uint32_t>(ticks);
+    if (!(s.flags & ThreadSample::kHasSchedstat)) {
+      s.run_ns = ticks * static_cast<uint64_t>(ns_per_tick());  // coarse, but still progress
+    }
+    if (!started_) starttime_ = st.starttime_ticks;
+    if (comm_ != st.comm) comm_ = std::move(st.comm);  // threads rename themselves (rarely)
+    last_stat_ns_ = now_ns;
+    last_cpu_ = s.cpu;
+    last_ticks_ = s.cpu_ticks;
   }
 
   if (status_fd_ >= 0 &&
-      (!has_status_ || opts_.status_interval_ns == 0 ||
+      (!has_status_ || opts_.status_interval_ns == 0 || s.state != last_status_state_ ||
        now_ns - last_status_ns_ >= opts_.status_interval_ns)) {
     static thread_local char status_buf[kStatusBuf];
     STALLMON_TRY(std::string_view text, read_into(fs_, status_fd_, status_buf, kStatusBuf));
     STALLMON_TRY(last_status_, parse_task_status(text));
     has_status_ = true;
     last_status_ns_ = now_ns;
+    last_status_state_ = s.state;
     s.flags |= ThreadSample::kHasStatus;
   }
   s.voluntary_switches = static_cast<uint32_t>(last_status_.voluntary_ctxt_switches);
@@ -232,10 +249,9 @@ Result<ThreadSample> ThreadSampler::read_once(int64_t now_ns) {
 
   if (!started_) {
     started_ = true;
-    starttime_ = st.starttime_ticks;
     s.flags |= ThreadSample::kFirst;
   }
-  if (comm_ != st.comm) comm_ = std::move(st.comm);  // threads rename themselves (rarely)
+  last_run_ns_ = s.run_ns;
   return s;
 }
 

@@ -105,6 +105,50 @@ TEST_F(SamplerTest, StatusIntervalLimitsStatusReads) {
   EXPECT_FALSE(never->vcpu(0)->history().newest().flags & ThreadSample::kHasStatus);
 }
 
+TEST_F(SamplerTest, StatusIsReReadWhenTheStateChanges) {
+  auto s = make();  // default: status at most once a second
+  for (int i = 0; i < 3; ++i) tick(*s);
+  EXPECT_EQ(fs_.reads(task_dir(kPid, 502) + "/status"), 1u);
+  vcpu0_.state = 't';
+  vcpu0_.tracer = 4711;
+  put_thread(fs_, kPid, vcpu0_);
+  tick(*s);  // entering t: TracerPid is read at once
+  EXPECT_EQ(fs_.reads(task_dir(kPid, 502) + "/status"), 2u);
+  EXPECT_TRUE(s->vcpu(0)->history().newest().flags & ThreadSample::kTraced);
+  tick(*s);
+  EXPECT_EQ(fs_.reads(task_dir(kPid, 502) + "/status"), 2u);
+}
+
+TEST_F(SamplerTest, SkipStatWhileRunningReadsStatOnlyWithoutProgress) {
+  SamplerOptions o;
+  o.skip_stat_while_running = true;
+  auto s = make(o);
+  std::string stat = task_dir(kPid, 502) + "/stat";
+  tick(*s, 10);  // first sample: stat is always read
+  for (int i = 0; i < 5; ++i) tick(*s, 10);
+  EXPECT_EQ(fs_.reads(stat), 1u);
+  const ThreadSample& x = s->vcpu(0)->history().newest();
+  EXPECT_EQ(x.state, 'R');
+  EXPECT_TRUE(x.flags & ThreadSample::kStateInferred);
+  // It blocks: no progress, so the real state letter is read from the next sample on.
+  vcpu0_.state = 'D';
+  put_thread(fs_, kPid, vcpu0_);
+  tick(*s, 0);
+  EXPECT_EQ(fs_.reads(stat), 2u);
+  EXPECT_EQ(s->vcpu(0)->history().newest().state, 'D');
+  EXPECT_FALSE(s->vcpu(0)->history().newest().flags & ThreadSample::kStateInferred);
+  for (int i = 0; i < 5; ++i) tick(*s, 0);
+  ThreadSignals sig = s->vcpu_signals(0, 500 * kMs);
+  EXPECT_EQ(sig.state, 'D');
+  EXPECT_FALSE(sig.run_progress);
+  EXPECT_EQ(sig.no_progress_ns, 600 * kMs);
+  // Running again: stat is still re-read once a second for the CPU and tick counts.
+  vcpu0_.state = 'R';
+  put_thread(fs_, kPid, vcpu0_);
+  for (int i = 0; i < 25; ++i) tick(*s, 10);
+  EXPECT_EQ(fs_.reads(stat), 1u + 6u + 2u);  // first, six without progress, two refreshes
+}
+
 TEST_F(SamplerTest, StealFractionFromSchedstatWait) {
   auto s = make();
   tick(*s);
@@ -307,7 +351,9 @@ TEST_F(SamplerTest, ProcessExitIsNotFound) {
 }
 
 TEST_F(SamplerTest, PersistentIoErrorIsCountedNotGone) {
-  auto s = make();
+  SamplerOptions o;
+  o.status_interval_ns = 0;  // read status every tick
+  auto s = make(o);
   tick(*s);
   fs_.set_error(task_dir(kPid, 502) + "/status", EIO);
   tick(*s);

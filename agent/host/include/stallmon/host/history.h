@@ -23,6 +23,8 @@ struct ThreadSample {
     kFirst = 1 << 4,         // first sample of this thread (or after tid reuse): no delta to
                              // the sample before it
     kCgroupChanged = 1 << 5, // the thread moved to another cgroup: throttling counters restart
+    kStateInferred = 1 << 6, // stat was skipped (skip_stat_while_running): state 'R' means "ran
+                             // since the previous sample"; cpu and cpu_ticks are carried over
   };
   int64_t t_ns = 0;         // monotonic time of the read
   uint64_t run_ns = 0;      // schedstat: on-CPU time

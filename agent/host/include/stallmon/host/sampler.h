@@ -32,8 +32,18 @@ struct SamplerOptions {
   std::string cgroup_root = "sys/fs/cgroup";  // relative to the HostFs root
   int64_t enumerate_interval_ns = 1'000'000'000;  // re-list /proc/PID/task
   int64_t detail_interval_ns = 1'000'000'000;     // per-thread wchan/stack rate limit
-  // status (context switches, TracerPid): 0 = every sample, > 0 = at most this often, < 0 = never
-  int64_t status_interval_ns = 0;
+  // status (context switches, TracerPid) costs the kernel more than stat and schedstat together,
+  // so it is read at most this often, and whenever the state letter changed since the last read
+  // (so TracerPid is fresh when a thread enters 't'). 0 = every sample, < 0 = never.
+  int64_t status_interval_ns = 1'000'000'000;
+  // Cheaper mode: while schedstat shows the thread ran since the previous sample, skip stat and
+  // record the state as 'R' with kStateInferred (it ran during the interval), re-reading stat at
+  // least every stat_refresh_interval_ns for the CPU and tick counts. A thread that stops making
+  // progress gets its real state letter from the next sample on, so rules that need "blocked
+  // and no run progress for N ms" see the same thing; what changes is that the first sample
+  // after a thread blocks may still say 'R' if it ran earlier in that interval. Off by default.
+  bool skip_stat_while_running = false;
+  int64_t stat_refresh_interval_ns = 1'000'000'000;
   bool read_stacks = true;         // /proc/.../stack: root only, and the costliest file here
   bool sample_other_threads = true;  // non-vCPU qemu threads (main loop, I/O, RCU...)
   size_t vcpu_history = 6000;      // samples per vCPU: 10 minutes at 10 Hz
@@ -104,7 +114,12 @@ class ThreadSampler {
   uint64_t starttime_ = 0;
   std::string comm_;
   int64_t last_status_ns_ = 0;
+  char last_status_state_ = 0;
   TaskStatus last_status_;
+  int64_t last_stat_ns_ = 0;
+  uint64_t last_run_ns_ = 0;
+  int16_t last_cpu_ = -1;
+  uint32_t last_ticks_ = 0;
   bool has_status_ = false;
   bool has_schedstat_ = true;
   BlockedDetail detail_;
