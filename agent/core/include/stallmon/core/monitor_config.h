@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+// Configuration of the StallMonitor: how often it samples, snapshots and re-discovers, and the
+// options it hands to the sampler, the snapshot reader and the diagnosis engine.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "stallmon/base/result.h"
+#include "stallmon/diagnosis/config.h"
+#include "stallmon/host/sampler.h"
+#include "stallmon/introspect/physical_memory.h"
+#include "stallmon/introspect/snapshot.h"
+#include "stallmon/libvirt/domain.h"
+
+namespace stallmon::core {
+
+using namespace std::chrono_literals;
+
+struct MonitorConfig {
+  // --- Sampling ---------------------------------------------------------------------------
+  // One tick per domain: sample every qemu thread, maybe snapshot the guest, observe.
+  std::chrono::nanoseconds sample_interval = 100ms;
+  // Guest snapshot rate of a domain without suspect signals. Copied into
+  // diagnosis.baseline_snapshot_interval at construction (this field wins): the engine decides
+  // per tick (wants_guest_snapshot) and snapshots every tick while anything looks suspect.
+  std::chrono::nanoseconds baseline_snapshot_interval = 1s;
+  diagnosis::DiagnosisConfig diagnosis;
+  host::SamplerOptions sampler;
+
+  // --- Guest introspection ----------------------------------------------------------------
+  // Off: no guest memory is read; only host-side findings (blocked, starved, monitor, VM-wide,
+  // crashed events) are possible and inspect() fails with kUnsupported.
+  bool introspection = true;
+  // Options of the per-tick snapshot. The printk tail is kept short here: it is only needed for
+  // GUEST_PANIC, and a tick should stay around 100 µs.
+  introspect::SnapshotOptions snapshot = [] {
+    introspect::SnapshotOptions o;
+    o.printk_records = 20;
+    return o;
+  }();
+  // Options of inspect() (on demand, not on the tick budget).
+  introspect::SnapshotOptions inspect_snapshot;
+  // Kernel discovery (VMCOREINFO scan, kallsyms, BTF) retries with exponential backoff while it
+  // fails (guest still booting, not a Linux guest, ...), from `initial` up to `max`.
+  std::chrono::nanoseconds discovery_retry_initial = 1s;
+  std::chrono::nanoseconds discovery_retry_max = 30s;
+  // A ready kernel is re-validated (Kernel::still_valid, a re-read of the VMCOREINFO note) this
+  // often, and after every reboot/start event; invalid → discovered again.
+  std::chrono::nanoseconds revalidate_interval = 10s;
+  // This many consecutive snapshots whose every CPU failed to read → discover again (e.g. the
+  // guest rebooted without an event reaching us).
+  uint32_t rediscover_after_failed_snapshots = 20;
+
+  // --- Which domains ----------------------------------------------------------------------
+  // Watch a domain only if this returns true (empty: every domain). Called on the watcher's
+  // dispatch thread with each update; must be cheap and must not call back into the monitor.
+  // Tests use it to ignore other engineers' guests on a shared libvirtd.
+  std::function<bool(const libvirt::DomainInfo&)> domain_filter;
+
+  // --- Self-health --------------------------------------------------------------------------
+  // Upper bounds (seconds) of the tick-latency histogram buckets in AgentStats (+Inf implied).
+  std::vector<double> tick_latency_buckets_s = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                                                0.0025, 0.005, 0.01, 0.025, 0.05, 0.1};
+
+  // --- Execution --------------------------------------------------------------------------
+  // true (production): each domain's pipeline runs on its own thread. false: no threads are
+  // started and the caller drives every domain with StallMonitor::tick_all() (unit tests,
+  // benchmarks, replays); inspect() is then served by the next tick_all().
+  bool threads = true;
+};
+
+// Opens guest-physical memory of a running qemu. Default: introspect::QemuProcessMemory
+// (process_vm_readv on the qemu pid over the cached RAM layout). Tests inject an in-memory image.
+using GuestMemoryOpener = std::function<Result<std::shared_ptr<introspect::PhysicalMemory>>(
+    pid_t qemu_pid, const std::vector<introspect::RamRange>& ram)>;
+
+}  // namespace stallmon::core
