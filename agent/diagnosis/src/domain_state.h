@@ -59,6 +59,9 @@ struct GuestCpuTracker {
   std::optional<Duration> run_at_hrtimer_since;  // the vCPU thread's run time then
   std::optional<uint64_t> prev_touch_ts;
   bool touch_growing = false;  // touch_ts unchanged since the previous snapshot
+  bool watchdog_seen_running = false;  // hrtimer_interrupts or touch_ts seen to change
+  // The reader's watchdog_active if given, else watchdog_seen_running.
+  bool watchdog_active() const { return latest.watchdog_active.value_or(watchdog_seen_running); }
 };
 
 struct CsdEdgeKey {

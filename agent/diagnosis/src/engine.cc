@@ -118,12 +118,15 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
       tr.hrtimer.reset();
       tr.run_at_hrtimer_since.reset();
     } else if (!tr.hrtimer || *tr.hrtimer != *cv.hrtimer_interrupts || (!tr.run_at_hrtimer_since && th)) {
+      if (tr.hrtimer && *tr.hrtimer != *cv.hrtimer_interrupts) tr.watchdog_seen_running = true;
       tr.hrtimer = cv.hrtimer_interrupts;
       tr.hrtimer_since = now;
       if (th) tr.run_at_hrtimer_since = th->latest.run_time;
     }
 
     tr.touch_growing = cv.watchdog_touch_ts && tr.prev_touch_ts && *tr.prev_touch_ts == *cv.watchdog_touch_ts;
+    if (cv.watchdog_touch_ts && tr.prev_touch_ts && *tr.prev_touch_ts != *cv.watchdog_touch_ts)
+      tr.watchdog_seen_running = true;
     tr.prev_touch_ts = cv.watchdog_touch_ts;
     tr.latest = cv;
     cpus[cv.cpu] = std::move(tr);
@@ -213,7 +216,8 @@ struct DiagnosisEngine::Impl {
       for (const auto& [cpu, ct] : g.cpus) {
         if (ct.idle_pending_since) return true;
         const auto& touch = ct.latest.watchdog_touch_ts;
-        if (g.view.watchdog_thresh > 0 && touch && *touch != 0 && *touch <= now_s && now_s - *touch > stale_s)
+        if (g.view.watchdog_thresh > 0 && ct.watchdog_active() && touch && *touch != 0 && *touch <= now_s &&
+            now_s - *touch > stale_s)
           return true;
       }
     }

@@ -143,7 +143,7 @@ void rule_irqs_off(TickContext& t) {
   const Duration period = watchdog_period(g.view);
   const auto window = duration_cast<Duration>(period * t.config.irqs_off_periods);
   for (const auto& [cpu, ct] : g.cpus) {
-    if (!ct.latest.online || !ct.hrtimer || !ct.run_at_hrtimer_since) continue;
+    if (!ct.latest.online || !ct.watchdog_active() || !ct.hrtimer || !ct.run_at_hrtimer_since) continue;
     const ThreadTracker* th = t.vcpu_thread(cpu);
     if (th == nullptr || th->blocked) continue;
     const Duration frozen = t.now - ct.hrtimer_since;
@@ -286,7 +286,8 @@ void rule_ipi_stall(TickContext& t) {
     int predicted_cpu = -1;
     for (int w : root.waiters) {
       const GuestCpuView* wv = cpu_view(w);
-      if (wv == nullptr || t.host_verdict(w).not_running || t.irqs_off_id.count(w)) continue;
+      if (wv == nullptr || !g.cpus.at(w).watchdog_active() || t.host_verdict(w).not_running || t.irqs_off_id.count(w))
+        continue;
       if (auto sc = softlockup_clock(g.view, *wv); sc && (!predicted || sc->report_in < *predicted)) {
         predicted = sc->report_in;
         predicted_cpu = w;
@@ -378,15 +379,21 @@ void rule_idle_with_pending_work(TickContext& t) {
 void rule_softlockup(TickContext& t) {
   const GuestState& g = *t.d.guest;
   const GuestView& view = g.view;
+  // A healthy touch is up to one watchdog period old, plus the 1-s granularity of the guest's
+  // timestamps: at small watchdog_thresh that exceeds 50% of the limit, so never call a touch
+  // imminent below 1.5 periods + 1 guest second.
+  const double healthy_max_ns = 1.5 * static_cast<double>(watchdog_period(view).count()) + double(1ull << 30);
   for (const auto& [cpu, ct] : g.cpus) {
+    if (!ct.watchdog_active()) continue;
     const auto sc = softlockup_clock(view, ct.latest);
     if (!sc) continue;
     const uint64_t limit_ns = sc->limit_s << 30;
+    const double imminent_ns =
+        std::max(t.config.softlockup_imminent_fraction * static_cast<double>(limit_ns), healthy_max_ns);
     FindingKind kind;
     if (sc->age_ns >= limit_ns)
       kind = FindingKind::kGuestSoftlockup;
-    else if (static_cast<double>(sc->age_ns) >= t.config.softlockup_imminent_fraction * static_cast<double>(limit_ns) &&
-             ct.touch_growing)
+    else if (static_cast<double>(sc->age_ns) >= imminent_ns && ct.touch_growing)
       kind = FindingKind::kGuestSoftlockupImminent;
     else
       continue;

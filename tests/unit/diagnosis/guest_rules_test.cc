@@ -522,3 +522,43 @@ TEST(HostileGuest, GuestStringsReachSummariesAsValidText) {
 
 }  // namespace
 }  // namespace stallmon::diagnosis::testing
+
+namespace stallmon::diagnosis::testing {
+namespace {
+
+TEST(WatchdogGuards, CpuWithoutWatchdogIsNeverJudgedByIt) {
+  // nohz_full / nowatchdog: CPU1's count and touch never move, though it is busy and healthy.
+  Sim sim(2);
+  sim.run_task(1, "rt_app", 77);
+  sim.vcpus[1].run(1.0);
+  sim.cpus[1].timer_on = sim.cpus[1].touch_on = false;
+  sim.run(120s);
+  EXPECT_TRUE(sim.events.empty()) << sim.events.front().finding.summary;
+}
+
+TEST(WatchdogGuards, ReaderCanSayTheWatchdogRunsFromTheStart) {
+  // stallmon started on an already stuck guest: nothing moves, but the reader knows the
+  // watchdog runs on CPU0 (in watchdog_cpumask), so the stale touch counts.
+  Sim sim(1);
+  sim.run_task(0, "spin", 5);
+  sim.vcpus[0].run(1.0);
+  sim.cpus[0].timer_on = sim.cpus[0].touch_on = false;
+  sim.cpus[0].view.watchdog_active = true;
+  sim.cpus[0].view.watchdog_touch_ts = (sim.guest.running_clock_ns >> 30) - 12;
+  sim.run(1s);
+  EXPECT_EQ(sim.active(FindingKind::kGuestSoftlockupImminent).size(), 1u);
+  sim.run(15s);
+  EXPECT_EQ(sim.active(FindingKind::kGuestIrqsOff).size(), 1u);
+}
+
+TEST(WatchdogGuards, SmallThreshDoesNotTurnTimestampGranularityIntoAWarning) {
+  // watchdog_thresh 1: period 0.8 s, limit 2 s; a healthy touch is up to ~1.8 s old.
+  Sim sim(2);
+  sim.guest.watchdog_thresh = 1;
+  for (int i = 0; i < 2; ++i) sim.run_task(i, "busy", 40 + i);
+  sim.run(120s);
+  EXPECT_TRUE(sim.events.empty()) << sim.events.front().finding.summary;
+}
+
+}  // namespace
+}  // namespace stallmon::diagnosis::testing

@@ -97,6 +97,11 @@ struct GuestCpuView {
   std::optional<uint64_t> watchdog_report_ts;  // 5.13+; absent on older kernels
   std::optional<uint64_t> hrtimer_interrupts;
   std::optional<uint64_t> hrtimer_interrupts_saved;
+  // Whether the watchdog runs on this CPU (watchdog enabled and the CPU in watchdog_cpumask),
+  // if the reader knows. When unset the engine infers it: only a CPU whose hrtimer_interrupts
+  // or touch timestamp it has seen move is judged by the watchdog rules, because a CPU without
+  // a watchdog (nohz_full, nowatchdog) has both frozen forever.
+  std::optional<bool> watchdog_active;
 };
 
 struct GuestView {
