@@ -15,6 +15,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <variant>
 
 #include "event_loop.h"
@@ -463,12 +464,33 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       resync_due_ = Clock::now() + milliseconds(1000);
       return;
     }
+    // /proc work first, without table_mu_: the sampling thread copies the table under it. Only this
+    // thread writes slots_, so reading it here without the lock is safe.
+    struct Found {
+      pid_t pid = 0;
+      std::string source;
+      std::optional<Result<std::vector<VcpuThread>>> names;  // only for a new qemu pid
+    };
+    std::vector<Found> found(listed->size());
+    for (size_t i = 0; i < listed->size(); ++i) {
+      const Listed& l = (*listed)[i];
+      if (l.uuid.empty()) continue;
+      std::tie(found[i].pid, found[i].source) = find_pid(l.uuid, l.name);
+      auto it = slots_.find(l.uuid);
+      pid_t known = it == slots_.end() ? 0 : it->second.info.qemu_pid;
+      // Thread names need no monitor: published now, QMP confirms (or corrects) them later.
+      if (found[i].pid > 0 && found[i].pid != known) {
+        found[i].names = vcpu_threads_from_proc(opts_.proc_root, found[i].pid);
+      }
+    }
     std::vector<DomainInfo> gone, updated, all;
     std::vector<std::string> to_probe;
+    std::vector<Slot> removed;  // destroyed after the lock: a worker may take a moment to stop
     {
       std::lock_guard lock(table_mu_);
       std::set<std::string> seen;
-      for (auto& l : *listed) {
+      for (size_t i = 0; i < listed->size(); ++i) {
+        Listed& l = (*listed)[i];
         if (l.uuid.empty()) continue;
         seen.insert(l.uuid);
         auto [it, fresh] = slots_.try_emplace(l.uuid);
@@ -480,23 +502,19 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         s.info.id = l.id;
         s.info.state = l.state;
         if (fresh) make_workers(s);
-        auto [pid, source] = find_pid(l.uuid, l.name);
+        pid_t pid = found[i].pid;
         if (pid != s.info.qemu_pid) {
           // New qemu (first sight, restart, or restarted while we were disconnected): everything
           // derived from the old process is void.
           s.info.qemu_pid = pid;
-          s.info.pid_source = source;
+          s.info.pid_source = found[i].source;
           s.info.vcpus.clear();
           s.info.vcpu_source = VcpuSource::kNone;
           s.info.ram_layout.reset();
           s.info.ram_layout_error.clear();
-          if (pid > 0) {
-            // Thread names need no monitor: publish them now, QMP confirms (or corrects) later.
-            auto names = vcpu_threads_from_proc(opts_.proc_root, pid);
-            if (names.ok()) {
-              s.info.vcpus = std::move(names).value();
-              s.info.vcpu_source = VcpuSource::kThreadNames;
-            }
+          if (found[i].names && found[i].names->ok()) {
+            s.info.vcpus = std::move(*found[i].names).value();
+            s.info.vcpu_source = VcpuSource::kThreadNames;
           }
           ++s.info.generation;
           changed = true;
@@ -512,12 +530,15 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
           continue;
         }
         gone.push_back(it->second.info);
-        it = slots_.erase(it);  // workers stuck in a dead qemu's monitor detach on destruction
+        removed.push_back(std::move(it->second));
+        it = slots_.erase(it);
       }
       ++syncs_;
       all = snapshot_locked();
     }
     table_cv_.notify_all();
+    // Workers stuck in a dead qemu's monitor are detached rather than waited for.
+    removed.clear();
     for (auto& uuid : to_probe) schedule_probe(uuid);
     for (auto& d : gone) {
       spdlog::info("libvirt: domain {} ({}) is gone", d.name, d.uuid);
@@ -667,13 +688,18 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
 
   void apply_health(const CmdHealth& h) {
     std::optional<DomainInfo> updated;
+    bool reprobe = false;
     {
       std::lock_guard lock(table_mu_);
       auto it = slots_.find(h.uuid);
       if (it == slots_.end()) return;
       it->second.info.monitor = h.health;
       updated = it->second.info;
+      // The monitor answers again: get what a probe during the hang could not.
+      reprobe = h.health.responsive && (updated->vcpu_source != VcpuSource::kQmp ||
+                                        (opts_.ram_layout_resolver && !updated->ram_layout));
     }
+    if (reprobe) schedule_probe(h.uuid);
     if (h.health.responsive) {
       spdlog::info("libvirt: domain {}: monitor answers again", updated->name);
     } else {
