@@ -200,20 +200,24 @@ def ensure_headers(kver):
 
 
 def build_module(kver, outdir):
+    """Builds every module in kmod/ against linux-headers-<kver>; returns the .ko paths."""
     hdr = ensure_headers(kver)
     with tempfile.TemporaryDirectory(prefix="stallmon-kmod-") as tmp:
-        for f in ("irqoff.c", "Kbuild"):
-            shutil.copy(os.path.join(HERE, "kmod", f), tmp)
+        for f in glob.glob(os.path.join(HERE, "kmod", "*")):
+            if f.endswith((".c", ".h", "Kbuild")):
+                shutil.copy(f, tmp)
         p = run(["make", "-C", hdr, "M=" + tmp, "modules", "-j2"], check=False, timeout=600)
         if p.returncode != 0:
             raise TestbedError("kernel module build failed:\n%s\n%s" % (p.stdout[-3000:],
                                                                          p.stderr[-3000:]))
-        dst = os.path.join(outdir, "irqoff.ko")
-        shutil.copy(os.path.join(tmp, "irqoff.ko"), dst)
-        return dst
+        out = []
+        for ko in sorted(glob.glob(os.path.join(tmp, "*.ko"))):
+            shutil.copy(ko, outdir)
+            out.append(os.path.join(outdir, os.path.basename(ko)))
+        return out
 
 
-def build_initramfs(kroot, kver, module, out):
+def build_initramfs(kroot, kver, modules, out):
     with tempfile.TemporaryDirectory(prefix="stallmon-initramfs-") as st:
         for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "lib/modules", "etc"):
             os.makedirs(os.path.join(st, d), exist_ok=True)
@@ -230,7 +234,8 @@ def build_initramfs(kroot, kver, module, out):
             os.chmod(os.path.join(st, "bin", f), 0o755)
         shutil.copy(os.path.join(HERE, "guest", "init"), os.path.join(st, "init"))
         os.chmod(os.path.join(st, "init"), 0o755)
-        shutil.copy(module, os.path.join(st, "irqoff.ko"))
+        for m in modules:
+            shutil.copy(m, os.path.join(st, os.path.basename(m)))
         # Optional pvpanic driver so a guest panic reaches libvirt's <on_crash>.
         pv = os.path.join(kroot, "lib", "modules", kver, "kernel", "drivers", "misc", "pvpanic")
         for m in ("pvpanic.ko", "pvpanic-mmio.ko", "pvpanic-pci.ko"):
@@ -278,18 +283,19 @@ def build_kit(kernel=None, force=False):
         t0 = time.monotonic()
         shutil.rmtree(kit, ignore_errors=True)
         os.makedirs(kit)
-        module = build_module(kver, kit)
+        modules = build_module(kver, kit)
         initrd = os.path.join(kit, "initrd.img")
-        build_initramfs(kroot, kver, module, initrd)
+        build_initramfs(kroot, kver, modules, initrd)
         meta = {"package": pkg, "deb": deb, "kernel_release": kver, "kernel": vmlinuz,
-                "initrd": initrd, "module": module, "kit_dir": kit, "hash": kh,
+                "initrd": initrd, "modules": modules, "kit_dir": kit, "hash": kh,
                 "build_seconds": round(time.monotonic() - t0, 1)}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True)
         os.rename(meta_path + ".tmp", meta_path)
-        # Drop kits of older source versions for this kernel.
+        # Drop kits of older source versions for this kernel once nobody can still be booting
+        # from them (a day old).
         for old in glob.glob(os.path.join(kdir, "kit-*")):
-            if old != kit:
+            if old != kit and time.time() - os.stat(old).st_mtime > 86400:
                 shutil.rmtree(old, ignore_errors=True)
         meta["cached"] = False
         return meta
@@ -984,51 +990,66 @@ class Injector:
     def apply_freeze(self):
         mounts = cgroup_mounts()
         pid, tid = self.pid, self.tid
-        if self.args.when_idle > 0:
-            # Freezing a vCPU in its halt wait does not catch it holding QEMU's big lock.
-            idle = wait_for(lambda: thread_state(pid, tid) == "S", self.args.when_idle, 0.001)
-            self.state["waited_for_idle"] = idle
-        if "freezer" in mounts:
+        use = self.args.cgroup
+        if use == "auto":
+            use = "v1" if "freezer" in mounts else "v2"
+        if use == "v1":
+            if "freezer" not in mounts:
+                raise TestbedError("no cgroup v1 freezer hierarchy")
             self.state["orig_cgroup"] = os.path.join(mounts["freezer"],
                                                      thread_cgroup(pid, tid, "freezer").lstrip("/"))
             cg = self.make_cgroup(mounts["freezer"], "freeze")
             write_file(os.path.join(cg, "tasks"), tid)
-            write_file(os.path.join(cg, "freezer.state"), "FROZEN")
-            ok = wait_for(lambda: open(os.path.join(cg, "freezer.state")).read().strip()
-                          == "FROZEN", 10)
-            if not ok:
-                raise TestbedError("freezer did not reach FROZEN")
-        elif "unified" in mounts:
-            self.apply_freeze_v2(mounts["unified"])
+            knob, on, off = os.path.join(cg, "freezer.state"), "FROZEN", "THAWED"
+            frozen = lambda: open(knob).read().strip() == "FROZEN"
         else:
-            raise TestbedError("no cgroup freezer (v1) and no cgroup2 mount")
-        wait_for(lambda: thread_state(pid, tid) == "D", 5)
-        case, detail = classify_freeze(pid, tid, self.args.measure)
+            if "unified" not in mounts:
+                raise TestbedError("no cgroup2 mount")
+            victim = self.setup_freeze_v2(mounts["unified"])
+            knob, on, off = os.path.join(victim, "cgroup.freeze"), "1", "0"
+            events = os.path.join(victim, "cgroup.events")
+            frozen = lambda: "frozen 1" in open(events).read()
+        want, attempts = self.args.want_case, max(1, self.args.attempts)
+        history = []
+        for attempt in range(1, attempts + 1):
+            if self.args.when_idle > 0:
+                # A vCPU thread asleep (halt wait) does not hold QEMU's big lock.
+                self.state["waited_for_idle"] = wait_for(
+                    lambda: thread_state(pid, tid) == "S", self.args.when_idle, 0.001)
+            write_file(knob, on)
+            if not wait_for(frozen, 10):
+                raise TestbedError("the freeze did not complete")
+            wait_for(lambda: thread_state(pid, tid) == "D", 5)
+            case, detail = classify_freeze(pid, tid, self.args.measure)
+            history.append(case)
+            if want == "any" or case == want or attempt == attempts:
+                break
+            write_file(knob, off)  # not the wanted case: thaw, let the VM run, try again
+            time.sleep(self.args.retry_pause)
         self.state.update({"case": case})
         self.save()
-        return {"case": case, "measure": detail}
+        return {"case": case, "measure": detail, "attempts": len(history), "cases": history,
+                "cgroup_version": use, "waited_for_idle": self.state.get("waited_for_idle")}
 
-    def apply_freeze_v2(self, mount):
-        # A single thread can only be frozen inside a threaded subtree of its process's cgroup:
-        # move the whole process into a new domain cgroup with two threaded children.
+    def setup_freeze_v2(self, mount):
+        """A single thread can only be frozen inside a threaded subtree of its process's
+        cgroup: moves the whole process into a new domain cgroup with two threaded children
+        ("rest" and "victim").  Returns the victim cgroup."""
         pid, tid = self.pid, self.tid
         self.state["v2"] = True
         self.state["orig_cgroup"] = os.path.join(mount, thread_cgroup(pid, pid, "").lstrip("/"))
         top = self.make_cgroup(mount, "freeze")
-        write_file(os.path.join(top, "cgroup.procs"), pid)
         rest, victim = os.path.join(top, "rest"), os.path.join(top, "victim")
         self.state["subdirs"] = [victim, rest]
         self.save()
+        write_file(os.path.join(top, "cgroup.procs"), pid)
         for d in (rest, victim):
             os.mkdir(d)
             write_file(os.path.join(d, "cgroup.type"), "threaded")
         for t in os.listdir("/proc/%d/task" % pid):
             with contextlib.suppress(OSError):
                 write_file(os.path.join(victim if int(t) == tid else rest, "cgroup.threads"), t)
-        write_file(os.path.join(victim, "cgroup.freeze"), "1")
-        if not wait_for(lambda: "frozen 1" in open(os.path.join(victim, "cgroup.events")).read(),
-                        10):
-            raise TestbedError("cgroup2 freeze did not complete")
+        return victim
 
     # -- throttle ------------------------------------------------------------------------
     def apply_throttle(self):
@@ -1092,7 +1113,7 @@ def cmd_inject(args):
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt("signal %d" % signum)
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
     inj = Injector(args.fault, pid, tid, args)
     status = {"applied": args.fault, "pid": pid, "tid": tid, "injector_pid": os.getpid()}
@@ -1113,6 +1134,8 @@ def cmd_inject(args):
     except KeyboardInterrupt:
         pass
     finally:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # nothing may cut the undo short
+            signal.signal(s, signal.SIG_IGN)
         problems = inj.undo()
         after = {}
         with contextlib.suppress(OSError):
@@ -1160,7 +1183,7 @@ def cmd_hold(args):
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt()
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
     try:
         emit({"holding": args.name})
@@ -1169,6 +1192,8 @@ def cmd_hold(args):
     except KeyboardInterrupt:
         pass
     finally:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
         destroy_domain(args.name)
     return 0
 
@@ -1259,6 +1284,12 @@ def main(argv=None):
                    help="freeze: wait up to this long for the thread to sleep first (0: no)")
     p.add_argument("--measure", type=float, default=1.0,
                    help="freeze: seconds of /proc sampling to classify the case")
+    p.add_argument("--want-case", default="any", choices=["any", "vcpu-only", "vm-wide"],
+                   help="freeze: thaw and refreeze until this case (up to --attempts)")
+    p.add_argument("--attempts", type=int, default=1)
+    p.add_argument("--retry-pause", type=float, default=1.0)
+    p.add_argument("--cgroup", default="auto", choices=["auto", "v1", "v2"],
+                   help="freeze: cgroup v1 freezer or cgroup2 cgroup.freeze (auto: v1 if any)")
 
     p = sub.add_parser("cleanup", help="undo faults of dead injectors, remove stale cgroups, "
                        "destroy testbed domains whose owner is gone")

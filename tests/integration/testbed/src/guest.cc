@@ -210,16 +210,18 @@ CommandResult Guest::run(const std::string& command, std::chrono::milliseconds t
 }
 
 Injector Guest::inject(const std::vector<std::string>& args) const {
-  return Injector(args, 60s);
+  return Injector(args, 180s);  // a freeze with retries takes up to ~3 s per attempt
 }
 
-Injector Guest::freeze_vcpu(int index, std::chrono::milliseconds when_idle) const {
-  return freeze_thread(vcpu_tid(index), when_idle);
+Injector Guest::freeze_vcpu(int index, const FreezeOptions& opts) const {
+  return freeze_thread(vcpu_tid(index), opts);
 }
 
-Injector Guest::freeze_thread(pid_t tid, std::chrono::milliseconds when_idle) const {
+Injector Guest::freeze_thread(pid_t tid, const FreezeOptions& opts) const {
   return inject({"freeze", "--pid", std::to_string(qemu_pid_), "--tid", std::to_string(tid),
-                 "--when-idle", ms_arg(when_idle)});
+                 "--when-idle", ms_arg(opts.when_idle), "--want-case", opts.want_case,
+                 "--attempts", std::to_string(opts.attempts), "--measure", ms_arg(opts.measure),
+                 "--cgroup", opts.cgroup});
 }
 
 Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {

@@ -66,6 +66,19 @@ struct GuestOptions {
   std::chrono::seconds boot_timeout = 180s;
 };
 
+struct FreezeOptions {
+  // Wait up to this long for the thread to be asleep before freezing (0: freeze at once).
+  // An idle vCPU thread (halt wait) does not hold QEMU's big lock.
+  std::chrono::milliseconds when_idle = 2s;
+  // "any", "vcpu-only" or "vm-wide": thaw and freeze again (up to `attempts` times, 1 s apart)
+  // until the freeze produced that case. For "vm-wide", keep the vCPU busy with port I/O first
+  // (guest: `insmod /bqlhog.ko cpu=N`), set when_idle to 0 and allow ~20 attempts.
+  std::string want_case = "any";
+  int attempts = 1;
+  std::chrono::milliseconds measure = 1s;  // /proc sampling window for the case
+  std::string cgroup = "auto";             // "auto", "v1" (freezer: D), "v2" (cgroup.freeze)
+};
+
 struct CommandResult {
   int exit_code = -1;
   std::string out;  // guest stdout (binary-safe)
@@ -129,10 +142,11 @@ class Guest {
   CommandResult run(const std::string& command, std::chrono::milliseconds timeout = 60s) const;
 
   // Fault injectors on this guest's qemu threads.
-  // freeze: cgroup freezer (state D). when_idle: wait up to that long for the thread to sleep
-  // before freezing (less chance to catch it holding QEMU's big lock).
-  Injector freeze_vcpu(int index, std::chrono::milliseconds when_idle = 2s) const;
-  Injector freeze_thread(pid_t tid, std::chrono::milliseconds when_idle = 2s) const;
+  // freeze: cgroup freezer (v1: state D). The status's freeze_case() says whether the rest of
+  // the VM keeps running ("vcpu-only") or the thread was caught holding QEMU's big lock and the
+  // whole VM stopped ("vm-wide"); see FreezeOptions to ask for one of them.
+  Injector freeze_vcpu(int index, const FreezeOptions& opts = {}) const;
+  Injector freeze_thread(pid_t tid, const FreezeOptions& opts = {}) const;
   // throttle: cgroup cpu quota (quota_us per period_us) on one thread.
   Injector throttle_vcpu(int index, int quota_us = 5000, int period_us = 100000) const;
   // ptrace: PTRACE_SEIZE + PTRACE_INTERRUPT, only that thread stops (state t).

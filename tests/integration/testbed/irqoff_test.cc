@@ -1,0 +1,59 @@
+// Seed cases 2 and 4 (guest-internal): the kit's irqoff.ko spins with interrupts disabled on
+// guest CPU 1. Other CPUs report soft lockups (they wait for CPU 1 in IPIs), never CPU 1
+// itself; on the host, vCPU 1's thread stays runnable and burns CPU (unlike seed case 1).
+// Its own guest: the CPU is lost for good.
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <regex>
+
+#include "testbed/guest.h"
+
+namespace tb = stallmon::testbed;
+using namespace std::chrono_literals;
+
+namespace {
+
+const bool kOptions = [] {
+  tb::GuestOptions o;
+  o.tag = "irqoff";
+  o.scenario = "ipi,wakeups,sleepers";
+  o.watchdog_thresh = 5;
+  tb::set_shared_guest_options(o);
+  return true;
+}();
+
+class IrqOff : public tb::GuestTest {};
+
+TEST_F(IrqOff, SpinWithInterruptsOffOnCpu1) {
+  auto& g = guest();
+  const pid_t pid = g.qemu_pid(), tid = g.vcpu_tid(1);
+  const size_t from = g.console_size();
+  auto t0 = std::chrono::steady_clock::now();
+  // insmod returns once the kthread is started; CPU 1 never answers anything after that.
+  auto r = g.run("insmod /irqoff.ko cpu=1", 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto m = g.wait_console(std::regex("soft lockup - CPU#([0-9]+) stuck"), 90s, from);
+  auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(m) << "no soft lockup within 90 s; console:\n" << g.console(from);
+  std::cout << "first report " << secs << " s after insmod: " << *m << std::endl;
+  EXPECT_EQ(g.console(from).find("soft lockup - CPU#1 stuck"), std::string::npos)
+      << "CPU 1 (IRQs off) cannot report itself";
+  EXPECT_NE(g.console(from).find("stallmon-irqoff: spinning with IRQs off on CPU1"),
+            std::string::npos);
+  // Host: the vCPU 1 thread runs (R) and makes progress.
+  auto a = tb::thread_schedstat(pid, tid).run_ns;
+  int running = 0;
+  for (int i = 0; i < 20; ++i) {
+    running += tb::thread_state(pid, tid) == 'R';
+    usleep(50000);
+  }
+  auto ran_ms = (tb::thread_schedstat(pid, tid).run_ns - a) / 1e6;
+  std::cout << "vCPU 1 thread: R in " << running << "/20 samples, ran " << ran_ms
+            << " ms of 1000" << std::endl;
+  EXPECT_GE(running, 10) << "runnable, not blocked";
+  EXPECT_GT(ran_ms, 5.0) << "makes progress (how much depends on the host's load)";
+}
+
+}  // namespace
