@@ -163,8 +163,16 @@ TEST_F(HostSampler, ThrottleRaisesStealFractionAndCountsCgroupThrottling) {
             << "; throttled 5%: steal " << during.steal_fraction << " run " << during.run_fraction
             << " nr_throttled +" << during.nr_throttled_delta << " throttled "
             << during.throttled_delta_ns / 1e6 << " ms" << std::endl;
-  EXPECT_GT(during.steal_fraction, before.steal_fraction);
-  EXPECT_GT(during.steal_fraction, 0.5) << "runnable but not running most of the time";
+  // Throttled, the busy vCPU is runnable all the time and runs 5% of it: steal near 0.95. Before,
+  // steal is whatever the host's load leaves; on a saturated host it is already that high and a
+  // rise cannot show, so it is only required when the baseline leaves room.
+  EXPECT_GT(during.steal_fraction, 0.7) << "runnable but not running most of the time";
+  if (before.steal_fraction < 0.8) {
+    EXPECT_GT(during.steal_fraction, before.steal_fraction + 0.1);
+  } else {
+    std::cout << "host too busy to show the rise (baseline steal " << before.steal_fraction
+              << ")" << std::endl;
+  }
   EXPECT_LT(during.run_fraction, 0.2) << "a 5% quota";
   EXPECT_TRUE(s->vcpu(3)->sampler().own_cgroup());
   EXPECT_NE(s->vcpu(3)->sampler().cgroup().path.find("stallmon-tb-inj"), std::string::npos)
