@@ -1154,12 +1154,11 @@ def cleanup(domains=True):
         if not pid_alive(st.get("tracer", 0)):
             undo_state(st)
             report["undone"].append({k: st.get(k) for k in ("kind", "pid", "tid")})
-    live_tracers = {st.get("tracer") for st in injector_states()}
     for m in cgroup_mounts().values():
         for cg in glob.glob(os.path.join(m, CG_PREFIX + "*")):
             mm = re.search(r"-(\d+)-(\d+)$", cg)
-            if mm and int(mm.group(1)) in live_tracers and pid_alive(int(mm.group(1))):
-                continue
+            if mm and pid_alive(int(mm.group(1))):
+                continue  # its injector is still running (possibly still setting up)
             for sub in glob.glob(os.path.join(cg, "*/")):
                 if os.path.exists(os.path.join(sub, "cgroup.type")):
                     remove_cgroup(sub.rstrip("/"))
