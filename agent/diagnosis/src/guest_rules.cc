@@ -232,7 +232,10 @@ void rule_ipi_stall(TickContext& t) {
       const ThreadTracker* th = t.vcpu_thread(r);
       const GuestCpuView* gv = cpu_view(r);
       const GuestCpuTracker* ct = g.cpus.count(r) ? &g.cpus.at(r) : nullptr;
-      const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction;
+      // "The host runs it": over the window, and still now (a thread frozen a moment ago has a
+      // good window fraction too).
+      const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction &&
+                             !is_host_blocking(th->latest.state) && th->no_progress < t.config.host_blocked_min / 2;
       if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
         cause = Cause::kGuestIrqsOff;
         explained_by = it->second;

@@ -152,6 +152,14 @@ HostVerdict TickContext::host_verdict(int vcpu) const {
     v.evidence.push_back(thread_evidence(*t, "vCPU " + std::to_string(vcpu) + ": " + thread_phrase(*t) +
                                                  " waits on a futex with no run progress"));
     v.evidence.push_back(thread_evidence(*it->second, blocked_phrase(*it->second)));
+  } else if (is_host_blocking(t->latest.state) && t->blocked_for >= config.host_blocked_min / 5) {
+    // Not yet a VCPU_HOST_BLOCKED finding of its own, but a guest stall already under way on
+    // this CPU (an IPI it has not answered for 500 ms) is explained by it: say so rather than
+    // guess a guest cause for one or two ticks.
+    v.cause = Cause::kHostBlocked;
+    v.not_running = true;
+    v.phrase = "its " + blocked_phrase(*t);
+    v.evidence.push_back(thread_evidence(*t, "vCPU " + std::to_string(vcpu) + ": " + blocked_phrase(*t)));
   } else if (t->starved) {
     v.cause = Cause::kHostStarved;
     v.phrase = "its " + starved_phrase(*t, config.starved_window);

@@ -562,3 +562,31 @@ TEST(WatchdogGuards, SmallThreshDoesNotTurnTimestampGranularityIntoAWarning) {
 
 }  // namespace
 }  // namespace stallmon::diagnosis::testing
+
+namespace stallmon::diagnosis::testing {
+namespace {
+
+TEST(IpiStall, RootFrozenJustAfterTheIpiIsHostNotGuest) {
+  // vCPU 1 is busy; CPU0's IPI to it is caught pending, and the host freezes vCPU 1 a moment
+  // later. The IPI threshold is reached before the host-block threshold.
+  Sim sim(2);
+  sim.run_task(0, "sh", 107);
+  sim.run_task(1, "busy", 108);
+  sim.vcpus[1].run(1.0);
+  sim.run(5s);
+  sim.csd_wait(0, 1, "do_sync_core");
+  sim.tick();
+  sim.tick();
+  sim.vcpus[1].block(ThreadState::kDiskSleep, "__refrigerator", {"__refrigerator"});
+  sim.cpus[1].timer_on = false;
+  sim.run(1s);
+  for (const auto& ev : sim.events)
+    if (ev.finding.kind == FindingKind::kGuestIpiStall) {
+      EXPECT_EQ(ev.finding.cause, Cause::kHostBlocked) << to_string(ev.type) << ": " << ev.finding.summary;
+    }
+  ASSERT_EQ(sim.active(FindingKind::kGuestIpiStall).size(), 1u);
+  EXPECT_EQ(sim.count(FindingEvent::Type::kOpened, FindingKind::kVcpuHostBlocked), 1);
+}
+
+}  // namespace
+}  // namespace stallmon::diagnosis::testing
