@@ -19,6 +19,12 @@ std::string hex(uint64_t v) {
 
 std::string opt_u64(const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : "-"; }
 
+// watchdog_report_ts is ULONG_MAX (SOFTLOCKUP_DELAY_REPORT) after a touch: "reset" reads better.
+std::string report_ts(const std::optional<uint64_t>& v) {
+  if (v && *v == ~0ULL) return "reset";
+  return opt_u64(v);
+}
+
 std::string task_str(const TaskRef& t) {
   if (!t.ok) return t.address ? "?@" + hex(t.address) : "?";
   return t.comm + "[" + std::to_string(t.pid) + "]";
@@ -90,7 +96,7 @@ std::string format_snapshot(const GuestSnapshot& s, const SnapshotFormatOptions&
             c.rq.ok ? std::to_string(c.rq.cfs_h_nr_running).c_str() : "?",
             c.rq.ttwu_pending ? std::to_string(*c.rq.ttwu_pending).c_str() : "-",
             c.rq.ok ? std::to_string(c.rq.clock_ns / 1e9).c_str() : "?", opt_u64(c.watchdog.touch_ts).c_str(),
-            opt_u64(c.watchdog.report_ts).c_str(), opt_u64(c.watchdog.hrtimer_interrupts).c_str(),
+            report_ts(c.watchdog.report_ts).c_str(), opt_u64(c.watchdog.hrtimer_interrupts).c_str(),
             opt_u64(c.watchdog.hrtimer_interrupts_saved).c_str(),
             c.steal ? std::to_string(c.steal->steal_ns).c_str() : "-");
   }
@@ -120,8 +126,10 @@ std::string format_snapshot(const GuestSnapshot& s, const SnapshotFormatOptions&
           appendf(out, "    -> CPU%u csd %s unreadable\n", t.target, hex(t.csd).c_str());
           continue;
         }
-        appendf(out, "    -> CPU%u csd %s flags 0x%02x %s%s %s\n", t.target, hex(t.csd).c_str(), t.flags,
-                to_string(t.type), t.locked ? " LOCKED (waiting)" : " done", func_str(t.func, t.func_name).c_str());
+        // csd_unlock() clears the whole flags word, so a finished csd has no type any more.
+        appendf(out, "    -> CPU%u csd %s flags 0x%02x %s %s\n", t.target, hex(t.csd).c_str(), t.flags,
+                t.locked ? (std::string(to_string(t.type)) + " LOCKED (waiting)").c_str() : "done",
+                func_str(t.func, t.func_name).c_str());
       }
     }
   }

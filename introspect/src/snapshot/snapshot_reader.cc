@@ -2,9 +2,11 @@
 // SnapshotReader: per-CPU runqueue, call_single_queue, cfd_data, watchdog and steal-time state.
 //
 // Layout changes handled (detected by member/symbol presence, never by version):
-// - include/linux/smp_types.h (5.8): struct __call_single_node { llist; u_flags (flags in 5.8/5.9);
-//   src, dst } shared by csd, irq_work and task_struct.wake_entry, typed by CSD_TYPE_* in the
-//   flags. Before, csd = { llist; func; info; flags } and remote wakeups used rq->wake_list.
+// - include/linux/smp_types.h (5.8, "sched: Replace rq::wake_list"): struct __call_single_node
+//   { llist; union { u_flags; a_flags }; } (src, dst added in 5.10 on 64-bit) shared by csd,
+//   irq_work and task_struct.wake_entry, typed by CSD_TYPE_* in u_flags. For a while csd kept
+//   `flags` in an anonymous struct beside `node` (hence the "flags" fallbacks). Before 5.8,
+//   csd = { llist; func; info; flags } and remote wakeups used rq->wake_list.
 // - kernel/smp.c (5.13, "smp: Add extended csd lock debugging"): call_function_data.csd (a
 //   percpu csd) became call_function_data.pcpu (a percpu struct cfd_percpu { csd; ... }).
 // - cpumask_var_t is a pointer with CONFIG_CPUMASK_OFFSTACK, an inline array otherwise.

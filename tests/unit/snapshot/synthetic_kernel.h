@@ -40,6 +40,25 @@ class SparseMemory {
   }
   template <typename T>
   void put(uint64_t addr, T v) { write(addr, &v, sizeof v); }
+  // Overwrites every byte with pseudo-random garbage, biased towards values that look like
+  // pointers into mapped memory (the hard case for list walks).
+  void scribble(uint64_t seed) {
+    uint64_t x = seed * 0x9E3779B97F4A7C15ULL + 1;
+    std::vector<uint64_t> bases;
+    for (auto& [base, bytes] : regions_) bases.push_back(base);
+    for (auto& [base, bytes] : regions_) {
+      for (size_t i = 0; i + 8 <= bytes.size(); i += 8) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        uint64_t v = x;
+        switch (x % 4) {
+          case 0: v = bases[(x >> 8) % bases.size()] + ((x >> 20) % 0x2000); break;  // near-valid pointer
+          case 1: v = x & 0xff; break;
+          default: break;
+        }
+        std::memcpy(bytes.data() + i, &v, 8);
+      }
+    }
+  }
 
  private:
   std::map<uint64_t, std::vector<uint8_t>> regions_;
