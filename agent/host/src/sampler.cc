@@ -321,17 +321,23 @@ void ProcessSampler::set_vcpu_threads(const std::map<int32_t, int32_t>& vcpu_tid
 Result<void> ProcessSampler::enumerate(int64_t now_ns) {
   last_enumerate_ns_ = now_ns;
   enumerated_ = true;
-  std::string task_dir = opts_.proc_root + "/" + std::to_string(pid_) + "/task";
+  const std::string proc_dir = opts_.proc_root + "/" + std::to_string(pid_);
+  const std::string task_dir = proc_dir + "/task";
+  // The process's starttime tells a pid reused by another process (after qemu exited between
+  // two listings) from the qemu first seen: otherwise its threads would be adopted as qemu's.
+  Result<std::string> stat_text = read_whole(fs_, proc_dir + "/stat", 1024);
+  if (!stat_text.ok()) {
+    if (is_gone(stat_text.error())) return mark_gone("exited");
+    return std::move(stat_text).error().context("reading process stat");
+  }
+  STALLMON_TRY(TaskStat pst, parse_task_stat(*stat_text));
+  if (!process_starttime_) process_starttime_ = pst.starttime_ticks;
+  if (*process_starttime_ != pst.starttime_ticks) return mark_gone("exited (pid reused)");
+
   Result<std::vector<std::string>> names = fs_.list_dir(task_dir);
   if (!names.ok()) {
     if (!is_gone(names.error())) return std::move(names).error().context("listing threads");
-    gone_ = true;
-    for (auto& [i, t] : vcpus_) {
-      t->present_ = false;
-      t->sampler_->close();
-    }
-    threads_.clear();
-    return gone_error("process " + std::to_string(pid_) + " exited");
+    return mark_gone("exited");
   }
   std::set<int32_t> listed;
   for (const std::string& n : *names) {
@@ -376,6 +382,16 @@ Result<void> ProcessSampler::enumerate(int64_t now_ns) {
     }
   }
   return Ok();
+}
+
+Error ProcessSampler::mark_gone(const std::string& why) {
+  gone_ = true;
+  for (auto& [i, t] : vcpus_) {
+    t->present_ = false;
+    t->sampler_->close();
+  }
+  threads_.clear();
+  return gone_error("process " + std::to_string(pid_) + " " + why);
 }
 
 void ProcessSampler::sample_thread(TrackedThread& t) {

@@ -75,6 +75,8 @@ inline void put_thread(FakeHostFs& fs, int32_t pid, const FakeThread& t) {
   fs.set_file(d + "/cgroup", t.cgroup);
   fs.set_file(d + "/wchan", t.wchan);
   fs.set_file(d + "/stack", t.stack);
+  // The main thread's stat is also the process's.
+  if (t.tid == pid) fs.set_file("proc/" + std::to_string(pid) + "/stat", stat_text(t));
 }
 
 }  // namespace stallmon::host::testing

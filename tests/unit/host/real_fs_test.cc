@@ -41,6 +41,7 @@ class TempTree {
     write(d + "/schedstat", testing::schedstat_text(t));
     write(d + "/status", testing::status_text(t));
     write(d + "/cgroup", t.cgroup);
+    if (t.tid == pid) write("proc/" + std::to_string(pid) + "/stat", testing::stat_text(t));
   }
 
  private:

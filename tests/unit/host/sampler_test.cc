@@ -365,6 +365,23 @@ TEST_F(SamplerTest, PersistentIoErrorIsCountedNotGone) {
   EXPECT_EQ(s->vcpu(0)->history().size(), 2u);
 }
 
+TEST_F(SamplerTest, PidReusedByAnotherProcessIsProcessGone) {
+  auto s = make();
+  tick(*s);
+  EXPECT_EQ(s->process_starttime(), std::optional<uint64_t>(100));
+  // qemu exited and an unrelated process got its pid (and happens to list tid 501 too).
+  fs_.remove("proc/500");
+  put_thread(fs_, kPid, FakeThread{.tid = kPid, .comm = "bash", .starttime = 7777});
+  put_thread(fs_, kPid, FakeThread{.tid = 501, .comm = "bash", .starttime = 7777});
+  clock_.advance_ns(kSec);
+  Result<void> r = s->sample_once();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find("pid reused"), std::string::npos) << r.error().message;
+  EXPECT_TRUE(s->other_threads().empty());
+  EXPECT_FALSE(s->vcpu(0)->present());
+}
+
 TEST_F(SamplerTest, CorruptFileIsCountedAndSamplingContinues) {
   auto s = make();
   tick(*s);

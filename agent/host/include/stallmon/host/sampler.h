@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -174,12 +175,15 @@ class ProcessSampler {
 
   // One tick: samples every vCPU thread and (if enabled) every other thread; re-lists threads
   // when enumerate_interval_ns has passed. Errors: kNotFound once the process is gone (nothing is
-  // sampled then; the history stays readable). A single thread's failure is recorded on it
-  // (errors(), present()) and does not fail the tick.
+  // sampled then; the history stays readable), also when the pid now belongs to another
+  // process (checked by the process's starttime at each listing). A single thread's failure is
+  // recorded on it (errors(), present()) and does not fail the tick.
   Result<void> sample_once();
 
   int32_t pid() const { return pid_; }
   bool process_gone() const { return gone_; }
+  // starttime (clock ticks after boot) of the process first seen under pid(), once listed.
+  std::optional<uint64_t> process_starttime() const { return process_starttime_; }
   uint64_t ticks() const { return ticks_; }
   const SamplerOptions& options() const { return opts_; }
 
@@ -200,6 +204,7 @@ class ProcessSampler {
 
  private:
   Result<void> enumerate(int64_t now_ns);
+  Error mark_gone(const std::string& why);
   void sample_thread(TrackedThread& t);
 
   HostFs& fs_;
@@ -211,6 +216,7 @@ class ProcessSampler {
   int64_t last_enumerate_ns_ = 0;
   bool enumerated_ = false;
   bool gone_ = false;
+  std::optional<uint64_t> process_starttime_;
   uint64_t ticks_ = 0;
 };
 
