@@ -6,14 +6,12 @@
 #include <map>
 #include <mutex>
 
+#include "text.h"
+
 namespace stallmon::introspect {
 namespace {
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+using detail::hex;
 
 // Default direct-map bases without CONFIG_RANDOMIZE_MEMORY (Documentation/x86/x86_64/mm.rst).
 constexpr uint64_t kPageOffset4 = 0xffff888000000000ull;

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "text.h"
+
 namespace stallmon::introspect {
 namespace {
 
@@ -19,11 +21,7 @@ constexpr uint64_t kPageSizeBit = 1ull << 7;  // PS: 1 GiB at PUD level, 2 MiB a
 constexpr uint64_t kAddrMask = 0x000ffffffffff000ull;
 constexpr size_t kMaxCacheEntries = 1u << 16;
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+using detail::hex;
 
 Error unmapped_va(uint64_t va, const char* why) {
   return Error(ErrorCode::kUnmapped, "kernel address " + hex(va) + ": " + why, va);

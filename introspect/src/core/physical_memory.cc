@@ -15,14 +15,12 @@
 #include <cstdio>
 #include <cstring>
 
+#include "text.h"
+
 namespace stallmon::introspect {
 namespace {
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+using detail::hex;
 
 // Index of the range containing gpa, or -1. `ranges` sorted, non-overlapping.
 template <typename R>

@@ -6,6 +6,8 @@
 #include <charconv>
 #include <cstdio>
 
+#include "text.h"
+
 namespace stallmon::introspect {
 namespace {
 
@@ -88,12 +90,9 @@ Result<std::vector<RamRange>> parse_mtree_ram(std::string_view text) {
   // Find the FlatView used by the address space "memory" (the system view the CPUs see).
   bool in_view = false, view_is_memory = false, seen_memory = false;
   std::vector<FlatLine> lines;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
+  detail::LineReader reader(text);
+  std::string_view line;
+  while (reader.next(line)) {
     std::string_view t = trim(line);
     if (t.starts_with("FlatView #")) {
       if (view_is_memory) break;  // the memory view is complete

@@ -17,14 +17,12 @@
 #include "stallmon/introspect/kernel_memory.h"
 #include "stallmon/introspect/vmcoreinfo.h"
 
+#include "text.h"
+
 namespace stallmon::introspect {
 namespace {
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+using detail::hex;
 
 bool is_absolute(char type) { return type == 'A' || type == 'a'; }
 
@@ -333,13 +331,10 @@ Result<SymbolTable> SymbolTable::from_vmlinux(const std::string& path, const Sym
 
 Result<SymbolTable> SymbolTable::from_system_map_text(std::string_view text, const SymbolLimits& limits) {
   std::vector<Symbol> syms;
-  size_t pos = 0, line_no = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
-    ++line_no;
+  detail::LineReader reader(text);
+  std::string_view line;
+  while (reader.next(line)) {
+    const size_t line_no = reader.line_no();
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) continue;
     size_t sp1 = line.find(' ');

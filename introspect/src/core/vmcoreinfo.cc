@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "text.h"
+
 namespace stallmon::introspect {
 namespace {
 
@@ -84,12 +86,9 @@ Result<VmcoreInfo> parse_vmcoreinfo(std::string_view text) {
   if (size_t nul = text.find('\0'); nul != std::string_view::npos) text = text.substr(0, nul);
   VmcoreInfo info;
   info.text = std::string(text);
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    if (nl == std::string_view::npos) nl = text.size();
-    std::string_view line = text.substr(pos, nl - pos);
-    pos = nl + 1;
+  detail::LineReader reader(text);
+  std::string_view line;
+  while (reader.next(line)) {
     if (line.empty()) continue;
     size_t eq = line.find('=');
     if (eq == std::string_view::npos || eq == 0) continue;  // tolerate junk lines
