@@ -95,6 +95,9 @@ void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timesta
 }
 
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
+  // The guest clock went back: a reboot the libvirt events did not tell us about (or a new
+  // guest under the same name). Nothing of the old boot's CPU state carries over.
+  if (d.guest && g.running_clock_ns < d.guest->view.running_clock_ns) d.guest.reset();
   if (!d.guest) d.guest.emplace();
   GuestState& gs = *d.guest;
   std::map<int, GuestCpuTracker> cpus;
@@ -352,8 +355,10 @@ std::vector<FindingEvent> DiagnosisEngine::forget_domain(const std::string& doma
   return out;
 }
 
-std::vector<Finding> DiagnosisEngine::list_findings(const FindingQuery& q) const {
+std::vector<Finding> DiagnosisEngine::list_findings(const FindingQuery& query) const {
   std::lock_guard lock(impl_->mu);
+  FindingQuery q = query;
+  if (q.limit == 0) q.limit = 1000;  // as ListFindingsRequest.limit
   auto match = [&](const Finding& f) {
     if (!q.domain.empty() && f.domain != q.domain && f.domain_uuid != q.domain) return false;
     if (!q.kinds.empty() && std::find(q.kinds.begin(), q.kinds.end(), f.kind) == q.kinds.end()) return false;

@@ -215,3 +215,36 @@ TEST(Vocabulary, NamesMatchTheProto) {
 
 }  // namespace
 }  // namespace stallmon::diagnosis::testing
+
+namespace stallmon::diagnosis::testing {
+namespace {
+
+TEST(Reboot, GuestClockGoingBackStartsAFreshBoot) {
+  Sim sim(2);
+  sim.run_task(0, "a", 1);
+  sim.run_task(1, "b", 2);
+  sim.run(1s);
+  sim.csd_wait(0, 1, "f");
+  sim.run(400ms);
+  // The guest reboots: its clock restarts; a csd at the same address (same layout) is locked
+  // again in the new boot. Its age must start over, not continue from the old boot.
+  sim.guest.running_clock_ns = 3ull << 30;
+  for (auto& c : sim.cpus) c.view.watchdog_touch_ts = 3;
+  sim.run(400ms);
+  EXPECT_TRUE(sim.active(FindingKind::kGuestIpiStall).empty());
+  sim.run(200ms);
+  EXPECT_EQ(sim.active(FindingKind::kGuestIpiStall).size(), 1u);
+}
+
+TEST(Query, ZeroLimitMeansTheDefault) {
+  Sim sim(1);
+  sim.run(1s);
+  sim.vcpus[0].block(ThreadState::kDiskSleep, "x", {});
+  sim.run(1s);
+  FindingQuery q;
+  q.limit = 0;
+  EXPECT_EQ(sim.engine.list_findings(q).size(), 1u);
+}
+
+}  // namespace
+}  // namespace stallmon::diagnosis::testing

@@ -35,7 +35,7 @@ struct FindingQuery {
   std::vector<FindingKind> kinds;  // empty: all kinds
   bool active_only = false;
   std::optional<Timestamp> since;  // updated (or resolved) at or after this time
-  std::size_t limit = 1000;
+  std::size_t limit = 1000;        // 0: the default, 1000
 };
 
 struct EventsSince {
