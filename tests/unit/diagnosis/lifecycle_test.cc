@@ -4,7 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <set>
+#include <thread>
 
 #include "sim.h"
 
@@ -244,6 +246,38 @@ TEST(Query, ZeroLimitMeansTheDefault) {
   FindingQuery q;
   q.limit = 0;
   EXPECT_EQ(sim.engine.list_findings(q).size(), 1u);
+}
+
+}  // namespace
+}  // namespace stallmon::diagnosis::testing
+
+
+namespace stallmon::diagnosis::testing {
+namespace {
+
+TEST(Concurrency, QueriesWhileObserving) {
+  // The server thread reads while the sampling thread observes (run it under TSan/ASan too).
+  Sim sim(4);
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> seen{0};
+  std::thread reader([&] {
+    uint64_t after = 0;
+    while (!done.load()) {
+      EventsSince ev = sim.engine.events_since(after);
+      for (const auto& e : ev.events) {
+        EXPECT_GT(e.revision, after);
+        after = e.revision;
+      }
+      seen = after;
+      (void)sim.engine.list_findings();
+      (void)sim.engine.wants_guest_snapshot("vm1", Timestamp{});
+    }
+  });
+  for (int i = 0; i < 5; ++i) block_cycle(sim, i % 4, 1s);
+  done = true;
+  reader.join();
+  EXPECT_LE(seen.load(), sim.engine.revision());
+  EXPECT_GT(sim.engine.revision(), 0u);
 }
 
 }  // namespace
