@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/core/stall_monitor.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "internal.h"
+
+namespace stallmon::core {
+
+const char* to_string(IntrospectionState state) {
+  switch (state) {
+    case IntrospectionState::kDisabled: return "disabled";
+    case IntrospectionState::kWaitingForLayout: return "waiting for RAM layout";
+    case IntrospectionState::kDiscovering: return "discovering";
+    case IntrospectionState::kReady: return "ready";
+    case IntrospectionState::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+namespace internal {
+
+Histogram::Histogram(std::vector<double> bounds_s) : bounds_(std::move(bounds_s)) {
+  std::sort(bounds_.begin(), bounds_.end());
+  buckets_.assign(bounds_.size() + 1, 0);
+}
+
+void Histogram::observe(double seconds) {
+  const size_t i = static_cast<size_t>(
+      std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin());
+  std::lock_guard<std::mutex> l(mu_);
+  ++buckets_[i];
+  ++count_;
+  sum_ += seconds;
+}
+
+LatencyHistogram Histogram::read() const {
+  LatencyHistogram h;
+  std::lock_guard<std::mutex> l(mu_);
+  h.bounds_s = bounds_;
+  h.counts.resize(bounds_.size());
+  uint64_t acc = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    acc += buckets_[i];
+    h.counts[i] = acc;
+  }
+  h.count = count_;
+  h.sum_s = sum_;
+  return h;
+}
+
+}  // namespace internal
+
+using internal::DomainPipeline;
+
+class StallMonitor::Impl final : public diagnosis::FindingListener {
+ public:
+  Impl(MonitorConfig config, MonitorDependencies deps) : shared(config) {
+    shared.config.diagnosis.baseline_snapshot_interval = config.baseline_snapshot_interval;
+    if (deps.fs != nullptr) {
+      shared.fs = deps.fs;
+    } else {
+      own_fs = std::make_unique<host::RealHostFs>("/");
+      shared.fs = own_fs.get();
+    }
+    shared.mono = deps.mono_clock != nullptr ? deps.mono_clock : &own_mono;
+    shared.clock = deps.clock != nullptr ? deps.clock : &own_clock;
+    shared.memory_opener = std::move(deps.memory_opener);
+    shared.mono_to_engine = ClockMapping::from(shared.clock->now(), shared.mono->now_ns());
+    engine = std::make_unique<diagnosis::DiagnosisEngine>(shared.config.diagnosis, *shared.clock);
+    engine->set_listener(this);
+    shared.engine = engine.get();
+    started_at = shared.clock->now();
+  }
+
+  ~Impl() override { stop(); }
+
+  void on_finding_event(const diagnosis::FindingEvent& event) override {
+    shared.counters.finding_events.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> l(listeners_mu);
+    for (diagnosis::FindingListener* li : listeners) li->on_finding_event(event);
+  }
+
+  static std::string key_of(const libvirt::DomainInfo& d) { return d.uuid.empty() ? d.name : d.uuid; }
+
+  std::shared_ptr<DomainPipeline> find(std::string_view name_or_uuid) const {
+    std::lock_guard<std::mutex> l(mu);
+    if (auto it = domains.find(std::string(name_or_uuid)); it != domains.end()) return it->second;
+    for (const auto& [k, p] : domains) {
+      if (p->name() == name_or_uuid) return p;
+    }
+    return nullptr;
+  }
+
+  void reap_locked() {
+    for (auto it = retiring.begin(); it != retiring.end();) {
+      if ((*it)->finished()) {
+        (*it)->join();
+        it = retiring.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void remove(const std::string& key) {
+    std::shared_ptr<DomainPipeline> p;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      auto it = domains.find(key);
+      if (it == domains.end()) return;
+      p = it->second;
+      domains.erase(it);
+      retiring.push_back(p);
+    }
+    p->retire();  // from here on it observes nothing
+    engine->forget_domain(key);
+  }
+
+  void stop() {
+    std::map<std::string, std::shared_ptr<DomainPipeline>> all;
+    std::vector<std::shared_ptr<DomainPipeline>> old;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      stopped = true;
+      all.swap(domains);
+      old.swap(retiring);
+    }
+    for (auto& [k, p] : all) p->retire();
+    for (auto& [k, p] : all) p->join();
+    for (auto& p : old) p->join();
+  }
+
+  internal::Shared shared;
+  std::unique_ptr<host::RealHostFs> own_fs;
+  host::MonotonicClock own_mono;
+  diagnosis::SteadyWallClock own_clock;
+  std::unique_ptr<diagnosis::DiagnosisEngine> engine;
+  Timestamp started_at{};
+
+  mutable std::mutex mu;
+  std::map<std::string, std::shared_ptr<DomainPipeline>> domains;  // by uuid
+  std::vector<std::shared_ptr<DomainPipeline>> retiring;
+  bool stopped = false;
+
+  std::mutex listeners_mu;
+  std::vector<diagnosis::FindingListener*> listeners;
+};
+
+StallMonitor::StallMonitor(MonitorConfig config, MonitorDependencies deps)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(deps))) {}
+
+StallMonitor::~StallMonitor() {
+  stop();
+  impl_->engine->set_listener(nullptr);
+}
+
+void StallMonitor::attach(libvirt::DomainWatcher& watcher) { watcher.add_observer(this); }
+
+void StallMonitor::on_domain_event(const libvirt::DomainEvent& event) {
+  auto p = impl_->find(event.uuid.empty() ? event.name : event.uuid);
+  if (p) p->post_event(event, impl_->shared.clock->now());
+}
+
+void StallMonitor::on_domain_updated(const libvirt::DomainInfo& domain) {
+  if (impl_->shared.config.domain_filter && !impl_->shared.config.domain_filter(domain)) return;
+  const std::string key = Impl::key_of(domain);
+  std::shared_ptr<DomainPipeline> created;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    if (impl_->stopped) return;
+    impl_->reap_locked();
+    auto it = impl_->domains.find(key);
+    if (it != impl_->domains.end()) {
+      it->second->post_update(domain);
+      return;
+    }
+    created = std::make_shared<DomainPipeline>(impl_->shared, domain);
+    impl_->domains.emplace(key, created);
+    if (impl_->shared.config.threads) created->start();
+  }
+}
+
+void StallMonitor::on_domain_gone(const libvirt::DomainInfo& last) { impl_->remove(Impl::key_of(last)); }
+
+void StallMonitor::on_domains_synced(const std::vector<libvirt::DomainInfo>& domains) {
+  // A domain we watch that the full listing no longer has went away while we were not told
+  // (e.g. during a libvirtd restart).
+  std::vector<std::string> gone;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    for (const auto& [key, p] : impl_->domains) {
+      const bool listed = std::any_of(domains.begin(), domains.end(),
+                                      [&](const libvirt::DomainInfo& d) { return Impl::key_of(d) == key; });
+      if (!listed) gone.push_back(key);
+    }
+  }
+  for (const std::string& key : gone) impl_->remove(key);
+  for (const libvirt::DomainInfo& d : domains) on_domain_updated(d);
+}
+
+void StallMonitor::stop() { impl_->stop(); }
+
+std::vector<DomainSummary> StallMonitor::domains() const {
+  std::vector<std::shared_ptr<DomainPipeline>> all;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    for (const auto& [k, p] : impl_->domains) all.push_back(p);
+  }
+  std::vector<DomainSummary> out;
+  out.reserve(all.size());
+  for (const auto& p : all) out.push_back(p->summary());
+  std::sort(out.begin(), out.end(),
+            [](const DomainSummary& a, const DomainSummary& b) { return a.name < b.name; });
+  return out;
+}
+
+namespace {
+Error not_watched(std::string_view name_or_uuid) {
+  return Error(ErrorCode::kNotFound, "domain '" + std::string(name_or_uuid) + "' is not watched");
+}
+}  // namespace
+
+Result<DomainDetail> StallMonitor::domain(std::string_view name_or_uuid) const {
+  auto p = impl_->find(name_or_uuid);
+  if (!p) return not_watched(name_or_uuid);
+  return p->detail();
+}
+
+Result<VcpuHistory> StallMonitor::vcpu_history(std::string_view name_or_uuid, int32_t vcpu,
+                                               std::chrono::nanoseconds window) const {
+  auto p = impl_->find(name_or_uuid);
+  if (!p) return not_watched(name_or_uuid);
+  return p->history(vcpu, window);
+}
+
+Result<InspectResult> StallMonitor::inspect(std::string_view name_or_uuid,
+                                            std::chrono::milliseconds timeout) {
+  auto p = impl_->find(name_or_uuid);
+  if (!p) return not_watched(name_or_uuid);
+  return p->inspect(timeout);
+}
+
+diagnosis::DiagnosisEngine& StallMonitor::engine() { return *impl_->engine; }
+const diagnosis::DiagnosisEngine& StallMonitor::engine() const { return *impl_->engine; }
+
+void StallMonitor::add_finding_listener(diagnosis::FindingListener* listener) {
+  if (listener == nullptr) return;
+  std::lock_guard<std::mutex> l(impl_->listeners_mu);
+  if (std::find(impl_->listeners.begin(), impl_->listeners.end(), listener) == impl_->listeners.end()) {
+    impl_->listeners.push_back(listener);
+  }
+}
+
+void StallMonitor::remove_finding_listener(diagnosis::FindingListener* listener) {
+  std::lock_guard<std::mutex> l(impl_->listeners_mu);
+  impl_->listeners.erase(std::remove(impl_->listeners.begin(), impl_->listeners.end(), listener),
+                         impl_->listeners.end());
+}
+
+AgentStats StallMonitor::stats() const {
+  const internal::Counters& c = impl_->shared.counters;
+  AgentStats s;
+  s.started_at = impl_->started_at;
+  s.ticks = c.ticks.load();
+  s.overruns = c.overruns.load();
+  s.tick_latency = impl_->shared.tick_latency.read();
+  s.snapshot_latency = impl_->shared.snapshot_latency.read();
+  s.sample_errors = c.sample_errors.load();
+  s.snapshots = c.snapshots.load();
+  s.snapshot_errors = c.snapshot_errors.load();
+  s.discovery_attempts = c.discovery_attempts.load();
+  s.discovery_failures = c.discovery_failures.load();
+  s.introspection_errors = s.snapshot_errors + s.discovery_failures;
+  s.monitor_timeouts = c.monitor_timeouts.load();
+  s.finding_events = c.finding_events.load();
+  std::lock_guard<std::mutex> l(impl_->mu);
+  s.domains = impl_->domains.size();
+  for (const auto& [k, p] : impl_->domains) s.history_memory_bytes += p->memory_bytes();
+  return s;
+}
+
+const MonitorConfig& StallMonitor::config() const { return impl_->shared.config; }
+
+void StallMonitor::tick_all() {
+  if (impl_->shared.config.threads) return;
+  std::vector<std::shared_ptr<DomainPipeline>> all;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    for (const auto& [k, p] : impl_->domains) all.push_back(p);
+  }
+  for (const auto& p : all) p->tick();
+}
+
+Result<IntrospectionHealth> StallMonitor::wait_introspection(std::string_view name_or_uuid,
+                                                             std::chrono::milliseconds timeout) const {
+  auto p = impl_->find(name_or_uuid);
+  if (!p) return not_watched(name_or_uuid);
+  return p->wait_introspection(timeout);
+}
+
+}  // namespace stallmon::core
