@@ -99,21 +99,9 @@ std::unique_ptr<Real> open_real(bool live, std::string& err) {
       err = raw.error().to_string();
       return nullptr;
     }
-    DiscoverOptions d;
-    if (!(*core)->vmcoreinfo_note().empty()) {
-      auto vi = parse_vmcoreinfo((*core)->vmcoreinfo_note());
-      if (vi) d.vmcoreinfo = *vi;
-    }
     r->mem = std::move(raw).value();
-    auto k = Kernel::discover(r->mem, d);
-    if (!k) {
-      err = k.error().to_string();
-      return nullptr;
-    }
-    r->kernel = std::move(k).value();
-    r->access = make_kernel_access(*r->kernel);
-    return r;
   }
+  // An in-memory copy has no ELF note: discovery scans its RAM for VMCOREINFO, as live.
   auto k = Kernel::discover(r->mem);
   if (!k) {
     err = k.error().to_string();
