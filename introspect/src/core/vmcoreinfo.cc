@@ -183,12 +183,18 @@ Result<VmcoreInfo> find_vmcoreinfo(PhysicalMemory& mem, const VmcoreInfoScanOpti
       }
       uint64_t n = std::min<uint64_t>(chunk, r.end() - pos);
       scanned += n;
+      // One large read; if part of the chunk is unreadable (a hole in a live qemu's mapping),
+      // read it again page by page in one batch and scan the pages that came back.
+      std::vector<ReadRequest> pages;
       if (!mem.read(pos, buf.data(), n).ok()) {
-        pos += n;  // unreadable chunk (a hole in a live qemu's mapping): skip it
-        continue;
+        for (uint64_t off = 0; off < n; off += kPage) {
+          pages.push_back(ReadRequest{pos + off, buf.data() + off, static_cast<size_t>(std::min(kPage, n - off))});
+        }
+        (void)mem.read_batch(pages);
       }
       constexpr uint64_t kMin = kNoteHeader + kNamePadded + 10;
       for (uint64_t off = 0; off + kMin <= n; off += kPage) {
+        if (!pages.empty() && !pages[off / kPage].ok) continue;
         if (!looks_like_note(buf.data() + off)) continue;
         auto info = read_note_at(mem, pos + off);
         if (info.ok()) return info;

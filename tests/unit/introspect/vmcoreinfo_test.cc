@@ -110,6 +110,31 @@ TEST(FindVmcoreinfo, ScansPageStartsSkippingDecoys) {
   EXPECT_TRUE(*valid);
 }
 
+// RAM whose page at `hole` cannot be read (like an unmapped page in a qemu process).
+class HoleyMemory final : public PhysicalMemory {
+ public:
+  HoleyMemory(std::unique_ptr<RawImageMemory> base, uint64_t hole) : base_(std::move(base)), hole_(hole) {}
+  Result<void> read(uint64_t gpa, void* buf, size_t len) override {
+    if (gpa < hole_ + 4096 && hole_ < gpa + len) return Error(ErrorCode::kIo, "hole", hole_);
+    return base_->read(gpa, buf, len);
+  }
+  const std::vector<PhysRange>& ranges() const override { return base_->ranges(); }
+
+ private:
+  std::unique_ptr<RawImageMemory> base_;
+  uint64_t hole_;
+};
+
+TEST(FindVmcoreinfo, UnreadablePageInTheSameChunkDoesNotHideTheNote) {
+  auto mem = RawImageMemory::zeroed(0, 16 << 20);
+  auto note = fake::make_vmcoreinfo_note(kText);
+  ASSERT_TRUE(mem->write(0x405000, note.data(), note.size()).ok());
+  HoleyMemory holey(std::move(mem), 0x404000);
+  auto r = find_vmcoreinfo(holey);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r->note_gpa, 0x405000u);
+}
+
 TEST(FindVmcoreinfo, NoteAtTheVeryEndOfRam) {
   auto note = fake::make_vmcoreinfo_note(kText);
   auto mem = RawImageMemory::zeroed(0, 0x10000);
