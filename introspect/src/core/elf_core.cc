@@ -28,6 +28,20 @@ Result<void> write_all(int fd, const void* data, size_t len, const std::string& 
 
 uint64_t align4(uint64_t v) { return (v + 3) & ~3ull; }
 
+bool is_zero(const uint8_t* p, size_t len) {
+  // Word-wise: pages are 8-byte aligned in the buffer.
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    if (w) return false;
+  }
+  for (; i < len; ++i) {
+    if (p[i]) return false;
+  }
+  return true;
+}
+
 Result<uint64_t> write_core(int fd, PhysicalMemory& mem, const std::string& path, const ElfCoreWriteOptions& options) {
   const auto& ranges = mem.ranges();
   if (ranges.empty()) return Error(ErrorCode::kInvalidArgument, "no memory ranges to write");
@@ -100,10 +114,30 @@ Result<uint64_t> write_core(int fd, PhysicalMemory& mem, const std::string& path
       uint64_t n = std::min<uint64_t>(buf.size(), r.size - pos);
       auto rd = mem.read(r.gpa + pos, buf.data(), n);
       if (!rd.ok()) return std::move(rd).error().context("copying guest RAM");
-      STALLMON_TRY_VOID(write_all(fd, buf.data(), n, path));
+      // All-zero pages (most of an idle guest's RAM) become holes of a sparse file.
+      for (uint64_t at = 0; at < n;) {
+        uint64_t len = std::min<uint64_t>(4096, n - at);
+        if (is_zero(buf.data() + at, len)) {
+          if (::lseek(fd, static_cast<off_t>(len), SEEK_CUR) < 0) return Error::io("lseek " + path, errno);
+        } else {
+          uint64_t run = len;
+          while (at + run < n) {
+            uint64_t l2 = std::min<uint64_t>(4096, n - at - run);
+            if (is_zero(buf.data() + at + run, l2)) break;
+            run += l2;
+          }
+          STALLMON_TRY_VOID(write_all(fd, buf.data() + at, run, path));
+          len = run;
+        }
+        at += len;
+      }
       pos += n;
       written += n;
     }
+  }
+  // The file must be as long as the last segment even if it ends in a hole.
+  if (::ftruncate(fd, static_cast<off_t>(ph.back().p_offset + ph.back().p_filesz)) != 0) {
+    return Error::io("ftruncate " + path, errno);
   }
   return written;
 }

@@ -21,7 +21,8 @@ struct ElfCoreWriteOptions {
   uint64_t chunk_bytes = 4ull << 20;
 };
 
-// Writes `mem`'s ranges to `path` (created or truncated, mode 0600). Returns the bytes written.
+// Writes `mem`'s ranges to `path` (created or truncated, mode 0600) as a sparse file: all-zero
+// pages are holes. Returns the size of the core's contents (holes included).
 // On error the partial file is removed.
 Result<uint64_t> write_elf_core(PhysicalMemory& mem, const std::string& path,
                                 const ElfCoreWriteOptions& options = {});
