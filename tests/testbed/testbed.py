@@ -102,25 +102,37 @@ def file_lock(path):
 # ---------------------------------------------------------------------------------------------
 
 def resolve_kernel_package(name):
-    """Returns the linux-image package name; default: what linux-image-amd64 depends on."""
-    if name:
-        return name if name.startswith("linux-image-") else "linux-image-" + name
+    """Returns a linux-image package that ships a kernel.  Default: what linux-image-amd64
+    depends on; a metapackage (linux-image-6.12-amd64, ...) is followed the same way."""
+    name = name or "linux-image-amd64"
+    if not name.startswith("linux-image-"):
+        name = "linux-image-" + name
 
-    def query():
-        p = run(["apt-cache", "depends", "linux-image-amd64"], check=False)
+    def target(meta):
+        p = run(["apt-cache", "depends", meta], check=False)
+        if p.returncode != 0 or not p.stdout.strip():
+            return None, False
         for line in p.stdout.splitlines():
             m = re.match(r"\s*Depends:\s*(linux-image-[0-9]\S*)", line)
             if m:
-                return m.group(1)
-        return None
+                return m.group(1), True
+        return None, True
 
-    pkg = query()
-    if pkg is None:
-        log("apt-cache knows no linux-image-amd64; running apt-get update")
+    for attempt in range(2):
+        pkg, known = name, True
+        for _ in range(3):
+            nxt, known = target(pkg)
+            if not nxt or nxt == pkg:
+                break
+            pkg = nxt
+        if known or attempt == 1:
+            break
+        log("apt-cache does not know %s; running apt-get update" % pkg)
         run(["apt-get", "update", "-qq"], timeout=600)
-        pkg = query()
-    if pkg is None:
-        raise TestbedError("cannot resolve the kernel package behind linux-image-amd64")
+    if not known:
+        raise TestbedError("apt knows no package %s" % pkg)
+    if pkg in ("linux-image-amd64",) or not re.match(r"linux-image-[0-9]", pkg):
+        raise TestbedError("cannot resolve a kernel package from %s" % name)
     return pkg
 
 
@@ -706,7 +718,7 @@ class GuestChannel:
     def ping(self, timeout=10):
         tag = self._tag("p")
         deadline = time.monotonic() + timeout
-        self.sock.sendall(("PING %s\n" % tag).encode())
+        self.sock.sendall(("\nPING %s\n" % tag).encode())
         self._until(("@@TB-PONG %s" % tag).encode(), deadline)
         return True
 
@@ -715,7 +727,9 @@ class GuestChannel:
         tag = self._tag("r")
         payload = base64.b64encode(script.encode()).decode()
         deadline = time.monotonic() + timeout
-        self.sock.sendall(("RUN %s %s\n" % (tag, payload)).encode())
+        # The leading newline ends any partial line left by an earlier client that went away
+        # mid-request (e.g. while the VM was stopped), so this request is not glued to it.
+        self.sock.sendall(("\nRUN %s %s\n" % (tag, payload)).encode())
         self._until(("@@TB-BEGIN %s" % tag).encode(), deadline)
         out, _ = self._until(("@@TB-ERR %s" % tag).encode(), deadline)
         err, end = self._until(("@@TB-END %s " % tag).encode(), deadline)
