@@ -106,7 +106,8 @@ void ThreadSampler::refresh_cgroup(const CpuCgroup& process_cgroup) {
   if (Result<std::string> text = read_whole(fs_, dir_ + "cgroup"); text.ok()) {
     if (auto m = parse_proc_cgroup(*text); m.ok()) mine = find_cpu_cgroup(*m);
   }
-  bool own = mine.version != CgroupVersion::kNone &&
+  // The root cgroup has no quota of its own, whatever the main thread's membership reads as.
+  bool own = mine.version != CgroupVersion::kNone && mine.path != "/" &&
              (mine.version != process_cgroup.version || mine.path != process_cgroup.path);
   if (own && cgroup_fd_ >= 0 && mine.path == cgroup_.path && mine.version == cgroup_.version) {
     return;  // unchanged

@@ -552,6 +552,18 @@ TEST_F(CgroupTest, ThreadMovedIntoAThrottledCgroupIsNoticedAtTheNextListing) {
   EXPECT_EQ(s->vcpu(0)->errors(), 0u);
 }
 
+TEST_F(CgroupTest, RootCgroupIsNeverOwn) {
+  main_.cgroup = "garbage";  // the process's membership unreadable
+  vcpu0_.cgroup = "2:cpu:/\n";
+  put_thread(fs_, kPid, main_);
+  put_thread(fs_, kPid, vcpu0_);
+  fs_.set_file("sys/fs/cgroup/cpu/cpu.stat", "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n");
+  auto s = make();
+  tick(*s);
+  EXPECT_FALSE(s->vcpu(0)->sampler().own_cgroup());
+  EXPECT_EQ(s->vcpu(0)->sampler().cgroup().version, CgroupVersion::kV1);
+}
+
 TEST_F(CgroupTest, SameCgroupAsTheProcessIsNotOwn) {
   main_.cgroup = "2:cpu,cpuacct:/machine/vm\n";
   vcpu0_.cgroup = "2:cpu,cpuacct:/machine/vm\n";
