@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -27,14 +28,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-using DomPtr = std::shared_ptr<virDomain>;
-
-DomPtr own_domain(virDomainPtr d) {
-  return DomPtr(d, [](virDomainPtr p) {
-    if (p) virDomainFree(p);
-  });
-}
-
 // Turns the calling thread's last libvirt error into an Error (and clears it).
 Error libvirt_error(const std::string& what) {
   virErrorPtr e = virGetLastError();
@@ -61,16 +54,67 @@ Error libvirt_error(const std::string& what) {
   return Error(code, what + ": " + msg);
 }
 
-Result<std::string> monitor_command(virDomainPtr dom, const std::string& command, bool hmp) {
-  char* reply = nullptr;
-  unsigned int flags = hmp ? VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP : VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT;
-  if (virDomainQemuMonitorCommand(dom, command.c_str(), &reply, flags) < 0) {
-    return libvirt_error(std::string(hmp ? "hmp " : "qmp ") + command);
+// A libvirt connection of its own for one domain's monitor commands, used only from that domain's
+// monitor worker thread (so never by two threads at once).
+//
+// Why not the main connection: with libvirt 9.0's client, while one call on a connection waits
+// (a monitor command to a stuck qemu), replies to other threads' calls on that connection were
+// seen to wait too, until the next socket event (a keepalive, up to 5 s later) or until the stuck
+// call returned (measured: virDomainGetState of a healthy domain took 5 s, and 9.6 s without an
+// event loop). A hung monitor must not slow the domain list, events, or other domains.
+class MonitorConnection {
+ public:
+  MonitorConnection(std::string uri, std::string uuid) : uri_(std::move(uri)), uuid_(std::move(uuid)) {}
+  ~MonitorConnection() { reset(); }
+  MonitorConnection(const MonitorConnection&) = delete;
+  MonitorConnection& operator=(const MonitorConnection&) = delete;
+
+  // Any thread: libvirtd restarted, so the next command opens a new connection instead of failing
+  // once on the dead one.
+  void mark_stale() { stale_.store(true); }
+
+  Result<std::string> command(const std::string& command, bool hmp) {
+    if (stale_.exchange(false)) reset();
+    if (!dom_) {
+      conn_ = virConnectOpen(uri_.c_str());
+      if (!conn_) return libvirt_error("virConnectOpen " + uri_ + " (monitor connection)");
+      dom_ = virDomainLookupByUUIDString(conn_, uuid_.c_str());
+      if (!dom_) {
+        Error e = libvirt_error("virDomainLookupByUUIDString " + uuid_);
+        reset();
+        return e;
+      }
+    }
+    char* reply = nullptr;
+    unsigned int flags = hmp ? VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP : VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT;
+    if (virDomainQemuMonitorCommand(dom_, command.c_str(), &reply, flags) < 0) {
+      Error e = libvirt_error(std::string(hmp ? "hmp " : "qmp ") + command);
+      // QEMU's own errors come back inside the reply; a failed call means libvirt could not run it
+      // (domain gone, libvirtd restarted, job busy). Reopening is cheap, so start afresh next time.
+      reset();
+      return e;
+    }
+    std::string out = reply ? reply : "";
+    std::free(reply);
+    return out;
   }
-  std::string out = reply ? reply : "";
-  std::free(reply);
-  return out;
-}
+
+ private:
+  void reset() {
+    if (dom_) virDomainFree(dom_);
+    if (conn_) virConnectClose(conn_);
+    dom_ = nullptr;
+    conn_ = nullptr;
+    virResetLastError();
+  }
+
+  std::string uri_;
+  std::string uuid_;
+  std::atomic<bool> stale_{false};
+  virConnectPtr conn_ = nullptr;
+  virDomainPtr dom_ = nullptr;
+};
+using MonitorConnPtr = std::shared_ptr<MonitorConnection>;
 
 DomainRunState map_state(int state) {
   switch (state) {
@@ -108,7 +152,6 @@ const char* close_reason(int reason) {
 
 // One running domain as libvirt lists it.
 struct Listed {
-  DomPtr dom;
   std::string uuid;
   std::string name;
   int id = -1;
@@ -157,9 +200,9 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
 
   struct Slot {
     DomainInfo info;
-    DomPtr dom;
     std::shared_ptr<DeadlineWorker> monitor;  // QMP/HMP commands
     std::shared_ptr<DeadlineWorker> prober;   // discovery steps that wait on `monitor`
+    MonitorConnPtr monitor_conn;              // used only on `monitor`'s thread
     uint64_t probe_seq = 0;
     bool probe_running = false;
     bool probe_again = false;
@@ -351,6 +394,10 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         st = status_;
       }
       spdlog::info("libvirt: connected to {}", opts_.uri);
+      {
+        std::lock_guard lock(table_mu_);
+        for (auto& [uuid, slot] : slots_) slot.monitor_conn->mark_stale();
+      }
       resync_pending_ = true;
       resync_due_ = now;
     } else {
@@ -406,16 +453,19 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
   }
 
   // ---- discovery ----
-  Result<std::vector<Listed>> list_domains() {
+  // Any thread: the connection worker makes the call.
+  Result<std::vector<Listed>> list_domains(milliseconds timeout) {
     virConnectPtr c = nullptr;
+    std::shared_ptr<DeadlineWorker> worker;
     {
       std::lock_guard lock(table_mu_);
-      if (!conn_) return Error(ErrorCode::kIo, "not connected");
+      if (!conn_) return Error(ErrorCode::kIo, "not connected to " + opts_.uri);
       c = conn_;
       virConnectRef(c);
+      worker = conn_worker_;
     }
-    return conn_worker_->call<std::vector<Listed>>(
-        "list domains", opts_.call_timeout, [c]() -> Result<std::vector<Listed>> {
+    return worker->call<std::vector<Listed>>(
+        "list domains", timeout, [c]() -> Result<std::vector<Listed>> {
           virDomainPtr* doms = nullptr;
           // Connection-wide and job-free: works while any domain's monitor hangs.
           int n = virConnectListAllDomains(c, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
@@ -427,7 +477,6 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
           std::vector<Listed> out;
           for (int i = 0; i < n; ++i) {
             Listed l;
-            l.dom = own_domain(doms[i]);
             l.uuid = domain_uuid(doms[i]);
             l.name = domain_name(doms[i]);
             l.id = virDomainGetID(doms[i]) == static_cast<unsigned>(-1) ? -1 : static_cast<int>(virDomainGetID(doms[i]));
@@ -435,6 +484,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
             // qemuDomainGetState reads libvirt's cached state: no job, no monitor.
             if (virDomainGetState(doms[i], &state, &reason, 0) == 0) l.state = map_state(state);
             virResetLastError();
+            virDomainFree(doms[i]);
             out.push_back(std::move(l));
           }
           std::free(doms);
@@ -456,7 +506,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
 
   void sync() {
     resync_pending_ = false;
-    auto listed = list_domains();
+    auto listed = list_domains(opts_.call_timeout);
     if (!listed.ok()) {
       spdlog::warn("libvirt: listing domains failed: {}", listed.error().message);
       // Try again soon; a lost connection is reported separately by the close callback.
@@ -496,7 +546,6 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         auto [it, fresh] = slots_.try_emplace(l.uuid);
         Slot& s = it->second;
         bool changed = fresh || s.info.id != l.id || s.info.state != l.state || s.info.name != l.name;
-        s.dom = l.dom;
         s.info.uuid = l.uuid;
         s.info.name = l.name;
         s.info.id = l.id;
@@ -555,6 +604,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       if (auto impl = weak.lock()) impl->post(CmdHealth{uuid, h});
     });
     s.prober = std::make_shared<DeadlineWorker>("probe-" + s.info.name);
+    s.monitor_conn = std::make_shared<MonitorConnection>(opts_.uri, uuid);
   }
 
   std::vector<DomainInfo> snapshot_locked() const {
@@ -580,13 +630,13 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
   // The probe runs on the domain's prober thread and waits (with deadlines) on its monitor
   // thread, so neither the dispatch thread nor any other domain ever waits on this monitor.
   void start_probe_locked(Slot& s) {
-    if (!s.dom || s.info.qemu_pid <= 0) return;
+    if (s.info.qemu_pid <= 0) return;
     s.probe_running = true;
     s.probe_again = false;
     uint64_t seq = ++s.probe_seq;
     std::weak_ptr<Impl> weak = weak_from_this();
     auto monitor = s.monitor;
-    auto dom = s.dom;
+    auto mc = s.monitor_conn;
     pid_t pid = s.info.qemu_pid;
     std::string uuid = s.info.uuid;
     auto timeout = opts_.monitor_timeout;
@@ -596,8 +646,8 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     std::string proc_root = opts_.proc_root;
     auto probe = [=]() -> Result<bool> {
       CmdProbeDone done{uuid, pid, seq, Error(ErrorCode::kInternal, "not run"), std::nullopt};
-      auto reply = monitor->call<std::string>("qmp query-cpus-fast", timeout, [dom]() {
-        return monitor_command(dom.get(), R"({"execute":"query-cpus-fast"})", false);
+      auto reply = monitor->call<std::string>("qmp query-cpus-fast", timeout, [mc]() {
+        return mc->command(R"({"execute":"query-cpus-fast"})", false);
       });
       if (reply.ok()) {
         auto vcpus = parse_query_cpus_fast(*reply);
@@ -616,10 +666,9 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         done.vcpus = std::move(reply).error();
       }
       if (want_layout) {
-        introspect::HmpCommand hmp = [monitor, dom, timeout](std::string_view cmd) -> Result<std::string> {
+        introspect::HmpCommand hmp = [monitor, mc, timeout](std::string_view cmd) -> Result<std::string> {
           std::string line(cmd);
-          return monitor->call<std::string>("hmp " + line, timeout,
-                                            [dom, line]() { return monitor_command(dom.get(), line, true); });
+          return monitor->call<std::string>("hmp " + line, timeout, [mc, line]() { return mc->command(line, true); });
         };
         done.layout = resolver(hmp);
       }
@@ -706,6 +755,28 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       spdlog::warn("libvirt: domain {}: monitor unresponsive (stuck in {})", updated->name, h.health.stuck_call);
     }
     notify([&](DomainObserver& o) { o.on_domain_updated(*updated); });
+  }
+
+  // Any thread: one QMP/HMP command on the domain's monitor worker.
+  PendingCall<std::string> monitor_call(std::string_view key, std::string command, bool hmp, milliseconds timeout) {
+    std::shared_ptr<DeadlineWorker> monitor;
+    MonitorConnPtr mc;
+    {
+      std::lock_guard lock(table_mu_);
+      std::string uuid = resolve_key_locked(key);
+      if (!uuid.empty()) {
+        auto& s = slots_.at(uuid);
+        monitor = s.monitor;
+        mc = s.monitor_conn;
+      }
+    }
+    if (!monitor || !mc) {
+      return PendingCall<std::string>::completed(
+          Error(ErrorCode::kNotFound, "no running domain " + std::string(key)));
+    }
+    std::string what = (hmp ? "hmp " : "qmp ") + command;
+    return monitor->submit<std::string>(std::move(what), timeout,
+                                        [mc, command, hmp]() { return mc->command(command, hmp); });
   }
 
   std::string resolve_key_locked(std::string_view key) const {
@@ -855,7 +926,10 @@ void DomainWatcher::stop() {
     impl_->q_cv_.notify_all();
   }
   if (impl_->dispatch_.joinable()) impl_->dispatch_.join();
-  impl_->conn_worker_.reset();
+  {
+    std::lock_guard lock(impl_->table_mu_);  // list_running_domains() may be reading it
+    impl_->conn_worker_.reset();
+  }
   impl_->loop_.reset();
   impl_->started_ = false;
 }
@@ -898,46 +972,12 @@ ConnectionStatus DomainWatcher::connection() const {
 
 PendingCall<std::string> DomainWatcher::qmp(std::string_view uuid_or_name, std::string command_json,
                                             std::chrono::milliseconds timeout) {
-  std::shared_ptr<DeadlineWorker> monitor;
-  DomPtr dom;
-  {
-    std::lock_guard lock(impl_->table_mu_);
-    std::string uuid = impl_->resolve_key_locked(uuid_or_name);
-    if (!uuid.empty()) {
-      auto& s = impl_->slots_.at(uuid);
-      monitor = s.monitor;
-      dom = s.dom;
-    }
-  }
-  if (!monitor || !dom) {
-    return PendingCall<std::string>::completed(
-        Error(ErrorCode::kNotFound, "no running domain " + std::string(uuid_or_name)));
-  }
-  return monitor->submit<std::string>("qmp " + command_json, timeout, [dom, command_json]() {
-    return monitor_command(dom.get(), command_json, false);
-  });
+  return impl_->monitor_call(uuid_or_name, std::move(command_json), /*hmp=*/false, timeout);
 }
 
 PendingCall<std::string> DomainWatcher::hmp(std::string_view uuid_or_name, std::string command_line,
                                             std::chrono::milliseconds timeout) {
-  std::shared_ptr<DeadlineWorker> monitor;
-  DomPtr dom;
-  {
-    std::lock_guard lock(impl_->table_mu_);
-    std::string uuid = impl_->resolve_key_locked(uuid_or_name);
-    if (!uuid.empty()) {
-      auto& s = impl_->slots_.at(uuid);
-      monitor = s.monitor;
-      dom = s.dom;
-    }
-  }
-  if (!monitor || !dom) {
-    return PendingCall<std::string>::completed(
-        Error(ErrorCode::kNotFound, "no running domain " + std::string(uuid_or_name)));
-  }
-  return monitor->submit<std::string>("hmp " + command_line, timeout, [dom, command_line]() {
-    return monitor_command(dom.get(), command_line, true);
-  });
+  return impl_->monitor_call(uuid_or_name, std::move(command_line), /*hmp=*/true, timeout);
 }
 
 introspect::HmpCommand DomainWatcher::hmp_command(std::string_view uuid_or_name, std::chrono::milliseconds timeout) {
@@ -946,32 +986,11 @@ introspect::HmpCommand DomainWatcher::hmp_command(std::string_view uuid_or_name,
 }
 
 Result<std::vector<std::string>> DomainWatcher::list_running_domains(std::chrono::milliseconds timeout) {
-  virConnectPtr c = nullptr;
-  {
-    std::lock_guard lock(impl_->table_mu_);
-    if (!impl_->conn_) return Error(ErrorCode::kIo, "not connected to " + impl_->opts_.uri);
-    c = impl_->conn_;
-    virConnectRef(c);
-  }
-  auto worker = impl_->conn_worker_;
-  return worker->call<std::vector<std::string>>("list domains", timeout, [c]() -> Result<std::vector<std::string>> {
-    virDomainPtr* doms = nullptr;
-    int n = virConnectListAllDomains(c, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
-    if (n < 0) {
-      Error e = libvirt_error("virConnectListAllDomains");
-      virConnectClose(c);
-      return e;
-    }
-    std::vector<std::string> names;
-    for (int i = 0; i < n; ++i) {
-      names.push_back(domain_name(doms[i]));
-      virDomainFree(doms[i]);
-    }
-    std::free(doms);
-    virConnectClose(c);
-    std::sort(names.begin(), names.end());
-    return names;
-  });
+  STALLMON_TRY(auto listed, impl_->list_domains(timeout));
+  std::vector<std::string> names;
+  for (const auto& l : listed) names.push_back(l.name);
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 void DomainWatcher::refresh(std::string_view uuid_or_name) { impl_->post(CmdRefresh{std::string(uuid_or_name)}); }
