@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: Apache-2.0
+// A fake qemu process for the core's unit tests: an in-memory /proc (FakeHostFs) with a main
+// loop and N vCPU threads, host and engine clocks that advance together, and the libvirt
+// DomainInfo describing it.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../host/fake_proc.h"
+#include "stallmon/diagnosis/time.h"
+#include "stallmon/host/clock.h"
+#include "stallmon/host/host_fs.h"
+#include "stallmon/libvirt/domain.h"
+
+namespace stallmon::core::testing {
+
+using host::testing::FakeThread;
+
+class FakeQemu {
+ public:
+  static constexpr int32_t kPid = 4000;
+
+  explicit FakeQemu(int vcpus = 4, std::string name = "vm1",
+                    std::string uuid = "00000000-0000-0000-0000-000000000001")
+      : name_(std::move(name)), uuid_(std::move(uuid)) {
+    main_.tid = kPid;
+    main_.comm = "qemu-system-x86";
+    main_.state = 'S';
+    main_.wchan = "do_sys_poll";
+    put(main_);
+    for (int i = 0; i < vcpus; ++i) {
+      FakeThread t;
+      t.tid = kPid + 1 + i;
+      t.comm = "CPU " + std::to_string(i) + "/TCG";
+      t.state = 'R';
+      vcpus_.push_back(t);
+      put(t);
+    }
+  }
+
+  // Advances both clocks by `ms` and every thread's /proc files: threads in R ran `run_ms` of it
+  // (and waited `wait_ms`), the main loop ran a little; blocked threads did not move.
+  void advance(int64_t ms, uint64_t run_ms = 40, uint64_t wait_ms = 5) {
+    mono.advance_ns(ms * 1'000'000);
+    clock.advance(std::chrono::milliseconds(ms));
+    main_.run_ns += 1'000'000;
+    main_.timeslices += 1;
+    put(main_);
+    for (FakeThread& t : vcpus_) {
+      if (t.state == 'R') {
+        t.run_ns += run_ms * 1'000'000;
+        t.wait_ns += wait_ms * 1'000'000;
+        t.timeslices += 2;
+      }
+      put(t);
+    }
+  }
+
+  // Puts vCPU `i`'s thread into `state` (D: as the cgroup freezer does) with wchan and stack.
+  void block_vcpu(int i, char state = 'D', const std::string& wchan = "__refrigerator") {
+    FakeThread& t = vcpus_.at(static_cast<size_t>(i));
+    t.state = state;
+    t.wchan = wchan;
+    t.stack = "[<0>] __refrigerator+0x4c/0x130\n[<0>] get_signal+0x7b5/0x840\n";
+    put(t);
+  }
+  void run_vcpu(int i) {
+    FakeThread& t = vcpus_.at(static_cast<size_t>(i));
+    t.state = 'R';
+    t.wchan = "0";
+    t.stack.clear();
+    put(t);
+  }
+
+  libvirt::DomainInfo info() const {
+    libvirt::DomainInfo d;
+    d.name = name_;
+    d.uuid = uuid_;
+    d.id = 7;
+    d.state = libvirt::DomainRunState::kRunning;
+    d.qemu_pid = kPid;
+    for (size_t i = 0; i < vcpus_.size(); ++i) {
+      d.vcpus.push_back(libvirt::VcpuThread{static_cast<int>(i), vcpus_[i].tid, vcpus_[i].comm});
+    }
+    d.vcpu_source = libvirt::VcpuSource::kQmp;
+    d.ram_layout = ram_;
+    d.generation = 1;
+    return d;
+  }
+
+  pid_t vcpu_tid(int i) const { return vcpus_.at(static_cast<size_t>(i)).tid; }
+
+  host::FakeHostFs fs;
+  host::SimulatedClock mono{1'000'000'000};
+  diagnosis::ManualClock clock;
+
+ private:
+  void put(const FakeThread& t) {
+    host::testing::put_thread(fs, kPid, t);
+    fs.set_file("proc/" + std::to_string(kPid) + "/cgroup", "0::/\n");
+  }
+
+  std::string name_, uuid_;
+  FakeThread main_;
+  std::vector<FakeThread> vcpus_;
+  std::shared_ptr<const std::vector<introspect::RamRange>> ram_ =
+      std::make_shared<const std::vector<introspect::RamRange>>(
+          std::vector<introspect::RamRange>{{0, 512u << 20, 0x7f0000000000, "pc.ram"}});
+};
+
+}  // namespace stallmon::core::testing

@@ -1,0 +1,259 @@
+// SPDX-License-Identifier: Apache-2.0
+// StallMonitor driven by hand (threads=false) over a fake /proc and simulated time: domains in
+// and out, queries, the finding fan-out, history, stats. Introspection is off here (see
+// pipeline_test.cc for the guest side).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "fake_domain.h"
+#include "stallmon/core/stall_monitor.h"
+
+namespace stallmon::core {
+namespace {
+
+using diagnosis::FindingEvent;
+using diagnosis::FindingKind;
+using testing::FakeQemu;
+
+class Recorder final : public diagnosis::FindingListener {
+ public:
+  void on_finding_event(const FindingEvent& e) override {
+    std::lock_guard<std::mutex> l(mu);
+    events.push_back(e);
+  }
+  size_t count(FindingKind k, FindingEvent::Type t) {
+    std::lock_guard<std::mutex> l(mu);
+    return static_cast<size_t>(std::count_if(events.begin(), events.end(), [&](const FindingEvent& e) {
+      return e.finding.kind == k && e.type == t;
+    }));
+  }
+  std::mutex mu;
+  std::vector<FindingEvent> events;
+};
+
+class StallMonitorTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<StallMonitor> make(MonitorConfig c = {}) {
+    c.threads = false;
+    c.introspection = false;
+    return std::make_unique<StallMonitor>(c, MonitorDependencies{&q.fs, &q.mono, &q.clock, {}});
+  }
+  void run(StallMonitor& m, int ticks) {
+    for (int i = 0; i < ticks; ++i) {
+      q.advance(100);
+      m.tick_all();
+    }
+  }
+  FakeQemu q;
+};
+
+TEST_F(StallMonitorTest, WatchesADomainAndAnswersQueries) {
+  auto m = make();
+  EXPECT_TRUE(m->domains().empty());
+  m->on_domain_updated(q.info());
+  run(*m, 5);
+  auto ds = m->domains();
+  ASSERT_EQ(ds.size(), 1u);
+  EXPECT_EQ(ds[0].name, "vm1");
+  EXPECT_EQ(ds[0].qemu_pid, FakeQemu::kPid);
+  EXPECT_EQ(ds[0].vcpu_count, 4u);
+  EXPECT_EQ(ds[0].ticks, 5u);
+  EXPECT_EQ(ds[0].active_findings, 0u);
+  EXPECT_EQ(ds[0].introspection.state, IntrospectionState::kDisabled);
+  EXPECT_FALSE(ds[0].introspection.ok());
+  EXPECT_TRUE(ds[0].monitor.responsive);
+
+  // By name and by uuid.
+  for (std::string key : {"vm1", "00000000-0000-0000-0000-000000000001"}) {
+    auto d = m->domain(key);
+    ASSERT_TRUE(d.ok()) << key;
+    ASSERT_EQ(d->vcpus.size(), 4u);
+    EXPECT_EQ(d->main_loop_tid, FakeQemu::kPid);
+    EXPECT_EQ(d->vcpus[2].index, 2);
+    EXPECT_EQ(d->vcpus[2].thread.tid, q.vcpu_tid(2));
+    EXPECT_EQ(d->vcpus[2].thread.name, "CPU 2/TCG");
+    EXPECT_TRUE(d->vcpus[2].thread.has_sample);
+    EXPECT_EQ(d->vcpus[2].thread.latest.state, 'R');
+    EXPECT_TRUE(d->vcpus[2].thread.signals.valid);
+    EXPECT_GT(d->vcpus[2].thread.signals.run_fraction, 0.2);
+    EXPECT_FALSE(d->vcpus[2].guest);
+    EXPECT_FALSE(d->guest);
+    ASSERT_EQ(d->other_threads.size(), 1u);
+    EXPECT_EQ(d->other_threads[0].tid, FakeQemu::kPid);
+  }
+  EXPECT_EQ(m->domain("nope").error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(m->inspect("vm1", std::chrono::milliseconds(10)).error().code, ErrorCode::kUnsupported);
+  EXPECT_EQ(m->inspect("nope", std::chrono::milliseconds(10)).error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(StallMonitorTest, FrozenVcpuBecomesAFindingForEveryListenerAndResolvesWhenTheDomainGoes) {
+  auto m = make();
+  Recorder a, b;
+  m->add_finding_listener(&a);
+  m->add_finding_listener(&b);
+  m->add_finding_listener(&b);  // twice: still one delivery
+  m->on_domain_updated(q.info());
+  run(*m, 3);
+  q.block_vcpu(2);
+  run(*m, 4);  // 400 ms: below host_blocked_min
+  EXPECT_EQ(a.count(FindingKind::kVcpuHostBlocked, FindingEvent::Type::kOpened), 0u);
+  run(*m, 3);
+  EXPECT_EQ(a.count(FindingKind::kVcpuHostBlocked, FindingEvent::Type::kOpened), 1u);
+  EXPECT_EQ(b.count(FindingKind::kVcpuHostBlocked, FindingEvent::Type::kOpened), 1u);
+  auto active = m->engine().active_findings("vm1");
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].cpus, std::vector<int>{2});
+  EXPECT_EQ(m->domains()[0].active_findings, 1u);
+
+  // The host detail (wchan, stack) is shown while blocked.
+  auto d = m->domain("vm1");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->vcpus[2].thread.latest.state, 'D');
+  EXPECT_EQ(d->vcpus[2].thread.blocked.wchan, "__refrigerator");
+  ASSERT_FALSE(d->vcpus[2].thread.blocked.stack.empty());
+  EXPECT_EQ(d->vcpus[2].thread.blocked.stack[0], "__refrigerator+0x4c/0x130");
+
+  m->remove_finding_listener(&b);
+  m->on_domain_gone(q.info());
+  EXPECT_TRUE(m->domains().empty());
+  EXPECT_EQ(a.count(FindingKind::kVcpuHostBlocked, FindingEvent::Type::kResolved), 1u);
+  EXPECT_EQ(b.count(FindingKind::kVcpuHostBlocked, FindingEvent::Type::kResolved), 0u);
+  EXPECT_TRUE(m->engine().active_findings().empty());
+  run(*m, 2);  // nothing left to tick
+  EXPECT_EQ(m->stats().finding_events, a.events.size());
+}
+
+TEST_F(StallMonitorTest, ThawResolvesTheFinding) {
+  auto m = make();
+  m->on_domain_updated(q.info());
+  run(*m, 2);
+  q.block_vcpu(1);
+  run(*m, 8);
+  ASSERT_EQ(m->engine().active_findings().size(), 1u);
+  q.run_vcpu(1);
+  run(*m, 3);
+  EXPECT_TRUE(m->engine().active_findings().empty());
+}
+
+TEST_F(StallMonitorTest, FilterKeepsOtherDomainsOut) {
+  MonitorConfig c;
+  c.domain_filter = [](const libvirt::DomainInfo& d) { return d.name == "mine"; };
+  auto m = make(c);
+  m->on_domain_updated(q.info());  // "vm1"
+  run(*m, 2);
+  EXPECT_TRUE(m->domains().empty());
+  libvirt::DomainInfo mine = q.info();
+  mine.name = "mine";
+  mine.uuid = "00000000-0000-0000-0000-0000000000aa";
+  m->on_domain_updated(mine);
+  ASSERT_EQ(m->domains().size(), 1u);
+  EXPECT_EQ(m->domains()[0].name, "mine");
+  // Events for unwatched domains are ignored.
+  libvirt::DomainEvent ev;
+  ev.kind = libvirt::DomainEventKind::kCrashed;
+  ev.name = "vm1";
+  ev.uuid = "00000000-0000-0000-0000-000000000001";
+  m->on_domain_event(ev);
+  run(*m, 2);
+  EXPECT_TRUE(m->engine().active_findings("vm1").empty());
+}
+
+TEST_F(StallMonitorTest, CrashedEventBecomesGuestPanic) {
+  auto m = make();
+  m->on_domain_updated(q.info());
+  run(*m, 2);
+  libvirt::DomainEvent ev;
+  ev.kind = libvirt::DomainEventKind::kCrashed;
+  ev.uuid = q.info().uuid;
+  ev.name = "vm1";
+  ev.detail = "panicked";
+  m->on_domain_event(ev);
+  run(*m, 1);
+  auto active = m->engine().active_findings("vm1");
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].kind, FindingKind::kGuestPanic);
+}
+
+TEST_F(StallMonitorTest, SyncWithoutTheDomainRetiresIt) {
+  auto m = make();
+  m->on_domain_updated(q.info());
+  run(*m, 1);
+  m->on_domains_synced({});
+  EXPECT_TRUE(m->domains().empty());
+}
+
+TEST_F(StallMonitorTest, HistoryWindowAndStats) {
+  auto m = make();
+  m->on_domain_updated(q.info());
+  run(*m, 30);
+  auto all = m->vcpu_history("vm1", 1, std::chrono::nanoseconds(0));
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->points.size(), 30u);
+  EXPECT_EQ(all->tid, q.vcpu_tid(1));
+  EXPECT_EQ(all->capacity, MonitorConfig{}.sampler.vcpu_history);
+  auto last = m->vcpu_history("vm1", 1, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->points.size(), 10u);  // samples within the last second, newest included
+  for (size_t i = 1; i < last->points.size(); ++i) {
+    EXPECT_EQ(last->points[i].time - last->points[i - 1].time, std::chrono::milliseconds(100));
+    EXPECT_GT(last->points[i].sample.run_ns, last->points[i - 1].sample.run_ns);
+  }
+  // Sample time maps onto the engine's clock.
+  EXPECT_EQ(last->points.back().time, q.clock.now());
+  EXPECT_EQ(m->vcpu_history("vm1", 9, std::chrono::seconds(1)).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(m->vcpu_history("x", 1, std::chrono::seconds(1)).error().code, ErrorCode::kNotFound);
+
+  AgentStats s = m->stats();
+  EXPECT_EQ(s.domains, 1u);
+  EXPECT_EQ(s.ticks, 30u);
+  EXPECT_EQ(s.tick_latency.count, 30u);
+  ASSERT_EQ(s.tick_latency.counts.size(), s.tick_latency.bounds_s.size());
+  EXPECT_TRUE(std::is_sorted(s.tick_latency.counts.begin(), s.tick_latency.counts.end()));
+  EXPECT_EQ(s.snapshots, 0u);
+  EXPECT_GT(s.history_memory_bytes, 4 * MonitorConfig{}.sampler.vcpu_history * sizeof(host::ThreadSample));
+}
+
+TEST_F(StallMonitorTest, NewQemuPidReplacesTheSampler) {
+  auto m = make();
+  m->on_domain_updated(q.info());
+  run(*m, 3);
+  ASSERT_EQ(m->vcpu_history("vm1", 0, std::chrono::nanoseconds(0))->points.size(), 3u);
+  // Same vCPUs, new thread for vCPU 0 (the libvirt layer re-probed): history continues.
+  libvirt::DomainInfo info = q.info();
+  info.vcpus[0].tid = FakeQemu::kPid + 2;  // vCPU 1's thread now also backs vCPU 0
+  info.generation = 2;
+  m->on_domain_updated(info);
+  run(*m, 1);
+  auto h = m->vcpu_history("vm1", 0, std::chrono::nanoseconds(0));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->tid, FakeQemu::kPid + 2);
+  EXPECT_EQ(h->points.size(), 4u);
+}
+
+TEST_F(StallMonitorTest, MonitorTimeoutsAreCountedOncePerEpisode) {
+  auto m = make();
+  libvirt::DomainInfo info = q.info();
+  m->on_domain_updated(info);
+  run(*m, 1);
+  info.monitor.responsive = false;
+  info.monitor.stuck_call = "qmp query-cpus-fast";
+  info.monitor.since_steady = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(q.mono.now_ns()));
+  for (int i = 0; i < 3; ++i) {
+    m->on_domain_updated(info);
+    run(*m, 1);
+  }
+  auto s = m->domains()[0];
+  EXPECT_FALSE(s.monitor.responsive);
+  EXPECT_EQ(s.monitor.stuck_call, "qmp query-cpus-fast");
+  EXPECT_EQ(s.monitor.timeouts, 1u);
+  EXPECT_EQ(m->stats().monitor_timeouts, 1u);
+  run(*m, 10);
+  auto active = m->engine().active_findings("vm1");
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].kind, FindingKind::kHostMonitorUnresponsive);
+}
+
+}  // namespace
+}  // namespace stallmon::core
