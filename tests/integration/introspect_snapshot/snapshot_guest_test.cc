@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "guest_source.h"  // stallctl's virsh_hmp
+#include "subprocess.h"
 #include "stallmon/introspect/elf_core.h"
 #include "stallmon/introspect/kernel.h"
 #include "stallmon/introspect/snapshot.h"
@@ -211,6 +212,36 @@ TEST_F(SnapshotGuest, HealthyGuestReadsCleanly) {
     EXPECT_TRUE(c.steal.has_value());  // CONFIG_KVM_GUEST: the variable exists (zero under TCG)
   }
   EXPECT_GT(b.guest_clock_ns, 0u);
+}
+
+TEST_F(SnapshotGuest, StallctlInspectDomainJsonAndTable) {
+  auto& g = guest();
+  // --domain: pid from libvirt's pid file, RAM layout through `virsh qemu-monitor-command`.
+  auto r = stallmon::cli::run_command({STALLCTL_PATH, "inspect", "--domain", g.name(), "--json", "--printk", "5"}, 120s);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_EQ(r->exit_code, 0) << r->err;
+  ASSERT_TRUE(nlohmann::json::accept(r->out)) << r->out.substr(0, 2000);
+  auto j = nlohmann::json::parse(r->out);
+  EXPECT_EQ(j["nr_cpu_ids"], 4);
+  EXPECT_EQ(j["cpus"].size(), 4u);
+  EXPECT_EQ(j["printk"].size(), 5u);
+  EXPECT_EQ(j["kernel"]["osrelease"].get<std::string>().rfind("6.", 0), 0u);
+  // --qemu-pid + --ranges (the layout written by ram-layout), table output.
+  auto layout = stallmon::cli::run_command({STALLCTL_PATH, "ram-layout", "--domain", g.name()}, 60s);
+  ASSERT_TRUE(layout.ok());
+  ASSERT_EQ(layout->exit_code, 0) << layout->err;
+  char path[] = "/tmp/stallmon-ranges-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, layout->out.data(), layout->out.size()), static_cast<ssize_t>(layout->out.size()));
+  close(fd);
+  auto t = stallmon::cli::run_command(
+      {STALLCTL_PATH, "inspect", "--qemu-pid", std::to_string(g.qemu_pid()), "--ranges", path, "--printk", "0"}, 120s);
+  std::filesystem::remove(path);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->exit_code, 0) << t->err;
+  EXPECT_NE(t->out.find("swapper/"), std::string::npos) << t->out;
+  std::cout << t->out << std::endl;
 }
 
 TEST_F(SnapshotGuest, PrintkTailMatchesConsole) {
