@@ -321,8 +321,13 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
                                   std::vector<int> ids;
                                   // Without keepalive a hung (not dead) libvirtd would never be noticed.
                                   if (virConnectSetKeepAlive(c, opts.keepalive_interval_s, opts.keepalive_count) < 0) {
+                                    // Local drivers (test:///) have no keepalive and need none.
                                     Error e = libvirt_error("virConnectSetKeepAlive");
-                                    spdlog::warn("libvirt: {}", e.message);
+                                    if (e.code == ErrorCode::kUnsupported) {
+                                      spdlog::debug("libvirt: {}", e.message);
+                                    } else {
+                                      spdlog::warn("libvirt: {}", e.message);
+                                    }
                                   }
                                   if (virConnectRegisterCloseCallback(c, on_close, new CallbackCtx{weak, epoch},
                                                                       free_ctx) < 0) {
