@@ -117,6 +117,11 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory>
                  info.top_pgt_va);
   }
   PagingConfig cfg;
+  // Until _text/_end are known: KERNEL_IMAGE_SIZE from VMCOREINFO (1 GiB with KASLR) bounds
+  // the image window; the module area starts right after it.
+  if (auto size = info.number("KERNEL_IMAGE_SIZE"); size.ok() && *size > 0 && *size <= (1ll << 30)) {
+    cfg.kernel_image_end = kKernelImageVaBase + static_cast<uint64_t>(*size);
+  }
   cfg.l5 = info.pgtable_l5;
   cfg.phys_base = info.phys_base;
   cfg.top_pgt_pa = info.top_pgt_va - kKernelImageVaBase + static_cast<uint64_t>(info.phys_base);
@@ -153,6 +158,16 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory>
       }
     }
     if (cacheable) SharedCache::get().put_symbols(sym_key, k->symbols_);
+  }
+
+  // The image's real extent: the kernel unmaps what lies outside [_text, _end) rounded to
+  // 2 MiB (cleanup_highmap), so only that is translated without a walk.
+  if (auto text = k->symbols_->address("_text"), end = k->symbols_->address("_end"); text.ok() && end.ok()) {
+    constexpr uint64_t k2M = 2ull << 20;
+    uint64_t start = *text & ~(k2M - 1), stop = (*end + k2M - 1) & ~(k2M - 1);
+    if (start >= kKernelImageVaBase && stop > start && stop - kKernelImageVaBase <= (1ull << 30)) {
+      k->kmem_->set_kernel_image_window(start, stop);
+    }
   }
 
   // 4. Direct map base (randomized with CONFIG_RANDOMIZE_MEMORY).

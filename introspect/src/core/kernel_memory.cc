@@ -76,7 +76,7 @@ uint64_t KernelMemory::direct_map_limit() const {
 
 Result<uint64_t> KernelMemory::translate(uint64_t va) {
   // Kernel image: a fixed linear mapping (__pa_symbol).
-  if (va >= kKernelImageVaBase && va - kKernelImageVaBase < kKernelImageVaSize) {
+  if (va >= config_.kernel_image_start && va < config_.kernel_image_end) {
     uint64_t pa = va - kKernelImageVaBase + static_cast<uint64_t>(config_.phys_base);
     if (!phys_->contains(pa, 1)) {
       return Error(ErrorCode::kUnmapped, "kernel image address " + hex(va) + " maps outside guest RAM", va);

@@ -102,6 +102,26 @@ TEST(Kernel, DiscoversFromElfCoreWithAndWithoutNote) {
   }
 }
 
+TEST(Kernel, KernelImageBeyond512MiBIsWalkedUntilItsExtentIsKnown) {
+  // Text at 0xffffffffa5000000 (KASLR can put it anywhere in the 1 GiB window) and no
+  // KERNEL_IMAGE_SIZE: the first reads are page walks, then [_text, _end) is a fast path.
+  clear_shared_kernel_cache();
+  FakeGuestOptions o;
+  o.kaslr_offset = 0x24000000;
+  o.phys_base = -0x22e00000;
+  o.vmcoreinfo_image_size = false;
+  FakeGuest g(o);
+  auto k = Kernel::discover(g.memory());
+  ASSERT_TRUE(k.ok()) << k.error().to_string();
+  EXPECT_GT((*k)->memory().page_walks(), 0u);
+  EXPECT_EQ((*k)->memory().config().kernel_image_start, g.text_va());
+  expect_discovered(g, **k);
+  uint64_t walks = (*k)->memory().page_walks();
+  (*k)->begin_snapshot();
+  EXPECT_TRUE((*k)->memory().read_u64(g.symbol("page_offset_base")).ok());
+  EXPECT_EQ((*k)->memory().page_walks(), walks);
+}
+
 TEST(Kernel, SharesSymbolsAndTypesBetweenGuestsOfOneBuild) {
   clear_shared_kernel_cache();
   FakeGuest a, b;

@@ -18,8 +18,9 @@
 namespace stallmon::introspect {
 
 inline constexpr uint64_t kKernelImageVaBase = 0xffffffff80000000ull;  // __START_KERNEL_map
-// KERNEL_IMAGE_SIZE with KASLR (1 GiB): the module area starts right after it.
-inline constexpr uint64_t kKernelImageVaSize = 1ull << 30;
+// KERNEL_IMAGE_SIZE without KASLR (512 MiB): the module area may start right after it, so this
+// is the safe default window for the image fast path until the image's real extent is known.
+inline constexpr uint64_t kKernelImageVaSizeDefault = 512ull << 20;
 
 struct PagingConfig {
   // Guest-physical address of the top-level page table (PGD or P4D-level table for 5-level),
@@ -28,6 +29,11 @@ struct PagingConfig {
   bool l5 = false;
   // phys_base (NUMBER(phys_base)): kernel image va → pa is va - kKernelImageVaBase + phys_base.
   int64_t phys_base = 0;
+  // Kernel virtual addresses translated as image addresses (va - kKernelImageVaBase + phys_base)
+  // without a walk: [kernel_image_start, kernel_image_end). Discovery narrows it to
+  // [_text, _end) rounded to 2 MiB; addresses outside it are walked (correct, just slower).
+  uint64_t kernel_image_start = kKernelImageVaBase;
+  uint64_t kernel_image_end = kKernelImageVaBase + kKernelImageVaSizeDefault;
   // page_offset_base (read from the guest: randomized with CONFIG_RANDOMIZE_MEMORY). Unset
   // until known; without it direct-map addresses are translated by walking the page tables.
   std::optional<uint64_t> page_offset_base;
@@ -79,6 +85,10 @@ class KernelMemory {
   const std::shared_ptr<PhysicalMemory>& physical_ptr() const { return phys_; }
   const PagingConfig& config() const { return config_; }
   void set_page_offset_base(uint64_t base) { config_.page_offset_base = base; }
+  void set_kernel_image_window(uint64_t start, uint64_t end) {
+    config_.kernel_image_start = start;
+    config_.kernel_image_end = end;
+  }
 
   // Statistics since construction (for tests and benchmarks).
   uint64_t page_walks() const { return walks_; }

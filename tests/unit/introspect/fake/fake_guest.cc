@@ -81,6 +81,7 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
   // Text symbols.
   add_symbol("_text", 'T', text_va());
   add_symbol("_stext", 'T', text_va());
+  add_symbol("_end", 'B', image_end_);
   add_symbol("do_sync_core", 't', text_va() + 0x1230);
   add_symbol("smp_call_function_many_cond", 'T', text_va() + 0x1400);
   for (uint32_t i = 0; i < opt_.filler_symbols; ++i) {
@@ -170,7 +171,7 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
   t += "SYMBOL(init_top_pgt)=" + hexs(top_pgt_va_) + "\n";
   t += "NUMBER(pgtable_l5_enabled)=" + std::string(opt_.l5 ? "1" : "0") + "\n";
   t += "KERNELOFFSET=" + hexs(opt_.kaslr_offset) + "\n";
-  t += "NUMBER(KERNEL_IMAGE_SIZE)=1073741824\n";
+  if (opt_.vmcoreinfo_image_size) t += "NUMBER(KERNEL_IMAGE_SIZE)=1073741824\n";
   vmcoreinfo_ = t;
   auto note = make_vmcoreinfo_note(t);
   write_pa(opt_.note_gpa, note.data(), note.size());

@@ -31,6 +31,7 @@ struct FakeGuestOptions {
   std::string build_id = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
   uint32_t filler_symbols = 2000;     // realistic volume for kallsyms
   bool absolute_percpu = true;        // CONFIG_KALLSYMS_ABSOLUTE_PERCPU (x86-64 SMP before 6.15)
+  bool vmcoreinfo_image_size = true;  // write NUMBER(KERNEL_IMAGE_SIZE)
 };
 
 class FakeGuest {
