@@ -539,7 +539,6 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       }
     }
     std::vector<DomainInfo> gone, updated, all;
-    std::vector<std::string> to_probe;
     std::vector<Slot> removed;  // destroyed after the lock: a worker may take a moment to stop
     {
       std::lock_guard lock(table_mu_);
@@ -574,7 +573,13 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
           changed = true;
         }
         if (pid > 0 && (s.info.vcpu_source != VcpuSource::kQmp || (opts_.ram_layout_resolver && !s.info.ram_layout))) {
-          to_probe.push_back(l.uuid);
+          // Started under the lock, before syncs_ moves: whoever sees this sync also sees the probe
+          // as running (wait_probes_idle relies on it).
+          if (s.probe_running) {
+            s.probe_again = true;
+          } else {
+            start_probe_locked(s);
+          }
         }
         if (changed) updated.push_back(s.info);
       }
@@ -593,7 +598,6 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     table_cv_.notify_all();
     // Workers stuck in a dead qemu's monitor are detached rather than waited for.
     removed.clear();
-    for (auto& uuid : to_probe) schedule_probe(uuid);
     for (auto& d : gone) {
       spdlog::info("libvirt: domain {} ({}) is gone", d.name, d.uuid);
       notify([&](DomainObserver& o) { o.on_domain_gone(d); });
