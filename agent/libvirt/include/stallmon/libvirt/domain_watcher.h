@@ -10,8 +10,8 @@
 //
 // Threads: libvirt's event loop; one dispatch thread that owns the table and calls observers; a
 // connection worker for connection-wide RPCs; per domain, a monitor worker (QMP/HMP commands with
-// deadlines) and a probe worker (the discovery steps that use the monitor). A monitor that hangs
-// only ever blocks its own domain's monitor worker.
+// deadlines, on a libvirt connection of its own) and a probe worker (the discovery steps that use
+// the monitor). A monitor that hangs only ever blocks its own domain's monitor worker.
 //
 // For the sampling thread: domains() and domain() copy the table under a short mutex and never
 // touch libvirt.
@@ -111,7 +111,8 @@ class DomainWatcher {
                                std::chrono::milliseconds timeout);
   PendingCall<std::string> hmp(std::string_view uuid_or_name, std::string command_line,
                                std::chrono::milliseconds timeout);
-  // An HmpCommand bound to one domain, each command bounded by `timeout`.
+  // An HmpCommand bound to one domain, each command bounded by `timeout`. It refers to this watcher:
+  // do not call it after the watcher is destroyed.
   introspect::HmpCommand hmp_command(std::string_view uuid_or_name, std::chrono::milliseconds timeout);
 
   // Asks libvirtd for the names of the running domains now (connection worker, deadline-bound).
