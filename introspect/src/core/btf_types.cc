@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
+#include <mutex>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -74,7 +76,19 @@ Types::~Types() {
   if (btf_) btf__free(btf_);
 }
 
+namespace {
+// libbpf prints its parse errors to stderr by default; for BTF that comes from a guest those
+// lines are guest-controlled noise (the error is returned as a value instead). This silences
+// libbpf process-wide: introspect is its only user in stallmon.
+int silent_libbpf_print(enum libbpf_print_level, const char*, va_list) { return 0; }
+void silence_libbpf() {
+  static std::once_flag once;
+  std::call_once(once, [] { libbpf_set_print(silent_libbpf_print); });
+}
+}  // namespace
+
 Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> bytes) {
+  silence_libbpf();
   if (bytes.size() > kMaxBtfBytes) return Error(ErrorCode::kLimit, "BTF larger than 64 MiB");
   if (bytes.size() < 24) return Error(ErrorCode::kCorrupt, "BTF too short");
   std::shared_ptr<Types> t(new Types());

@@ -171,6 +171,9 @@ Result<VmcoreInfo> find_vmcoreinfo(PhysicalMemory& mem, const VmcoreInfoScanOpti
     if (info.ok()) return info;
   }
   uint64_t chunk = std::max<uint64_t>(kPage, options.chunk_bytes / kPage * kPage);
+  uint64_t largest = 0;
+  for (const PhysRange& r : mem.ranges()) largest = std::max(largest, r.size);
+  chunk = std::min(chunk, (largest + kPage - 1) / kPage * kPage);  // small images: small buffer
   std::vector<uint8_t> buf(chunk);
   uint64_t scanned = 0;
   std::optional<Error> last_error;
