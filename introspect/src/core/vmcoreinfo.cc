@@ -148,16 +148,16 @@ bool looks_like_note(const uint8_t* p) {
   return std::memcmp(p + kNoteHeader + kNamePadded, "OSRELEASE=", 10) == 0;
 }
 
-// The note is at most VMCOREINFO_NOTE_SIZE (a few KiB); read what is there for a candidate.
+// Reads and parses the note at `gpa`: the header first, then exactly the text it announces
+// (bounded to 64 KiB), so that the per-snapshot reboot check costs two small reads.
 Result<VmcoreInfo> read_note_at(PhysicalMemory& mem, uint64_t gpa) {
-  std::vector<uint8_t> buf(kNoteHeader + kNamePadded + kMaxText);
-  uint64_t n = buf.size();
-  // Clamp to the containing range so a note near the end of RAM can still be read.
-  for (const PhysRange& r : mem.ranges()) {
-    if (gpa >= r.gpa && gpa < r.end()) n = std::min<uint64_t>(n, r.end() - gpa);
-  }
-  buf.resize(n);
+  std::vector<uint8_t> buf(kNoteHeader + kNamePadded);
   STALLMON_TRY_VOID(mem.read(gpa, buf.data(), buf.size()));
+  uint32_t descsz;
+  std::memcpy(&descsz, buf.data() + 4, 4);
+  if (descsz > kMaxText) return Error(ErrorCode::kLimit, "VMCOREINFO note larger than 64 KiB", gpa);
+  buf.resize(buf.size() + descsz);
+  STALLMON_TRY_VOID(mem.read(gpa + kNoteHeader + kNamePadded, buf.data() + kNoteHeader + kNamePadded, descsz));
   auto info = parse_vmcoreinfo_note(buf);
   if (info.ok()) info->note_gpa = gpa;
   return info;
