@@ -35,7 +35,7 @@ test_deps=(
   busybox-static cpio zstd xz-utils kmod
   linux-headers-amd64
   bpftool prometheus prometheus-alertmanager
-  python3 curl iproute2 procps psmisc
+  python3 curl iproute2 procps psmisc openssl
 )
 
 pkgs=("${build_deps[@]}" "${runtime_deps[@]}")
