@@ -15,6 +15,7 @@ import glob
 import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
 import select
@@ -145,7 +146,7 @@ def kernel_release(pkg):
 
 def kit_sources():
     files = sorted(glob.glob(os.path.join(HERE, "guest", "*")) +
-                   glob.glob(os.path.join(HERE, "kmod", "*")))
+                   glob.glob(os.path.join(HERE, "kmod", "*")) + [os.path.abspath(__file__)])
     return [f for f in files if os.path.isfile(f) and not f.endswith((".o", ".ko", ".cmd"))]
 
 
@@ -162,12 +163,54 @@ def kit_hash(pkg_deb):
     return h.hexdigest()[:16]
 
 
+# Guest kernel modules the kit loads when the kernel has them as modules (with their
+# dependencies from modules.dep): pvpanic (guest panic -> libvirt <on_crash>), virtio-serial
+# (the fast control channel).
+GUEST_MODULES = ["pvpanic-mmio", "virtio_pci", "virtio_console"]
+
+
+def mod_key(path):
+    base = os.path.basename(path)
+    base = re.sub(r"\.ko(\.(xz|zst|gz))?$", "", base)
+    return base.replace("-", "_")
+
+
+def module_load_order(moddir, wanted):
+    """Relative module paths (from modules.dep) for wanted and their dependencies, in load
+    order.  Modules that are built in or missing are skipped."""
+    deps, by_key = {}, {}
+    with contextlib.suppress(FileNotFoundError):
+        with open(os.path.join(moddir, "modules.dep")) as f:
+            for line in f:
+                if ":" not in line:
+                    continue
+                mod, rest = line.split(":", 1)
+                deps[mod] = rest.split()
+                by_key[mod_key(mod)] = mod
+    order = []
+
+    def visit(mod):
+        if mod in order:
+            return
+        for d in deps.get(mod, []):
+            visit(d)
+        order.append(mod)
+    for w in wanted:
+        mod = by_key.get(w.replace("-", "_"))
+        if mod:
+            visit(mod)
+    return order
+
+
 def ensure_kernel_package(pkg, kdir):
     root = os.path.join(kdir, "pkg", "root")
     done = os.path.join(kdir, "pkg", ".done")
+    stamp = "modules2:" + ",".join(GUEST_MODULES)
     if os.path.exists(done):
         with open(done) as f:
-            return root, f.read().strip()
+            lines = f.read().split()
+        if len(lines) == 2 and lines[1] == stamp:
+            return root, lines[0]
     dl = os.path.join(kdir, "pkg", "dl")
     shutil.rmtree(os.path.join(kdir, "pkg"), ignore_errors=True)
     os.makedirs(dl)
@@ -183,18 +226,41 @@ def ensure_kernel_package(pkg, kdir):
     run(["dpkg-deb", "-x", debs[0], root])
     deb = os.path.basename(debs[0])
     os.unlink(debs[0])
-    # Keep /boot (vmlinuz, config, System.map) and the few modules the kit may load.
-    for mdir in glob.glob(os.path.join(root, "lib", "modules", "*", "kernel")):
-        for top in os.listdir(mdir):
-            if top != "drivers":
-                shutil.rmtree(os.path.join(mdir, top), ignore_errors=True)
-        drv = os.path.join(mdir, "drivers")
-        for top in os.listdir(drv):
-            if top != "misc":
-                shutil.rmtree(os.path.join(drv, top), ignore_errors=True)
+    # The package has no modules.dep (its postinst runs depmod): make one.
+    for moddir in glob.glob(os.path.join(root, "lib", "modules", "*")):
+        run(["depmod", "-b", root, os.path.basename(moddir)], check=False)
+    # Keep /boot (vmlinuz, config, System.map), modules.* and the modules the kit may load.
+    for moddir in glob.glob(os.path.join(root, "lib", "modules", "*")):
+        keep = {os.path.normpath(os.path.join(moddir, m))
+                for m in module_load_order(moddir, GUEST_MODULES)}
+        for dp, _dns, fns in os.walk(os.path.join(moddir, "kernel"), topdown=False):
+            for fn in fns:
+                if os.path.join(dp, fn) not in keep:
+                    os.unlink(os.path.join(dp, fn))
+            with contextlib.suppress(OSError):
+                os.rmdir(dp)
     with open(done, "w") as f:
-        f.write(deb + "\n")
+        f.write(deb + "\n" + stamp + "\n")
     return root, deb
+
+
+def copy_module(src, dst_dir):
+    """Copies a module into dst_dir uncompressed (busybox insmod takes plain .ko); returns its
+    file name."""
+    name = re.sub(r"\.(xz|zst|gz)$", "", os.path.basename(src))
+    dst = os.path.join(dst_dir, name)
+    if src.endswith(".xz"):
+        with lzma.open(src) as fi, open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+    elif src.endswith(".gz"):
+        with gzip.open(src) as fi, open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+    elif src.endswith(".zst"):
+        with open(dst, "wb") as fo:
+            subprocess.run(["zstd", "-dc", src], stdout=fo, check=True)
+    else:
+        shutil.copy(src, dst)
+    return name
 
 
 def ensure_headers(kver):
@@ -248,11 +314,11 @@ def build_initramfs(kroot, kver, modules, out):
         os.chmod(os.path.join(st, "init"), 0o755)
         for m in modules:
             shutil.copy(m, os.path.join(st, os.path.basename(m)))
-        # Optional pvpanic driver so a guest panic reaches libvirt's <on_crash>.
-        pv = os.path.join(kroot, "lib", "modules", kver, "kernel", "drivers", "misc", "pvpanic")
-        for m in ("pvpanic.ko", "pvpanic-mmio.ko", "pvpanic-pci.ko"):
-            if os.path.isfile(os.path.join(pv, m)):
-                shutil.copy(os.path.join(pv, m), os.path.join(st, "lib", "modules", m))
+        moddir = os.path.join(kroot, "lib", "modules", kver)
+        loaded = [copy_module(os.path.join(moddir, m), os.path.join(st, "lib", "modules"))
+                  for m in module_load_order(moddir, GUEST_MODULES)]
+        with open(os.path.join(st, "lib", "modules", "load.list"), "w") as f:
+            f.write("".join(m + "\n" for m in loaded))
         with open(os.path.join(st, "etc", "kit-release"), "w") as f:
             f.write(kver + "\n")
         with contextlib.suppress(OSError):
@@ -514,7 +580,8 @@ def domain_dir(name):
     return os.path.join(run_root(), name)
 
 
-def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, ctl_sock):
+def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, ctl_sock,
+               vctl_sock):
     with open(os.path.join(HERE, "domain.xml.in")) as f:
         tmpl = f.read()
     cpu = ("<cpu mode='host-passthrough'/>" if accel == "kvm" else
@@ -523,7 +590,7 @@ def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, 
     values = {"NAME": name, "TYPE": "kvm" if accel == "kvm" else "qemu",
               "MEMORY_MIB": str(memory_mib), "VCPUS": str(vcpus), "KERNEL": kit["kernel"],
               "INITRD": kit["initrd"], "CMDLINE": cmdline, "ON_CRASH": on_crash,
-              "CONSOLE": console, "CTL_SOCK": ctl_sock, "CPU": cpu}
+              "CONSOLE": console, "CTL_SOCK": ctl_sock, "VCTL_SOCK": vctl_sock, "CPU": cpu}
     for k, v in values.items():
         tmpl = tmpl.replace("@%s@" % k, v if k == "CPU" else xml_escape(v))
     return tmpl
@@ -545,6 +612,7 @@ def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,s
     os.makedirs(d)
     console = os.path.join(d, "console.log")
     ctl = os.path.join(d, "ctl.sock")
+    vctl = os.path.join(d, "vctl.sock")
     if len(ctl) > 100:
         raise TestbedError("control socket path too long: %s" % ctl)
     cmdline = "console=ttyS0 panic=%d stallmon.scenario=%s" % (panic, scenario or "none")
@@ -554,12 +622,13 @@ def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,s
         cmdline += " stallmon.ipi_interval=%s" % ipi_interval
     if extra_cmdline:
         cmdline += " " + extra_cmdline
-    xml = domain_xml(name, kit, accel, vcpus, memory, cmdline, on_crash, console, ctl)
+    xml = domain_xml(name, kit, accel, vcpus, memory, cmdline, on_crash, console, ctl, vctl)
     xml_path = os.path.join(d, "domain.xml")
     with open(xml_path, "w") as f:
         f.write(xml)
     meta = {"name": name, "accel": accel, "vcpus": vcpus, "memory_mib": memory,
-            "console": console, "ctl_socket": ctl, "cmdline": cmdline, "kit": kit,
+            "console": console, "ctl_socket": ctl, "vctl_socket": vctl, "cmdline": cmdline,
+            "kit": kit,
             "owner_pid": os.getppid() if owner_pid is None else owner_pid,
             "run_dir": d, "started": time.time()}
     with open(os.path.join(d, "meta.json"), "w") as f:
@@ -672,8 +741,15 @@ def destroy_domain(name, keep_files=None):
 class GuestChannel:
     """Client of the guest's tb-ctl loop on the domain's ctl.sock (see guest/tb-ctl)."""
 
-    def __init__(self, name, timeout=30):
-        self.path = os.path.join(domain_dir(name), "ctl.sock")
+    def __init__(self, name, timeout=30, channel=None):
+        channel = channel or os.environ.get("STALLMON_TESTBED_CHANNEL", "auto")
+        if channel == "auto":
+            channel = "virtio" if guest_has_vport(name) else "serial"
+        if channel not in ("serial", "virtio"):
+            raise TestbedError("channel must be auto, serial or virtio")
+        self.channel = channel
+        self.path = os.path.join(domain_dir(name), "vctl.sock" if channel == "virtio"
+                                 else "ctl.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -729,7 +805,8 @@ class GuestChannel:
         deadline = time.monotonic() + timeout
         # The leading newline ends any partial line left by an earlier client that went away
         # mid-request (e.g. while the VM was stopped), so this request is not glued to it.
-        self.sock.sendall(("\nRUN %s %s\n" % (tag, payload)).encode())
+        enc = "raw" if self.channel == "virtio" else "gz"
+        self.sock.sendall(("\nRUN %s %s %s\n" % (tag, payload, enc)).encode())
         self._until(("@@TB-BEGIN %s" % tag).encode(), deadline)
         out, _ = self._until(("@@TB-ERR %s" % tag).encode(), deadline)
         err, end = self._until(("@@TB-END %s " % tag).encode(), deadline)
@@ -737,15 +814,26 @@ class GuestChannel:
 
         def dec(b64):
             raw = base64.b64decode(b"".join(b64.split()))
-            return gzip.decompress(raw) if raw else b""
+            return gzip.decompress(raw) if raw and enc == "gz" else raw
         return rc, dec(out), dec(err)
 
     def close(self):
         self.sock.close()
 
 
-def guest_run(name, script, timeout=60):
-    ch = GuestChannel(name, timeout)
+def guest_has_vport(name):
+    """True if the guest's ready line says its control loop also serves the virtio port."""
+    try:
+        with open(os.path.join(domain_dir(name), "console.log"), "rb") as f:
+            head = f.read(1 << 20).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    m = re.search(r"STALLMON-READY .*ctl=(\S+)", head)
+    return bool(m) and "vport" in m.group(1).split(",")
+
+
+def guest_run(name, script, timeout=60, channel=None):
+    ch = GuestChannel(name, timeout, channel)
     try:
         return ch.run(script, timeout)
     finally:
@@ -1257,11 +1345,15 @@ def main(argv=None):
     p = sub.add_parser("guest", help="run a shell command in the guest (control channel); "
                        "stdout/stderr are the guest's, exit code the guest's (255: testbed "
                        "error)")
+    p.add_argument("--channel", choices=["auto", "serial", "virtio"],
+                   help="ttyS1 or the virtio-serial port (default auto: virtio when the "
+                   "guest serves it; env STALLMON_TESTBED_CHANNEL)")
     p.add_argument("name")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("ping", help="check the guest control loop answers")
+    p.add_argument("--channel", choices=["auto", "serial", "virtio"])
     p.add_argument("name")
     p.add_argument("--timeout", type=float, default=10)
 
@@ -1329,21 +1421,21 @@ def main(argv=None):
             sys.stdout.write(read_console(args.name))
         elif args.cmd == "guest":
             cmd = list(args.command)
-            while cmd[:1] == ["--timeout"] and len(cmd) > 1:  # REMAINDER swallows options
-                args.timeout = float(cmd[1])
-                cmd = cmd[2:]
+            while cmd[:1] in (["--timeout"], ["--channel"]) and len(cmd) > 1:
+                setattr(args, cmd[0][2:], float(cmd[1]) if cmd[0] == "--timeout" else cmd[1])
+                cmd = cmd[2:]  # REMAINDER swallows options given after the name
             cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
             if not cmd:
                 raise TestbedError("no command")
-            rc, out, err = guest_run(args.name, " ".join(cmd), args.timeout)
+            rc, out, err = guest_run(args.name, " ".join(cmd), args.timeout, args.channel)
             sys.stdout.buffer.write(out)
             sys.stdout.flush()
             sys.stderr.buffer.write(err)
             return rc
         elif args.cmd == "ping":
-            ch = GuestChannel(args.name, args.timeout)
+            ch = GuestChannel(args.name, args.timeout, args.channel)
             ch.ping(args.timeout)
-            emit({"pong": args.name})
+            emit({"pong": args.name, "channel": ch.channel})
         elif args.cmd == "vcpus":
             emit(vcpu_tids(args.name, use_monitor=not args.no_monitor))
         elif args.cmd == "info":

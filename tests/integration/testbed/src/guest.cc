@@ -199,9 +199,11 @@ std::optional<std::string> Guest::wait_console(const std::regex& re,
   }
 }
 
-CommandResult Guest::run(const std::string& command, std::chrono::milliseconds timeout) const {
-  ProcessResult r = run_testbed({"guest", "--timeout", ms_arg(timeout), name_, "--", command},
-                                timeout + 30s, false);
+CommandResult Guest::run(const std::string& command, std::chrono::milliseconds timeout,
+                         const std::string& channel) const {
+  ProcessResult r = run_testbed(
+      {"guest", "--timeout", ms_arg(timeout), "--channel", channel, name_, "--", command},
+      timeout + 30s, false);
   if (r.timed_out) throw TestbedError("guest command timed out: " + command);
   if (r.exit_code == 255 && r.err.find("testbed: ") != std::string::npos) {
     throw TestbedError("guest command failed (" + command + "): " + tail(r.err, 2000));

@@ -137,9 +137,12 @@ class Guest {
   std::optional<std::string> wait_console(const std::regex& re, std::chrono::milliseconds timeout,
                                           size_t from = 0) const;
 
-  // Runs a shell command in the guest (control channel, ttyS1). Throws TestbedError when the
-  // channel fails or times out; a non-zero exit of the command itself is in exit_code.
-  CommandResult run(const std::string& command, std::chrono::milliseconds timeout = 60s) const;
+  // Runs a shell command (sh) in the guest over its control channel. Throws TestbedError when
+  // the channel fails or times out; a non-zero exit of the command itself is in exit_code.
+  // Channel "auto" (default): the virtio-serial port when the guest serves it (MB/s), else
+  // ttyS1; "serial" or "virtio" to choose.
+  CommandResult run(const std::string& command, std::chrono::milliseconds timeout = 60s,
+                    const std::string& channel = "auto") const;
 
   // Fault injectors on this guest's qemu threads.
   // freeze: cgroup freezer (v1: state D). The status's freeze_case() says whether the rest of
