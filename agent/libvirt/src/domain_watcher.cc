@@ -227,6 +227,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
   std::vector<int> event_ids_;
   bool resync_pending_ = false;
   Clock::time_point resync_due_{};
+  uint64_t next_probe_seq_ = 0;  // guarded by table_mu_
 
   // Shared with callers of domains()/qmp()/...
   mutable std::mutex table_mu_;
@@ -642,7 +643,9 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     if (s.info.qemu_pid <= 0) return;
     s.probe_running = true;
     s.probe_again = false;
-    uint64_t seq = ++s.probe_seq;
+    // Process-wide numbering: a probe of an earlier incarnation of the domain (same uuid) can never
+    // be taken for the current one.
+    uint64_t seq = s.probe_seq = ++next_probe_seq_;
     std::weak_ptr<Impl> weak = weak_from_this();
     auto monitor = s.monitor;
     auto mc = s.monitor_conn;
@@ -695,8 +698,9 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       auto it = slots_.find(d.uuid);
       if (it == slots_.end()) return;
       Slot& s = it->second;
+      if (d.seq != s.probe_seq) return;  // from an earlier incarnation of the domain
       s.probe_running = false;
-      if (d.seq == s.probe_seq && d.pid == s.info.qemu_pid) {
+      if (d.pid == s.info.qemu_pid) {
         bool changed = false;
         if (d.vcpus.ok()) {
           auto& v = d.vcpus.value();
