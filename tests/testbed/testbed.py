@@ -473,6 +473,13 @@ def libvirt_up(timeout=60):
         return {"libvirtd": "already-running", "pid": find_daemon_pid("libvirtd")}
     if os.geteuid() != 0:
         raise TestbedError("libvirtd does not answer and we are not root to start it")
+    with file_lock(os.path.join(run_root(), ".libvirt-up.lock")):
+        if libvirt_answers():  # someone else started it meanwhile
+            return {"libvirtd": "already-running", "pid": find_daemon_pid("libvirtd")}
+        return start_libvirt(timeout)
+
+
+def start_libvirt(timeout):
     if have_systemd():
         run(["systemctl", "start", "virtlogd", "libvirtd"], check=False)
     else:
