@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "stallmon/server/client_commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"stallctl: look inside a stalled guest from the host"};
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
   stallmon::cli::add_inspect_command(app, run);
   stallmon::cli::add_dump_command(app, run);
   stallmon::cli::add_ram_layout_command(app, run);
+  stallmon::server::client::register_client_commands(app, run);  // status, domains, vcpus, findings, inspect DOMAIN
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
