@@ -231,6 +231,21 @@ TEST_F(Testbed, SigstopStopsWholeQemuAndIsUndone) {
   EXPECT_EQ(g.run("true").exit_code, 0);
 }
 
+TEST_F(Testbed, LibvirtdRestartKeepsTheGuest) {
+  auto& g = guest();
+  auto r = tb::restart_libvirtd();
+  std::cout << r.dump() << std::endl;
+  EXPECT_EQ(r.value("libvirtd", ""), "restarted");
+  // libvirt knows the domain again, same qemu, same vCPU threads; the guest never noticed.
+  auto info = nlohmann::json::parse(tb::run_testbed({"info", g.name()}).out);
+  EXPECT_EQ(info.value("state", ""), "running");
+  EXPECT_EQ(info.value("qemu_pid", -1), g.qemu_pid());
+  for (auto [i, tid] : g.vcpu_tids()) {
+    EXPECT_EQ(info["vcpu_tids"].value(std::to_string(i), -1), tid) << "vCPU " << i;
+  }
+  EXPECT_EQ(g.run("true").exit_code, 0);
+}
+
 TEST_F(Testbed, InjectorUndoesWhenItsTestDies) {
   // The injector's parent going away (here: SIGTERM to the injector, as PR_SET_PDEATHSIG sends
   // it) undoes the fault.

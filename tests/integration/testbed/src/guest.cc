@@ -58,6 +58,10 @@ ProcessResult run_testbed(const std::vector<std::string>& args, std::chrono::mil
   return r;
 }
 
+nlohmann::json restart_libvirtd() {
+  return nlohmann::json::parse(first_line(run_testbed({"libvirtd-restart"}, 120s).out));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Injector
 

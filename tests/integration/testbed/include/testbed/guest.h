@@ -50,6 +50,10 @@ ProcessResult run_testbed(const std::vector<std::string>& args,
                           std::chrono::milliseconds timeout = 120s, bool check = true);
 // True when STALLMON_SKIP_INTEGRATION=1.
 bool integration_skipped();
+// Stops and starts libvirtd (running domains keep running; libvirt reconnects to them) and
+// waits until it answers; returns testbed.py's JSON ({"libvirtd":"restarted","pid":..,
+// "seconds":..}). Every libvirt client on the host sees the restart: use it only where needed.
+nlohmann::json restart_libvirtd();
 
 struct GuestOptions {
   std::string tag = "shared";  // domain name: stallmon-tb-<tag>-<pid>
