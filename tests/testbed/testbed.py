@@ -1054,11 +1054,19 @@ def classify_freeze(pid, tid, seconds=1.0):
     other_vcpu_max = max(vcpus.values()) if vcpus else 0
     # In the vm-wide case every other vCPU thread and the main loop wait for the big lock:
     # no run time at all.  A running guest shows milliseconds per second.
-    vm_wide = main < 200_000 and other_vcpu_max < 200_000
     waits = {t: thread_wchan(pid, t) for t in list(vcpus) + [pid]}
+    states = {}
+    for t in list(vcpus) + [pid]:
+        with contextlib.suppress(OSError):
+            states[t] = thread_state(pid, t)
+    # On a host loaded enough, runnable threads may also get no CPU for a while: those are R,
+    # not blocked, so they do not count as stopped.
+    vm_wide = (main < 200_000 and other_vcpu_max < 200_000
+               and not any(st == "R" for st in states.values()))
     return ("vm-wide" if vm_wide else "vcpu-only",
             {"main_run_ns": main, "other_vcpu_run_ns": {str(t): d for t, d in vcpus.items()},
-             "wchan": {str(t): w for t, w in waits.items()}, "window_s": seconds})
+             "wchan": {str(t): w for t, w in waits.items()},
+             "state": {str(t): v for t, v in states.items()}, "window_s": seconds})
 
 
 def wait_for(pred, timeout, step=0.02):
