@@ -86,6 +86,13 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::start(
   // Two workers: a scrape is one request every few seconds; the default pool (8+ threads)
   // would only sit idle on a host whose cores belong to the guests.
   srv.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  // httplib's default socket options add SO_REUSEPORT, with which a second stallmond (or
+  // anything else) could bind the same port and silently take half the scrapes. Only
+  // SO_REUSEADDR: a restart binds again at once, a conflict is an error.
+  srv.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   srv.set_read_timeout(std::chrono::seconds(5));
   srv.set_write_timeout(std::chrono::seconds(5));
   srv.Get("/metrics", [render](const httplib::Request&, httplib::Response& res) {

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "stallmon/alerting/metrics.h"
+
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "fake_view.h"
+
+namespace stallmon::alerting {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::FakeView;
+
+std::string render(MetricsCollector& c) {
+  auto r = c.render();
+  EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().to_string());
+  return r.ok() ? r.value() : "";
+}
+
+bool has_line(const std::string& text, const std::string& line) {
+  return text.find("\n" + line + "\n") != std::string::npos;
+}
+
+// Every sample line parses as name{labels} value, and every family has HELP before TYPE.
+void expect_well_formed(const std::string& text) {
+  static const std::regex sample(
+      R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? (NaN|[+-]Inf|-?[0-9.eE+-]+)$)");
+  size_t pos = 0;
+  while (pos < text.size()) {
+    auto end = text.find('\n', pos);
+    ASSERT_NE(end, std::string::npos) << "no trailing newline";
+    const std::string line = text.substr(pos, end - pos);
+    if (line.rfind("# HELP ", 0) != 0 && line.rfind("# TYPE ", 0) != 0) {
+      EXPECT_TRUE(std::regex_match(line, sample)) << line;
+    }
+    pos = end + 1;
+  }
+}
+
+TEST(Metrics, AgentHealthFamilies) {
+  FakeView v;
+  v.agent.ticks = 42;
+  v.agent.introspection_errors = 3;
+  v.agent.monitor_timeouts = 1;
+  v.agent.history_memory_bytes = 4096;
+  v.agent.tick_latency = core::LatencyHistogram{{0.001, 0.01}, {5, 9}, 10, 0.05};
+  MetricsCollector c(v, MetricsOptions{64, "0.1.0"});
+  const auto text = render(c);
+  expect_well_formed(text);
+  EXPECT_TRUE(has_line(text, "stallmon_build_info{version=\"0.1.0\"} 1"));
+  EXPECT_TRUE(has_line(text, "stallmon_sampling_ticks_total 42"));
+  EXPECT_TRUE(has_line(text, "stallmon_introspection_errors_total 3"));
+  EXPECT_TRUE(has_line(text, "stallmon_monitor_timeouts_total 1"));
+  EXPECT_TRUE(has_line(text, "stallmon_history_memory_bytes 4096"));
+  EXPECT_TRUE(has_line(text, "# TYPE stallmon_sampling_tick_duration_seconds histogram"));
+  EXPECT_TRUE(has_line(text, "stallmon_sampling_tick_duration_seconds_bucket{le=\"0.01\"} 9"));
+  EXPECT_TRUE(has_line(text, "stallmon_sampling_tick_duration_seconds_bucket{le=\"+Inf\"} 10"));
+  EXPECT_TRUE(has_line(text, "stallmon_sampling_tick_duration_seconds_count 10"));
+}
+
+TEST(Metrics, PerVcpuCountersAndOneHotState) {
+  FakeView v;
+  auto& d = v.add("vm1", 2);
+  d.vcpus[0].thread.latest.run_ns = 1'500'000'000;
+  d.vcpus[0].thread.latest.wait_ns = 250'000'000;
+  d.vcpus[1].thread.latest.state = 'D';
+  d.vcpus[1].thread.signals.time_in_state_ns = 2'000'000'000;
+  d.vcpus[1].thread.signals.no_progress_ns = 1'900'000'000;
+  MetricsCollector c(v, {});
+  const auto text = render(c);
+  expect_well_formed(text);
+  EXPECT_TRUE(has_line(text, "stallmon_vcpu_run_seconds_total{domain=\"vm1\",vcpu=\"0\"} 1.5"));
+  EXPECT_TRUE(
+      has_line(text, "stallmon_vcpu_run_delay_seconds_total{domain=\"vm1\",vcpu=\"0\"} 0.25"));
+  EXPECT_TRUE(has_line(
+      text, "stallmon_vcpu_thread_state{domain=\"vm1\",vcpu=\"1\",state=\"disk_sleep\"} 1"));
+  EXPECT_TRUE(has_line(
+      text, "stallmon_vcpu_thread_state{domain=\"vm1\",vcpu=\"1\",state=\"sleeping\"} 0"));
+  EXPECT_TRUE(has_line(
+      text, "stallmon_vcpu_thread_state{domain=\"vm1\",vcpu=\"0\",state=\"sleeping\"} 1"));
+  EXPECT_TRUE(has_line(text, "stallmon_vcpu_no_progress_seconds{domain=\"vm1\",vcpu=\"1\"} 1.9"));
+  // Not in its own cgroup: no throttling series.
+  EXPECT_EQ(text.find("stallmon_vcpu_throttled_seconds_total{"), std::string::npos);
+  // Six states per vCPU, whatever the letter.
+  size_t n = 0;
+  for (size_t p = text.find("stallmon_vcpu_thread_state{"); p != std::string::npos;
+       p = text.find("stallmon_vcpu_thread_state{", p + 1)) {
+    ++n;
+  }
+  EXPECT_EQ(n, 12u);
+  // No tids anywhere.
+  EXPECT_EQ(text.find("1000"), std::string::npos);
+  EXPECT_EQ(text.find("tid="), std::string::npos);
+}
+
+TEST(Metrics, FindingsByDomainKindSeverityCause) {
+  FakeView v;
+  v.add("vm1", 4);
+  diagnosis::Finding f;
+  f.id = "vm1/GUEST_IPI_STALL/2/1";
+  f.kind = diagnosis::FindingKind::kGuestIpiStall;
+  f.severity = diagnosis::Severity::kCritical;
+  f.cause = diagnosis::Cause::kHostBlocked;
+  f.domain = "vm1";
+  v.findings = {f, f};
+  v.findings[1].id = "vm1/GUEST_IPI_STALL/3/1";
+  MetricsCollector c(v, {});
+  const auto text = render(c);
+  EXPECT_TRUE(has_line(text,
+                       "stallmon_findings_active{domain=\"vm1\",kind=\"GUEST_IPI_STALL\","
+                       "severity=\"critical\",cause=\"host_blocked\"} 2"));
+}
+
+TEST(Metrics, DomainCapBoundsSeries) {
+  FakeView v;
+  v.add("a", 1);
+  v.add("b", 1);
+  v.add("c", 1);
+  diagnosis::Finding f;
+  f.kind = diagnosis::FindingKind::kVcpuHostBlocked;
+  f.severity = diagnosis::Severity::kCritical;
+  f.cause = diagnosis::Cause::kHostBlocked;
+  f.domain = "c";
+  v.findings = {f};
+  MetricsCollector c(v, MetricsOptions{2, "x"});
+  const auto text = render(c);
+  EXPECT_TRUE(has_line(text, "stallmon_domains_watched 3"));
+  EXPECT_TRUE(has_line(text, "stallmon_domains_omitted 1"));
+  EXPECT_NE(text.find("domain=\"b\""), std::string::npos);
+  EXPECT_EQ(text.find("domain=\"c\""), std::string::npos);
+  // The over-the-cap domain's finding is still counted, without a domain label.
+  EXPECT_TRUE(has_line(text,
+                       "stallmon_findings_active{kind=\"VCPU_HOST_BLOCKED\",severity=\"critical\","
+                       "cause=\"host_blocked\"} 1"));
+}
+
+TEST(Metrics, EscapesDomainNames) {
+  FakeView v;
+  v.add("we\"ird\\name\n", 1);
+  MetricsCollector c(v, {});
+  const auto text = render(c);
+  expect_well_formed(text);
+  EXPECT_NE(text.find("domain=\"we\\\"ird\\\\name\\n\""), std::string::npos);
+}
+
+TEST(Metrics, SoftlockupTouchAgeFromGuestClock) {
+  FakeView v;
+  auto& d = v.add("vm1", 2);
+  d.guest = core::GuestOverview{};
+  d.guest->watchdog_thresh = 5;
+  d.guest->guest_clock_ns = (100ull << 30) + 500'000'000;  // 100 guest "seconds" + 0.5 s
+  introspect::CpuSnapshot cpu;
+  cpu.online = true;
+  cpu.watchdog.touch_ts = 97;  // 3 guest seconds earlier
+  d.vcpus[0].guest = cpu;
+  MetricsCollector c(v, {});
+  const auto text = render(c);
+  const double expect_s = (3.0 * (1ull << 30) + 500'000'000) / 1e9;
+  std::smatch m;
+  const std::regex re(
+      R"(stallmon_guest_softlockup_touch_age_seconds\{domain="vm1",vcpu="0"\} ([0-9.e+-]+))");
+  ASSERT_TRUE(std::regex_search(text, m, re)) << text;
+  EXPECT_NEAR(std::stod(m[1]), expect_s, 1e-6);
+  EXPECT_TRUE(has_line(text, "stallmon_guest_softlockup_threshold_seconds{domain=\"vm1\"} 10"));
+  // vCPU 1 has no snapshot data: no touch-age series for it.
+  EXPECT_EQ(text.find("touch_age_seconds{domain=\"vm1\",vcpu=\"1\"}"), std::string::npos);
+}
+
+TEST(Metrics, CsdWaitAgeTracksLockedCsdAcrossSnapshots) {
+  FakeView v;
+  auto& d = v.add("vm1", 3);
+  d.guest = core::GuestOverview{};
+  const diagnosis::Timestamp t0(std::chrono::seconds(1'700'000'000));
+  d.guest->taken_at = t0;
+  introspect::CpuSnapshot waiter;
+  waiter.online = true;
+  introspect::CfdTarget t;
+  t.target = 2;
+  t.csd = 0xffff1000;
+  t.locked = true;
+  t.ok = true;
+  t.func_name = "do_sync_core";
+  waiter.cfd_targets = {t};
+  d.vcpus[0].guest = waiter;
+  MetricsCollector c(v, {});
+  auto text = render(c);
+  EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 0"));
+  EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"2\"} 0"));
+
+  // The same csd still locked 1.5 s later.
+  v.details["vm1"].guest->taken_at = t0 + 1500ms;
+  text = render(c);
+  EXPECT_TRUE(
+      has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 1.5"));
+
+  // The engine's finding knows an older age (it snapshots every tick): that one wins.
+  diagnosis::Finding f;
+  f.kind = diagnosis::FindingKind::kGuestIpiStall;
+  f.domain = "vm1";
+  diagnosis::Evidence e;
+  e.facts = {{"waiter_cpu", "0"}, {"target_cpu", "2"}, {"wait_ms", "2100"}};
+  f.evidence = {e};
+  v.findings = {f};
+  text = render(c);
+  EXPECT_TRUE(
+      has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 2.1"));
+
+  // Released: back to 0.
+  v.findings.clear();
+  v.details["vm1"].vcpus[0].guest->cfd_targets[0].locked = false;
+  v.details["vm1"].guest->taken_at = t0 + 2s;
+  text = render(c);
+  EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 0"));
+}
+
+class CountingContributor final : public MetricsContributor {
+ public:
+  void write_metrics(ExpositionWriter& out) const override {
+    out.family("stallmon_extra", MetricType::kGauge, "extra");
+    out.sample({}, 7);
+  }
+};
+
+TEST(Metrics, ContributorsAddFamilies) {
+  FakeView v;
+  MetricsCollector c(v, {});
+  CountingContributor extra;
+  c.add_contributor(&extra);
+  EXPECT_TRUE(has_line(render(c), "stallmon_extra 7"));
+  c.remove_contributor(&extra);
+  EXPECT_EQ(render(c).find("stallmon_extra"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace stallmon::alerting
