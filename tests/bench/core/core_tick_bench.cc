@@ -14,10 +14,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <map>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "internal.h"
+#include "seed_case1_kernel.h"
 #include "synthetic_kernel.h"
 
 namespace stallmon::core {
@@ -57,18 +60,9 @@ class SleepingThreads {
   bool stop_ = false;
 };
 
-void build_seed_case1(SyntheticKernel& k) {
-  const uint64_t fn = k.func("do_sync_core");
-  const uint64_t sh = k.task(107, "sh");
-  uint64_t idle = 0;
-  (void)k.read(k.percpu("runqueues", 0) + k.off("rq", "idle"), &idle, 8);
-  k.set_rq(0, sh, idle, 5, 5, 0, 200'000'000'000ULL);
-  k.set_cfd_mask(0, {1, 2, 3});
-  for (uint32_t t : {1u, 3u}) k.set_csd(k.cfd_csd(0, t), 0x10, fn);
-  k.set_csd(k.cfd_csd(0, 2), 0x11, fn);
-  (void)k.read(k.percpu("runqueues", 2) + k.off("rq", "idle"), &idle, 8);
-  k.set_rq(2, idle, idle, 0, 0, 1, 150'000'000'000ULL);
-  k.set_queue(2, {k.csd_node(k.cfd_csd(0, 2))});
+// Seed case 1 plus a printk ring with a tail to read.
+void build_guest(SyntheticKernel& k) {
+  testing::build_seed_case1(k);
   k.init_printk(6, 12);
   for (int i = 0; i < 40; ++i) k.printk("console line " + std::to_string(i), 1000u * static_cast<uint64_t>(i));
 }
@@ -89,7 +83,7 @@ struct Rig {
     shared->discover_override = [this](pid_t, const std::vector<introspect::RamRange>&,
                                        uint64_t) -> Result<std::unique_ptr<internal::GuestKernel>> {
       auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
-      build_seed_case1(*sk);
+      build_guest(*sk);
       auto gk = std::make_unique<internal::GuestKernel>();
       auto r = introspect::SnapshotReader::create(*sk, shared->config.snapshot);
       if (!r.ok()) return std::move(r).error();
@@ -135,29 +129,33 @@ void BM_Tick(benchmark::State& state) {
 BENCHMARK(BM_Tick)->Arg(0)->Arg(1)->ArgNames({"snapshot"})->MeasureProcessCPUTime()->UseRealTime();
 
 // The parts alone, on the same rig.
-void BM_SampleOnly(benchmark::State& state) {
-  SleepingThreads t(4);
-  host::RealHostFs fs("/");
+// This process with four sleeping threads as its vCPUs, sampled through the real /proc.
+struct SamplerRig {
+  SamplerRig() : s(fs, mono, getpid(), vcpus_of(t)) {}
+  static std::map<int32_t, int32_t> vcpus_of(const SleepingThreads& t) {
+    std::map<int32_t, int32_t> m;
+    for (size_t i = 0; i < t.tids().size(); ++i) m[static_cast<int32_t>(i)] = t.tids()[i];
+    return m;
+  }
+  SleepingThreads t{4};
+  host::RealHostFs fs{"/"};
   host::MonotonicClock mono;
-  std::map<int32_t, int32_t> vcpus;
-  for (size_t i = 0; i < t.tids().size(); ++i) vcpus[static_cast<int32_t>(i)] = t.tids()[i];
-  host::ProcessSampler s(fs, mono, getpid(), vcpus);
-  for (auto _ : state) benchmark::DoNotOptimize(s.sample_once());
+  host::ProcessSampler s;
+};
+
+void BM_SampleOnly(benchmark::State& state) {
+  SamplerRig r;
+  for (auto _ : state) benchmark::DoNotOptimize(r.s.sample_once());
 }
 BENCHMARK(BM_SampleOnly)->MeasureProcessCPUTime()->UseRealTime();
 
 void BM_AdaptHost(benchmark::State& state) {
-  SleepingThreads t(4);
-  host::RealHostFs fs("/");
-  host::MonotonicClock mono;
-  std::map<int32_t, int32_t> vcpus;
-  for (size_t i = 0; i < t.tids().size(); ++i) vcpus[static_cast<int32_t>(i)] = t.tids()[i];
-  host::ProcessSampler s(fs, mono, getpid(), vcpus);
-  for (int i = 0; i < 3; ++i) (void)s.sample_once();
+  SamplerRig r;
+  for (int i = 0; i < 3; ++i) (void)r.s.sample_once();
   internal::SleepWchanReader w;
   for (auto _ : state) {
     diagnosis::DomainObservation obs;
-    internal::fill_host_views(s, fs, &w, obs);
+    internal::fill_host_views(r.s, r.fs, &w, obs);
     benchmark::DoNotOptimize(obs);
   }
 }
@@ -165,7 +163,7 @@ BENCHMARK(BM_AdaptHost);
 
 void BM_SnapshotAndAdapt(benchmark::State& state) {
   SyntheticKernel k(4, SyntheticKernel::Layout::kLinux61);
-  build_seed_case1(k);
+  build_guest(k);
   introspect::SnapshotOptions o = MonitorConfig{}.snapshot;
   auto reader = introspect::SnapshotReader::create(k, o);
   if (!reader.ok()) {

@@ -42,8 +42,13 @@ struct MonitorConfig {
     o.printk_records = 20;
     return o;
   }();
-  // Options of inspect() (on demand, not on the tick budget).
-  introspect::SnapshotOptions inspect_snapshot;
+  // Options of inspect() (on demand, not on the tick budget): a longer printk tail, enough to
+  // reach back past an oops and its stack dump to the panic message.
+  introspect::SnapshotOptions inspect_snapshot = [] {
+    introspect::SnapshotOptions o;
+    o.printk_records = 200;
+    return o;
+  }();
   // Kernel discovery (VMCOREINFO scan, kallsyms, BTF) retries with exponential backoff while it
   // fails (guest still booting, not a Linux guest, ...), from `initial` up to `max`.
   std::chrono::nanoseconds discovery_retry_initial = 1s;
