@@ -120,4 +120,15 @@ Result<uint64_t> btf_type_size(const struct btf* b, std::string_view type) {
   return static_cast<uint64_t>(sz);
 }
 
+Result<uint64_t> btf_variable_size(const struct btf* b, std::string_view name) {
+  if (!b) return Error(ErrorCode::kInvalidArgument, "no BTF");
+  int id = btf__find_by_name_kind(b, std::string(name).c_str(), BTF_KIND_VAR);
+  if (id <= 0) return Error(ErrorCode::kNotFound, "variable " + std::string(name) + " not in BTF");
+  const struct btf_type* t = btf__type_by_id(b, static_cast<uint32_t>(id));
+  if (!t) return Error(ErrorCode::kCorrupt, "bad BTF variable " + std::string(name));
+  int64_t sz = btf__resolve_size(b, t->type);
+  if (sz <= 0) return Error(ErrorCode::kCorrupt, "no size for variable " + std::string(name));
+  return static_cast<uint64_t>(sz);
+}
+
 }  // namespace stallmon::introspect

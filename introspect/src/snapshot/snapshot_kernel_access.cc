@@ -89,6 +89,10 @@ class KernelAdapter final : public KernelAccess {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
     return btf_type_size(k_.types().raw_btf(), type);
   }
+  Result<uint64_t> variable_size(std::string_view name) const override {
+    if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
+    return btf_variable_size(k_.types().raw_btf(), name);
+  }
   void begin_snapshot() override { k_.begin_snapshot(); }
 
  private:

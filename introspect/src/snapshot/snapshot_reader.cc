@@ -96,6 +96,7 @@ struct SnapshotReader::Layout {
 
   uint64_t runqueues = 0;
   std::optional<uint64_t> csq, cfd, wd_touch, wd_report, hr_int, hr_saved, steal;
+  uint32_t wd_size[4] = {8, 8, 8, 8};  // touch, report, hrtimer_interrupts, _saved
 
   FieldSet rq;
   int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1;
@@ -294,11 +295,20 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
     }
   }
 
-  // --- Watchdogs (per-cpu unsigned long: 8 bytes on x86-64). ---
+  // --- Watchdogs. Sizes from BTF: hrtimer_interrupts became an atomic_t and
+  // hrtimer_interrupts_saved an int (6.6, the buddy hard-lockup detector rework); they were
+  // unsigned long before, as the soft-lockup timestamps still are. ---
   L.wd_touch = sym("watchdog_touch_ts");
   L.wd_report = sym("watchdog_report_ts");
   L.hr_int = sym("hrtimer_interrupts");
   L.hr_saved = sym("hrtimer_interrupts_saved");
+  {
+    const char* names[4] = {"watchdog_touch_ts", "watchdog_report_ts", "hrtimer_interrupts", "hrtimer_interrupts_saved"};
+    for (int i = 0; i < 4; ++i) {
+      auto sz = k.variable_size(names[i]);
+      if (sz && (*sz == 4 || *sz == 8)) L.wd_size[i] = static_cast<uint32_t>(*sz);
+    }
+  }
   L.feat.watchdog_report_ts = L.wd_report.has_value();
   L.feat.hrtimer_interrupts = L.hr_int.has_value();
   if (!L.wd_touch) note("no watchdog_touch_ts (soft-lockup detector off?)");
@@ -387,7 +397,7 @@ GuestSnapshot SnapshotReader::take() {
     if (L.csq) x.csq_req = push(*L.csq + off + L.llist_first_off, &x.csq_first, 8);
     if (L.cfd) x.cfd.plan(L.cfdfs, *L.cfd + off, reqs);
     for (int i = 0; i < 4; ++i)
-      if (*wd_syms[i]) x.wd_req[i] = push(**wd_syms[i] + off, &x.wd[i], 8);
+      if (*wd_syms[i]) x.wd_req[i] = push(**wd_syms[i] + off, &x.wd[i], L.wd_size[i]);  // x.wd[] zeroed: LE
     if (L.steal) x.steal.plan(L.steal_fs, *L.steal + off, reqs);
   }
   (void)k.read_batch(reqs);

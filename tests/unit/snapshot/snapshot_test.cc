@@ -280,6 +280,23 @@ TEST(SnapshotReader, LegacyLayoutWithoutCallSingleNode) {
   EXPECT_FALSE(c3.watchdog.report_ts);
 }
 
+TEST(SnapshotReader, VariableSizesFromTypeInfo) {
+  // 6.6+: hrtimer_interrupts is an atomic_t, hrtimer_interrupts_saved an int. The bytes after
+  // them belong to other variables and must not leak into the values.
+  SyntheticKernel k(2, SyntheticKernel::Layout::kLinux61);
+  k.var_sizes["hrtimer_interrupts"] = 4;
+  k.var_sizes["hrtimer_interrupts_saved"] = 4;
+  for (uint32_t c = 0; c < 2; ++c) {
+    k.mem.put<uint64_t>(k.percpu("hrtimer_interrupts", c), 0xdeadbeef00000000ULL | 33);
+    k.mem.put<uint64_t>(k.percpu("hrtimer_interrupts_saved", c), 0xfeedface00000000ULL | 32);
+  }
+  auto reader = make_reader(k);
+  GuestSnapshot s = reader->take();
+  EXPECT_EQ(s.cpus[1].watchdog.hrtimer_interrupts, 33u);
+  EXPECT_EQ(s.cpus[1].watchdog.hrtimer_interrupts_saved, 32u);
+  EXPECT_EQ(s.cpus[1].watchdog.touch_ts, 101u);  // unknown size: unsigned long
+}
+
 TEST(SnapshotReader, MissingOptionalSymbolsDisableParts) {
   SyntheticKernel k(2, SyntheticKernel::Layout::kLinux61);
   k.remove_symbol("cfd_data");

@@ -104,6 +104,12 @@ class SyntheticKernel final : public KernelAccess {
     return btf_member_layout(btf_, type, path);
   }
   Result<uint64_t> type_size(std::string_view type) const override { return btf_type_size(btf_, type); }
+  Result<uint64_t> variable_size(std::string_view name) const override {
+    auto it = var_sizes.find(std::string(name));
+    if (it == var_sizes.end()) return KernelAccess::variable_size(name);
+    return it->second;
+  }
+  std::map<std::string, uint64_t> var_sizes;  // per-cpu variable sizes (BTF VARs) for tests
 
   // --- builders ---
   uint64_t off(std::string_view type, std::string_view path) const {

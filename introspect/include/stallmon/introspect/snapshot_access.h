@@ -59,6 +59,12 @@ class KernelAccess {
   // sizeof(type); kNotFound if absent.
   virtual Result<uint64_t> type_size(std::string_view type) const = 0;
 
+  // sizeof a (per-cpu) variable from type information (its BTF VAR; kernel BTF has the per-cpu
+  // ones). kNotFound when unknown: callers then assume the type the variable has always had.
+  virtual Result<uint64_t> variable_size(std::string_view name) const {
+    return Error(ErrorCode::kNotFound, "no type information for variable " + std::string(name));
+  }
+
   // Called once at the start of each snapshot (e.g. to drop a per-snapshot translation cache).
   virtual void begin_snapshot() {}
 };

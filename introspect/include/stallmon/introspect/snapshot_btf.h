@@ -21,4 +21,7 @@ Result<MemberLayout> btf_member_layout(const struct btf* btf, std::string_view t
 // sizeof(type) for a struct/union/typedef name. kNotFound if absent.
 Result<uint64_t> btf_type_size(const struct btf* btf, std::string_view type);
 
+// sizeof the variable `name` (a BTF VAR, e.g. a per-cpu variable). kNotFound if absent.
+Result<uint64_t> btf_variable_size(const struct btf* btf, std::string_view name);
+
 }  // namespace stallmon::introspect
