@@ -2,72 +2,163 @@
 #include "app.h"
 
 #include <signal.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <random>
+#include <set>
 
-#include "domain_table.h"
+#include "logging.h"
 #include "stallmon/introspect/ram_layout.h"
 
 namespace stallmon::daemon {
 namespace {
 
 using std::chrono::milliseconds;
+using std::chrono::steady_clock;
 
-StepResult setup_logging(App& app) {
-  auto logger = spdlog::stderr_color_mt("stallmond");
-  spdlog::set_default_logger(logger);
-  auto level = spdlog::level::from_str(app.options.log_level);
-  if (level == spdlog::level::off && app.options.log_level != "off") {
-    return StepResult::exit(2, "unknown --log-level '" + app.options.log_level + "'");
+std::string hostname() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+StepResult load_config(App& app) {
+  auto c = load_configuration(app.options, &app.config_source);
+  if (!c.ok()) return StepResult::exit(2, c.error().message);
+  app.config = std::move(*c);
+  app.set_effective_config(to_yaml(app.config));
+  if (app.options.print_config) {
+    std::fputs(app.effective_config().c_str(), stdout);
+    return StepResult::exit(0);
   }
-  spdlog::set_level(level);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  if (app.options.check_config) {
+    std::printf("configuration OK (%s)\n", app.config_source.empty() ? "defaults and flags" : app.config_source.c_str());
+    return StepResult::exit(0);
+  }
+  return StepResult::next();
+}
+
+StepResult setup_logging_step(App& app) {
+  auto r = setup_logging(app.config.log_target, app.config.log_level);
+  if (!r.ok()) return StepResult::exit(2, r.error().message);
+  app.logging_ready = true;
   return StepResult::next();
 }
 
 // Blocked before any thread starts, so every thread inherits the mask and only the main thread
-// receives SIGINT/SIGTERM (in sigtimedwait), never a libvirt or worker thread.
+// receives SIGINT/SIGTERM/SIGHUP (in sigtimedwait), never a libvirt, gRPC or pipeline thread.
 StepResult block_signals(App&) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return StepResult::exit(1, "pthread_sigmask failed");
   // A closed stdout (stallmond | head) must not kill the daemon.
   signal(SIGPIPE, SIG_IGN);
   return StepResult::next();
 }
 
-StepResult start_watcher(App& app) {
+void create_watcher(App& app) {
   libvirt::WatcherOptions opts;
-  opts.uri = app.options.connect_uri;
-  opts.monitor_timeout = milliseconds(app.options.monitor_timeout_ms);
+  opts.uri = app.config.libvirt_uri;
+  opts.monitor_timeout = app.config.monitor_timeout;
   // Taken while the domain is healthy and cached by the watcher: introspection later reads guest
   // RAM through the qemu process even when the monitor hangs.
   opts.ram_layout_resolver = [](const introspect::HmpCommand& hmp) { return introspect::resolve_ram_layout(hmp); };
   app.watcher = std::make_unique<libvirt::DomainWatcher>(std::move(opts));
-  app.printer = std::make_unique<DomainTablePrinter>();
-  app.watcher->add_observer(app.printer.get());
+}
+
+StepResult create_monitor(App& app) {
+  if (app.options.once) {  // --once lists domains only: no monitor
+    create_watcher(app);
+    return StepResult::next();
+  }
+  std::random_device rd;
+  app.incarnation = (static_cast<uint64_t>(rd()) << 32 | rd()) ^
+                    static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  if (app.incarnation == 0) app.incarnation = 1;
+  app.monitor = std::make_unique<core::StallMonitor>(to_monitor_config(app.config));
+  app.at_shutdown("stop monitor", [&app] { app.monitor->stop(); });
+  // Constructed (not started) here so that the pointer gRPC threads read never changes.
+  create_watcher(app);
+  if (!app.config.domains.empty()) spdlog::info("watching only domains matching: {}", join(app.config.domains));
+  return StepResult::next();
+}
+
+// Before the watcher: the API (health, GetAgentInfo) answers while libvirt is still connecting,
+// and a second daemon fails here, before touching libvirt.
+StepResult start_server(App& app) {
+  if (app.options.once) return StepResult::next();
+  const std::string host = hostname();
+  const std::string version = STALLMON_VERSION;
+  // Values, not references into app.config: a reload may write it while gRPC threads read.
+  const auto max_age = app.config.watchdog_max_tick_age;
+  core::StallMonitor* monitor = app.monitor.get();
+  app.backend = std::make_unique<server::MonitorBackend>(*app.monitor, app.watcher.get(), [&app, host, version, max_age, monitor] {
+    server::AgentStatus s;
+    s.version = version;
+    s.hostname = host;
+    s.effective_config = app.effective_config();
+    std::string why;
+    s.sampling_alive = sampling_alive(monitor->domains(), std::chrono::system_clock::now(), max_age, &why);
+    return s;
+  });
+  app.server = std::make_unique<server::GrpcServer>(*app.backend, app.config.server, app.incarnation);
+  auto r = app.server->start();
+  if (!r.ok()) return StepResult::exit(1, r.error().message);
+  // The server (and its streams) stops before the monitor it reads from.
+  app.at_shutdown("stop gRPC server", [&app] { app.server->shutdown(); });
+  std::string where;
+  if (!app.config.server.unix_socket.empty()) where = "unix:" + app.config.server.unix_socket;
+  if (!app.config.server.tcp_listen.empty()) {
+    where += (where.empty() ? "" : " and ") + app.config.server.tcp_listen + " (mutual TLS, port " +
+             std::to_string(app.server->tcp_port()) + ")";
+  }
+  spdlog::info("gRPC API stallmon.v1 on {}", where);
+  return StepResult::next();
+}
+
+// (The metrics/alerting step goes here: after the monitor exists, before the watcher starts.)
+
+StepResult start_watcher(App& app) {
+  if (app.options.once) {
+    app.printer = std::make_unique<DomainTablePrinter>();
+    app.watcher->add_observer(app.printer.get());
+  } else {
+    app.monitor->attach(*app.watcher);
+  }
   auto r = app.watcher->start();
   if (!r.ok()) return StepResult::exit(1, r.error().to_string());
-  spdlog::info("stallmond {}: watching {}", STALLMON_VERSION, app.options.connect_uri);
+  // Registered last, so it runs first: libvirt's callbacks into the monitor stop before the
+  // monitor (and the server reading it) go away.
+  app.at_shutdown("stop libvirt watcher", [&app] { app.watcher->stop(); });
+  spdlog::info("stallmond {}: watching {}", STALLMON_VERSION, app.config.libvirt_uri);
   return StepResult::next();
 }
 
 // --once: wait for the first discovery and the vCPU probes, print the table and exit.
 StepResult print_once(App& app) {
   if (!app.options.once) return StepResult::next();
-  auto deadline = std::chrono::steady_clock::now() + milliseconds(app.options.once_timeout_ms);
+  auto deadline = steady_clock::now() + milliseconds(app.options.once_timeout_ms);
   if (app.watcher->wait_synced(0, milliseconds(app.options.once_timeout_ms)) == 0) {
     auto st = app.watcher->connection();
     return StepResult::exit(1, "no domain list from " + st.uri + ": " +
                                    (st.reason.empty() ? std::string("timed out") : st.reason));
   }
-  auto left = std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+  auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
   if (!app.watcher->wait_probes_idle(std::max(left, milliseconds(0)))) {
     spdlog::warn("some domains are still being probed; printing what is known");
   }
@@ -75,33 +166,167 @@ StepResult print_once(App& app) {
   return StepResult::exit(0);
 }
 
-// Foreground loop: prints the table when it changed, until SIGINT/SIGTERM.
+std::string status_line(App& app) {
+  auto ds = app.monitor->domains();
+  size_t findings = 0;
+  for (const auto& d : ds) findings += d.active_findings;
+  return "watching " + std::to_string(ds.size()) + " domain" + (ds.size() == 1 ? "" : "s") + ", " +
+         std::to_string(findings) + " active finding" + (findings == 1 ? "" : "s");
+}
+
+StepResult notify_ready(App& app) {
+  app.notifier.ready(status_line(app));
+  if (app.notifier.enabled()) {
+    auto wd = app.notifier.watchdog_timeout();
+    spdlog::info("systemd: READY=1 sent{}", wd ? ", watchdog every " + format_duration(*wd / 2) : "");
+  }
+  app.at_shutdown("notify stopping", [&app] { app.notifier.stopping(); });
+  return StepResult::next();
+}
+
+void reload(App& app) {
+  app.notifier.reloading();
+  std::string source;
+  auto c = load_configuration(app.options, &source);
+  if (!c.ok()) {
+    spdlog::error("SIGHUP: configuration not reloaded: {}", c.error().message);
+    app.notifier.reloaded(status_line(app));
+    return;
+  }
+  auto plan = plan_reload(app.config, *c);
+  if (std::find(plan.applied.begin(), plan.applied.end(), "logging.level") != plan.applied.end()) {
+    if (auto r = set_log_level(c->log_level); r.ok()) app.config.log_level = c->log_level;
+  }
+  app.set_effective_config(to_yaml(app.config));
+  spdlog::info("SIGHUP: reloaded {}{}{}", source.empty() ? "(no config file)" : source,
+               plan.applied.empty() ? "" : "; applied: " + join(plan.applied),
+               plan.restart_needed.empty() ? "" : "; changed but needing a restart: " + join(plan.restart_needed));
+  app.notifier.reloaded(status_line(app));
+}
+
+// Main loop: signals, the systemd watchdog keep-alive (only while sampling is alive), the health
+// status, and a log line when the set of watched domains changes.
 StepResult run_until_signal(App& app) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  const auto keepalive = app.notifier.keepalive_interval();
+  auto period = milliseconds(1000);
+  if (keepalive) period = std::min(period, std::max(milliseconds(10), std::chrono::duration_cast<milliseconds>(*keepalive)));
+  auto last_keepalive = steady_clock::time_point{};
+  bool serving = true;
+  std::set<std::string> watched;
   for (;;) {
-    // Let a burst of changes (sync, then the QMP answers) settle into one print.
-    timespec ts{0, 300 * 1000 * 1000};
+    timespec ts{static_cast<time_t>(period.count() / 1000), static_cast<long>((period.count() % 1000) * 1'000'000)};
     siginfo_t info;
     int sig = sigtimedwait(&set, &info, &ts);
     if (sig == SIGINT || sig == SIGTERM) {
       spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
       return StepResult::exit(0);
     }
-    app.printer->print_if_dirty(*app.watcher, stdout);
+    if (sig == SIGHUP) reload(app);
+
+    auto domains = app.monitor->domains();
+    std::string why;
+    bool alive = sampling_alive(domains, std::chrono::system_clock::now(), app.config.watchdog_max_tick_age, &why);
+    if (alive != serving) {
+      if (alive) {
+        spdlog::info("sampling alive again: health SERVING");
+      } else {
+        spdlog::error("sampling stalled ({}): health NOT_SERVING, systemd watchdog keep-alive withheld", why);
+      }
+      app.server->set_serving(alive);
+      serving = alive;
+    }
+    if (alive && keepalive && steady_clock::now() - last_keepalive >= *keepalive) {
+      app.notifier.watchdog();
+      last_keepalive = steady_clock::now();
+    }
+    std::set<std::string> now_watched;
+    for (const auto& d : domains) now_watched.insert(d.name);
+    if (now_watched != watched) {
+      watched = std::move(now_watched);
+      spdlog::info("watching {} domain{}: {}", watched.size(), watched.size() == 1 ? "" : "s",
+                   join(std::vector<std::string>(watched.begin(), watched.end())));
+      app.notifier.status(status_line(app));
+    }
   }
 }
 
 }  // namespace
 
+std::string App::effective_config() const {
+  std::lock_guard l(mu_);
+  return effective_yaml_;
+}
+
+void App::set_effective_config(std::string yaml) {
+  std::lock_guard l(mu_);
+  effective_yaml_ = std::move(yaml);
+}
+
+void App::at_shutdown(std::string what, std::function<void()> action) {
+  shutdown_.emplace_back(std::move(what), std::move(action));
+}
+
+void App::run_shutdown() {
+  while (!shutdown_.empty()) {
+    auto [what, action] = std::move(shutdown_.back());
+    shutdown_.pop_back();
+    spdlog::debug("shutdown: {}", what);
+    action();
+  }
+}
+
+Result<DaemonConfig> load_configuration(const Options& options, std::string* source) {
+  DaemonConfig c;
+  source->clear();
+  std::string path = options.config_path;
+  bool explicit_path = !path.empty();
+  if (!explicit_path) {
+    struct stat st{};
+    if (::stat(kDefaultConfigPath, &st) == 0) path = kDefaultConfigPath;
+  }
+  if (!path.empty()) {
+    auto r = load_config_file(path, c);
+    if (!r.ok()) return r.error();
+    c = std::move(*r);
+    *source = path;
+  }
+  for (const auto& o : options.overrides) o(c);
+  if (auto v = validate(c); !v.ok()) return v.error();
+  return c;
+}
+
+bool sampling_alive(const std::vector<core::DomainSummary>& domains, diagnosis::Timestamp now,
+                    std::chrono::nanoseconds max_age, std::string* why) {
+  for (const auto& d : domains) {
+    if (d.process_gone || d.state != libvirt::DomainRunState::kRunning) continue;
+    auto last = d.last_tick.value_or(d.watched_since);
+    if (now - last > max_age) {
+      if (why) {
+        *why = "domain " + d.name + " last ticked " +
+               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now - last).count()) + " s ago";
+      }
+      return false;
+    }
+  }
+  return true;
+}
+
 const std::vector<Step>& startup_steps() {
   static const std::vector<Step> steps = {
-      {"setup logging", setup_logging},
+      {"load configuration", load_config},
+      {"setup logging", setup_logging_step},
       {"block signals", block_signals},
+      {"create monitor", create_monitor},
+      {"start gRPC server", start_server},
+      // metrics/alerting: insert here (the monitor exists, libvirt is not started yet).
       {"start libvirt watcher", start_watcher},
       {"print once", print_once},
+      {"notify systemd", notify_ready},
       {"run until signal", run_until_signal},
   };
   return steps;
@@ -112,12 +337,23 @@ int run(App& app) {
   for (const auto& step : startup_steps()) {
     result = step.run(app);
     if (result.kind == StepResult::kExit) {
-      if (result.exit_code != 0) spdlog::error("{}: {}", step.name, result.error);
+      if (result.exit_code != 0) {
+        // Before "setup logging" (configuration errors) spdlog still has its stdout default.
+        if (app.logging_ready) {
+          spdlog::error("{}: {}", step.name, result.error);
+        } else {
+          std::fprintf(stderr, "stallmond: %s: %s\n", step.name, result.error.c_str());
+        }
+      }
       break;
     }
   }
-  // Shutdown in reverse order of start-up.
-  if (app.watcher) app.watcher->stop();
+  // Shutdown in reverse order of start-up: STOPPING=1, libvirt watcher, gRPC server (health
+  // NOT_SERVING, streams end), monitor.
+  app.run_shutdown();
+  if (result.exit_code == 0 && !app.options.once && !app.options.print_config && !app.options.check_config) {
+    spdlog::info("stopped");
+  }
   return result.exit_code;
 }
 

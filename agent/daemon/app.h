@@ -1,24 +1,39 @@
 // SPDX-License-Identifier: Apache-2.0
 // stallmond's start-up as an ordered list of steps (Falco's app/ style): each step returns a
-// StepResult that says whether to go on, stop successfully, or fail. Later issues add steps
-// (sampler, diagnosis, gRPC server) without growing main().
+// StepResult that says whether to go on, stop successfully, or fail. A part that needs its own
+// start-up (metrics/alerting, ...) adds one step to startup_steps() and registers its stop
+// action with App::at_shutdown(); main() never grows.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "config.h"
 #include "domain_table.h"
+#include "stallmon/core/stall_monitor.h"
 #include "stallmon/libvirt/domain_watcher.h"
+#include "stallmon/server/backend.h"
+#include "stallmon/server/server.h"
+#include "systemd.h"
 
 namespace stallmon::daemon {
 
+// What the command line asked for, besides configuration values.
 struct Options {
-  std::string connect_uri = "qemu:///system";
-  std::string log_level = "info";
-  bool once = false;
-  int monitor_timeout_ms = 3000;
-  int once_timeout_ms = 20000;  // --once: how long to wait for libvirtd and the first discovery
+  std::string config_path;       // --config; empty: kDefaultConfigPath if it exists
+  bool once = false;             // print the domain table and exit
+  int once_timeout_ms = 20000;   // --once: how long to wait for libvirtd and the first discovery
+  bool print_config = false;     // print the effective configuration as YAML and exit
+  bool check_config = false;     // validate the configuration and exit
+  // Flag values, applied in order over the config file at start-up and at every reload (so a
+  // flag keeps winning over the file).
+  std::vector<std::function<void(DaemonConfig&)>> overrides;
 };
 
 struct StepResult {
@@ -30,12 +45,34 @@ struct StepResult {
   static StepResult exit(int code, std::string why = {}) { return {kExit, code, std::move(why)}; }
 };
 
-
 // Everything the steps share.
 struct App {
   Options options;
+  DaemonConfig config;            // the running configuration
+  std::string config_source;      // the file it was read from, or "" (defaults and flags only)
+  uint64_t incarnation = 0;
+  SystemdNotifier notifier;
+  bool logging_ready = false;
+
+  std::unique_ptr<core::StallMonitor> monitor;
   std::unique_ptr<libvirt::DomainWatcher> watcher;
-  std::unique_ptr<DomainTablePrinter> printer;
+  std::unique_ptr<server::MonitorBackend> backend;
+  std::unique_ptr<server::GrpcServer> server;
+  std::unique_ptr<DomainTablePrinter> printer;  // --once
+
+  // The effective configuration as YAML, read by gRPC threads (GetAgentInfo) while a reload
+  // may replace it.
+  std::string effective_config() const;
+  void set_effective_config(std::string yaml);
+
+  // Registers a stop action; run() calls them in reverse order of registration after the steps.
+  void at_shutdown(std::string what, std::function<void()> action);
+  void run_shutdown();
+
+ private:
+  mutable std::mutex mu_;
+  std::string effective_yaml_;
+  std::vector<std::pair<std::string, std::function<void()>>> shutdown_;
 };
 
 struct Step {
@@ -48,5 +85,14 @@ const std::vector<Step>& startup_steps();
 
 // Runs every step, then the shutdown actions. Returns the process exit code.
 int run(App& app);
+
+// Loads the configuration: defaults, then the file (options.config_path, or the default path if
+// it exists), then the flag overrides; validated. `source` receives the file used ("" if none).
+Result<DaemonConfig> load_configuration(const Options& options, std::string* source);
+
+// Whether sampling is alive: every running domain (qemu process present) ticked within
+// max_age (a domain watched for less than max_age counts as alive). `why` names a stale one.
+bool sampling_alive(const std::vector<core::DomainSummary>& domains, diagnosis::Timestamp now,
+                    std::chrono::nanoseconds max_age, std::string* why);
 
 }  // namespace stallmon::daemon

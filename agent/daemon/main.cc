@@ -1,24 +1,65 @@
 // SPDX-License-Identifier: Apache-2.0
 // stallmond: the hypervisor-side vCPU stall monitor daemon. main() only parses the command line;
-// app.cc runs the start-up steps.
+// app.cc runs the start-up steps. Flags override the config file (see deploy/stallmond.yaml).
 #include <CLI/CLI.hpp>
 
 #include "app.h"
 
+namespace {
+
+using stallmon::daemon::DaemonConfig;
+
+// A flag that sets one configuration value: recorded as an override, applied over the file at
+// start-up and again at every SIGHUP reload.
+template <typename T, typename F>
+CLI::Option* add_override(CLI::App& cli, stallmon::daemon::Options& o, const std::string& name, F set,
+                          const std::string& help) {
+  return cli.add_option_function<T>(
+      name, [&o, set](const T& v) { o.overrides.push_back([set, v](DaemonConfig& c) { set(c, v); }); }, help);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   stallmon::daemon::App app;
   auto& o = app.options;
-  CLI::App cli{"stallmond: watches the vCPU threads of libvirt/QEMU guests"};
-  cli.add_option("-c,--connect", o.connect_uri, "libvirt URI")->capture_default_str();
-  cli.add_option("--log-level", o.log_level, "trace, debug, info, warn, error, critical or off")
-      ->capture_default_str();
-  cli.add_flag("--once", o.once, "print the running domains and their vCPU threads, then exit");
-  cli.add_option("--monitor-timeout-ms", o.monitor_timeout_ms, "deadline of one QEMU monitor command")
-      ->capture_default_str()
+  CLI::App cli{"stallmond: watches the vCPU threads of libvirt/QEMU guests and explains their stalls"};
+  cli.add_option("--config", o.config_path,
+                 std::string("YAML configuration (default: ") + stallmon::daemon::kDefaultConfigPath + " if it exists)");
+  add_override<std::string>(cli, o, "-c,--connect", [](DaemonConfig& c, const std::string& v) { c.libvirt_uri = v; },
+                            "libvirt URI (libvirt.uri)");
+  add_override<std::string>(cli, o, "--log-level", [](DaemonConfig& c, const std::string& v) { c.log_level = v; },
+                            "trace, debug, info, warn, error, critical or off (logging.level)");
+  add_override<std::string>(cli, o, "--log-target", [](DaemonConfig& c, const std::string& v) { c.log_target = v; },
+                            "stderr or journald (logging.target)");
+  add_override<std::string>(cli, o, "--socket", [](DaemonConfig& c, const std::string& v) { c.server.unix_socket = v; },
+                            "unix socket of the gRPC API; \"\" for none (server.unix_socket)");
+  add_override<std::string>(cli, o, "--tcp-listen", [](DaemonConfig& c, const std::string& v) { c.server.tcp_listen = v; },
+                            "HOST:PORT for gRPC over mutual TLS (server.tcp.listen)");
+  add_override<std::string>(cli, o, "--tls-cert", [](DaemonConfig& c, const std::string& v) { c.server.tls_cert_file = v; },
+                            "server certificate PEM (server.tcp.tls_cert)");
+  add_override<std::string>(cli, o, "--tls-key", [](DaemonConfig& c, const std::string& v) { c.server.tls_key_file = v; },
+                            "server key PEM (server.tcp.tls_key)");
+  add_override<std::string>(cli, o, "--tls-client-ca",
+                            [](DaemonConfig& c, const std::string& v) { c.server.tls_client_ca_file = v; },
+                            "CA for client certificates (server.tcp.tls_client_ca)");
+  add_override<std::vector<std::string>>(
+      cli, o, "--domain", [](DaemonConfig& c, const std::vector<std::string>& v) { c.domains = v; },
+      "watch only these domains: names, uuids or globs, repeatable (domains.include)");
+  add_override<int>(cli, o, "--monitor-timeout-ms",
+                    [](DaemonConfig& c, int v) { c.monitor_timeout = std::chrono::milliseconds(v); },
+                    "deadline of one QEMU monitor command (libvirt.monitor_timeout)")
       ->check(CLI::Range(100, 600000));
+  cli.add_flag_function(
+      "--no-introspection",
+      [&o](int64_t) { o.overrides.push_back([](DaemonConfig& c) { c.introspection = false; }); },
+      "host-side sampling only: never read guest memory (sampling.introspection: false)");
+  cli.add_flag("--once", o.once, "print the running domains and their vCPU threads, then exit");
   cli.add_option("--once-timeout-ms", o.once_timeout_ms, "--once: how long to wait for libvirtd")
       ->capture_default_str()
       ->check(CLI::Range(100, 600000));
+  cli.add_flag("--print-config", o.print_config, "print the effective configuration (YAML) and exit");
+  cli.add_flag("--check-config", o.check_config, "validate the configuration and exit");
   CLI11_PARSE(cli, argc, argv);
   return stallmon::daemon::run(app);
 }

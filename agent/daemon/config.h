@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: Apache-2.0
+// stallmond's configuration: defaults, the YAML file (deploy/stallmond.yaml lists every key with
+// its default), command-line flags that override the file, and what a SIGHUP reload may change
+// while running.
+//
+// Precedence: built-in defaults < config file < flags. A reload re-reads the file and re-applies
+// the same flags, so a flag keeps winning over the file across reloads.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stallmon/base/result.h"
+#include "stallmon/core/monitor_config.h"
+#include "stallmon/server/server.h"
+
+namespace stallmon::daemon {
+
+inline constexpr const char* kDefaultConfigPath = "/etc/stallmon/stallmond.yaml";
+
+struct DaemonConfig {
+  // libvirt
+  std::string libvirt_uri = "qemu:///system";
+  std::chrono::milliseconds monitor_timeout{3000};
+  // domains: names, uuids or shell globs ("web-*"); empty: every running domain
+  std::vector<std::string> domains;
+  // sampling
+  std::chrono::nanoseconds sample_interval{std::chrono::milliseconds(100)};
+  std::chrono::nanoseconds baseline_snapshot_interval{std::chrono::seconds(1)};
+  bool introspection = true;
+  std::chrono::seconds history{600};  // per-vCPU sample history kept in memory
+  bool read_host_stacks = true;
+  // diagnosis thresholds (agent/diagnosis/README.md explains each)
+  std::chrono::nanoseconds host_blocked_min{std::chrono::milliseconds(500)};
+  double starved_fraction = 0.8;
+  std::chrono::nanoseconds ipi_stall_min{std::chrono::milliseconds(500)};
+  std::chrono::nanoseconds idle_pending_min{std::chrono::milliseconds(500)};
+  double softlockup_imminent_fraction = 0.5;
+  // server
+  server::ServerOptions server;
+  // logging
+  std::string log_level = "info";    // trace, debug, info, warn, error, critical, off
+  std::string log_target = "stderr"; // stderr or journald
+  // systemd watchdog: WATCHDOG=1 is sent only while every watched domain ticked this recently
+  std::chrono::seconds watchdog_max_tick_age{30};
+};
+
+// Loads `path` over `base` (keys absent from the file keep base's value). Unknown keys are an
+// error: a typo must not silently leave a default in place. kNotFound if the file is missing.
+Result<DaemonConfig> load_config_file(const std::string& path, DaemonConfig base = {});
+// Parses YAML text the same way (tests, --check-config).
+Result<DaemonConfig> parse_config(const std::string& yaml, DaemonConfig base = {});
+
+// The configuration as YAML in the file's own format (GetAgentInfo.effective_config,
+// --print-config). Loading it back gives the same configuration.
+std::string to_yaml(const DaemonConfig& config);
+
+// Semantic checks that parsing cannot do (intervals positive, TLS files with TCP, ...).
+Result<void> validate(const DaemonConfig& config);
+
+// The core's configuration, with the domain filter built from `domains`.
+core::MonitorConfig to_monitor_config(const DaemonConfig& config);
+
+// True if the domain matches one of the patterns (name or uuid, fnmatch globs); an empty list
+// matches everything.
+bool domain_selected(const std::vector<std::string>& patterns, const std::string& name, const std::string& uuid);
+
+// What a reload changes. Only `applied` takes effect at once; `restart_needed` lists the keys
+// that changed but are read only at start-up.
+struct ReloadPlan {
+  std::vector<std::string> applied;
+  std::vector<std::string> restart_needed;
+};
+ReloadPlan plan_reload(const DaemonConfig& running, const DaemonConfig& reloaded);
+
+// "100ms", "1.5s", "10m", "1h", "250us"; a bare number is seconds.
+Result<std::chrono::nanoseconds> parse_duration(const std::string& text);
+std::string format_duration(std::chrono::nanoseconds d);
+
+}  // namespace stallmon::daemon
