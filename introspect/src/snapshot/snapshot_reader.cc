@@ -195,8 +195,10 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   L.rq_curr = L.rq.add(m_curr);
   L.rq_idle = L.rq.add(m_idle);
   L.rq_clock = L.rq.add(m_clock);
-  if (auto m = k.member("rq", "cfs.h_nr_running")) L.rq_cfs_h = L.rq.add(*m);
-  else note("rq.cfs.h_nr_running not found");
+  // cfs_rq.h_nr_running was renamed h_nr_queued ("sched/fair: Rename h_nr_running into
+  // h_nr_queued", 6.14, backported to Debian's 6.12).
+  if (auto m = first_member("rq", {"cfs.h_nr_running", "cfs.h_nr_queued"})) L.rq_cfs_h = L.rq.add(*m);
+  else note("rq.cfs.h_nr_running (h_nr_queued) not found");
   if (auto m = k.member("rq", "ttwu_pending")) {
     L.rq_ttwu = L.rq.add(*m);
     L.feat.ttwu_pending = true;
