@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <regex>
 
 #include "fake_view.h"
@@ -231,6 +235,50 @@ TEST(Metrics, ContributorsAddFamilies) {
   EXPECT_TRUE(has_line(render(c), "stallmon_extra 7"));
   c.remove_contributor(&extra);
   EXPECT_EQ(render(c).find("stallmon_extra"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace stallmon::alerting
+
+namespace stallmon::alerting {
+namespace {
+
+// promtool's own linter (naming conventions: units, _total on counters, no duplicate HELP...)
+// over a full exposition. Skipped where Debian's prometheus package is not installed.
+TEST(Metrics, PromtoolCheckMetricsFindsNoProblem) {
+  if (system("command -v promtool >/dev/null 2>&1") != 0) GTEST_SKIP() << "no promtool";
+  testing::FakeView v;
+  auto& d = v.add("vm1", 2);
+  d.vcpus[0].thread.own_cgroup = true;
+  d.guest = core::GuestOverview{};
+  d.guest->watchdog_thresh = 10;
+  introspect::CpuSnapshot cpu;
+  cpu.online = true;
+  cpu.watchdog.touch_ts = 1;
+  d.vcpus[0].guest = cpu;
+  diagnosis::Finding f;
+  f.kind = diagnosis::FindingKind::kGuestIpiStall;
+  f.domain = "vm1";
+  v.findings = {f};
+  v.agent.tick_latency = core::LatencyHistogram{{0.001}, {1}, 1, 0.0005};
+  MetricsCollector c(v, MetricsOptions{64, "0.1.0"});
+  auto text = c.render();
+  ASSERT_TRUE(text.ok());
+  char path[] = "/tmp/stallmon-metrics-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, text->data(), text->size()), static_cast<ssize_t>(text->size()));
+  close(fd);
+  const std::string cmd = std::string("promtool check metrics < ") + path + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = pclose(p);
+  unlink(path);
+  EXPECT_EQ(rc, 0) << out << "\n" << *text;
+  EXPECT_EQ(out, "") << *text;
 }
 
 }  // namespace
