@@ -3,6 +3,7 @@
 #include "stallmon/introspect/kernel.h"
 
 #include <gtest/gtest.h>
+#include <cstdio>
 #include <unistd.h>
 
 #include "fake_guest.h"
@@ -120,6 +121,59 @@ TEST(Kernel, KernelImageBeyond512MiBIsWalkedUntilItsExtentIsKnown) {
   (*k)->begin_snapshot();
   EXPECT_TRUE((*k)->memory().read_u64(g.symbol("page_offset_base")).ok());
   EXPECT_EQ((*k)->memory().page_walks(), walks);
+}
+
+TEST(Kernel, SystemMapAndBtfFilesInsteadOfGuestMemory) {
+  clear_shared_kernel_cache();
+  FakeGuest g;
+  // A System.map has link-time addresses: discovery relocates them by KERNELOFFSET (absolute
+  // per-cpu symbols stay) and cross-checks _stext against VMCOREINFO.
+  std::string map_path = ::testing::TempDir() + "/stallmon_System.map." + std::to_string(getpid());
+  std::string btf_path = ::testing::TempDir() + "/stallmon_btf." + std::to_string(getpid());
+  {
+    FILE* f = std::fopen(map_path.c_str(), "w");
+    for (const Symbol& s : g.symbols()) {
+      uint64_t a = s.type == 'A' ? s.address : s.address - g.options().kaslr_offset;
+      std::fprintf(f, "%016llx %c %s\n", static_cast<unsigned long long>(a), s.type, s.name.c_str());
+    }
+    std::fclose(f);
+    f = std::fopen(btf_path.c_str(), "wb");
+    std::fwrite(g.btf_bytes().data(), 1, g.btf_bytes().size(), f);
+    std::fclose(f);
+  }
+  // Corrupt the guest's own kallsyms and BTF: the files must be what is used.
+  g.put_va<uint32_t>(g.symbol("kallsyms_num_syms"), 0xffffffffu);
+  g.put_va<uint32_t>(g.symbol("__start_BTF"), 0);
+  DiscoverOptions o;
+  o.system_map_path = map_path;
+  o.btf_path = btf_path;
+  auto k = Kernel::discover(g.memory(), o);
+  ASSERT_TRUE(k.ok()) << k.error().to_string();
+  expect_discovered(g, **k);
+  // The same System.map serves another KASLR slide of the same build.
+  clear_shared_kernel_cache();
+  FakeGuestOptions other;
+  other.kaslr_offset = 0x3000000;
+  other.phys_base = -0x1e00000;
+  FakeGuest h(other);
+  auto k2 = Kernel::discover(h.memory(), o);
+  ASSERT_TRUE(k2.ok()) << k2.error().to_string();
+  EXPECT_EQ(*(*k2)->symbol("_stext"), h.text_va());
+  // A System.map of another build (addresses shifted) fails the cross-check.
+  clear_shared_kernel_cache();
+  {
+    FILE* f = std::fopen(map_path.c_str(), "w");
+    for (const Symbol& s : g.symbols()) {
+      uint64_t a = s.type == 'A' ? s.address : s.address - g.options().kaslr_offset + 0x200000;
+      std::fprintf(f, "%016llx %c %s\n", static_cast<unsigned long long>(a), s.type, s.name.c_str());
+    }
+    std::fclose(f);
+  }
+  auto bad = Kernel::discover(g.memory(), o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::kCorrupt) << bad.error().to_string();
+  ::unlink(map_path.c_str());
+  ::unlink(btf_path.c_str());
 }
 
 TEST(Kernel, SharesSymbolsAndTypesBetweenGuestsOfOneBuild) {

@@ -150,5 +150,17 @@ TEST(SymbolTable, SystemMapAndProcKallsymsText) {
   EXPECT_EQ(SymbolTable::from_vmlinux("/nonexistent/vmlinux").error().code, ErrorCode::kNotFound);
 }
 
+extern "C" int stallmon_symbols_test_marker() { return 42; }
+
+TEST(SymbolTable, FromElfSymtab) {
+  // This test binary is an ELF with a .symtab.
+  auto t = SymbolTable::from_vmlinux("/proc/self/exe");
+  ASSERT_TRUE(t.ok()) << t.error().to_string();
+  const Symbol* s = t->find("stallmon_symbols_test_marker");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->type, 'T');
+  EXPECT_EQ(t->from_vmlinux("/proc/self/cmdline").error().code, ErrorCode::kCorrupt);
+}
+
 }  // namespace
 }  // namespace stallmon::introspect
