@@ -14,15 +14,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const bool kOptions = [] {
-  tb::GuestOptions o;
-  o.tag = "inj";
-  // Sleepers and wakeups keep every vCPU thread waking up; no IPI generator, so freezes do not
-  // lock the guest up (seed_case1_test covers that).
-  o.scenario = "wakeups,sleepers";
-  tb::set_shared_guest_options(o);
-  return true;
-}();
+// Sleepers and wakeups keep every vCPU thread waking up; no IPI generator, so freezes do not
+// lock the guest up (seed_case1_test covers that).
+const bool kOptions = tb::use_shared_guest_options({.tag = "inj", .scenario = "wakeups,sleepers"});
 
 using tb::read_text;
 using tb::threads_of;

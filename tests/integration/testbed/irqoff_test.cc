@@ -15,14 +15,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const bool kOptions = [] {
-  tb::GuestOptions o;
-  o.tag = "irqoff";
-  o.scenario = "ipi,wakeups,sleepers";
-  o.watchdog_thresh = 5;
-  tb::set_shared_guest_options(o);
-  return true;
-}();
+const bool kOptions = tb::use_shared_guest_options(
+    {.tag = "irqoff", .scenario = "ipi,wakeups,sleepers", .watchdog_thresh = 5});
 
 class IrqOff : public tb::GuestTest {};
 
@@ -52,8 +46,8 @@ TEST_F(IrqOff, SpinWithInterruptsOffOnCpu1) {
     usleep(50000);
   }
   auto ran_ms = (tb::thread_schedstat(pid, tid).run_ns - a) / 1e6;
-  std::cout << "vCPU 1 thread: R in " << running << "/20 samples, ran " << ran_ms
-            << " ms of 1000" << std::endl;
+  std::cout << "vCPU 1 thread: R in " << running << "/20 samples, ran " << ran_ms << " ms of 1000"
+            << std::endl;
   EXPECT_GE(running, 10) << "runnable, not blocked";
   EXPECT_GT(ran_ms, 5.0) << "makes progress (how much depends on the host's load)";
 }

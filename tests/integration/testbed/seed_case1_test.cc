@@ -15,14 +15,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const bool kOptions = [] {
-  tb::GuestOptions o;
-  o.tag = "seed1";
-  o.scenario = "ipi,wakeups,sleepers";
-  o.watchdog_thresh = 5;
-  tb::set_shared_guest_options(o);
-  return true;
-}();
+const bool kOptions = tb::use_shared_guest_options(
+    {.tag = "seed1", .scenario = "ipi,wakeups,sleepers", .watchdog_thresh = 5});
 
 // Position of a soft-lockup report whose next lines name smp_call_function_many_cond.
 bool has_lockup_in_csd_wait(const std::string& text) {

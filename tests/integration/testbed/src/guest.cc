@@ -51,9 +51,9 @@ ProcessResult run_testbed(const std::vector<std::string>& args, std::chrono::mil
   if (check && (r.timed_out || r.exit_code != 0)) {
     std::string what = "testbed.py";
     for (const auto& a : args) what += " " + a;
-    throw TestbedError(what + (r.timed_out ? " timed out" : " failed (exit " +
-                                                               std::to_string(r.exit_code) + ")") +
-                       ": " + tail(r.err, 4000));
+    throw TestbedError(
+        what + (r.timed_out ? " timed out" : " failed (exit " + std::to_string(r.exit_code) + ")") +
+        ": " + tail(r.err, 4000));
   }
   return r;
 }
@@ -104,9 +104,15 @@ Injector::~Injector() {
   if (!released_ && child_) release();
 }
 
-pid_t Injector::pid() const { return status_.value("pid", -1); }
-pid_t Injector::tid() const { return status_.value("tid", -1); }
-std::string Injector::freeze_case() const { return status_.value("case", std::string()); }
+pid_t Injector::pid() const {
+  return status_.value("pid", -1);
+}
+pid_t Injector::tid() const {
+  return status_.value("tid", -1);
+}
+std::string Injector::freeze_case() const {
+  return status_.value("case", std::string());
+}
 
 const nlohmann::json& Injector::release() {
   if (released_ || !child_) return undo_status_;
@@ -126,21 +132,22 @@ const nlohmann::json& Injector::release() {
 
 std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
   if (geteuid() != 0) {
-    throw TestbedError("the real-guest testbed needs root (libvirt, cgroups, ptrace); "
-                       "set STALLMON_SKIP_INTEGRATION=1 to skip integration tests");
+    throw TestbedError(
+        "the real-guest testbed needs root (libvirt, cgroups, ptrace); "
+        "set STALLMON_SKIP_INTEGRATION=1 to skip integration tests");
   }
   // Leftovers of earlier runs that were killed: faults, cgroups, orphaned domains.
   run_testbed({"cleanup"}, 120s, false);
   std::unique_ptr<Guest> g(new Guest());
   g->name_ = "stallmon-tb-" + o.tag + "-" + std::to_string(getpid());
-  std::vector<std::string> args = {"start",      g->name_,
-                                   "--vcpus",    std::to_string(o.vcpus),
-                                   "--memory",   std::to_string(o.memory_mib),
-                                   "--scenario", o.scenario.empty() ? "none" : o.scenario,
-                                   "--panic",    std::to_string(o.panic),
-                                   "--on-crash", o.on_crash,
+  std::vector<std::string> args = {"start",       g->name_,
+                                   "--vcpus",     std::to_string(o.vcpus),
+                                   "--memory",    std::to_string(o.memory_mib),
+                                   "--scenario",  o.scenario.empty() ? "none" : o.scenario,
+                                   "--panic",     std::to_string(o.panic),
+                                   "--on-crash",  o.on_crash,
                                    "--owner-pid", std::to_string(getpid()),
-                                   "--wait",     std::to_string(o.boot_timeout.count())};
+                                   "--wait",      std::to_string(o.boot_timeout.count())};
   if (o.watchdog_thresh) args.insert(args.end(), {"--wdt", std::to_string(*o.watchdog_thresh)});
   if (o.ipi_interval) args.insert(args.end(), {"--ipi-interval", std::to_string(*o.ipi_interval)});
   if (!o.kernel_package.empty()) args.insert(args.end(), {"--kernel", o.kernel_package});
@@ -158,7 +165,8 @@ std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
   g->console_path_ = g->info_.at("console").get<std::string>();
   g->run_dir_ = g->info_.at("run_dir").get<std::string>();
   g->boot_seconds_ = g->info_.value("boot_seconds", 0.0);
-  for (auto& [k, v] : g->info_.at("vcpu_tids").items()) g->vcpu_tids_[std::stoi(k)] = v.get<pid_t>();
+  for (auto& [k, v] : g->info_.at("vcpu_tids").items())
+    g->vcpu_tids_[std::stoi(k)] = v.get<pid_t>();
   g->holder_ = std::make_unique<Child>(
       std::vector<std::string>{"python3", testbed_dir() + "/testbed.py", "hold", g->name_});
   g->holder_->read_line(30s);
@@ -225,9 +233,9 @@ Injector Guest::freeze_vcpu(int index, const FreezeOptions& opts) const {
 
 Injector Guest::freeze_thread(pid_t tid, const FreezeOptions& opts) const {
   return inject({"freeze", "--pid", std::to_string(qemu_pid_), "--tid", std::to_string(tid),
-                 "--when-idle", ms_arg(opts.when_idle), "--want-case", opts.want_case,
-                 "--attempts", std::to_string(opts.attempts), "--measure", ms_arg(opts.measure),
-                 "--cgroup", opts.cgroup});
+                 "--when-idle", ms_arg(opts.when_idle), "--want-case", opts.want_case, "--attempts",
+                 std::to_string(opts.attempts), "--measure", ms_arg(opts.measure), "--cgroup",
+                 opts.cgroup});
 }
 
 Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {
@@ -236,7 +244,9 @@ Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {
                  "--period-us", std::to_string(period_us)});
 }
 
-Injector Guest::ptrace_stop_vcpu(int index) const { return ptrace_stop_thread(vcpu_tid(index)); }
+Injector Guest::ptrace_stop_vcpu(int index) const {
+  return ptrace_stop_thread(vcpu_tid(index));
+}
 
 Injector Guest::ptrace_stop_thread(pid_t tid) const {
   return inject({"ptrace", "--pid", std::to_string(qemu_pid_), "--tid", std::to_string(tid)});
@@ -282,6 +292,11 @@ void set_shared_guest_options(const GuestOptions& opts) {
   shared().opts = opts;
 }
 
+bool use_shared_guest_options(const GuestOptions& opts) {
+  set_shared_guest_options(opts);
+  return true;
+}
+
 Guest& shared_guest() {
   auto& s = shared();
   std::lock_guard lock(s.mu);
@@ -318,14 +333,16 @@ std::string read_text(const std::string& path) {
 std::vector<pid_t> threads_of(pid_t pid) {
   std::vector<pid_t> out;
   std::error_code ec;
-  for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+  for (auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
     out.push_back(std::stoi(e.path().filename().string()));
   }
   return out;
 }
 
 char thread_state(pid_t pid, pid_t tid) {
-  std::string s = read_text("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
+  std::string s =
+      read_text("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
   auto p = s.rfind(')');
   if (p == std::string::npos || p + 2 >= s.size()) return 0;
   return s[p + 2];

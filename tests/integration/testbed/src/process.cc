@@ -70,8 +70,7 @@ int ms_left(Clock::time_point deadline) {
 
 }  // namespace
 
-ProcessResult run_process(const std::vector<std::string>& argv,
-                          std::chrono::milliseconds timeout) {
+ProcessResult run_process(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   int out[2], err[2];
   make_pipe(out);
   make_pipe(err);
@@ -80,7 +79,11 @@ ProcessResult run_process(const std::vector<std::string>& argv,
   try {
     pid = spawn(argv, devnull, out[1], err[1]);
   } catch (...) {
-    close(out[0]); close(out[1]); close(err[0]); close(err[1]); close(devnull);
+    close(out[0]);
+    close(out[1]);
+    close(err[0]);
+    close(err[1]);
+    close(devnull);
     throw;
   }
   close(out[1]);
@@ -131,7 +134,9 @@ Child::Child(const std::vector<std::string>& argv) {
   signal(SIGPIPE, SIG_IGN);  // writing to a dead child's stdin must not kill the test
 }
 
-Child::Child(Child&& o) noexcept { *this = std::move(o); }
+Child::Child(Child&& o) noexcept {
+  *this = std::move(o);
+}
 
 Child& Child::operator=(Child&& o) noexcept {
   if (this != &o) {

@@ -18,20 +18,19 @@
 // reason; it skips instead only when STALLMON_SKIP_INTEGRATION=1 is set.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "testbed/process.h"
 
@@ -61,12 +60,12 @@ struct GuestOptions {
   int memory_mib = 512;
   std::string scenario = "ipi,wakeups,sleepers";  // or "none"
   std::optional<int> watchdog_thresh = 5;
-  std::optional<double> ipi_interval;               // seconds (guest default 1)
-  std::string kernel_package;                       // empty: linux-image-amd64's target
+  std::optional<double> ipi_interval;  // seconds (guest default 1)
+  std::string kernel_package;          // empty: linux-image-amd64's target
   std::string extra_cmdline;
-  int panic = -1;                                   // kernel panic=
-  std::string on_crash = "destroy";                 // libvirt <on_crash>
-  std::string accel;                                // "", "tcg", "kvm", "auto"
+  int panic = -1;                    // kernel panic=
+  std::string on_crash = "destroy";  // libvirt <on_crash>
+  std::string accel;                 // "", "tcg", "kvm", "auto"
   std::chrono::seconds boot_timeout = 180s;
 };
 
@@ -100,11 +99,11 @@ class Injector {
   Injector& operator=(Injector&&) noexcept;
 
   bool applied() const { return applied_; }
-  std::string error() const { return error_; }  // why it is not applied
+  std::string error() const { return error_; }              // why it is not applied
   const nlohmann::json& status() const { return status_; }  // the injector's first line
-  pid_t pid() const;           // target process
-  pid_t tid() const;           // target thread
-  std::string freeze_case() const;  // freeze: "vcpu-only" or "vm-wide"
+  pid_t pid() const;                                        // target process
+  pid_t tid() const;                                        // target thread
+  std::string freeze_case() const;                          // freeze: "vcpu-only" or "vm-wide"
   // Undoes now (idempotent); returns the injector's final line ({"undone":..,"ok":..}).
   const nlohmann::json& release();
   bool released() const { return released_; }
@@ -178,6 +177,9 @@ class Guest {
 // failure is remembered and rethrown on later calls.
 Guest& shared_guest();
 void set_shared_guest_options(const GuestOptions& opts);
+// The same, as an expression for a namespace-scope initializer:
+//   const bool kGuest = tb::use_shared_guest_options({.tag = "x", .scenario = "sleepers"});
+bool use_shared_guest_options(const GuestOptions& opts);
 
 // Base fixture: SetUp() fails the test with the reason when the testbed cannot run, or skips it
 // when STALLMON_SKIP_INTEGRATION=1.

@@ -20,8 +20,7 @@ struct ProcessResult {
 
 // Runs argv (argv[0] looked up in PATH) with stdin from /dev/null, collects stdout/stderr.
 // On timeout the child is killed with SIGKILL.
-ProcessResult run_process(const std::vector<std::string>& argv,
-                          std::chrono::milliseconds timeout);
+ProcessResult run_process(const std::vector<std::string>& argv, std::chrono::milliseconds timeout);
 
 // A child with a pipe on its stdin and stdout; closing stdin is the child's cue to finish.
 // Every fd is close-on-exec, so other children never inherit the pipe ends.
