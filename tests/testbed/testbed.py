@@ -1242,7 +1242,7 @@ def cmd_inject(args):
             emit(status)
         except (TestbedError, OSError) as e:
             emit({"error": str(e), "applied": None, "fault": args.fault, "pid": pid, "tid": tid})
-            raise
+            raise TestbedError("%s: %s" % (args.fault, e)) from e
         if args.duration is not None:
             time.sleep(args.duration)  # stdin is not watched: it may be /dev/null
         else:
