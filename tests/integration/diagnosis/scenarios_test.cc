@@ -422,7 +422,14 @@ TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
   o.scenario = "ipi,wakeups,sleepers";
   o.watchdog_thresh = 5;
   ASSERT_TRUE(boot(o));
-  Monitored m(guest());
+  // The rule wants the host to run the vCPU for a quarter of the wall time while the guest's
+  // timer count stands still; three vCPUs spinning (the culprit and two IPI waiters) on a
+  // 2-core machine that other builds share can get less. A tenth is still hundreds of
+  // milliseconds of TCG execution per watchdog period with no timer interrupt taken: the test
+  // is about the verdict chain (the threshold itself is unit-tested in agent/diagnosis).
+  core::MonitorConfig c;
+  c.diagnosis.irqs_off_min_run_fraction = 0.1;
+  Monitored m(guest(), c);
   ASSERT_TRUE(m.ready(120s));
   std::this_thread::sleep_for(2s);
 
@@ -433,17 +440,20 @@ TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
   auto r = guest().run("insmod /irqoff.ko cpu=1 >/dev/null 2>&1 &", 60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
+  // Generous: on an overloaded host the spinning vCPUs are also starved, and starvation ranks
+  // before "interrupts off" as the root's cause until it clears.
   auto irqs = m.log.wait(
-      [](const Finding& x) { return x.kind == FindingKind::kGuestIrqsOff && has_cpus(x, {1}); }, 90s, from_log);
+      [](const Finding& x) { return x.kind == FindingKind::kGuestIrqsOff && has_cpus(x, {1}); }, 120s, from_log);
   auto ipi = m.log.wait(
       [](const Finding& x) {
         return x.kind == FindingKind::kGuestIpiStall && roots_of(x) == "1" && x.cause == Cause::kGuestIrqsOff;
       },
-      90s, from_log);
+      120s, from_log);
   auto report = guest().wait_console(std::regex("soft lockup - CPU#[0-9]+ stuck for [0-9]+s"), 60s, from_console);
   std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
   ASSERT_TRUE(irqs) << "no GUEST_IRQS_OFF on CPU1";
   ASSERT_TRUE(ipi) << "no GUEST_IPI_STALL rooted at CPU1 with cause guest-irqs-off";
+  std::cout << "host load average: " << tb::read_text("/proc/loadavg");
   std::cout << "after insmod: GUEST_IPI_STALL(root CPU1, irqs off) " << seconds(ipi->at - t0)
             << " s, GUEST_IRQS_OFF " << seconds(irqs->at - t0) << " s; guest's own first report "
             << (report ? *report : std::string("none within the wait")) << std::endl;
