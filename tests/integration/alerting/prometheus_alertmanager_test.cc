@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: Apache-2.0
+// stallmon's alerting edge against the real Debian prometheus and prometheus-alertmanager, on
+// loopback, during seed case 1 (vCPU 2 frozen under the IPI generator):
+//
+//   StallMonitor (real libvirt, real guest) ──/metrics──▶ prometheus (1 s scrape/eval, the
+//   shipped deploy/prometheus/stallmon-rules.yml) ──▶ a rule fires (GET /api/v1/alerts)
+//   StallMonitor ──AlertPusher──▶ alertmanager (POST /api/v2/alerts) ──▶ GET /api/v2/alerts
+//   shows the finding; after the thaw its resolution arrives (the alert leaves the active list
+//   long before its endsAt margin, and the webhook receiver gets status "resolved").
+//
+// Prometheus and Alertmanager run as children with temporary data directories and free
+// loopback ports; they are killed at the end (and by PR_SET_PDEATHSIG if this process dies).
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "stallmon/alerting/alerting.h"
+#include "stallmon/core/stall_monitor.h"
+#include "stallmon/introspect/ram_layout.h"
+#include "stallmon/libvirt/domain_watcher.h"
+#include "testbed/guest.h"
+
+namespace tb = stallmon::testbed;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace stallmon::alerting {
+namespace {
+
+const bool kOptions = [] {
+  tb::GuestOptions o;
+  o.tag = "alerting";
+  o.scenario = "ipi,wakeups,sleepers";
+  o.watchdog_thresh = 5;
+  tb::set_shared_guest_options(o);
+  return true;
+}();
+
+int free_loopback_port() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// A long-running child whose output goes to a log file; SIGTERM then SIGKILL on destruction.
+class Service {
+ public:
+  Service(const std::vector<std::string>& argv, const fs::path& log) : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      int devnull = open("/dev/null", O_RDONLY);
+      if (devnull >= 0) dup2(devnull, 0);
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Service() { stop(); }
+  void stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 100; ++i) {
+      if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        return;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  bool running() const { return pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0; }
+  std::string log_tail() const {
+    std::ifstream in(log_);
+    std::string s((std::istreambuf_iterator<char>(in)), {});
+    return s.size() > 3000 ? s.substr(s.size() - 3000) : s;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  fs::path log_;
+};
+
+std::optional<json> get_json(int port, const std::string& path) {
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_connection_timeout(2s);
+  cli.set_read_timeout(5s);
+  auto res = cli.Get(path);
+  if (!res || res->status != 200) return std::nullopt;
+  try {
+    return json::parse(res->body);
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+template <class Pred>
+bool eventually(Pred pred, Clock::duration timeout, Clock::duration every = 500ms) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(every);
+  }
+  return pred();
+}
+
+// Webhook receiver for Alertmanager notifications (loopback).
+class Webhook {
+ public:
+  Webhook() {
+    srv_.new_task_queue = [] { return new httplib::ThreadPool(1); };
+    srv_.Post("/hook", [this](const httplib::Request& req, httplib::Response&) {
+      std::lock_guard l(mu_);
+      try {
+        bodies_.push_back(json::parse(req.body));
+      } catch (...) {
+      }
+    });
+    port_ = srv_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { srv_.listen_after_bind(); });
+    while (!srv_.is_running()) std::this_thread::yield();
+  }
+  ~Webhook() {
+    srv_.stop();
+    thread_.join();
+  }
+  int port() const { return port_; }
+  // Whether a notification with `status` carried an alert whose labels satisfy pred.
+  template <class Pred>
+  bool saw(const std::string& status, Pred pred) {
+    std::lock_guard l(mu_);
+    for (const auto& b : bodies_) {
+      for (const auto& a : b.value("alerts", json::array())) {
+        if (a.value("status", "") == status && pred(a["labels"])) return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  httplib::Server srv_;
+  std::thread thread_;
+  int port_ = 0;
+  std::mutex mu_;
+  std::vector<json> bodies_;
+};
+
+class AlertingStack : public tb::GuestTest {};
+
+TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndResolution) {
+  auto& g = guest();
+  const std::string name = g.name();
+
+  // --- stallmon: monitor + alerting over the real libvirt layer ----------------------------
+  core::MonitorConfig mc;
+  mc.domain_filter = [name](const libvirt::DomainInfo& d) { return d.name == name; };
+  core::StallMonitor monitor(mc);
+  libvirt::WatcherOptions wo;
+  wo.ram_layout_resolver = [](const introspect::HmpCommand& hmp) {
+    return introspect::resolve_ram_layout(hmp);
+  };
+  libvirt::DomainWatcher watcher(wo);
+  monitor.attach(watcher);
+
+  const fs::path dir = fs::temp_directory_path() / ("stallmon-alerting-" + std::to_string(getpid()));
+  fs::create_directories(dir / "prometheus");
+  fs::create_directories(dir / "alertmanager");
+  struct Cleanup {
+    fs::path d;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(d, ec);
+    }
+  } cleanup{dir};
+
+  Webhook hook;
+  const int am_port = free_loopback_port();
+  const int prom_port = free_loopback_port();
+  ASSERT_GT(am_port, 0);
+  ASSERT_GT(prom_port, 0);
+
+  AlertingConfig ac;
+  ac.metrics_listen = "127.0.0.1:0";
+  ac.alertmanager_urls = {"http://127.0.0.1:" + std::to_string(am_port)};
+  ac.pusher.alert.host = "testhost";
+  ac.pusher.resend_interval = 2s;
+  // Long enough that an alert leaving Alertmanager's active list within seconds of the thaw
+  // can only be the pushed resolution, not the expiry of its last endsAt.
+  ac.pusher.ends_at_margin = 5min;
+  auto svc = start(monitor, ac);
+  ASSERT_TRUE(svc.ok()) << svc.error().to_string();
+  const int metrics_port = (*svc)->metrics_port();
+  ASSERT_TRUE(watcher.start().ok());
+  struct StopAll {
+    libvirt::DomainWatcher& w;
+    core::StallMonitor& m;
+    AlertingService& s;
+    ~StopAll() {
+      s.stop();
+      w.stop();
+      m.stop();
+    }
+  } stop_all{watcher, monitor, **svc};
+
+  // --- Alertmanager --------------------------------------------------------------------------
+  {
+    std::ofstream am(dir / "alertmanager.yml");
+    am << "route:\n"
+          "  receiver: hook\n"
+          "  group_by: [alertname, domain]\n"
+          "  group_wait: 1s\n"
+          "  group_interval: 1s\n"
+          "  repeat_interval: 1h\n"
+          "receivers:\n"
+          "  - name: hook\n"
+          "    webhook_configs:\n"
+          "      - url: http://127.0.0.1:" << hook.port() << "/hook\n"
+          "        send_resolved: true\n";
+  }
+  Service alertmanager({"prometheus-alertmanager", "--config.file=" + (dir / "alertmanager.yml").string(),
+                        "--storage.path=" + (dir / "alertmanager").string(),
+                        "--web.listen-address=127.0.0.1:" + std::to_string(am_port),
+                        "--cluster.listen-address=", "--log.level=warn"},
+                       dir / "alertmanager.log");
+
+  // --- Prometheus ------------------------------------------------------------------------------
+  {
+    std::ofstream p(dir / "prometheus.yml");
+    p << "global:\n"
+         "  scrape_interval: 1s\n"
+         "  scrape_timeout: 1s\n"
+         "  evaluation_interval: 1s\n"
+         "rule_files:\n"
+         "  - " << STALLMON_RULES_FILE << "\n"
+         "scrape_configs:\n"
+         "  - job_name: stallmon\n"
+         "    static_configs:\n"
+         "      - targets: ['127.0.0.1:" << metrics_port << "']\n";
+  }
+  Service prometheus({"prometheus", "--config.file=" + (dir / "prometheus.yml").string(),
+                      "--storage.tsdb.path=" + (dir / "prometheus").string(),
+                      "--web.listen-address=127.0.0.1:" + std::to_string(prom_port),
+                      "--log.level=warn"},
+                     dir / "prometheus.log");
+
+  ASSERT_TRUE(eventually([&] { return get_json(am_port, "/api/v2/status").has_value(); }, 30s))
+      << "alertmanager did not come up:\n" << alertmanager.log_tail();
+  // The scrape works: up == 1 for our target, and a stallmon_ series arrived with our domain.
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = get_json(prom_port, "/api/v1/query?query=up%7Bjob%3D%22stallmon%22%7D");
+        if (!r) return false;
+        for (const auto& s : (*r)["data"]["result"]) {
+          if (s["value"][1] == "1") return true;
+        }
+        return false;
+      },
+      60s))
+      << "prometheus never scraped stallmond:\n" << prometheus.log_tail();
+
+  // Introspection ready (the IPI stall is a guest-side finding).
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto h = monitor.wait_introspection(name, 1000ms);
+        return h.ok() && h->ok();
+      },
+      120s))
+      << "introspection never became ready";
+  std::this_thread::sleep_for(3s);
+  ASSERT_TRUE(monitor.engine().active_findings(name).empty()) << "findings before any fault";
+  const std::string q_domain = "stallmon_vcpu_run_seconds_total%7Bdomain%3D%22" + name + "%22%7D";
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = get_json(prom_port, "/api/v1/query?query=" + q_domain);
+        return r && (*r)["data"]["result"].size() == static_cast<size_t>(g.vcpu_count());
+      },
+      20s))
+      << "per-vCPU series of " << name << " not in prometheus";
+
+  // --- The fault ---------------------------------------------------------------------------
+  const auto is_ours = [&](const json& labels) {
+    return labels.value("domain", "") == name;
+  };
+  const auto pushed = [&](const json& l) {
+    const std::string kind = l.value("kind", "");
+    return is_ours(l) && l.value("source", "") == "stallmond" &&
+           (kind == "GUEST_IPI_STALL" || kind == "VCPU_HOST_BLOCKED");
+  };
+  bool done = false;
+  for (int attempt = 1; attempt <= 5 && !done; ++attempt) {
+    auto f = g.freeze_vcpu(2);
+    ASSERT_TRUE(f.applied()) << f.error();
+    std::cout << "attempt " << attempt << ": " << f.status().dump() << std::endl;
+    if (f.freeze_case() == "vm-wide") {
+      f.release();
+      std::this_thread::sleep_for(5s);
+      continue;
+    }
+    const auto t_freeze = Clock::now();
+
+    // A shipped Prometheus rule fires on the scraped series.
+    std::string fired;
+    EXPECT_TRUE(eventually(
+        [&] {
+          auto r = get_json(prom_port, "/api/v1/alerts");
+          if (!r) return false;
+          for (const auto& a : (*r)["data"]["alerts"]) {
+            const std::string an = a["labels"].value("alertname", "");
+            if (a.value("state", "") == "firing" && is_ours(a["labels"]) &&
+                (an == "StallmonGuestIpiStall" || an == "StallmonVcpuHostBlocked")) {
+              fired = an;
+              return true;
+            }
+          }
+          return false;
+        },
+        60s))
+        << "no stallmon rule fired; prometheus alerts: "
+        << get_json(prom_port, "/api/v1/alerts").value_or(json()).dump();
+    std::cout << "prometheus rule firing: " << fired << " after "
+              << std::chrono::duration<double>(Clock::now() - t_freeze).count() << " s" << std::endl;
+
+    // Alertmanager received stallmond's pushed finding, with labels and annotations.
+    json got;
+    EXPECT_TRUE(eventually(
+        [&] {
+          auto r = get_json(am_port, "/api/v2/alerts");
+          if (!r) return false;
+          for (const auto& a : *r) {
+            if (pushed(a["labels"]) && a["status"].value("state", "") == "active") {
+              got = a;
+              return true;
+            }
+          }
+          return false;
+        },
+        60s))
+        << "alertmanager never got the pushed finding: "
+        << get_json(am_port, "/api/v2/alerts").value_or(json()).dump();
+    std::cout << "alertmanager has pushed alert after "
+              << std::chrono::duration<double>(Clock::now() - t_freeze).count()
+              << " s: " << got.dump() << std::endl;
+    if (!got.is_null()) {
+      EXPECT_EQ(got["labels"].value("host", ""), "testhost");
+      EXPECT_EQ(got["labels"].value("severity", ""), "critical");
+      EXPECT_FALSE(got["labels"].value("cause", "").empty());
+      EXPECT_FALSE(got["annotations"].value("summary", "").empty());
+      EXPECT_FALSE(got["annotations"].value("evidence", "").empty());
+    }
+    const std::string id = got.is_null() ? "" : got["labels"].value("finding_id", "");
+
+    // Seed case 1's verdict proper: the IPI stall rooted at the frozen CPU, host-caused,
+    // pushed as its own alert.
+    json ipi;
+    EXPECT_TRUE(eventually(
+        [&] {
+          auto r = get_json(am_port, "/api/v2/alerts");
+          if (!r) return false;
+          for (const auto& a : *r) {
+            const auto& l = a["labels"];
+            if (is_ours(l) && l.value("kind", "") == "GUEST_IPI_STALL" &&
+                l.value("cause", "") == "host_blocked") {
+              ipi = a;
+              return true;
+            }
+          }
+          return false;
+        },
+        30s))
+        << "no GUEST_IPI_STALL (cause host_blocked) in alertmanager: "
+        << get_json(am_port, "/api/v2/alerts").value_or(json()).dump();
+    std::cout << "alertmanager has the IPI stall after "
+              << std::chrono::duration<double>(Clock::now() - t_freeze).count()
+              << " s: " << ipi["labels"].dump() << " summary: "
+              << ipi["annotations"].value("summary", "") << std::endl;
+
+    // Still active right before the thaw, so what follows is the resolution of a live alert.
+    const auto active_in_am = [&] {
+      auto r = get_json(am_port, "/api/v2/alerts");
+      if (!r) return true;  // unknown: count as still there
+      for (const auto& a : *r) {
+        if (a["labels"].value("finding_id", "") == id) return true;
+      }
+      return false;
+    };
+    std::this_thread::sleep_for(3s);
+    ASSERT_TRUE(active_in_am()) << "the pushed alert left alertmanager while vCPU 2 was frozen";
+
+    // Thaw: the finding resolves and its resolution reaches Alertmanager.
+    const auto t_thaw = Clock::now();
+    f.release();
+    std::cout << "thaw took " << std::chrono::duration<double>(Clock::now() - t_thaw).count()
+              << " s" << std::endl;
+    EXPECT_TRUE(eventually(
+        [&] {
+          return !active_in_am();
+        },
+        90s))
+        << "the pushed alert stayed active in alertmanager after the thaw";
+    const double resolved_after = std::chrono::duration<double>(Clock::now() - t_thaw).count();
+    std::cout << "alertmanager: alert " << id << " resolved " << resolved_after
+              << " s after the thaw (endsAt margin 300 s)" << std::endl;
+    EXPECT_LT(resolved_after, 120.0) << "gone only by expiry, not by the pushed resolution";
+    EXPECT_TRUE(eventually(
+        [&] {
+          return hook.saw("resolved", [&](const json& l) {
+            return l.value("finding_id", "") == id;
+          });
+        },
+        30s))
+        << "no resolved notification from alertmanager for " << id;
+    done = true;
+  }
+  ASSERT_TRUE(done) << "every freeze landed VM-wide";
+
+  // The pusher's own counters show successful POSTs and no drops.
+  auto* p = (*svc)->pusher();
+  ASSERT_NE(p, nullptr);
+  const auto st = p->stats();
+  EXPECT_GT(st.targets.at(0).posts_ok, 0u);
+  EXPECT_EQ(st.events_dropped, 0u);
+  EXPECT_TRUE(alertmanager.running()) << alertmanager.log_tail();
+  EXPECT_TRUE(prometheus.running()) << prometheus.log_tail();
+}
+
+}  // namespace
+}  // namespace stallmon::alerting
