@@ -1061,8 +1061,11 @@ def classify_freeze(pid, tid, seconds=1.0):
             states[t] = thread_state(pid, t)
     # On a host loaded enough, runnable threads may also get no CPU for a while: those are R,
     # not blocked, so they do not count as stopped.
+    # The main loop waiting in a futex (for the lock) rather than in its poll also tells an idle
+    # guest (KVM vCPUs halted use almost no run time) from a stopped one.
     vm_wide = (main < 200_000 and other_vcpu_max < 200_000
-               and not any(st == "R" for st in states.values()))
+               and not any(st == "R" for st in states.values())
+               and "futex" in waits.get(pid, ""))
     return ("vm-wide" if vm_wide else "vcpu-only",
             {"main_run_ns": main, "other_vcpu_run_ns": {str(t): d for t, d in vcpus.items()},
              "wchan": {str(t): w for t, w in waits.items()},
