@@ -171,8 +171,12 @@ Result<void> apply(const YAML::Node& node, const std::string& prefix, DaemonConf
       auto r = it->second(kv.second, c);
       if (!r.ok()) {
         Error e = r.error();
-        // Setters report "": name the key here.
-        if (e.message.rfind(": ", 0) == 0) e.message = key + e.message;
+        // Setters report ": why" or a parser's message: name the key here.
+        if (e.message.rfind(": ", 0) == 0) {
+          e.message = key + e.message;
+        } else if (e.message.rfind(key, 0) != 0) {
+          e.message = key + ": " + e.message;
+        }
         return e;
       }
       continue;

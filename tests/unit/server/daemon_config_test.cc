@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: Apache-2.0
+// stallmond's configuration: the example file lists exactly the defaults, every key round-trips,
+// typos are errors, flags win over the file, reload says what needs a restart; the sampling
+// liveness check behind the systemd watchdog and the health status.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "app.h"
+#include "config.h"
+
+namespace stallmon::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(DaemonConfig, ExampleFileListsEveryKeyWithItsDefault) {
+  auto c = load_config_file(STALLMON_SOURCE_DIR "/deploy/stallmond.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(to_yaml(*c), to_yaml(DaemonConfig{}));
+  // And every key of the effective form appears in the example file.
+  auto yaml = to_yaml(DaemonConfig{});
+  std::istringstream in(yaml);
+  std::string line;
+  std::ifstream f(STALLMON_SOURCE_DIR "/deploy/stallmond.yaml");
+  std::string example((std::istreambuf_iterator<char>(f)), {});
+  while (std::getline(in, line)) {
+    auto key = line.substr(0, line.find(':') + 1);
+    EXPECT_NE(example.find(key), std::string::npos) << key;
+  }
+}
+
+TEST(DaemonConfig, EveryKeyRoundTrips) {
+  const char* text = R"(
+libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms}
+domains: {include: ["web-*", "0b7c-uuid"]}
+sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m, read_host_stacks: false}
+diagnosis: {host_blocked_min: 1s, starved_fraction: 0.9, ipi_stall_min: 250ms, idle_pending_min: 750ms,
+            softlockup_imminent_fraction: 0.25}
+server:
+  unix_socket: /tmp/x.sock
+  socket_mode: "0600"
+  socket_group: kvm
+  max_watchers: 8
+  shutdown_grace: 5s
+  tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c}
+logging: {level: debug, target: journald}
+systemd: {watchdog_max_tick_age: 1m}
+)";
+  auto c = parse_config(text);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(c->libvirt_uri, "qemu+ssh://h/system");
+  EXPECT_EQ(c->monitor_timeout, 1500ms);
+  EXPECT_EQ(c->domains, (std::vector<std::string>{"web-*", "0b7c-uuid"}));
+  EXPECT_EQ(c->sample_interval, 50ms);
+  EXPECT_FALSE(c->introspection);
+  EXPECT_EQ(c->history, 300s);
+  EXPECT_EQ(c->starved_fraction, 0.9);
+  EXPECT_EQ(c->server.socket_mode, 0600u);
+  EXPECT_EQ(c->server.socket_group, "kvm");
+  EXPECT_EQ(c->server.tcp_listen, "0.0.0.0:9443");
+  EXPECT_EQ(c->server.tls_client_ca_file, "/c");
+  EXPECT_EQ(c->server.shutdown_grace, 5s);
+  EXPECT_EQ(c->log_target, "journald");
+  EXPECT_EQ(c->watchdog_max_tick_age, 60s);
+  EXPECT_TRUE(validate(*c).ok());
+  auto again = parse_config(to_yaml(*c));
+  ASSERT_TRUE(again.ok()) << again.error().to_string();
+  EXPECT_EQ(to_yaml(*again), to_yaml(*c));
+
+  auto m = to_monitor_config(*c);
+  EXPECT_EQ(m.sample_interval, 50ms);
+  EXPECT_EQ(m.sampler.vcpu_history, 6000u);  // 5 min at 20 Hz
+  EXPECT_FALSE(m.sampler.read_stacks);
+  EXPECT_EQ(m.diagnosis.ipi_stall_min, 250ms);
+  ASSERT_TRUE(m.domain_filter);
+  libvirt::DomainInfo d;
+  d.name = "web-3";
+  EXPECT_TRUE(m.domain_filter(d));
+  d.name = "db-1";
+  EXPECT_FALSE(m.domain_filter(d));
+  d.uuid = "0b7c-uuid";
+  EXPECT_TRUE(m.domain_filter(d));
+}
+
+TEST(DaemonConfig, MistakesAreErrorsNamingTheKey) {
+  auto expect_error = [](const char* yaml, const std::string& key) {
+    auto c = parse_config(yaml);
+    ASSERT_FALSE(c.ok()) << yaml;
+    EXPECT_EQ(c.error().message.rfind(key, 0), 0u) << c.error().message;
+  };
+  expect_error("sampling: {intervall: 1s}", "sampling.intervall");
+  expect_error("nonsense: 1", "nonsense");
+  expect_error("sampling: {interval: fast}", "sampling.interval");
+  expect_error("sampling: {introspection: maybe}", "sampling.introspection");
+  expect_error("diagnosis: {starved_fraction: 1.5}", "diagnosis.starved_fraction");
+  expect_error("server: {socket_mode: 0x1b6}", "server.socket_mode");
+  expect_error("server: {max_watchers: 0}", "server.max_watchers");
+  expect_error("domains: {include: web}", "domains.include");
+  EXPECT_FALSE(parse_config("libvirt: [").ok());
+  EXPECT_TRUE(parse_config("").ok());
+  EXPECT_TRUE(parse_config("sampling:\n").ok());  // an empty section
+
+  DaemonConfig c;
+  c.server.tcp_listen = "0.0.0.0:1";
+  EXPECT_FALSE(validate(c).ok());  // TCP without TLS files
+  c = {};
+  c.log_level = "verbose";
+  EXPECT_FALSE(validate(c).ok());
+  c = {};
+  c.server.unix_socket = "";
+  EXPECT_FALSE(validate(c).ok());  // no listener at all
+}
+
+TEST(DaemonConfig, Durations) {
+  EXPECT_EQ(*parse_duration("100ms"), 100ms);
+  EXPECT_EQ(*parse_duration("1.5s"), 1500ms);
+  EXPECT_EQ(*parse_duration("10m"), 600s);
+  EXPECT_EQ(*parse_duration("2h"), 7200s);
+  EXPECT_EQ(*parse_duration("250us"), 250us);
+  EXPECT_EQ(*parse_duration("3"), 3s);
+  EXPECT_FALSE(parse_duration("-1s").ok());
+  EXPECT_FALSE(parse_duration("1x").ok());
+  EXPECT_FALSE(parse_duration("ms").ok());
+  EXPECT_EQ(format_duration(100ms), "100ms");
+  EXPECT_EQ(format_duration(600s), "10m");
+  EXPECT_EQ(format_duration(1500ms), "1500ms");
+}
+
+TEST(DaemonConfig, FlagsWinOverTheFileAlsoOnReload) {
+  char tmpl[] = "/tmp/stallmond-config-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string path = dir + "/c.yaml";
+  { std::ofstream(path) << "libvirt: {uri: \"test:///default\"}\nlogging: {level: warn}\n"; }
+  Options o;
+  o.config_path = path;
+  o.overrides.push_back([](DaemonConfig& c) { c.log_level = "debug"; });
+  std::string source;
+  auto c = load_configuration(o, &source);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  EXPECT_EQ(source, path);
+  EXPECT_EQ(c->libvirt_uri, "test:///default");
+  EXPECT_EQ(c->log_level, "debug");
+  o.config_path = dir + "/missing.yaml";
+  EXPECT_FALSE(load_configuration(o, &source).ok());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DaemonConfig, ReloadAppliesTheLogLevelAndNamesWhatNeedsARestart) {
+  DaemonConfig a, b;
+  b.log_level = "debug";
+  b.ipi_stall_min = 1s;
+  b.server.tls_cert_file = "/x";
+  auto plan = plan_reload(a, b);
+  EXPECT_EQ(plan.applied, std::vector<std::string>{"logging.level"});
+  EXPECT_EQ(plan.restart_needed, (std::vector<std::string>{"diagnosis.ipi_stall_min", "server.tcp.tls_cert"}));
+  EXPECT_TRUE(plan_reload(a, a).applied.empty());
+  EXPECT_TRUE(plan_reload(a, a).restart_needed.empty());
+}
+
+TEST(SamplingLiveness, AStaleRunningDomainStopsTheKeepAlive) {
+  auto now = diagnosis::Timestamp(std::chrono::seconds(1'700'000'100));
+  core::DomainSummary fresh;
+  fresh.name = "a";
+  fresh.state = libvirt::DomainRunState::kRunning;
+  fresh.last_tick = now - 200ms;
+  core::DomainSummary stale = fresh;
+  stale.name = "b";
+  stale.last_tick = now - 45s;
+  core::DomainSummary new_one = fresh;
+  new_one.name = "c";
+  new_one.last_tick.reset();
+  new_one.watched_since = now - 2s;
+  std::string why;
+  EXPECT_TRUE(sampling_alive({}, now, 30s, &why));
+  EXPECT_TRUE(sampling_alive({fresh, new_one}, now, 30s, &why));
+  EXPECT_FALSE(sampling_alive({fresh, stale}, now, 30s, &why));
+  EXPECT_NE(why.find("domain b last ticked 45 s ago"), std::string::npos) << why;
+  stale.process_gone = true;  // a gone qemu does not tick: not a stall of ours
+  EXPECT_TRUE(sampling_alive({fresh, stale}, now, 30s, &why));
+  stale.process_gone = false;
+  stale.state = libvirt::DomainRunState::kPaused;
+  EXPECT_TRUE(sampling_alive({stale}, now, 30s, &why));
+}
+
+}  // namespace
+}  // namespace stallmon::daemon
