@@ -8,7 +8,8 @@
 //   `flags` in an anonymous struct beside `node` (hence the "flags" fallbacks). Before 5.8,
 //   csd = { llist; func; info; flags } and remote wakeups used rq->wake_list.
 // - kernel/smp.c (5.13, "smp: Add extended csd lock debugging"): call_function_data.csd (a
-//   percpu csd) became call_function_data.pcpu (a percpu struct cfd_percpu { csd; ... }).
+//   percpu csd) became call_function_data.pcpu (a percpu struct cfd_percpu { csd; ... }); the
+//   extended debugging was removed again later (6.12 has .csd: seen on Debian 6.12.117).
 // - cpumask_var_t is a pointer with CONFIG_CPUMASK_OFFSTACK, an inline array otherwise.
 // - task_struct.state became __state (5.14, "sched: Change task_struct::state").
 // - rq->ttwu_pending (5.8, "sched: Add rq::ttwu_pending"); watchdog_report_ts (5.14, split from

@@ -38,7 +38,13 @@ namespace {
 
 const bool kOptions = [] {
   tb::GuestOptions o;
+#ifdef STALLMON_SNAPSHOT_KERNEL_PACKAGE
+  // The same acceptance on another kernel build (nothing may be tied to one).
+  o.tag = "snapshot-k";
+  o.kernel_package = STALLMON_SNAPSHOT_KERNEL_PACKAGE;
+#else
   o.tag = "snapshot";
+#endif
   o.scenario = "ipi,wakeups,sleepers";
   o.watchdog_thresh = 5;
   tb::set_shared_guest_options(o);
@@ -187,7 +193,9 @@ TEST_F(SnapshotGuest, HealthyGuestReadsCleanly) {
   auto& g = guest();
   Inspector& in = live(g);
   EXPECT_TRUE(in.reader->features().typed_csd);
-  EXPECT_TRUE(in.reader->features().cfd_pcpu);
+  // cfd_pcpu differs by kernel (6.1: call_function_data.pcpu; 6.12: .csd again): not asserted.
+  std::cout << "features: cfd_pcpu " << in.reader->features().cfd_pcpu << ", cpumask off-stack "
+            << in.reader->features().cfd_mask_offstack << std::endl;
   EXPECT_TRUE(in.reader->features().ttwu_pending);
   EXPECT_TRUE(in.reader->features().printk_ringbuffer);
   GuestSnapshot a = in.reader->take();
@@ -240,7 +248,8 @@ TEST_F(SnapshotGuest, StallctlInspectDomainJsonAndTable) {
   std::filesystem::remove(path);
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->exit_code, 0) << t->err;
-  EXPECT_NE(t->out.find("swapper/"), std::string::npos) << t->out;
+  EXPECT_NE(t->out.find("CPU  on  current"), std::string::npos) << t->out;
+  EXPECT_NE(t->out.find("\n3    yes "), std::string::npos) << t->out;
   std::cout << t->out << std::endl;
 }
 
@@ -271,13 +280,22 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
     GuestSnapshot s;
     std::string why = "no snapshot";
     const auto t0 = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - t0 < 60s) {
+    while (std::chrono::steady_clock::now() - t0 < 30s) {
       s = in.reader->take();
       why = seed_case1_mismatch(s, 0, 2);
       if (why.empty()) break;
       usleep(200000);
     }
     std::cout << format_snapshot(s, {.printk = false}) << std::endl;
+    if (!why.empty() && attempt < 5) {
+      // The freeze caught vCPU 2 busy (not in its halt wait), typically holding QEMU's big
+      // lock: the other vCPUs stall behind it too and the seed pattern cannot form. The
+      // injector's "vm-wide" check misses this when CPU0 keeps spinning in csd_lock_wait.
+      std::cout << "attempt " << attempt << " did not give the seed pattern (" << why << "); retrying" << std::endl;
+      f.release();
+      sleep(5);
+      continue;
+    }
     ASSERT_EQ(why, "") << format_snapshot(s);
     std::cout << "seed case 1 seen live "
               << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
