@@ -84,18 +84,22 @@ Connected connect(const ConnectOptions& o) {
     return r;
   }
   r.conn.target = o.socket;
-  struct stat st{};
-  if (::stat(o.socket.c_str(), &st) != 0) {
-    int e = errno;
-    if (e == ENOENT) {
+  // ENOENT / ECONNREFUSED: not running (exit 3); anything else (EACCES...): a failure.
+  auto fail = [&](int e, const std::string& not_running, const std::string& verb) {
+    if (!not_running.empty()) {
       r.exit_code = kExitNotRunning;
-      r.message = "stallmond is not running (no socket at " + o.socket + ")";
+      r.message = "stallmond is not running (" + not_running + ")";
     } else {
       r.exit_code = kExitFailure;
-      r.message = "cannot use " + o.socket + ": " + std::strerror(e) +
+      r.message = verb + " " + o.socket + ": " + std::strerror(e) +
                   (e == EACCES ? " (run as root or as a member of the socket's group)" : "");
     }
     return r;
+  };
+  struct stat st{};
+  if (::stat(o.socket.c_str(), &st) != 0) {
+    int e = errno;
+    return fail(e, e == ENOENT ? "no socket at " + o.socket : "", "cannot use");
   }
   if (!S_ISSOCK(st.st_mode)) {
     r.exit_code = kExitFailure;
@@ -116,15 +120,7 @@ Connected connect(const ConnectOptions& o) {
   int e = errno;
   if (fd >= 0) ::close(fd);
   if (rc != 0) {
-    if (e == ECONNREFUSED) {
-      r.exit_code = kExitNotRunning;
-      r.message = "stallmond is not running (stale socket at " + o.socket + ": connection refused)";
-    } else {
-      r.exit_code = kExitFailure;
-      r.message = "cannot connect to " + o.socket + ": " + std::strerror(e) +
-                  (e == EACCES ? " (run as root or as a member of the socket's group)" : "");
-    }
-    return r;
+    return fail(e, e == ECONNREFUSED ? "stale socket at " + o.socket + ": connection refused" : "", "cannot connect to");
   }
   r.conn.channel = grpc::CreateChannel("unix:" + o.socket, grpc::InsecureChannelCredentials());
   return r;
