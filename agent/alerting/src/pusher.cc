@@ -66,6 +66,10 @@ void AlertPusher::upsert(const Finding& f, Timestamp now) {
   if (it != active_.end() && f.last_update < it->second.last_update) return;
   PostableAlert a = alert_from_finding(f, options_.alert, std::nullopt);
   auto prev = sent_labels_.find(f.id);
+  // Only a new alert or a new label set goes out at once. Annotation updates (the ages in the
+  // summary change every second while a stall lasts) ride on the next resend: otherwise an
+  // ongoing stall would mean a POST per second per URL.
+  const bool urgent = prev == sent_labels_.end() || prev->second.labels != a.labels;
   if (prev != sent_labels_.end() && prev->second.labels != a.labels) {
     // Severity, cause or CPUs changed: Alertmanager sees a different alert. Resolve the old
     // label set now instead of letting it linger until its endsAt.
@@ -73,7 +77,7 @@ void AlertPusher::upsert(const Finding& f, Timestamp now) {
   }
   sent_labels_[f.id] = std::move(a);
   active_[f.id] = f;
-  mark_dirty();
+  if (urgent) mark_dirty();
 }
 
 void AlertPusher::resolve(const std::string& id, Timestamp at, Timestamp now) {

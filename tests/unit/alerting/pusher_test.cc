@@ -241,6 +241,23 @@ TEST_F(PusherTest, StaleUpdateDoesNotGoBackInTime) {
   EXPECT_EQ(last().at("a")["annotations"]["summary"], "new");
 }
 
+TEST_F(PusherTest, AnnotationUpdatesWaitForTheNextResend) {
+  auto f = finding("a");
+  event(FindingEvent::Type::kOpened, f);
+  pusher->step();
+  ASSERT_EQ(transport.posts.size(), 1u);
+  clock.advance(1s);
+  f.summary = "vCPU 2 blocked for longer";
+  f.last_update = clock.now();
+  event(FindingEvent::Type::kUpdated, f);
+  pusher->step();
+  EXPECT_EQ(transport.posts.size(), 1u) << "same label set: no extra POST";
+  clock.advance(29s);
+  pusher->step();
+  ASSERT_EQ(transport.posts.size(), 2u);
+  EXPECT_EQ(last().at("a")["annotations"]["summary"], "vCPU 2 blocked for longer");
+}
+
 TEST_F(PusherTest, MetricsOfThePusher) {
   event(FindingEvent::Type::kOpened, finding("a"));
   pusher->step();
