@@ -97,7 +97,7 @@ int run_vcpus(const VcpusArgs& a) {
 
 struct FindingsArgs {
   ConnectOptions conn;
-  bool active = false, resolved = false, watch = false, json = false, evidence = false;
+  bool active = false, resolved = false, watch = false, json = false, evidence = false, updates = false;
   std::string domain;
   std::vector<std::string> kinds;
   int limit = 0;
@@ -127,6 +127,9 @@ int watch_findings(const FindingsArgs& a, const Connection& c, const std::vector
       ever_connected = true;
       rev = e.revision();
       incarnation = e.incarnation();
+      // An active finding is UPDATED about once a second as its ages grow: too chatty for a
+      // terminal unless asked for (JSON consumers get every event).
+      if (!a.json && !a.updates && e.type() == v1::FindingEvent::UPDATED) continue;
       out(a.json ? to_json(e, false) + "\n" : format_event(e));
     }
     auto st = reader->Finish();
@@ -231,6 +234,7 @@ void register_client_commands(CLI::App& app, std::function<int()>& run) {
     c->add_flag("--active", a->active, "only active findings");
     c->add_flag("--resolved", a->resolved, "only resolved findings");
     c->add_flag("-w,--watch", a->watch, "print the active findings, then follow events until interrupted");
+    c->add_flag("--updates", a->updates, "--watch: also print UPDATED events (about once a second per finding)");
     c->add_option("-d,--domain", a->domain, "only this domain (name or uuid)");
     c->add_option("-k,--kind", a->kinds, "only this kind (repeatable), e.g. GUEST_IPI_STALL");
     c->add_flag("-v,--evidence", a->evidence, "show each finding's causal chain");
