@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+// stallctl's rendering of stallmon.v1 messages (agent/server/client/format.h).
+#include <gtest/gtest.h>
+
+#include "format.h"
+
+namespace stallmon::server::client {
+namespace {
+
+TEST(ClientFormat, TablesAlignColumns) {
+  auto t = format_table({"A", "LONG HEADER", "Z"}, {{"xxxx", "y", "last column not padded"}, {"1", "2", "3"}});
+  EXPECT_EQ(t,
+            "A     LONG HEADER  Z\n"
+            "xxxx  y            last column not padded\n"
+            "1     2            3\n");
+}
+
+TEST(ClientFormat, DurationsReadLikeAnOperatorSaysThem) {
+  using namespace std::chrono;
+  EXPECT_EQ(human_duration(microseconds(114)), "114 us");
+  EXPECT_EQ(human_duration(milliseconds(850)), "850 ms");
+  EXPECT_EQ(human_duration(milliseconds(1400)), "1.4 s");
+  EXPECT_EQ(human_duration(seconds(26)), "26 s");
+  EXPECT_EQ(human_duration(seconds(200)), "3 min 20 s");
+  EXPECT_EQ(human_duration(minutes(125)), "2 h 5 min");
+  google::protobuf::Timestamp ts;
+  EXPECT_EQ(human_time(ts), "-");
+  ts.set_seconds(1'795'248'402);
+  EXPECT_EQ(human_time(ts), "2026-11-21 08:06:42");
+}
+
+v1::Finding finding() {
+  v1::Finding f;
+  f.set_id("demo/GUEST_IPI_STALL/root=cpu2/3");
+  f.set_kind(v1::GUEST_IPI_STALL);
+  f.set_severity(v1::CRITICAL);
+  f.set_domain("demo");
+  f.add_cpus(0);
+  f.add_cpus(2);
+  f.set_active(true);
+  f.mutable_onset()->set_seconds(1'795'248'402);
+  f.mutable_last_update()->set_seconds(1'795'248'406);
+  f.mutable_duration()->set_seconds(4);
+  f.set_summary("CPU0 has waited 4 s for CPU2");
+  auto* e = f.add_evidence();
+  e->set_text("CPU0 waits on CPU2's csd");
+  e->add_host_stack("futex_do_wait+0x46/0x90");
+  f.set_explained_by("demo/VCPU_HOST_BLOCKED/vcpu2/1");
+  return f;
+}
+
+TEST(ClientFormat, FindingsTableAndEvidence) {
+  v1::ListFindingsResponse r;
+  EXPECT_EQ(format_findings(r, false, Clock::now()), "no findings\n");
+  *r.add_findings() = finding();
+  auto now = Clock::time_point(std::chrono::seconds(1'795'248'407));
+  auto table = format_findings(r, false, now);
+  EXPECT_NE(table.find("critical  GUEST_IPI_STALL  demo    0,2   active  5.0 s  CPU0 has waited 4 s for CPU2"),
+            std::string::npos)
+      << table;
+  auto chain = format_findings(r, true, now);
+  EXPECT_NE(chain.find("    - CPU0 waits on CPU2's csd\n        futex_do_wait+0x46/0x90\n"), std::string::npos) << chain;
+  EXPECT_NE(chain.find("explained by demo/VCPU_HOST_BLOCKED/vcpu2/1"), std::string::npos) << chain;
+}
+
+TEST(ClientFormat, WatchEventsOneLineEach) {
+  v1::FindingEvent e;
+  e.set_type(v1::FindingEvent::SYNCED);
+  e.set_revision(7);
+  EXPECT_EQ(format_event(e), "-- revision 7: up to date, following live events\n");
+  e.set_type(v1::FindingEvent::RESOLVED);
+  *e.mutable_finding() = finding();
+  e.mutable_finding()->mutable_resolved_at()->set_seconds(1'795'248'422);
+  EXPECT_EQ(format_event(e),
+            "2026-11-21 08:07:02  RESOLVED  critical  GUEST_IPI_STALL  demo  cpus 0,2  CPU0 has waited 4 s for CPU2"
+            "  (lasted 4.0 s)\n");
+  e.set_type(v1::FindingEvent::CURRENT);
+  EXPECT_EQ(format_event(e).find("2026-11-21 08:06:46  ACTIVE  critical"), 0u) << format_event(e);
+}
+
+TEST(ClientFormat, InspectShowsTheWaitGraph) {
+  v1::InspectDomainResponse r;
+  r.set_domain("demo");
+  r.set_nr_cpu_ids(2);
+  r.set_watchdog_thresh(10);
+  auto* c0 = r.add_cpus();
+  c0->set_cpu(0);
+  c0->mutable_state()->set_current_comm("sh");
+  c0->mutable_state()->set_current_pid(138);
+  c0->mutable_state()->add_waiting_on(1);
+  auto* c1 = r.add_cpus();
+  c1->set_cpu(1);
+  c1->mutable_state()->set_current_comm("swapper/1");
+  c1->mutable_state()->set_idle(true);
+  auto* q = c1->add_call_single_queue();
+  q->set_type("SYNC");
+  q->set_function("do_sync_core");
+  q->set_locked(true);
+  auto* w = r.add_csd_waits();
+  w->set_waiter_cpu(0);
+  w->set_target_cpu(1);
+  w->set_function("do_sync_core");
+  w->mutable_waited()->set_seconds(4);
+  auto* g = r.add_wait_graph();
+  g->add_roots(1);
+  g->add_waiters(0);
+  auto text = format_inspect(r);
+  EXPECT_NE(text.find("CPU0 -> CPU1  do_sync_core  4.0 s"), std::string::npos) << text;
+  EXPECT_NE(text.find("root: CPU 1, waited on by CPU 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("  CPU1  SYNC  do_sync_core  locked"), std::string::npos) << text;
+  EXPECT_NE(text.find("sh/138"), std::string::npos) << text;
+}
+
+TEST(ClientFormat, JsonUsesProtoFieldNames) {
+  auto j = to_json(finding(), false);
+  EXPECT_NE(j.find("\"domain\":\"demo\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"explained_by\":"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"kind\":\"GUEST_IPI_STALL\""), std::string::npos) << j;
+}
+
+}  // namespace
+}  // namespace stallmon::server::client
