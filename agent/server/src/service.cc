@@ -233,6 +233,9 @@ grpc::Status StallmonService::WatchFindings(grpc::ServerContext* ctx, const v1::
     // Wake on new events, on shutdown, or periodically to notice a cancelled client (the sync
     // API has no cancellation callback) and the client's own deadline.
     auto until = steady_clock::now() + options_.watch_poll;
+    // The client's own deadline, if sooner (gRPC cancels the call then; we notice at once).
+    auto left = ctx->deadline() - std::chrono::system_clock::now();
+    if (left < options_.watch_poll) until = steady_clock::now() + std::max(left, decltype(left)::zero());
     auto wake = feed_.wait(rev, until);
     if (wake == FindingFeed::Wake::kShutdown) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "stallmond is shutting down");

@@ -336,6 +336,20 @@ TEST_F(ServiceTest, WatchEndsOnClientCancelAndOnShutdown) {
   EXPECT_EQ(backend_.listener_count(), 0u);
 }
 
+TEST_F(ServiceTest, WatchEndsAtTheClientDeadlineAndFreesItsSlot) {
+  start();
+  auto c = ctx(300ms);
+  auto reader = stub_->WatchFindings(c.get(), {});
+  v1::FindingEvent e;
+  ASSERT_TRUE(reader->Read(&e));  // SYNCED
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(reader->Read(&e));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  for (int i = 0; i < 20 && server_->active_watchers() != 0; ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(server_->active_watchers(), 0);
+}
+
 TEST_F(ServiceTest, TooManyWatchersIsResourceExhausted) {
   ServerOptions o;
   o.max_watchers = 1;
