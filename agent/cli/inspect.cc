@@ -99,7 +99,7 @@ int run_inspect(const InspectArgs& a) {
 struct DumpArgs {
   SourceOptions src;
   std::string out;
-  bool no_stop = false;
+  bool stop = false;
 };
 
 int run_dump(const DumpArgs& a) {
@@ -115,15 +115,16 @@ int run_dump(const DumpArgs& a) {
   if (auto info = find_vmcoreinfo(**mem); info) wo.vmcoreinfo_text = info->text;
   else std::fprintf(stderr, "stallctl dump: warning: no VMCOREINFO found (%s); core written without it\n",
                     info.error().to_string().c_str());
-  // SIGSTOP the whole qemu for a consistent image (QEMU's own dump pauses vCPUs and hangs on a
-  // frozen one); SIGCONT on every path out.
+  // Only with --stop: SIGSTOP the whole qemu for a consistent image (QEMU's own dump pauses vCPUs
+  // and hangs on a frozen one); SIGCONT on every path out. stallmon never pauses a guest unless
+  // the operator asks for it by name.
   struct Resume {
     pid_t pid = 0;
     ~Resume() {
       if (pid > 0) kill(pid, SIGCONT);
     }
   } resume;
-  if (!a.no_stop && qemu) {
+  if (a.stop && qemu) {
     if (kill(qemu->pid(), SIGSTOP) != 0) return fail("dump", Error::io("SIGSTOP qemu", errno));
     resume.pid = qemu->pid();
   }
@@ -149,10 +150,12 @@ void add_inspect_command(CLI::App& app, std::function<int()>& run) {
 
 void add_dump_command(CLI::App& app, std::function<int()>& run) {
   auto a = std::make_shared<DumpArgs>();
-  CLI::App* c = app.add_subcommand("dump", "write a live qemu's guest RAM as an ELF core (qemu SIGSTOPped meanwhile)");
+  CLI::App* c = app.add_subcommand("dump", "write a live qemu's guest RAM as an ELF core (never pauses the guest unless --stop)");
   add_source_options(c, a->src, false);
   c->add_option("--out", a->out, "output file")->required();
-  c->add_flag("--no-stop", a->no_stop, "do not SIGSTOP qemu (image may be inconsistent)");
+  c->add_flag("--stop", a->stop,
+              "SIGSTOP qemu while copying, for a consistent image (pauses the guest; without it the "
+              "image may be torn where the guest writes meanwhile)");
   c->callback([a, &run] { run = [a] { return run_dump(*a); }; });
 }
 

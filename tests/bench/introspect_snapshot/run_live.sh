@@ -17,5 +17,5 @@ trap cleanup EXIT
 $tb start "$name" --vcpus 4 --memory 512 --scenario ipi,wakeups,sleepers --wdt 5 --wait 240 >"$work/start.json"
 pid=$($tb qemu-pid "$name")
 "$stallctl" ram-layout --domain "$name" >"$work/ranges"
-"$stallctl" dump --qemu-pid "$pid" --ranges "$work/ranges" --out "$work/core"
+"$stallctl" dump --stop --qemu-pid "$pid" --ranges "$work/ranges" --out "$work/core"
 "$bench" --qemu-pid "$pid" --ranges "$work/ranges" --core "$work/core" "$@"
