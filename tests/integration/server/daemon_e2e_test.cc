@@ -11,7 +11,8 @@
 //   5. seed case 1: freezing vCPU 2 under the IPI generator opens GUEST_IPI_STALL and
 //      VCPU_HOST_BLOCKED on a WatchFindings stream; the thaw resolves them on the same stream
 //   6. stallctl status / domains / vcpus / findings / inspect against the daemon
-//   7. SIGTERM: STOPPING=1, exit 0, socket removed; stallctl then says it is not running
+//   7. SIGHUP reloads the log level, names what needs a restart, refuses a broken file
+//   8. SIGTERM: STOPPING=1, exit 0, socket removed; stallctl then says it is not running
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -46,7 +47,7 @@ using Clock = std::chrono::steady_clock;
 
 // The daemon and its surroundings, shared by every test of the binary.
 struct Daemon {
-  std::string dir, socket, log, notify_path;
+  std::string dir, socket, log, notify_path, config;
   int notify_fd = -1;
   pid_t pid = -1;
   int tcp_port = 0;
@@ -74,11 +75,13 @@ struct Daemon {
       *error = "bind notify socket";
       return false;
     }
-    std::vector<std::string> args = {STALLMOND_PATH,     "--socket",     socket,
-                                     "--domain",         domain,         "--tcp-listen",
-                                     "127.0.0.1:0",      "--tls-cert",   certs.server_cert,
-                                     "--tls-key",        certs.server_key, "--tls-client-ca",
-                                     certs.ca,           "--log-level",  "debug"};
+    config = dir + "/stallmond.yaml";
+    { std::ofstream(config) << "logging: {level: debug}\n"; }
+    std::vector<std::string> args = {STALLMOND_PATH,     "--config",     config,
+                                     "--socket",         socket,         "--domain",
+                                     domain,             "--tcp-listen", "127.0.0.1:0",
+                                     "--tls-cert",       certs.server_cert, "--tls-key",
+                                     certs.server_key,   "--tls-client-ca", certs.ca};
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {
       std::string s = *e;
@@ -497,6 +500,33 @@ TEST_F(StallmondTest, StallctlAgainstTheDaemon) {
   auto r = stallctl(d, {"vcpus", "no-such-domain"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("NOT_FOUND"), std::string::npos) << r.err;
+}
+
+TEST_F(StallmondTest, SighupReloadsTheLogLevelAndNamesWhatNeedsARestart) {
+  auto& d = daemon();
+  { std::ofstream(d.config) << "logging: {level: info}\ndiagnosis: {ipi_stall_min: 1s}\n"; }
+  ::kill(d.pid, SIGHUP);
+  const std::string want = "SIGHUP: reloaded " + d.config +
+                           "; applied: logging.level; changed but needing a restart: diagnosis.ipi_stall_min";
+  bool logged = false;
+  for (auto until = Clock::now() + 10s; Clock::now() < until && !logged; std::this_thread::sleep_for(100ms)) {
+    logged = d.log_text().find(want) != std::string::npos;
+  }
+  EXPECT_TRUE(logged) << d.log_text();
+  EXPECT_TRUE(d.wait_notified("RELOADING=1", 5s));
+  // A broken file is refused; the daemon keeps serving.
+  { std::ofstream(d.config) << "logging: {level: [\n"; }
+  ::kill(d.pid, SIGHUP);
+  bool refused = false;
+  for (auto until = Clock::now() + 10s; Clock::now() < until && !refused; std::this_thread::sleep_for(100ms)) {
+    refused = d.log_text().find("SIGHUP: configuration not reloaded") != std::string::npos;
+  }
+  EXPECT_TRUE(refused) << d.log_text();
+  auto stub = v1::Stallmon::NewStub(d.unix_channel());
+  v1::AgentInfo info;
+  ASSERT_TRUE(stub->GetAgentInfo(ctx().get(), {}, &info).ok());
+  EXPECT_NE(info.effective_config().find("level: info"), std::string::npos) << info.effective_config();
+  EXPECT_NE(info.effective_config().find("ipi_stall_min: 500ms"), std::string::npos) << "not applied live";
 }
 
 TEST_F(StallmondTest, SigtermStopsCleanly) {
