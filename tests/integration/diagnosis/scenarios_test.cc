@@ -19,7 +19,9 @@
 #include <optional>
 #include <regex>
 #include <sstream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "stallmon/core/stall_monitor.h"
 #include "stallmon/introspect/ram_layout.h"
@@ -97,6 +99,12 @@ class FindingLog final : public diagnosis::FindingListener {
       return false;
     });
     return hit;
+  }
+  // Number of events whose finding is not of kind k.
+  size_t count_other_than(FindingKind k) const {
+    std::lock_guard<std::mutex> l(mu_);
+    return static_cast<size_t>(std::count_if(entries_.begin(), entries_.end(),
+                                             [&](const Entry& e) { return e.event.finding.kind != k; }));
   }
   std::string dump(size_t from = 0) const {
     std::lock_guard<std::mutex> l(mu_);
@@ -247,6 +255,28 @@ class Scenario : public ::testing::Test {
 };
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
+
+// Busy time of the whole host in clock ticks: the /proc/stat "cpu" line without idle and iowait
+// (guest time is already inside user).
+uint64_t host_busy_ticks() {
+  std::istringstream in(tb::read_text("/proc/stat"));
+  std::string label;
+  uint64_t v[8] = {};
+  in >> label;
+  for (auto& x : v) in >> x;
+  return v[0] + v[1] + v[2] + v[5] + v[6] + v[7];  // user nice system irq softirq steal
+}
+
+// utime + stime of a whole process in clock ticks (fields 14 and 15 of /proc/PID/stat).
+uint64_t process_ticks(pid_t pid) {
+  const std::string s = tb::read_text("/proc/" + std::to_string(pid) + "/stat");
+  const size_t p = s.rfind(')');
+  if (p == std::string::npos) return 0;
+  std::istringstream in(s.substr(p + 1));
+  std::vector<std::string> f;
+  for (std::string x; in >> x;) f.push_back(x);
+  return f.size() > 12 ? std::stoull(f[11]) + std::stoull(f[12]) : 0;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Seed case 1: freeze vCPU 2 under the IPI generator. The acceptance figures of issue 5.
@@ -531,6 +561,10 @@ TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
   auto r = guest().run("tb-load start", 60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
+  // How much of the host other work used meanwhile: the guest can only be judged healthy on a
+  // host that can run it.
+  const uint64_t busy0 = host_busy_ticks(), qemu0 = process_ticks(guest().qemu_pid()),
+                 self0 = process_ticks(getpid());
   const auto t0 = Clock::now();
   const auto end = t0 + std::chrono::seconds(secs);
   while (Clock::now() < end) {
@@ -538,13 +572,32 @@ TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
     std::cout << "healthy guest: " << static_cast<int>(seconds(Clock::now() - t0)) << " s, "
               << m.log.size() << " finding events" << std::endl;
   }
+  const double capacity = seconds(Clock::now() - t0) * static_cast<double>(sysconf(_SC_CLK_TCK)) *
+                          static_cast<double>(sysconf(_SC_NPROCESSORS_ONLN));
+  const double others = static_cast<double>(host_busy_ticks() - busy0) -
+                        static_cast<double>(process_ticks(guest().qemu_pid()) - qemu0) -
+                        static_cast<double>(process_ticks(getpid()) - self0);
+  const double others_fraction = std::max(0.0, others / capacity);
+  std::cout << "host CPU used by other work during the run: " << others_fraction * 100 << " % (load average "
+            << tb::read_text("/proc/loadavg").substr(0, 14) << ")" << std::endl;
   auto d = m.monitor().domain(guest().name());
   ASSERT_TRUE(d.ok());
   for (const auto& v : d->vcpus) {
     std::cout << "vCPU " << v.index << ": run " << v.thread.signals.run_fraction << ", steal "
               << v.thread.signals.steal_fraction << std::endl;
   }
-  EXPECT_EQ(m.log.size(), 0u) << "a healthy busy guest raised findings:\n" << m.log.dump();
+  if (others_fraction > 0.25) {
+    // A host this busy with other work really denies the vCPUs the CPU: VCPU_HOST_STARVED is
+    // then the truth, not a false positive. Everything else must still stay silent. On a host
+    // running only this test (CI) the strict branch below applies.
+    std::cout << "NOTE: the host was overloaded by other work; VCPU_HOST_STARVED findings are "
+                 "expected and not counted"
+              << std::endl;
+    EXPECT_EQ(m.log.count_other_than(FindingKind::kVcpuHostStarved), 0u)
+        << "a healthy busy guest raised findings:\n" << m.log.dump();
+  } else {
+    EXPECT_EQ(m.log.size(), 0u) << "a healthy busy guest raised findings:\n" << m.log.dump();
+  }
   EXPECT_TRUE(d->summary.introspection.ok());
   EXPECT_GE(d->summary.introspection.snapshots, static_cast<uint64_t>(secs) * 9 / 10);
   (void)guest().run("tb-load stop", 60s);
