@@ -309,7 +309,14 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
         EXPECT_FALSE(t.locked) << "CPU" << t.target << " answered";
       }
     }
-    EXPECT_EQ(s.cpus[2].rq.nr_running, 0u);
+    // Remote wakeups aimed at the idle CPU2 go to its call_single_queue (checked above), not its
+    // runqueue. nr_running may still be 1: a task forked on CPU0 can be placed directly on idle
+    // CPU2's runqueue (wake_up_new_task), which it then never runs either - the seed's 3.10
+    // signature. Either way the work is waiting on a CPU that runs its idle task.
+    std::cout << "CPU2 nr_running " << s.cpus[2].rq.nr_running << ", call_single_queue "
+              << s.cpus[2].call_single_queue.size() << " entries" << std::endl;
+    EXPECT_TRUE(s.cpus[2].rq.curr_is_idle &&
+                (s.cpus[2].rq.nr_running > 0 || !s.cpus[2].call_single_queue.empty()));
     // CPU2 stopped: its hrtimer count no longer moves while the others' do.
     GuestSnapshot later;
     for (int i = 0; i < 50; ++i) {
