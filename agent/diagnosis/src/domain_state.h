@@ -39,7 +39,8 @@ struct ThreadTracker {
   Timestamp progress_at{};  // the last tick at which run_time was seen to advance
   Timestamp state_since{};
   std::deque<HostSamplePoint> samples;  // the last starved_window (+ a margin)
-  std::optional<Timestamp> starved_since;
+  std::optional<Timestamp> starved_since;   // first tick of the current run at >= starved_fraction
+  std::optional<Timestamp> starved_clear_since;  // while starved: first tick of the run below the clear level
 
   // Derived at this tick.
   Duration no_progress{0};
@@ -47,7 +48,7 @@ struct ThreadTracker {
   bool blocked = false;     // blocked_for >= host_blocked_min
   bool futex_wait = false;  // S in a futex wait without progress >= host_blocked_min
   std::optional<WindowStats> window;
-  bool starved = false;     // starvation held for starved_sustain
+  bool starved = false;     // opened (held for starved_sustain), not yet cleared (hysteresis)
 };
 
 struct GuestCpuTracker {

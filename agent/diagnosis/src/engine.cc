@@ -55,6 +55,47 @@ std::optional<WindowStats> window_stats(const std::deque<HostSamplePoint>& sampl
   return w;
 }
 
+// The share of wall time the host denied the thread over the window: steal, or cgroup throttled
+// time when the cgroup really was throttled.
+double denied_fraction(const WindowStats& w) {
+  return std::max(w.steal_fraction, w.throttled_count > 0 ? w.throttled_fraction : 0.0);
+}
+
+// VCPU_HOST_STARVED with hysteresis. Opens when the denied fraction is >= starved_fraction at
+// every tick for starved_sustain (and the thread is not itself in D/T/t); once open, it stands
+// until the fraction stays below starved_clear_fraction at every tick for starved_clear_hold,
+// or the thread is really blocked (VCPU_HOST_BLOCKED takes over). A momentary D caught at a
+// sample neither opens nor clears it.
+void update_starvation(ThreadTracker& tr, Timestamp now, const DiagnosisConfig& c) {
+  if (!tr.window || tr.blocked) {
+    tr.starved = false;
+    tr.starved_since.reset();
+    tr.starved_clear_since.reset();
+    return;
+  }
+  const double denied = denied_fraction(*tr.window);
+  if (tr.starved) {
+    const double clear_level = std::min(c.starved_clear_fraction, c.starved_fraction);
+    if (denied >= clear_level) {
+      tr.starved_clear_since.reset();
+      return;
+    }
+    if (!tr.starved_clear_since) tr.starved_clear_since = now;
+    if (now - *tr.starved_clear_since < c.starved_clear_hold) return;
+    tr.starved = false;
+    tr.starved_clear_since.reset();
+    tr.starved_since.reset();
+    // Falls through: a fraction below the clear level cannot reopen it this tick.
+  }
+  const bool starving = !is_host_blocking(tr.latest.state) && denied >= c.starved_fraction;
+  if (!starving) {
+    tr.starved_since.reset();
+  } else if (!tr.starved_since) {
+    tr.starved_since = now;
+  }
+  tr.starved = tr.starved_since && now - *tr.starved_since >= c.starved_sustain;
+}
+
 void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timestamp now, const DiagnosisConfig& c) {
   const bool fresh = tr.latest.tid == 0 || tr.latest.tid != v.tid || v.run_time < tr.latest.run_time ||
                      v.run_delay < tr.latest.run_delay;  // counters never go back: a reused tid
@@ -83,15 +124,7 @@ void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timesta
                   tr.no_progress >= c.host_blocked_min;
 
   tr.window = window_stats(tr.samples, now, c.starved_window);
-  const bool starving = tr.window && !is_host_blocking(v.state) &&
-                        (tr.window->steal_fraction >= c.starved_fraction ||
-                         (tr.window->throttled_fraction >= c.starved_fraction && tr.window->throttled_count > 0));
-  if (!starving) {
-    tr.starved_since.reset();
-  } else if (!tr.starved_since) {
-    tr.starved_since = now;
-  }
-  tr.starved = tr.starved_since && now - *tr.starved_since >= c.starved_sustain;
+  update_starvation(tr, now, c);
 }
 
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
@@ -387,6 +420,31 @@ std::vector<Finding> DiagnosisEngine::active_findings(const std::string& domain)
   q.active_only = true;
   q.limit = static_cast<std::size_t>(-1);
   return list_findings(q);
+}
+
+std::vector<GuestCpuAges> DiagnosisEngine::guest_cpu_ages(const std::string& domain) const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<GuestCpuAges> out;
+  const DomainState* d = impl_->find(domain);
+  if (d == nullptr || !d->guest) return out;
+  const GuestState& g = *d->guest;
+  for (const auto& [cpu, ct] : g.cpus) {  // std::map: by CPU number
+    GuestCpuAges a;
+    a.cpu = cpu;
+    a.snapshot_at = g.at;
+    if (ct.watchdog_active()) a.softlockup_touch_age = softlockup_touch_age(g.view, ct.latest);
+    out.push_back(a);
+  }
+  for (const auto& [key, edge] : g.edges) {
+    auto it = std::find_if(out.begin(), out.end(), [&](const GuestCpuAges& a) { return a.cpu == key.waiter; });
+    if (it == out.end()) continue;
+    const Duration age = g.at - edge.first_seen;
+    if (!it->csd_wait_age || age > *it->csd_wait_age) {
+      it->csd_wait_age = age;
+      it->csd_wait_target = key.target;
+    }
+  }
+  return out;
 }
 
 EventsSince DiagnosisEngine::events_since(uint64_t after_revision) const {

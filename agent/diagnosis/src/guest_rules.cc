@@ -136,6 +136,12 @@ Duration watchdog_period(const GuestView& g) {
 
 }  // namespace
 
+std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestCpuView& cpu) {
+  const auto sc = softlockup_clock(view, cpu);
+  if (!sc) return std::nullopt;
+  return Duration(static_cast<Duration::rep>(sc->age_ns));
+}
+
 void rule_irqs_off(TickContext& t) {
   const GuestState& g = *t.d.guest;
   // With watchdog_thresh 0 the watchdog hrtimer does not run: a standing count proves nothing.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -80,6 +81,11 @@ void rule_irqs_off(TickContext& t);
 void rule_ipi_stall(TickContext& t);
 void rule_idle_with_pending_work(TickContext& t);
 void rule_softlockup(TickContext& t);
+
+// Guest ns since the CPU's watchdog_touch_ts at the snapshot's guest clock, as the guest's
+// soft-lockup watchdog computes it; nullopt when the watchdog is off (thresh 0, disabled), the
+// CPU is offline, or the touch is unset / 0 / in the future.
+std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestCpuView& cpu);
 
 // Text helpers shared by the rules.
 std::string cpu_list(const std::vector<int>& cpus);  // "CPU0, CPU1 and CPU3"

@@ -160,10 +160,14 @@ class Sim {
   // Runs until a finding of `kind` opens (at most `limit`); returns the time it took, or
   // Duration::max() if it never did.
   Duration run_until_open(FindingKind kind, Duration limit = 60s) {
+    return run_until(FindingEvent::Type::kOpened, kind, limit);
+  }
+  // Runs until an event of `type` for `kind` (at most `limit`); the time it took, or Duration::max().
+  Duration run_until(FindingEvent::Type type, FindingKind kind, Duration limit = 60s) {
     const Timestamp start = clock.now();
     while (clock.now() - start < limit) {
       for (const auto& ev : tick())
-        if (ev.type == FindingEvent::Type::kOpened && ev.finding.kind == kind) return clock.now() - start;
+        if (ev.type == type && ev.finding.kind == kind) return clock.now() - start;
     }
     return Duration::max();
   }

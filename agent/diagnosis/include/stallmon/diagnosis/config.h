@@ -26,6 +26,14 @@ struct DiagnosisConfig {
   Duration starved_window = 3s;
   // ...and it must hold at every tick for this long (so: evidence spans window + sustain).
   Duration starved_sustain = 2s;
+  // Hysteresis: once open, the finding stands until the fraction has stayed below
+  // `starved_clear_fraction` at every tick for `starved_clear_hold`. A loaded host whose steal
+  // hovers around starved_fraction would otherwise open and resolve it every few seconds (seen
+  // on real guests: 40 flaps in 5 minutes). 0.6 is the healthy busy guest's ceiling (~0.5 steal
+  // per vCPU +- jitter) and suspect_steal_fraction. A value above starved_fraction is treated
+  // as starved_fraction (no hysteresis).
+  double starved_clear_fraction = 0.6;
+  Duration starved_clear_hold = 5s;
 
   // --- GUEST_IPI_STALL --------------------------------------------------------------------
   // A csd seen locked in consecutive snapshots for this long. Healthy IPIs finish in µs.

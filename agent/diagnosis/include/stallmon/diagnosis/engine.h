@@ -46,6 +46,22 @@ struct EventsSince {
   uint64_t revision = 0;  // the latest revision at the time of the call
 };
 
+// One guest CPU's stall ages as of the domain's last guest snapshot (for the exporter's gauges).
+struct GuestCpuAges {
+  int cpu = 0;
+  // The longest csd wait this CPU is in as the sender: a locked csd in its cfd_data, tracked
+  // across consecutive snapshots as GUEST_IPI_STALL does (same waiter, target, csd, function),
+  // aged from the first snapshot that showed it to the last one (a lower bound of the real
+  // wait). Unset when the CPU waits on no csd. csd_wait_target: the CPU it waits for, or -1.
+  std::optional<Duration> csd_wait_age;
+  int csd_wait_target = -1;
+  // Guest running clock minus watchdog_touch_ts (in the guest's own nanoseconds, the soft-lockup
+  // watchdog's arithmetic). Unset when the watchdog does not run on this CPU (disabled,
+  // watchdog_thresh 0, nohz_full / not in watchdog_cpumask, offline) or has no touch timestamp.
+  std::optional<Duration> softlockup_touch_age;
+  Timestamp snapshot_at{};  // when the snapshot these ages come from was taken (host clock)
+};
+
 class DiagnosisEngine {
  public:
   DiagnosisEngine(DiagnosisConfig config, const Clock& clock);
@@ -70,6 +86,10 @@ class DiagnosisEngine {
   // Active findings first (by onset), then resolved ones, newest first.
   std::vector<Finding> list_findings(const FindingQuery& query = {}) const;
   std::vector<Finding> active_findings(const std::string& domain = "") const;
+  // Per guest CPU of `domain` (name or uuid), by CPU number, from the last guest snapshot of the
+  // current boot; empty for an unknown domain or one without such a snapshot (never taken,
+  // paused, rebooted since). Read-only.
+  std::vector<GuestCpuAges> guest_cpu_ages(const std::string& domain) const;
   EventsSince events_since(uint64_t after_revision) const;
   uint64_t revision() const;
   std::size_t resolved_history_size() const;
