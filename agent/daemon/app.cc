@@ -131,7 +131,28 @@ StepResult start_server(App& app) {
   return StepResult::next();
 }
 
-// (The metrics/alerting step goes here: after the monitor exists, before the watcher starts.)
+// After the monitor exists, before the watcher starts: the pusher is subscribed before any
+// finding can open, and a /metrics address in use fails start-up before libvirt is touched.
+StepResult start_alerting(App& app) {
+  if (app.options.once) return StepResult::next();
+  alerting::AlertingConfig ac;
+  ac.metrics_listen = app.config.metrics_listen;
+  ac.metrics.max_domains = static_cast<size_t>(app.config.metrics_max_domains);
+  ac.metrics.version = STALLMON_VERSION;
+  ac.alertmanager_urls = app.config.alertmanager_urls;
+  ac.pusher.resend_interval = app.config.alertmanager_resend_interval;
+  auto svc = alerting::start(*app.monitor, ac);
+  if (!svc.ok()) return StepResult::exit(1, svc.error().to_string());
+  app.alerting = std::move(svc.value());
+  // Stops after the watcher (no more ticks) and before the monitor it reads.
+  app.at_shutdown("stop metrics and alerting", [&app] { app.alerting->stop(); });
+  if (!ac.metrics_listen.empty()) {
+    spdlog::info("Prometheus metrics on http://{}/metrics (port {})", ac.metrics_listen,
+                 app.alerting->metrics_port());
+  }
+  for (const auto& u : ac.alertmanager_urls) spdlog::info("pushing findings to Alertmanager {}", u);
+  return StepResult::next();
+}
 
 StepResult start_watcher(App& app) {
   if (app.options.once) {
@@ -323,7 +344,7 @@ const std::vector<Step>& startup_steps() {
       {"block signals", block_signals},
       {"create monitor", create_monitor},
       {"start gRPC server", start_server},
-      // metrics/alerting: insert here (the monitor exists, libvirt is not started yet).
+      {"start metrics and alerting", start_alerting},
       {"start libvirt watcher", start_watcher},
       {"print once", print_once},
       {"notify systemd", notify_ready},

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "domain_table.h"
+#include "stallmon/alerting/alerting.h"
 #include "stallmon/core/stall_monitor.h"
 #include "stallmon/libvirt/domain_watcher.h"
 #include "stallmon/server/backend.h"
@@ -58,6 +59,7 @@ struct App {
   std::unique_ptr<libvirt::DomainWatcher> watcher;
   std::unique_ptr<server::MonitorBackend> backend;
   std::unique_ptr<server::GrpcServer> server;
+  std::unique_ptr<alerting::AlertingService> alerting;  // /metrics and Alertmanager push
   std::unique_ptr<DomainTablePrinter> printer;  // --once
 
   // The effective configuration as YAML, read by gRPC threads (GetAgentInfo) while a reload

@@ -13,6 +13,8 @@
 #include <set>
 #include <sstream>
 
+#include "stallmon/alerting/http.h"
+
 namespace stallmon::daemon {
 namespace {
 
@@ -154,6 +156,28 @@ const std::map<std::string, Setter>& setters() {
          c.server.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
          return {};
        }},
+      {"metrics.listen", str(&DaemonConfig::metrics_listen)},
+      {"metrics.max_domains",
+       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+         int v = 0;
+         if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < 1 || v > 100000) {
+           return bad("", "expected an integer 1..100000");
+         }
+         c.metrics_max_domains = v;
+         return {};
+       }},
+      {"alertmanager.urls",
+       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+         c.alertmanager_urls.clear();
+         if (n.IsNull()) return {};
+         if (!n.IsSequence()) return bad("", "expected a list of http:// URLs");
+         for (const auto& e : n) {
+           if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
+           c.alertmanager_urls.push_back(e.Scalar());
+         }
+         return {};
+       }},
+      {"alertmanager.resend_interval", duration(&DaemonConfig::alertmanager_resend_interval)},
       {"logging.level", str(&DaemonConfig::log_level)},
       {"logging.target", str(&DaemonConfig::log_target)},
       {"systemd.watchdog_max_tick_age", duration(&DaemonConfig::watchdog_max_tick_age)},
@@ -309,6 +333,14 @@ std::string to_yaml(const DaemonConfig& c) {
     << "    tls_cert: " << quote(c.server.tls_cert_file) << "\n"
     << "    tls_key: " << quote(c.server.tls_key_file) << "\n"
     << "    tls_client_ca: " << quote(c.server.tls_client_ca_file) << "\n"
+    << "metrics:\n"
+    << "  listen: " << quote(c.metrics_listen) << "\n"
+    << "  max_domains: " << c.metrics_max_domains << "\n"
+    << "alertmanager:\n"
+    << "  urls: [";
+  for (size_t i = 0; i < c.alertmanager_urls.size(); ++i) o << (i ? ", " : "") << quote(c.alertmanager_urls[i]);
+  o << "]\n"
+    << "  resend_interval: " << format_duration(c.alertmanager_resend_interval) << "\n"
     << "logging:\n"
     << "  level: " << c.log_level << "\n"
     << "  target: " << c.log_target << "\n"
@@ -335,6 +367,15 @@ Result<void> validate(const DaemonConfig& c) {
     return bad("sampling.history", "must be 10s..24h");
   }
   if (c.watchdog_max_tick_age < std::chrono::seconds(1)) return bad("systemd.watchdog_max_tick_age", "at least 1s");
+  if (!c.metrics_listen.empty()) {
+    if (auto a = alerting::parse_listen_address(c.metrics_listen); !a.ok()) return bad("metrics.listen", a.error().message);
+  }
+  for (const auto& u : c.alertmanager_urls) {
+    if (auto p = alerting::parse_http_url(u); !p.ok()) return bad("alertmanager.urls", p.error().message);
+  }
+  if (c.alertmanager_resend_interval < std::chrono::seconds(1) || c.alertmanager_resend_interval > std::chrono::minutes(10)) {
+    return bad("alertmanager.resend_interval", "must be 1s..10m");
+  }
   if (c.server.unix_socket.empty() && c.server.tcp_listen.empty()) {
     return bad("server", "needs unix_socket or tcp.listen");
   }

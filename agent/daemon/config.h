@@ -42,6 +42,12 @@ struct DaemonConfig {
   double softlockup_imminent_fraction = 0.5;
   // server
   server::ServerOptions server;
+  // metrics and alerting (agent/alerting/README.md): Prometheus /metrics, "" = off; loopback by
+  // default because the metrics name every guest on the host
+  std::string metrics_listen = "127.0.0.1:9910";
+  int metrics_max_domains = 64;  // domains with per-domain series; the rest are only counted
+  std::vector<std::string> alertmanager_urls;  // Alertmanager base URLs (http://); empty = no push
+  std::chrono::nanoseconds alertmanager_resend_interval{std::chrono::seconds(30)};
   // logging
   std::string log_level = "info";    // trace, debug, info, warn, error, critical, off
   std::string log_target = "stderr"; // stderr or journald

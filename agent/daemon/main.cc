@@ -50,6 +50,11 @@ int main(int argc, char** argv) {
                     [](DaemonConfig& c, int v) { c.monitor_timeout = std::chrono::milliseconds(v); },
                     "deadline of one QEMU monitor command (libvirt.monitor_timeout)")
       ->check(CLI::Range(100, 600000));
+  add_override<std::string>(cli, o, "--metrics-listen", [](DaemonConfig& c, const std::string& v) { c.metrics_listen = v; },
+                            "HOST:PORT of the Prometheus /metrics endpoint; \"\" for none (metrics.listen)");
+  add_override<std::vector<std::string>>(
+      cli, o, "--alertmanager-url", [](DaemonConfig& c, const std::vector<std::string>& v) { c.alertmanager_urls = v; },
+      "push findings to this Alertmanager (http://HOST:PORT), repeatable (alertmanager.urls)");
   cli.add_flag_function(
       "--no-introspection",
       [&o](int64_t) { o.overrides.push_back([](DaemonConfig& c) { c.introspection = false; }); },
