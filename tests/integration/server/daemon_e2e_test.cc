@@ -81,7 +81,10 @@ struct Daemon {
                                      "--socket",         socket,         "--domain",
                                      domain,             "--tcp-listen", "127.0.0.1:0",
                                      "--tls-cert",       certs.server_cert, "--tls-key",
-                                     certs.server_key,   "--tls-client-ca", certs.ca};
+                                     certs.server_key,   "--tls-client-ca", certs.ca,
+                                     // No /metrics listener: its fixed default port may be taken
+                                     // by another daemon on a shared host.
+                                     "--metrics-listen", ""};
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {
       std::string s = *e;
