@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "stallmon/alerting/exposition.h"
+#include "stallmon/base/utf8.h"
 
 namespace stallmon::alerting {
 
@@ -26,22 +27,8 @@ std::string cut(std::string s, size_t max) {
   return s + "...";
 }
 
-// Valid UTF-8 for JSON (nlohmann throws on invalid UTF-8 at dump time): reuse the label
-// escaper's replacement of bad bytes, then undo its escapes.
-std::string utf8(const std::string& s) {
-  const std::string e = escape_help(s);  // escapes only '\\' and '\n'
-  std::string out;
-  out.reserve(e.size());
-  for (size_t i = 0; i < e.size(); ++i) {
-    if (e[i] == '\\' && i + 1 < e.size()) {
-      out += e[i + 1] == 'n' ? '\n' : e[i + 1];
-      ++i;
-    } else {
-      out += e[i];
-    }
-  }
-  return out;
-}
+// Valid UTF-8 for JSON: nlohmann throws on invalid UTF-8 at dump time.
+std::string utf8(const std::string& s) { return sanitize_utf8(s); }
 
 }  // namespace
 

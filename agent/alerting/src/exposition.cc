@@ -5,6 +5,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "stallmon/base/utf8.h"
+
 namespace stallmon::alerting {
 
 const char* to_string(MetricType t) {
@@ -19,35 +21,6 @@ const char* to_string(MetricType t) {
 
 namespace {
 
-// Length of the valid UTF-8 sequence starting at s[i], or 0 if it is not one (overlong forms,
-// surrogates and code points above U+10FFFF are invalid, as Go's utf8.Valid sees them).
-size_t utf8_sequence(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  size_t n = 0;
-  uint32_t cp = 0;
-  if ((c & 0xE0) == 0xC0) {
-    n = 2;
-    cp = c & 0x1F;
-  } else if ((c & 0xF0) == 0xE0) {
-    n = 3;
-    cp = c & 0x0F;
-  } else if ((c & 0xF8) == 0xF0) {
-    n = 4;
-    cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (b(i + k) & 0x3F);
-  }
-  static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return n;
-}
 
 std::string escape(std::string_view in, bool quote) {
   std::string out;
@@ -61,7 +34,7 @@ std::string escape(std::string_view in, bool quote) {
     } else if (quote && c == '"') {
       out += "\\\"";
     } else {
-      const size_t n = utf8_sequence(in, i);
+      const size_t n = utf8_sequence_length(in, i);
       if (n == 0) {
         out += "\xEF\xBF\xBD";  // U+FFFD
         ++i;

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "stallmon/base/utf8.h"
+
 namespace stallmon::diagnosis {
 
 std::string sanitize_text(std::string_view in, std::size_t max_bytes) {
@@ -17,27 +19,9 @@ std::string sanitize_text(std::string_view in, std::size_t max_bytes) {
       ++i;
       continue;
     }
-    // Multi-byte sequence: lead byte gives the length; reject overlong forms, surrogates and
-    // values past U+10FFFF (the rules of RFC 3629).
-    std::size_t len = 0;
-    uint32_t cp = 0;
-    if (c >= 0xc2 && c <= 0xdf) {
-      len = 2;
-      cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      len = 3;
-      cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      len = 4;
-      cp = c & 0x07;
-    }
-    bool ok = len > 0 && i + len <= in.size();
-    for (std::size_t k = 1; ok && k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(in[i + k]);
-      ok = (cc & 0xc0) == 0x80;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    if (ok) ok = !(len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) && !(len == 4 && (cp < 0x10000 || cp > 0x10ffff));
+    // Multi-byte sequence: kept whole when well-formed and it fits.
+    const std::size_t len = utf8_sequence_length(in, i);
+    const bool ok = len > 0;
     if (ok && out.size() + len <= max_bytes) {
       out.append(in.substr(i, len));
       i += len;
