@@ -186,8 +186,10 @@ TEST_F(ServiceTest, InspectPassesTheTimeoutBoundedByTheClientDeadline) {
   v1::InspectDomainResponse r;
   ASSERT_TRUE(stub_->InspectDomain(ctx(2s).get(), ir, &r).ok());
   // The 30 s asked for is capped by what is left of the client's 2 s deadline. How much is left
-  // depends on how fast this loaded machine served the call, so only the cap is asserted.
-  EXPECT_LE(backend_.last_inspect_timeout, 2000ms);
+  // depends on how fast this loaded machine served the call, so only the cap is asserted, with
+  // slack for gRPC carrying the deadline as a timeout header that the server re-anchors to its
+  // own clock (2008 ms was seen).
+  EXPECT_LE(backend_.last_inspect_timeout, 2500ms);
   EXPECT_GT(backend_.last_inspect_timeout, 0ms);
   EXPECT_EQ(r.kernel_release(), "6.1.0-56-amd64");
   EXPECT_EQ(r.nr_cpu_ids(), 4);
