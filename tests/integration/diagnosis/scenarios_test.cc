@@ -467,7 +467,15 @@ TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
   const size_t from_console = guest().console_size();
   const auto t0 = Clock::now();
   // In the background: once CPU 1 stops answering, anything that IPIs it hangs, insmod included.
-  auto r = guest().run("insmod /irqoff.ko cpu=1 >/dev/null 2>&1 &", 60s);
+  // Everything the control channel needs must stay off the CPU about to spin with IRQs off: a
+  // reply handled there (the control loop scheduled on it, a TLB-shootdown IPI for the loop's mm,
+  // the virtio-serial interrupt routed to it) would never come. Move every task and IRQ to the
+  // other CPUs first; the IPIs of the scenario still go to every CPU.
+  auto r = guest().run(
+      "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p d $p >/dev/null 2>&1; done; "
+      "for f in /proc/irq/*/smp_affinity; do echo d > $f 2>/dev/null; done; "
+      "insmod /irqoff.ko cpu=1 </dev/null >/dev/null 2>&1 &",
+      60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   // Generous: on an overloaded host the spinning vCPUs are also starved, and starvation ranks

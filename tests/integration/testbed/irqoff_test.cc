@@ -28,7 +28,15 @@ TEST_F(IrqOff, SpinWithInterruptsOffOnCpu1) {
   // In the background: insmod itself may never return (it can land on CPU 1, or wait for CPU 1
   // in an IPI), and neither may later guest commands that need CPU 1. Only the console is used
   // from here on.
-  auto r = g.run("insmod /irqoff.ko cpu=1 </dev/null >/dev/null 2>&1 &", 60s);
+  // Everything the control channel needs must stay off the CPU about to spin with IRQs off: a
+  // reply handled there (the control loop scheduled on it, a TLB-shootdown IPI for the loop's mm,
+  // the virtio-serial interrupt routed to it) would never come. Move every task and IRQ to the
+  // other CPUs first; the IPIs of the scenario still go to every CPU.
+  auto r = g.run(
+      "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p d $p >/dev/null 2>&1; done; "
+      "for f in /proc/irq/*/smp_affinity; do echo d > $f 2>/dev/null; done; "
+      "insmod /irqoff.ko cpu=1 </dev/null >/dev/null 2>&1 &",
+      60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto m = g.wait_console(std::regex("soft lockup - CPU#([0-9]+) stuck"), 90s, from);
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
