@@ -559,13 +559,17 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {
 TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
   int secs = 300;
   if (const char* e = std::getenv("STALLMON_HEALTHY_SECONDS")) secs = std::max(1, std::atoi(e));
+  // CPU load on every vCPU plus the remote wakeups and sleepers, at the default watchdog_thresh.
+  // The text-patching IPI generator is left out here: with 4 busy TCG vCPUs on 2 host cores it
+  // once stalled the watchdog of every guest CPU for 100+ s (all four touch ages in lockstep;
+  // unexplained, see the console check below), and IPI stalls have their own scenarios.
   tb::GuestOptions o;
   o.tag = "dx-healthy";
-  o.scenario = "ipi,wakeups,sleepers";
-  o.watchdog_thresh = 5;
+  o.scenario = "wakeups,sleepers";
   ASSERT_TRUE(boot(o));
   Monitored m(guest());
   ASSERT_TRUE(m.ready(120s));
+  const size_t from_console = guest().console_size();
   auto r = guest().run("tb-load start", 60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
@@ -593,6 +597,13 @@ TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
   for (const auto& v : d->vcpus) {
     std::cout << "vCPU " << v.index << ": run " << v.thread.signals.run_fraction << ", steal "
               << v.thread.signals.steal_fraction << std::endl;
+  }
+  // Whether the guest's own watchdog spoke: a finding matched by its report is no false positive.
+  const std::string console = guest().console(from_console);
+  if (auto at = console.find("soft lockup"); at != std::string::npos) {
+    std::cout << "the guest itself reported: " << console.substr(at > 40 ? at - 40 : 0, 160) << std::endl;
+  } else {
+    std::cout << "the guest reported no soft lockup" << std::endl;
   }
   if (others_fraction > 0.25) {
     // A host this busy with other work really denies the vCPUs the CPU: VCPU_HOST_STARVED is
