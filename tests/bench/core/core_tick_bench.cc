@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "internal.h"
+#include "sleeping_threads.h"
 #include "seed_case1_kernel.h"
 #include "synthetic_kernel.h"
 
@@ -28,37 +29,7 @@ namespace {
 
 using introspect::testing::SyntheticKernel;
 
-class SleepingThreads {
- public:
-  explicit SleepingThreads(int n) : tids_(static_cast<size_t>(n)) {
-    for (int i = 0; i < n; ++i) {
-      threads_.emplace_back([this, i] {
-        tids_[static_cast<size_t>(i)] = static_cast<pid_t>(syscall(SYS_gettid));
-        ready_.fetch_add(1);
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [this] { return stop_; });
-      });
-    }
-    while (ready_.load() < n) std::this_thread::yield();
-  }
-  ~SleepingThreads() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  const std::vector<pid_t>& tids() const { return tids_; }
-
- private:
-  std::vector<pid_t> tids_;
-  std::vector<std::thread> threads_;
-  std::atomic<int> ready_{0};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-};
+using bench::SleepingThreads;
 
 // Seed case 1 plus a printk ring with a tail to read.
 void build_guest(SyntheticKernel& k) {
@@ -131,12 +102,7 @@ BENCHMARK(BM_Tick)->Arg(0)->Arg(1)->ArgNames({"snapshot"})->MeasureProcessCPUTim
 // The parts alone, on the same rig.
 // This process with four sleeping threads as its vCPUs, sampled through the real /proc.
 struct SamplerRig {
-  SamplerRig() : s(fs, mono, getpid(), vcpus_of(t)) {}
-  static std::map<int32_t, int32_t> vcpus_of(const SleepingThreads& t) {
-    std::map<int32_t, int32_t> m;
-    for (size_t i = 0; i < t.tids().size(); ++i) m[static_cast<int32_t>(i)] = t.tids()[i];
-    return m;
-  }
+  SamplerRig() : s(fs, mono, getpid(), t.as_vcpus()) {}
   SleepingThreads t{4};
   host::RealHostFs fs{"/"};
   host::MonotonicClock mono;

@@ -19,47 +19,12 @@
 
 #include "stallmon/host/proc_parse.h"
 #include "stallmon/host/sampler.h"
+#include "sleeping_threads.h"
 
 namespace stallmon::host {
 namespace {
 
-// N threads that block on a condition variable until destroyed.
-class SleepingThreads {
- public:
-  explicit SleepingThreads(int n) {
-    tids_.resize(n);
-    for (int i = 0; i < n; ++i) {
-      threads_.emplace_back([this, i] {
-        tids_[i] = static_cast<pid_t>(syscall(SYS_gettid));
-        ready_.fetch_add(1);
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [this] { return stop_; });
-      });
-    }
-    while (ready_.load() < n) std::this_thread::yield();
-  }
-  ~SleepingThreads() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  std::map<int32_t, int32_t> as_vcpus() const {
-    std::map<int32_t, int32_t> m;
-    for (size_t i = 0; i < tids_.size(); ++i) m[static_cast<int32_t>(i)] = tids_[i];
-    return m;
-  }
-
- private:
-  std::vector<pid_t> tids_;
-  std::vector<std::thread> threads_;
-  std::atomic<int> ready_{0};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-};
+using bench::SleepingThreads;
 
 void set_counters(benchmark::State& state, size_t threads_per_tick) {
   state.counters["threads"] = static_cast<double>(threads_per_tick);
