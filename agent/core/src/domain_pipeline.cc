@@ -1,8 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-// One watched domain: its tick loop (sample → snapshot → observe), its kernel discovery worker
+// One watched domain: its tick (sample → snapshot → observe), its kernel discovery state machine
 // and the state its queries copy.
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <new>
 #include <set>
 #include <string>
 #include <utility>
@@ -47,7 +54,7 @@ ThreadStatus thread_status(const host::TrackedThread& t, const Shared& shared, i
 
 Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared, pid_t pid,
                                                            const std::vector<introspect::RamRange>& ram,
-                                                           uint64_t hint_gpa) {
+                                                           uint64_t hint_gpa, uint64_t* bytes_read) {
   if (shared.discover_override) return shared.discover_override(pid, ram, hint_gpa);
   Result<std::shared_ptr<introspect::PhysicalMemory>> mem = Error(ErrorCode::kInternal, "unset");
   if (shared.memory_opener) {
@@ -58,6 +65,15 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
     mem = std::shared_ptr<introspect::PhysicalMemory>(std::move(q).value());
   }
   if (!mem.ok()) return std::move(mem).error().context("guest memory");
+  auto metered = std::make_shared<MeteredMemory>(std::move(mem).value());
+  mem = std::shared_ptr<introspect::PhysicalMemory>(metered);
+  struct ReportBytes {
+    const MeteredMemory& m;
+    uint64_t* out;
+    ~ReportBytes() {
+      if (out) *out = m.bytes_read();
+    }
+  } report{*metered, bytes_read};
 
   introspect::DiscoverOptions opts;
   opts.scan.hint_gpa = hint_gpa;  // a reboot usually puts the note where it was
@@ -134,7 +150,91 @@ void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
   if (wchans) wchans->retain_only(tids);
 }
 
+
+// ---- metered guest memory ---------------------------------------------------------------------
+
+namespace {
+Error abandoned_read(uint64_t gpa) {
+  return Error(ErrorCode::kTimeout, "guest read abandoned by the supervisor (an earlier read was too slow)", gpa);
+}
+}  // namespace
+
+Result<void> MeteredMemory::read(uint64_t gpa, void* buf, size_t len) {
+  GuestReadScope scope;
+  if (GuestReadScope::current_abandoned()) return abandoned_read(gpa);
+  auto r = inner_->read(gpa, buf, len);
+  if (r.ok()) bytes_.fetch_add(len, std::memory_order_relaxed);
+  return r;
+}
+
+Result<void> MeteredMemory::read_batch(std::span<introspect::ReadRequest> requests) {
+  GuestReadScope scope;
+  if (GuestReadScope::current_abandoned()) {
+    for (auto& r : requests) r.ok = false;
+    return abandoned_read(requests.empty() ? 0 : requests.front().addr);
+  }
+  auto r = inner_->read_batch(requests);
+  uint64_t n = 0;
+  for (const auto& q : requests) n += q.ok ? q.len : 0;
+  bytes_.fetch_add(n, std::memory_order_relaxed);
+  return r;
+}
+
+// ---- hints on disk ----------------------------------------------------------------------------
+
+std::string HintStore::path(const std::string& uuid) const {
+  if (dir_.empty() || uuid.empty() || uuid.size() > 64) return {};
+  for (char c : uuid) {
+    if (!std::isxdigit(static_cast<unsigned char>(c)) && c != '-') return {};
+  }
+  return dir_ + "/hints/" + uuid;
+}
+
+uint64_t HintStore::load(const std::string& uuid) const {
+  const std::string p = path(uuid);
+  if (p.empty()) return 0;
+  std::ifstream in(p);
+  std::string text;
+  if (!in || !std::getline(in, text) || text.size() > 18) return 0;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text.c_str(), &end, 16);
+  if (errno != 0 || end == text.c_str() || *end != '\0' || v % 4096 != 0) return 0;
+  return v;
+}
+
+Result<void> HintStore::save(const std::string& uuid, uint64_t gpa) const {
+  const std::string p = path(uuid);
+  if (p.empty()) return Ok();
+  std::error_code ec;
+  std::filesystem::create_directories(dir_ + "/hints", ec);
+  if (ec) return Error(ErrorCode::kIo, "create " + dir_ + "/hints: " + ec.message());
+  const std::string tmp = p + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%llx\n", static_cast<unsigned long long>(gpa));
+    out << buf;
+    if (!out.flush()) return Error(ErrorCode::kIo, "write " + tmp);
+  }
+  std::filesystem::rename(tmp, p, ec);
+  if (ec) return Error(ErrorCode::kIo, "rename " + tmp + ": " + ec.message());
+  return Ok();
+}
+
 // ---- pipeline ---------------------------------------------------------------------------------
+
+namespace {
+// Whether a discovery error means "no Linux kernel here" rather than a broken one.
+bool no_kernel_error(const Error& e) {
+  return e.code == ErrorCode::kNotFound && e.message.find("VMCOREINFO") != std::string::npos;
+}
+// Whether it means "guest data too big for the domain's budget" (introspect's MemoryBudget).
+bool over_budget_error(const Error& e) {
+  const std::string code = to_string(e.code);
+  return code.find("budget") != std::string::npos || e.message.find("over budget") != std::string::npos;
+}
+}  // namespace
 
 DomainPipeline::DomainPipeline(Shared& shared, const libvirt::DomainInfo& info)
     : shared_(shared), uuid_(info.uuid.empty() ? info.name : info.uuid) {
@@ -144,17 +244,10 @@ DomainPipeline::DomainPipeline(Shared& shared, const libvirt::DomainInfo& info)
   watched_since_ = shared_.clock->now();
   health_.state = shared_.config.introspection ? IntrospectionState::kWaitingForLayout
                                                : IntrospectionState::kDisabled;
+  if (shared_.config.introspection) note_hint_ = shared_.hints.load(info.uuid);
 }
 
-DomainPipeline::~DomainPipeline() {
-  retire();
-  join();
-}
-
-void DomainPipeline::start() {
-  tick_thread_ = std::thread([this] { tick_loop(); });
-  if (shared_.config.introspection) discovery_thread_ = std::thread([this] { discovery_loop(); });
-}
+DomainPipeline::~DomainPipeline() { retire(); }
 
 std::string DomainPipeline::name() const {
   std::lock_guard<std::mutex> l(mu_);
@@ -162,26 +255,25 @@ std::string DomainPipeline::name() const {
 }
 
 void DomainPipeline::post_update(const libvirt::DomainInfo& info) {
-  {
-    std::lock_guard<std::mutex> l(inbox_mu_);
-    pending_info_ = info;
-  }
-  inbox_cv_.notify_all();
+  std::lock_guard<std::mutex> l(inbox_mu_);
+  pending_info_ = info;
 }
 
 void DomainPipeline::post_event(const libvirt::DomainEvent& event, Timestamp at) {
   auto e = to_diagnosis_event(event, at);
-  {
-    std::lock_guard<std::mutex> l(inbox_mu_);
-    if (e) pending_events_.push_back(*e);
-    // A reset or a new boot may bring another kernel (or KASLR slide): check before the next
-    // snapshot rather than at the periodic re-validation.
-    if (event.kind == libvirt::DomainEventKind::kRebooted ||
-        event.kind == libvirt::DomainEventKind::kStarted) {
-      pending_revalidate_ = true;
-    }
+  std::lock_guard<std::mutex> l(inbox_mu_);
+  if (e) pending_events_.push_back(*e);
+  // A reset or a new boot brings another kernel (or KASLR slide): the old one's memory must not
+  // be read as if it were the new one's, not even for one tick.
+  if (event.kind == libvirt::DomainEventKind::kRebooted ||
+      event.kind == libvirt::DomainEventKind::kStarted) {
+    pending_reboot_ = true;
   }
-  inbox_cv_.notify_all();
+}
+
+bool DomainPipeline::retired() const {
+  std::lock_guard<std::mutex> l(inbox_mu_);
+  return stop_;
 }
 
 void DomainPipeline::retire() {
@@ -189,20 +281,11 @@ void DomainPipeline::retire() {
     std::lock_guard<std::mutex> l(observe_mu_);
     retired_ = true;
   }
-  {
-    std::lock_guard<std::mutex> l(inbox_mu_);
-    stop_ = true;
-  }
-  inbox_cv_.notify_all();
-  {
-    std::lock_guard<std::mutex> l(disc_mu_);
-    disc_stop_ = true;
-  }
-  disc_cv_.notify_all();
   // Pending inspect requests get an answer instead of their timeout.
   std::deque<std::shared_ptr<InspectRequest>> q;
   {
     std::lock_guard<std::mutex> l(inbox_mu_);
+    stop_ = true;
     q.swap(inspect_queue_);
   }
   for (auto& r : q) {
@@ -211,58 +294,7 @@ void DomainPipeline::retire() {
     r->done = true;
     r->cv.notify_all();
   }
-  if (!tick_thread_.joinable()) finished_ = true;
-}
-
-void DomainPipeline::join() {
-  if (tick_thread_.joinable()) tick_thread_.join();
-  if (discovery_thread_.joinable()) discovery_thread_.join();
-}
-
-void DomainPipeline::tick_loop() {
-  const int64_t interval = shared_.config.sample_interval.count();
-  int64_t next = shared_.mono->now_ns();
-  std::unique_lock<std::mutex> lk(inbox_mu_);
-  while (!stop_) {
-    if (!inspect_queue_.empty()) {
-      lk.unlock();
-      serve_inspect_requests();
-      lk.lock();
-      continue;
-    }
-    const int64_t now = shared_.mono->now_ns();
-    if (now < next) {
-      inbox_cv_.wait_for(lk, std::chrono::nanoseconds(next - now));
-      continue;
-    }
-    lk.unlock();
-    if (now - next > interval) {
-      // Late by more than a whole interval: count it and skip ahead instead of bursting ticks
-      // (a burst would only sample the same stall several times within microseconds).
-      shared_.counters.overruns.fetch_add(1, std::memory_order_relaxed);
-      next = now;
-    }
-    tick();
-    next += interval;
-    lk.lock();
-  }
-  finished_ = true;
-}
-
-void DomainPipeline::discovery_loop() {
-  std::unique_lock<std::mutex> lk(disc_mu_);
-  for (;;) {
-    disc_cv_.wait(lk, [&] { return disc_stop_ || disc_job_.has_value(); });
-    if (disc_stop_) return;
-    DiscoveryJob job = std::move(*disc_job_);
-    disc_job_.reset();
-    lk.unlock();
-    const int64_t t0 = shared_.mono->now_ns();
-    auto r = discover_guest_kernel(shared_, job.pid, *job.ram, job.hint);
-    const int64_t took = shared_.mono->now_ns() - t0;
-    lk.lock();
-    disc_result_.emplace(DiscoveryResult{job.generation, took, std::move(r)});
-  }
+  if (shared_.tick_pool == nullptr) finished_ = true;
 }
 
 void DomainPipeline::set_health(const std::function<void(IntrospectionHealth&)>& f) {
@@ -273,14 +305,14 @@ void DomainPipeline::set_health(const std::function<void(IntrospectionHealth&)>&
   health_cv_.notify_all();
 }
 
-void DomainPipeline::apply_inbox(std::vector<diagnosis::DomainEvent>& events, bool& revalidate_now) {
+void DomainPipeline::apply_inbox(std::vector<diagnosis::DomainEvent>& events, bool& rebooted) {
   std::optional<libvirt::DomainInfo> info;
   {
     std::lock_guard<std::mutex> l(inbox_mu_);
     info.swap(pending_info_);
     events.swap(pending_events_);
-    revalidate_now = pending_revalidate_;
-    pending_revalidate_ = false;
+    rebooted = pending_reboot_;
+    pending_reboot_ = false;
   }
   if (!info) return;
   const bool pid_changed = info->qemu_pid != info_.qemu_pid || !sampler_;
@@ -313,7 +345,9 @@ void DomainPipeline::apply_inbox(std::vector<diagnosis::DomainEvent>& events, bo
   }
   if (pid_changed || ram_changed) {
     ++mem_generation_;
-    if (kernel_ || discovery_in_flight_) {
+    retry_never_ = false;
+    no_kernel_delay_ns_ = 0;
+    if (kernel_ || kernel_out_ || discovery_in_flight_) {
       drop_kernel("qemu process or guest RAM layout changed", shared_.mono->now_ns(), true);
     }
   }
@@ -321,7 +355,15 @@ void DomainPipeline::apply_inbox(std::vector<diagnosis::DomainEvent>& events, bo
 
 void DomainPipeline::drop_kernel(const std::string& why, int64_t now_ns, bool retry_now) {
   kernel_.reset();
+  kernel_out_ = false;  // a kernel still out is of an older generation: discarded when back
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    returned_kernel_.reset();
+  }
   failed_snapshots_ = 0;
+  proving_ = false;
+  last_jiffies_.reset();
+  last_guest_clock_ = 0;
   // A result still in flight belongs to the old generation: it is discarded when it arrives.
   discovery_in_flight_ = false;
   ++mem_generation_;
@@ -330,72 +372,198 @@ void DomainPipeline::drop_kernel(const std::string& why, int64_t now_ns, bool re
     h.state = IntrospectionState::kDiscovering;
     h.error = why;
     h.ready_since.reset();
+    h.next_attempt_at.reset();
   });
+}
+
+void DomainPipeline::reboot_detected(const std::string& why, int64_t now_ns, bool from_event) {
+  shared_.counters.reboots_detected.fetch_add(1, std::memory_order_relaxed);
+  if (!from_event) {
+    // No event reached us (the guest's clock or note told): tell the engine all the same, so
+    // that the old boot's guest-side findings resolve.
+    carry_events_.push_back(diagnosis::DomainEvent{diagnosis::DomainEventType::kRebooted,
+                                                   shared_.engine_time(now_ns), "detected by stallmon: " + why});
+  }
+  // What the old boot last showed: the new kernel's first snapshot must not show it again.
+  old_jiffies_ = last_jiffies_;
+  old_clock_ = last_guest_clock_;
+  drop_kernel(why, now_ns, true);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++health_.reboots_detected;
+  }
+  // The old note's place is where the old boot's memory still lies: scan from the start.
+  note_hint_ = 0;
+  retry_delay_ns_ = 0;
+  no_kernel_delay_ns_ = 0;
+  retry_never_ = false;
+  proving_ = true;  // armed for the next kernel found
 }
 
 void DomainPipeline::start_discovery(int64_t now_ns) {
   discovery_in_flight_ = true;
   shared_.counters.discovery_attempts.fetch_add(1, std::memory_order_relaxed);
   set_health([&](IntrospectionHealth& h) {
-    h.state = IntrospectionState::kDiscovering;
+    if (h.state != IntrospectionState::kNoKernel) h.state = IntrospectionState::kDiscovering;
     ++h.discovery_attempts;
     h.next_attempt_at.reset();
   });
-  DiscoveryJob job{info_.qemu_pid, info_.ram_layout, note_hint_, mem_generation_};
-  if (discovery_thread_.joinable()) {
-    {
-      std::lock_guard<std::mutex> l(disc_mu_);
-      disc_job_ = std::move(job);
-    }
-    disc_cv_.notify_all();
+  DiscoveryJob job{info_.qemu_pid, info_.ram_layout, note_hint_, mem_generation_, 0};
+  {
+    std::lock_guard<std::mutex> l(disc_mu_);
+    job.id = ++disc_job_id_;
+    disc_result_.reset();
+  }
+  std::shared_ptr<DomainPipeline> self = weak_from_this().lock();
+  if (shared_.discovery_pool != nullptr && self) {
+    PoolTask t;
+    t.run = [self, job] {
+      DiscoveryResult r = self->run_discovery(job);
+      std::lock_guard<std::mutex> l(self->disc_mu_);
+      if (r.job == self->disc_job_id_ && !self->disc_result_) self->disc_result_.emplace(std::move(r));
+    };
+    auto post_failure = [self, job](const std::string& why, bool paused) {
+      std::lock_guard<std::mutex> l(self->disc_mu_);
+      if (job.id != self->disc_job_id_ || self->disc_result_) return;
+      self->disc_result_.emplace(DiscoveryResult{job.id, job.generation, 0, 0, paused,
+                                                 Error(ErrorCode::kTimeout, why)});
+    };
+    t.on_abandon = [post_failure](const std::string& why) { post_failure("discovery: " + why, true); };
+    t.on_exception = [post_failure](const std::string& what) { post_failure("discovery: " + what, false); };
+    shared_.discovery_pool->post(shared_.discovery_pool->now_ns(), std::move(t));
     return;
   }
-  // No worker (threads=false): discover inline, on the caller's thread.
+  // No pool (threads=false): discover inline, on the caller's thread.
+  finish_discovery(run_discovery(job), std::max(now_ns, shared_.mono->now_ns()));
+}
+
+DomainPipeline::DiscoveryResult DomainPipeline::run_discovery(const DiscoveryJob& job) {
   const int64_t t0 = shared_.mono->now_ns();
-  auto r = discover_guest_kernel(shared_, job.pid, *job.ram, job.hint);
-  finish_discovery(DiscoveryResult{job.generation, shared_.mono->now_ns() - t0, std::move(r)},
-                   std::max(now_ns, shared_.mono->now_ns()));
+  uint64_t bytes = 0;
+  Result<std::unique_ptr<GuestKernel>> r = Error(ErrorCode::kInternal, "unset");
+  try {
+    r = discover_guest_kernel(shared_, job.pid, *job.ram, job.hint, &bytes);
+  } catch (const std::bad_alloc&) {
+    r = Error(ErrorCode::kLimit, "discovery: allocation failed (over budget)");
+  } catch (const std::exception& e) {
+    r = Error(ErrorCode::kInternal, std::string("discovery: exception: ") + e.what());
+  }
+  if (r.ok()) (*r)->generation = job.generation;
+  return DiscoveryResult{job.id, job.generation, shared_.mono->now_ns() - t0, bytes, false, std::move(r)};
+}
+
+void DomainPipeline::schedule_retry(IntrospectionState state, const std::string& msg, int64_t now_ns) {
+  const int64_t initial = shared_.config.discovery_retry_initial.count();
+  int64_t delay = 0;
+  if (state == IntrospectionState::kNoKernel) {
+    const int64_t max = shared_.config.no_kernel_retry_max.count();
+    no_kernel_delay_ns_ = no_kernel_delay_ns_ == 0 ? initial : std::min(max, no_kernel_delay_ns_ * 2);
+    delay = no_kernel_delay_ns_;
+  } else {
+    const int64_t max = shared_.config.discovery_retry_max.count();
+    retry_delay_ns_ = retry_delay_ns_ == 0 ? initial : std::min(max, retry_delay_ns_ * 2);
+    delay = retry_delay_ns_;
+  }
+  retry_never_ = state == IntrospectionState::kOverBudget;
+  next_discovery_ns_ = now_ns + delay;
+  set_health([&](IntrospectionHealth& h) {
+    h.state = state;
+    h.error = msg;
+    if (retry_never_) {
+      h.next_attempt_at.reset();
+    } else {
+      h.next_attempt_at = shared_.engine_time(next_discovery_ns_);
+    }
+  });
 }
 
 void DomainPipeline::finish_discovery(DiscoveryResult result, int64_t now_ns) {
   if (!discovery_in_flight_ || result.generation != mem_generation_) return;  // stale
   discovery_in_flight_ = false;
   const Duration took(result.duration_ns);
+  set_health([&](IntrospectionHealth& h) {
+    h.last_discovery_duration = took;
+    h.discovery_time += took;
+    h.discovery_bytes_read += result.bytes_read;
+    h.last_discovery_bytes_read = result.bytes_read;
+  });
   if (result.kernel.ok()) {
     kernel_ = std::move(result.kernel).value();
+    kernel_->generation = mem_generation_;
+    if (kernel_->note_gpa != 0 && kernel_->note_gpa != note_hint_) {
+      (void)shared_.hints.save(info_.uuid, kernel_->note_gpa);  // best effort: only a hint
+    }
     note_hint_ = kernel_->note_gpa;
     retry_delay_ns_ = 0;
+    no_kernel_delay_ns_ = 0;
     last_validated_ns_ = now_ns;
     failed_snapshots_ = 0;
+    last_jiffies_.reset();
+    last_guest_clock_ = 0;
+    if (proving_) {
+      proving_since_ns_ = now_ns;
+      proof_jiffies_.reset();
+      proof_clock_ = 0;
+    }
+    const bool proving = proving_;
     set_health([&](IntrospectionHealth& h) {
-      h.state = IntrospectionState::kReady;
-      h.error.clear();
+      h.state = proving ? IntrospectionState::kDiscovering : IntrospectionState::kReady;
+      h.error = proving ? "after a reboot: waiting for the new kernel's clock to advance" : "";
       h.kernel_release = kernel_->release;
       h.build_id = kernel_->build_id;
-      h.last_discovery_duration = took;
-      h.ready_since = shared_.engine_time(now_ns);
+      if (!proving) h.ready_since = shared_.engine_time(now_ns);
       h.next_attempt_at.reset();
     });
     return;
   }
   shared_.counters.discovery_failures.fetch_add(1, std::memory_order_relaxed);
-  const int64_t initial = shared_.config.discovery_retry_initial.count();
-  const int64_t max = shared_.config.discovery_retry_max.count();
-  retry_delay_ns_ = retry_delay_ns_ == 0 ? initial : std::min(max, retry_delay_ns_ * 2);
-  next_discovery_ns_ = now_ns + retry_delay_ns_;
-  const std::string msg = result.kernel.error().to_string();
+  set_health([&](IntrospectionHealth& h) { ++h.discovery_failures; });
+  const Error& e = result.kernel.error();
+  if (result.paused) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++health_.reads_abandoned;
+    }
+    schedule_retry(IntrospectionState::kPaused, e.message, now_ns);
+  } else if (over_budget_error(e)) {
+    schedule_retry(IntrospectionState::kOverBudget, e.to_string(), now_ns);
+  } else if (no_kernel_error(e)) {
+    schedule_retry(IntrospectionState::kNoKernel, e.to_string(), now_ns);
+  } else {
+    schedule_retry(IntrospectionState::kFailed, e.to_string(), now_ns);
+  }
+}
+
+bool DomainPipeline::with_kernel(const std::function<void(GuestKernel&)>& f) {
+  std::unique_ptr<GuestKernel> k = std::move(kernel_);
+  kernel_out_ = true;
+  GuestReadScope scope;
+  f(*k);
+  if (scope.end()) {
+    // Abandoned: another worker may be running this domain's next tick by now. Only hand the
+    // kernel back; it is re-validated before its next use.
+    std::lock_guard<std::mutex> l(mu_);
+    returned_kernel_ = std::move(k);
+    return false;
+  }
+  kernel_ = std::move(k);
+  kernel_out_ = false;
+  return true;
+}
+
+void DomainPipeline::on_read_abandoned(const std::string& why) {
+  shared_.counters.reads_abandoned.fetch_add(1, std::memory_order_relaxed);
   set_health([&](IntrospectionHealth& h) {
-    h.state = IntrospectionState::kFailed;
-    h.error = msg;
-    ++h.discovery_failures;
-    h.last_discovery_duration = took;
-    h.next_attempt_at = shared_.engine_time(next_discovery_ns_);
+    h.state = IntrospectionState::kPaused;
+    h.error = why;
+    ++h.reads_abandoned;
+    h.ready_since.reset();
   });
 }
 
-void DomainPipeline::manage_introspection(int64_t now_ns, bool revalidate_now) {
+void DomainPipeline::manage_introspection(int64_t now_ns) {
   if (!shared_.config.introspection) return;
-  if (discovery_in_flight_ && discovery_thread_.joinable()) {
+  if (discovery_in_flight_) {
     std::optional<DiscoveryResult> r;
     {
       std::lock_guard<std::mutex> l(disc_mu_);
@@ -403,17 +571,44 @@ void DomainPipeline::manage_introspection(int64_t now_ns, bool revalidate_now) {
     }
     if (r) finish_discovery(std::move(*r), now_ns);
   }
+  bool revalidate_now = false;
+  if (kernel_out_) {
+    std::unique_ptr<GuestKernel> back;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      back = std::move(returned_kernel_);
+    }
+    if (!back) return;  // still stuck in its read: host-only until it returns
+    kernel_out_ = false;
+    if (back->generation != mem_generation_) {
+      drop_kernel("a guest read returned after the domain's memory changed", now_ns, true);
+      return;
+    }
+    kernel_ = std::move(back);
+    revalidate_now = true;  // the read stalled: check the kernel before trusting it again
+  }
   if (kernel_) {
     if (kernel_->kernel && (revalidate_now ||
         now_ns - last_validated_ns_ >= shared_.config.revalidate_interval.count())) {
       last_validated_ns_ = now_ns;
-      // One page read of the VMCOREINFO note: cheap enough for the tick thread.
-      auto valid = kernel_->kernel->still_valid();
+      // One page read of the VMCOREINFO note: cheap enough for a tick, but still a guest read.
+      Result<bool> valid = false;
+      if (!with_kernel([&](GuestKernel& k) { valid = k.kernel->still_valid(); })) return;
       if (!valid.ok()) {
         drop_kernel("re-validation failed: " + valid.error().to_string(), now_ns, true);
       } else if (!*valid) {
-        drop_kernel("the guest kernel changed (reboot)", now_ns, true);
+        reboot_detected("the guest kernel changed (VMCOREINFO note gone or KERNELOFFSET/BUILD-ID changed)",
+                        now_ns, false);
       }
+    }
+    if (kernel_ && revalidate_now) {
+      set_health([&](IntrospectionHealth& h) {
+        if (h.state == IntrospectionState::kPaused) {
+          h.state = proving_ ? IntrospectionState::kDiscovering : IntrospectionState::kReady;
+          h.error.clear();
+          h.ready_since = shared_.engine_time(now_ns);
+        }
+      });
     }
     return;
   }
@@ -429,16 +624,77 @@ void DomainPipeline::manage_introspection(int64_t now_ns, bool revalidate_now) {
     }
     return;
   }
-  if (discovery_in_flight_ || now_ns < next_discovery_ns_) return;
+  if (discovery_in_flight_ || retry_never_ || now_ns < next_discovery_ns_) return;
   start_discovery(now_ns);
 }
 
-std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestamp now) {
-  if (!kernel_ || !shared_.engine->wants_guest_snapshot(uuid_, now)) return std::nullopt;
+bool DomainPipeline::clock_went_back(const introspect::GuestSnapshot& snap, std::string& why) const {
+  if (snap.jiffies && last_jiffies_ && *snap.jiffies < *last_jiffies_) {
+    why = "jiffies went back from " + std::to_string(*last_jiffies_) + " to " + std::to_string(*snap.jiffies);
+    return true;
+  }
+  // rq->clock (sched_clock) restarts near 0 at boot. Only when every runqueue was read: a
+  // partly unreadable snapshot has a lower maximum without any reboot.
+  const bool all_rq = !snap.cpus.empty() &&
+                      std::all_of(snap.cpus.begin(), snap.cpus.end(),
+                                  [](const introspect::CpuSnapshot& c) { return c.rq.ok || !c.online; });
+  if (all_rq && snap.guest_clock_ns != 0 && last_guest_clock_ != 0 &&
+      snap.guest_clock_ns + 1'000'000'000ULL < last_guest_clock_) {
+    why = "the guest's uptime went back from " + std::to_string(last_guest_clock_ / 1'000'000) +
+          " ms to " + std::to_string(snap.guest_clock_ns / 1'000'000) + " ms";
+    return true;
+  }
+  return false;
+}
+
+std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestamp now, bool* abandoned) {
+  // A kernel being proven is snapshotted every tick (its snapshots are not observed).
+  if (!kernel_ || (!proving_ && !shared_.engine->wants_guest_snapshot(uuid_, now))) return std::nullopt;
   const int64_t t0 = shared_.mono->now_ns();
-  introspect::GuestSnapshot snap = kernel_->tick_reader->take();
+  introspect::GuestSnapshot snap;
+  if (!with_kernel([&](GuestKernel& k) { snap = k.tick_reader->take(); })) {
+    *abandoned = true;
+    return std::nullopt;
+  }
   const int64_t took = shared_.mono->now_ns() - t0;
   record_snapshot(snap, took);
+  std::string why;
+  if (clock_went_back(snap, why)) {
+    // Whatever this snapshot shows is a mix of two boots: never observed.
+    reboot_detected("guest rebooted: " + why, t0, false);
+    return std::nullopt;
+  }
+  if (snap.jiffies) last_jiffies_ = std::max(last_jiffies_.value_or(0), *snap.jiffies);
+  last_guest_clock_ = std::max(last_guest_clock_, snap.guest_clock_ns);
+  if (proving_) {
+    const bool has_clock = snap.jiffies || snap.guest_clock_ns != 0;
+    const bool same_as_old = (snap.jiffies && old_jiffies_ && *snap.jiffies == *old_jiffies_) ||
+                             (snap.guest_clock_ns != 0 && snap.guest_clock_ns == old_clock_);
+    const bool first = !proof_jiffies_ && proof_clock_ == 0;
+    if (!has_clock || (first && !same_as_old)) {
+      if (first && has_clock) {
+        proof_jiffies_ = snap.jiffies;
+        proof_clock_ = snap.guest_clock_ns;
+      }
+    }
+    const bool advanced = !first && ((snap.jiffies && proof_jiffies_ && *snap.jiffies > *proof_jiffies_) ||
+                                     (snap.guest_clock_ns > proof_clock_ && proof_clock_ != 0));
+    if (!has_clock || (advanced && !same_as_old)) {
+      proving_ = false;
+      set_health([&](IntrospectionHealth& h) {
+        h.state = IntrospectionState::kReady;
+        h.error.clear();
+        h.ready_since = shared_.engine_time(t0);
+      });
+    } else if (t0 - proving_since_ns_ > shared_.config.reboot_proof_timeout.count()) {
+      // Frozen clocks: the previous boot's memory (its note still in RAM), not a running kernel.
+      drop_kernel("after a reboot: the kernel found shows no running clock (previous boot's memory?)", t0,
+                  false);
+      proving_ = true;
+      return std::nullopt;
+    }
+    if (proving_) return std::nullopt;  // not observed until proven
+  }
   // Every CPU unreadable, many times in a row: the layout no longer matches the guest (a reboot
   // whose event we missed, a qemu that remapped RAM). Discover again.
   const bool all_failed =
@@ -474,12 +730,53 @@ void DomainPipeline::record_snapshot(const introspect::GuestSnapshot& snap, int6
   }
 }
 
-void DomainPipeline::tick() {
+bool DomainPipeline::tick() {
+  std::string what;
+  try {
+    return tick_unguarded();
+  } catch (const std::bad_alloc&) {
+    what = "allocation failed (std::bad_alloc)";
+  } catch (const std::exception& e) {
+    what = std::string("exception: ") + e.what();
+  } catch (...) {
+    what = "unknown exception";
+  }
+  // Outside every GuestReadScope now (unwound), so the supervisor cannot abandon us from here
+  // on: if it has not, this tick still owns the domain's tick state.
+  if (GuestReadScope::current_abandoned()) return false;
+  contain_failure(what);
+  return true;
+}
+
+void DomainPipeline::contain_failure(const std::string& what) {
+  shared_.counters.internal_errors.fetch_add(1, std::memory_order_relaxed);
+  const int64_t now = shared_.mono->now_ns();
+  // The kernel and readers may be half-updated: drop them. Host sampling goes on.
+  drop_kernel("internal error in this domain's work: " + what, now, false);
+  const bool budget = what.find("bad_alloc") != std::string::npos;
+  schedule_retry(budget ? IntrospectionState::kOverBudget : IntrospectionState::kFailed,
+                 "internal error in this domain's work: " + what, now);
+  if (budget) retry_never_ = false;  // an allocation failure may be the host's, not the guest's
+}
+
+bool DomainPipeline::tick_unguarded() {
   const int64_t t0 = shared_.mono->now_ns();
   std::vector<diagnosis::DomainEvent> events;
-  bool revalidate = false;
-  apply_inbox(events, revalidate);
-  manage_introspection(t0, revalidate);
+  bool rebooted = false;
+  apply_inbox(events, rebooted);
+  if (rebooted && shared_.config.introspection) {
+    if (kernel_ || kernel_out_ || discovery_in_flight_) {
+      reboot_detected("guest reset or started (libvirt event)", t0, /*from_event=*/true);
+    } else {
+      // No kernel yet (e.g. none found so far): a new boot is worth a look at once.
+      retry_delay_ns_ = no_kernel_delay_ns_ = 0;
+      retry_never_ = false;
+      next_discovery_ns_ = t0;
+    }
+  }
+  manage_introspection(t0);
+  // Abandoned inside a re-validation read: the next tick runs elsewhere already.
+  if (GuestReadScope::current_abandoned()) return false;
 
   diagnosis::DomainObservation obs;
   bool have_host = false;
@@ -508,7 +805,10 @@ void DomainPipeline::tick() {
   obs.monitor = to_monitor_status(info_.monitor, shared_.mono_to_engine);
   const Timestamp now = shared_.clock->now();
   if (have_host) {
-    if (auto snap = maybe_snapshot(now)) obs.guest = to_guest_view(*snap);
+    bool abandoned = false;
+    auto snap = maybe_snapshot(now, &abandoned);
+    if (abandoned) return false;  // the next tick (another worker) samples the host again
+    if (snap) obs.guest = to_guest_view(*snap);
   }
   // Events wait for a tick that observes: a crash reported while the sampler had nothing (no
   // pid yet) must still reach the engine.
@@ -527,13 +827,14 @@ void DomainPipeline::tick() {
     ++ticks_;
     last_tick_ = now;
   }
-  if (!discovery_thread_.joinable() && !tick_thread_.joinable()) serve_inspect_requests();
+  return serve_inspect_requests();
 }
 
-void DomainPipeline::serve_inspect_requests() {
+bool DomainPipeline::serve_inspect_requests() {
   std::deque<std::shared_ptr<InspectRequest>> q;
   {
     std::lock_guard<std::mutex> l(inbox_mu_);
+    if (inspect_queue_.empty()) return true;
     q.swap(inspect_queue_);
   }
   for (auto& req : q) {
@@ -542,7 +843,7 @@ void DomainPipeline::serve_inspect_requests() {
       if (req->abandoned) continue;
     }
     Result<InspectResult> r = Error(ErrorCode::kInternal, "unset");
-    if (!kernel_) {
+    if (!kernel_ || proving_) {
       std::lock_guard<std::mutex> l(mu_);
       r = Error(ErrorCode::kUnsupported, std::string("introspection not ready: ") +
                                              to_string(health_.state) +
@@ -550,20 +851,34 @@ void DomainPipeline::serve_inspect_requests() {
     } else {
       const int64_t t0 = shared_.mono->now_ns();
       InspectResult res;
-      res.snapshot = kernel_->inspect_reader->take();
-      record_snapshot(res.snapshot, shared_.mono->now_ns() - t0);
-      res.domain_name = info_.name;
-      res.domain_uuid = info_.uuid;
-      res.kernel_release = kernel_->release;
-      res.build_id = kernel_->build_id;
-      res.taken_at = shared_.engine_time(static_cast<int64_t>(res.snapshot.taken_at_ns));
-      r = std::move(res);
+      const bool done = with_kernel([&](GuestKernel& k) {
+        res.snapshot = k.inspect_reader->take();
+        res.kernel_release = k.release;
+        res.build_id = k.build_id;
+      });
+      if (!done) {
+        r = Error(ErrorCode::kTimeout, "the guest read for inspect did not return in time");
+      } else {
+        record_snapshot(res.snapshot, shared_.mono->now_ns() - t0);
+        res.domain_name = info_.name;
+        res.domain_uuid = info_.uuid;
+        res.taken_at = shared_.engine_time(static_cast<int64_t>(res.snapshot.taken_at_ns));
+        r = std::move(res);
+      }
+      if (!done) {
+        std::lock_guard<std::mutex> l(req->mu);
+        req->result.emplace(std::move(r));
+        req->done = true;
+        req->cv.notify_all();
+        return false;  // abandoned: the rest of the queue is lost (the callers time out)
+      }
     }
     std::lock_guard<std::mutex> l(req->mu);
     req->result.emplace(std::move(r));
     req->done = true;
     req->cv.notify_all();
   }
+  return true;
 }
 
 Result<InspectResult> DomainPipeline::inspect(std::chrono::milliseconds timeout) {
@@ -576,7 +891,6 @@ Result<InspectResult> DomainPipeline::inspect(std::chrono::milliseconds timeout)
     if (stop_) return Error(ErrorCode::kNotFound, "domain " + uuid_ + " is gone");
     inspect_queue_.push_back(req);
   }
-  inbox_cv_.notify_all();
   std::unique_lock<std::mutex> l(req->mu);
   if (!req->cv.wait_for(l, timeout, [&] { return req->done; })) {
     req->abandoned = true;
@@ -584,6 +898,40 @@ Result<InspectResult> DomainPipeline::inspect(std::chrono::milliseconds timeout)
                                           std::to_string(timeout.count()) + " ms");
   }
   return std::move(*req->result);
+}
+
+// ---- scheduling on the tick pool -----------------------------------------------------------------
+
+void post_tick(Shared& shared, const std::shared_ptr<DomainPipeline>& p, int64_t due_ns) {
+  PoolTask t;
+  std::weak_ptr<DomainPipeline> weak = p;
+  t.run = [&shared, weak, due_ns] {
+    std::shared_ptr<DomainPipeline> d = weak.lock();
+    if (!d || d->retired()) return;
+    const int64_t interval = shared.config.sample_interval.count();
+    int64_t due = due_ns;
+    const int64_t now = shared.mono->now_ns();
+    if (now - due > interval) {
+      // Late by more than a whole interval: count it and skip ahead instead of bursting ticks
+      // (a burst would only sample the same stall several times within microseconds).
+      shared.counters.overruns.fetch_add(1, std::memory_order_relaxed);
+      due = now;
+    }
+    if (!d->tick()) return;  // abandoned: on_abandon already posted the next tick
+    if (!d->retired()) post_tick(shared, d, due + interval);
+  };
+  t.on_abandon = [&shared, weak](const std::string& why) {
+    std::shared_ptr<DomainPipeline> d = weak.lock();
+    if (!d) return;
+    d->on_read_abandoned(why);
+    if (!d->retired()) post_tick(shared, d, shared.mono->now_ns());
+  };
+  t.on_exception = [&shared, weak](const std::string&) {
+    // tick() contains its own failures; if something still escaped, keep the domain ticking.
+    std::shared_ptr<DomainPipeline> d = weak.lock();
+    if (d && !d->retired()) post_tick(shared, d, shared.mono->now_ns() + shared.config.sample_interval.count());
+  };
+  shared.tick_pool->post(due_ns, std::move(t));
 }
 
 // ---- queries ----------------------------------------------------------------------------------
@@ -594,11 +942,16 @@ IntrospectionHealth DomainPipeline::introspection() const {
 }
 
 IntrospectionHealth DomainPipeline::wait_introspection(std::chrono::milliseconds timeout) const {
-  std::unique_lock<std::mutex> l(mu_);
-  health_cv_.wait_for(l, timeout, [&] { return health_.state == IntrospectionState::kReady; });
-  return health_;
+  return wait_health([](const IntrospectionHealth& h) { return h.state == IntrospectionState::kReady; },
+                     timeout);
 }
 
+IntrospectionHealth DomainPipeline::wait_health(const std::function<bool(const IntrospectionHealth&)>& pred,
+                                                std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> l(mu_);
+  health_cv_.wait_for(l, timeout, [&] { return pred(health_); });
+  return health_;
+}
 DomainSummary DomainPipeline::summary() const {
   DomainSummary s;
   {

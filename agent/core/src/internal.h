@@ -24,6 +24,7 @@
 #include "stallmon/introspect/kernel.h"
 #include "stallmon/introspect/snapshot.h"
 #include "stallmon/introspect/snapshot_access.h"
+#include "task_pool.h"
 
 namespace stallmon::core::internal {
 
@@ -46,10 +47,24 @@ class Histogram {
 struct Counters {
   std::atomic<uint64_t> ticks{0}, overruns{0}, sample_errors{0}, snapshots{0},
       snapshot_errors{0}, discovery_attempts{0}, discovery_failures{0}, monitor_timeouts{0},
-      finding_events{0};
+      finding_events{0}, reads_abandoned{0}, internal_errors{0}, reboots_detected{0};
 };
 
 struct GuestKernel;
+
+// Where the last good VMCOREINFO note of each domain is kept across restarts:
+// <state_dir>/hints/<uuid>, one hex address. Only a place to look first: the note found there
+// is accepted by the same checks as any other. Empty state_dir: nothing is kept.
+class HintStore {
+ public:
+  explicit HintStore(std::string state_dir) : dir_(std::move(state_dir)) {}
+  uint64_t load(const std::string& uuid) const;      // 0: none (or unreadable, or not a number)
+  Result<void> save(const std::string& uuid, uint64_t gpa) const;  // atomic (rename)
+
+ private:
+  std::string path(const std::string& uuid) const;  // empty for a uuid unfit as a file name
+  std::string dir_;
+};
 
 // What every pipeline of one monitor shares. Outlives the pipelines.
 struct Shared {
@@ -68,10 +83,15 @@ struct Shared {
   std::function<Result<std::unique_ptr<GuestKernel>>(
       pid_t, const std::vector<introspect::RamRange>&, uint64_t)>
       discover_override;
+  // threads mode: where ticks and discoveries run. Null: ticks are driven by the caller and
+  // discovery runs inline on the tick.
+  TaskPool* tick_pool = nullptr;
+  TaskPool* discovery_pool = nullptr;
+  HintStore hints;
 
   explicit Shared(const MonitorConfig& c)
       : config(c), tick_latency(c.tick_latency_buckets_s),
-        snapshot_latency(c.tick_latency_buckets_s) {}
+        snapshot_latency(c.tick_latency_buckets_s), hints(c.state_dir) {}
   Timestamp engine_time(int64_t mono_ns) const { return mono_to_engine.to_engine(mono_ns); }
 };
 
@@ -85,14 +105,33 @@ struct GuestKernel {
   std::unique_ptr<introspect::SnapshotReader> inspect_reader;
   std::string release, build_id;
   uint64_t note_gpa = 0;
+  uint64_t generation = 0;  // the pipeline's memory generation it was built on
 };
 
 // Discovers the kernel of a running guest: memory source, VMCOREINFO (scan, starting at
 // `hint_gpa` when non-zero), kallsyms, BTF, and both snapshot readers. Slow (100+ ms): never on
-// a tick.
+// a tick. Guest memory is read through a MeteredMemory: `bytes_read` (if set) gets what the
+// discovery read, and each read is supervised (GuestReadScope).
 Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared, pid_t pid,
                                                            const std::vector<introspect::RamRange>& ram,
-                                                           uint64_t hint_gpa);
+                                                           uint64_t hint_gpa,
+                                                           uint64_t* bytes_read = nullptr);
+
+// Guest-physical memory as the pipeline reads it: counts the bytes read, and marks each read
+// as a guest read for the pool's supervisor; once the worker was abandoned, later reads fail
+// at once (kTimeout) so an abandoned discovery ends soon after its stuck read returns.
+class MeteredMemory final : public introspect::PhysicalMemory {
+ public:
+  explicit MeteredMemory(std::shared_ptr<introspect::PhysicalMemory> inner) : inner_(std::move(inner)) {}
+  Result<void> read(uint64_t gpa, void* buf, size_t len) override;
+  Result<void> read_batch(std::span<introspect::ReadRequest> requests) override;
+  const std::vector<introspect::PhysRange>& ranges() const override { return inner_->ranges(); }
+  uint64_t bytes_read() const { return bytes_.load(std::memory_order_relaxed); }
+
+ private:
+  std::shared_ptr<introspect::PhysicalMemory> inner_;
+  std::atomic<uint64_t> bytes_{0};
+};
 
 // Reads the wchan of threads that sleep (S) without run progress: the sampler reads wchan only
 // for D/T/t, but the VM-wide rule needs to see the main loop and the vCPUs parked on a futex
@@ -123,28 +162,37 @@ class SleepWchanReader {
 void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
                      SleepWchanReader* wchans, diagnosis::DomainObservation& obs);
 
-// One watched domain: sampler, guest kernel, tick loop, discovery worker, queries.
-class DomainPipeline {
+// One watched domain: sampler, guest kernel, tick, discovery state machine, queries.
+//
+// Ticks run on the TickPool (or the caller's thread with threads=false), one at a time per
+// domain; discovery runs on the DiscoveryPool (or inline). The one exception to "one tick at a
+// time": a tick abandoned by the pool's supervisor inside a guest read is still on its worker
+// when the next tick starts. Guest reads therefore use the kernel *borrowed* out of the tick
+// state (with_kernel), and an abandoned tick only hands it back (returned_kernel_, under mu_).
+class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
  public:
   DomainPipeline(Shared& shared, const libvirt::DomainInfo& info);
   ~DomainPipeline();
   DomainPipeline(const DomainPipeline&) = delete;
   DomainPipeline& operator=(const DomainPipeline&) = delete;
 
-  // threads mode: starts the tick and discovery threads.
-  void start();
   // The libvirt layer's newest description / an event (applied at the next tick).
   void post_update(const libvirt::DomainInfo& info);
   void post_event(const libvirt::DomainEvent& event, Timestamp at);
-  // The domain is gone: no further observe() reaches the engine once this returns. The threads
-  // finish on their own (a read stuck in a dying qemu may hold them); join() waits.
+  // The domain is gone: no further observe() reaches the engine once this returns. A tick in
+  // progress (maybe stuck in a read of a dying qemu) finishes on its own.
   void retire();
-  void join();
+  bool retired() const;
   bool finished() const { return finished_.load(); }
 
-  // One tick on the calling thread (threads=false; also used by the tick thread). Runs a due
-  // discovery inline when there is no discovery thread.
-  void tick();
+  // One tick on the calling thread: host sample → guest snapshot (if wanted and ready) →
+  // observe → pending inspect requests. Runs a due discovery inline when there is no
+  // discovery pool. Contains every failure: an exception marks this domain's introspection
+  // (IntrospectionHealth::error, kernel dropped), never escapes. Returns false when the tick
+  // was abandoned inside a guest read (the caller must not schedule anything for it).
+  bool tick();
+  // Called by the supervisor when a tick of this domain was abandoned inside a guest read.
+  void on_read_abandoned(const std::string& why);
 
   const std::string& uuid() const { return uuid_; }
   std::string name() const;
@@ -154,6 +202,9 @@ class DomainPipeline {
   Result<InspectResult> inspect(std::chrono::milliseconds timeout);
   IntrospectionHealth introspection() const;
   IntrospectionHealth wait_introspection(std::chrono::milliseconds timeout) const;
+  // Waits until `pred(health)` holds or the timeout passes (tests of the threaded pools).
+  IntrospectionHealth wait_health(const std::function<bool(const IntrospectionHealth&)>& pred,
+                                  std::chrono::milliseconds timeout) const;
   size_t memory_bytes() const { return memory_bytes_.load(); }
 
  private:
@@ -164,22 +215,43 @@ class DomainPipeline {
     bool abandoned = false;
     std::optional<Result<InspectResult>> result;
   };
-
-  void tick_loop();
-  void discovery_loop();
-  void apply_inbox(std::vector<diagnosis::DomainEvent>& events, bool& revalidate_now);
-  void manage_introspection(int64_t now_ns, bool revalidate_now);
   struct DiscoveryResult {
+    uint64_t job = 0;
     uint64_t generation = 0;
     int64_t duration_ns = 0;
+    uint64_t bytes_read = 0;
+    bool paused = false;  // abandoned by the supervisor: error says why
     Result<std::unique_ptr<GuestKernel>> kernel;
   };
+  struct DiscoveryJob {
+    pid_t pid = 0;
+    std::shared_ptr<const std::vector<introspect::RamRange>> ram;
+    uint64_t hint = 0;
+    uint64_t generation = 0;
+    uint64_t id = 0;
+  };
+
+  bool tick_unguarded();
+  void contain_failure(const std::string& what);
+  void apply_inbox(std::vector<diagnosis::DomainEvent>& events, bool& rebooted);
+  void manage_introspection(int64_t now_ns);
+  // Runs f on the borrowed kernel inside a GuestReadScope. False: abandoned meanwhile (the
+  // kernel went to returned_kernel_; the caller returns at once, touching nothing).
+  bool with_kernel(const std::function<void(GuestKernel&)>& f);
   void drop_kernel(const std::string& why, int64_t now_ns, bool retry_now);
+  // Drops the kernel of a boot that ended; from_event false: also tells the engine.
+  void reboot_detected(const std::string& why, int64_t now_ns, bool from_event);
   void start_discovery(int64_t now_ns);
+  DiscoveryResult run_discovery(const DiscoveryJob& job);
   void finish_discovery(DiscoveryResult result, int64_t now_ns);
-  std::optional<introspect::GuestSnapshot> maybe_snapshot(Timestamp now);
+  void schedule_retry(IntrospectionState state, const std::string& msg, int64_t now_ns);
+  // Snapshot for this tick; nullopt when none was taken, when it was abandoned (*abandoned set)
+  // or when it showed the previous boot's memory (the kernel is dropped then).
+  std::optional<introspect::GuestSnapshot> maybe_snapshot(Timestamp now, bool* abandoned);
+  // Whether the snapshot shows a guest clock that went back (a reboot); sets `why`.
+  bool clock_went_back(const introspect::GuestSnapshot& snap, std::string& why) const;
   void record_snapshot(const introspect::GuestSnapshot& snap, int64_t took_ns);
-  void serve_inspect_requests();
+  bool serve_inspect_requests();
   void set_health(const std::function<void(IntrospectionHealth&)>& f);
 
   Shared& shared_;
@@ -187,10 +259,9 @@ class DomainPipeline {
 
   // --- Inbox: written by the watcher's thread, read by the tick ---------------------------
   mutable std::mutex inbox_mu_;
-  std::condition_variable inbox_cv_;
   std::optional<libvirt::DomainInfo> pending_info_;
   std::vector<diagnosis::DomainEvent> pending_events_;
-  bool pending_revalidate_ = false;
+  bool pending_reboot_ = false;  // a reboot/reset/start event: drop the kernel at once
   std::deque<std::shared_ptr<InspectRequest>> inspect_queue_;
   bool stop_ = false;
 
@@ -205,12 +276,15 @@ class DomainPipeline {
   uint64_t ticks_ = 0;
   std::optional<Timestamp> last_tick_;
   Timestamp watched_since_{};
-  size_t active_findings_ = 0;
+  std::unique_ptr<GuestKernel> returned_kernel_;  // handed back by an abandoned tick
 
-  // --- Tick-thread state ---------------------------------------------------------------------
+  // --- Tick state (one tick at a time) --------------------------------------------------------
   std::unique_ptr<GuestKernel> kernel_;
+  bool kernel_out_ = false;  // borrowed by a tick that was abandoned: wait for it
   int64_t next_discovery_ns_ = 0;
   int64_t retry_delay_ns_ = 0;
+  int64_t no_kernel_delay_ns_ = 0;
+  bool retry_never_ = false;  // over budget: only a new qemu/RAM layout or a reboot retries
   int64_t last_validated_ns_ = 0;
   uint32_t failed_snapshots_ = 0;
   uint64_t note_hint_ = 0;
@@ -219,18 +293,20 @@ class DomainPipeline {
   uint64_t sample_errors_seen_ = 0;
   SleepWchanReader wchans_;
   std::vector<diagnosis::DomainEvent> carry_events_;
+  // Reboot detection: the newest clocks of this kernel's snapshots.
+  std::optional<uint64_t> last_jiffies_;
+  uint64_t last_guest_clock_ = 0;
+  // After a reboot, a rediscovered kernel must prove it is the new boot (its clock advances
+  // past the first snapshot, which must differ from the old boot's last) before its snapshots
+  // are observed; not proven within reboot_proof_timeout → discover again.
+  bool proving_ = false;
+  int64_t proving_since_ns_ = 0;
+  std::optional<uint64_t> proof_jiffies_, old_jiffies_;
+  uint64_t proof_clock_ = 0, old_clock_ = 0;
 
-  // --- Discovery worker (disc_mu_) -----------------------------------------------------------
+  // --- Discovery results (disc_mu_) ----------------------------------------------------------
   std::mutex disc_mu_;
-  std::condition_variable disc_cv_;
-  struct DiscoveryJob {
-    pid_t pid = 0;
-    std::shared_ptr<const std::vector<introspect::RamRange>> ram;
-    uint64_t hint = 0;
-    uint64_t generation = 0;
-  };
-  bool disc_stop_ = false;
-  std::optional<DiscoveryJob> disc_job_;
+  uint64_t disc_job_id_ = 0;  // the job whose result is wanted
   std::optional<DiscoveryResult> disc_result_;
 
   // --- Lifecycle -------------------------------------------------------------------------------
@@ -238,7 +314,11 @@ class DomainPipeline {
   bool retired_ = false;   // under observe_mu_
   std::atomic<bool> finished_{false};
   std::atomic<size_t> memory_bytes_{0};
-  std::thread tick_thread_, discovery_thread_;
 };
+
+// threads mode: posts p's tick at due_ns on shared.tick_pool; every run posts the next one
+// (sample_interval later; a tick late by more than an interval is skipped and counted as an
+// overrun). Stops when p is retired.
+void post_tick(Shared& shared, const std::shared_ptr<DomainPipeline>& p, int64_t due_ns);
 
 }  // namespace stallmon::core::internal

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "stallmon/core/stall_monitor.h"
 
+#include <sched.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -17,8 +20,50 @@ const char* to_string(IntrospectionState state) {
     case IntrospectionState::kDiscovering: return "discovering";
     case IntrospectionState::kReady: return "ready";
     case IntrospectionState::kFailed: return "failed";
+    case IntrospectionState::kPaused: return "paused";
+    case IntrospectionState::kNoKernel: return "no Linux kernel found";
+    case IntrospectionState::kOverBudget: return "over budget";
   }
   return "unknown";
+}
+
+namespace {
+std::string gib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
+  return buf;
+}
+std::string human_duration(Duration d) {
+  int64_t s = std::chrono::duration_cast<std::chrono::seconds>(d).count();
+  if (s < 0) s = 0;
+  if (s < 60) return std::to_string(s) + "s";
+  if (s < 3600) return std::to_string(s / 60) + "m " + std::to_string(s % 60) + "s";
+  return std::to_string(s / 3600) + "h " + std::to_string((s % 3600) / 60) + "m";
+}
+}  // namespace
+
+std::string describe(const IntrospectionHealth& h, Timestamp now) {
+  std::string next;
+  if (h.next_attempt_at) next = "next try in " + human_duration(*h.next_attempt_at - now);
+  switch (h.state) {
+    case IntrospectionState::kNoKernel:
+      return std::string("no Linux kernel found (scanned ") + gib(h.discovery_bytes_read) +
+             (next.empty() ? "" : ", " + next) + ")";
+    case IntrospectionState::kPaused:
+    case IntrospectionState::kFailed:
+    case IntrospectionState::kOverBudget:
+    case IntrospectionState::kWaitingForLayout:
+    case IntrospectionState::kDiscovering: {
+      std::string out = to_string(h.state);
+      if (!h.error.empty()) out += ": " + h.error;
+      if (!next.empty()) out += " (" + next + ")";
+      return out;
+    }
+    case IntrospectionState::kReady:
+    case IntrospectionState::kDisabled:
+      break;
+  }
+  return to_string(h.state);
 }
 
 namespace internal {
@@ -74,6 +119,34 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
     engine->set_listener(this);
     shared.engine = engine.get();
     started_at = shared.clock->now();
+    if (shared.config.threads) {
+      workers = shared.config.workers != 0 ? shared.config.workers : default_workers();
+      internal::TaskPool::Options o;
+      o.mono = shared.mono;
+      o.read_deadline_ns = shared.config.read_deadline.count();
+      o.name = "tick";
+      o.workers = workers;
+      o.max_spare = workers;
+      tick_pool = std::make_unique<internal::TaskPool>(o);
+      o.name = "discovery";
+      o.workers = std::max<size_t>(1, shared.config.discovery_max_concurrent);
+      o.max_spare = o.workers;
+      discovery_pool = std::make_unique<internal::TaskPool>(o);
+      shared.tick_pool = tick_pool.get();
+      shared.discovery_pool = discovery_pool.get();
+      tick_pool->start();
+      discovery_pool->start();
+    }
+  }
+
+  // The CPUs this process may run on, at most 2: ticks are short, and more workers only help
+  // while some are stuck in guest reads (the supervisor adds replacements for those).
+  static size_t default_workers() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    size_t cpus = 1;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = static_cast<size_t>(std::max(1, CPU_COUNT(&set)));
+    return std::min<size_t>(2, cpus);
   }
 
   ~Impl() override { stop(); }
@@ -95,17 +168,6 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
     return nullptr;
   }
 
-  void reap_locked() {
-    for (auto it = retiring.begin(); it != retiring.end();) {
-      if ((*it)->finished()) {
-        (*it)->join();
-        it = retiring.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-
   void remove(const std::string& key) {
     std::shared_ptr<DomainPipeline> p;
     {
@@ -114,24 +176,22 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
       if (it == domains.end()) return;
       p = it->second;
       domains.erase(it);
-      retiring.push_back(p);
     }
-    p->retire();  // from here on it observes nothing
+    p->retire();  // from here on it observes nothing; its queued tick finds it retired
     engine->forget_domain(key);
   }
 
   void stop() {
     std::map<std::string, std::shared_ptr<DomainPipeline>> all;
-    std::vector<std::shared_ptr<DomainPipeline>> old;
     {
       std::lock_guard<std::mutex> l(mu);
       stopped = true;
       all.swap(domains);
-      old.swap(retiring);
     }
     for (auto& [k, p] : all) p->retire();
-    for (auto& [k, p] : all) p->join();
-    for (auto& p : old) p->join();
+    // Discovery first: its results are only picked up by ticks.
+    if (discovery_pool) discovery_pool->stop();
+    if (tick_pool) tick_pool->stop();
   }
 
   internal::Shared shared;
@@ -140,10 +200,11 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
   diagnosis::SteadyWallClock own_clock;
   std::unique_ptr<diagnosis::DiagnosisEngine> engine;
   Timestamp started_at{};
+  size_t workers = 0;
+  std::unique_ptr<internal::TaskPool> tick_pool, discovery_pool;
 
   mutable std::mutex mu;
   std::map<std::string, std::shared_ptr<DomainPipeline>> domains;  // by uuid
-  std::vector<std::shared_ptr<DomainPipeline>> retiring;
   bool stopped = false;
 
   std::mutex listeners_mu;
@@ -172,7 +233,6 @@ void StallMonitor::on_domain_updated(const libvirt::DomainInfo& domain) {
   {
     std::lock_guard<std::mutex> l(impl_->mu);
     if (impl_->stopped) return;
-    impl_->reap_locked();
     auto it = impl_->domains.find(key);
     if (it != impl_->domains.end()) {
       it->second->post_update(domain);
@@ -180,8 +240,8 @@ void StallMonitor::on_domain_updated(const libvirt::DomainInfo& domain) {
     }
     created = std::make_shared<DomainPipeline>(impl_->shared, domain);
     impl_->domains.emplace(key, created);
-    if (impl_->shared.config.threads) created->start();
   }
+  if (impl_->tick_pool) internal::post_tick(impl_->shared, created, impl_->shared.mono->now_ns());
 }
 
 void StallMonitor::on_domain_gone(const libvirt::DomainInfo& last) { impl_->remove(Impl::key_of(last)); }
@@ -277,6 +337,12 @@ AgentStats StallMonitor::stats() const {
   s.introspection_errors = s.snapshot_errors + s.discovery_failures;
   s.monitor_timeouts = c.monitor_timeouts.load();
   s.finding_events = c.finding_events.load();
+  s.reads_abandoned = c.reads_abandoned.load();
+  s.internal_errors = c.internal_errors.load();
+  s.reboots_detected = c.reboots_detected.load();
+  s.workers = impl_->workers;
+  if (impl_->tick_pool) s.threads += impl_->tick_pool->threads();
+  if (impl_->discovery_pool) s.threads += impl_->discovery_pool->threads();
   std::lock_guard<std::mutex> l(impl_->mu);
   s.domains = impl_->domains.size();
   for (const auto& [k, p] : impl_->domains) s.history_memory_bytes += p->memory_bytes();

@@ -147,7 +147,7 @@ TEST_F(PipelineTest, DiscoveryFailuresBackOffAndRecover) {
   run(*p, 1);
   EXPECT_EQ(discoveries, 1);
   IntrospectionHealth h = p->introspection();
-  EXPECT_EQ(h.state, IntrospectionState::kFailed);
+  EXPECT_EQ(h.state, IntrospectionState::kNoKernel);
   EXPECT_NE(h.error.find("VMCOREINFO"), std::string::npos);
   EXPECT_EQ(h.discovery_failures, 1u);
   ASSERT_TRUE(h.next_attempt_at);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "stallmon/base/result.h"
@@ -27,7 +28,9 @@ struct MonitorConfig {
   // Guest snapshot rate of a domain without suspect signals. Copied into
   // diagnosis.baseline_snapshot_interval at construction (this field wins): the engine decides
   // per tick (wants_guest_snapshot) and snapshots every tick while anything looks suspect.
-  std::chrono::nanoseconds baseline_snapshot_interval = 1s;
+  // Default: every tick (an IPI stall is then seen without waiting for a baseline snapshot;
+  // a snapshot costs ~15-40 µs of CPU).
+  std::chrono::nanoseconds baseline_snapshot_interval = 100ms;
   diagnosis::DiagnosisConfig diagnosis;
   host::SamplerOptions sampler;
 
@@ -53,6 +56,20 @@ struct MonitorConfig {
   // fails (guest still booting, not a Linux guest, ...), from `initial` up to `max`.
   std::chrono::nanoseconds discovery_retry_initial = 1s;
   std::chrono::nanoseconds discovery_retry_max = 30s;
+  // A guest in which no Linux kernel is found (no VMCOREINFO note: another OS, firmware with
+  // nothing to boot, a stuck boot) backs off further, doubling up to this (a scan reads all of
+  // its RAM). A reboot/start event or a new qemu process retries at once.
+  std::chrono::nanoseconds no_kernel_retry_max = 4h;
+  // A guest read (snapshot, re-validation, inspect, each discovery read) not returned after
+  // this is abandoned: the domain's introspection pauses, its host sampling goes on on other
+  // workers, and the late result is dropped.
+  std::chrono::nanoseconds read_deadline = 250ms;
+  // After a reboot, a rediscovered kernel must show its clock (jiffies or rq clock) advancing
+  // within this, or it is taken for the previous boot's memory and discovered again.
+  std::chrono::nanoseconds reboot_proof_timeout = 2s;
+  // Where the last good VMCOREINFO location of each domain is kept (<state_dir>/hints/<uuid>)
+  // and tried first on the next start. Empty: nothing is written.
+  std::string state_dir;
   // A ready kernel is re-validated (Kernel::still_valid, a re-read of the VMCOREINFO note) this
   // often, and after every reboot/start event; invalid → discovered again.
   std::chrono::nanoseconds revalidate_interval = 10s;
@@ -72,10 +89,15 @@ struct MonitorConfig {
                                                 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1};
 
   // --- Execution --------------------------------------------------------------------------
-  // true (production): each domain's pipeline runs on its own thread. false: no threads are
-  // started and the caller drives every domain with StallMonitor::tick_all() (unit tests,
-  // benchmarks, replays); inspect() is then served by the next tick_all().
+  // true (production): every domain's tick runs on a fixed pool of `workers` threads, and
+  // discovery on `discovery_max_concurrent` more. false: no threads are started and the caller
+  // drives every domain with StallMonitor::tick_all() (unit tests, benchmarks, replays);
+  // discovery then runs inline and inspect() is served by the next tick_all().
   bool threads = true;
+  // Tick workers; 0: the CPUs stallmond may run on (sched_getaffinity), at most 2.
+  size_t workers = 0;
+  // Discoveries (RAM scans, kallsyms, BTF) running at once, over all domains.
+  size_t discovery_max_concurrent = 1;
 };
 
 // Opens guest-physical memory of a running qemu. Default: introspect::QemuProcessMemory

@@ -15,11 +15,12 @@
 // DomainWatcher before starting it); the monitor itself never calls libvirt. It never pauses,
 // stops or writes a guest: guest memory is only read, through the qemu process.
 //
-// Threads: one pipeline thread per domain (sampling, snapshots, inspect requests) and one
-// discovery thread per domain that sleeps unless a discovery or validation is due. Per-domain
-// threads rather than a shared pool because the reads themselves can block: process_vm_readv
-// on a qemu whose mm lock is held by a thread stuck in the host kernel (exactly the situation
-// stallmon exists for) sleeps until that thread moves, and it must hold up only its own domain.
+// Threads: no thread per domain. A fixed TickPool (MonitorConfig::workers) runs every domain's
+// tick from one deadline-ordered queue, a DiscoveryPool (discovery_max_concurrent) runs kernel
+// discoveries. Guest reads can block (process_vm_readv on a qemu whose mm lock is held by a
+// thread stuck in the host kernel, exactly the situation stallmon exists for), so they are
+// supervised: a read past read_deadline is abandoned, the domain's introspection pauses, its
+// host sampling goes on on another worker (agent/core/README.md, "Pipeline shape").
 //
 // Thread safety: every public method may be called from any thread, concurrently. Queries copy
 // under a per-domain mutex held for at most one copy; ticks never wait for a query longer than
@@ -60,6 +61,9 @@ enum class IntrospectionState {
   kDiscovering,       // a discovery is running or scheduled (first try, or after a reboot)
   kReady,             // snapshots are being taken
   kFailed,            // the last discovery failed; retried with backoff (see next_attempt_at)
+  kPaused,            // a guest read did not return in time (error says which); host only
+  kNoKernel,          // no Linux kernel found in guest RAM; retried with a backoff up to hours
+  kOverBudget,        // guest data too big for the domain's memory budget (error says what)
 };
 const char* to_string(IntrospectionState state);
 
@@ -73,6 +77,11 @@ struct IntrospectionHealth {
   uint64_t discovery_attempts = 0;
   uint64_t discovery_failures = 0;
   Duration last_discovery_duration{0};
+  uint64_t discovery_bytes_read = 0;       // guest RAM read by discoveries, all attempts
+  uint64_t last_discovery_bytes_read = 0;
+  Duration discovery_time{0};              // wall time spent discovering, all attempts
+  uint64_t reads_abandoned = 0;            // guest reads the supervisor gave up waiting for
+  uint64_t reboots_detected = 0;           // by event or by the guest's clock going back
   std::optional<Timestamp> ready_since;
   std::optional<Timestamp> next_attempt_at;  // kFailed: when discovery is retried
 
@@ -85,6 +94,11 @@ struct IntrospectionHealth {
 
   bool ok() const { return state == IntrospectionState::kReady; }
 };
+
+// One line for status pages: the state, and what an operator needs with it, e.g.
+// "no Linux kernel found (scanned 4.0 GiB, next try in 2h 16m)" or "paused: a guest memory
+// read did not return within 250 ms ...". `now` on the engine's clock.
+std::string describe(const IntrospectionHealth& health, Timestamp now);
 
 // The QEMU monitor of a domain, as the libvirt layer last reported it.
 struct MonitorHealth {
@@ -213,6 +227,11 @@ struct AgentStats {
   uint64_t monitor_timeouts = 0;      // domains seen going responsive → unresponsive
   uint64_t finding_events = 0;        // events the engine emitted
   size_t history_memory_bytes = 0;    // sampler histories and details, all domains
+  size_t workers = 0;                 // tick pool size (0 with threads=false)
+  size_t threads = 0;                 // live pool threads: tick + discovery workers, supervisors
+  uint64_t reads_abandoned = 0;       // guest reads the supervisors gave up waiting for
+  uint64_t internal_errors = 0;       // exceptions contained in one domain's work
+  uint64_t reboots_detected = 0;
 };
 
 // Injectable environment. Null members get the real thing.
@@ -243,8 +262,8 @@ class StallMonitor final : public libvirt::DomainObserver {
   void on_domain_gone(const libvirt::DomainInfo& last) override;
   void on_domains_synced(const std::vector<libvirt::DomainInfo>& domains) override;
 
-  // Stops and joins every pipeline and discovery thread, resolving nothing (findings stay as
-  // they are). Idempotent. Threads stuck in a guest memory read are waited for.
+  // Stops and joins the pools, resolving nothing (findings stay as they are). Idempotent.
+  // Workers stuck in a guest memory read are waited for.
   void stop();
 
   // --- Queries (thread-safe, copy-out) ------------------------------------------------------
@@ -255,7 +274,7 @@ class StallMonitor final : public libvirt::DomainObserver {
   // unknown domain or vCPU.
   Result<VcpuHistory> vcpu_history(std::string_view name_or_uuid, int32_t vcpu,
                                    std::chrono::nanoseconds window) const;
-  // A full guest snapshot, read by the domain's pipeline thread between two ticks (sampling is
+  // A full guest snapshot, read by the domain's next tick after its observation (sampling is
   // never held up behind it, and guest memory is never read by two threads at once). Errors:
   // kNotFound (domain), kUnsupported (introspection disabled, or not ready: the message says
   // why, e.g. "introspection not ready: discovering"), kTimeout (not served within `timeout`;
@@ -269,7 +288,7 @@ class StallMonitor final : public libvirt::DomainObserver {
   const diagnosis::DiagnosisEngine& engine() const;
 
   // Finding events fan-out (gRPC WatchFindings, Alertmanager push, logging...). Listeners are
-  // called on the pipeline thread of the domain concerned, with the engine's mutex held: they
+  // called on the pool worker running the domain's tick, with the engine's mutex held: they
   // must return quickly (queue the event) and must not call into the engine or the monitor.
   // remove_finding_listener() returns once no call to that listener is in progress.
   void add_finding_listener(diagnosis::FindingListener* listener);
