@@ -668,32 +668,40 @@ std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestam
   last_guest_clock_ = std::max(last_guest_clock_, snap.guest_clock_ns);
   if (proving_) {
     const bool has_clock = snap.jiffies || snap.guest_clock_ns != 0;
-    const bool same_as_old = (snap.jiffies && old_jiffies_ && *snap.jiffies == *old_jiffies_) ||
-                             (snap.guest_clock_ns != 0 && snap.guest_clock_ns == old_clock_);
+    // The previous boot's frozen memory shows exactly its last clocks again.
+    bool any = false, all = true;
+    if (snap.jiffies && old_jiffies_) any = true, all = all && *snap.jiffies == *old_jiffies_;
+    if (snap.guest_clock_ns != 0 && old_clock_ != 0) any = true, all = all && snap.guest_clock_ns == old_clock_;
+    const bool matches_old = any && all;
     const bool first = !proof_jiffies_ && proof_clock_ == 0;
-    if (!has_clock || (first && !same_as_old)) {
-      if (first && has_clock) {
+    bool proven = !has_clock;  // nothing to prove with: trust the discovery's own checks
+    if (has_clock && !matches_old) {
+      if (first) {
         proof_jiffies_ = snap.jiffies;
         proof_clock_ = snap.guest_clock_ns;
+        if (!proof_jiffies_ && proof_clock_ == 0) proven = true;
+      } else {
+        proven = (snap.jiffies && proof_jiffies_ && *snap.jiffies > *proof_jiffies_) ||
+                 (proof_clock_ != 0 && snap.guest_clock_ns > proof_clock_);
       }
     }
-    const bool advanced = !first && ((snap.jiffies && proof_jiffies_ && *snap.jiffies > *proof_jiffies_) ||
-                                     (snap.guest_clock_ns > proof_clock_ && proof_clock_ != 0));
-    if (!has_clock || (advanced && !same_as_old)) {
+    if (proven) {
       proving_ = false;
       set_health([&](IntrospectionHealth& h) {
         h.state = IntrospectionState::kReady;
         h.error.clear();
         h.ready_since = shared_.engine_time(t0);
       });
-    } else if (t0 - proving_since_ns_ > shared_.config.reboot_proof_timeout.count()) {
-      // Frozen clocks: the previous boot's memory (its note still in RAM), not a running kernel.
-      drop_kernel("after a reboot: the kernel found shows no running clock (previous boot's memory?)", t0,
-                  false);
-      proving_ = true;
-      return std::nullopt;
+      // This snapshot is the first one observed from the new boot.
+    } else {
+      if (t0 - proving_since_ns_ > shared_.config.reboot_proof_timeout.count()) {
+        // Frozen clocks: the previous boot's memory (its note still in RAM), not a running kernel.
+        drop_kernel("after a reboot: the kernel found shows no running clock (previous boot's memory?)", t0,
+                    false);
+        proving_ = true;
+      }
+      return std::nullopt;  // not observed until proven
     }
-    if (proving_) return std::nullopt;  // not observed until proven
   }
   // Every CPU unreadable, many times in a row: the layout no longer matches the guest (a reboot
   // whose event we missed, a qemu that remapped RAM). Discover again.

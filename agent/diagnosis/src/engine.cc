@@ -346,10 +346,15 @@ struct DiagnosisEngine::Impl {
       proposed.insert(c.condition_key);
       store.upsert(c.condition_key, std::move(c.finding), c.signature, now, config.update_min_interval, out);
     }
+    // A new boot (or none): the old boot's guest findings end with it.
+    const bool new_boot = std::any_of(obs.events.begin(), obs.events.end(), [](const DomainEvent& e) {
+      return e.type == DomainEventType::kStarted || e.type == DomainEventType::kRebooted ||
+             e.type == DomainEventType::kStopped;
+    });
     for (const auto& k : store.active_keys(d.key + "|")) {
       if (proposed.count(k)) continue;
-      // Guest findings stand until a snapshot says otherwise.
-      if (!guest_tick && is_guest_kind(store.active(k)->kind)) continue;
+      // Guest findings stand until a snapshot (or a new boot) says otherwise.
+      if (!guest_tick && !new_boot && is_guest_kind(store.active(k)->kind)) continue;
       store.resolve(k, now, out);
     }
     store.end_tick();

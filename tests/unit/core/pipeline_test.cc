@@ -4,7 +4,12 @@
 // introspection state machine: discovery failures with backoff, a new qemu process, inspect.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 #include <future>
+#include <stdexcept>
 #include <thread>
 
 #include "fake_domain.h"
@@ -34,10 +39,12 @@ class PipelineTest : public ::testing::Test {
     engine_ = std::make_unique<diagnosis::DiagnosisEngine>(shared_->config.diagnosis, q.clock);
     shared_->engine = engine_.get();
     shared_->discover_override = [this](pid_t pid, const std::vector<introspect::RamRange>& ram,
-                                        uint64_t) -> Result<std::unique_ptr<internal::GuestKernel>> {
+                                        uint64_t hint) -> Result<std::unique_ptr<internal::GuestKernel>> {
       ++discoveries;
       last_pid = pid;
+      last_hint = hint;
       EXPECT_FALSE(ram.empty());
+      if (throw_in_discovery) throw std::bad_alloc();
       if (fail_discovery) return Error(ErrorCode::kNotFound, "VMCOREINFO note not found");
       auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
       if (seed_case1) build_seed_case1(*sk);
@@ -54,6 +61,7 @@ class PipelineTest : public ::testing::Test {
       gk->access = std::move(sk);
       gk->release = "6.1.0-test";
       gk->build_id = "0123abcd";
+      gk->note_gpa = note_gpa;
       return gk;
     };
   }
@@ -87,7 +95,10 @@ class PipelineTest : public ::testing::Test {
   std::unique_ptr<diagnosis::DiagnosisEngine> engine_;
   int discoveries = 0;
   pid_t last_pid = 0;
+  uint64_t last_hint = 0;
+  uint64_t note_gpa = 0x1300000;
   bool fail_discovery = false;
+  bool throw_in_discovery = false;
   bool seed_case1 = true;
   SyntheticKernel* kernel = nullptr;
 };
@@ -269,6 +280,217 @@ TEST_F(PipelineTest, SleepingThreadsWithoutProgressGetTheirWchan) {
   internal::fill_host_views(s, q.fs, &w, again);
   EXPECT_EQ(w.reads(), reads);
   EXPECT_EQ(again.vcpus[0].thread.wchan, "futex_do_wait");
+}
+
+TEST_F(PipelineTest, NoKernelBacksOffToHoursAndSaysSo) {
+  // The real discovery path over 64 MiB of zeros: a full scan finds no VMCOREINFO note.
+  shared_->discover_override = nullptr;
+  shared_->memory_opener = [](pid_t, const std::vector<introspect::RamRange>&)
+      -> Result<std::shared_ptr<introspect::PhysicalMemory>> {
+    return std::shared_ptr<introspect::PhysicalMemory>(introspect::RawImageMemory::zeroed(0, 8u << 20));
+  };
+  auto p = make();
+  run(*p, 1);
+  IntrospectionHealth h = p->introspection();
+  ASSERT_EQ(h.state, IntrospectionState::kNoKernel) << h.error;
+  EXPECT_EQ(h.discovery_bytes_read, 8u << 20);
+  EXPECT_EQ(h.last_discovery_bytes_read, 8u << 20);
+  // Retries double from 1 s up to no_kernel_retry_max (4 h): step to each next attempt.
+  Duration wait{0};
+  for (int i = 0; i < 20; ++i) {
+    h = p->introspection();
+    ASSERT_TRUE(h.next_attempt_at);
+    wait = *h.next_attempt_at - q.clock.now();
+    q.advance(std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
+    p->tick();
+  }
+  h = p->introspection();
+  EXPECT_EQ(h.discovery_attempts, 21u);
+  EXPECT_EQ(h.discovery_bytes_read, 21u * (8u << 20));
+  EXPECT_EQ(wait, std::chrono::hours(4));
+  EXPECT_EQ(describe(h, q.clock.now()), "no Linux kernel found (scanned 0.2 GiB, next try in 4h 0m)");
+  // Host sampling never stopped.
+  EXPECT_EQ(p->summary().ticks, 21u);
+  // A reboot event retries at once.
+  libvirt::DomainEvent ev;
+  ev.kind = libvirt::DomainEventKind::kRebooted;
+  p->post_event(ev, q.clock.now());
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().discovery_attempts, 22u);
+}
+
+TEST_F(PipelineTest, OtherDiscoveryFailuresBackOffToTheShortMaximum) {
+  shared_->discover_override = [this](pid_t, const std::vector<introspect::RamRange>&, uint64_t)
+      -> Result<std::unique_ptr<internal::GuestKernel>> {
+    ++discoveries;
+    return Error(ErrorCode::kCorrupt, "kallsyms: bad token table");
+  };
+  auto p = make();
+  for (int i = 0; i < 10; ++i) {
+    q.advance(60'000);
+    p->tick();
+  }
+  IntrospectionHealth h = p->introspection();
+  EXPECT_EQ(h.state, IntrospectionState::kFailed);
+  ASSERT_TRUE(h.next_attempt_at);
+  EXPECT_EQ(*h.next_attempt_at - q.clock.now(), std::chrono::seconds(30));
+}
+
+TEST_F(PipelineTest, LastGoodHintIsKeptInTheStateDirectoryAndTriedFirst) {
+  const std::string dir = ::testing::TempDir() + "/stallmon-hints-" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  shared_->hints = internal::HintStore(dir);
+  {
+    auto p = make();
+    run(*p, 1);
+    ASSERT_EQ(discoveries, 1);
+    EXPECT_EQ(last_hint, 0u);
+  }
+  std::ifstream in(dir + "/hints/00000000-0000-0000-0000-000000000001");
+  std::string text;
+  ASSERT_TRUE(std::getline(in, text));
+  EXPECT_EQ(text, "1300000");
+  // The next start (a new pipeline, as after a daemon restart) looks there first.
+  auto p = make();
+  run(*p, 1);
+  EXPECT_EQ(discoveries, 2);
+  EXPECT_EQ(last_hint, 0x1300000u);
+  // Garbage in the file is ignored, not trusted.
+  { std::ofstream(dir + "/hints/00000000-0000-0000-0000-000000000001") << "zz\n"; }
+  EXPECT_EQ(shared_->hints.load("00000000-0000-0000-0000-000000000001"), 0u);
+  // A uuid that is not one never becomes a path.
+  EXPECT_TRUE(shared_->hints.save("../../etc/passwd", 0x1000).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/hints/../../etc/passwd.tmp"));
+  std::filesystem::remove_all(dir);
+}
+
+// A KernelAccess that throws from its reads: a bug (or an allocation failure) in the snapshot
+// path of one domain.
+class ThrowingAccess final : public introspect::KernelAccess {
+ public:
+  explicit ThrowingAccess(std::unique_ptr<SyntheticKernel> k) : k_(std::move(k)) {}
+  Result<void> read(uint64_t va, void* buf, size_t len) override {
+    if (armed) throw std::bad_alloc();
+    return k_->read(va, buf, len);
+  }
+  Result<uint64_t> symbol(std::string_view n) const override { return k_->symbol(n); }
+  std::string symbolize(uint64_t a) const override { return k_->symbolize(a); }
+  Result<introspect::MemberLayout> member(std::string_view t, std::string_view p) const override {
+    return k_->member(t, p);
+  }
+  Result<uint64_t> type_size(std::string_view t) const override { return k_->type_size(t); }
+  bool armed = false;
+
+ private:
+  std::unique_ptr<SyntheticKernel> k_;
+};
+
+TEST_F(PipelineTest, AnExceptionInOneDomainsWorkMarksThatDomainOnly) {
+  ThrowingAccess* access = nullptr;
+  shared_->discover_override = [&](pid_t, const std::vector<introspect::RamRange>&, uint64_t)
+      -> Result<std::unique_ptr<internal::GuestKernel>> {
+    ++discoveries;
+    if (throw_in_discovery) throw std::bad_alloc();
+    auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
+    build_seed_case1(*sk);
+    auto a = std::make_unique<ThrowingAccess>(std::move(sk));
+    auto gk = std::make_unique<internal::GuestKernel>();
+    auto r = introspect::SnapshotReader::create(*a, shared_->config.snapshot);
+    if (!r.ok()) return std::move(r).error();
+    gk->tick_reader = std::move(r).value();
+    r = introspect::SnapshotReader::create(*a, shared_->config.inspect_snapshot);
+    if (!r.ok()) return std::move(r).error();
+    gk->inspect_reader = std::move(r).value();
+    access = a.get();
+    gk->access = std::move(a);
+    return gk;
+  };
+  auto p = make();
+  run(*p, 2);
+  ASSERT_EQ(p->introspection().state, IntrospectionState::kReady);
+  access->armed = true;
+  q.block_vcpu(2);
+  run(*p, 5);  // the snapshot throws bad_alloc; ticks go on
+  IntrospectionHealth h = p->introspection();
+  EXPECT_NE(h.error.find("bad_alloc"), std::string::npos) << h.error;
+  EXPECT_GE(shared_->counters.internal_errors.load(), 1u);
+  // Host-side monitoring went on: the frozen vCPU is reported.
+  EXPECT_EQ(active(FindingKind::kVcpuHostBlocked).size(), 1u);
+  const uint64_t ticks = p->summary().ticks;
+  EXPECT_EQ(ticks, 6u);  // the one that threw did not complete
+  // A discovery that throws is contained the same way.
+  throw_in_discovery = true;
+  libvirt::DomainEvent ev;
+  ev.kind = libvirt::DomainEventKind::kRebooted;
+  p->post_event(ev, q.clock.now());
+  run(*p, 1);
+  h = p->introspection();
+  EXPECT_EQ(h.state, IntrospectionState::kOverBudget) << h.error;
+  EXPECT_NE(h.error.find("allocation failed"), std::string::npos) << h.error;
+  EXPECT_EQ(p->summary().ticks, ticks + 1);
+}
+
+TEST_F(PipelineTest, GuestClockGoingBackDropsTheKernelAndResolvesGuestFindings) {
+  auto p = make();
+  run(*p, 2);
+  SyntheticKernel* old = kernel;
+  auto set_jiffies = [](SyntheticKernel* k, uint64_t v) { k->mem.put<uint64_t>(*k->symbol("jiffies_64"), v); };
+  uint64_t jiffies = 0;
+  ASSERT_TRUE(old->read(*old->symbol("jiffies_64"), &jiffies, 8).ok());
+  q.block_vcpu(2);
+  for (int i = 0; i < 12; ++i) {
+    set_jiffies(old, jiffies + 25 * i);
+    run(*p, 1);
+  }
+  ASSERT_EQ(active(FindingKind::kGuestIpiStall).size(), 1u);
+  const uint64_t snaps = p->introspection().snapshots;
+  // A warm reboot without any event: the same RAM now shows a clock that went back.
+  set_jiffies(old, 1000);
+  run(*p, 1);
+  IntrospectionHealth h = p->introspection();
+  EXPECT_EQ(h.reboots_detected, 1u);
+  EXPECT_TRUE(active(FindingKind::kGuestIpiStall).empty());
+  EXPECT_TRUE(active(FindingKind::kGuestIdleWithPendingWork).empty());
+  EXPECT_EQ(shared_->counters.reboots_detected.load(), 1u);
+  // Rediscovered at once (the hint is not used: the old note is where old memory lies) ...
+  run(*p, 1);
+  EXPECT_EQ(discoveries, 2);
+  EXPECT_EQ(last_hint, 0u);
+  // ... but its snapshots are not observed until its clock advances: the seed-case pattern the
+  // new kernel shows opens nothing meanwhile.
+  run(*p, 3);
+  h = p->introspection();
+  EXPECT_EQ(h.state, IntrospectionState::kDiscovering) << h.error;
+  EXPECT_GT(h.snapshots, snaps);
+  EXPECT_TRUE(active(FindingKind::kGuestIpiStall).empty());
+  set_jiffies(kernel, jiffies + 25);
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().state, IntrospectionState::kReady);
+  run(*p, 12);
+  EXPECT_EQ(active(FindingKind::kGuestIpiStall).size(), 1u);
+}
+
+TEST_F(PipelineTest, RebootEventDropsTheKernelBeforeTheNextSnapshot) {
+  auto p = make();
+  run(*p, 2);
+  // A clock only the old boot's memory shows.
+  kernel->mem.put<uint64_t>(kernel->percpu("runqueues", 1) + kernel->off("rq", "clock"), 999'000'000'000ULL);
+  run(*p, 1);
+  ASSERT_EQ(p->detail().guest->guest_clock_ns, 999'000'000'000ULL);
+  libvirt::DomainEvent ev;
+  ev.kind = libvirt::DomainEventKind::kRebooted;
+  p->post_event(ev, q.clock.now());
+  // The old kernel is gone before this tick could read it; the new one (found at once) shows a
+  // frozen clock, so it is never observed and is dropped after reboot_proof_timeout.
+  run(*p, 1);
+  EXPECT_NE(p->detail().guest->guest_clock_ns, 999'000'000'000ULL);
+  EXPECT_EQ(discoveries, 2);
+  EXPECT_EQ(p->introspection().reboots_detected, 1u);
+  run(*p, 25);
+  IntrospectionHealth h = p->introspection();
+  EXPECT_NE(h.state, IntrospectionState::kReady);
+  EXPECT_GE(discoveries, 3);
+  EXPECT_TRUE(engine_->active_findings().empty());
 }
 
 }  // namespace
