@@ -76,6 +76,17 @@ Result<double> parse_fraction(const YAML::Node& n) {
   return d;
 }
 
+Setter bounded_int(int DaemonConfig::*field, int lo, int hi) {
+  return [field, lo, hi](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+    int v = 0;
+    if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < lo || v > hi) {
+      return bad("", "expected an integer " + std::to_string(lo) + ".." + std::to_string(hi));
+    }
+    c.*field = v;
+    return {};
+  };
+}
+
 Setter fraction(double DaemonConfig::*field) {
   return [field](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
     auto d = parse_fraction(n);
@@ -181,6 +192,12 @@ const std::map<std::string, Setter>& setters() {
       {"logging.level", str(&DaemonConfig::log_level)},
       {"logging.target", str(&DaemonConfig::log_target)},
       {"systemd.watchdog_max_tick_age", duration(&DaemonConfig::watchdog_max_tick_age)},
+      // --- execution, discovery, introspection (agent/core) ---
+      {"execution.workers", bounded_int(&DaemonConfig::workers, 0, 64)},
+      {"discovery.max_concurrent", bounded_int(&DaemonConfig::discovery_max_concurrent, 1, 64)},
+      {"discovery.no_kernel_retry_max", duration(&DaemonConfig::no_kernel_retry_max)},
+      {"introspection.read_deadline", duration(&DaemonConfig::read_deadline)},
+      {"state_dir", str(&DaemonConfig::state_dir)},
   };
   return m;
 }
@@ -345,7 +362,15 @@ std::string to_yaml(const DaemonConfig& c) {
     << "  level: " << c.log_level << "\n"
     << "  target: " << c.log_target << "\n"
     << "systemd:\n"
-    << "  watchdog_max_tick_age: " << format_duration(c.watchdog_max_tick_age) << "\n";
+    << "  watchdog_max_tick_age: " << format_duration(c.watchdog_max_tick_age) << "\n"
+    << "execution:\n"
+    << "  workers: " << c.workers << "\n"
+    << "discovery:\n"
+    << "  max_concurrent: " << c.discovery_max_concurrent << "\n"
+    << "  no_kernel_retry_max: " << format_duration(c.no_kernel_retry_max) << "\n"
+    << "introspection:\n"
+    << "  read_deadline: " << format_duration(c.read_deadline) << "\n"
+    << "state_dir: " << quote(c.state_dir) << "\n";
   return o.str();
 }
 
@@ -367,6 +392,13 @@ Result<void> validate(const DaemonConfig& c) {
     return bad("sampling.history", "must be 10s..24h");
   }
   if (c.watchdog_max_tick_age < std::chrono::seconds(1)) return bad("systemd.watchdog_max_tick_age", "at least 1s");
+  if (c.read_deadline < std::chrono::milliseconds(10) || c.read_deadline > std::chrono::seconds(60)) {
+    return bad("introspection.read_deadline", "must be 10ms..60s");
+  }
+  if (c.no_kernel_retry_max < std::chrono::seconds(1) || c.no_kernel_retry_max > std::chrono::hours(48)) {
+    return bad("discovery.no_kernel_retry_max", "must be 1s..48h");
+  }
+  if (!c.state_dir.empty() && c.state_dir[0] != '/') return bad("state_dir", "must be an absolute path (or empty: keep nothing)");
   if (!c.metrics_listen.empty()) {
     if (auto a = alerting::parse_listen_address(c.metrics_listen); !a.ok()) return bad("metrics.listen", a.error().message);
   }
@@ -412,6 +444,11 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
   m.diagnosis.ipi_stall_min = c.ipi_stall_min;
   m.diagnosis.idle_pending_min = c.idle_pending_min;
   m.diagnosis.softlockup_imminent_fraction = c.softlockup_imminent_fraction;
+  m.workers = static_cast<size_t>(c.workers);
+  m.discovery_max_concurrent = static_cast<size_t>(c.discovery_max_concurrent);
+  m.no_kernel_retry_max = c.no_kernel_retry_max;
+  m.read_deadline = c.read_deadline;
+  m.state_dir = c.state_dir;
   if (!c.domains.empty()) {
     auto patterns = c.domains;
     m.domain_filter = [patterns](const libvirt::DomainInfo& d) { return domain_selected(patterns, d.name, d.uuid); };

@@ -30,7 +30,7 @@ struct DaemonConfig {
   std::vector<std::string> domains;
   // sampling
   std::chrono::nanoseconds sample_interval{std::chrono::milliseconds(100)};
-  std::chrono::nanoseconds baseline_snapshot_interval{std::chrono::seconds(1)};
+  std::chrono::nanoseconds baseline_snapshot_interval{std::chrono::milliseconds(100)};
   bool introspection = true;
   std::chrono::seconds history{600};  // per-vCPU sample history kept in memory
   bool read_host_stacks = true;
@@ -53,6 +53,12 @@ struct DaemonConfig {
   std::string log_target = "stderr"; // stderr or journald
   // systemd watchdog: WATCHDOG=1 is sent only while every watched domain ticked this recently
   std::chrono::seconds watchdog_max_tick_age{30};
+  // execution, discovery, introspection (agent/core/README.md, "Pipeline shape")
+  int workers = 0;                   // tick workers; 0: CPUs allowed, at most 2
+  int discovery_max_concurrent = 1;  // discoveries (RAM scans) at once, all domains
+  std::chrono::nanoseconds no_kernel_retry_max{std::chrono::hours(4)};
+  std::chrono::nanoseconds read_deadline{std::chrono::milliseconds(250)};
+  std::string state_dir = "/var/lib/stallmon";  // hints/<uuid>: where each guest's kernel was
 };
 
 // Loads `path` over `base` (keys absent from the file keep base's value). Unknown keys are an

@@ -55,6 +55,11 @@ int main(int argc, char** argv) {
   add_override<std::vector<std::string>>(
       cli, o, "--alertmanager-url", [](DaemonConfig& c, const std::vector<std::string>& v) { c.alertmanager_urls = v; },
       "push findings to this Alertmanager (http://HOST:PORT), repeatable (alertmanager.urls)");
+  add_override<std::string>(cli, o, "--state-dir", [](DaemonConfig& c, const std::string& v) { c.state_dir = v; },
+                            "where each guest's last kernel location is kept; \"\" for nowhere (state_dir)");
+  add_override<int>(cli, o, "--workers", [](DaemonConfig& c, int v) { c.workers = v; },
+                    "tick worker threads; 0: CPUs allowed, at most 2 (execution.workers)")
+      ->check(CLI::Range(0, 64));
   cli.add_flag_function(
       "--no-introspection",
       [&o](int64_t) { o.overrides.push_back([](DaemonConfig& c) { c.introspection = false; }); },

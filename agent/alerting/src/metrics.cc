@@ -11,6 +11,21 @@ namespace stallmon::alerting {
 
 namespace {
 
+// Prometheus label value of an introspection state (stable, snake case).
+const char* introspection_state_label(core::IntrospectionState s) {
+  switch (s) {
+    case core::IntrospectionState::kDisabled: return "disabled";
+    case core::IntrospectionState::kWaitingForLayout: return "waiting_for_layout";
+    case core::IntrospectionState::kDiscovering: return "discovering";
+    case core::IntrospectionState::kReady: return "ready";
+    case core::IntrospectionState::kFailed: return "failed";
+    case core::IntrospectionState::kPaused: return "paused";
+    case core::IntrospectionState::kNoKernel: return "no_kernel";
+    case core::IntrospectionState::kOverBudget: return "over_budget";
+  }
+  return "unknown";
+}
+
 using diagnosis::Finding;
 using diagnosis::FindingKind;
 using diagnosis::Timestamp;
@@ -183,6 +198,18 @@ Result<std::string> MetricsCollector::render() {
           stats.monitor_timeouts);
   counter("stallmon_finding_events_total", "Finding events (opened, updated, resolved) emitted.",
           stats.finding_events);
+  counter("stallmon_guest_reads_abandoned_total",
+          "Guest memory reads past introspection.read_deadline, abandoned by the supervisor.",
+          stats.reads_abandoned);
+  counter("stallmon_internal_errors_total",
+          "Exceptions contained in one domain's work (that domain marked, the daemon unharmed).",
+          stats.internal_errors);
+  counter("stallmon_guest_reboots_detected_total",
+          "Guest reboots that dropped a discovered kernel (libvirt event or the guest's clock).",
+          stats.reboots_detected);
+  w.family("stallmon_worker_threads", MetricType::kGauge,
+           "Threads of the tick and discovery pools (workers, replacements, supervisors).");
+  w.sample({}, static_cast<double>(stats.threads));
   w.family("stallmon_history_memory_bytes", MetricType::kGauge,
            "Memory held by the sampler histories and blocked-thread details, all domains.");
   w.sample({}, static_cast<double>(stats.history_memory_bytes));
@@ -228,6 +255,28 @@ Result<std::string> MetricsCollector::render() {
              "1 while guest snapshots are being taken, else 0.",
              [](const core::DomainDetail& d) -> std::optional<double> {
                return d.summary.introspection.ok() ? 1 : 0;
+             });
+  w.family("stallmon_domain_introspection_state", MetricType::kGauge,
+           "1 for the domain's introspection state (ready, discovering, failed, paused, "
+           "no_kernel, over_budget, ...).");
+  for (const auto& d : details) {
+    w.sample({{"domain", d.summary.name}, {"state", introspection_state_label(d.summary.introspection.state)}}, 1);
+  }
+  per_domain("stallmon_domain_discovery_scanned_bytes_total", MetricType::kCounter,
+             "Guest RAM read by kernel discoveries of this domain (RAM scans included).",
+             [](const core::DomainDetail& d) -> std::optional<double> {
+               return static_cast<double>(d.summary.introspection.discovery_bytes_read);
+             });
+  per_domain("stallmon_domain_discovery_seconds_total", MetricType::kCounter,
+             "Time spent discovering this domain's kernel.",
+             [](const core::DomainDetail& d) -> std::optional<double> {
+               return std::chrono::duration<double>(d.summary.introspection.discovery_time).count();
+             });
+  per_domain("stallmon_domain_discovery_next_attempt_timestamp_seconds", MetricType::kGauge,
+             "When discovery is tried next (e.g. no Linux kernel found: backoff up to hours).",
+             [](const core::DomainDetail& d) -> std::optional<double> {
+               if (!d.summary.introspection.next_attempt_at) return std::nullopt;
+               return unix_seconds(*d.summary.introspection.next_attempt_at);
              });
   per_domain("stallmon_domain_monitor_responsive", MetricType::kGauge,
              "0 while a QEMU monitor call is past its deadline, else 1.",

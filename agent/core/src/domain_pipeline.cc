@@ -387,14 +387,27 @@ void DomainPipeline::reboot_detected(const std::string& why, int64_t now_ns, boo
   // What the old boot last showed: the new kernel's first snapshot must not show it again.
   old_jiffies_ = last_jiffies_;
   old_clock_ = last_guest_clock_;
+  // A guest writes its own clocks: one that makes them "go back" again and again must not buy
+  // itself a full discovery every few ticks. Reboots by the guest's word within 10 s of the
+  // previous one back off like failures; libvirt's events are the host's word.
+  const bool rapid = !from_event && last_reboot_ns_ != 0 && now_ns - last_reboot_ns_ < 10'000'000'000LL;
+  last_reboot_ns_ = now_ns;
+  if (rapid) {
+    const int64_t initial = shared_.config.discovery_retry_initial.count();
+    reboot_delay_ns_ = std::min<int64_t>(shared_.config.discovery_retry_max.count(),
+                                         reboot_delay_ns_ == 0 ? initial : reboot_delay_ns_ * 2);
+  } else {
+    reboot_delay_ns_ = 0;
+  }
+  retry_delay_ns_ = 0;
   drop_kernel(why, now_ns, true);
+  next_discovery_ns_ = now_ns + reboot_delay_ns_;
   {
     std::lock_guard<std::mutex> l(mu_);
     ++health_.reboots_detected;
   }
   // The old note's place is where the old boot's memory still lies: scan from the start.
   note_hint_ = 0;
-  retry_delay_ns_ = 0;
   no_kernel_delay_ns_ = 0;
   retry_never_ = false;
   proving_ = true;  // armed for the next kernel found
@@ -648,8 +661,11 @@ bool DomainPipeline::clock_went_back(const introspect::GuestSnapshot& snap, std:
 }
 
 std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestamp now, bool* abandoned) {
-  // A kernel being proven is snapshotted every tick (its snapshots are not observed).
-  if (!kernel_ || (!proving_ && !shared_.engine->wants_guest_snapshot(uuid_, now))) return std::nullopt;
+  // A kernel being proven is snapshotted every tick (its snapshots are not observed), and so is
+  // every kernel when the baseline is one tick (the default): not left to the engine's clock
+  // comparison, which a tick a little early would fail.
+  const bool every_tick = proving_ || shared_.config.baseline_snapshot_interval <= shared_.config.sample_interval;
+  if (!kernel_ || (!every_tick && !shared_.engine->wants_guest_snapshot(uuid_, now))) return std::nullopt;
   const int64_t t0 = shared_.mono->now_ns();
   introspect::GuestSnapshot snap;
   if (!with_kernel([&](GuestKernel& k) { snap = k.tick_reader->take(); })) {

@@ -302,6 +302,8 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   bool proving_ = false;
   int64_t proving_since_ns_ = 0;
   std::optional<uint64_t> proof_jiffies_, old_jiffies_;
+  int64_t last_reboot_ns_ = 0;
+  int64_t reboot_delay_ns_ = 0;  // grows while the guest's clock "reboots" it every few seconds
   uint64_t proof_clock_ = 0, old_clock_ = 0;
 
   // --- Discovery results (disc_mu_) ----------------------------------------------------------

@@ -64,6 +64,22 @@ TEST(Metrics, AgentHealthFamilies) {
   EXPECT_TRUE(has_line(text, "stallmon_sampling_tick_duration_seconds_count 10"));
 }
 
+TEST(Metrics, AGuestWithNoLinuxKernelShowsItsScanAndNextTry) {
+  FakeView v;
+  auto& d = v.add("firmware-only", 1);
+  d.summary.introspection.state = core::IntrospectionState::kNoKernel;
+  d.summary.introspection.discovery_bytes_read = 4ull << 30;
+  d.summary.introspection.next_attempt_at = core::Timestamp(std::chrono::seconds(1'700'003'600));
+  v.agent.reads_abandoned = 2;
+  MetricsCollector c(v, {});
+  const auto text = render(c);
+  expect_well_formed(text);
+  EXPECT_TRUE(has_line(text, "stallmon_domain_introspection_state{domain=\"firmware-only\",state=\"no_kernel\"} 1"));
+  EXPECT_TRUE(has_line(text, "stallmon_domain_discovery_scanned_bytes_total{domain=\"firmware-only\"} 4294967296"));
+  EXPECT_TRUE(has_line(text, "stallmon_domain_discovery_next_attempt_timestamp_seconds{domain=\"firmware-only\"} 1700003600"));
+  EXPECT_TRUE(has_line(text, "stallmon_guest_reads_abandoned_total 2"));
+}
+
 TEST(Metrics, PerVcpuCountersAndOneHotState) {
   FakeView v;
   auto& d = v.add("vm1", 2);

@@ -142,8 +142,17 @@ TEST_F(PipelineTest, SeedCase1FromHostSamplesAndGuestSnapshots) {
   EXPECT_EQ(shared_->counters.snapshots.load(), h.snapshots);
 }
 
+TEST_F(PipelineTest, HealthyGuestIsSnapshottedOnEveryTickByDefault) {
+  seed_case1 = false;
+  auto p = make();
+  run(*p, 50);
+  EXPECT_TRUE(engine_->active_findings().empty());
+  EXPECT_EQ(p->introspection().snapshots, 50u);
+}
+
 TEST_F(PipelineTest, HealthyGuestIsSnapshottedAtTheBaselineRate) {
   seed_case1 = false;
+  shared_->config.baseline_snapshot_interval = std::chrono::seconds(1);
   auto p = make();
   run(*p, 50);  // 5 s
   EXPECT_TRUE(engine_->active_findings().empty());
@@ -468,6 +477,16 @@ TEST_F(PipelineTest, GuestClockGoingBackDropsTheKernelAndResolvesGuestFindings) 
   EXPECT_EQ(p->introspection().state, IntrospectionState::kReady);
   run(*p, 12);
   EXPECT_EQ(active(FindingKind::kGuestIpiStall).size(), 1u);
+  // The guest writes its own clock: "rebooting" again a few seconds later buys it no immediate
+  // full discovery, only one after a backoff.
+  const int before = discoveries;
+  set_jiffies(kernel, 10);
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().reboots_detected, 2u);
+  run(*p, 5);
+  EXPECT_EQ(discoveries, before);
+  run(*p, 6);
+  EXPECT_EQ(discoveries, before + 1);
 }
 
 TEST_F(PipelineTest, RebootEventDropsTheKernelBeforeTheNextSnapshot) {

@@ -189,6 +189,22 @@ TEST(ConvertDomain, HealthSaysWhyThereIsNoGuestView) {
   EXPECT_NE(h.introspection_error().find("monitor timed out"), std::string::npos) << h.introspection_error();
 }
 
+TEST(ConvertDomain, HealthOfAGuestWithNoLinuxKernel) {
+  core::DomainSummary s;
+  s.name = "firmware-only";
+  s.last_tick = core::Timestamp(std::chrono::seconds(1'700'000'000));
+  s.introspection.state = core::IntrospectionState::kNoKernel;
+  s.introspection.discovery_bytes_read = 4ull << 30;
+  s.introspection.next_attempt_at = *s.last_tick + std::chrono::minutes(136);
+  v1::DomainHealth h;
+  to_proto(s, &h);
+  EXPECT_FALSE(h.introspection_ok());
+  EXPECT_EQ(h.introspection_error(), "no Linux kernel found (scanned 4.0 GiB, next try in 2h 16m)");
+  EXPECT_EQ(h.introspection_state(), "no Linux kernel found");
+  EXPECT_EQ(h.discovery_bytes_read(), 4ull << 30);
+  EXPECT_EQ(h.next_discovery_at().seconds(), 1'700'000'000 + 136 * 60);
+}
+
 TEST(ConvertHistory, ThinsEvenlyKeepingFirstAndNewest) {
   core::VcpuHistory h;
   h.vcpu = 1;
