@@ -587,9 +587,15 @@ void DomainPipeline::manage_introspection(int64_t now_ns) {
   bool revalidate_now = false;
   if (kernel_out_) {
     std::unique_ptr<GuestKernel> back;
+    std::string lost;
     {
       std::lock_guard<std::mutex> l(mu_);
       back = std::move(returned_kernel_);
+      lost.swap(kernel_lost_);
+    }
+    if (!back && !lost.empty()) {
+      drop_kernel("internal error in a stalled guest read: " + lost, now_ns, false);
+      return;
     }
     if (!back) return;  // still stuck in its read: host-only until it returns
     kernel_out_ = false;
@@ -767,7 +773,12 @@ bool DomainPipeline::tick() {
   }
   // Outside every GuestReadScope now (unwound), so the supervisor cannot abandon us from here
   // on: if it has not, this tick still owns the domain's tick state.
-  if (GuestReadScope::current_abandoned()) return false;
+  if (GuestReadScope::current_abandoned()) {
+    // Thrown inside the abandoned read: the borrowed kernel is gone; the next tick drops it.
+    std::lock_guard<std::mutex> l(mu_);
+    kernel_lost_ = what;
+    return false;
+  }
   contain_failure(what);
   return true;
 }

@@ -277,6 +277,7 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   std::optional<Timestamp> last_tick_;
   Timestamp watched_since_{};
   std::unique_ptr<GuestKernel> returned_kernel_;  // handed back by an abandoned tick
+  std::string kernel_lost_;  // or: what it threw (the kernel is gone)
 
   // --- Tick state (one tick at a time) --------------------------------------------------------
   std::unique_ptr<GuestKernel> kernel_;
