@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 #include "fake_domain.h"
 #include "stallmon/core/stall_monitor.h"
@@ -253,6 +255,45 @@ TEST_F(StallMonitorTest, MonitorTimeoutsAreCountedOncePerEpisode) {
   auto active = m->engine().active_findings("vm1");
   ASSERT_EQ(active.size(), 1u);
   EXPECT_EQ(active[0].kind, FindingKind::kHostMonitorUnresponsive);
+}
+
+}  // namespace
+}  // namespace stallmon::core
+
+namespace stallmon::core {
+namespace {
+
+// threads=true: the monitor runs its pools; the number of threads does not depend on the
+// number of domains. Waits are for events (a first tick), never timed.
+TEST(StallMonitorThreads, PoolsOfFixedSizeForAnyNumberOfDomains) {
+  testing::FakeQemu q;
+  MonitorConfig c;
+  c.introspection = false;
+  c.workers = 2;
+  StallMonitor m(c, MonitorDependencies{&q.fs, &q.mono, &q.clock, {}});
+  for (int i = 0; i < 20; ++i) {
+    libvirt::DomainInfo d = q.info();
+    d.name = "vm" + std::to_string(i);
+    d.uuid = "uuid-" + std::to_string(i);
+    m.on_domain_updated(d);
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  auto all_ticked = [&] {
+    for (const auto& d : m.domains()) {
+      if (d.ticks == 0) return false;
+    }
+    return true;
+  };
+  while (!all_ticked() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(all_ticked());
+  const AgentStats s = m.stats();
+  EXPECT_EQ(s.domains, 20u);
+  EXPECT_EQ(s.workers, 2u);
+  EXPECT_EQ(s.threads, 5u);  // 2 tick workers + 1 discovery worker + 2 supervisors
+  m.stop();
+  EXPECT_EQ(m.stats().threads, 0u);
 }
 
 }  // namespace
