@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -109,6 +110,73 @@ class FakeQemu {
   std::shared_ptr<const std::vector<introspect::RamRange>> ram_ =
       std::make_shared<const std::vector<introspect::RamRange>>(
           std::vector<introspect::RamRange>{{0, 512u << 20, 0x7f0000000000, "pc.ram"}});
+};
+
+// The fake /proc and clocks for tests with pool threads: FakeHostFs counts opens and reads in
+// plain maps and the simulated clocks are plain integers, so workers and the test thread must
+// not use them at once. Everything goes through one mutex; the test takes it (lock()) around
+// its own changes (advance, block_vcpu).
+class Serialized {
+ public:
+  explicit Serialized(FakeQemu& q) : fs(*this, q.fs), mono(*this, q.mono), clock(*this, q.clock) {}
+  std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(mu_); }
+
+  class Fs final : public host::HostFs {
+   public:
+    Fs(Serialized& s, host::HostFs& inner) : s_(s), inner_(inner) {}
+    Result<int> open(const std::string& path) override {
+      auto l = s_.lock();
+      return inner_.open(path);
+    }
+    Result<size_t> read(int handle, char* buf, size_t len) override {
+      auto l = s_.lock();
+      return inner_.read(handle, buf, len);
+    }
+    void close(int handle) override {
+      auto l = s_.lock();
+      inner_.close(handle);
+    }
+    Result<std::vector<std::string>> list_dir(const std::string& path) override {
+      auto l = s_.lock();
+      return inner_.list_dir(path);
+    }
+
+   private:
+    Serialized& s_;
+    host::HostFs& inner_;
+  };
+  class Mono final : public host::Clock {
+   public:
+    Mono(Serialized& s, host::Clock& inner) : s_(s), inner_(inner) {}
+    int64_t now_ns() override {
+      auto l = s_.lock();
+      return inner_.now_ns();
+    }
+
+   private:
+    Serialized& s_;
+    host::Clock& inner_;
+  };
+  class EngineClock final : public diagnosis::Clock {
+   public:
+    EngineClock(Serialized& s, const diagnosis::Clock& inner) : s_(s), inner_(inner) {}
+    diagnosis::Timestamp now() const override {
+      auto l = s_.lock();
+      return inner_.now();
+    }
+
+   private:
+    Serialized& s_;
+    const diagnosis::Clock& inner_;
+  };
+
+ private:
+  std::mutex mu_;
+
+ public:
+  Fs fs;
+  Mono mono;
+  EngineClock clock;
 };
 
 }  // namespace stallmon::core::testing

@@ -79,9 +79,8 @@ TEST(TaskPool, RunsTasksInDueOrderAndSurvivesExceptions) {
     ++contained;
   };
   pool.post(now + 2, std::move(oom));
-  pool.start();  // everything is queued before the worker looks: due order decides
-  mono.advance_ns(10);
-  pool.wake();
+  mono.advance_ns(10);  // before any worker reads the clock
+  pool.start();         // everything is queued before the worker looks: due order decides
   ASSERT_TRUE(eventually([&] {
     std::lock_guard<std::mutex> l(mu);
     return order.size() == 2;
@@ -94,16 +93,17 @@ TEST(TaskPool, RunsTasksInDueOrderAndSurvivesExceptions) {
 
 TEST(TaskPool, TicksOfManyDomainsRunOnAFixedNumberOfThreads) {
   FakeQemu q(2);
+  testing::Serialized z(q);
   MonitorConfig config;
   config.introspection = false;
   internal::Shared shared(config);
-  shared.fs = &q.fs;
-  shared.mono = &q.mono;
-  shared.clock = &q.clock;
-  shared.mono_to_engine = ClockMapping::from(q.clock.now(), q.mono.now_ns());
-  diagnosis::DiagnosisEngine engine(config.diagnosis, q.clock);
+  shared.fs = &z.fs;
+  shared.mono = &z.mono;
+  shared.clock = &z.clock;
+  shared.mono_to_engine = ClockMapping::from(z.clock.now(), z.mono.now_ns());
+  diagnosis::DiagnosisEngine engine(config.diagnosis, z.clock);
   shared.engine = &engine;
-  internal::TaskPool pool(pool_options(&q.mono, 2));
+  internal::TaskPool pool(pool_options(&z.mono, 2));
   shared.tick_pool = &pool;
   pool.start();
   std::vector<std::shared_ptr<internal::DomainPipeline>> domains;
@@ -112,7 +112,7 @@ TEST(TaskPool, TicksOfManyDomainsRunOnAFixedNumberOfThreads) {
     info.uuid = "uuid-" + std::to_string(i);
     info.name = "vm" + std::to_string(i);
     domains.push_back(std::make_shared<internal::DomainPipeline>(shared, info));
-    internal::post_tick(shared, domains.back(), q.mono.now_ns());
+    internal::post_tick(shared, domains.back(), z.mono.now_ns());
   }
   auto all_ticked = [&](uint64_t n) {
     for (auto& d : domains) {
@@ -122,7 +122,10 @@ TEST(TaskPool, TicksOfManyDomainsRunOnAFixedNumberOfThreads) {
   };
   for (uint64_t n = 1; n <= 5; ++n) {
     ASSERT_TRUE(eventually([&] { return all_ticked(n); }));
-    q.advance(100);
+    {
+      auto l = z.lock();
+      q.advance(100);
+    }
     pool.wake();
   }
   EXPECT_EQ(pool.threads(), 3u);  // 2 workers + the supervisor, for 50 domains
@@ -190,14 +193,15 @@ class PhysBackedAccess final : public introspect::KernelAccess {
 
 TEST(SupervisedReads, ABlockedGuestReadPausesIntrospectionAndHostSamplingGoesOn) {
   FakeQemu q(4);
+  testing::Serialized z(q);
   MonitorConfig config;
   config.diagnosis.baseline_snapshot_interval = 100ms;  // a snapshot every tick
   internal::Shared shared(config);
-  shared.fs = &q.fs;
-  shared.mono = &q.mono;
-  shared.clock = &q.clock;
-  shared.mono_to_engine = ClockMapping::from(q.clock.now(), q.mono.now_ns());
-  diagnosis::DiagnosisEngine engine(shared.config.diagnosis, q.clock);
+  shared.fs = &z.fs;
+  shared.mono = &z.mono;
+  shared.clock = &z.clock;
+  shared.mono_to_engine = ClockMapping::from(z.clock.now(), z.mono.now_ns());
+  diagnosis::DiagnosisEngine engine(shared.config.diagnosis, z.clock);
   shared.engine = &engine;
   std::shared_ptr<LatchMemory> latch;
   std::atomic<int> discoveries{0};
@@ -219,13 +223,16 @@ TEST(SupervisedReads, ABlockedGuestReadPausesIntrospectionAndHostSamplingGoesOn)
     gk->access = std::move(access);
     return gk;
   };
-  internal::TaskPool pool(pool_options(&q.mono, 1));
+  internal::TaskPool pool(pool_options(&z.mono, 1));
   shared.tick_pool = &pool;
   pool.start();
   auto p = std::make_shared<internal::DomainPipeline>(shared, q.info());
-  internal::post_tick(shared, p, q.mono.now_ns());
+  internal::post_tick(shared, p, z.mono.now_ns());
   auto tick_clock = [&] {
-    q.advance(100);
+    {
+      auto l = z.lock();
+      q.advance(100);
+    }
     pool.wake();
   };
   auto state_is = [&](IntrospectionState s) { return p->introspection().state == s; };
@@ -240,7 +247,10 @@ TEST(SupervisedReads, ABlockedGuestReadPausesIntrospectionAndHostSamplingGoesOn)
   }, tick_clock));
   const uint64_t snapshots = p->introspection().snapshots;
   // Past the 250 ms deadline: the supervisor abandons it and starts a replacement worker.
-  q.advance(300);
+  {
+    auto l = z.lock();
+    q.advance(300);
+  }
   pool.wake();
   ASSERT_TRUE(eventually([&] { return state_is(IntrospectionState::kPaused); }));
   IntrospectionHealth h = p->introspection();
@@ -249,7 +259,10 @@ TEST(SupervisedReads, ABlockedGuestReadPausesIntrospectionAndHostSamplingGoesOn)
   EXPECT_EQ(pool.abandoned(), 1u);
   EXPECT_EQ(pool.threads(), 3u);  // the stuck worker, its replacement, the supervisor
   // Host sampling goes on: ticks keep coming (on the replacement) and a frozen vCPU is seen.
-  q.block_vcpu(1);
+  {
+    auto l = z.lock();
+    q.block_vcpu(1);
+  }
   const uint64_t ticks = p->summary().ticks;
   ASSERT_TRUE(eventually([&] { return p->summary().ticks >= ticks + 10; }, tick_clock));
   bool blocked_seen = false;

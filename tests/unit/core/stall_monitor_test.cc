@@ -267,10 +267,11 @@ namespace {
 // number of domains. Waits are for events (a first tick), never timed.
 TEST(StallMonitorThreads, PoolsOfFixedSizeForAnyNumberOfDomains) {
   testing::FakeQemu q;
+  testing::Serialized z(q);
   MonitorConfig c;
   c.introspection = false;
   c.workers = 2;
-  StallMonitor m(c, MonitorDependencies{&q.fs, &q.mono, &q.clock, {}});
+  StallMonitor m(c, MonitorDependencies{&z.fs, &z.mono, &z.clock, {}});
   for (int i = 0; i < 20; ++i) {
     libvirt::DomainInfo d = q.info();
     d.name = "vm" + std::to_string(i);
