@@ -90,7 +90,7 @@ void silence_libbpf() {
 uint64_t Types::estimated_memory(uint64_t btf_bytes, uint64_t types) {
   // libbpf keeps a copy of the blob plus per-type offsets; our indexes hold about one node
   // (with its name) per named type.
-  return 2 * btf_bytes + types * (4 + 96);
+  return 2 * btf_bytes + types * (4 + 96);  // what from_btf_bytes charges while it builds
 }
 
 Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> bytes,
@@ -98,9 +98,10 @@ Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> 
   silence_libbpf();
   if (bytes.size() > kMaxBtfBytes) return Error(ErrorCode::kLimit, "BTF larger than 64 MiB");
   if (bytes.size() < 24) return Error(ErrorCode::kCorrupt, "BTF too short");
-  // A type is at least 12 bytes: the blob's size bounds the count before libbpf parses it.
+  // Before libbpf parses: its copy of the blob and its per-type offsets (a type is at least 12
+  // bytes); after: our name indexes, per type actually present.
   STALLMON_TRY(MemoryCharge parse_charge,
-               MemoryCharge::take(budget, "BTF types", estimated_memory(bytes.size(), bytes.size() / 12)));
+               MemoryCharge::take(budget, "BTF types", 2 * bytes.size() + bytes.size() / 12 * 4));
   std::shared_ptr<Types> t(new Types());
   t->raw_ = std::move(bytes);
   errno = 0;
@@ -114,6 +115,7 @@ Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> 
   if (n > kMaxBtfTypes) {
     return Error(ErrorCode::kLimit, "BTF has " + std::to_string(n) + " types, above " + std::to_string(kMaxBtfTypes));
   }
+  STALLMON_TRY_VOID(parse_charge.add(uint64_t{n} * 96));
   // Pass 1: structs/unions (the one with most members wins over forward-like duplicates),
   // ints, enums, VARs. Pass 2: typedefs for names not taken.
   for (uint32_t id = 1; id < n; ++id) {

@@ -210,6 +210,7 @@ Result<void> Kernel::load_types(const DiscoverOptions& options) {
     const std::string key = "btf:" + h.hex_digest();
     types_ = shared ? cache.types(key) : nullptr;
     if (!types_) {
+      blob_charge.reset();  // the blob moves into the Types, which from_btf_bytes charges
       auto t = Types::from_btf_bytes(std::move(bytes), options.budget);
       if (!t.ok()) return std::move(t).error().context("guest BTF at __start_BTF");
       types_ = std::move(*t);

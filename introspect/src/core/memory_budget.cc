@@ -16,13 +16,21 @@ std::string mib(uint64_t bytes) {
 
 MemoryBudget::MemoryBudget(std::string owner, uint64_t limit_bytes) : owner_(std::move(owner)), limit_(limit_bytes) {}
 
+Error MemoryBudget::over(std::string_view what, uint64_t bytes) const {
+  return Error(ErrorCode::kOverBudget, std::string(what) + " needs " + mib(bytes) + " with " + mib(used_) +
+                                           " already held: over the " + mib(limit_) + " memory budget" +
+                                           (owner_.empty() ? std::string() : " of " + owner_));
+}
+
+Result<void> MemoryBudget::check(std::string_view what, uint64_t bytes) const {
+  std::lock_guard lock(mu_);
+  if (bytes > limit_ || used_ > limit_ - bytes) return over(what, bytes);
+  return Ok();
+}
+
 Result<void> MemoryBudget::charge(std::string_view what, uint64_t bytes) {
   std::lock_guard lock(mu_);
-  if (bytes > limit_ || used_ > limit_ - bytes) {
-    return Error(ErrorCode::kOverBudget, std::string(what) + " needs " + mib(bytes) + " with " + mib(used_) +
-                                             " already held: over the " + mib(limit_) + " memory budget" +
-                                             (owner_.empty() ? std::string() : " of " + owner_));
-  }
+  if (bytes > limit_ || used_ > limit_ - bytes) return over(what, bytes);
   if (bytes == 0) return Ok();
   used_ += bytes;
   peak_ = std::max(peak_, used_);

@@ -284,6 +284,10 @@ Result<GuestKallsyms> read_guest_kallsyms(KernelMemory& mem, const VmcoreInfo& i
   if (num_syms > limits.max_symbols) {
     return Error(ErrorCode::kLimit, "kallsyms_num_syms " + std::to_string(num_syms) + " above the limit");
   }
+  // Refuse early a count whose symbols alone could not fit (decoding charges them for real).
+  if (limits.budget) {
+    STALLMON_TRY_VOID(limits.budget->check("kallsyms symbols", uint64_t{num_syms} * kSymbolOverheadBytes));
+  }
 
   g.token_index.resize(256);
   STALLMON_TRY_VOID(mem.read(index_va, g.token_index.data(), 512));

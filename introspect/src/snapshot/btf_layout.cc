@@ -112,24 +112,24 @@ Result<MemberLayout> btf_member_layout(const struct btf* b, std::string_view typ
   // outer type at most kMaxObjectBytes, the member inside it, scalars at most 8 bytes.
   const int64_t parent = btf__resolve_size(b, static_cast<uint32_t>(id));
   if (parent <= 0 || static_cast<uint64_t>(parent) > kMaxObjectBytes)
-    return Error(ErrorCode::kCorrupt, "BTF size of " + std::string(type) + " implausible: " + std::to_string(parent));
-  int64_t sz = btf__resolve_size(b, cur);
-  out.size = sz > 0 && static_cast<uint64_t>(sz) <= kMaxObjectBytes ? static_cast<uint32_t>(sz) : 0;
-  if (sz > 0 && out.size == 0)
-    return Error(ErrorCode::kCorrupt, "BTF size of member " + what + " implausible: " + std::to_string(sz));
+    return Error(ErrorCode::kCorrupt, "BTF size of " + std::string(type) + " implausible (" + std::to_string(parent) +
+                                          " bytes) for " + what);
   out.bit_offset = total;
   if (out.bit_size == 0 && total % 8 != 0)
     return Error(ErrorCode::kCorrupt, "unaligned member " + what);
+  const int64_t sz = btf__resolve_size(b, cur);
+  const uint64_t size = sz > 0 ? static_cast<uint64_t>(sz) : 0;
+  const uint64_t end_bits = out.bit_size ? total + out.bit_size : total + size * 8;
+  if (size > static_cast<uint64_t>(parent) || end_bits > static_cast<uint64_t>(parent) * 8)
+    return Error(ErrorCode::kCorrupt, "BTF member " + what + " (offset " + std::to_string(total / 8) + ", " +
+                                          std::to_string(size) + " bytes) lies outside " + std::string(type) + " (" +
+                                          std::to_string(parent) + " bytes)");
+  out.size = static_cast<uint32_t>(size);
   const bool scalar = out.kind == MemberLayout::Kind::kInt || out.kind == MemberLayout::Kind::kPointer ||
                       out.kind == MemberLayout::Kind::kEnum;
   if (scalar && out.size > kMaxScalarBytes)
     return Error(ErrorCode::kCorrupt, "BTF member " + what + " is a " + std::to_string(out.size) +
                                           "-byte scalar (at most 8)");
-  const uint64_t end_bits = out.bit_size ? total + out.bit_size : total + uint64_t{out.size} * 8;
-  if (end_bits > static_cast<uint64_t>(parent) * 8)
-    return Error(ErrorCode::kCorrupt, "BTF member " + what + " (offset " + std::to_string(total / 8) + ", " +
-                                          std::to_string(out.size) + " bytes) lies outside " + std::string(type) +
-                                          " (" + std::to_string(parent) + " bytes)");
   return out;
 }
 

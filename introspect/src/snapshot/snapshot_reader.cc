@@ -185,8 +185,11 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   };
   auto need = [&](const char* type, const char* path) -> Result<MemberLayout> {
     auto m = k.member(type, path);
-    if (!m) return Error(ErrorCode::kUnsupported, std::string("member ") + type + "." + path + " not found");
-    return *m;
+    if (m) return *m;
+    // A member that exists but is implausible (hostile BTF) says so; a missing one is a kernel
+    // this reader does not support.
+    if (m.error().code != ErrorCode::kNotFound) return std::move(m).error().context("snapshot layout");
+    return Error(ErrorCode::kUnsupported, std::string("member ") + type + "." + path + " not found");
   };
 
   // --- CPUs: nr_cpu_ids and __per_cpu_offset never change after boot. ---

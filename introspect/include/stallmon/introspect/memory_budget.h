@@ -30,6 +30,9 @@ class MemoryBudget {
   // charged) when the total would pass the limit; the message names `what`, its size, what is
   // already held and the limit. Thread-safe.
   Result<void> charge(std::string_view what, uint64_t bytes);
+  // Whether `bytes` more would fit now, without charging (an early, cheap refusal before work
+  // whose allocations are charged as they happen).
+  Result<void> check(std::string_view what, uint64_t bytes) const;
   // Gives back bytes charged under `what` (clamped: never below zero).
   void release(std::string_view what, uint64_t bytes);
 
@@ -41,6 +44,7 @@ class MemoryBudget {
   const std::string& owner() const { return owner_; }
 
  private:
+  Error over(std::string_view what, uint64_t bytes) const;  // mu_ held
   const std::string owner_;
   const uint64_t limit_;
   mutable std::mutex mu_;
