@@ -1,17 +1,53 @@
 #!/usr/bin/env bash
 # Builds stallmon and runs its tests: the unit tier (hermetic, fast), then the integration tier
 # (real QEMU guests under libvirt; needs root). This is the README's test command and what CI runs.
+# The fuzz tier (not part of `all`) builds the parsers' libFuzzer targets with clang in
+# build/fuzz and runs each for STALLMON_FUZZ_SECONDS (default 20).
 #
-# Usage: deploy/test.sh [unit|integration|all]   (default: all)
-# Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_JOBS (default: nproc).
+# Usage: deploy/test.sh [unit|integration|all|fuzz]   (default: all)
+# Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_JOBS (default: nproc),
+#              STALLMON_FUZZ_SECONDS (default 20).
 set -euo pipefail
 
 tier="${1:-all}"
-case "$tier" in unit|integration|all) ;; *) echo "usage: $0 [unit|integration|all]" >&2; exit 2 ;; esac
+case "$tier" in unit|integration|all|fuzz) ;; *) echo "usage: $0 [unit|integration|all|fuzz]" >&2; exit 2 ;; esac
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-build="${STALLMON_BUILD_DIR:-$root/build/release}"
 jobs="${STALLMON_JOBS:-$(nproc)}"
+
+if [ "$tier" = fuzz ]; then
+  # Every target and everything it links instrumented for libFuzzer, with ASan+UBSan.
+  fuzz_build="$root/build/fuzz"
+  seconds="${STALLMON_FUZZ_SECONDS:-20}"
+  cmake -S "$root" -B "$fuzz_build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON \
+    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DSTALLMON_SANITIZE=ON -DSTALLMON_FUZZ=ON \
+    -DSTALLMON_BUILD_BENCHMARKS=OFF \
+    -DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link -DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link
+  cmake --build "$fuzz_build" -j "$jobs" --target fuzz_all
+  rc=0
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  for bin in "$fuzz_build"/tests/fuzz/fuzz_*; do
+    name="$(basename "$bin")"
+    name="${name#fuzz_}"
+    [ -x "$bin" ] || continue
+    # A scratch copy of the seeds: new inputs found in CI are not written into the tree.
+    mkdir -p "$work/$name"
+    cp "$root/tests/fuzz/corpus/$name"/* "$work/$name"/ 2>/dev/null || true
+    if "$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="$work/crash-$name-" "$work/$name" > "$work/$name.log" 2>&1; then
+      echo "fuzz $name: ok, $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$name.log" | grep -o '[0-9]*$') executions"
+    else
+      echo "fuzz $name: FAILED" >&2
+      tail -60 "$work/$name.log" >&2
+      ls "$work"/crash-"$name"-* >&2 2>/dev/null || true
+      rc=1
+    fi
+  done
+  exit "$rc"
+fi
+
+build="${STALLMON_BUILD_DIR:-$root/build/release}"
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON
 cmake --build "$build" -j "$jobs"

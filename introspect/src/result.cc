@@ -17,6 +17,7 @@ const char* to_string(ErrorCode code) {
     case ErrorCode::kTimeout: return "timeout";
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kInternal: return "internal error";
+    case ErrorCode::kOverBudget: return "over memory budget";
   }
   return "unknown error";
 }

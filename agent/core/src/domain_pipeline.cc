@@ -75,19 +75,23 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
     }
   } report{*metered, bytes_read};
 
+  auto gk = std::make_unique<GuestKernel>();
+  gk->budget = std::make_shared<introspect::MemoryBudget>("qemu pid " + std::to_string(pid));
   introspect::DiscoverOptions opts;
-  opts.scan.hint_gpa = hint_gpa;  // a reboot usually puts the note where it was
+  opts.scan.hint_gpa = hint_gpa;  // only where to look first: the note is still proven
+  opts.budget = gk->budget;
   auto kernel = introspect::Kernel::discover(*mem, opts);
   if (!kernel.ok()) return std::move(kernel).error();
 
-  auto gk = std::make_unique<GuestKernel>();
   gk->memory = std::move(mem).value();
   gk->kernel = std::move(kernel).value();
   gk->access = introspect::make_kernel_access(*gk->kernel);
-  auto tick_reader = introspect::SnapshotReader::create(*gk->access, shared.config.snapshot);
+  introspect::SnapshotOptions tick_options = shared.config.snapshot, inspect_options = shared.config.inspect_snapshot;
+  tick_options.budget = inspect_options.budget = gk->budget;
+  auto tick_reader = introspect::SnapshotReader::create(*gk->access, tick_options);
   if (!tick_reader.ok()) return std::move(tick_reader).error().context("snapshot layout");
   gk->tick_reader = std::move(tick_reader).value();
-  auto inspect_reader = introspect::SnapshotReader::create(*gk->access, shared.config.inspect_snapshot);
+  auto inspect_reader = introspect::SnapshotReader::create(*gk->access, inspect_options);
   if (!inspect_reader.ok()) return std::move(inspect_reader).error().context("snapshot layout");
   gk->inspect_reader = std::move(inspect_reader).value();
   const introspect::VmcoreInfo& vi = gk->kernel->vmcoreinfo();

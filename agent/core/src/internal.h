@@ -98,6 +98,8 @@ struct Shared {
 // A discovered guest kernel with its snapshot readers. Built by the discovery worker, then used
 // by the pipeline thread alone (Kernel and SnapshotReader are single-threaded).
 struct GuestKernel {
+  // Everything the guest decides the size of (symbols, types, snapshot buffers) is charged here.
+  std::shared_ptr<introspect::MemoryBudget> budget;
   std::shared_ptr<introspect::PhysicalMemory> memory;
   std::unique_ptr<introspect::Kernel> kernel;
   std::unique_ptr<introspect::KernelAccess> access;

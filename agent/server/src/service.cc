@@ -39,7 +39,8 @@ grpc::Status to_grpc_status(const Error& e) {
     case ErrorCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
     case ErrorCode::kUnsupported: code = grpc::StatusCode::FAILED_PRECONDITION; break;
     case ErrorCode::kTimeout: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
-    case ErrorCode::kLimit: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
+    case ErrorCode::kLimit:
+    case ErrorCode::kOverBudget: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
     case ErrorCode::kUnmapped:
     case ErrorCode::kCorrupt:
     case ErrorCode::kIo: code = grpc::StatusCode::UNAVAILABLE; break;

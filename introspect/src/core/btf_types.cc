@@ -87,10 +87,21 @@ void silence_libbpf() {
 }
 }  // namespace
 
-Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> bytes) {
+uint64_t Types::estimated_memory(uint64_t btf_bytes, uint64_t types) {
+  // libbpf keeps a copy of the blob plus per-type offsets; our indexes hold about one node
+  // (with its name) per named type.
+  return 2 * btf_bytes + types * (4 + 96);  // what from_btf_bytes charges while it builds
+}
+
+Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> bytes,
+                                                           const std::shared_ptr<MemoryBudget>& budget) {
   silence_libbpf();
   if (bytes.size() > kMaxBtfBytes) return Error(ErrorCode::kLimit, "BTF larger than 64 MiB");
   if (bytes.size() < 24) return Error(ErrorCode::kCorrupt, "BTF too short");
+  // Before libbpf parses: its copy of the blob and its per-type offsets (a type is at least 12
+  // bytes); after: our name indexes, per type actually present.
+  STALLMON_TRY(MemoryCharge parse_charge,
+               MemoryCharge::take(budget, "BTF types", 2 * bytes.size() + bytes.size() / 12 * 4));
   std::shared_ptr<Types> t(new Types());
   t->raw_ = std::move(bytes);
   errno = 0;
@@ -101,6 +112,10 @@ Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> 
   }
   t->btf_ = b;
   const uint32_t n = btf__type_cnt(b);
+  if (n > kMaxBtfTypes) {
+    return Error(ErrorCode::kLimit, "BTF has " + std::to_string(n) + " types, above " + std::to_string(kMaxBtfTypes));
+  }
+  STALLMON_TRY_VOID(parse_charge.add(uint64_t{n} * 96));
   // Pass 1: structs/unions (the one with most members wins over forward-like duplicates),
   // ints, enums, VARs. Pass 2: typedefs for names not taken.
   for (uint32_t id = 1; id < n; ++id) {
@@ -153,15 +168,23 @@ Result<std::shared_ptr<const Types>> Types::from_file(const std::string& path) {
   return r;
 }
 
-Result<std::shared_ptr<const Types>> Types::from_guest(KernelMemory& mem, const SymbolTable& syms) {
+Result<std::vector<uint8_t>> Types::read_guest_btf(KernelMemory& mem, const SymbolTable& syms, MemoryCharge& charge) {
   STALLMON_TRY(uint64_t start, syms.address("__start_BTF"));
   STALLMON_TRY(uint64_t stop, syms.address("__stop_BTF"));
   if (stop <= start) return Error(ErrorCode::kCorrupt, "__stop_BTF is not above __start_BTF", stop);
   if (stop - start > kMaxBtfBytes) return Error(ErrorCode::kLimit, "guest BTF larger than 64 MiB", start);
+  STALLMON_TRY_VOID(charge.add(stop - start));
   std::vector<uint8_t> bytes(stop - start);
   auto r = mem.read(start, bytes.data(), bytes.size());
   if (!r.ok()) return std::move(r).error().context("reading guest BTF");
-  auto t = from_btf_bytes(std::move(bytes));
+  return bytes;
+}
+
+Result<std::shared_ptr<const Types>> Types::from_guest(KernelMemory& mem, const SymbolTable& syms,
+                                                       const std::shared_ptr<MemoryBudget>& budget) {
+  STALLMON_TRY(MemoryCharge charge, MemoryCharge::take(budget, "BTF blob", 0));
+  STALLMON_TRY(auto bytes, read_guest_btf(mem, syms, charge));
+  auto t = from_btf_bytes(std::move(bytes), budget);
   if (!t.ok()) return std::move(t).error().context("guest BTF at __start_BTF");
   return t;
 }

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "stallmon/introspect/kernel.h"
 
+#include <algorithm>
 #include <cstdio>
-#include <deque>
-#include <map>
+#include <list>
 #include <mutex>
+#include <thread>
 
+#include "content_hash.h"
 #include "text.h"
 
 namespace stallmon::introspect {
@@ -17,103 +19,128 @@ using detail::hex;
 constexpr uint64_t kPageOffset4 = 0xffff888000000000ull;
 constexpr uint64_t kPageOffset5 = 0xff11000000000000ull;
 
-// Process-wide cache: guests running the same kernel build share the decoded symbols (per
-// KASLR slide, since kallsyms addresses include it) and the parsed BTF (per build).
+// Process-wide cache: guests whose kernels have byte-identical kallsyms tables / BTF share the
+// decoded symbols / parsed types. Keys are SHA-256 digests of the bytes read from each guest
+// (or host file paths), never anything the guest merely claims (BUILD-ID, KERNELOFFSET), so
+// a guest can only ever get its own tables back. Least recently used entries go first.
 class SharedCache {
  public:
   static SharedCache& get() {
     static SharedCache cache;
     return cache;
   }
-  std::shared_ptr<const SymbolTable> symbols(const std::string& key) {
-    std::lock_guard lock(mu_);
-    auto it = symbols_.find(key);
-    return it == symbols_.end() ? nullptr : it->second;
-  }
-  void put_symbols(const std::string& key, std::shared_ptr<const SymbolTable> s) {
-    std::lock_guard lock(mu_);
-    insert(symbols_, symbol_order_, key, std::move(s));
-  }
-  std::shared_ptr<const Types> types(const std::string& key) {
-    std::lock_guard lock(mu_);
-    auto it = types_.find(key);
-    return it == types_.end() ? nullptr : it->second;
-  }
-  void put_types(const std::string& key, std::shared_ptr<const Types> t) {
-    std::lock_guard lock(mu_);
-    insert(types_, type_order_, key, std::move(t));
-  }
+  std::shared_ptr<const SymbolTable> symbols(const std::string& key) { return find(symbols_, key); }
+  void put_symbols(const std::string& key, std::shared_ptr<const SymbolTable> s) { insert(symbols_, key, std::move(s)); }
+  std::shared_ptr<const Types> types(const std::string& key) { return find(types_, key); }
+  void put_types(const std::string& key, std::shared_ptr<const Types> t) { insert(types_, key, std::move(t)); }
   void clear() {
     std::lock_guard lock(mu_);
     symbols_.clear();
     types_.clear();
-    symbol_order_.clear();
-    type_order_.clear();
   }
 
  private:
   static constexpr size_t kCapacity = 8;  // distinct kernels on one host are few
-  template <typename M, typename V>
-  static void insert(M& map, std::deque<std::string>& order, const std::string& key, V value) {
-    if (map.count(key)) return;
-    if (order.size() >= kCapacity) {
-      map.erase(order.front());
-      order.pop_front();
+  template <typename V>
+  using Lru = std::list<std::pair<std::string, V>>;
+  template <typename V>
+  V find(Lru<V>& lru, const std::string& key) {
+    std::lock_guard lock(mu_);
+    for (auto it = lru.begin(); it != lru.end(); ++it) {
+      if (it->first != key) continue;
+      lru.splice(lru.begin(), lru, it);
+      return it->second;
     }
-    map.emplace(key, std::move(value));
-    order.push_back(key);
+    return nullptr;
+  }
+  template <typename V>
+  void insert(Lru<V>& lru, const std::string& key, V value) {
+    std::lock_guard lock(mu_);
+    for (auto& [k, v] : lru) {
+      if (k == key) return;
+    }
+    lru.emplace_front(key, std::move(value));
+    if (lru.size() > kCapacity) lru.pop_back();
   }
   std::mutex mu_;
-  std::map<std::string, std::shared_ptr<const SymbolTable>> symbols_;
-  std::map<std::string, std::shared_ptr<const Types>> types_;
-  std::deque<std::string> symbol_order_, type_order_;
+  Lru<std::shared_ptr<const SymbolTable>> symbols_;
+  Lru<std::shared_ptr<const Types>> types_;
 };
 
 Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, const VmcoreInfo& info,
-                                                        const DiscoverOptions& options) {
-  if (!options.vmlinux_path.empty()) {
-    STALLMON_TRY(SymbolTable t, SymbolTable::from_vmlinux(options.vmlinux_path, options.limits));
-    return std::make_shared<const SymbolTable>(t.relocate(info.kernel_offset));
+                                                        const DiscoverOptions& options, const SymbolLimits& limits) {
+  SharedCache& cache = SharedCache::get();
+  const bool shared = options.use_shared_cache;
+  if (!options.vmlinux_path.empty() || !options.system_map_path.empty()) {
+    // A host file, relocated by this guest's KERNELOFFSET: both are in the key.
+    const bool vmlinux = !options.vmlinux_path.empty();
+    const std::string key = (vmlinux ? "vmlinux:" + options.vmlinux_path : "system.map:" + options.system_map_path) +
+                            "@" + hex(info.kernel_offset);
+    if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
+    auto t = vmlinux ? SymbolTable::from_vmlinux(options.vmlinux_path, limits)
+                     : SymbolTable::from_system_map(options.system_map_path, limits);
+    if (!t.ok()) return std::move(t).error();
+    auto table = std::make_shared<const SymbolTable>(t->relocate(info.kernel_offset));
+    if (shared) cache.put_symbols(key, table);
+    return table;
   }
-  if (!options.system_map_path.empty()) {
-    STALLMON_TRY(SymbolTable t, SymbolTable::from_system_map(options.system_map_path, options.limits));
-    return std::make_shared<const SymbolTable>(t.relocate(info.kernel_offset));
+  STALLMON_TRY(GuestKallsyms g, read_guest_kallsyms(kmem, info, limits));
+  const std::string key = "kallsyms:" + g.sha256();
+  if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
+  auto syms = decode_kallsyms(g.view(), limits);
+  if (!syms.ok()) return std::move(syms).error();
+  auto table = std::make_shared<const SymbolTable>(std::move(*syms));
+  if (shared) cache.put_symbols(key, table);
+  return table;
+}
+
+// The checks that tie a symbol table (decoded or shared) to THIS guest, run for every guest:
+// the symbols VMCOREINFO names agree with it, and the page tables VMCOREINFO points to map the
+// kernel text where phys_base says it is.
+Result<void> validate_kernel(const SymbolTable& symbols, const VmcoreInfo& info, KernelMemory& kmem) {
+  // _stext is a text symbol, so it is in kallsyms even without CONFIG_KALLSYMS_ALL.
+  for (const char* name : {"_stext", "init_top_pgt", "swapper_pg_dir"}) {
+    auto expected = info.symbol(name);
+    if (!expected.ok()) continue;
+    auto actual = symbols.address(name);
+    if (!actual.ok()) {
+      if (std::string_view(name) == "_stext") {
+        return Error(ErrorCode::kCorrupt, "symbols lack _stext: not this kernel's symbol table");
+      }
+      continue;
+    }
+    if (*actual != *expected) {
+      return Error(ErrorCode::kCorrupt, std::string("symbol ") + name + " is " + hex(*actual) +
+                                            " but VMCOREINFO says " + hex(*expected));
+    }
   }
-  STALLMON_TRY(SymbolTable t, SymbolTable::from_kallsyms(kmem, info, options.limits));
-  return std::make_shared<const SymbolTable>(std::move(t));
+  STALLMON_TRY(uint64_t stext, symbols.address("_stext"));
+  const PagingConfig& cfg = kmem.config();
+  const uint64_t expected_pa = stext - kKernelImageVaBase + static_cast<uint64_t>(cfg.phys_base);
+  auto walked = walk_page_tables(kmem.physical(), cfg.top_pgt_pa, cfg.l5, stext);
+  if (!walked.ok()) return std::move(walked).error().context("page tables at " + hex(cfg.top_pgt_pa) + " do not map _stext");
+  if (*walked != expected_pa) {
+    return Error(ErrorCode::kCorrupt, "page tables at " + hex(cfg.top_pgt_pa) + " map _stext to " + hex(*walked) +
+                                          ", phys_base says " + hex(expected_pa));
+  }
+  return Ok();
 }
 
 }  // namespace
 
 void clear_shared_kernel_cache() { SharedCache::get().clear(); }
 
-Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory> mem, const DiscoverOptions& options) {
-  if (!mem) return Error(ErrorCode::kInvalidArgument, "discover: no memory source");
+Result<std::unique_ptr<Kernel>> Kernel::build(std::shared_ptr<PhysicalMemory> mem, VmcoreInfo vmcoreinfo,
+                                              const DiscoverOptions& options) {
   std::unique_ptr<Kernel> k(new Kernel());
   k->phys_ = mem;
-
-  // 1. VMCOREINFO: given, from the core's note, or by scanning RAM.
-  if (options.vmcoreinfo) {
-    k->info_ = *options.vmcoreinfo;
-  } else {
-    std::optional<VmcoreInfo> from_note;
-    if (auto* core = dynamic_cast<ElfCoreMemory*>(mem.get()); core && !core->vmcoreinfo_note().empty()) {
-      auto parsed = parse_vmcoreinfo(core->vmcoreinfo_note());
-      if (parsed.ok()) from_note = std::move(*parsed);
-    }
-    if (from_note) {
-      k->info_ = std::move(*from_note);
-    } else {
-      auto found = find_vmcoreinfo(*mem, options.scan);
-      if (!found.ok()) return std::move(found).error().context("discover");
-      k->info_ = std::move(*found);
-    }
-  }
+  k->info_ = std::move(vmcoreinfo);
+  k->max_cpus_ = options.max_cpus;
   const VmcoreInfo& info = k->info_;
 
-  // 2. Paging: the top-level table is a kernel image symbol, so __pa_symbol() applies.
+  // Paging: the top-level table is a kernel image symbol, so __pa_symbol() applies.
   if (info.top_pgt_va < kKernelImageVaBase) {
-    return Error(ErrorCode::kCorrupt, "discover: init_top_pgt " + hex(info.top_pgt_va) + " outside the kernel image",
+    return Error(ErrorCode::kCorrupt, "init_top_pgt " + hex(info.top_pgt_va) + " outside the kernel image",
                  info.top_pgt_va);
   }
   PagingConfig cfg;
@@ -126,39 +153,19 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory>
   cfg.phys_base = info.phys_base;
   cfg.top_pgt_pa = info.top_pgt_va - kKernelImageVaBase + static_cast<uint64_t>(info.phys_base);
   if (!mem->contains(cfg.top_pgt_pa, 4096)) {
-    return Error(ErrorCode::kCorrupt, "discover: page table " + hex(cfg.top_pgt_pa) + " outside guest RAM", cfg.top_pgt_pa);
+    return Error(ErrorCode::kCorrupt, "page table " + hex(cfg.top_pgt_pa) + " outside guest RAM", cfg.top_pgt_pa);
   }
   k->kmem_ = std::make_unique<KernelMemory>(mem, cfg);
 
-  // 3. Symbols (shared between guests of the same build and KASLR slide).
-  const bool cacheable = options.use_shared_cache && !info.build_id.empty();
-  const std::string sym_key = info.build_id + "/" + hex(info.kernel_offset) + "/" + options.vmlinux_path + "/" +
-                              options.system_map_path;
-  if (cacheable) k->symbols_ = SharedCache::get().symbols(sym_key);
-  if (!k->symbols_) {
-    auto syms = load_symbols(*k->kmem_, info, options);
-    if (!syms.ok()) return std::move(syms).error().context("discover: symbols");
-    k->symbols_ = std::move(*syms);
-    // Cross-check: the symbols must describe this kernel (catches a wrong vmlinux/System.map,
-    // a wrong KASLR relocation or a mis-decoded kallsyms table). _stext is a text symbol, so
-    // it is in kallsyms even without CONFIG_KALLSYMS_ALL.
-    for (const char* name : {"_stext", "init_top_pgt", "swapper_pg_dir"}) {
-      auto expected = info.symbol(name);
-      if (!expected.ok()) continue;
-      auto actual = k->symbols_->address(name);
-      if (!actual.ok()) {
-        if (std::string_view(name) == "_stext") {
-          return Error(ErrorCode::kCorrupt, "discover: symbols lack _stext: not this kernel's symbol table");
-        }
-        continue;
-      }
-      if (*actual != *expected) {
-        return Error(ErrorCode::kCorrupt, std::string("discover: symbol ") + name + " is " + hex(*actual) +
-                                              " but VMCOREINFO says " + hex(*expected));
-      }
-    }
-    if (cacheable) SharedCache::get().put_symbols(sym_key, k->symbols_);
-  }
+  // Symbols (shared between guests with identical tables), then the per-guest checks.
+  SymbolLimits limits = options.limits;
+  if (!limits.budget) limits.budget = options.budget;
+  auto syms = load_symbols(*k->kmem_, info, options, limits);
+  if (!syms.ok()) return std::move(syms).error().context("symbols");
+  k->symbols_ = std::move(*syms);
+  STALLMON_TRY(k->symbols_charge_, MemoryCharge::take(options.budget, "kernel symbols", k->symbols_->memory_bytes()));
+  auto valid = validate_kernel(*k->symbols_, info, *k->kmem_);
+  if (!valid.ok()) return std::move(valid).error();
 
   // The image's real extent: the kernel unmaps what lies outside [_text, _end) rounded to
   // 2 MiB (cleanup_highmap), so only that is translated without a walk.
@@ -170,32 +177,146 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory>
     }
   }
 
-  // 4. Direct map base (randomized with CONFIG_RANDOMIZE_MEMORY).
+  // Direct map base (randomized with CONFIG_RANDOMIZE_MEMORY).
   if (auto pob = k->symbols_->address("page_offset_base"); pob.ok()) {
     auto v = k->kmem_->read_u64(*pob);
-    if (!v.ok()) return std::move(v).error().context("discover: page_offset_base");
+    if (!v.ok()) return std::move(v).error().context("page_offset_base");
     // The base is PUD-aligned (1 GiB) in the kernel half.
     if (*v < 0xff00000000000000ull || (*v & ((1ull << 30) - 1)) != 0) {
-      return Error(ErrorCode::kCorrupt, "discover: implausible page_offset_base " + hex(*v), *pob);
+      return Error(ErrorCode::kCorrupt, "implausible page_offset_base " + hex(*v), *pob);
     }
     k->kmem_->set_page_offset_base(*v);
   } else {
     k->kmem_->set_page_offset_base(cfg.l5 ? kPageOffset5 : kPageOffset4);
   }
+  return k;
+}
 
-  // 5. Types.
-  if (options.load_types) {
-    const std::string type_key = info.build_id + "/" + options.btf_path;
-    if (cacheable) k->types_ = SharedCache::get().types(type_key);
-    if (!k->types_) {
-      auto types = options.btf_path.empty() ? Types::from_guest(*k->kmem_, *k->symbols_)
-                                            : Types::from_file(options.btf_path);
-      if (!types.ok()) return std::move(types).error().context("discover: types");
-      k->types_ = std::move(*types);
-      if (cacheable) SharedCache::get().put_types(type_key, k->types_);
+Result<void> Kernel::load_types(const DiscoverOptions& options) {
+  SharedCache& cache = SharedCache::get();
+  const bool shared = options.use_shared_cache;
+  if (!options.btf_path.empty()) {
+    const std::string key = "btf-file:" + options.btf_path;
+    types_ = shared ? cache.types(key) : nullptr;
+    if (!types_) {
+      STALLMON_TRY(types_, Types::from_file(options.btf_path));
+      if (shared) cache.put_types(key, types_);
+    }
+  } else {
+    STALLMON_TRY(MemoryCharge blob_charge, MemoryCharge::take(options.budget, "BTF blob", 0));
+    STALLMON_TRY(auto bytes, Types::read_guest_btf(*kmem_, *symbols_, blob_charge));
+    detail::Sha256 h;
+    h.update(bytes);
+    const std::string key = "btf:" + h.hex_digest();
+    types_ = shared ? cache.types(key) : nullptr;
+    if (!types_) {
+      blob_charge.reset();  // the blob moves into the Types, which from_btf_bytes charges
+      auto t = Types::from_btf_bytes(std::move(bytes), options.budget);
+      if (!t.ok()) return std::move(t).error().context("guest BTF at __start_BTF");
+      types_ = std::move(*t);
+      if (shared) cache.put_types(key, types_);
     }
   }
-  return k;
+  STALLMON_TRY(types_charge_, MemoryCharge::take(options.budget, "kernel types", types_->memory_bytes()));
+  return Ok();
+}
+
+Result<uint64_t> Kernel::vmcoreinfo_note_gpa() {
+  // u32 *vmcoreinfo_note (kernel/crash_core.c, a page allocated at boot since 4.15).
+  STALLMON_TRY(uint64_t sym, symbol("vmcoreinfo_note"));
+  STALLMON_TRY(uint64_t va, kmem_->read_u64(sym));
+  auto pa = kmem_->translate(va);
+  if (!pa.ok()) return std::move(pa).error().context("vmcoreinfo_note " + hex(va));
+  return pa;
+}
+
+Result<uint64_t> Kernel::jiffies() {
+  auto sym = symbol("jiffies_64");
+  if (!sym.ok()) sym = symbol("jiffies");
+  if (!sym.ok()) return std::move(sym).error();
+  return kmem_->read_u64(*sym);
+}
+
+Result<std::unique_ptr<Kernel>> Kernel::discover(std::shared_ptr<PhysicalMemory> mem, const DiscoverOptions& options,
+                                                 DiscoveryReport* report) {
+  if (!mem) return Error(ErrorCode::kInvalidArgument, "discover: no memory source");
+  DiscoveryReport local;
+  DiscoveryReport& rep = report ? *report : local;
+  auto finish = [&](std::unique_ptr<Kernel> k) -> Result<std::unique_ptr<Kernel>> {
+    if (options.load_types) {
+      auto t = k->load_types(options);
+      if (!t.ok()) return std::move(t).error().context("discover: types");
+    }
+    return k;
+  };
+
+  // A VMCOREINFO given by the caller, or the core file's own note: nothing to choose from.
+  std::optional<VmcoreInfo> given = options.vmcoreinfo;
+  if (!given) {
+    if (auto* core = dynamic_cast<ElfCoreMemory*>(mem.get()); core && !core->vmcoreinfo_note().empty()) {
+      auto parsed = parse_vmcoreinfo(core->vmcoreinfo_note());
+      if (parsed.ok()) given = std::move(*parsed);
+    }
+  }
+  if (given) {
+    auto k = build(mem, std::move(*given), options);
+    if (!k.ok()) return std::move(k).error().context("discover");
+    return finish(std::move(*k));
+  }
+
+  // A RAM scan: every distinct note is a candidate; the running kernel decides which is its own.
+  auto found = find_vmcoreinfo_candidates(*mem, options.scan);
+  if (!found.ok()) return std::move(found).error().context("discover");
+  rep.bytes_scanned = found->bytes_scanned;
+  rep.notes_seen = found->notes_seen;
+  rep.candidates = found->distinct.size() + found->dropped;
+  const bool check_clock = options.clock_check == DiscoverOptions::ClockCheck::kAlways ||
+                           (options.clock_check == DiscoverOptions::ClockCheck::kAuto && mem->live());
+  std::optional<Error> last;
+  auto reject = [&](uint64_t gpa, Error e) {
+    rep.rejected.push_back(hex(gpa) + ": " + e.message);
+    last = std::move(e);
+  };
+  for (VmcoreInfoCandidate& cand : found->distinct) {
+    const uint64_t first_gpa = cand.gpas.front();
+    auto built = build(mem, cand.info, options);
+    if (!built.ok()) {
+      reject(first_gpa, std::move(built).error());
+      continue;
+    }
+    std::unique_ptr<Kernel> k = std::move(*built);
+    // Proof 1: the kernel these tables describe keeps its note at one of this text's addresses.
+    auto pointed = k->vmcoreinfo_note_gpa();
+    if (pointed.ok()) {
+      if (std::find(cand.gpas.begin(), cand.gpas.end(), *pointed) == cand.gpas.end()) {
+        reject(first_gpa, Error(ErrorCode::kCorrupt, "the kernel it describes keeps its note at " + hex(*pointed)));
+        continue;
+      }
+      k->info_.note_gpa = *pointed;
+    } else if (pointed.error().code != ErrorCode::kNotFound || cand.gpas.size() != 1 ||
+               found->distinct.size() + found->dropped != 1) {
+      // Without the vmcoreinfo_note symbol (kallsyms without data symbols) a note is taken only
+      // when it is the one note in RAM.
+      reject(first_gpa, std::move(pointed).error().context("cannot prove the note"));
+      continue;
+    }
+    // Proof 2: the kernel is running (a previous boot's memory does not tick).
+    if (check_clock) {
+      auto j0 = k->jiffies();
+      std::this_thread::sleep_for(options.clock_wait);
+      auto j1 = k->jiffies();
+      if (!j0.ok() || !j1.ok() || *j1 <= *j0) {
+        reject(*k->info_.note_gpa, Error(ErrorCode::kCorrupt, "jiffies do not advance (stale memory?)"));
+        continue;
+      }
+    }
+    rep.accepted_gpa = k->info_.note_gpa;
+    return finish(std::move(k));
+  }
+  std::string why = std::to_string(found->distinct.size()) + " VMCOREINFO candidate(s) rejected";
+  if (found->dropped) why += " (" + std::to_string(found->dropped) + " more distinct notes not evaluated)";
+  if (!rep.rejected.empty()) why += ": " + rep.rejected.front();
+  return Error(last ? last->code : ErrorCode::kNotFound, "discover: " + why);
 }
 
 Result<uint32_t> Kernel::nr_cpu_ids() {
@@ -205,8 +326,8 @@ Result<uint32_t> Kernel::nr_cpu_ids() {
   if (!n.ok()) return std::move(n).error().context("nr_cpu_ids");
   if (*n == 0) return Error(ErrorCode::kCorrupt, "nr_cpu_ids is 0", va);
   if (*n > kMaxCpus) return Error(ErrorCode::kLimit, "nr_cpu_ids " + std::to_string(*n) + " above " + std::to_string(kMaxCpus), va);
-  nr_cpu_ids_ = *n;
-  return *n;
+  nr_cpu_ids_ = max_cpus_ ? std::min(*n, max_cpus_) : *n;
+  return *nr_cpu_ids_;
 }
 
 Result<const std::vector<uint64_t>*> Kernel::per_cpu_offsets() {

@@ -117,25 +117,40 @@ Result<std::string> QmpSocket::execute(std::string_view command, std::string_vie
   // of each read and a message count.
   for (int i = 0; i < 10000; ++i) {
     STALLMON_TRY(std::string msg, read_message());
-    auto j = nlohmann::json::parse(msg, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return Error(ErrorCode::kCorrupt, "QMP: malformed reply");
-    if (j.contains("event")) continue;
-    if (j.contains("return")) return j["return"].dump();
-    if (j.contains("error")) {
-      std::string desc = j["error"].value("desc", std::string("unknown error"));
-      return Error(ErrorCode::kIo, "QMP " + std::string(command) + ": " + desc);
-    }
-    return Error(ErrorCode::kCorrupt, "QMP: reply without return or error");
+    STALLMON_TRY(std::optional<std::string> ret, parse_qmp_reply(msg, command));
+    if (ret) return std::move(*ret);
   }
   return Error(ErrorCode::kLimit, "QMP: too many events before the reply");
+}
+
+Result<std::optional<std::string>> parse_qmp_reply(std::string_view message, std::string_view command) {
+  auto j = nlohmann::json::parse(message, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error(ErrorCode::kCorrupt, "QMP: malformed reply");
+  if (j.contains("event")) return std::optional<std::string>();
+  if (auto ret = j.find("return"); ret != j.end()) {
+    // dump() throws on invalid UTF-8 unless told to replace it.
+    return std::optional<std::string>(ret->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
+  if (auto err = j.find("error"); err != j.end()) {
+    std::string desc = "unknown error";
+    if (err->is_object()) {
+      if (auto d = err->find("desc"); d != err->end() && d->is_string()) desc = d->get<std::string>();
+    }
+    return Error(ErrorCode::kIo, "QMP " + std::string(command) + ": " + desc);
+  }
+  return Error(ErrorCode::kCorrupt, "QMP: reply without return or error");
+}
+
+Result<std::string> parse_hmp_return(std::string_view return_json) {
+  auto j = nlohmann::json::parse(return_json, nullptr, false);
+  if (j.is_discarded() || !j.is_string()) return Error(ErrorCode::kCorrupt, "HMP reply is not a string");
+  return j.get<std::string>();
 }
 
 Result<std::string> QmpSocket::hmp(std::string_view command_line) {
   nlohmann::json args = {{"command-line", std::string(command_line)}};
   STALLMON_TRY(std::string ret, execute("human-monitor-command", args.dump()));
-  auto j = nlohmann::json::parse(ret, nullptr, false);
-  if (j.is_discarded() || !j.is_string()) return Error(ErrorCode::kCorrupt, "HMP reply is not a string");
-  return j.get<std::string>();
+  return parse_hmp_return(ret);
 }
 
 HmpCommand QmpSocket::as_hmp() {

@@ -17,6 +17,7 @@
 #include "stallmon/introspect/kernel_memory.h"
 #include "stallmon/introspect/vmcoreinfo.h"
 
+#include "content_hash.h"
 #include "text.h"
 
 namespace stallmon::introspect {
@@ -25,6 +26,9 @@ namespace {
 using detail::hex;
 
 bool is_absolute(char type) { return type == 'A' || type == 'a'; }
+
+// Heap bytes of a name beyond the std::string itself (short names live inline).
+uint64_t name_heap_bytes(size_t len) { return len < sizeof(std::string) / 2 ? 0 : len + 1; }
 
 }  // namespace
 
@@ -62,6 +66,15 @@ Result<std::vector<Symbol>> decode_kallsyms(const KallsymsTables& t, const Symbo
     }
   }
 
+  // The symbols are charged before they exist: the fixed part now, the names as they are
+  // expanded (in steps, not per symbol). The table built from them is charged by its user.
+  MemoryCharge charge;
+  if (limits.budget) {
+    STALLMON_TRY(charge, MemoryCharge::take(limits.budget, "kallsyms symbols",
+                                            uint64_t{t.num_syms} * kSymbolOverheadBytes));
+  }
+  constexpr uint64_t kChargeStep = 256u << 10;
+  uint64_t name_bytes_uncharged = 0;
   std::vector<Symbol> out;
   out.reserve(t.num_syms);
   size_t off = 0;
@@ -87,6 +100,11 @@ Result<std::vector<Symbol>> decode_kallsyms(const KallsymsTables& t, const Symbo
     }
     off += len;
     if (expanded.size() < 2) return Error(ErrorCode::kCorrupt, "kallsyms: empty name at symbol " + std::to_string(i));
+    name_bytes_uncharged += name_heap_bytes(expanded.size() - 1);
+    if (name_bytes_uncharged >= kChargeStep) {
+      STALLMON_TRY_VOID(charge.add(name_bytes_uncharged));
+      name_bytes_uncharged = 0;
+    }
     Symbol s;
     s.type = expanded[0];
     s.name = expanded.substr(1);
@@ -122,6 +140,8 @@ SymbolTable& SymbolTable::operator=(const SymbolTable& other) {
 void SymbolTable::index() {
   by_name_.clear();
   by_address_.clear();
+  memory_bytes_ = 0;
+  for (const Symbol& s : symbols_) memory_bytes_ += kSymbolOverheadBytes + name_heap_bytes(s.name.size());
   by_name_.reserve(symbols_.size());
   for (uint32_t i = 0; i < symbols_.size(); ++i) {
     by_name_.emplace(std::string_view(symbols_[i].name), i);  // keeps the first occurrence
@@ -178,7 +198,7 @@ namespace {
 // Reads kallsyms_names incrementally: its length is not recorded anywhere, so follow the
 // length prefixes, reading 256 KiB at a time, until num_syms names are covered.
 Result<std::vector<uint8_t>> read_kallsyms_names(KernelMemory& mem, uint64_t va, uint32_t num_syms,
-                                                 const SymbolLimits& limits) {
+                                                 const SymbolLimits& limits, MemoryCharge& charge) {
   constexpr size_t kChunk = 256u << 10;
   std::vector<uint8_t> names;
   auto ensure = [&](size_t n) -> Result<void> {
@@ -188,6 +208,7 @@ Result<std::vector<uint8_t>> read_kallsyms_names(KernelMemory& mem, uint64_t va,
       }
       size_t old = names.size();
       size_t want = std::min<size_t>(kChunk, limits.max_names_bytes - old);
+      STALLMON_TRY_VOID(charge.add(want));
       names.resize(old + want);
       auto r = mem.read(va + old, names.data() + old, want);
       if (!r.ok()) {
@@ -218,51 +239,87 @@ Result<std::vector<uint8_t>> read_kallsyms_names(KernelMemory& mem, uint64_t va,
 
 }  // namespace
 
-Result<SymbolTable> SymbolTable::from_kallsyms(KernelMemory& mem, const VmcoreInfo& info, const SymbolLimits& limits) {
+KallsymsTables GuestKallsyms::view() const {
+  KallsymsTables t;
+  t.num_syms = num_syms;
+  t.names = names;
+  t.token_table = token_table;
+  t.token_index = token_index;
+  t.offsets = offsets;
+  t.relative_base = relative_base;
+  t.addresses = addresses;
+  return t;
+}
+
+std::string GuestKallsyms::sha256() const {
+  detail::Sha256 h;
+  // Lengths first, so that moving bytes from one table to the next changes the hash.
+  for (uint64_t n : {uint64_t{num_syms}, uint64_t{names.size()}, uint64_t{token_table.size()},
+                     uint64_t{offsets.size()}, uint64_t{addresses.size()}, relative_base}) {
+    h.update_value(n);
+  }
+  auto bytes = [](const auto& v) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(v[0]));
+  };
+  h.update(bytes(names));
+  h.update(bytes(token_table));
+  h.update(bytes(token_index));
+  h.update(bytes(offsets));
+  h.update(bytes(addresses));
+  return h.hex_digest();
+}
+
+Result<GuestKallsyms> read_guest_kallsyms(KernelMemory& mem, const VmcoreInfo& info, const SymbolLimits& limits) {
   auto names_va = info.symbol("kallsyms_names");
   if (!names_va.ok()) return std::move(names_va).error().context("kallsyms (needs Linux 6.0+ VMCOREINFO)");
   STALLMON_TRY(uint64_t num_va, info.symbol("kallsyms_num_syms"));
   STALLMON_TRY(uint64_t table_va, info.symbol("kallsyms_token_table"));
   STALLMON_TRY(uint64_t index_va, info.symbol("kallsyms_token_index"));
 
-  STALLMON_TRY(uint32_t num_syms, mem.read_u32(num_va));
+  GuestKallsyms g;
+  STALLMON_TRY(g.charge, MemoryCharge::take(limits.budget, "kallsyms tables", 0));
+  STALLMON_TRY(g.num_syms, mem.read_u32(num_va));
+  const uint32_t num_syms = g.num_syms;
   if (num_syms == 0) return Error(ErrorCode::kCorrupt, "kallsyms_num_syms is 0");
   if (num_syms > limits.max_symbols) {
     return Error(ErrorCode::kLimit, "kallsyms_num_syms " + std::to_string(num_syms) + " above the limit");
   }
+  // Refuse early a count whose symbols alone could not fit (decoding charges them for real).
+  if (limits.budget) {
+    STALLMON_TRY_VOID(limits.budget->check("kallsyms symbols", uint64_t{num_syms} * kSymbolOverheadBytes));
+  }
 
-  std::vector<uint16_t> token_index(256);
-  STALLMON_TRY_VOID(mem.read(index_va, token_index.data(), 512));
-  uint16_t max_index = *std::max_element(token_index.begin(), token_index.end());
-  // Tokens are short; read past the last token start until its NUL (bounded).
-  std::vector<uint8_t> token_table(static_cast<size_t>(max_index) + 256);
-  auto tt = mem.read(table_va, token_table.data(), token_table.size());
+  g.token_index.resize(256);
+  STALLMON_TRY_VOID(mem.read(index_va, g.token_index.data(), 512));
+  uint16_t max_index = *std::max_element(g.token_index.begin(), g.token_index.end());
+  // Tokens are short; read past the last token start until its NUL (bounded: 64 KiB + 256).
+  g.token_table.resize(static_cast<size_t>(max_index) + 256);
+  auto tt = mem.read(table_va, g.token_table.data(), g.token_table.size());
   if (!tt.ok()) return std::move(tt).error().context("kallsyms_token_table");
 
-  KallsymsTables t;
-  t.num_syms = num_syms;
-  t.token_table = token_table;
-  t.token_index = token_index;
-  std::vector<int32_t> offsets;
-  std::vector<uint64_t> addresses;
   if (auto off_va = info.symbol("kallsyms_offsets"); off_va.ok()) {
     STALLMON_TRY(uint64_t base_va, info.symbol("kallsyms_relative_base"));
-    offsets.resize(num_syms);
-    auto r = mem.read(*off_va, offsets.data(), offsets.size() * 4);
+    STALLMON_TRY_VOID(g.charge.add(uint64_t{num_syms} * 4));
+    g.offsets.resize(num_syms);
+    auto r = mem.read(*off_va, g.offsets.data(), g.offsets.size() * 4);
     if (!r.ok()) return std::move(r).error().context("kallsyms_offsets");
-    STALLMON_TRY(t.relative_base, mem.read_u64(base_va));
-    t.offsets = offsets;
+    STALLMON_TRY(g.relative_base, mem.read_u64(base_va));
   } else {
     STALLMON_TRY(uint64_t addr_va, info.symbol("kallsyms_addresses"));
-    addresses.resize(num_syms);
-    auto r = mem.read(addr_va, addresses.data(), addresses.size() * 8);
+    STALLMON_TRY_VOID(g.charge.add(uint64_t{num_syms} * 8));
+    g.addresses.resize(num_syms);
+    auto r = mem.read(addr_va, g.addresses.data(), g.addresses.size() * 8);
     if (!r.ok()) return std::move(r).error().context("kallsyms_addresses");
-    t.addresses = addresses;
   }
-  auto names = read_kallsyms_names(mem, *names_va, num_syms, limits);
+  auto names = read_kallsyms_names(mem, *names_va, num_syms, limits, g.charge);
   if (!names.ok()) return std::move(names).error();
-  t.names = *names;
-  auto syms = decode_kallsyms(t, limits);
+  g.names = std::move(*names);
+  return g;
+}
+
+Result<SymbolTable> SymbolTable::from_kallsyms(KernelMemory& mem, const VmcoreInfo& info, const SymbolLimits& limits) {
+  STALLMON_TRY(GuestKallsyms g, read_guest_kallsyms(mem, info, limits));
+  auto syms = decode_kallsyms(g.view(), limits);
   if (!syms.ok()) return std::move(syms).error();
   return SymbolTable(std::move(*syms));
 }

@@ -165,25 +165,24 @@ Result<VmcoreInfo> read_note_at(PhysicalMemory& mem, uint64_t gpa) {
 
 }  // namespace
 
-Result<VmcoreInfo> find_vmcoreinfo(PhysicalMemory& mem, const VmcoreInfoScanOptions& options) {
-  if (options.hint_gpa != 0 && mem.contains(options.hint_gpa, kNoteHeader + kNamePadded + 10)) {
-    auto info = read_note_at(mem, options.hint_gpa);
-    if (info.ok()) return info;
-  }
+namespace {
+
+// Visits every page start of guest RAM (ascending; unreadable pages skipped) whose bytes look
+// like a VMCOREINFO note, in 8 MiB reads. `visit(gpa)` returns true to stop. Returns the bytes
+// scanned.
+template <typename Visit>
+uint64_t scan_note_pages(PhysicalMemory& mem, const VmcoreInfoScanOptions& options, Visit&& visit) {
   uint64_t chunk = std::max<uint64_t>(kPage, options.chunk_bytes / kPage * kPage);
   uint64_t largest = 0;
   for (const PhysRange& r : mem.ranges()) largest = std::max(largest, r.size);
   chunk = std::min(chunk, (largest + kPage - 1) / kPage * kPage);  // small images: small buffer
   std::vector<uint8_t> buf(chunk);
   uint64_t scanned = 0;
-  std::optional<Error> last_error;
   for (const PhysRange& r : mem.ranges()) {
     // Page starts inside the range.
     uint64_t start = (r.gpa + kPage - 1) / kPage * kPage;
     for (uint64_t pos = start; pos < r.end();) {
-      if (options.max_bytes != 0 && scanned >= options.max_bytes) {
-        return Error(ErrorCode::kNotFound, "VMCOREINFO note not found in the first " + std::to_string(scanned) + " bytes");
-      }
+      if (options.max_bytes != 0 && scanned >= options.max_bytes) return scanned;
       uint64_t n = std::min<uint64_t>(chunk, r.end() - pos);
       scanned += n;
       // One large read; if part of the chunk is unreadable (a hole in a live qemu's mapping),
@@ -199,15 +198,77 @@ Result<VmcoreInfo> find_vmcoreinfo(PhysicalMemory& mem, const VmcoreInfoScanOpti
       for (uint64_t off = 0; off + kMin <= n; off += kPage) {
         if (!pages.empty() && !pages[off / kPage].ok) continue;
         if (!looks_like_note(buf.data() + off)) continue;
-        auto info = read_note_at(mem, pos + off);
-        if (info.ok()) return info;
-        last_error = std::move(info).error();
+        if (visit(pos + off)) return scanned;
       }
       pos += n;
     }
   }
+  return scanned;
+}
+
+}  // namespace
+
+Result<VmcoreInfo> find_vmcoreinfo(PhysicalMemory& mem, const VmcoreInfoScanOptions& options) {
+  if (options.hint_gpa != 0 && mem.contains(options.hint_gpa, kNoteHeader + kNamePadded + 10)) {
+    auto info = read_note_at(mem, options.hint_gpa);
+    if (info.ok()) return info;
+  }
+  std::optional<VmcoreInfo> found;
+  std::optional<Error> last_error;
+  uint64_t scanned = scan_note_pages(mem, options, [&](uint64_t gpa) {
+    auto info = read_note_at(mem, gpa);
+    if (info.ok()) {
+      found = std::move(*info);
+      return true;
+    }
+    last_error = std::move(info).error();
+    return false;
+  });
+  if (found) return std::move(*found);
   if (last_error) return std::move(*last_error).context("VMCOREINFO note candidate");
+  if (options.max_bytes != 0 && scanned >= options.max_bytes) {
+    return Error(ErrorCode::kNotFound, "VMCOREINFO note not found in the first " + std::to_string(scanned) + " bytes");
+  }
   return Error(ErrorCode::kNotFound, "no VMCOREINFO note in guest RAM (" + std::to_string(scanned) + " bytes scanned)");
+}
+
+Result<VmcoreInfoCandidates> find_vmcoreinfo_candidates(PhysicalMemory& mem, const VmcoreInfoScanOptions& options) {
+  VmcoreInfoCandidates out;
+  std::optional<Error> last_error;
+  auto add = [&](VmcoreInfo info) {
+    ++out.notes_seen;
+    const uint64_t gpa = info.note_gpa.value_or(0);
+    for (VmcoreInfoCandidate& c : out.distinct) {
+      if (c.info.text != info.text) continue;
+      if (std::find(c.gpas.begin(), c.gpas.end(), gpa) == c.gpas.end() &&
+          c.gpas.size() < VmcoreInfoCandidates::kMaxCandidateCopies) {
+        c.gpas.push_back(gpa);
+      }
+      return;
+    }
+    if (out.distinct.size() >= VmcoreInfoCandidates::kMaxDistinct) {
+      ++out.dropped;
+      return;
+    }
+    out.distinct.push_back(VmcoreInfoCandidate{std::move(info), {gpa}});
+  };
+  if (options.hint_gpa != 0 && mem.contains(options.hint_gpa, kNoteHeader + kNamePadded + 10)) {
+    auto info = read_note_at(mem, options.hint_gpa);
+    if (info.ok()) add(std::move(*info));
+  }
+  out.bytes_scanned = scan_note_pages(mem, options, [&](uint64_t gpa) {
+    if (gpa == options.hint_gpa) return false;  // already taken
+    auto info = read_note_at(mem, gpa);
+    if (info.ok()) add(std::move(*info));
+    else last_error = std::move(info).error();
+    return false;
+  });
+  if (out.distinct.empty()) {
+    if (last_error) return std::move(*last_error).context("VMCOREINFO note candidate");
+    return Error(ErrorCode::kNotFound,
+                 "no VMCOREINFO note in guest RAM (" + std::to_string(out.bytes_scanned) + " bytes scanned)");
+  }
+  return out;
 }
 
 Result<bool> vmcoreinfo_still_valid(PhysicalMemory& mem, const VmcoreInfo& info) {

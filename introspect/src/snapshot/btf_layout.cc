@@ -10,6 +10,10 @@ namespace stallmon::introspect {
 namespace {
 
 constexpr int kMaxDepth = 16;  // nesting bound: BTF from guest memory is untrusted
+// The largest object the readers ever size from BTF (task_struct is ~10-20 KiB; struct rq ~4
+// KiB): a guest's BTF may claim anything, and these sizes become buffers.
+constexpr uint64_t kMaxObjectBytes = 1u << 20;
+constexpr uint64_t kMaxScalarBytes = 8;  // x86-64 ints, pointers and enums
 
 int find_named(const struct btf* b, std::string_view type) {
   if (type.starts_with("struct ")) type.remove_prefix(7);
@@ -101,13 +105,31 @@ Result<MemberLayout> btf_member_layout(const struct btf* b, std::string_view typ
     cur = mtype;
   }
   const struct btf_type* t = strip(b, cur);
-  if (!t) return Error(ErrorCode::kCorrupt, "bad BTF type for " + std::string(type) + "." + std::string(path));
+  const std::string what = std::string(type) + "." + std::string(path);
+  if (!t) return Error(ErrorCode::kCorrupt, "bad BTF type for " + what);
   out.kind = kind_of(t);
-  int64_t sz = btf__resolve_size(b, cur);
-  out.size = sz > 0 ? static_cast<uint32_t>(sz) : 0;
+  // Sizes are checked against what a kernel really has before anything is sized by them: the
+  // outer type at most kMaxObjectBytes, the member inside it, scalars at most 8 bytes.
+  const int64_t parent = btf__resolve_size(b, static_cast<uint32_t>(id));
+  if (parent <= 0 || static_cast<uint64_t>(parent) > kMaxObjectBytes)
+    return Error(ErrorCode::kCorrupt, "BTF size of " + std::string(type) + " implausible (" + std::to_string(parent) +
+                                          " bytes) for " + what);
   out.bit_offset = total;
   if (out.bit_size == 0 && total % 8 != 0)
-    return Error(ErrorCode::kCorrupt, "unaligned member " + std::string(type) + "." + std::string(path));
+    return Error(ErrorCode::kCorrupt, "unaligned member " + what);
+  const int64_t sz = btf__resolve_size(b, cur);
+  const uint64_t size = sz > 0 ? static_cast<uint64_t>(sz) : 0;
+  const uint64_t end_bits = out.bit_size ? total + out.bit_size : total + size * 8;
+  if (size > static_cast<uint64_t>(parent) || end_bits > static_cast<uint64_t>(parent) * 8)
+    return Error(ErrorCode::kCorrupt, "BTF member " + what + " (offset " + std::to_string(total / 8) + ", " +
+                                          std::to_string(size) + " bytes) lies outside " + std::string(type) + " (" +
+                                          std::to_string(parent) + " bytes)");
+  out.size = static_cast<uint32_t>(size);
+  const bool scalar = out.kind == MemberLayout::Kind::kInt || out.kind == MemberLayout::Kind::kPointer ||
+                      out.kind == MemberLayout::Kind::kEnum;
+  if (scalar && out.size > kMaxScalarBytes)
+    return Error(ErrorCode::kCorrupt, "BTF member " + what + " is a " + std::to_string(out.size) +
+                                          "-byte scalar (at most 8)");
   return out;
 }
 
@@ -117,6 +139,8 @@ Result<uint64_t> btf_type_size(const struct btf* b, std::string_view type) {
   if (id <= 0) return Error(ErrorCode::kNotFound, "type " + std::string(type) + " not in BTF");
   int64_t sz = btf__resolve_size(b, static_cast<uint32_t>(id));
   if (sz < 0) return Error(ErrorCode::kCorrupt, "no size for type " + std::string(type));
+  if (static_cast<uint64_t>(sz) > kMaxObjectBytes)
+    return Error(ErrorCode::kCorrupt, "BTF size of " + std::string(type) + " implausible: " + std::to_string(sz));
   return static_cast<uint64_t>(sz);
 }
 
@@ -128,6 +152,8 @@ Result<uint64_t> btf_variable_size(const struct btf* b, std::string_view name) {
   if (!t) return Error(ErrorCode::kCorrupt, "bad BTF variable " + std::string(name));
   int64_t sz = btf__resolve_size(b, t->type);
   if (sz <= 0) return Error(ErrorCode::kCorrupt, "no size for variable " + std::string(name));
+  if (static_cast<uint64_t>(sz) > kMaxObjectBytes)
+    return Error(ErrorCode::kCorrupt, "BTF size of variable " + std::string(name) + " implausible: " + std::to_string(sz));
   return static_cast<uint64_t>(sz);
 }
 

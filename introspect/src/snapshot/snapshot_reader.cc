@@ -126,6 +126,9 @@ struct SnapshotReader::Layout {
   int st_steal = -1, st_version = -1, st_preempted = -1;
 
   std::optional<snapshot_detail::PrintkLayout> printk;
+
+  uint64_t take_bytes = 0;
+  MemoryCharge take_charge;
 };
 
 SnapshotReader::SnapshotReader(KernelAccess& kernel) : kernel_(kernel) {}
@@ -133,6 +136,30 @@ SnapshotReader::~SnapshotReader() = default;
 const SnapshotFeatures& SnapshotReader::features() const { return layout_->feat; }
 const SnapshotOptions& SnapshotReader::options() const { return layout_->opt; }
 const std::vector<std::string>& SnapshotReader::layout_notes() const { return layout_->notes; }
+uint64_t SnapshotReader::take_memory_bytes() const { return layout_->take_bytes; }
+
+namespace {
+
+// Bound of what take() allocates for this layout: per CPU its object buffers (sized from BTF)
+// and queue walk, per pair of CPUs a cfd target, and the printk tail. Generous constants stand
+// for the bookkeeping structs.
+uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
+  constexpr uint64_t kPerObject = 128, kPerRequest = sizeof(ReadRequest);
+  const uint64_t n = L.ncpus, q = L.opt.max_queue_entries;
+  uint64_t per_cpu = 1024 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
+                     L.task.buf_len() + L.node.buf_len() + L.mask_bytes + 16 * kPerRequest +
+                     q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
+  uint64_t per_pair = L.cfd ? sizeof(CfdTarget) + L.csd.buf_len() + kPerObject + kPerRequest : 0;
+  uint64_t printk = 0;
+  if (L.printk) {
+    printk = (uint64_t{L.opt.printk_records} + 4) *
+             (sizeof(PrintkRecord) + 3 * kPerObject + L.printk->desc.buf_len() + L.printk->info.buf_len() + 8 +
+              2 * uint64_t{L.opt.printk_max_text} + 3 * kPerRequest);
+  }
+  return n * per_cpu + n * n * per_pair + printk;
+}
+
+}  // namespace
 
 Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, SnapshotOptions options) {
   std::unique_ptr<SnapshotReader> r(new SnapshotReader(k));
@@ -158,8 +185,11 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   };
   auto need = [&](const char* type, const char* path) -> Result<MemberLayout> {
     auto m = k.member(type, path);
-    if (!m) return Error(ErrorCode::kUnsupported, std::string("member ") + type + "." + path + " not found");
-    return *m;
+    if (m) return *m;
+    // A member that exists but is implausible (hostile BTF) says so; a missing one is a kernel
+    // this reader does not support.
+    if (m.error().code != ErrorCode::kNotFound) return std::move(m).error().context("snapshot layout");
+    return Error(ErrorCode::kUnsupported, std::string("member ") + type + "." + path + " not found");
   };
 
   // --- CPUs: nr_cpu_ids and __per_cpu_offset never change after boot. ---
@@ -342,6 +372,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
       note("printk: " + p.error().message);
     }
   }
+  L.take_bytes = take_memory_bound(L);
+  STALLMON_TRY(L.take_charge, MemoryCharge::take(options.budget, "snapshot buffers", L.take_bytes));
   return r;
 }
 

@@ -56,10 +56,23 @@ class IntrospectGuest : public GuestTest {
       double scan_ms = ms_since(t1);
       if (!found.ok()) throw std::runtime_error("scan: " + found.error().to_string());
       auto t2 = Clock::now();
-      auto d = Kernel::discover(mem);
+      DiscoverOptions opts;
+      opts.budget = std::make_shared<MemoryBudget>("live guest");
+      DiscoveryReport report;
+      auto d = Kernel::discover(mem, opts, &report);
       double discover_ms = ms_since(t2);
       if (!d.ok()) throw std::runtime_error("discover: " + d.error().to_string());
       k = std::move(*d);
+      // The proof picked the running kernel's own note, and the default budget holds it.
+      EXPECT_EQ(report.accepted_gpa.value_or(0), *found->note_gpa);
+      EXPECT_LT(opts.budget->peak(), opts.budget->limit());
+      std::printf("[ measure  ] proof: %llu note(s) seen, %llu candidate(s), %zu rejected; budget held %.1f MiB "
+                  "(symbols %.1f, types %.1f), peak %.1f MiB of %.0f\n",
+                  static_cast<unsigned long long>(report.notes_seen), static_cast<unsigned long long>(report.candidates),
+                  report.rejected.size(), opts.budget->used() / 1048576.0,
+                  opts.budget->breakdown()["kernel symbols"] / 1048576.0,
+                  opts.budget->breakdown()["kernel types"] / 1048576.0, opts.budget->peak() / 1048576.0,
+                  opts.budget->limit() / 1048576.0);
       std::printf("[ measure  ] RAM layout (info mtree -f + gpa2hva via virsh): %.1f ms, %zu ranges\n", layout_ms,
                   mem->ram().size());
       std::printf("[ measure  ] VMCOREINFO scan: note at 0x%llx, %.2f ms (%.2f GiB/s over the scanned prefix)\n",

@@ -23,6 +23,7 @@ enum class ErrorCode {
   kTimeout,          // a deadline passed (libvirt/QMP calls)
   kUnsupported,      // a kernel or host feature this code does not handle
   kInternal,         // a bug in stallmon
+  kOverBudget,       // a guest-decided size passed the domain's memory budget (introspect::MemoryBudget)
 };
 
 const char* to_string(ErrorCode code);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "stallmon/base/result.h"
+#include "stallmon/introspect/memory_budget.h"
 
 struct btf;  // libbpf
 
@@ -33,13 +34,24 @@ struct MemberInfo {
 class Types {
  public:
   inline static constexpr uint64_t kMaxBtfBytes = 64ull << 20;
+  inline static constexpr uint32_t kMaxBtfTypes = 1u << 20;  // 6.12 vmlinux: ~150,000
 
-  // Parses raw BTF bytes (copied). kCorrupt when libbpf rejects them; kLimit above kMaxBtfBytes.
-  static Result<std::shared_ptr<const Types>> from_btf_bytes(std::vector<uint8_t> bytes);
+  // Parses raw BTF bytes (copied). kCorrupt when libbpf rejects them; kLimit above kMaxBtfBytes
+  // or kMaxBtfTypes; kOverBudget when the parsed types would not fit `budget` (charged before
+  // libbpf parses, given back on return: the user of the Types charges memory_bytes()).
+  static Result<std::shared_ptr<const Types>> from_btf_bytes(std::vector<uint8_t> bytes,
+                                                             const std::shared_ptr<MemoryBudget>& budget = nullptr);
   // A raw BTF file (/sys/kernel/btf/vmlinux) or an ELF file with a .BTF section.
   static Result<std::shared_ptr<const Types>> from_file(const std::string& path);
   // BTF in guest memory between the symbols __start_BTF and __stop_BTF.
-  static Result<std::shared_ptr<const Types>> from_guest(KernelMemory& mem, const SymbolTable& syms);
+  static Result<std::shared_ptr<const Types>> from_guest(KernelMemory& mem, const SymbolTable& syms,
+                                                         const std::shared_ptr<MemoryBudget>& budget = nullptr);
+  // Just the bytes between __start_BTF and __stop_BTF (size checked against kMaxBtfBytes and
+  // charged to `charge`'s budget before the buffer is allocated).
+  static Result<std::vector<uint8_t>> read_guest_btf(KernelMemory& mem, const SymbolTable& syms, MemoryCharge& charge);
+  // Heap bytes a parsed blob of `btf_bytes` with `types` types is estimated to hold (raw copy,
+  // libbpf's parse, the name indexes).
+  static uint64_t estimated_memory(uint64_t btf_bytes, uint64_t types);
   ~Types();
   Types(const Types&) = delete;
   Types& operator=(const Types&) = delete;
@@ -62,6 +74,7 @@ class Types {
   Result<std::string> variable_type_name(std::string_view variable) const;
 
   size_t btf_bytes() const { return raw_.size(); }
+  uint64_t memory_bytes() const { return estimated_memory(raw_.size(), type_count()); }
   uint32_t type_count() const;
   const struct btf* raw_btf() const { return btf_; }
 

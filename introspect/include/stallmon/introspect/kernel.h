@@ -10,6 +10,7 @@
 //   STALLMON_TRY(uint32_t n, kernel->memory().read_u32(rq + off));
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "stallmon/base/result.h"
 #include "stallmon/introspect/btf_types.h"
 #include "stallmon/introspect/kernel_memory.h"
+#include "stallmon/introspect/memory_budget.h"
 #include "stallmon/introspect/physical_memory.h"
 #include "stallmon/introspect/symbols.h"
 #include "stallmon/introspect/vmcoreinfo.h"
@@ -40,10 +42,31 @@ struct DiscoverOptions {
   std::string btf_path;
   // Types are needed by every reader; turn off only for symbol-only tools.
   bool load_types = true;
-  // Share SymbolTable/Types between guests with the same BUILD-ID (and KERNELOFFSET for
-  // symbols) through a small process-wide, thread-safe cache.
+  // Share SymbolTable/Types between guests through a small process-wide, thread-safe cache
+  // keyed by a SHA-256 of the bytes read from each guest (kallsyms tables, BTF blob; the
+  // file's path for vmlinux/System.map/BTF files). The per-guest validation runs either way.
   bool use_shared_cache = true;
   SymbolLimits limits;
+  // The domain's budget: symbols, types and tables read from the guest are charged to it for
+  // the Kernel's lifetime (a table shared with another guest is charged to both). null: none.
+  std::shared_ptr<MemoryBudget> budget;
+  // The guest's vCPU count as the host knows it (libvirt's maximum); nr_cpu_ids above it is
+  // cut to it. 0: only kMaxCpus bounds it (tools reading a core file).
+  uint32_t max_cpus = 0;
+  // VMCOREINFO proof (RAM scan only): the note is accepted when the kernel it describes points
+  // to it (vmcoreinfo_note) and, on live memory, its jiffies advance within `clock_wait`.
+  enum class ClockCheck { kAuto, kAlways, kNever };  // kAuto: when PhysicalMemory::live()
+  ClockCheck clock_check = ClockCheck::kAuto;
+  std::chrono::milliseconds clock_wait{40};
+};
+
+// What a discovery by RAM scan saw: how many notes, which candidates were rejected and why.
+struct DiscoveryReport {
+  uint64_t bytes_scanned = 0;
+  uint64_t notes_seen = 0;
+  uint64_t candidates = 0;                 // distinct notes
+  std::vector<std::string> rejected;       // "0x400000: vmcoreinfo_note points to 0x1300000"
+  std::optional<uint64_t> accepted_gpa;
 };
 
 class Kernel {
@@ -53,8 +76,11 @@ class Kernel {
   // Finds VMCOREINFO (scan or given), sets up paging (init_top_pgt, phys_base, 4/5 levels,
   // page_offset_base read from the guest), loads symbols (kallsyms) and types (BTF).
   // Errors carry context ("discover: kallsyms: ...").
+  // With a RAM scan every candidate note is evaluated (see DiscoverOptions): kNotFound /
+  // kCorrupt says why each one was rejected. `report`, when given, is filled either way.
   static Result<std::unique_ptr<Kernel>> discover(std::shared_ptr<PhysicalMemory> mem,
-                                                  const DiscoverOptions& options = {});
+                                                  const DiscoverOptions& options = {},
+                                                  DiscoveryReport* report = nullptr);
 
   const VmcoreInfo& vmcoreinfo() const { return info_; }
   // Not thread-safe (translation cache): use one Kernel per thread or lock around it.
@@ -72,8 +98,8 @@ class Kernel {
   // Clears the translation cache. Call at the start of every snapshot of a live guest.
   void begin_snapshot() { kmem_->begin_snapshot(); }
 
-  // nr_cpu_ids (read once, then cached: fixed after boot). kLimit above kMaxCpus, kCorrupt
-  // for 0.
+  // nr_cpu_ids (read once, then cached: fixed after boot), cut to DiscoverOptions::max_cpus.
+  // kLimit above kMaxCpus, kCorrupt for 0.
   Result<uint32_t> nr_cpu_ids();
   // __per_cpu_offset[0..nr_cpu_ids) (read once, then cached).
   Result<const std::vector<uint64_t>*> per_cpu_offsets();
@@ -86,17 +112,29 @@ class Kernel {
   Result<std::vector<uint32_t>> read_cpumask(uint64_t va);
   Result<std::vector<uint32_t>> online_cpus();
 
+  // Where the running kernel keeps its VMCOREINFO note: the vmcoreinfo_note pointer (a symbol
+  // with CONFIG_KALLSYMS_ALL) translated to guest-physical. kNotFound without the symbol.
+  Result<uint64_t> vmcoreinfo_note_gpa();
+  // jiffies_64 (or jiffies) now.
+  Result<uint64_t> jiffies();
+
   // Cheap check that the guest has not rebooted into another kernel/KASLR layout since
   // discovery (re-reads the VMCOREINFO note). False → discover again.
   Result<bool> still_valid();
 
  private:
   Kernel() = default;
+  // Paging, symbols (shared by content hash), per-guest validation, direct map; no types.
+  static Result<std::unique_ptr<Kernel>> build(std::shared_ptr<PhysicalMemory> mem, VmcoreInfo info,
+                                               const DiscoverOptions& options);
+  Result<void> load_types(const DiscoverOptions& options);
   std::shared_ptr<PhysicalMemory> phys_;
   VmcoreInfo info_;
   std::unique_ptr<KernelMemory> kmem_;
   std::shared_ptr<const SymbolTable> symbols_;
   std::shared_ptr<const Types> types_;
+  uint32_t max_cpus_ = 0;
+  MemoryCharge symbols_charge_, types_charge_;
   std::optional<uint32_t> nr_cpu_ids_;
   std::vector<uint64_t> per_cpu_offsets_;
 };

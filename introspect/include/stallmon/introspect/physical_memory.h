@@ -63,6 +63,8 @@ class PhysicalMemory {
   uint64_t total_size() const;
   // Whether [gpa, gpa+len) lies inside one of ranges() (len 0: whether gpa is inside).
   bool contains(uint64_t gpa, uint64_t len) const;
+  // Whether the memory belongs to a running guest (its clocks advance between two reads).
+  virtual bool live() const { return false; }
 };
 
 // Live guest RAM of a qemu process, read with process_vm_readv (needs ptrace permission on the
@@ -77,6 +79,7 @@ class QemuProcessMemory final : public PhysicalMemory {
   Result<void> read(uint64_t gpa, void* buf, size_t len) override;
   Result<void> read_batch(std::span<ReadRequest> requests) override;
   const std::vector<PhysRange>& ranges() const override { return phys_; }
+  bool live() const override { return true; }
 
   pid_t pid() const { return pid_; }
   const std::vector<RamRange>& ram() const { return ram_; }

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -13,6 +14,13 @@
 #include "stallmon/introspect/ram_layout.h"
 
 namespace stallmon::introspect {
+
+// One QMP message (a line of JSON from qemu) as a reply to `command`: the "return" value as
+// JSON text, nullopt for an event (skip it), kIo for an "error" reply, kCorrupt for anything
+// else. Never throws, whatever the bytes.
+Result<std::optional<std::string>> parse_qmp_reply(std::string_view message, std::string_view command);
+// The "return" of human-monitor-command (a JSON string) as text.
+Result<std::string> parse_hmp_return(std::string_view return_json);
 
 class QmpSocket {
  public:

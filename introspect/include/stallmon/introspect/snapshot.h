@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "stallmon/base/result.h"
+#include "stallmon/introspect/memory_budget.h"
 #include "stallmon/introspect/snapshot_access.h"
 
 namespace stallmon::introspect {
@@ -145,12 +146,17 @@ struct GuestSnapshot {
 };
 
 struct SnapshotOptions {
-  uint32_t max_cpus = 1024;            // CPUs beyond this are not read (an error says so)
+  // CPUs beyond this are not read (an error says so). Set it to the guest's vCPU count as the
+  // host knows it (libvirt's maximum vCPUs): the guest's nr_cpu_ids alone is never trusted.
+  uint32_t max_cpus = 1024;
   uint32_t max_queue_entries = 64;     // call_single_queue walk bound per CPU
   bool read_printk = true;
   uint32_t printk_records = 50;        // tail length
   uint32_t printk_max_text = 1024;     // bytes kept per record (PRINTKRB_RECORD_MAX is 1024)
   bool symbolize = true;               // function names for csd funcs
+  // Charged by create() with everything a take() may hold (per-CPU buffers sized from BTF,
+  // queue walks, cfd targets, printk text), for the reader's lifetime. null: no budget.
+  std::shared_ptr<MemoryBudget> budget;
 };
 
 // Which optional kernel features the layout found (for diagnostics and tests).
@@ -186,6 +192,8 @@ class SnapshotReader {
   const SnapshotOptions& options() const;
   // Non-fatal problems found while computing the layout (missing optional symbols/members).
   const std::vector<std::string>& layout_notes() const;
+  // Upper bound of the heap bytes one take() allocates (what the budget was charged).
+  uint64_t take_memory_bytes() const;
 
   struct Layout;
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "stallmon/base/result.h"
+#include "stallmon/introspect/memory_budget.h"
 
 namespace stallmon::introspect {
 
@@ -33,10 +34,17 @@ struct SymbolLookup {
 
 // Bounds applied to every source.
 struct SymbolLimits {
-  uint32_t max_symbols = 2'000'000;       // a 6.12 kernel has ~163,000
+  uint32_t max_symbols = 1'000'000;       // a 6.12 kernel has ~163,000
   uint32_t max_name_len = 512;            // KSYM_NAME_LEN is 512 since 6.1
-  uint64_t max_names_bytes = 64ull << 20; // kallsyms_names upper bound
+  uint64_t max_names_bytes = 32ull << 20; // kallsyms_names upper bound (6.12: ~1.6 MB)
+  // Charged for the tables read from the guest and the decoded symbols while they are built
+  // (kOverBudget names which); null: no budget (tools, tests).
+  std::shared_ptr<MemoryBudget> budget;
 };
+
+// Estimated heap bytes of one decoded symbol beyond its name (Symbol, name index node, address
+// index entry): what the budget is charged per symbol before the symbol exists.
+inline constexpr uint64_t kSymbolOverheadBytes = sizeof(Symbol) + 64 + 4;
 
 // The raw kallsyms tables, as bytes (what the kernel's scripts/kallsyms emits). Decoding works
 // on these so that it can be tested and fuzzed without guest memory.
@@ -58,9 +66,31 @@ struct KallsymsTables {
 
 // Decodes kallsyms tables into symbols in table order. Errors (kCorrupt/kLimit) for truncated
 // tables, token indices outside the token table, names longer than limits.max_name_len, or
-// num_syms above limits.max_symbols.
+// num_syms above limits.max_symbols; kOverBudget when the decoded symbols would not fit
+// limits.budget (charged before they are allocated, given back on return).
 Result<std::vector<Symbol>> decode_kallsyms(const KallsymsTables& tables,
                                             const SymbolLimits& limits = {});
+
+// kallsyms tables as read from guest memory (owned), with their content hash: the key under
+// which decoded symbols are shared between guests. The bytes stay charged to the budget while
+// this object lives.
+struct GuestKallsyms {
+  uint32_t num_syms = 0;
+  std::vector<uint8_t> names, token_table;
+  std::vector<uint16_t> token_index;
+  std::vector<int32_t> offsets;
+  uint64_t relative_base = 0;
+  std::vector<uint64_t> addresses;
+  MemoryCharge charge;
+
+  KallsymsTables view() const;
+  // SHA-256 (hex) over every table byte and relative_base.
+  std::string sha256() const;
+};
+
+// Reads the kallsyms tables located by VMCOREINFO's SYMBOL(kallsyms_*) lines (Linux >= 6.0),
+// bounded by `limits` and charged to limits.budget before each allocation.
+Result<GuestKallsyms> read_guest_kallsyms(KernelMemory& mem, const VmcoreInfo& info, const SymbolLimits& limits = {});
 
 class SymbolTable {
  public:
@@ -100,12 +130,15 @@ class SymbolTable {
 
   const std::vector<Symbol>& symbols() const { return symbols_; }
   size_t size() const { return symbols_.size(); }
+  // Estimated heap bytes held (symbols, names, indexes): what a user of the table is charged.
+  uint64_t memory_bytes() const { return memory_bytes_; }
 
  private:
   void index();
   std::vector<Symbol> symbols_;                                 // source order
   std::unordered_map<std::string_view, uint32_t> by_name_;      // first occurrence
   std::vector<uint32_t> by_address_;                            // sorted indices
+  uint64_t memory_bytes_ = 0;
 };
 
 }  // namespace stallmon::introspect

@@ -67,6 +67,24 @@ struct VmcoreInfoScanOptions {
 // and returns the first one that parses. kNotFound if none. Unreadable chunks are skipped.
 Result<VmcoreInfo> find_vmcoreinfo(PhysicalMemory& mem, const VmcoreInfoScanOptions& options = {});
 
+// Every distinct VMCOREINFO note found in RAM, with all the page starts that hold it. Guest
+// userspace can plant notes anywhere: which one is the running kernel's is decided by
+// Kernel::discover's proof, never by order.
+struct VmcoreInfoCandidate {
+  VmcoreInfo info;              // note_gpa: the first address (the hint first, then ascending)
+  std::vector<uint64_t> gpas;   // every address holding this exact text (at most kMaxCandidateCopies)
+};
+struct VmcoreInfoCandidates {
+  inline static constexpr size_t kMaxDistinct = 64;
+  inline static constexpr size_t kMaxCandidateCopies = 4096;
+  std::vector<VmcoreInfoCandidate> distinct;  // the hint's note first, then by address
+  uint64_t notes_seen = 0;      // every note that parsed, copies included
+  uint64_t dropped = 0;         // distinct notes beyond kMaxDistinct (not kept)
+  uint64_t bytes_scanned = 0;
+};
+// Scans all of guest RAM (the hint's page first). kNotFound when no note parses.
+Result<VmcoreInfoCandidates> find_vmcoreinfo_candidates(PhysicalMemory& mem, const VmcoreInfoScanOptions& options = {});
+
 // Cheap reboot check: re-reads the note at info.note_gpa and returns true when it still parses
 // with the same BUILD-ID, KERNELOFFSET and phys_base. False (not an error) when it changed or
 // is gone; an error only when the memory cannot be read at all. Precondition: info.note_gpa set.

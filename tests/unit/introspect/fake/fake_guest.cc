@@ -107,6 +107,13 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
   v = alloc_image(8);
   put_va<uint64_t>(v, opt_.nr_cpus == 64 ? ~0ull : (1ull << opt_.nr_cpus) - 1);
   add_symbol("__cpu_online_mask", 'D', v);
+  // u32 *vmcoreinfo_note: where the kernel keeps its note (a direct-map address), and the clock.
+  v = alloc_image(8, 8);
+  put_va<uint64_t>(v, pob_ + opt_.note_gpa);
+  add_symbol("vmcoreinfo_note", 'D', v);
+  v = alloc_image(8, 8);
+  put_va<uint64_t>(v, 4294937296ull);  // INITIAL_JIFFIES
+  add_symbol("jiffies_64", 'D', v);
 
   // Per-cpu symbols ('A' with absolute per-cpu, as scripts/kallsyms makes them).
   const char pc_type = opt_.absolute_percpu ? 'A' : 'D';
