@@ -29,7 +29,7 @@ int fail(const std::string& what, const Error& e) {
 void add_source_options(CLI::App* c, SourceOptions& o, bool allow_core) {
   if (allow_core) c->add_option("--core", o.core, "ELF core file (virsh dump --memory-only --format elf, stallctl dump)");
   c->add_option("--qemu-pid", o.qemu_pid, "live qemu process (needs ptrace rights: root)");
-  c->add_option("--domain", o.domain, "libvirt domain: RAM layout via virsh qemu-monitor-command; pid from its pid file");
+  c->add_option("--domain", o.domain, "libvirt domain: pid and RAM layout through a read-only libvirt connection (no monitor command)");
   c->add_option("--qmp", o.qmp, "QMP unix socket of a qemu NOT managed by libvirt");
   c->add_option("--ranges", o.ranges, "RAM ranges file (GPA SIZE HVA [NAME] per line; see ram-layout)");
   c->add_option("--connect", o.connect, "libvirt URI for --domain")->capture_default_str();
@@ -170,6 +170,13 @@ void add_ram_layout_command(CLI::App& app, std::function<int()>& run) {
       if (a->domain.empty() == a->qmp.empty()) {
         std::fprintf(stderr, "stallctl ram-layout: exactly one of --domain or --qmp\n");
         return kExitUsage;
+      }
+      if (!a->domain.empty()) {
+        auto v = describe_libvirt_domain(*a);
+        if (!v) return fail("ram-layout", v.error());
+        std::printf("# domain %s, qemu pid %d: %s\n", a->domain.c_str(), static_cast<int>(v->pid), v->source.c_str());
+        std::fputs(format_ranges(v->ranges).c_str(), stdout);
+        return kExitOk;
       }
       auto r = resolve_layout(*a);
       if (!r) return fail("ram-layout", r.error());

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -1170,10 +1171,16 @@ void DomainWatcher::refresh(std::string_view uuid_or_name) { impl_->post(CmdRefr
 
 Result<DomainInfo> describe_domain(const WatcherOptions& options, std::string_view uuid_or_name) {
   std::string key(uuid_or_name);
+  // Errors come back as values; libvirt's default handler would also print them to stderr.
+  virSetErrorFunc(nullptr, [](void*, virErrorPtr) {});
   virConnectPtr c = virConnectOpenReadOnly(options.uri.c_str());
   if (!c) return libvirt_error("virConnectOpenReadOnly " + options.uri);
   std::unique_ptr<virConnect, int (*)(virConnectPtr)> conn(c, virConnectClose);
-  virDomainPtr dom = virDomainLookupByUUIDString(c, key.c_str());
+  // A uuid is 32 hex digits with or without dashes; anything else is a name (trying it as a
+  // uuid would only make libvirt report "Invalid UUID").
+  size_t hex = std::count_if(key.begin(), key.end(), [](char ch) { return std::isxdigit(static_cast<unsigned char>(ch)); });
+  bool looks_uuid = hex == 32 && (key.size() == 32 || key.size() == 36);
+  virDomainPtr dom = looks_uuid ? virDomainLookupByUUIDString(c, key.c_str()) : nullptr;
   if (!dom) {
     virResetLastError();
     dom = virDomainLookupByName(c, key.c_str());
