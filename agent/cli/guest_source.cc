@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "stallmon/introspect/qmp.h"
-#include "subprocess.h"
+#include "stallmon/libvirt/domain_watcher.h"
 
 namespace stallmon::cli {
 
@@ -70,28 +70,14 @@ std::string format_ranges(const std::vector<RamRange>& ranges) {
   return s;
 }
 
-introspect::HmpCommand virsh_hmp(const std::string& connect, const std::string& domain,
-                                 std::chrono::milliseconds timeout) {
-  return [=](std::string_view cmd) -> Result<std::string> {
-    STALLMON_TRY(auto r, run_command({"virsh", "-c", connect, "qemu-monitor-command", domain, "--hmp", std::string(cmd)},
-                                     timeout));
-    if (r.exit_code != 0)
-      return Error(ErrorCode::kIo, "virsh qemu-monitor-command " + domain + " '" + std::string(cmd) + "' failed: " + r.err);
-    return r.out;
-  };
-}
-
-Result<pid_t> domain_pid(const std::string& domain) {
-  for (const char* dir : {"/run/libvirt/qemu/", "/var/run/libvirt/qemu/"}) {
-    auto s = read_file(std::string(dir) + domain + ".pid", 64);
-    if (!s) continue;
-    uint64_t v = 0;
-    std::string t = *s;
-    while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
-    if (parse_u64(t, v) && v > 0 && v < (1u << 22)) return static_cast<pid_t>(v);
-    return Error(ErrorCode::kCorrupt, "bad pid file for domain " + domain);
+Result<DomainView> describe_libvirt_domain(const SourceOptions& o) {
+  libvirt::WatcherOptions wo;
+  wo.uri = o.connect;
+  STALLMON_TRY(auto info, libvirt::describe_domain(wo, o.domain));
+  if (!info.ram_layout) {
+    return Error(ErrorCode::kNotFound, "RAM layout of domain " + o.domain + ": " + info.ram_layout_error);
   }
-  return Error(ErrorCode::kNotFound, "no pid file for domain " + domain + " (is it running?)");
+  return DomainView{info.qemu_pid, *info.ram_layout, info.ram_layout_source};
 }
 
 Result<std::vector<RamRange>> resolve_layout(const SourceOptions& o) {
@@ -108,9 +94,8 @@ Result<std::vector<RamRange>> resolve_layout(const SourceOptions& o) {
     return r;
   }
   if (!o.domain.empty()) {
-    auto r = introspect::resolve_ram_layout(virsh_hmp(o.connect, o.domain, o.monitor_timeout));
-    if (!r) return std::move(r).error().context("RAM layout of domain " + o.domain);
-    return r;
+    STALLMON_TRY(auto view, describe_libvirt_domain(o));
+    return view.ranges;
   }
   return Error(ErrorCode::kInvalidArgument, "a live qemu needs its RAM layout: --domain, --qmp or --ranges");
 }
@@ -122,11 +107,15 @@ Result<std::shared_ptr<introspect::PhysicalMemory>> open_memory(const SourceOpti
     return std::shared_ptr<introspect::PhysicalMemory>(std::move(m).value());
   }
   pid_t pid = o.qemu_pid;
+  std::vector<RamRange> ranges;
   if (pid == 0) {
     if (o.domain.empty()) return Error(ErrorCode::kInvalidArgument, "--qemu-pid or --domain is required");
-    STALLMON_TRY(pid, domain_pid(o.domain));
+    STALLMON_TRY(auto view, describe_libvirt_domain(o));
+    pid = view.pid;
+    ranges = std::move(view.ranges);
+  } else {
+    STALLMON_TRY(ranges, resolve_layout(o));
   }
-  STALLMON_TRY(auto ranges, resolve_layout(o));
   auto m = introspect::QemuProcessMemory::create(pid, std::move(ranges));
   if (!m) return std::move(m).error().context("qemu pid " + std::to_string(pid));
   return std::shared_ptr<introspect::PhysicalMemory>(std::move(m).value());

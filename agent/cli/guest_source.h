@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Where stallctl gets guest memory from: an ELF core file, or a live qemu process whose RAM
-// layout comes from a ranges file, a plain QMP socket, or libvirt (virsh qemu-monitor-command).
+// layout comes from a ranges file, a plain QMP socket, or the agent's libvirt layer (read-only
+// connection, domain XML + /proc/PID/maps: no monitor command, no taint).
 #pragma once
 
 #include <sys/types.h>
@@ -20,7 +21,7 @@ namespace stallmon::cli {
 struct SourceOptions {
   std::string core;     // ELF core file
   pid_t qemu_pid = 0;   // live qemu (0: from --domain's pid file)
-  std::string domain;   // libvirt domain: RAM layout via virsh, pid from its pid file
+  std::string domain;   // libvirt domain: pid and RAM layout from the agent's libvirt layer
   std::string qmp;      // QMP unix socket of a qemu not managed by libvirt
   std::string ranges;   // ranges file (see parse_ranges)
   std::string connect = "qemu:///system";
@@ -35,12 +36,14 @@ std::string format_ranges(const std::vector<introspect::RamRange>& ranges);
 // The RAM layout from opts.ranges, opts.qmp or opts.domain (first one set).
 Result<std::vector<introspect::RamRange>> resolve_layout(const SourceOptions& opts);
 
-// The qemu pid of a running libvirt domain (its pid file under /run/libvirt/qemu).
-Result<pid_t> domain_pid(const std::string& domain);
-
-// An HmpCommand that runs `virsh -c URI qemu-monitor-command DOMAIN --hmp CMD` with a deadline.
-introspect::HmpCommand virsh_hmp(const std::string& connect, const std::string& domain,
-                                 std::chrono::milliseconds timeout);
+// The qemu pid (libvirt's pid file, checked against /proc/PID/cmdline as the agent does) and
+// the RAM layout of a running libvirt domain, from stallmon::libvirt::describe_domain.
+struct DomainView {
+  pid_t pid = 0;
+  std::vector<introspect::RamRange> ranges;
+  std::string source;  // how the layout was derived and validated
+};
+Result<DomainView> describe_libvirt_domain(const SourceOptions& opts);
 
 // Opens the memory the options name: ElfCoreMemory for core, QemuProcessMemory otherwise.
 Result<std::shared_ptr<introspect::PhysicalMemory>> open_memory(const SourceOptions& opts);

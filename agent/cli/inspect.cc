@@ -1,6 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // stallctl inspect / dump / ram-layout.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <utility>
 
 #include <cstdio>
 #include <memory>
@@ -21,6 +28,71 @@ namespace {
 
 using namespace stallmon::introspect;
 
+// Continues a SIGSTOPped qemu however stallctl ends. A forked helper holds a pidfd of qemu (so a
+// reused pid is never signalled) and waits for EOF on a pipe whose write end only stallctl
+// holds: a normal return, an exception, Ctrl-C, SIGTERM or SIGKILL all close it (the kernel
+// closes a dead process's files), and the helper then sends SIGCONT and exits. It ignores the
+// terminal's signals (Ctrl-C goes to the whole process group); PR_SET_PDEATHSIG (SIGHUP, ignored)
+// only interrupts its read when stallctl dies: the pipe's EOF decides.
+class ResumeGuard {
+ public:
+  ResumeGuard() = default;
+  ResumeGuard(ResumeGuard&& o) noexcept : write_fd_(std::exchange(o.write_fd_, -1)), helper_(std::exchange(o.helper_, 0)) {}
+  ResumeGuard& operator=(ResumeGuard&& o) noexcept {
+    std::swap(write_fd_, o.write_fd_);
+    std::swap(helper_, o.helper_);
+    return *this;
+  }
+  ~ResumeGuard() {
+    if (write_fd_ >= 0) ::close(write_fd_);  // the helper continues qemu now
+    if (helper_ > 0) ::waitpid(helper_, nullptr, 0);
+  }
+
+  static Result<ResumeGuard> stop(pid_t pid) {
+    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) return Error::io("pidfd_open qemu " + std::to_string(pid), errno);
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) {
+      ::close(pidfd);
+      return Error::io("pipe", errno);
+    }
+    pid_t parent = ::getpid();
+    pid_t child = ::fork();
+    if (child < 0) {
+      ::close(pidfd);
+      ::close(p[0]);
+      ::close(p[1]);
+      return Error::io("fork", errno);
+    }
+    if (child == 0) {
+      // Async-signal-safe calls only (the parent may have threads).
+      for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP}) ::signal(s, SIG_IGN);
+      ::prctl(PR_SET_PDEATHSIG, SIGHUP);
+      ::close(p[1]);
+      if (::getppid() == parent) {
+        char c;
+        while (::read(p[0], &c, 1) < 0 && errno == EINTR) {
+        }
+      }
+      ::syscall(SYS_pidfd_send_signal, pidfd, SIGCONT, nullptr, 0);
+      ::_exit(0);
+    }
+    ::close(p[0]);
+    ResumeGuard g;
+    g.write_fd_ = p[1];
+    g.helper_ = child;
+    int rc = static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, SIGSTOP, nullptr, 0));
+    int err = errno;
+    ::close(pidfd);
+    if (rc != 0) return Error::io("SIGSTOP qemu", err);
+    return g;
+  }
+
+ private:
+  int write_fd_ = -1;
+  pid_t helper_ = 0;
+};
+
 int fail(const std::string& what, const Error& e) {
   std::fprintf(stderr, "stallctl: %s: %s\n", what.c_str(), e.to_string().c_str());
   return kExitFailure;
@@ -29,7 +101,7 @@ int fail(const std::string& what, const Error& e) {
 void add_source_options(CLI::App* c, SourceOptions& o, bool allow_core) {
   if (allow_core) c->add_option("--core", o.core, "ELF core file (virsh dump --memory-only --format elf, stallctl dump)");
   c->add_option("--qemu-pid", o.qemu_pid, "live qemu process (needs ptrace rights: root)");
-  c->add_option("--domain", o.domain, "libvirt domain: RAM layout via virsh qemu-monitor-command; pid from its pid file");
+  c->add_option("--domain", o.domain, "libvirt domain: pid and RAM layout through a read-only libvirt connection (no monitor command)");
   c->add_option("--qmp", o.qmp, "QMP unix socket of a qemu NOT managed by libvirt");
   c->add_option("--ranges", o.ranges, "RAM ranges file (GPA SIZE HVA [NAME] per line; see ram-layout)");
   c->add_option("--connect", o.connect, "libvirt URI for --domain")->capture_default_str();
@@ -115,21 +187,31 @@ int run_dump(const DumpArgs& a) {
   if (auto info = find_vmcoreinfo(**mem); info) wo.vmcoreinfo_text = info->text;
   else std::fprintf(stderr, "stallctl dump: warning: no VMCOREINFO found (%s); core written without it\n",
                     info.error().to_string().c_str());
+  // The core holds guest memory (keys, passwords): created new, never through a symlink an
+  // attacker placed, readable by the owner only.
+  int out_fd = ::open(a.out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (out_fd < 0) return fail("dump", Error::io("create " + a.out + " (must not exist)", errno));
+  std::string out_path = "/proc/self/fd/" + std::to_string(out_fd);
   // Only with --stop: SIGSTOP the whole qemu for a consistent image (QEMU's own dump pauses vCPUs
-  // and hangs on a frozen one); SIGCONT on every path out. stallmon never pauses a guest unless
-  // the operator asks for it by name.
-  struct Resume {
-    pid_t pid = 0;
-    ~Resume() {
-      if (pid > 0) kill(pid, SIGCONT);
-    }
-  } resume;
+  // and hangs on a frozen one). stallmon never pauses a guest unless the operator asks for it by
+  // name, and the guest is continued on every path out, including Ctrl-C, SIGTERM and SIGKILL of
+  // stallctl: see ResumeGuard.
+  ResumeGuard resume;
   if (a.stop && qemu) {
-    if (kill(qemu->pid(), SIGSTOP) != 0) return fail("dump", Error::io("SIGSTOP qemu", errno));
-    resume.pid = qemu->pid();
+    auto g = ResumeGuard::stop(qemu->pid());
+    if (!g) {
+      ::close(out_fd);
+      ::unlink(a.out.c_str());
+      return fail("dump", g.error());
+    }
+    resume = std::move(g).value();
   }
-  auto n = write_elf_core(**mem, a.out, wo);
-  if (!n) return fail("writing " + a.out, n.error());
+  auto n = write_elf_core(**mem, out_path, wo);
+  ::close(out_fd);
+  if (!n) {
+    ::unlink(a.out.c_str());
+    return fail("writing " + a.out, n.error());
+  }
   std::fprintf(stderr, "stallctl dump: wrote %llu bytes to %s\n", static_cast<unsigned long long>(*n), a.out.c_str());
   return kExitOk;
 }
@@ -170,6 +252,13 @@ void add_ram_layout_command(CLI::App& app, std::function<int()>& run) {
       if (a->domain.empty() == a->qmp.empty()) {
         std::fprintf(stderr, "stallctl ram-layout: exactly one of --domain or --qmp\n");
         return kExitUsage;
+      }
+      if (!a->domain.empty()) {
+        auto v = describe_libvirt_domain(*a);
+        if (!v) return fail("ram-layout", v.error());
+        std::printf("# domain %s, qemu pid %d: %s\n", a->domain.c_str(), static_cast<int>(v->pid), v->source.c_str());
+        std::fputs(format_ranges(v->ranges).c_str(), stdout);
+        return kExitOk;
       }
       auto r = resolve_layout(*a);
       if (!r) return fail("ram-layout", r.error());

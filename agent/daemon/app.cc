@@ -75,9 +75,12 @@ void create_watcher(App& app) {
   libvirt::WatcherOptions opts;
   opts.uri = app.config.libvirt_uri;
   opts.monitor_timeout = app.config.monitor_timeout;
-  // Taken while the domain is healthy and cached by the watcher: introspection later reads guest
-  // RAM through the qemu process even when the monitor hangs.
-  opts.ram_layout_resolver = [](const introspect::HmpCommand& hmp) { return introspect::resolve_ram_layout(hmp); };
+  opts.use_monitor = app.config.use_monitor;
+  // Opt-in only (libvirt.use_monitor): taken over HMP while the domain is healthy and cached.
+  // By default the watcher derives the layout from the domain XML and /proc/PID/maps.
+  if (opts.use_monitor) {
+    opts.ram_layout_resolver = [](const introspect::HmpCommand& hmp) { return introspect::resolve_ram_layout(hmp); };
+  }
   app.watcher = std::make_unique<libvirt::DomainWatcher>(std::move(opts));
 }
 

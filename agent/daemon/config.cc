@@ -111,6 +111,7 @@ const std::map<std::string, Setter>& setters() {
   static const std::map<std::string, Setter> m = {
       {"libvirt.uri", str(&DaemonConfig::libvirt_uri)},
       {"libvirt.monitor_timeout", duration(&DaemonConfig::monitor_timeout)},
+      {"libvirt.use_monitor", boolean(&DaemonConfig::use_monitor)},
       {"domains.include",
        [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
          c.domains.clear();
@@ -323,6 +324,7 @@ std::string to_yaml(const DaemonConfig& c) {
   o << "libvirt:\n"
     << "  uri: " << quote(c.libvirt_uri) << "\n"
     << "  monitor_timeout: " << format_duration(c.monitor_timeout) << "\n"
+    << "  use_monitor: " << (c.use_monitor ? "true" : "false") << "\n"
     << "domains:\n"
     << "  include: [";
   for (size_t i = 0; i < c.domains.size(); ++i) o << (i ? ", " : "") << quote(c.domains[i]);

@@ -26,6 +26,9 @@ struct DaemonConfig {
   // libvirt
   std::string libvirt_uri = "qemu:///system";
   std::chrono::milliseconds monitor_timeout{3000};
+  // QEMU monitor commands (libvirt taints each domain "custom-monitor") and a read-write
+  // connection. Off: read-only connection, layout from XML + /proc (agent/libvirt/README.md).
+  bool use_monitor = false;
   // domains: names, uuids or shell globs ("web-*"); empty: every running domain
   std::vector<std::string> domains;
   // sampling

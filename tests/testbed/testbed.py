@@ -588,7 +588,7 @@ def domain_dir(name):
 
 
 def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, ctl_sock,
-               vctl_sock):
+               vctl_sock, machine="q35", memory_backing="anonymous", max_memory_mib=0):
     with open(os.path.join(HERE, "domain.xml.in")) as f:
         tmpl = f.read()
     cpu = ("<cpu mode='host-passthrough'/>" if accel == "kvm" else
@@ -597,15 +597,33 @@ def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, 
     values = {"NAME": name, "TYPE": "kvm" if accel == "kvm" else "qemu",
               "MEMORY_MIB": str(memory_mib), "VCPUS": str(vcpus), "KERNEL": kit["kernel"],
               "INITRD": kit["initrd"], "CMDLINE": cmdline, "ON_CRASH": on_crash,
-              "CONSOLE": console, "CTL_SOCK": ctl_sock, "VCTL_SOCK": vctl_sock, "CPU": cpu}
+              "CONSOLE": console, "CTL_SOCK": ctl_sock, "VCTL_SOCK": vctl_sock, "CPU": cpu,
+              "MACHINE": machine}
+    # Memory options (issue 11's layout tests): backing, and room for a hotplugged DIMM (libvirt
+    # wants maxMemory with slots and a NUMA cell for that).
+    extra = ""
+    if memory_backing in ("memfd", "hugepages"):
+        extra += "<memoryBacking>%s</memoryBacking>" % (
+            "<source type='memfd'/><access mode='shared'/>" if memory_backing == "memfd"
+            else "<hugepages/>")
+    elif memory_backing != "anonymous":
+        raise TestbedError("memory backing %r: anonymous, memfd or hugepages" % memory_backing)
+    if max_memory_mib:
+        extra += "<maxMemory slots='4' unit='MiB'>%d</maxMemory>" % max_memory_mib
+        numa = ("<numa><cell id='0' cpus='0-%d' memory='%d' unit='MiB'/></numa>"
+                % (vcpus - 1, memory_mib))
+        values["CPU"] = (cpu.replace("</cpu>", numa + "</cpu>") if cpu.endswith("</cpu>")
+                         else cpu.replace("/>", ">" + numa + "</cpu>", 1))
+    values["MEMORY_EXTRA"] = extra
     for k, v in values.items():
-        tmpl = tmpl.replace("@%s@" % k, v if k == "CPU" else xml_escape(v))
+        tmpl = tmpl.replace("@%s@" % k, v if k in ("CPU", "MEMORY_EXTRA") else xml_escape(v))
     return tmpl
 
 
 def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,sleepers",
                  wdt=None, ipi_interval=None, extra_cmdline="", panic=-1, on_crash="destroy",
-                 accel=None, owner_pid=None, wait=0.0):
+                 accel=None, owner_pid=None, wait=0.0, machine="q35",
+                 memory_backing="anonymous", max_memory=0, use_monitor=True):
     if not re.match(r"^[A-Za-z0-9_.+-]{1,60}$", name):
         raise TestbedError("bad domain name %r" % name)
     kit = build_kit(kernel)
@@ -629,7 +647,8 @@ def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,s
         cmdline += " stallmon.ipi_interval=%s" % ipi_interval
     if extra_cmdline:
         cmdline += " " + extra_cmdline
-    xml = domain_xml(name, kit, accel, vcpus, memory, cmdline, on_crash, console, ctl, vctl)
+    xml = domain_xml(name, kit, accel, vcpus, memory, cmdline, on_crash, console, ctl, vctl,
+                     machine, memory_backing, max_memory)
     xml_path = os.path.join(d, "domain.xml")
     with open(xml_path, "w") as f:
         f.write(xml)
@@ -645,8 +664,22 @@ def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,s
     meta["qemu_pid"] = qemu_pid(name)
     if wait:
         meta["boot_seconds"] = wait_ready(name, wait, t0=t0)
-        meta["vcpu_tids"] = vcpu_tids(name)
+        # use_monitor=False: thread names, so that the domain is never tainted "custom-monitor".
+        meta["vcpu_tids"] = vcpu_tids(name, use_monitor=use_monitor)
     return meta
+
+
+def attach_dimm(name, size_mib, node=0):
+    """Hotplugs a DIMM (needs start --max-memory); returns the live XML's memory devices."""
+    d = domain_dir(name)
+    path = os.path.join(d, "dimm-%d.xml" % int(time.time() * 1000))
+    with open(path, "w") as f:
+        f.write("<memory model='dimm'><target><size unit='MiB'>%d</size><node>%d</node>"
+                "</target></memory>" % (size_mib, node))
+    run(VIRSH + ["attach-device", name, path, "--live"], timeout=120)
+    xml = run(VIRSH + ["dumpxml", name], timeout=30).stdout
+    return {"attached": name, "size_mib": size_mib,
+            "devices": re.findall(r"<memory model='dimm'.*?</memory>", xml, re.S)}
 
 
 def domain_state(name):
@@ -1351,6 +1384,17 @@ def main(argv=None):
     p.add_argument("--owner-pid", type=int, help="cleanup destroys the domain once this pid "
                    "is gone (default: the caller; 0: never)")
     p.add_argument("--wait", type=float, default=0, help="also wait this long for ready")
+    p.add_argument("--machine", default="q35", help="q35 or pc (i440fx)")
+    p.add_argument("--memory-backing", default="anonymous",
+                   choices=["anonymous", "memfd", "hugepages"])
+    p.add_argument("--max-memory", type=int, default=0,
+                   help="MiB: maxMemory with DIMM slots and one NUMA cell (for attach-dimm)")
+    p.add_argument("--no-monitor", action="store_true",
+                   help="never use the QEMU monitor (vCPU threads from names): no taint")
+
+    p = sub.add_parser("attach-dimm", help="hotplug a DIMM into a domain started with --max-memory")
+    p.add_argument("name")
+    p.add_argument("--size", type=int, default=256, help="MiB")
 
     p = sub.add_parser("wait-ready", help="wait for the ready marker on the console")
     p.add_argument("name")
@@ -1431,7 +1475,11 @@ def main(argv=None):
                               memory=args.memory, scenario=args.scenario, wdt=args.wdt,
                               ipi_interval=args.ipi_interval, extra_cmdline=args.cmdline,
                               panic=args.panic, on_crash=args.on_crash, accel=args.accel,
-                              owner_pid=args.owner_pid, wait=args.wait))
+                              owner_pid=args.owner_pid, wait=args.wait, machine=args.machine,
+                              memory_backing=args.memory_backing, max_memory=args.max_memory,
+                              use_monitor=not args.no_monitor))
+        elif args.cmd == "attach-dimm":
+            emit(attach_dimm(args.name, args.size))
         elif args.cmd == "wait-ready":
             emit({"ready": args.name, "seconds": wait_ready(args.name, args.timeout,
                                                             marker=args.marker)})

@@ -2,6 +2,9 @@
 #include "stallmon/alerting/http.h"
 
 #include <charconv>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <thread>
 
 #include <httplib.h>
@@ -69,6 +72,62 @@ Result<HttpUrl> parse_http_url(std::string_view url) {
 
 // --- MetricsHttpServer ---------------------------------------------------------------------
 
+namespace {
+
+// httplib's ThreadPool queues accepted connections without limit: a flood of slow clients grows
+// the queue (and the open sockets) without bound. Here at most kMaxQueued wait; past that the
+// accept thread serves the connection itself, so it stops accepting and further clients wait in
+// the kernel's listen backlog (bounded) instead of in our memory. Each connection is bounded by
+// the 5 s read/write timeouts.
+class BoundedPool final : public httplib::TaskQueue {
+ public:
+  static constexpr size_t kMaxQueued = 16;
+  explicit BoundedPool(size_t n) {
+    for (size_t i = 0; i < n; ++i) threads_.emplace_back([this] { work(); });
+  }
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::unique_lock lock(mu_);
+      if (!stop_ && jobs_.size() < kMaxQueued) {
+        jobs_.push_back(std::move(fn));
+        cv_.notify_one();
+        return;
+      }
+    }
+    fn();  // backpressure: served on the accept thread
+  }
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+        if (stop_ && jobs_.empty()) return;
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      fn();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  bool stop_ = false;
+};
+
+}  // namespace
+
 struct MetricsHttpServer::Impl {
   httplib::Server server;
   std::thread thread;
@@ -85,7 +144,33 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::start(
   auto& srv = s->impl_->server;
   // Two workers: a scrape is one request every few seconds; the default pool (8+ threads)
   // would only sit idle on a host whose cores belong to the guests.
-  srv.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  srv.new_task_queue = [] { return new BoundedPool(2); };
+  // The endpoint takes no input. Decided on the headers, before httplib reads any body (its
+  // routing reads the body into memory first, and inflates gzip/deflate/br bodies: a 400 MiB POST
+  // or a 300 KB gzip bomb cost hundreds of MB): only GET and HEAD, no request body at all, no
+  // Content-Encoding. The connection is closed after such an answer, so an unread body is never
+  // parsed as a next request.
+  srv.set_payload_max_length(4096);
+  // One request per connection: a refused request's unread body must never be parsed as the
+  // next request (httplib keeps the connection open despite "Connection: close"); a scrape
+  // every few seconds gains nothing from keep-alive.
+  srv.set_keep_alive_max_count(1);
+  srv.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    auto refuse = [&](int status, const char* why) {
+      res.status = status;
+      res.set_header("Connection", "close");
+      if (status == 405) res.set_header("Allow", "GET, HEAD");
+      res.set_content(why, "text/plain; charset=utf-8");
+      return httplib::Server::HandlerResponse::Handled;
+    };
+    if (req.method != "GET" && req.method != "HEAD") return refuse(405, "only GET and HEAD\n");
+    if (req.has_header("Content-Encoding")) return refuse(415, "no encoded request bodies\n");
+    if (req.has_header("Transfer-Encoding") ||
+        (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0")) {
+      return refuse(413, "no request body\n");
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
   // httplib's default socket options add SO_REUSEPORT, with which a second stallmond (or
   // anything else) could bind the same port and silently take half the scrapes. Only
   // SO_REUSEADDR: a restart binds again at once, a conflict is an error.

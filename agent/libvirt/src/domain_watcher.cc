@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -21,6 +22,8 @@
 
 #include "event_loop.h"
 #include "libvirt_events.h"
+#include "stallmon/introspect/physical_memory.h"
+#include "stallmon/libvirt/host_layout.h"
 #include "stallmon/libvirt/qemu_process.h"
 
 namespace stallmon::libvirt {
@@ -177,12 +180,68 @@ struct CmdProbeDone {
   uint64_t seq;
   Result<std::vector<VcpuThread>> vcpus;
   std::optional<Result<std::vector<introspect::RamRange>>> layout;
+  VcpuSource vcpu_source = VcpuSource::kQmp;
+  std::string layout_source;
 };
 struct CmdHealth {
   std::string uuid;
   MonitorHealth health;
 };
 using Cmd = std::variant<CmdConnectionLost, CmdEvent, CmdRefresh, CmdProbeDone, CmdHealth>;
+
+// What libvirt says about a domain through public, read-only, job-free APIs.
+struct DomainFacts {
+  std::string xml;       // live XML (virDomainGetXMLDesc, no flags: no secrets needed)
+  int online_vcpus = 0;  // virDomainGetVcpusFlags(LIVE): libvirt's own count, no monitor
+};
+
+Result<DomainFacts> fetch_facts(virConnectPtr c, const std::string& uuid) {
+  virDomainPtr dom = virDomainLookupByUUIDString(c, uuid.c_str());
+  if (!dom) return libvirt_error("virDomainLookupByUUIDString " + uuid);
+  DomainFacts f;
+  char* xml = virDomainGetXMLDesc(dom, 0);
+  if (!xml) {
+    Error e = libvirt_error("virDomainGetXMLDesc");
+    virDomainFree(dom);
+    return e;
+  }
+  f.xml = xml;
+  std::free(xml);
+  f.online_vcpus = virDomainGetVcpusFlags(dom, VIR_DOMAIN_AFFECT_LIVE);
+  if (f.online_vcpus < 0) {
+    spdlog::debug("libvirt: {}", libvirt_error("virDomainGetVcpusFlags").message);
+    f.online_vcpus = 0;
+  }
+  virDomainFree(dom);
+  return f;
+}
+
+Result<std::vector<introspect::RamRange>> derive_and_validate(const std::string& proc_root, pid_t pid,
+                                                                     const std::string& xml, std::string& source) {
+  STALLMON_TRY(auto spec, parse_domain_memory_xml(xml));
+  std::string dir = proc_root + "/" + std::to_string(pid);
+  STALLMON_TRY(auto maps_text, read_proc_text(dir + "/maps", 64u << 20));
+  STALLMON_TRY(auto cmdline, read_proc_text(dir + "/cmdline", 1u << 20));
+  STALLMON_TRY(auto maps, parse_proc_maps(maps_text));
+  STALLMON_TRY(auto ranges, derive_ram_layout(spec, maps, cmdline));
+  STALLMON_TRY(auto mem, introspect::QemuProcessMemory::create(pid, ranges));
+  STALLMON_TRY(auto checked, validate_ram_layout(*mem, ranges));
+  source = std::string("host maps + domain XML (") + spec.machine + ", " +
+           to_string(spec.boot.front().backing) + "); " + checked;
+  return ranges;
+}
+
+// Finds the qemu pid without the monitor: libvirt's pid file, checked against /proc.
+std::pair<pid_t, std::string> find_qemu_pid(const WatcherOptions& opts, const std::string& uuid,
+                                            const std::string& name) {
+  std::string pidfile = opts.qemu_run_dir + "/" + name + ".pid";
+  auto r = qemu_pid_from_pidfile(pidfile, opts.proc_root, uuid, name);
+  if (r.ok()) return {*r, pidfile};
+  auto scan = find_qemu_pid_by_uuid(opts.proc_root, uuid, name);
+  if (scan.ok()) return {*scan, opts.proc_root + " scan"};
+  spdlog::warn("libvirt: domain {}: no qemu pid ({}; {})", name, r.error().message, scan.error().message);
+  return {0, ""};
+}
 
 }  // namespace
 
@@ -207,6 +266,8 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     bool probe_running = false;
     bool probe_again = false;
     bool layout_refresh = false;  // resolve the RAM layout again even though one is cached
+    bool host_probed = false;     // no-monitor mode: a probe confirmed the vCPU map
+    Clock::time_point next_recheck{};  // no-monitor mode: when to re-derive the layout
   };
 
   WatcherOptions opts_;
@@ -225,6 +286,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
   ReconnectBackoff backoff_;
   uint64_t epoch_ = 0;
   std::vector<int> event_ids_;
+  CallbackCtx* close_ctx_ = nullptr;  // of the current connection; freed by teardown()
   bool resync_pending_ = false;
   Clock::time_point resync_due_{};
   uint64_t next_probe_seq_ = 0;  // guarded by table_mu_
@@ -296,13 +358,20 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     bool abandoned = false;
     virConnectPtr conn = nullptr;
     std::vector<int> ids;
+    CallbackCtx* close_ctx = nullptr;
   };
 
-  static void teardown(virConnectPtr c, const std::vector<int>& ids) {
+  // The close callback's context is owned here, not by libvirt: drivers without close callbacks
+  // (test:///, local drivers) accept the registration and never call its free function, which
+  // leaked the context, and through its weak_ptr the Impl's control block, on every connect.
+  // Freed once the callback is unregistered (libvirt holds its callback lock while calling it,
+  // so none is running after virConnectUnregisterCloseCallback returns).
+  static void teardown(virConnectPtr c, const std::vector<int>& ids, CallbackCtx* close_ctx) {
     for (int id : ids) virConnectDomainEventDeregisterAny(c, id);
-    virConnectUnregisterCloseCallback(c, on_close);
+    if (close_ctx) virConnectUnregisterCloseCallback(c, on_close);
     virConnectClose(c);
     virResetLastError();
+    delete close_ctx;
   }
 
   void try_connect() {
@@ -317,8 +386,15 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     auto r = conn_worker_
                  ->submit<bool>("connect " + opts.uri, opts.connect_timeout,
                                 [handoff, weak, epoch, opts]() -> Result<bool> {
-                                  virConnectPtr c = virConnectOpen(opts.uri.c_str());
-                                  if (!c) return libvirt_error("virConnectOpen " + opts.uri);
+                                  // Read-only unless monitor commands are wanted: a read-write
+                                  // connection to the system libvirtd is root-equivalent.
+                                  virConnectPtr c = opts.use_monitor ? virConnectOpen(opts.uri.c_str())
+                                                                     : virConnectOpenReadOnly(opts.uri.c_str());
+                                  if (!c) {
+                                    return libvirt_error(std::string(opts.use_monitor ? "virConnectOpen "
+                                                                                      : "virConnectOpenReadOnly ") +
+                                                         opts.uri);
+                                  }
                                   std::vector<int> ids;
                                   // Without keepalive a hung (not dead) libvirtd would never be noticed.
                                   if (virConnectSetKeepAlive(c, opts.keepalive_interval_s, opts.keepalive_count) < 0) {
@@ -330,10 +406,11 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
                                       spdlog::warn("libvirt: {}", e.message);
                                     }
                                   }
-                                  if (virConnectRegisterCloseCallback(c, on_close, new CallbackCtx{weak, epoch},
-                                                                      free_ctx) < 0) {
+                                  auto* close_ctx = new CallbackCtx{weak, epoch};
+                                  if (virConnectRegisterCloseCallback(c, on_close, close_ctx, nullptr) < 0) {
                                     Error e = libvirt_error("virConnectRegisterCloseCallback");
                                     virConnectClose(c);
+                                    delete close_ctx;
                                     return e;
                                   }
                                   struct Reg {
@@ -356,7 +433,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
                                       Error e = libvirt_error("virConnectDomainEventRegisterAny(" +
                                                               std::to_string(reg.id) + ")");
                                       if (reg.required) {
-                                        teardown(c, ids);
+                                        teardown(c, ids, close_ctx);
                                         return e;
                                       }
                                       // Older libvirtd without this event: run without it.
@@ -368,11 +445,12 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
                                   std::lock_guard lock(handoff->mu);
                                   if (handoff->abandoned) {
                                     // The caller gave up waiting: do not leak a connection nobody uses.
-                                    teardown(c, ids);
+                                    teardown(c, ids, close_ctx);
                                     return Error(ErrorCode::kTimeout, "connected after the deadline");
                                   }
                                   handoff->conn = c;
                                   handoff->ids = std::move(ids);
+                                  handoff->close_ctx = close_ctx;
                                   return true;
                                 })
                  .wait();
@@ -382,6 +460,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       c = handoff->conn;
       if (c) {
         event_ids_ = handoff->ids;
+        close_ctx_ = handoff->close_ctx;
       } else {
         handoff->abandoned = true;
       }
@@ -402,7 +481,9 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       spdlog::info("libvirt: connected to {}", opts_.uri);
       {
         std::lock_guard lock(table_mu_);
-        for (auto& [uuid, slot] : slots_) slot.monitor_conn->mark_stale();
+        for (auto& [uuid, slot] : slots_) {
+          if (slot.monitor_conn) slot.monitor_conn->mark_stale();
+        }
       }
       resync_pending_ = true;
       resync_due_ = now;
@@ -439,10 +520,11 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     if (c) {
       auto ids = event_ids_;
       event_ids_.clear();
+      CallbackCtx* close_ctx = std::exchange(close_ctx_, nullptr);
       // Deregistering is an RPC; on a dead connection it fails at once, on a hung one the worker's
       // deadline bounds it.
-      auto r = conn_worker_->call<bool>("disconnect", opts_.call_timeout, [c, ids]() -> Result<bool> {
-        teardown(c, ids);
+      auto r = conn_worker_->call<bool>("disconnect", opts_.call_timeout, [c, ids, close_ctx]() -> Result<bool> {
+        teardown(c, ids, close_ctx);
         return true;
       });
       if (!r.ok()) spdlog::warn("libvirt: {}", r.error().message);
@@ -499,15 +581,8 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         });
   }
 
-  // Finds the qemu pid without the monitor: libvirt's pid file, checked against /proc.
   std::pair<pid_t, std::string> find_pid(const std::string& uuid, const std::string& name) {
-    std::string pidfile = opts_.qemu_run_dir + "/" + name + ".pid";
-    auto r = qemu_pid_from_pidfile(pidfile, opts_.proc_root, uuid, name);
-    if (r.ok()) return {*r, pidfile};
-    auto scan = find_qemu_pid_by_uuid(opts_.proc_root, uuid, name);
-    if (scan.ok()) return {*scan, opts_.proc_root + " scan"};
-    spdlog::warn("libvirt: domain {}: no qemu pid ({}; {})", name, r.error().message, scan.error().message);
-    return {0, ""};
+    return find_qemu_pid(opts_, uuid, name);
   }
 
   void sync() {
@@ -566,6 +641,8 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
           s.info.vcpu_source = VcpuSource::kNone;
           s.info.ram_layout.reset();
           s.info.ram_layout_error.clear();
+          s.info.ram_layout_source.clear();
+          s.host_probed = false;
           if (found[i].names && found[i].names->ok()) {
             s.info.vcpus = std::move(*found[i].names).value();
             s.info.vcpu_source = VcpuSource::kThreadNames;
@@ -573,7 +650,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
           ++s.info.generation;
           changed = true;
         }
-        if (pid > 0 && (s.info.vcpu_source != VcpuSource::kQmp || (opts_.ram_layout_resolver && !s.info.ram_layout))) {
+        if (pid > 0 && needs_probe(s)) {
           // Started under the lock, before syncs_ moves: whoever sees this sync also sees the probe
           // as running (wait_probes_idle relies on it).
           if (s.probe_running) {
@@ -607,13 +684,20 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     notify([&](DomainObserver& o) { o.on_domains_synced(all); });
   }
 
+  bool needs_probe(const Slot& s) const {
+    if (!opts_.use_monitor) return !s.host_probed || !s.info.ram_layout;
+    return s.info.vcpu_source != VcpuSource::kQmp || (opts_.ram_layout_resolver && !s.info.ram_layout);
+  }
+
   void make_workers(Slot& s) {
+    s.prober = std::make_shared<DeadlineWorker>("probe-" + s.info.name);
+    s.next_recheck = Clock::now() + opts_.layout_recheck;
+    if (!opts_.use_monitor) return;  // no monitor thread, no connection of its own
     std::weak_ptr<Impl> weak = weak_from_this();
     std::string uuid = s.info.uuid;
     s.monitor = std::make_shared<DeadlineWorker>("mon-" + s.info.name, [weak, uuid](const MonitorHealth& h) {
       if (auto impl = weak.lock()) impl->post(CmdHealth{uuid, h});
     });
-    s.prober = std::make_shared<DeadlineWorker>("probe-" + s.info.name);
     s.monitor_conn = std::make_shared<MonitorConnection>(opts_.uri, uuid);
   }
 
@@ -646,6 +730,10 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     // Process-wide numbering: a probe of an earlier incarnation of the domain (same uuid) can never
     // be taken for the current one.
     uint64_t seq = s.probe_seq = ++next_probe_seq_;
+    if (!opts_.use_monitor) {
+      start_host_probe_locked(s, seq);
+      return;
+    }
     std::weak_ptr<Impl> weak = weak_from_this();
     auto monitor = s.monitor;
     auto mc = s.monitor_conn;
@@ -691,6 +779,55 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
     (void)s.prober->submit<bool>("probe", timeout * 64, probe);
   }
 
+  // The no-monitor probe: libvirt's XML and vCPU count over the shared read-only connection (on
+  // the connection worker, deadline-bound), then /proc and guest memory on the domain's prober.
+  void start_host_probe_locked(Slot& s, uint64_t seq) {
+    std::weak_ptr<Impl> weak = weak_from_this();
+    std::shared_ptr<virConnect> conn;
+    if (conn_) {
+      virConnectRef(conn_);
+      conn = std::shared_ptr<virConnect>(conn_, [](virConnectPtr c) {
+        virConnectClose(c);
+        virResetLastError();
+      });
+    }
+    auto worker = conn_worker_;
+    pid_t pid = s.info.qemu_pid;
+    std::string uuid = s.info.uuid;
+    auto timeout = opts_.call_timeout;
+    std::string proc_root = opts_.proc_root;
+    std::string cgroup_root = opts_.cgroup_root;
+    auto probe = [=]() -> Result<bool> {
+      CmdProbeDone done{uuid, pid, seq, Error(ErrorCode::kInternal, "not run"), std::nullopt};
+      done.vcpu_source = VcpuSource::kThreadNames;
+      Result<DomainFacts> facts = Error(ErrorCode::kIo, "not connected to libvirtd");
+      if (conn && worker) {
+        facts = worker->call<DomainFacts>("domain facts " + uuid, timeout,
+                                          [conn, uuid]() { return fetch_facts(conn.get(), uuid); });
+      }
+      unsigned online = facts.ok() ? static_cast<unsigned>(facts->online_vcpus) : 0;
+      done.vcpus = vcpu_threads_without_monitor(proc_root, cgroup_root, pid, online);
+      if (facts.ok()) {
+        std::string source;
+        done.layout = derive_and_validate(proc_root, pid, facts->xml, source);
+        done.layout_source = std::move(source);
+      } else {
+        done.layout = facts.error();
+      }
+      if (auto impl = weak.lock()) impl->post(std::move(done));
+      return true;
+    };
+    (void)s.prober->submit<bool>("probe", timeout * 4, probe);
+  }
+
+  static bool same_layout(const std::shared_ptr<const std::vector<introspect::RamRange>>& a,
+                          const std::vector<introspect::RamRange>& b) {
+    return a && a->size() == b.size() &&
+           std::equal(a->begin(), a->end(), b.begin(), [](const auto& x, const auto& y) {
+             return x.gpa == y.gpa && x.size == y.size && x.hva == y.hva && x.name == y.name;
+           });
+  }
+
   void apply_probe(CmdProbeDone& d) {
     std::optional<DomainInfo> updated;
     {
@@ -704,19 +841,21 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         bool changed = false;
         if (d.vcpus.ok()) {
           auto& v = d.vcpus.value();
-          bool same = s.info.vcpu_source == VcpuSource::kQmp && v.size() == s.info.vcpus.size() &&
+          s.host_probed = true;
+          bool same = s.info.vcpu_source == d.vcpu_source && v.size() == s.info.vcpus.size() &&
                       std::equal(v.begin(), v.end(), s.info.vcpus.begin(),
                                  [](const auto& a, const auto& b) { return a.index == b.index && a.tid == b.tid; });
           if (!same) {
             s.info.vcpus = v;
-            s.info.vcpu_source = VcpuSource::kQmp;
+            s.info.vcpu_source = d.vcpu_source;
             ++s.info.generation;
             changed = true;
           }
         } else {
-          spdlog::warn("libvirt: domain {}: vCPU threads from QMP failed ({}); using {}", s.info.name,
-                       d.vcpus.error().message, to_string(s.info.vcpu_source));
-          if (s.info.vcpu_source != VcpuSource::kQmp) {
+          spdlog::warn("libvirt: domain {}: vCPU threads from {} failed ({}); using {}", s.info.name,
+                       opts_.use_monitor ? "QMP" : "thread names / cgroups", d.vcpus.error().message,
+                       to_string(s.info.vcpu_source));
+          if (opts_.use_monitor && s.info.vcpu_source != VcpuSource::kQmp) {
             // Retry the thread names: the domain may have been probed before its vCPU threads existed.
             auto names = vcpu_threads_from_proc(opts_.proc_root, s.info.qemu_pid);
             if (names.ok() && names->size() != s.info.vcpus.size()) {
@@ -728,10 +867,16 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
           }
         }
         if (d.layout) {
-          if (d.layout->ok()) {
+          if (d.layout->ok() && same_layout(s.info.ram_layout, d.layout->value())) {
+            // Re-derived and unchanged (the periodic check): nothing to tell anyone.
+            if (!s.info.ram_layout_error.empty()) changed = true;
+            s.info.ram_layout_error.clear();
+          } else if (d.layout->ok()) {
+            if (s.info.ram_layout) spdlog::info("libvirt: domain {}: RAM layout changed", s.info.name);
             s.info.ram_layout =
                 std::make_shared<const std::vector<introspect::RamRange>>(std::move(d.layout->value()));
             s.info.ram_layout_error.clear();
+            s.info.ram_layout_source = opts_.use_monitor ? "monitor (info mtree -f, gpa2hva)" : d.layout_source;
             ++s.info.generation;
             changed = true;
           } else if (s.info.ram_layout_error != d.layout->error().message) {
@@ -758,7 +903,7 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       it->second.info.monitor = h.health;
       updated = it->second.info;
       // The monitor answers again: get what a probe during the hang could not.
-      reprobe = h.health.responsive && (updated->vcpu_source != VcpuSource::kQmp ||
+      reprobe = opts_.use_monitor && h.health.responsive && (updated->vcpu_source != VcpuSource::kQmp ||
                                         (opts_.ram_layout_resolver && !updated->ram_layout));
     }
     if (reprobe) schedule_probe(h.uuid);
@@ -782,6 +927,10 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
         monitor = s.monitor;
         mc = s.monitor_conn;
       }
+    }
+    if (!opts_.use_monitor) {
+      return PendingCall<std::string>::completed(Error(
+          ErrorCode::kUnsupported, "QEMU monitor commands are disabled (libvirt.use_monitor: false)"));
     }
     if (!monitor || !mc) {
       return PendingCall<std::string>::completed(
@@ -890,7 +1039,19 @@ class DomainWatcher::Impl : public std::enable_shared_from_this<DomainWatcher::I
       std::vector<std::shared_ptr<DeadlineWorker>> monitors;
       {
         std::lock_guard tl(table_mu_);
-        for (auto& [uuid, s] : slots_) monitors.push_back(s.monitor);
+        for (auto& [uuid, s] : slots_) {
+          if (s.monitor) monitors.push_back(s.monitor);
+          // No monitor: re-derive the layout now and then, so that a changed mapping (memory
+          // hotplug without an event, a backend remapped) is noticed. Published only if changed.
+          if (!opts_.use_monitor && connected && s.info.qemu_pid > 0 && now >= s.next_recheck) {
+            s.next_recheck = now + opts_.layout_recheck;
+            if (s.probe_running) {
+              s.probe_again = true;
+            } else {
+              start_probe_locked(s);
+            }
+          }
+        }
       }
       for (auto& m : monitors) m->check_deadline(now);
     }
@@ -1007,5 +1168,52 @@ Result<std::vector<std::string>> DomainWatcher::list_running_domains(std::chrono
 }
 
 void DomainWatcher::refresh(std::string_view uuid_or_name) { impl_->post(CmdRefresh{std::string(uuid_or_name)}); }
+
+Result<DomainInfo> describe_domain(const WatcherOptions& options, std::string_view uuid_or_name) {
+  std::string key(uuid_or_name);
+  // Errors come back as values; libvirt's default handler would also print them to stderr.
+  virSetErrorFunc(nullptr, [](void*, virErrorPtr) {});
+  virConnectPtr c = virConnectOpenReadOnly(options.uri.c_str());
+  if (!c) return libvirt_error("virConnectOpenReadOnly " + options.uri);
+  std::unique_ptr<virConnect, int (*)(virConnectPtr)> conn(c, virConnectClose);
+  // A uuid is 32 hex digits with or without dashes; anything else is a name (trying it as a
+  // uuid would only make libvirt report "Invalid UUID").
+  size_t hex = std::count_if(key.begin(), key.end(), [](char ch) { return std::isxdigit(static_cast<unsigned char>(ch)); });
+  bool looks_uuid = hex == 32 && (key.size() == 32 || key.size() == 36);
+  virDomainPtr dom = looks_uuid ? virDomainLookupByUUIDString(c, key.c_str()) : nullptr;
+  if (!dom) {
+    virResetLastError();
+    dom = virDomainLookupByName(c, key.c_str());
+  }
+  if (!dom) return libvirt_error("no domain " + key);
+  DomainInfo info;
+  info.uuid = domain_uuid(dom);
+  info.name = domain_name(dom);
+  unsigned id = virDomainGetID(dom);
+  info.id = id == static_cast<unsigned>(-1) ? -1 : static_cast<int>(id);
+  int state = 0, reason = 0;
+  if (virDomainGetState(dom, &state, &reason, 0) == 0) info.state = map_state(state);
+  virDomainFree(dom);
+  virResetLastError();
+  if (info.id < 0) return Error(ErrorCode::kNotFound, "domain " + info.name + " is not running");
+  std::tie(info.qemu_pid, info.pid_source) = find_qemu_pid(options, info.uuid, info.name);
+  if (info.qemu_pid <= 0) return Error(ErrorCode::kNotFound, "domain " + info.name + ": no qemu process found");
+  STALLMON_TRY(auto facts, fetch_facts(c, info.uuid));
+  auto vcpus = vcpu_threads_without_monitor(options.proc_root, options.cgroup_root, info.qemu_pid,
+                                            static_cast<unsigned>(facts.online_vcpus));
+  if (vcpus.ok()) {
+    info.vcpus = std::move(vcpus).value();
+    info.vcpu_source = VcpuSource::kThreadNames;
+  }
+  std::string source;
+  auto layout = derive_and_validate(options.proc_root, info.qemu_pid, facts.xml, source);
+  if (layout.ok()) {
+    info.ram_layout = std::make_shared<const std::vector<introspect::RamRange>>(std::move(layout).value());
+    info.ram_layout_source = source;
+  } else {
+    info.ram_layout_error = layout.error().message;
+  }
+  return info;
+}
 
 }  // namespace stallmon::libvirt

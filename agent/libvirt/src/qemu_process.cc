@@ -211,6 +211,104 @@ size_t fill_thread_names(const std::string& proc_root, pid_t pid, std::vector<Vc
   return filled;
 }
 
+Result<std::string> read_proc_text(const std::string& path, size_t limit) { return read_small_file(path, limit); }
+
+Result<std::vector<VcpuThread>> vcpu_threads_from_cgroup(const std::string& proc_root, const std::string& cgroup_root,
+                                                         pid_t pid) {
+  STALLMON_TRY(std::string cg, read_small_file(pid_dir(proc_root, pid) + "/cgroup", 64 << 10));
+  // "0::/machine.slice/machine-qemu\x2d1\x2dvm.scope/libvirt/emulator" (v2) or
+  // "4:cpu,cpuacct:/machine.slice/.../libvirt/emulator" (v1). Prefer v2, then cpu (v1).
+  std::string dir, file;
+  size_t pos = 0;
+  while (pos < cg.size()) {
+    size_t nl = cg.find('\n', pos);
+    std::string_view line = std::string_view(cg).substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? cg.size() : nl + 1;
+    size_t c1 = line.find(':');
+    size_t c2 = c1 == std::string_view::npos ? c1 : line.find(':', c1 + 1);
+    if (c2 == std::string_view::npos) continue;
+    std::string_view controllers = line.substr(c1 + 1, c2 - c1 - 1);
+    std::string_view path = line.substr(c2 + 1);
+    constexpr std::string_view kEmu = "/libvirt/emulator";
+    if (!path.ends_with(kEmu) || path.find("..") != std::string_view::npos) continue;
+    std::string parent(path.substr(0, path.size() - std::string_view("/emulator").size()));
+    if (controllers.empty()) {
+      dir = cgroup_root + parent;  // v2 wins
+      file = "cgroup.threads";
+      break;
+    }
+    bool cpu = false;
+    for (size_t s = 0; s <= controllers.size();) {
+      size_t e = controllers.find(',', s);
+      if (e == std::string_view::npos) e = controllers.size();
+      if (controllers.substr(s, e - s) == "cpu") cpu = true;
+      s = e + 1;
+    }
+    if (cpu && dir.empty()) {
+      dir = cgroup_root + "/" + std::string(controllers) + parent;
+      file = "tasks";
+    }
+  }
+  if (dir.empty()) {
+    return Error(ErrorCode::kNotFound, "pid " + std::to_string(pid) + " is not in a libvirt emulator cgroup");
+  }
+  std::vector<VcpuThread> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return Error(ErrorCode::kNotFound, "opendir " + dir + ": " + std::strerror(errno));
+  Result<void> status = Ok();
+  while (dirent* de = ::readdir(d)) {
+    std::string_view n = de->d_name;
+    if (!n.starts_with("vcpu")) continue;
+    long index = parse_pid(n.substr(4));
+    if (n == "vcpu0") index = 0;
+    if (index < 0 || index >= static_cast<long>(kMaxVcpus)) continue;
+    auto tids = read_small_file(dir + "/" + std::string(n) + "/" + file, 64 << 10);
+    if (!tids.ok()) continue;
+    std::string_view t = trim(*tids);
+    long tid = parse_pid(t);
+    if (tid < 0) {
+      status = Error(ErrorCode::kCorrupt, dir + "/" + std::string(n) + " holds " +
+                                              (t.empty() ? std::string("no thread") : std::string("several threads")));
+      break;
+    }
+    out.push_back(VcpuThread{static_cast<int>(index), static_cast<pid_t>(tid), {}});
+    if (out.size() > kMaxVcpus) {
+      status = Error(ErrorCode::kLimit, dir + " has more than 4096 vCPU cgroups");
+      break;
+    }
+  }
+  ::closedir(d);
+  if (!status.ok()) return std::move(status).error();
+  if (out.empty()) return Error(ErrorCode::kNotFound, dir + " has no vcpuN cgroup");
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
+  STALLMON_TRY_VOID(check_threads_belong(proc_root, pid, out));
+  fill_thread_names(proc_root, pid, out);
+  return out;
+}
+
+Result<std::vector<VcpuThread>> vcpu_threads_without_monitor(const std::string& proc_root,
+                                                             const std::string& cgroup_root, pid_t pid,
+                                                             unsigned expected_online) {
+  auto names = vcpu_threads_from_proc(proc_root, pid);
+  auto groups = cgroup_root.empty() ? Result<std::vector<VcpuThread>>(Error(ErrorCode::kNotFound, "no cgroup root"))
+                                    : vcpu_threads_from_cgroup(proc_root, cgroup_root, pid);
+  if (!names.ok() && !groups.ok()) {
+    return std::move(names).error().context("and " + groups.error().message);
+  }
+  if (names.ok() && groups.ok()) {
+    bool same = names->size() == groups->size() &&
+                std::equal(names->begin(), names->end(), groups->begin(),
+                           [](const auto& a, const auto& b) { return a.index == b.index && a.tid == b.tid; });
+    if (!same) return Error(ErrorCode::kCorrupt, "vCPU thread names and libvirt's vCPU cgroups disagree");
+  }
+  std::vector<VcpuThread> out = names.ok() ? std::move(names).value() : std::move(groups).value();
+  if (expected_online != 0 && out.size() != expected_online) {
+    return Error(ErrorCode::kCorrupt, "found " + std::to_string(out.size()) + " vCPU threads, libvirt reports " +
+                                          std::to_string(expected_online) + " online vCPUs");
+  }
+  return out;
+}
+
 Result<void> check_threads_belong(const std::string& proc_root, pid_t pid,
                                   const std::vector<VcpuThread>& vcpus) {
   for (const auto& v : vcpus) {

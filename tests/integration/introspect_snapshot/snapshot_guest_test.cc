@@ -21,7 +21,7 @@
 #include <regex>
 #include <sstream>
 
-#include "guest_source.h"  // stallctl's virsh_hmp
+#include "subprocess.h"  // stallctl's run_command
 #include "subprocess.h"
 #include "stallmon/introspect/elf_core.h"
 #include "stallmon/introspect/kernel.h"
@@ -82,7 +82,14 @@ std::unique_ptr<Inspector> inspect(std::shared_ptr<PhysicalMemory> mem, Snapshot
 const std::vector<RamRange>& ram_layout(tb::Guest& g) {
   static std::vector<RamRange> ranges;
   if (ranges.empty()) {
-    auto r = resolve_ram_layout(stallmon::cli::virsh_hmp("qemu:///system", g.name(), 20s));
+    // The monitor's own answer (virsh HMP), independent of stallctl's and the agent's derivation.
+    std::string dom = g.name();
+    auto r = resolve_ram_layout([dom](std::string_view cmd) -> stallmon::Result<std::string> {
+      STALLMON_TRY(auto out, stallmon::cli::run_command(
+                                 {"virsh", "-c", "qemu:///system", "qemu-monitor-command", dom, "--hmp", std::string(cmd)}, 20s));
+      if (out.exit_code != 0) return stallmon::Error(stallmon::ErrorCode::kIo, "virsh: " + out.err);
+      return out.out;
+    });
     if (!r) throw tb::TestbedError("RAM layout: " + r.error().to_string());
     ranges = std::move(r).value();
   }

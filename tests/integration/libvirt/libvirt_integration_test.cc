@@ -100,6 +100,7 @@ class Recorder : public lv::DomainObserver {
 
 std::unique_ptr<lv::DomainWatcher> start_watcher(Recorder& rec) {
   lv::WatcherOptions o;
+  o.use_monitor = true;  // these tests cover the opt-in monitor path (host_layout_guest_test: the default)
   o.monitor_timeout = 3s;
   o.backoff.initial = 100ms;
   o.backoff.max = 1s;

@@ -230,5 +230,42 @@ TEST_F(FakeProc, PidFileValidatedAgainstCmdline) {
   EXPECT_FALSE(find_qemu_pid_by_uuid(root(), "99999999-2222-3333-4444-555555555555", "x").ok());
 }
 
+TEST(VcpuCgroups, ReadsLibvirtPerVcpuCgroupsAndCrossChecksNames) {
+  fs::path root = fs::temp_directory_path() / ("stallmon-cg-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::path proc = root / "proc", cg = root / "cgroup";
+  fs::path pid = proc / "700";
+  for (auto [tid, comm] : {std::pair{700, "qemu-system-x86"}, {701, "CPU 0/KVM"}, {702, "CPU 1/KVM"}}) {
+    fs::create_directories(pid / "task" / std::to_string(tid));
+    std::ofstream(pid / "task" / std::to_string(tid) / "comm") << comm << "\n";
+  }
+  const std::string scope = "/machine.slice/machine-qemu\\x2d1\\x2dg.scope";
+  std::ofstream(pid / "cgroup") << "0::" << scope << "/libvirt/emulator\n";
+  for (auto [n, tid] : {std::pair{0, 701}, {1, 702}}) {
+    fs::create_directories(cg / (scope.substr(1) + "/libvirt/vcpu" + std::to_string(n)));
+    std::ofstream(cg / (scope.substr(1) + "/libvirt/vcpu" + std::to_string(n)) / "cgroup.threads") << tid << "\n";
+  }
+  auto r = vcpu_threads_from_cgroup(proc.string(), cg.string(), 700);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_EQ(r->size(), 2u);
+  EXPECT_EQ((*r)[1].tid, 702);
+  EXPECT_EQ((*r)[1].name, "CPU 1/KVM");
+  auto both = vcpu_threads_without_monitor(proc.string(), cg.string(), 700, 2);
+  ASSERT_TRUE(both.ok()) << both.error().to_string();
+  // libvirt reports 3 online vCPUs: one is missing from the map.
+  EXPECT_FALSE(vcpu_threads_without_monitor(proc.string(), cg.string(), 700, 3).ok());
+  // Names and cgroups disagree (vCPU 1's cgroup holds another thread).
+  std::ofstream(cg / (scope.substr(1) + "/libvirt/vcpu1") / "cgroup.threads") << 700 << "\n";
+  EXPECT_FALSE(vcpu_threads_without_monitor(proc.string(), cg.string(), 700, 0).ok());
+  // Two threads in one vCPU cgroup.
+  std::ofstream(cg / (scope.substr(1) + "/libvirt/vcpu1") / "cgroup.threads") << "701\n702\n";
+  EXPECT_FALSE(vcpu_threads_from_cgroup(proc.string(), cg.string(), 700).ok());
+  // No libvirt cgroups at all (cgroup_controllers = []): names alone.
+  std::ofstream(pid / "cgroup") << "0::/\n";
+  EXPECT_EQ(vcpu_threads_from_cgroup(proc.string(), cg.string(), 700).error().code, ErrorCode::kNotFound);
+  EXPECT_TRUE(vcpu_threads_without_monitor(proc.string(), cg.string(), 700, 2).ok());
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace stallmon::libvirt

@@ -109,7 +109,9 @@ class TestDriverWatcher : public ::testing::Test {
 };
 
 TEST_F(TestDriverWatcher, DiscoversDomainWithThreadNameFallbackAndCachedLayout) {
-  DomainWatcher w(options());
+  WatcherOptions o = options();
+  o.use_monitor = true;  // the opt-in monitor path
+  DomainWatcher w(o);
   Events ev;
   w.add_observer(&ev);
   ASSERT_TRUE(w.start().ok());
@@ -151,6 +153,45 @@ TEST_F(TestDriverWatcher, DiscoversDomainWithThreadNameFallbackAndCachedLayout) 
   ASSERT_TRUE(w.wait_probes_idle(5s));
   EXPECT_EQ(resolver_calls_.load(), 1);
   w.stop();
+}
+
+// The default: no monitor command, read-only connection. The test driver's domain has no machine
+// type, so the layout is refused with the reason; thread names give the vCPUs, checked against
+// libvirt's own vCPU count; monitor passthrough is refused.
+TEST_F(TestDriverWatcher, DefaultModeUsesNoMonitor) {
+  WatcherOptions o = options();
+  DomainWatcher w(o);
+  ASSERT_TRUE(w.start().ok());
+  ASSERT_GE(w.wait_synced(0, 5s), 1u) << w.connection().reason;
+  ASSERT_TRUE(eventually([&] {
+    auto d = w.domain("test");
+    return d && !d->ram_layout_error.empty();
+  }));
+  auto d = w.domain("test");
+  EXPECT_EQ(d->vcpu_source, VcpuSource::kThreadNames);
+  EXPECT_EQ(d->vcpus.size(), 2u);
+  EXPECT_FALSE(d->ram_layout);
+  EXPECT_NE(d->ram_layout_error.find("not modelled"), std::string::npos) << d->ram_layout_error;
+  EXPECT_EQ(resolver_calls_.load(), 0);  // never asked in this mode
+  auto q = w.qmp("test", R"({"execute":"query-status"})", 1s).wait();
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.error().code, ErrorCode::kUnsupported);
+  // The tool-side one-shot gives the same view.
+  auto one = describe_domain(o, "test");
+  ASSERT_TRUE(one.ok()) << one.error().to_string();
+  EXPECT_EQ(one->qemu_pid, kFakePid);
+  EXPECT_EQ(one->vcpus.size(), 2u);
+  EXPECT_FALSE(one->ram_layout_error.empty());
+  w.stop();
+}
+
+// libvirt's vCPU count disagrees with the threads found: the map is not published as confirmed.
+TEST_F(TestDriverWatcher, VcpuCountMismatchIsReported) {
+  auto pid_dir = root_ / "proc" / std::to_string(kFakePid);
+  fs::remove_all(pid_dir / "task" / "4251");  // only one vCPU thread left; libvirt says 2
+  auto one = describe_domain(options(), "test");
+  ASSERT_TRUE(one.ok()) << one.error().to_string();
+  EXPECT_TRUE(one->vcpus.empty());
 }
 
 TEST_F(TestDriverWatcher, FollowsLifecycleEvents) {

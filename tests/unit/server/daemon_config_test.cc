@@ -34,7 +34,7 @@ TEST(DaemonConfig, ExampleFileListsEveryKeyWithItsDefault) {
 
 TEST(DaemonConfig, EveryKeyRoundTrips) {
   const char* text = R"(
-libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms}
+libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms, use_monitor: true}
 domains: {include: ["web-*", "0b7c-uuid"]}
 sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m, read_host_stacks: false}
 diagnosis: {host_blocked_min: 1s, starved_fraction: 0.9, ipi_stall_min: 250ms, idle_pending_min: 750ms,
@@ -53,6 +53,8 @@ systemd: {watchdog_max_tick_age: 1m}
   ASSERT_TRUE(c.ok()) << c.error().to_string();
   EXPECT_EQ(c->libvirt_uri, "qemu+ssh://h/system");
   EXPECT_EQ(c->monitor_timeout, 1500ms);
+  EXPECT_TRUE(c->use_monitor);
+  EXPECT_FALSE(DaemonConfig{}.use_monitor);  // no monitor command unless asked for
   EXPECT_EQ(c->domains, (std::vector<std::string>{"web-*", "0b7c-uuid"}));
   EXPECT_EQ(c->sample_interval, 50ms);
   EXPECT_FALSE(c->introspection);

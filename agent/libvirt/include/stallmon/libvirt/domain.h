@@ -63,6 +63,9 @@ struct DomainInfo {
   // mapping does not change while the qemu process lives. nullptr until resolved.
   std::shared_ptr<const std::vector<introspect::RamRange>> ram_layout;
   std::string ram_layout_error;  // why the last attempt failed, empty if it did not
+  // How the layout was obtained and checked, e.g. "host maps + domain XML (memfd); readable; low
+  // RAM holds the BIOS interrupt vector table" or "monitor (info mtree, gpa2hva)".
+  std::string ram_layout_source;
 
   MonitorHealth monitor;
   // Bumped whenever qemu_pid, vcpus or ram_layout change, so consumers can cheaply tell that they

@@ -68,9 +68,32 @@ struct WatcherOptions {
   unsigned keepalive_count = 3;
   BackoffPolicy backoff;
 
-  // Empty: the RAM layout is not resolved (DomainInfo::ram_layout stays null).
+  // false (default): no QEMU monitor command ever, and a read-only libvirt connection
+  // (virConnectOpenReadOnly). vCPU threads come from thread names and libvirt's per-vCPU
+  // cgroups, checked against libvirt's online vCPU count; the RAM layout from the live domain
+  // XML and /proc/PID/maps (host_layout.h), validated against guest memory, re-derived every
+  // `layout_recheck` and on hotplug/reboot events. One connection serves all domains and no
+  // per-domain monitor thread exists. qmp()/hmp() return kUnsupported.
+  // true: the opt-in fallback. QMP query-cpus-fast and `ram_layout_resolver` over HMP on a
+  // read-write connection per domain. libvirt marks every domain it is used on as tainted
+  // ("Domain id=N is tainted: custom-monitor" in its log), and each command takes the
+  // domain's job lock.
+  bool use_monitor = false;
+  std::string cgroup_root = "/sys/fs/cgroup";  // where libvirt's per-vCPU cgroups are seen
+  std::chrono::milliseconds layout_recheck{10'000};
+
+  // use_monitor only. Empty: the RAM layout is not resolved (DomainInfo::ram_layout stays null).
   RamLayoutResolver ram_layout_resolver;
 };
+
+// One-shot, for tools (stallctl inspect --domain, ram-layout): what the watcher would publish for
+// one running domain, without a monitor command. Opens a read-only connection to options.uri,
+// looks the domain up (uuid or name), takes the qemu pid from libvirt's pid file checked
+// against /proc (as the watcher does), the vCPU threads, and the RAM layout from the live XML
+// and /proc/PID/maps, validated against guest memory. ram_layout stays null with
+// ram_layout_error set when the layout cannot be derived; the call fails only when the domain
+// cannot be found or is not running.
+Result<DomainInfo> describe_domain(const WatcherOptions& options, std::string_view uuid_or_name);
 
 class DomainWatcher {
  public:
@@ -104,7 +127,7 @@ class DomainWatcher {
   ConnectionStatus connection() const;
 
   // Runs a QMP command (JSON text) / HMP command line on the domain's monitor worker and returns
-  // the raw reply. The PendingCall never blocks past `timeout`; a missed deadline marks the domain
+  // the raw reply (use_monitor only: kUnsupported otherwise). The PendingCall never blocks past `timeout`; a missed deadline marks the domain
   // unresponsive, and while it is, calls are rejected at once (kTimeout). kNotFound for an unknown
   // domain.
   PendingCall<std::string> qmp(std::string_view uuid_or_name, std::string command_json,

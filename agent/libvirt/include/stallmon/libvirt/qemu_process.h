@@ -38,6 +38,25 @@ Result<std::vector<VcpuThread>> vcpu_threads_from_proc(const std::string& proc_r
 // comm cannot be read keep an empty name. Returns how many names were filled.
 size_t fill_thread_names(const std::string& proc_root, pid_t pid, std::vector<VcpuThread>& vcpus);
 
+// libvirt's per-vCPU cgroups (when it runs the domain in cgroups): the qemu process sits in
+// .../libvirt/emulator (PROC/PID/cgroup), and vCPU n's thread in the sibling .../libvirt/vcpuN
+// (cgroup.threads on v2, tasks on v1; CGROUP_ROOT is where the hierarchies are mounted, e.g.
+// /sys/fs/cgroup). kNotFound when the domain has no per-vCPU cgroups (cgroup_controllers = []),
+// kCorrupt when a vCPU cgroup holds other than exactly one thread of PID.
+Result<std::vector<VcpuThread>> vcpu_threads_from_cgroup(const std::string& proc_root,
+                                                         const std::string& cgroup_root, pid_t pid);
+
+// The vCPU map without any monitor: thread names, cross-checked with the per-vCPU cgroups when
+// libvirt made them (both sources must agree), and with `expected_online` (libvirt's count of
+// online vCPUs; 0 = unknown). A count that differs is kCorrupt: a map that misses a vCPU would
+// make a frozen one invisible.
+Result<std::vector<VcpuThread>> vcpu_threads_without_monitor(const std::string& proc_root,
+                                                             const std::string& cgroup_root, pid_t pid,
+                                                             unsigned expected_online);
+
+// Reads a small /proc (or run-dir) file whole, at most `limit` bytes (kLimit past that).
+Result<std::string> read_proc_text(const std::string& path, size_t limit);
+
 // Checks that every tid is a thread of PID (PROC/PID/task/TID exists).
 Result<void> check_threads_belong(const std::string& proc_root, pid_t pid,
                                   const std::vector<VcpuThread>& vcpus);
