@@ -53,19 +53,19 @@ struct task_struct___old {
 } __attribute__((preserve_access_index));
 
 static __always_inline __u32 task_cpu(struct task_struct *t) {
-  if (bpf_core_field_exists(t->thread_info.cpu)) return BPF_CORE_READ(t, thread_info.cpu);
+  if (bpf_core_field_exists(t->thread_info.cpu)) return t->thread_info.cpu;
   struct task_struct___old *old = (void *)t;
   return BPF_CORE_READ(old, cpu);
 }
 
 static __always_inline __u64 task_start_boottime(struct task_struct *t) {
-  if (bpf_core_field_exists(t->start_boottime)) return BPF_CORE_READ(t, start_boottime);
+  if (bpf_core_field_exists(t->start_boottime)) return t->start_boottime;
   struct task_struct___old *old = (void *)t;
   return BPF_CORE_READ(old, real_start_time);
 }
 
 static __always_inline __u32 task_state_raw(struct task_struct *t) {
-  if (bpf_core_field_exists(t->__state)) return BPF_CORE_READ(t, __state);
+  if (bpf_core_field_exists(t->__state)) return t->__state;
   struct task_struct___pre514 *old = (void *)t;
   return (__u32)BPF_CORE_READ(old, state);
 }
@@ -102,7 +102,8 @@ int stallmon_task_stats(struct bpf_iter__task *ctx) {
   r->nvcsw = task->nvcsw;
   r->nivcsw = task->nivcsw;
   r->start_boottime_ns = task_start_boottime(task);
-  bpf_probe_read_kernel_str(r->comm, sizeof r->comm, task->comm);
+  // Direct loads from the trusted task pointer: cheaper than a probe_read per field.
+  __builtin_memcpy(r->comm, task->comm, sizeof r->comm);
   r->stack_bytes = 0;
 
   __u32 report = stallmon_report_state(r->state, r->exit_state);

@@ -113,6 +113,9 @@ class PipeSleeper {
 BpfThreadStatSource::BpfThreadStatSource(const StatSourceOptions& opts) : opts_(opts) {}
 
 BpfThreadStatSource::~BpfThreadStatSource() {
+  for (auto& [tgid, link] : watched_) {
+    if (link) bpf_link__destroy(link);
+  }
   if (link_) bpf_link__destroy(link_);
   if (skel_) task_stats::destroy(skel_);
 }
@@ -139,12 +142,30 @@ Result<std::unique_ptr<BpfThreadStatSource>> BpfThreadStatSource::open(
   }
   s->skel_->data->stack_interval_ns = static_cast<__u64>(opts.stack_interval_ns);
   s->skel_->bss->stack_state_mask = state_mask(opts.stack_states);
-  s->link_ = bpf_program__attach_iter(s->skel_->progs.stallmon_task_stats, nullptr);
-  if (!s->link_) {
-    return Error(ErrorCode::kUnsupported, "attaching the task iterator: " + errno_text(errno));
+  // A walk of one process's threads skips every other task of the host (no pid lookups for
+  // them): used when the kernel takes a pid parameter, detected by attaching one for ourselves.
+  if (bpf_link* probe = s->attach_process(static_cast<int32_t>(getpid()))) {
+    bpf_link__destroy(probe);
+    s->per_process_ = true;
+  } else {
+    s->link_ = bpf_program__attach_iter(s->skel_->progs.stallmon_task_stats, nullptr);
+    if (!s->link_) {
+      return Error(ErrorCode::kUnsupported, "attaching the task iterator: " + errno_text(errno));
+    }
   }
   STALLMON_TRY_VOID(s->self_check());
   return s;
+}
+
+bpf_link* BpfThreadStatSource::attach_process(int32_t tgid) {
+  union bpf_iter_link_info info;
+  std::memset(&info, 0, sizeof info);
+  info.task.pid = static_cast<__u32>(tgid);
+  bpf_iter_attach_opts o{};
+  o.sz = sizeof o;
+  o.link_info = &info;
+  o.link_info_len = sizeof info;
+  return bpf_program__attach_iter(skel_->progs.stallmon_task_stats, &o);
 }
 
 Result<void> BpfThreadStatSource::watch(int32_t tgid) {
@@ -161,29 +182,35 @@ Result<void> BpfThreadStatSource::watch(int32_t tgid) {
                            BPF_ANY) != 0) {
     return Error::io("adding tgid " + std::to_string(tgid) + " to the BPF map", errno);
   }
-  watched_.insert(tgid);
+  bpf_link* link = nullptr;
+  if (per_process_) {
+    link = attach_process(tgid);
+    if (!link) {
+      int e = errno;
+      bpf_map__delete_elem(skel_->maps.watched_tgids, &key, sizeof key, 0);
+      // ESRCH: no such process (any more).
+      return Error::io("attaching a task iterator to process " + std::to_string(tgid), e);
+    }
+  }
+  watched_.emplace(tgid, link);
   return Ok();
 }
 
 void BpfThreadStatSource::unwatch(int32_t tgid) {
   std::lock_guard<std::mutex> lk(watch_mu_);
-  if (!watched_.erase(tgid)) return;
+  auto it = watched_.find(tgid);
+  if (it == watched_.end()) return;
+  if (it->second) bpf_link__destroy(it->second);
+  watched_.erase(it);
   __u32 key = static_cast<__u32>(tgid);
   bpf_map__delete_elem(skel_->maps.watched_tgids, &key, sizeof key, 0);
 }
 
-Result<void> BpfThreadStatSource::run_pass(ThreadStatPass& out) {
-  {
-    std::lock_guard<std::mutex> lk(watch_mu_);
-    out.watched.assign(watched_.begin(), watched_.end());
-  }
-  skel_->bss->pass_now_ns = static_cast<__u64>(monotonic_ns());
-  int fd = bpf_iter_create(bpf_link__fd(link_));
+Result<void> BpfThreadStatSource::read_iterator(bpf_link* link, size_t& used) {
+  int fd = bpf_iter_create(bpf_link__fd(link));
   if (fd < 0) return Error::io("creating a task iterator", errno);
-  size_t used = 0;
-  if (buf_.size() < 65536) buf_.resize(65536);
   for (;;) {
-    if (buf_.size() - used < 8192) buf_.resize(buf_.size() * 2);
+    if (buf_.size() - used < 8192) buf_.resize(std::max<size_t>(65536, buf_.size() * 2));
     ssize_t n = read(fd, buf_.data() + used, buf_.size() - used);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
@@ -196,6 +223,20 @@ Result<void> BpfThreadStatSource::run_pass(ThreadStatPass& out) {
     used += static_cast<size_t>(n);
   }
   close(fd);
+  return Ok();
+}
+
+Result<void> BpfThreadStatSource::run_pass(ThreadStatPass& out) {
+  std::lock_guard<std::mutex> lk(watch_mu_);
+  out.watched.clear();
+  for (auto& [tgid, link] : watched_) out.watched.push_back(tgid);
+  skel_->bss->pass_now_ns = static_cast<__u64>(monotonic_ns());
+  size_t used = 0;
+  if (per_process_) {
+    for (auto& [tgid, link] : watched_) STALLMON_TRY_VOID(read_iterator(link, used));
+  } else {
+    STALLMON_TRY_VOID(read_iterator(link_, used));
+  }
 
   out.threads.clear();
   out.frames.clear();
@@ -300,8 +341,9 @@ Result<void> BpfThreadStatSource::self_check() {
 std::string BpfThreadStatSource::description() const {
   utsname u{};
   uname(&u);
-  return "one BPF task-iterator pass per period (kernel " + std::string(u.release) +
-         ", CO-RE); " + notes_;
+  return std::string("one BPF task-iterator pass per period, ") +
+         (per_process_ ? "an iterator per watched process" : "one walk of every host task") +
+         " (kernel " + u.release + ", CO-RE); " + notes_;
 }
 
 bool bpf_source_built() { return true; }

@@ -4,7 +4,7 @@
 
 #include <memory>
 #include <mutex>
-#include <set>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -36,12 +36,16 @@ class BpfThreadStatSource final : public ThreadStatSource {
  private:
   explicit BpfThreadStatSource(const StatSourceOptions& opts);
   Result<void> self_check();
+  // Per-process iterator for tgid (kernels with parameterized task iterators, 6.1+), or nullptr.
+  bpf_link* attach_process(int32_t tgid);
+  Result<void> read_iterator(bpf_link* link, size_t& used);
 
   StatSourceOptions opts_;
   task_stats* skel_ = nullptr;
-  bpf_link* link_ = nullptr;
-  std::mutex watch_mu_;
-  std::set<int32_t> watched_;
+  bpf_link* link_ = nullptr;  // every task of the host (when per-process iterators are missing)
+  bool per_process_ = false;  // one iterator per watched process instead of one host-wide walk
+  std::mutex watch_mu_;       // held through a pass: a link is never destroyed while read
+  std::map<int32_t, bpf_link*> watched_;  // tgid → its iterator (per_process_) or nullptr
   std::vector<char> buf_;  // the iterator's output of one pass (grows, kept across passes)
   std::string notes_;
 };

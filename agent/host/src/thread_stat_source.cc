@@ -198,9 +198,13 @@ Result<std::shared_ptr<const ThreadStatPass>> ThreadStatSource::collect(int64_t 
   auto pass = std::make_shared<ThreadStatPass>();
   pass->t_ns = now_ns;
   STALLMON_TRY_VOID(run_pass(*pass));
-  std::sort(pass->threads.begin(), pass->threads.end(), [](const ThreadStat& a, const ThreadStat& b) {
+  auto by_id = [](const ThreadStat& a, const ThreadStat& b) {
     return a.tgid != b.tgid ? a.tgid < b.tgid : a.tid < b.tid;
-  });
+  };
+  // The kernel walks tasks in pid order, so a pass over one process arrives sorted.
+  if (!std::is_sorted(pass->threads.begin(), pass->threads.end(), by_id)) {
+    std::sort(pass->threads.begin(), pass->threads.end(), by_id);
+  }
   std::sort(pass->watched.begin(), pass->watched.end());
   pass->generation = ++generation_;
   latest_ = pass;
