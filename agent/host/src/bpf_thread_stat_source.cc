@@ -144,7 +144,9 @@ Result<std::unique_ptr<BpfThreadStatSource>> BpfThreadStatSource::open(
   s->skel_->bss->stack_state_mask = state_mask(opts.stack_states);
   // A walk of one process's threads skips every other task of the host (no pid lookups for
   // them): used when the kernel takes a pid parameter, detected by attaching one for ourselves.
-  if (bpf_link* probe = s->attach_process(static_cast<int32_t>(getpid()))) {
+  bpf_link* probe =
+      opts.per_process_iterators ? s->attach_process(static_cast<int32_t>(getpid())) : nullptr;
+  if (probe) {
     bpf_link__destroy(probe);
     s->per_process_ = true;
   } else {

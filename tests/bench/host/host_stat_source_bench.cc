@@ -6,6 +6,7 @@
 //           once a second: the fallback, as the daemon runs it)
 //   path:1  ThreadStatSource::collect() alone: one kernel pass for the watched process
 //   path:2  ProcessSampler::sample_once() fed by a pass per tick (pass + filling the samples)
+//   path:3  as path:1, but one walk of every host task (kernels without per-process iterators)
 //
 // "per_thread" is CPU time (user + system of the benchmark thread: the pass runs inside its
 // read() of the iterator) divided by the threads sampled. The BPF pass walks every task of the
@@ -27,12 +28,14 @@ namespace {
 
 using bench::SleepingThreads;
 
-ThreadStatSource* bpf_source() {
-  static std::unique_ptr<ThreadStatSource> src = [] {
-    StatSourceChoice c = choose_thread_stat_source();
-    return std::move(c.source);
-  }();
-  return src.get();
+ThreadStatSource* bpf_source(bool per_process) {
+  auto open = [](bool pp) {
+    StatSourceOptions o;
+    o.per_process_iterators = pp;
+    return choose_thread_stat_source(o).source;
+  };
+  static std::unique_ptr<ThreadStatSource> per = open(true), wide = open(false);
+  return per_process ? per.get() : wide.get();
 }
 
 size_t host_tasks() {
@@ -63,7 +66,7 @@ void BM_ThreadStats(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
   const int path = static_cast<int>(state.range(1));
   raise_fd_limit();
-  ThreadStatSource* src = path == 0 ? nullptr : bpf_source();
+  ThreadStatSource* src = path == 0 ? nullptr : bpf_source(path != 3);
   if (path != 0 && !src) {
     state.SkipWithError("no BPF source (needs root and a build with BPF)");
     return;
@@ -77,13 +80,14 @@ void BM_ThreadStats(benchmark::State& state) {
   opts.pass_max_age_ns = 0;  // a pass per tick
   ProcessSampler sampler(fs, clock, getpid(), threads.as_vcpus(), opts);
   if (path == 2) sampler.set_stat_source(src);
-  if (path == 1 && !src->watch(getpid()).ok()) {
+  const bool pass_only = path == 1 || path == 3;
+  if (pass_only && !src->watch(getpid()).ok()) {
     state.SkipWithError("watch failed");
     return;
   }
   if (!sampler.sample_once().ok()) state.SkipWithError("first sample failed");
   for (auto _ : state) {
-    if (path == 1) {
+    if (pass_only) {
       auto p = src->collect(clock.now_ns());
       benchmark::DoNotOptimize(p);
     } else {
@@ -91,18 +95,18 @@ void BM_ThreadStats(benchmark::State& state) {
       benchmark::DoNotOptimize(r);
     }
   }
-  if (path == 1) src->unwatch(getpid());
+  if (pass_only) src->unwatch(getpid());
   if (path == 2 && sampler.source_errors() != 0) state.SkipWithError("pass errors");
   state.counters["threads"] = n;
   state.counters["host_tasks"] = static_cast<double>(host_tasks());
   state.counters["per_thread"] = benchmark::Counter(
       static_cast<double>(n),
       benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
-  static const char* const kPaths[] = {"proc", "bpf-pass", "bpf-sampler"};
+  static const char* const kPaths[] = {"proc", "bpf-pass", "bpf-sampler", "bpf-pass-host-wide"};
   state.SetLabel(kPaths[path]);
 }
 BENCHMARK(BM_ThreadStats)
-    ->ArgsProduct({{16, 256, 4096}, {0, 1, 2}})
+    ->ArgsProduct({{16, 256, 4096}, {0, 1, 2, 3}})
     ->ArgNames({"threads", "path"})
     ->Unit(benchmark::kMicrosecond);
 

@@ -245,10 +245,12 @@ class KnownThreads {
   std::thread sleeper_, runner_, reader_, vforker_;
 };
 
-std::unique_ptr<ThreadStatSource> bpf_or_skip() {
+std::unique_ptr<ThreadStatSource> bpf_or_skip(bool per_process = true) {
   if (!bpf_source_built()) return nullptr;
   if (geteuid() != 0) return nullptr;
-  StatSourceChoice c = choose_thread_stat_source();
+  StatSourceOptions o;
+  o.per_process_iterators = per_process;
+  StatSourceChoice c = choose_thread_stat_source(o);
   EXPECT_EQ(c.kind, "bpf-task-iter") << "root, BPF built in, yet: " << c.reason;
   return std::move(c.source);
 }
@@ -290,8 +292,18 @@ void expect_same_as_proc(const ThreadStat& b, const ProcView& p, ThreadStatSourc
   }
 }
 
-TEST(BpfThreadStatSource, SameFieldsAsProcForThreadsInKnownStates) {
-  auto src = bpf_or_skip();
+// Both ways of walking: an iterator per process, and one walk of every host task.
+class BpfWalk : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(BpfThreadStatSource, BpfWalk, ::testing::Values(true, false),
+                         [](const auto& p) { return p.param ? "PerProcess" : "HostWide"; });
+
+TEST_P(BpfWalk, SameFieldsAsProcForThreadsInKnownStates) {
+  auto src = bpf_or_skip(GetParam());
+  if (src) {
+    EXPECT_NE(src->description().find(GetParam() ? "per watched process" : "every host task"),
+              std::string::npos)
+        << src->description();
+  }
   SKIP_WITHOUT_BPF(src);
   KnownThreads k;
   const pid_t self = getpid();

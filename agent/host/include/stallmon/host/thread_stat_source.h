@@ -141,6 +141,9 @@ struct StatSourceOptions {
   // what the /proc sampler reads wchan and stack for.
   std::string stack_states = "DTt";
   int64_t stack_interval_ns = 1'000'000'000;
+  // One iterator per watched process when the kernel supports it (6.1+): a pass then never
+  // touches the host's other tasks. false: always one walk of every task (tests, benchmarks).
+  bool per_process_iterators = true;
 };
 
 struct StatSourceChoice {
