@@ -25,6 +25,9 @@ build_deps=(
   libgrpc++-dev libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libyaml-cpp-dev libcli11-dev libcpp-httplib-dev nlohmann-json3-dev libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # The BPF task-iterator sampler: clang -target bpf, llvm-strip, bpftool (vmlinux.h and the
+  # skeleton). Without them the build compiles the BPF sampler out and uses /proc.
+  clang llvm bpftool
 )
 runtime_deps=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
@@ -34,7 +37,7 @@ runtime_deps=(
 test_deps=(
   busybox-static cpio zstd xz-utils kmod
   linux-headers-amd64
-  bpftool prometheus prometheus-alertmanager
+  prometheus prometheus-alertmanager
   python3 curl iproute2 procps psmisc openssl
 )
 

@@ -228,7 +228,22 @@ Result<ThreadSample> ThreadSampler::read_once(int64_t now_ns) {
   s.involuntary_switches = static_cast<uint32_t>(last_status_.nonvoluntary_ctxt_switches);
   if (last_status_.tracer_pid != 0) s.flags |= ThreadSample::kTraced;
 
+  read_cgroup_stat(s);
+  finish_sample(s);
+  return s;
+}
+
+void ThreadSampler::finish_sample(ThreadSample& s) {
+  if (!started_) {
+    started_ = true;
+    s.flags |= ThreadSample::kFirst;
+  }
+  last_run_ns_ = s.run_ns;
+}
+
+void ThreadSampler::read_cgroup_stat(ThreadSample& s) {
   if (cgroup_fd_ >= 0) {
+    char buf[kSmallBuf];
     Result<std::string_view> text = read_into(fs_, cgroup_fd_, buf, sizeof buf);
     Result<CgroupCpuStat> cs = Error(ErrorCode::kNotFound, "");
     if (text.ok()) {
@@ -247,12 +262,46 @@ Result<ThreadSample> ThreadSampler::read_once(int64_t now_ns) {
       close_fd(fs_, cgroup_fd_);
     }
   }
+}
 
-  if (!started_) {
-    started_ = true;
-    s.flags |= ThreadSample::kFirst;
+Result<ThreadSample> ThreadSampler::sample_from(const ThreadStat& st, const ThreadStatPass& pass,
+                                                ThreadStatSource& source) {
+  if (reused_) return gone_error(dir_ + ": tid reused");
+  if (started_ && st.starttime_ticks() != starttime_) {
+    reused_ = true;
+    close();
+    return gone_error(dir_ + ": tid reused");
   }
-  last_run_ns_ = s.run_ns;
+  ThreadSample s;
+  s.t_ns = pass.t_ns;
+  s.state = st.state;
+  s.cpu = static_cast<int16_t>(std::clamp<int32_t>(st.cpu, -1, INT16_MAX));
+  s.run_ns = st.run_ns;
+  s.wait_ns = st.wait_ns;
+  s.timeslices = static_cast<uint32_t>(st.timeslices);
+  // stat's utime + stime are sum_exec_runtime split by tick accounting and rounded: the sum
+  // is run_ns in clock ticks (within a tick of /proc's figure).
+  s.cpu_ticks = static_cast<uint32_t>(st.run_ns / static_cast<uint64_t>(ns_per_tick()));
+  s.voluntary_switches = static_cast<uint32_t>(st.voluntary_switches);
+  s.involuntary_switches = static_cast<uint32_t>(st.involuntary_switches);
+  s.flags |= ThreadSample::kHasSchedstat | ThreadSample::kHasStatus;
+  if (st.traced) s.flags |= ThreadSample::kTraced;
+  if (!started_) starttime_ = st.starttime_ticks();
+  if (comm_ != st.comm) comm_ = st.comm;
+  last_stat_ns_ = s.t_ns;
+  last_cpu_ = s.cpu;
+  last_ticks_ = s.cpu_ticks;
+  read_cgroup_stat(s);
+  finish_sample(s);
+  if (st.stack_read) {
+    std::span<const uint64_t> stack = pass.stack(st);
+    detail_.t_ns = s.t_ns;
+    detail_.state = st.state;
+    detail_.wchan = source.wchan(stack);
+    detail_.stack.clear();
+    if (opts_.read_stacks) detail_.stack = source.frames(stack);
+    detail_.stack_errno = st.stack_error ? EIO : 0;
+  }
   return s;
 }
 
@@ -296,6 +345,22 @@ ProcessSampler::ProcessSampler(HostFs& fs, Clock& clock, int32_t pid,
   set_vcpu_threads(vcpu_tids);
 }
 
+ProcessSampler::~ProcessSampler() { set_stat_source(nullptr); }
+
+void ProcessSampler::set_stat_source(ThreadStatSource* source) {
+  if (source_ == source) return;
+  if (source_) source_->unwatch(pid_);
+  source_ = nullptr;
+  if (source) {
+    if (Result<void> r = source->watch(pid_); !r.ok()) {
+      ++source_errors_;
+      last_source_error_ = std::move(r).error();
+      return;  // stays on /proc
+    }
+    source_ = source;
+  }
+}
+
 void ProcessSampler::set_vcpu_threads(const std::map<int32_t, int32_t>& vcpu_tids) {
   for (auto it = vcpus_.begin(); it != vcpus_.end();) {
     it = vcpu_tids.count(it->first) ? std::next(it) : vcpus_.erase(it);
@@ -319,11 +384,28 @@ void ProcessSampler::set_vcpu_threads(const std::map<int32_t, int32_t>& vcpu_tid
   enumerated_ = false;
 }
 
-Result<void> ProcessSampler::enumerate(int64_t now_ns) {
+Result<void> ProcessSampler::enumerate(int64_t now_ns, const ThreadStatPass* pass) {
   last_enumerate_ns_ = now_ns;
   enumerated_ = true;
   const std::string proc_dir = opts_.proc_root + "/" + std::to_string(pid_);
   const std::string task_dir = proc_dir + "/task";
+  std::set<int32_t> listed;
+  if (pass) {
+    std::span<const ThreadStat> mine = pass->threads_of(pid_);
+    if (mine.empty()) return mark_gone("exited");
+    if (const ThreadStat* leader = pass->find(pid_, pid_)) {
+      if (!process_starttime_) process_starttime_ = leader->starttime_ticks();
+      if (*process_starttime_ != leader->starttime_ticks()) return mark_gone("exited (pid reused)");
+    }
+    for (const ThreadStat& t : mine) listed.insert(t.tid);
+  } else {
+    STALLMON_TRY_VOID(list_threads(proc_dir, task_dir, listed));
+  }
+  return adopt_threads(listed, task_dir);
+}
+
+Result<void> ProcessSampler::list_threads(const std::string& proc_dir, const std::string& task_dir,
+                                          std::set<int32_t>& listed) {
   // The process's starttime tells a pid reused by another process (after qemu exited between
   // two listings) from the qemu first seen: otherwise its threads would be adopted as qemu's.
   Result<std::string> stat_text = read_whole(fs_, proc_dir + "/stat", 1024);
@@ -340,7 +422,6 @@ Result<void> ProcessSampler::enumerate(int64_t now_ns) {
     if (!is_gone(names.error())) return std::move(names).error().context("listing threads");
     return mark_gone("exited");
   }
-  std::set<int32_t> listed;
   for (const std::string& n : *names) {
     int32_t tid = 0;
     if (n.empty() || n.size() > 10 || n.find_first_not_of("0123456789") != std::string::npos) {
@@ -349,7 +430,11 @@ Result<void> ProcessSampler::enumerate(int64_t now_ns) {
     tid = static_cast<int32_t>(std::stol(n));
     listed.insert(tid);
   }
+  return Ok();
+}
 
+Result<void> ProcessSampler::adopt_threads(const std::set<int32_t>& listed,
+                                           const std::string& task_dir) {
   std::set<int32_t> vcpu_tids;
   for (auto& [i, t] : vcpus_) {
     vcpu_tids.insert(t->tid_);
@@ -396,7 +481,22 @@ Error ProcessSampler::mark_gone(const std::string& why) {
 }
 
 void ProcessSampler::sample_thread(TrackedThread& t) {
-  Result<ThreadSample> s = t.sampler_->sample(clock_.now_ns());
+  record(t, t.sampler_->sample(clock_.now_ns()));
+}
+
+void ProcessSampler::sample_thread_from(TrackedThread& t, const ThreadStatPass& pass) {
+  // A pass shared with an earlier tick of this process has nothing new.
+  if (!t.history_.empty() && t.history_.newest().t_ns >= pass.t_ns) return;
+  const ThreadStat* st = pass.find(pid_, t.tid_);
+  if (!st) {
+    t.present_ = false;  // not in the kernel's task list: exited
+    t.sampler_->close();
+    return;
+  }
+  record(t, t.sampler_->sample_from(*st, pass, *source_));
+}
+
+void ProcessSampler::record(TrackedThread& t, Result<ThreadSample> s) {
   if (!s.ok()) {
     if (is_gone(s.error())) {
       t.present_ = false;
@@ -411,12 +511,35 @@ void ProcessSampler::sample_thread(TrackedThread& t) {
   t.tracker_.observe(*s);
 }
 
+Result<void> ProcessSampler::sample_from_pass(const ThreadStatPass& pass, int64_t now_ns) {
+  if (!enumerated_ || now_ns - last_enumerate_ns_ >= opts_.enumerate_interval_ns) {
+    STALLMON_TRY_VOID(enumerate(now_ns, &pass));
+  }
+  for (auto& [i, t] : vcpus_) {
+    if (t->present_) sample_thread_from(*t, pass);
+  }
+  for (auto it = threads_.begin(); it != threads_.end();) {
+    sample_thread_from(*it->second, pass);
+    it = it->second->present_ ? std::next(it) : threads_.erase(it);
+  }
+  return Ok();
+}
+
 Result<void> ProcessSampler::sample_once() {
   if (gone_) return gone_error("process " + std::to_string(pid_) + " exited");
   ++ticks_;
   int64_t now = clock_.now_ns();
+  if (source_) {
+    auto pass = source_->fresh(now, opts_.pass_max_age_ns);
+    // A pass from before this process was watched does not cover it.
+    if (pass.ok() && !(*pass)->was_watched(pid_)) pass = source_->collect(now);
+    if (pass.ok()) return sample_from_pass(**pass, now);
+    ++source_errors_;
+    last_source_error_ = std::move(pass).error();
+    // This tick reads /proc instead.
+  }
   if (!enumerated_ || now - last_enumerate_ns_ >= opts_.enumerate_interval_ns) {
-    STALLMON_TRY_VOID(enumerate(now));
+    STALLMON_TRY_VOID(enumerate(now, nullptr));
   }
   for (auto& [i, t] : vcpus_) {
     if (t->present_) sample_thread(*t);

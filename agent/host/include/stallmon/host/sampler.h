@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "stallmon/host/history.h"
 #include "stallmon/host/host_fs.h"
 #include "stallmon/host/proc_parse.h"
+#include "stallmon/host/thread_stat_source.h"
 
 namespace stallmon::host {
 
@@ -51,6 +53,9 @@ struct SamplerOptions {
   size_t thread_history = 20;      // samples per other thread: 2 s at 10 Hz
   size_t max_threads = 1024;       // other threads tracked per process (bounds memory)
   int64_t signal_window_ns = 1'000'000'000;  // default window for signals()
+  // With a ThreadStatSource: a pass younger than this is reused instead of running another
+  // (half the 10 Hz period: every domain ticking in the same period shares one pass).
+  int64_t pass_max_age_ns = 50'000'000;
 };
 
 // What a thread in D, T or t was waiting on, read at most once per detail_interval_ns.
@@ -79,6 +84,12 @@ class ThreadSampler {
   // anything else, after one reopen-and-retry. The first sample (and only it) carries kFirst.
   Result<ThreadSample> sample(int64_t now_ns);
 
+  // The same sample from a ThreadStatSource pass instead of the thread's /proc files (the
+  // cgroup's cpu.stat is still read when the thread has its own cgroup). t_ns is the pass's
+  // time. The blocked detail comes from the pass's stack when it has one for this thread.
+  Result<ThreadSample> sample_from(const ThreadStat& st, const ThreadStatPass& pass,
+                                   ThreadStatSource& source);
+
   // Re-reads the thread's cgroup membership. The thread has its own cgroup when its cpu cgroup
   // differs from the process's (libvirt's .../vcpuN, or a cgroup a test moved it into).
   void refresh_cgroup(const CpuCgroup& process_cgroup);
@@ -99,6 +110,8 @@ class ThreadSampler {
   Result<void> open_files();
   Result<ThreadSample> read_once(int64_t now_ns);
   void read_detail(int64_t now_ns, char state);
+  void read_cgroup_stat(ThreadSample& s);
+  void finish_sample(ThreadSample& s);
 
   HostFs& fs_;
   const SamplerOptions& opts_;
@@ -168,6 +181,16 @@ class ProcessSampler {
   // The threads it tracks point at its options: not copyable or movable.
   ProcessSampler(const ProcessSampler&) = delete;
   ProcessSampler& operator=(const ProcessSampler&) = delete;
+  ~ProcessSampler();
+
+  // Takes per-thread statistics from source's passes instead of reading /proc per thread
+  // (nullptr: back to /proc). Watches pid() in the source (and unwatches it on destruction or
+  // when replaced). A tick whose pass fails falls back to /proc for that tick and counts it in
+  // source_errors(). The source must outlive the sampler.
+  void set_stat_source(ThreadStatSource* source);
+  ThreadStatSource* stat_source() const { return source_; }
+  uint64_t source_errors() const { return source_errors_; }
+  const Error& last_source_error() const { return last_source_error_; }
 
   // Replaces the vCPU map. A vCPU whose tid changed keeps its history; its next sample starts a
   // new baseline (kFirst). vCPUs no longer in the map are dropped.
@@ -203,9 +226,16 @@ class ProcessSampler {
   size_t memory_bytes() const;
 
  private:
-  Result<void> enumerate(int64_t now_ns);
+  // pass: list the threads from it instead of /proc/PID/task.
+  Result<void> enumerate(int64_t now_ns, const ThreadStatPass* pass);
+  Result<void> list_threads(const std::string& proc_dir, const std::string& task_dir,
+                            std::set<int32_t>& listed);
+  Result<void> adopt_threads(const std::set<int32_t>& listed, const std::string& task_dir);
   Error mark_gone(const std::string& why);
   void sample_thread(TrackedThread& t);
+  void sample_thread_from(TrackedThread& t, const ThreadStatPass& pass);
+  void record(TrackedThread& t, Result<ThreadSample> s);
+  Result<void> sample_from_pass(const ThreadStatPass& pass, int64_t now_ns);
 
   HostFs& fs_;
   Clock& clock_;
@@ -218,6 +248,9 @@ class ProcessSampler {
   bool gone_ = false;
   std::optional<uint64_t> process_starttime_;
   uint64_t ticks_ = 0;
+  ThreadStatSource* source_ = nullptr;
+  uint64_t source_errors_ = 0;
+  Error last_source_error_;
 };
 
 }  // namespace stallmon::host
