@@ -104,6 +104,12 @@ PostableAlert alert_from_finding(const diagnosis::Finding& f, const AlertOptions
   a.annotations["evidence"] = cut(utf8(ev), options.max_annotation_bytes);
   a.annotations["onset"] = format_rfc3339(f.onset);
   if (!f.explained_by.empty()) a.annotations["explained_by"] = utf8(f.explained_by);
+  if (!f.incident_id.empty()) {
+    a.labels["incident_role"] = f.is_incident_root() ? "root" : "symptom";
+    a.annotations["incident_id"] = utf8(f.incident_id);
+  }
+  if (f.recurrences > 0) a.annotations["recurrences"] = std::to_string(f.recurrences);
+  if (f.cause_evaluating) a.annotations["cause_evaluating"] = "true";
   a.starts_at = f.onset;
   a.ends_at = ends_at;
   a.generator_url = options.generator_url;

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "stallmon/base/utf8.h"
+
 namespace stallmon::alerting {
 
 using diagnosis::Duration;
@@ -44,6 +46,15 @@ void AlertPusher::on_finding_event(const FindingEvent& event) {
   wake_.notify_one();
 }
 
+namespace {
+
+std::string annotation(const PostableAlert& a, const std::string& key) {
+  auto it = a.annotations.find(key);
+  return it == a.annotations.end() ? std::string() : it->second;
+}
+
+}  // namespace
+
 void AlertPusher::mark_dirty() {
   for (auto& t : targets_) t.dirty = true;
 }
@@ -60,27 +71,90 @@ void AlertPusher::retire(const PostableAlert& sent, Timestamp at, Timestamp now)
   resolutions_.push_back(Resolution{std::move(a), {}, now + options_.ends_at_margin});
 }
 
-void AlertPusher::upsert(const Finding& f, Timestamp now) {
+void AlertPusher::upsert(const Finding& f) {
   auto it = active_.find(f.id);
   // An UPDATED event queued before a resync must not take the finding back in time.
   if (it != active_.end() && f.last_update < it->second.last_update) return;
-  PostableAlert a = alert_from_finding(f, options_.alert, std::nullopt);
-  auto prev = sent_labels_.find(f.id);
-  // Only a new alert or a new label set goes out at once. Annotation updates (the ages in the
-  // summary change every second while a stall lasts) ride on the next resend: otherwise an
-  // ongoing stall would mean a POST per second per URL.
-  const bool urgent = prev == sent_labels_.end() || prev->second.labels != a.labels;
-  if (prev != sent_labels_.end() && prev->second.labels != a.labels) {
-    // Severity, cause or CPUs changed: Alertmanager sees a different alert. Resolve the old
-    // label set now instead of letting it linger until its endsAt.
-    retire(prev->second, now, now);
-  }
-  sent_labels_[f.id] = std::move(a);
   active_[f.id] = f;
-  if (urgent) mark_dirty();
+}
+
+PostableAlert AlertPusher::build_alert(const Finding& root) const {
+  PostableAlert a = alert_from_finding(root, options_.alert, std::nullopt);
+  // The incident's symptoms, summarised on the root's alert: they are not alerts themselves.
+  std::vector<const Finding*> symptoms;
+  for (const auto& id : root.symptom_ids)
+    if (auto it = active_.find(id); it != active_.end()) symptoms.push_back(&it->second);
+  if (symptoms.empty()) return a;
+  std::map<std::string, int> by_kind;
+  for (const auto* s : symptoms) ++by_kind[kind_label(s->kind)];
+  std::string text = std::to_string(symptoms.size()) + (symptoms.size() == 1 ? " symptom" : " symptoms") + " (";
+  bool first = true;
+  for (const auto& [kind, n] : by_kind) {
+    text += (first ? "" : ", ") + std::to_string(n) + " " + kind;
+    first = false;
+  }
+  text += "):";
+  for (size_t i = 0; i < symptoms.size() && i < options_.max_symptom_lines; ++i) {
+    std::string cpus;
+    for (int c : symptoms[i]->cpus) cpus += (cpus.empty() ? "" : ",") + std::to_string(c);
+    std::string summary = symptoms[i]->summary;
+    if (summary.size() > 240) summary = summary.substr(0, 237) + "...";
+    text += "\n- " + kind_label(symptoms[i]->kind) + (cpus.empty() ? "" : " cpus " + cpus) + ": " + summary;
+  }
+  if (symptoms.size() > options_.max_symptom_lines)
+    text += "\n(" + std::to_string(symptoms.size() - options_.max_symptom_lines) + " more)";
+  a.annotations["symptoms"] = sanitize_utf8(text);
+  a.annotations["symptom_count"] = std::to_string(symptoms.size());
+  return a;
+}
+
+Timestamp AlertPusher::choose_alerts(Timestamp now) {
+  Timestamp next = Timestamp::max();
+  for (const auto& [id, f] : active_) {
+    auto sent = sent_labels_.find(id);
+    if (!f.is_incident_root()) {
+      root_since_.erase(id);
+      if (sent != sent_labels_.end()) {
+        // An alerted root became a symptom of another incident (its root opened later): its
+        // page is now the other root's. Resolve it rather than let it linger until endsAt.
+        retire(sent->second, now, now);
+        sent_labels_.erase(sent);
+        mark_dirty();
+      }
+      continue;
+    }
+    const Timestamp since = root_since_.try_emplace(id, now).first->second;
+    if (sent == sent_labels_.end()) {
+      const Timestamp due = since + (f.cause_evaluating ? std::max(options_.root_settle, options_.undetermined_max_wait)
+                                                        : options_.root_settle);
+      if (now < due) {
+        next = std::min(next, due);
+        continue;
+      }
+    }
+    PostableAlert a = build_alert(f);
+    // Only a new alert, a new label set or a new set of symptoms goes out at once. Annotation
+    // updates (the ages in the summary change every second while a stall lasts) ride on the
+    // next resend: otherwise an ongoing stall would mean a POST per second per URL.
+    bool urgent = sent == sent_labels_.end();
+    if (sent != sent_labels_.end()) {
+      if (sent->second.labels != a.labels) {
+        // Severity, cause or CPUs changed: Alertmanager sees a different alert. Resolve the old
+        // label set now instead of letting it linger until its endsAt.
+        retire(sent->second, now, now);
+        urgent = true;
+      } else if (annotation(sent->second, "symptom_count") != annotation(a, "symptom_count")) {
+        urgent = true;
+      }
+    }
+    sent_labels_[id] = std::move(a);
+    if (urgent) mark_dirty();
+  }
+  return next;
 }
 
 void AlertPusher::resolve(const std::string& id, Timestamp at, Timestamp now) {
+  root_since_.erase(id);
   auto it = active_.find(id);
   if (it == active_.end()) {
     // Already resolved by a resync: the event carries the exact resolution time.
@@ -92,13 +166,15 @@ void AlertPusher::resolve(const std::string& id, Timestamp at, Timestamp now) {
         mark_dirty();
       }
     }
-    return;  // never sent otherwise (opened and resolved between two rounds, or dropped)
+    return;  // never sent otherwise (a symptom, a root resolved before its settle, or dropped)
   }
   auto prev = sent_labels_.find(id);
-  if (prev != sent_labels_.end()) retire(prev->second, at, now);
-  sent_labels_.erase(id);
+  if (prev != sent_labels_.end()) {
+    retire(prev->second, at, now);
+    sent_labels_.erase(prev);
+    mark_dirty();
+  }
   active_.erase(it);
-  mark_dirty();
 }
 
 void AlertPusher::apply(const FindingEvent& e, Timestamp now) {
@@ -106,7 +182,7 @@ void AlertPusher::apply(const FindingEvent& e, Timestamp now) {
     case FindingEvent::Type::kOpened:
     case FindingEvent::Type::kUpdated:
       if (e.finding.active) {
-        upsert(e.finding, now);
+        upsert(e.finding);
         break;
       }
       [[fallthrough]];
@@ -124,7 +200,7 @@ void AlertPusher::resync(Timestamp now) {
   for (const auto& f : findings) {
     if (!f.active) continue;
     ids.insert(f.id);
-    upsert(f, now);
+    upsert(f);
   }
   std::vector<std::string> gone;
   for (const auto& [id, f] : active_) {
@@ -152,6 +228,7 @@ Timestamp AlertPusher::step() {
     resync(now);
   }
   for (const auto& e : events) apply(e, now);
+  const Timestamp held_until = choose_alerts(now);
 
   for (size_t i = 0; i < targets_.size(); ++i) {
     auto& t = targets_[i];
@@ -205,7 +282,7 @@ Timestamp AlertPusher::step() {
     return r.delivered.size() >= targets_.size() || now >= r.drop_after;
   });
 
-  Timestamp next = next_resync_;
+  Timestamp next = std::min(next_resync_, held_until);
   for (const auto& t : targets_) next = std::min(next, t.next_due);
   std::lock_guard s(stats_mu_);
   stats_.active_alerts = sent_labels_.size();

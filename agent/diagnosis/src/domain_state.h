@@ -49,6 +49,11 @@ struct ThreadTracker {
   bool futex_wait = false;  // S in a futex wait without progress >= host_blocked_min
   std::optional<WindowStats> window;
   bool starved = false;     // opened (held for starved_sustain), not yet cleared (hysteresis)
+  std::optional<WindowStats> recent;  // over impeded_recent_window
+  // The host holds it back: starvation building or open, cgroup throttled in the window, or
+  // denied >= suspect_steal_fraction recently or over the window. Never "interrupts off".
+  bool impeded = false;
+  std::optional<Timestamp> impeded_at;  // the last tick it was impeded
 };
 
 struct GuestCpuTracker {

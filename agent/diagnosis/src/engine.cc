@@ -2,6 +2,7 @@
 #include "stallmon/diagnosis/engine.h"
 
 #include <algorithm>
+#include <functional>
 #include <mutex>
 #include <set>
 
@@ -25,6 +26,19 @@ bool is_guest_kind(FindingKind k) {
     default:
       return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
   }
+}
+
+// Guest-side symptoms that come and go while one fault lasts (a throttled vCPU answers each
+// IPI late, then the next): held for guest_recurrence_hold before they resolve.
+bool held_on_absence(FindingKind k) {
+  return k == FindingKind::kGuestIpiStall || k == FindingKind::kGuestIdleWithPendingWork ||
+         k == FindingKind::kGuestSoftlockupImminent;
+}
+
+// A recurrence continues the held finding only with the same cause (an undetermined cause is
+// compatible with any: it was being evaluated).
+bool same_cause(const Finding& held, const Finding& now) {
+  return held.cause == now.cause || held.cause_evaluating || now.cause_evaluating;
 }
 
 std::string domain_key(const DomainIdentity& id) { return id.uuid.empty() ? id.name : id.uuid; }
@@ -125,6 +139,11 @@ void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timesta
 
   tr.window = window_stats(tr.samples, now, c.starved_window);
   update_starvation(tr, now, c);
+  tr.recent = window_stats(tr.samples, now, c.impeded_recent_window);
+  tr.impeded = tr.starved || tr.starved_since || (tr.window && tr.window->throttled_count > 0) ||
+               (tr.window && denied_fraction(*tr.window) >= c.suspect_steal_fraction) ||
+               (tr.recent && denied_fraction(*tr.recent) >= c.suspect_steal_fraction);
+  if (tr.impeded) tr.impeded_at = now;
 }
 
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
@@ -262,6 +281,81 @@ struct DiagnosisEngine::Impl {
     return false;
   }
 
+  // Candidates of one tick against the domain's active findings: recurrences of held findings,
+  // absences (hold or resolve), incidents, then open / update.
+  void reconcile(const DomainState& d, std::vector<Candidate>& candidates, bool guest_tick, bool new_boot,
+                 Timestamp now, std::vector<FindingEvent>& out) {
+    // A held finding that comes back with another cause is a new stall: resolve the old one as
+    // of when it ended and give the candidate a new id (and everything that named it).
+    std::map<std::string, std::string> renamed;
+    for (Candidate& c : candidates) {
+      const Finding* held = store.active(c.condition_key);
+      const auto absent = store.absent_since(c.condition_key);
+      if (held == nullptr || !absent || same_cause(*held, c.finding)) continue;
+      const std::string old_id = held->id;
+      store.resolve(c.condition_key, now, out, *absent);
+      c.finding.id = store.id_for(c.condition_key, old_id.substr(0, old_id.rfind('/')));
+      renamed[old_id] = c.finding.id;
+    }
+    std::set<std::string> proposed;
+    std::map<std::string, const Finding*> survivors;  // by id
+    for (Candidate& c : candidates) {
+      if (auto it = renamed.find(c.finding.explained_by); it != renamed.end()) c.finding.explained_by = it->second;
+      proposed.insert(c.condition_key);
+      survivors[c.finding.id] = &c.finding;
+    }
+    std::vector<std::string> kept;
+    for (const auto& k : store.active_keys(d.key + "|")) {
+      if (proposed.count(k)) continue;
+      const Finding* f = store.active(k);
+      // Guest findings stand until a snapshot (or a new boot) says otherwise.
+      if (!guest_tick && !new_boot && is_guest_kind(f->kind)) {
+        kept.push_back(k);
+        survivors[f->id] = f;
+        continue;
+      }
+      const Duration hold =
+          held_on_absence(f->kind) && !new_boot ? config.guest_recurrence_hold : Duration::zero();
+      const Timestamp ended = store.absent_since(k).value_or(now);
+      if (now - ended < hold) {
+        store.mark_absent(k, now);
+        kept.push_back(k);
+        survivors[f->id] = f;
+        continue;
+      }
+      store.resolve(k, now, out, ended);
+    }
+
+    // Incidents: follow explained_by to its end. A finding explained by one that has resolved
+    // (a symptom winding down in its hold) stays in that finding's incident.
+    std::map<std::string, std::string> incident;
+    std::function<std::string(const Finding&, int)> incident_of = [&](const Finding& f, int depth) -> std::string {
+      if (f.explained_by.empty() || f.explained_by == f.id || depth > 16) return f.id;
+      if (auto it = survivors.find(f.explained_by); it != survivors.end()) return incident_of(*it->second, depth + 1);
+      if (const Finding* r = store.resolved_by_id(f.explained_by); r != nullptr && !r->incident_id.empty())
+        return r->incident_id;
+      return f.explained_by;
+    };
+    std::map<std::string, std::vector<std::string>> symptoms;  // root id -> sorted symptom ids
+    for (const auto& [id, f] : survivors) {
+      incident[id] = incident_of(*f, 0);
+      if (incident[id] != id) symptoms[incident[id]].push_back(id);
+    }
+    for (Candidate& c : candidates) {
+      const std::string& id = c.finding.id;
+      c.finding.incident_id = incident[id];
+      c.finding.symptom_ids = symptoms[id];
+      c.signature += " incident=" + c.finding.incident_id + " symptoms=" + std::to_string(c.finding.symptom_ids.size());
+      for (const auto& s : c.finding.symptom_ids) c.signature += "," + s;
+    }
+    for (const auto& k : kept) {
+      const std::string id = store.active(k)->id;
+      store.relink(k, incident[id], symptoms[id], now, out);
+    }
+    for (Candidate& c : candidates)
+      store.upsert(c.condition_key, std::move(c.finding), c.signature, now, config.update_min_interval, out);
+  }
+
   std::vector<FindingEvent> observe(const DomainObservation& obs) {
     const Timestamp now = clock.now();
     const std::string key = domain_key(obs.domain);
@@ -341,22 +435,12 @@ struct DiagnosisEngine::Impl {
       rule_softlockup(t);
     }
 
-    std::set<std::string> proposed;
-    for (Candidate& c : t.candidates) {
-      proposed.insert(c.condition_key);
-      store.upsert(c.condition_key, std::move(c.finding), c.signature, now, config.update_min_interval, out);
-    }
-    // A new boot (or none): the old boot's guest findings end with it.
+    // A new boot (or none): the old boot's guest findings end with it, held or not.
     const bool new_boot = std::any_of(obs.events.begin(), obs.events.end(), [](const DomainEvent& e) {
       return e.type == DomainEventType::kStarted || e.type == DomainEventType::kRebooted ||
              e.type == DomainEventType::kStopped;
     });
-    for (const auto& k : store.active_keys(d.key + "|")) {
-      if (proposed.count(k)) continue;
-      // Guest findings stand until a snapshot (or a new boot) says otherwise.
-      if (!guest_tick && !new_boot && is_guest_kind(store.active(k)->kind)) continue;
-      store.resolve(k, now, out);
-    }
+    reconcile(d, t.candidates, guest_tick, new_boot, now, out);
     store.end_tick();
     d.suspect = compute_suspect(d);
     deliver(out);

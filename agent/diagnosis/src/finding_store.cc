@@ -49,12 +49,24 @@ void FindingStore::upsert(const std::string& condition_key, Finding finding, con
   Active& a = it->second;
   finding.id = a.finding.id;
   finding.opened_at = a.finding.opened_at;
+  finding.recurrences = a.finding.recurrences;
+  bool recurred = false;
+  if (a.absent_since) {
+    // The condition ended and came back within its hold: the same stall, continued.
+    ++finding.recurrences;
+    a.absent_since.reset();
+    recurred = true;
+  }
+  if (finding.recurrences > 0)
+    finding.summary += " It has recurred " + std::to_string(finding.recurrences) +
+                       (finding.recurrences == 1 ? " time" : " times") + " since it opened " +
+                       format_duration(now - finding.opened_at) + " ago.";
   // The onset never moves later: a condition re-dated by a longer window keeps its first date.
   finding.onset = std::min(finding.onset, a.finding.onset);
   finding.last_update = now;
   finding.active = true;
   finding.duration = now - finding.onset;
-  const bool material = signature != a.signature;
+  const bool material = recurred || signature != a.signature;
   a.finding = std::move(finding);
   a.signature = signature;
   if (material || now - a.last_emitted >= refresh) {
@@ -63,18 +75,47 @@ void FindingStore::upsert(const std::string& condition_key, Finding finding, con
   }
 }
 
-void FindingStore::resolve(const std::string& condition_key, Timestamp now, std::vector<FindingEvent>& out) {
+void FindingStore::resolve(const std::string& condition_key, Timestamp now, std::vector<FindingEvent>& out,
+                           std::optional<Timestamp> at) {
   auto it = active_.find(condition_key);
   if (it == active_.end()) return;
   Finding f = std::move(it->second.finding);
   active_.erase(it);
   f.active = false;
-  f.resolved_at = now;
+  f.resolved_at = at.value_or(now);
   // Duration of the condition as last confirmed, not up to the tick that noticed it was gone.
   f.duration = f.last_update - f.onset;
   emit(FindingEvent::Type::kResolved, f, out);
   resolved_.push_back(std::move(f));
   while (resolved_.size() > max_history_) resolved_.pop_front();
+}
+
+void FindingStore::mark_absent(const std::string& condition_key, Timestamp now) {
+  auto it = active_.find(condition_key);
+  if (it != active_.end() && !it->second.absent_since) it->second.absent_since = now;
+}
+
+std::optional<Timestamp> FindingStore::absent_since(const std::string& condition_key) const {
+  auto it = active_.find(condition_key);
+  return it == active_.end() ? std::nullopt : it->second.absent_since;
+}
+
+void FindingStore::relink(const std::string& condition_key, const std::string& incident_id,
+                          const std::vector<std::string>& symptom_ids, Timestamp now, std::vector<FindingEvent>& out) {
+  auto it = active_.find(condition_key);
+  if (it == active_.end()) return;
+  Finding& f = it->second.finding;
+  if (f.incident_id == incident_id && f.symptom_ids == symptom_ids) return;
+  f.incident_id = incident_id;
+  f.symptom_ids = symptom_ids;
+  it->second.last_emitted = now;
+  emit(FindingEvent::Type::kUpdated, f, out);
+}
+
+const Finding* FindingStore::resolved_by_id(const std::string& id) const {
+  for (auto it = resolved_.rbegin(); it != resolved_.rend(); ++it)
+    if (it->id == id) return &*it;
+  return nullptr;
 }
 
 std::vector<std::string> FindingStore::active_keys(const std::string& prefix) const {

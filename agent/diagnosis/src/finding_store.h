@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,10 +27,26 @@ class FindingStore {
   const Finding* active(const std::string& condition_key) const;
 
   // Opens (no active finding for the key) or updates it. `signature` is what makes an update
-  // material; an immaterial one is stored but emitted only after `refresh` has passed.
+  // material; an immaterial one is stored but emitted only after `refresh` has passed. Updating
+  // a finding marked absent (held) continues it: recurrences + 1, a material update.
   void upsert(const std::string& condition_key, Finding finding, const std::string& signature,
               Timestamp now, Duration refresh, std::vector<FindingEvent>& out);
-  void resolve(const std::string& condition_key, Timestamp now, std::vector<FindingEvent>& out);
+  // resolved_at = `at` (default: now): a held finding resolves as of when it ended.
+  void resolve(const std::string& condition_key, Timestamp now, std::vector<FindingEvent>& out,
+               std::optional<Timestamp> at = std::nullopt);
+
+  // Recurrence hold: the condition was not seen this tick, but the finding stays active for a
+  // while in case it comes back. absent_since: when it was first missed (unset while seen).
+  void mark_absent(const std::string& condition_key, Timestamp now);
+  std::optional<Timestamp> absent_since(const std::string& condition_key) const;
+
+  // Sets the incident fields of an active finding the rules did not propose this tick (held,
+  // or a guest finding between snapshots); emits UPDATED if they changed.
+  void relink(const std::string& condition_key, const std::string& incident_id,
+              const std::vector<std::string>& symptom_ids, Timestamp now, std::vector<FindingEvent>& out);
+
+  // A resolved finding by id (newest first), or nullptr if it left the bounded history.
+  const Finding* resolved_by_id(const std::string& id) const;
 
   // Condition keys of the active findings whose key starts with `prefix`.
   std::vector<std::string> active_keys(const std::string& prefix) const;
@@ -46,6 +63,7 @@ class FindingStore {
     Finding finding;
     std::string signature;
     Timestamp last_emitted{};
+    std::optional<Timestamp> absent_since;
   };
   void emit(FindingEvent::Type type, const Finding& f, std::vector<FindingEvent>& out);
 

@@ -86,16 +86,6 @@ Evidence runqueue_evidence(const GuestCpuView& c) {
   return e;
 }
 
-const char* cause_word(Cause c) {
-  switch (c) {
-    case Cause::kHostBlocked:
-    case Cause::kHostStarved: return "host";
-    case Cause::kGuestIrqsOff: return "guest (interrupts off)";
-    case Cause::kGuestOther: return "guest";
-    default: return "unknown";
-  }
-}
-
 // The guest's soft-lockup watchdog as seen from one CPU's per-cpu state.
 struct SoftlockupClock {
   uint64_t now_s = 0;     // guest clock in guest seconds
@@ -154,6 +144,9 @@ void rule_irqs_off(TickContext& t) {
     if (th == nullptr || th->blocked) continue;
     const Duration frozen = t.now - ct.hrtimer_since;
     if (frozen < window) continue;
+    // A vCPU the host held back (throttled, starving, steal rising) during the window may simply
+    // not have reached its timer: never "interrupts off".
+    if (impeded_since(*th, ct.hrtimer_since)) continue;
     // The count stands still. That alone is what a vCPU the host does not run looks like too:
     // only real run time in the same window makes it "interrupts off".
     const Duration ran = th->latest.run_time - *ct.run_at_hrtimer_since;
@@ -221,6 +214,7 @@ void rule_ipi_stall(TickContext& t) {
 
     // Classify the root's cause.
     Cause cause = Cause::kUnknown;
+    bool evaluating = false;
     std::string cause_phrase;
     std::string explained_by;
     std::vector<Evidence> host_evidence;
@@ -242,17 +236,24 @@ void rule_ipi_stall(TickContext& t) {
       // good window fraction too).
       const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction &&
                              !is_host_blocking(th->latest.state) && th->no_progress < t.config.host_blocked_min / 2;
+      const Timestamp wait_began = first_into_root->e->first_seen;
       if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
         cause = Cause::kGuestIrqsOff;
         explained_by = it->second;
         cause_phrase = "its " + thread_phrase(*th) + " is running, but CPU" + std::to_string(r) +
                        " has interrupts off: its timer interrupts stopped " + format_duration(t.now - ct->hrtimer_since) +
                        " ago";
+      } else if (th != nullptr && impeded_since(*th, wait_began)) {
+        // Throttled, starvation building, or steal rising: a vCPU the host holds back answers
+        // late without its interrupts being off. Say so and let the starvation window (or the
+        // watchdog timer) decide, rather than guess.
+        evaluating = true;
+        cause_phrase = impeded_phrase(*th) + "; whether that explains the wait is judged over " +
+                       format_duration(t.config.starved_window + t.config.starved_sustain);
       } else if (host_runs && gv != nullptr && !gv->idle) {
         // A vCPU the host runs takes an IPI as soon as its interrupts are on. Not taking it for
         // the whole wait, with no timer interrupt either, means they are off; a timer interrupt
         // during the wait disproves that, and the CPU is merely stuck elsewhere in the guest.
-        const Timestamp wait_began = first_into_root->e->first_seen;
         if (ct != nullptr && ct->hrtimer && ct->hrtimer_since <= wait_began) {
           cause = Cause::kGuestIrqsOff;
           cause_phrase = "its " + thread_phrase(*th) + " is running (" + percent(th->window->run_fraction) +
@@ -305,7 +306,7 @@ void rule_ipi_stall(TickContext& t) {
     if (predicted && *predicted > Duration::zero())
       summary += "; the guest will report a soft lockup on CPU" + std::to_string(predicted_cpu) + " in ~" +
                  format_duration(*predicted);
-    summary += std::string(". Cause: ") + cause_word(cause) + ".";
+    summary += ". " + cause_sentence(cause, evaluating);
 
     std::string key = "root=cpu";
     for (std::size_t i = 0; i < root.roots.size(); ++i) key += (i ? "," : "") + std::to_string(root.roots[i]);
@@ -315,6 +316,7 @@ void rule_ipi_stall(TickContext& t) {
     f.onset = comp.front().e->first_seen;
     f.summary = std::move(summary);
     f.explained_by = explained_by;
+    f.cause_evaluating = evaluating;
     f.predicted_guest_report_in = predicted;
     for (const auto& r : comp) {
       const GuestCpuView* wv = cpu_view(r.key.waiter);
@@ -344,7 +346,7 @@ void rule_ipi_stall(TickContext& t) {
       roots_ev.facts["cycle"] = root.cycle ? "1" : "0";
       f.evidence.push_back(std::move(roots_ev));
     }
-    c.signature = std::string(to_string(cause)) + " by=" + explained_by + " waiters=" +
+    c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "") + " by=" + explained_by + " waiters=" +
                   [&] {
                     std::string s;
                     for (int w : root.waiters) s += std::to_string(w) + ",";
@@ -352,7 +354,7 @@ void rule_ipi_stall(TickContext& t) {
                   }();
     for (int w : root.waiters) {
       auto& link = t.waiter_of[w];
-      if (link.ipi_id.empty()) link = {f.id, cause, root.roots};
+      if (link.ipi_id.empty()) link = {f.id, cause, evaluating, root.roots};
     }
   }
 }
@@ -365,23 +367,28 @@ void rule_idle_with_pending_work(TickContext& t) {
     if (age < t.config.idle_pending_min) continue;
     HostVerdict v = t.host_verdict(cpu);
     const Cause cause = v.cause != Cause::kUnspecified ? v.cause : Cause::kUnknown;
+    const ThreadTracker* th = t.vcpu_thread(cpu);
+    const bool evaluating = v.cause == Cause::kUnspecified && th != nullptr && impeded_since(*th, *ct.idle_pending_since);
     auto& c = t.propose(FindingKind::kGuestIdleWithPendingWork, "cpu" + std::to_string(cpu), Severity::kWarning, cause);
     Finding& f = c.finding;
     f.cpus = {cpu};
     f.onset = *ct.idle_pending_since;
     f.explained_by = v.explained_by;
+    f.cause_evaluating = evaluating;
     f.summary = "CPU" + std::to_string(cpu) + " has been idle for " + format_duration(age) + " with " +
                 pending_work(ct.latest) + " it never runs";
     if (v.cause != Cause::kUnspecified)
       f.summary += "; " + v.phrase;
+    else if (evaluating)
+      f.summary += "; " + impeded_phrase(*th);
     else
       f.summary += "; its host thread is neither blocked nor starved";
-    f.summary += std::string(". Cause: ") + cause_word(cause) + ".";
+    f.summary += ". " + cause_sentence(cause, evaluating);
     f.evidence.push_back(runqueue_evidence(ct.latest));
     f.evidence.back().facts["idle_pending_ms"] = ms(age);
     f.evidence.back().facts["snapshots"] = std::to_string(ct.idle_pending_snapshots);
     f.evidence.insert(f.evidence.end(), v.evidence.begin(), v.evidence.end());
-    c.signature = to_string(cause);
+    c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "");
   }
 }
 
@@ -415,7 +422,9 @@ void rule_softlockup(TickContext& t) {
     const auto irqs = t.irqs_off_id.find(cpu);
     const auto waiter = t.waiter_of.find(cpu);
     Cause cause = Cause::kGuestOther;
+    bool evaluating = false;
     std::string because, explained_by;
+    const ThreadTracker* th = t.vcpu_thread(cpu);
     if (v.cause != Cause::kUnspecified) {
       cause = v.cause;
       because = v.phrase;
@@ -426,8 +435,13 @@ void rule_softlockup(TickContext& t) {
       explained_by = irqs->second;
     } else if (waiter != t.waiter_of.end()) {
       cause = waiter->second.cause;
+      evaluating = waiter->second.evaluating;
       because = "it waits on " + cpu_list(waiter->second.roots) + " (see GUEST_IPI_STALL)";
       explained_by = waiter->second.ipi_id;
+    } else if (th != nullptr && th->impeded) {
+      cause = Cause::kUnknown;
+      evaluating = true;
+      because = impeded_phrase(*th);
     }
     // Its own hrtimer reports a CPU's soft lockup: a vCPU the host does not run, or one with
     // interrupts off, never will.
@@ -441,6 +455,7 @@ void rule_softlockup(TickContext& t) {
     f.cpus = {cpu};
     f.onset = t.now - Duration(sc->age_ns);
     f.explained_by = explained_by;
+    f.cause_evaluating = evaluating;
     f.predicted_guest_report_in = predicted;
     f.summary = cpu_task(ct.latest) + (kind == FindingKind::kGuestSoftlockup ? " is in a soft lockup: it" : "") +
                 " has not run its watchdog thread for " + std::to_string(age_s) + " s (the guest reports at " +
@@ -452,7 +467,7 @@ void rule_softlockup(TickContext& t) {
     else
       f.summary += "; the guest reports it at its next watchdog tick";
     if (!because.empty()) f.summary += "; " + because;
-    f.summary += std::string(". Cause: ") + cause_word(cause) + ".";
+    f.summary += ". " + cause_sentence(cause, evaluating);
     Evidence e;
     e.text = "CPU" + std::to_string(cpu) + ": watchdog_touch_ts " + std::to_string(*touch) + ", guest clock " +
              std::to_string(now_s) + " (guest seconds): touch age " + std::to_string(age_s) + " s of " +
@@ -474,7 +489,8 @@ void rule_softlockup(TickContext& t) {
     }
     f.evidence.push_back(runqueue_evidence(ct.latest));
     f.evidence.insert(f.evidence.end(), v.evidence.begin(), v.evidence.end());
-    c.signature = std::string(to_string(cause)) + (cannot_report ? " silent" : "") + " " + explained_by;
+    c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "") + (cannot_report ? " silent" : "") + " " +
+                  explained_by;
   }
 }
 

@@ -100,6 +100,38 @@ std::string percent(double fraction) {
   return buf;
 }
 
+bool impeded_since(const ThreadTracker& t, Timestamp since) {
+  return t.impeded || (t.impeded_at && *t.impeded_at >= since);
+}
+
+std::string impeded_phrase(const ThreadTracker& t) {
+  std::vector<std::string> why;
+  if (t.window && t.window->throttled_count > 0)
+    why.push_back("its cgroup was throttled " + std::to_string(t.window->throttled_count) + " times in the last " +
+                  format_duration(t.window->span));
+  for (const auto& w : {t.recent, t.window})
+    if (w && std::max(w->steal_fraction, w->throttled_fraction) > 0.005) {
+      why.push_back("denied the CPU " + percent(std::max(w->steal_fraction, w->throttled_fraction)) +
+                    " of the last " + format_duration(w->span));
+      break;
+    }
+  std::string s = "its " + thread_phrase(t) + " is held back by the host";
+  for (std::size_t i = 0; i < why.size(); ++i) s += (i == 0 ? " (" : "; ") + why[i];
+  if (!why.empty()) s += ")";
+  return s;
+}
+
+std::string cause_sentence(Cause c, bool evaluating) {
+  if (evaluating) return "Cause: undetermined, evaluating.";
+  switch (c) {
+    case Cause::kHostBlocked:
+    case Cause::kHostStarved: return "Cause: host.";
+    case Cause::kGuestIrqsOff: return "Cause: guest (interrupts off).";
+    case Cause::kGuestOther: return "Cause: guest.";
+    default: return "Cause: unknown.";
+  }
+}
+
 std::string TickContext::condition_key(FindingKind kind, const std::string& key) const {
   return d.key + "|" + to_string(kind) + "|" + key;
 }

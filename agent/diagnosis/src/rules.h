@@ -62,6 +62,7 @@ class TickContext {
   struct WaiterLink {
     std::string ipi_id;
     Cause cause = Cause::kUnknown;
+    bool evaluating = false;
     std::vector<int> roots;
   };
   std::map<int, WaiterLink> waiter_of;  // CPU waiting in an IPI stall -> that stall
@@ -92,5 +93,12 @@ std::string cpu_list(const std::vector<int>& cpus);  // "CPU0, CPU1 and CPU3"
 std::string stack_line(const std::vector<std::string>& stack, std::size_t max_frames);
 std::string thread_phrase(const ThreadTracker& t);    // "host thread 18060 (CPU 2/TCG)"
 std::string percent(double fraction);
+// Whether the host held the thread back (ThreadTracker::impeded) now or at any tick since `since`.
+bool impeded_since(const ThreadTracker& t, Timestamp since);
+// "its host thread 18003 (CPU 3/KVM) is held back by the host (its cgroup was throttled 12
+// times in the last 3.0 s; denied the CPU 76% of the last 500 ms)"
+std::string impeded_phrase(const ThreadTracker& t);
+// "Cause: host." / "Cause: undetermined, evaluating." - the summary's last sentence.
+std::string cause_sentence(Cause c, bool evaluating);
 
 }  // namespace stallmon::diagnosis

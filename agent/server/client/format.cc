@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <map>
 #include <sstream>
 
 namespace stallmon::server::client {
@@ -205,34 +206,64 @@ std::string format_vcpus(const v1::Domain& d) {
   return o.str();
 }
 
+namespace {
+
+bool is_root_in(const v1::Finding& f, const std::map<std::string, const v1::Finding*>& by_id) {
+  return f.incident_id().empty() || f.incident_id() == f.id() || !by_id.count(f.incident_id());
+}
+
+// The findings as incident trees: each root (in the response's order), then its symptoms.
+// A symptom whose root is not in the response stands as a root of its own.
+std::vector<std::pair<const v1::Finding*, bool>> incident_order(const v1::ListFindingsResponse& r) {
+  std::map<std::string, const v1::Finding*> by_id;
+  for (const auto& f : r.findings()) by_id[f.id()] = &f;
+  std::vector<std::pair<const v1::Finding*, bool>> out;  // (finding, is a symptom)
+  for (const auto& f : r.findings()) {
+    if (!is_root_in(f, by_id)) continue;
+    out.push_back({&f, false});
+    for (const auto& s : r.findings())
+      if (&s != &f && s.incident_id() == f.id()) out.push_back({&s, true});
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string format_findings(const v1::ListFindingsResponse& r, bool evidence, Clock::time_point now) {
   if (r.findings_size() == 0) return "no findings\n";
   std::vector<std::vector<std::string>> rows;
   std::ostringstream o;
-  for (const auto& f : r.findings()) {
+  const auto ordered = incident_order(r);
+  for (const auto& [fp, symptom] : ordered) {
+    const auto& f = *fp;
     std::string state = f.active() ? "active" : "resolved";
     std::string when = f.active() ? human_duration(std::chrono::duration_cast<std::chrono::nanoseconds>(now - to_tp(f.onset())))
                                   : human_duration(f.duration());
-    rows.push_back({severity_name(f.severity()), kind_name(f.kind()), f.domain(), join_ints(f.cpus()), state, when,
-                    f.summary()});
+    rows.push_back({severity_name(f.severity()), (symptom ? "`- " : "") + kind_name(f.kind()), f.domain(),
+                    join_ints(f.cpus()), state, when, f.summary()});
   }
   if (!evidence) {
     o << format_table({"SEVERITY", "KIND", "DOMAIN", "CPUS", "STATE", "FOR", "SUMMARY"}, rows);
     return o.str();
   }
-  for (const auto& f : r.findings()) {
-    o << severity_name(f.severity()) << " " << kind_name(f.kind()) << " " << f.domain() << " cpus "
-      << join_ints(f.cpus()) << " (" << (f.active() ? "active" : "resolved") << ", onset " << human_time(f.onset())
-      << " UTC, " << human_duration(f.duration()) << ")\n  " << f.summary() << "\n";
+  for (const auto& [fp, symptom] : ordered) {
+    const auto& f = *fp;
+    const std::string in = symptom ? "    " : "";
+    o << in << (symptom ? "`- " : "") << severity_name(f.severity()) << " " << kind_name(f.kind()) << " " << f.domain()
+      << " cpus " << join_ints(f.cpus()) << " (" << (f.active() ? "active" : "resolved") << ", onset "
+      << human_time(f.onset()) << " UTC, " << human_duration(f.duration()) << ")\n" << in << "  " << f.summary() << "\n";
     for (const auto& e : f.evidence()) {
-      o << "    - " << e.text() << "\n";
-      for (const auto& fr : e.host_stack()) o << "        " << fr << "\n";
+      o << in << "    - " << e.text() << "\n";
+      for (const auto& fr : e.host_stack()) o << in << "        " << fr << "\n";
     }
     if (f.has_predicted_guest_report_in()) {
-      o << "    guest soft-lockup report expected in " << human_duration(f.predicted_guest_report_in()) << "\n";
+      o << in << "    guest soft-lockup report expected in " << human_duration(f.predicted_guest_report_in()) << "\n";
     }
-    if (!f.explained_by().empty()) o << "    explained by " << f.explained_by() << "\n";
-    o << "    id " << f.id() << "\n";
+    if (f.cause_evaluating()) o << in << "    cause undetermined, evaluating\n";
+    if (f.recurrences() > 0) o << in << "    recurred " << f.recurrences() << " times (continued as this finding)\n";
+    if (!f.explained_by().empty()) o << in << "    explained by " << f.explained_by() << "\n";
+    if (!symptom && f.symptom_ids_size() > 0) o << in << "    incident root of " << f.symptom_ids_size() << " symptoms\n";
+    o << in << "    id " << f.id() << "\n";
   }
   return o.str();
 }
@@ -252,6 +283,7 @@ std::string format_event(const v1::FindingEvent& e) {
   o << human_time(when) << "  " << type << "  " << severity_name(f.severity()) << "  " << kind_name(f.kind()) << "  "
     << f.domain() << "  cpus " << join_ints(f.cpus()) << "  " << f.summary();
   if (e.type() == v1::FindingEvent::RESOLVED) o << "  (lasted " << human_duration(f.duration()) << ")";
+  if (!f.incident_id().empty() && f.incident_id() != f.id()) o << "  [symptom of " << f.incident_id() << "]";
   o << "\n";
   return o.str();
 }

@@ -154,6 +154,10 @@ void to_proto(const diagnosis::Finding& f, v1::Finding* out) {
   }
   if (f.predicted_guest_report_in) to_proto(*f.predicted_guest_report_in, out->mutable_predicted_guest_report_in());
   out->set_explained_by(sanitize_utf8(f.explained_by));
+  out->set_incident_id(sanitize_utf8(f.incident_id));
+  for (const auto& id : f.symptom_ids) out->add_symptom_ids(sanitize_utf8(id));
+  out->set_recurrences(f.recurrences);
+  out->set_cause_evaluating(f.cause_evaluating);
 }
 
 void to_proto(const diagnosis::FindingEvent& e, uint64_t incarnation, v1::FindingEvent* out) {

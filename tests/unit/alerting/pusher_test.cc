@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "../diagnosis/fault_scenarios.h"
+
 namespace stallmon::alerting {
 namespace {
 
@@ -32,11 +34,13 @@ class PusherTest : public ::testing::Test {
  protected:
   PusherTest() { make({"http://am1:9093"}); }
 
-  void make(std::vector<std::string> urls, size_t queue = 1024) {
+  // Settle 0 for the delivery tests; the incident tests below use the defaults.
+  void make(std::vector<std::string> urls, size_t queue = 1024, diagnosis::Duration settle = 0s) {
     PusherOptions o;
     o.urls = std::move(urls);
     o.alert.host = "hv1";
     o.queue_capacity = queue;
+    o.root_settle = settle;
     pusher = std::make_unique<AlertPusher>(o, transport, clock, [this] { return active; });
   }
 
@@ -267,6 +271,208 @@ TEST_F(PusherTest, MetricsOfThePusher) {
   EXPECT_NE(w.text().find("stallmon_alertmanager_posts_total{url=\"http://am1:9093\",result=\"success\"} 1"),
             std::string::npos);
   EXPECT_NE(w.text().find("stallmon_alertmanager_events_dropped_total 0"), std::string::npos);
+}
+
+// --- Incidents: one fault, one alert -------------------------------------------------------
+
+namespace {
+
+Finding symptom_of(Finding f, const std::string& root) {
+  f.incident_id = root;
+  f.explained_by = root;
+  return f;
+}
+
+std::set<std::string> ids_ever_posted(const RecordingTransport& t) {
+  std::set<std::string> ids;
+  for (const auto& p : t.posts)
+    for (const auto& a : p.body) ids.insert(a["labels"]["finding_id"].get<std::string>());
+  return ids;
+}
+
+}  // namespace
+
+TEST_F(PusherTest, OnlyTheIncidentRootIsAnAlertWithItsSymptomsSummarised) {
+  make({"http://am1:9093"}, 1024, PusherOptions{}.root_settle);
+  auto root = finding("vm1/VM_WIDE_STALL/vm/1");
+  root.kind = diagnosis::FindingKind::kVmWideStall;
+  root.incident_id = root.id;
+  root.symptom_ids = {"vm1/GUEST_IPI_STALL/root=cpu1/3", "vm1/VCPU_HOST_BLOCKED/vcpu0/2"};
+  auto blocked = symptom_of(finding("vm1/VCPU_HOST_BLOCKED/vcpu0/2"), root.id);
+  auto ipi = symptom_of(finding("vm1/GUEST_IPI_STALL/root=cpu1/3"), root.id);
+  ipi.kind = diagnosis::FindingKind::kGuestIpiStall;
+  ipi.summary = "CPU0 has waited 6.1 s for CPU1";
+  for (const auto& f : {blocked, root, ipi}) event(FindingEvent::Type::kOpened, f);
+  pusher->step();
+  EXPECT_TRUE(transport.posts.empty()) << "a root waits for its settle (1 s)";
+  clock.advance(1s);
+  pusher->step();
+  ASSERT_EQ(transport.posts.size(), 1u);
+  auto alerts = last();
+  ASSERT_EQ(alerts.size(), 1u);
+  const auto& a = alerts.at(root.id);
+  EXPECT_EQ(a["labels"]["kind"], "VM_WIDE_STALL");
+  EXPECT_EQ(a["labels"]["incident_role"], "root");
+  EXPECT_EQ(a["annotations"]["symptom_count"], "2");
+  const std::string sym = a["annotations"]["symptoms"];
+  EXPECT_NE(sym.find("2 symptoms (1 GUEST_IPI_STALL, 1 VCPU_HOST_BLOCKED)"), std::string::npos) << sym;
+  EXPECT_NE(sym.find("- GUEST_IPI_STALL cpus 2: CPU0 has waited 6.1 s for CPU1"), std::string::npos) << sym;
+  EXPECT_EQ(pusher->stats().active_alerts, 1u);
+}
+
+TEST_F(PusherTest, ASymptomOpenedBeforeItsRootNeverPages) {
+  make({"http://am1:9093"}, 1024, PusherOptions{}.root_settle);
+  // The IPI wait opens a tick before the VM-wide stall it turns out to be part of.
+  auto ipi = finding("vm1/GUEST_IPI_STALL/root=cpu1/3");
+  ipi.kind = diagnosis::FindingKind::kGuestIpiStall;
+  ipi.incident_id = ipi.id;
+  event(FindingEvent::Type::kOpened, ipi);
+  pusher->step();
+  clock.advance(100ms);
+  auto root = finding("vm1/VM_WIDE_STALL/vm/4");
+  root.kind = diagnosis::FindingKind::kVmWideStall;
+  root.incident_id = root.id;
+  root.symptom_ids = {ipi.id};
+  ipi = symptom_of(ipi, root.id);
+  ipi.last_update = clock.now();
+  event(FindingEvent::Type::kOpened, root);
+  event(FindingEvent::Type::kUpdated, ipi);
+  for (int i = 0; i < 50; ++i) {
+    clock.advance(100ms);
+    pusher->step();
+  }
+  EXPECT_EQ(ids_ever_posted(transport), std::set<std::string>{root.id});
+}
+
+TEST_F(PusherTest, AnAlertedRootThatBecomesASymptomIsResolved) {
+  auto early = finding("a");
+  early.incident_id = "a";
+  event(FindingEvent::Type::kOpened, early);
+  pusher->step();
+  ASSERT_EQ(last().size(), 1u);
+  clock.advance(2s);
+  auto root = finding("r");
+  root.incident_id = "r";
+  root.symptom_ids = {"a"};
+  auto later = symptom_of(early, "r");
+  later.last_update = clock.now();
+  event(FindingEvent::Type::kOpened, root);
+  event(FindingEvent::Type::kUpdated, later);
+  pusher->step();
+  auto alerts = last();
+  ASSERT_EQ(alerts.size(), 2u);
+  EXPECT_EQ(alerts.at("a")["endsAt"], format_rfc3339(clock.now())) << "resolved now";
+  EXPECT_EQ(alerts.at("r")["annotations"]["symptom_count"], "1");
+}
+
+TEST_F(PusherTest, AnUndeterminedRootWaitsForItsCause) {
+  make({"http://am1:9093"}, 1024, PusherOptions{}.root_settle);
+  auto ipi = finding("ipi");
+  ipi.cause = diagnosis::Cause::kUnknown;
+  ipi.cause_evaluating = true;
+  event(FindingEvent::Type::kOpened, ipi);
+  auto stuck = finding("stuck");
+  stuck.cause = diagnosis::Cause::kUnknown;
+  stuck.cause_evaluating = true;
+  event(FindingEvent::Type::kOpened, stuck);
+  pusher->step();
+  clock.advance(4s);
+  pusher->step();
+  EXPECT_TRUE(transport.posts.empty()) << "settled, but the cause is undetermined";
+  ipi.cause = diagnosis::Cause::kGuestOther;
+  ipi.cause_evaluating = false;
+  ipi.last_update = clock.now();
+  event(FindingEvent::Type::kUpdated, ipi);
+  pusher->step();
+  EXPECT_EQ(ids_ever_posted(transport), std::set<std::string>{"ipi"});
+  // Undetermined for undetermined_max_wait (15 s): a real stall must page anyway.
+  clock.advance(11s);
+  pusher->step();
+  EXPECT_EQ(ids_ever_posted(transport), (std::set<std::string>{"ipi", "stuck"}));
+  EXPECT_EQ(last().at("stuck")["annotations"]["cause_evaluating"], "true");
+}
+
+TEST_F(PusherTest, ARootResolvedWithinItsSettleNeverPages) {
+  make({"http://am1:9093"}, 1024, PusherOptions{}.root_settle);
+  auto f = finding("blip");
+  event(FindingEvent::Type::kOpened, f);
+  pusher->step();
+  clock.advance(500ms);
+  f.active = false;
+  f.resolved_at = clock.now();
+  event(FindingEvent::Type::kResolved, f);
+  pusher->step();
+  clock.advance(5s);
+  pusher->step();
+  EXPECT_TRUE(transport.posts.empty());
+}
+
+// The engine's own events for the measured cases of issue 15, through the pusher.
+class EnginePusherTest : public ::testing::Test {
+ protected:
+  EnginePusherTest() : sim(4), load(sim) {
+    PusherOptions o;
+    o.urls = {"http://am1:9093"};
+    o.alert.host = "hv1";
+    pusher = std::make_unique<AlertPusher>(o, transport, sim.clock,
+                                           [this] { return sim.engine.active_findings(); });
+    sim.engine.set_listener(pusher.get());
+  }
+  ~EnginePusherTest() override { sim.engine.set_listener(nullptr); }
+  void run(diagnosis::Duration d) {
+    for (diagnosis::Duration t{0}; t < d; t += diagnosis::testing::kTick) {
+      sim.tick();
+      pusher->step();
+    }
+  }
+  // Alerts firing in the last POST (endsAt in the future).
+  std::set<std::string> firing() {
+    std::set<std::string> ids;
+    if (transport.posts.empty()) return ids;
+    for (const auto& a : transport.posts.back().body)
+      if (a["endsAt"].get<std::string>() > format_rfc3339(sim.clock.now())) ids.insert(a["labels"]["finding_id"]);
+    return ids;
+  }
+
+  diagnosis::testing::Sim sim;
+  diagnosis::testing::IpiLoad load;
+  RecordingTransport transport;
+  std::unique_ptr<AlertPusher> pusher;
+};
+
+TEST_F(EnginePusherTest, ThrottledVcpuUnderIpiLoadPagesOnceForTheStarvation) {
+  run(10s);
+  load.throttle(3);
+  run(12s);
+  const auto starved = sim.active(diagnosis::FindingKind::kVcpuHostStarved);
+  ASSERT_EQ(starved.size(), 1u);
+  EXPECT_EQ(ids_ever_posted(transport), std::set<std::string>{starved[0].id});
+  EXPECT_EQ(firing(), std::set<std::string>{starved[0].id});
+  const auto alert = transport.posts.back().body.at(0);
+  EXPECT_NE(alert["annotations"]["symptoms"].get<std::string>().find("GUEST_IPI_STALL cpus"), std::string::npos)
+      << alert.dump();
+  load.unthrottle(3);
+  run(20s);
+  EXPECT_EQ(ids_ever_posted(transport), std::set<std::string>{starved[0].id});
+  EXPECT_TRUE(firing().empty());
+}
+
+TEST_F(EnginePusherTest, WholeQemuStoppedPagesOnceForTheVmWideStall) {
+  run(10s);
+  load.sigstop();
+  run(6s);
+  const auto vm = sim.active(diagnosis::FindingKind::kVmWideStall);
+  ASSERT_EQ(vm.size(), 1u);
+  EXPECT_EQ(ids_ever_posted(transport), std::set<std::string>{vm[0].id});
+  const auto alert = transport.posts.back().body.at(0);
+  EXPECT_EQ(alert["annotations"]["symptom_count"], "5") << alert.dump();
+  EXPECT_NE(alert["annotations"]["symptoms"].get<std::string>().find("1 GUEST_IPI_STALL, 4 VCPU_HOST_BLOCKED"),
+            std::string::npos)
+      << alert.dump();
+  load.sigcont();
+  run(10s);
+  EXPECT_EQ(ids_ever_posted(transport), std::set<std::string>{vm[0].id});
+  EXPECT_TRUE(firing().empty());
 }
 
 }  // namespace

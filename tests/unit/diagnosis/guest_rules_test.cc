@@ -178,10 +178,21 @@ TEST_F(SeedCase1, ThawResolvesEverything) {
   sim.cpus[2].view.ttwu_pending = false;
   sim.cpus[0].view.nr_running = 1;
   sim.clear_csd(0);
+  const Timestamp thaw = sim.clock.now();
   sim.run(2s);
+  // The host block ends on run progress; the guest symptoms are held for the recurrence hold
+  // (5 s) in case the stall comes back, then resolve as of when they ended.
+  EXPECT_EQ(sim.count(FindingEvent::Type::kResolved, FindingKind::kVcpuHostBlocked), 1);
+  EXPECT_EQ(sim.active(FindingKind::kGuestIpiStall).size(), 1u);
+  sim.run(4s);
   EXPECT_TRUE(sim.engine.active_findings().empty());
   for (const auto kind : {FindingKind::kVcpuHostBlocked, FindingKind::kGuestIpiStall, FindingKind::kGuestIdleWithPendingWork})
     EXPECT_EQ(sim.count(FindingEvent::Type::kResolved, kind), 1) << to_string(kind);
+  for (const auto& ev : sim.events)
+    if (ev.type == FindingEvent::Type::kResolved) {
+      ASSERT_TRUE(ev.finding.resolved_at.has_value());
+      EXPECT_EQ(*ev.finding.resolved_at, thaw + kTick) << to_string(ev.finding.kind);
+    }
 }
 
 // Seed cases 2 and 4: CPU1 spins with interrupts disabled; CPUs 0, 2, 3 wait on it through

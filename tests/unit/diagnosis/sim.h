@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -94,11 +95,14 @@ class Sim {
   int ticks = 0;
   // Guest snapshots: every tick (true) or as the engine's policy asks (false).
   bool snapshot_always = true;
+  // A workload's step (fault_scenarios.h), run at the start of every tick.
+  std::function<void()> before_tick;
 
   Duration period() const { return 400ms * guest.watchdog_thresh; }
 
   // One 100 ms tick. Returns this tick's events.
   std::vector<FindingEvent> tick() {
+    if (before_tick) before_tick();
     clock.advance(kTick);
     ++ticks;
     auto advance = [](SimThread& t) {

@@ -63,6 +63,51 @@ TEST(ClientFormat, FindingsTableAndEvidence) {
   EXPECT_NE(chain.find("explained by demo/VCPU_HOST_BLOCKED/vcpu2/1"), std::string::npos) << chain;
 }
 
+TEST(ClientFormat, FindingsAsIncidentTrees) {
+  // Listed by onset: the IPI stall began first, but it is a symptom of the VM-wide stall.
+  v1::ListFindingsResponse r;
+  auto ipi = finding();
+  ipi.set_incident_id("demo/VM_WIDE_STALL/vm/5");
+  ipi.set_recurrences(2);
+  auto other = finding();
+  other.set_id("demo/GUEST_IPI_STALL/root=cpu3/9");
+  other.set_summary("CPU1 has waited 2 s for CPU3");
+  other.set_cause_evaluating(true);
+  other.set_incident_id(other.id());
+  v1::Finding vm;
+  vm.set_id("demo/VM_WIDE_STALL/vm/5");
+  vm.set_kind(v1::VM_WIDE_STALL);
+  vm.set_severity(v1::CRITICAL);
+  vm.set_domain("demo");
+  vm.set_active(true);
+  vm.set_summary("The whole VM is stopped");
+  vm.set_incident_id(vm.id());
+  vm.add_symptom_ids(ipi.id());
+  *r.add_findings() = ipi;
+  *r.add_findings() = other;
+  *r.add_findings() = vm;
+  auto now = Clock::time_point(std::chrono::seconds(1'795'248'407));
+  auto table = format_findings(r, false, now);
+  const auto p_other = table.find("GUEST_IPI_STALL  ");
+  const auto p_vm = table.find("VM_WIDE_STALL");
+  const auto p_ipi = table.find("`- GUEST_IPI_STALL");
+  ASSERT_NE(p_other, std::string::npos) << table;
+  ASSERT_NE(p_vm, std::string::npos) << table;
+  ASSERT_NE(p_ipi, std::string::npos) << table;
+  EXPECT_LT(p_other, p_vm) << table;
+  EXPECT_LT(p_vm, p_ipi) << "the symptom right under its root:\n" << table;
+  auto chain = format_findings(r, true, now);
+  EXPECT_NE(chain.find("    incident root of 1 symptoms\n"), std::string::npos) << chain;
+  EXPECT_NE(chain.find("    `- critical GUEST_IPI_STALL demo"), std::string::npos) << chain;
+  EXPECT_NE(chain.find("        recurred 2 times"), std::string::npos) << chain;
+  EXPECT_NE(chain.find("    cause undetermined, evaluating\n"), std::string::npos) << chain;
+
+  v1::FindingEvent e;
+  e.set_type(v1::FindingEvent::OPENED);
+  *e.mutable_finding() = ipi;
+  EXPECT_NE(format_event(e).find("  [symptom of demo/VM_WIDE_STALL/vm/5]\n"), std::string::npos) << format_event(e);
+}
+
 TEST(ClientFormat, WatchEventsOneLineEach) {
   v1::FindingEvent e;
   e.set_type(v1::FindingEvent::SYNCED);

@@ -39,6 +39,9 @@ TEST(ConvertFinding, EveryFieldIsCopied) {
   f.duration = std::chrono::milliseconds(1400);
   f.predicted_guest_report_in = std::chrono::seconds(3);
   f.explained_by = "demo/VCPU_HOST_BLOCKED/2/1";
+  f.incident_id = "demo/VM_WIDE_STALL/vm/1";
+  f.recurrences = 3;
+  f.cause_evaluating = true;
   diagnosis::Evidence e;
   e.text = "CPU0 waits on CPU2's csd for 1.4 s";
   e.facts = {{"waiter_cpu", "0"}, {"target_cpu", "2"}, {"wait_ms", "1400"}};
@@ -64,6 +67,15 @@ TEST(ConvertFinding, EveryFieldIsCopied) {
   EXPECT_TRUE(p.active());
   EXPECT_EQ(p.predicted_guest_report_in().seconds(), 3);
   EXPECT_EQ(p.explained_by(), f.explained_by);
+  EXPECT_EQ(p.incident_id(), f.incident_id);
+  EXPECT_EQ(p.recurrences(), 3u);
+  EXPECT_TRUE(p.cause_evaluating());
+  EXPECT_EQ(p.symptom_ids_size(), 0);
+  f.symptom_ids = {"demo/GUEST_IPI_STALL/root=cpu1/4", "demo/VCPU_HOST_BLOCKED/vcpu1/2"};
+  v1::Finding root;
+  to_proto(f, &root);
+  ASSERT_EQ(root.symptom_ids_size(), 2);
+  EXPECT_EQ(root.symptom_ids(1), "demo/VCPU_HOST_BLOCKED/vcpu1/2");
   ASSERT_EQ(p.evidence_size(), 1);
   EXPECT_EQ(p.evidence(0).facts().at("wait_ms"), "1400");
   EXPECT_EQ(p.evidence(0).host_stack(0), "__refrigerator");

@@ -36,10 +36,12 @@ struct PostableAlert {
   std::string generator_url;
 };
 
-// Labels: alertname, host, domain, kind, severity, cause, cpus ("0,2"), finding_id. The id
-// keeps two findings of one kind on one domain (vCPU 1 and vCPU 3 blocked) apart: Alertmanager
-// identifies an alert by its label set. Annotations: summary, evidence (one line per link),
-// onset, explained_by (when set). startsAt = onset; endsAt as given.
+// Labels: alertname, host, domain, kind, severity, cause, cpus ("0,2"), finding_id, and
+// incident_role ("root" / "symptom") when the finding belongs to an incident. The id keeps two
+// findings of one kind on one domain (vCPU 1 and vCPU 3 blocked) apart: Alertmanager identifies
+// an alert by its label set. Annotations: summary, evidence (one line per link), onset,
+// explained_by (when set), incident_id, recurrences (when > 0), cause_evaluating ("true" while
+// the cause is undetermined). startsAt = onset; endsAt as given.
 PostableAlert alert_from_finding(const diagnosis::Finding& f, const AlertOptions& options,
                                  std::optional<diagnosis::Timestamp> ends_at);
 

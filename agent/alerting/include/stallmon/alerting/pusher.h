@@ -4,7 +4,9 @@
 //   sampling thread ──on_finding_event()──▶ bounded queue (drop-oldest, counted)
 //                                               │
 //   pusher thread:  step(): drain queue → resync from the engine when events were dropped (and
-//                   every resend_interval) → per URL, POST every active alert with
+//                   every resend_interval) → choose the alerts: one per incident, its root
+//                   finding, with the symptoms summarised (symptoms are never alerts of their
+//                   own) → per URL, POST every active alert with
 //                   endsAt = now + ends_at_margin (so a dead stallmond's alerts expire), plus
 //                   resolutions (endsAt = resolved_at) not yet delivered there → on failure,
 //                   exponential backoff for that URL.
@@ -55,6 +57,15 @@ struct PusherOptions {
   // alerts on its own after at most this long. Several resends fit in it, so one lost POST
   // does not flap the alert.
   diagnosis::Duration ends_at_margin = 2min;
+  // One fault, one page: only incident roots become alerts, and a root only once it has been a
+  // root for root_settle (a symptom seen a tick before its root - an IPI wait on a vCPU whose
+  // VM-wide stall opens 100 ms later - never pages on its own) ...
+  diagnosis::Duration root_settle = 1s;
+  // ... and its cause is decided (a root "undetermined, evaluating" is usually a starvation whose
+  // window has not closed yet, ~4.5 s). A root still undetermined after this long is sent anyway:
+  // a real stall must page.
+  diagnosis::Duration undetermined_max_wait = 15s;
+  size_t max_symptom_lines = 8;  // in the `symptoms` annotation
   diagnosis::Duration backoff_initial = 1s;
   diagnosis::Duration backoff_max = 60s;
   size_t queue_capacity = 1024;
@@ -118,7 +129,11 @@ class AlertPusher final : public diagnosis::FindingListener, public MetricsContr
 
   void apply(const diagnosis::FindingEvent& e, diagnosis::Timestamp now);
   void resync(diagnosis::Timestamp now);
-  void upsert(const diagnosis::Finding& f, diagnosis::Timestamp now);
+  void upsert(const diagnosis::Finding& f);
+  // Which active findings are alerts now (roots past their settle), and their alert bodies.
+  // Returns when a held-back root becomes due (or Timestamp::max()).
+  diagnosis::Timestamp choose_alerts(diagnosis::Timestamp now);
+  PostableAlert build_alert(const diagnosis::Finding& root) const;
   void resolve(const std::string& id, diagnosis::Timestamp at, diagnosis::Timestamp now);
   void retire(const PostableAlert& sent, diagnosis::Timestamp at, diagnosis::Timestamp now);
   void mark_dirty();
@@ -137,8 +152,9 @@ class AlertPusher final : public diagnosis::FindingListener, public MetricsContr
   bool stopping_ = false;
 
   // Pusher-thread state.
-  std::map<std::string, diagnosis::Finding> active_;  // by finding id
-  std::map<std::string, PostableAlert> sent_labels_;  // last alert built per id (label set)
+  std::map<std::string, diagnosis::Finding> active_;  // by finding id: roots and symptoms
+  std::map<std::string, diagnosis::Timestamp> root_since_;  // root id -> first seen as a root
+  std::map<std::string, PostableAlert> sent_labels_;  // last alert built per alerted root id
   std::vector<Resolution> resolutions_;
   std::vector<Target> targets_;
   diagnosis::Timestamp next_resync_{};

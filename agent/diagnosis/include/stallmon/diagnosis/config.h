@@ -39,6 +39,27 @@ struct DiagnosisConfig {
   // A csd seen locked in consecutive snapshots for this long. Healthy IPIs finish in µs.
   Duration ipi_stall_min = 500ms;
 
+  // --- Cause while the evidence forms -----------------------------------------------------
+  // A vCPU that is "impeded" - starvation building or open, its cgroup throttled within the
+  // starvation window, or denied the CPU >= suspect_steal_fraction over this recent window or
+  // the starvation window - is never called "interrupts off": a stall rooted on it has cause
+  // undetermined (evaluating) until starvation opens or the evidence is certain. The recent
+  // window is short so rising steal counts within ~400 ms (a vCPU capped at 5 %: 0.95 x 4 of 5
+  // ticks), before an IPI wait can reach ipi_stall_min; nor may the vCPU have been impeded at
+  // any tick since the wait began.
+  Duration impeded_recent_window = 500ms;
+
+  // --- Recurrence (stability) -------------------------------------------------------------
+  // A guest-side symptom (GUEST_IPI_STALL, GUEST_IDLE_WITH_PENDING_WORK,
+  // GUEST_SOFTLOCKUP_IMMINENT) that ends is held this long; if it comes back with the same key
+  // (root CPUs / CPU) and a compatible cause, it continues (recurrences + 1) instead of opening
+  // a new finding. Measured: under a vCPU throttled to 5 ms/100 ms with TLB-shootdown IPIs on
+  // every CPU, the IPI stall on it ended and came back 6 times in 12 s (every ~2 s); 5 s covers
+  // twice that gap. When the hold runs out the finding resolves, resolved_at = when it ended.
+  // Host-side kinds end on real run progress (a real end) and are not held; VCPU_HOST_STARVED
+  // has its own hysteresis (starved_clear_*). 0: no hold.
+  Duration guest_recurrence_hold = 5s;
+
   // --- GUEST_IDLE_WITH_PENDING_WORK -------------------------------------------------------
   // Idle task current, with work queued, continuously over at least 2 snapshots spanning this.
   Duration idle_pending_min = 500ms;

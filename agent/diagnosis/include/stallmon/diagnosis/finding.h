@@ -71,6 +71,24 @@ struct Finding {
   // The id of a finding that explains this one (a VM_WIDE_STALL, or the IPI stall whose root
   // holds this CPU up); empty if none.
   std::string explained_by;
+
+  // Incidents: findings that share a root cause. Following explained_by to its end gives the
+  // incident's root finding; incident_id is that root's id (== id for the root itself). It
+  // keeps naming a root that has resolved while this symptom winds down.
+  std::string incident_id;
+  // On a root: the ids of the active findings of its incident (its symptoms), sorted; empty on
+  // a symptom.
+  std::vector<std::string> symptom_ids;
+  // How often the condition ended and came back within its kind's recurrence hold and was
+  // continued as this finding (0: it never stopped).
+  uint32_t recurrences = 0;
+  // The evidence does not decide the cause yet (e.g. the vCPU is throttled or its steal is
+  // rising, and the starvation window has not closed): cause is kUnknown and will be updated in
+  // place (an UPDATED event) once it is certain. The summary says "Cause: undetermined,
+  // evaluating."
+  bool cause_evaluating = false;
+
+  bool is_incident_root() const { return incident_id.empty() || incident_id == id; }
 };
 
 struct FindingEvent {
