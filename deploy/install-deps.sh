@@ -36,6 +36,7 @@ test_deps=(
   linux-headers-amd64
   bpftool prometheus prometheus-alertmanager
   python3 curl iproute2 procps psmisc openssl
+  help2man lintian debootstrap   # deploy/package.sh (man pages, lint) and tests/package
 )
 
 pkgs=("${build_deps[@]}" "${runtime_deps[@]}")
