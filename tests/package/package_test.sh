@@ -187,12 +187,12 @@ EOF
   inch() { chroot "$ch" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@"; }
   say "chroot: apt-get install ./$(basename "$deb") in a fresh Debian 12"
   inch apt-get update -qq >"$work/chroot-update.log" 2>&1 || { cat "$work/chroot-update.log" >&2; fail "apt-get update in the chroot"; }
-  before="$(inch dpkg-query -W -f='${Package}\n' | wc -l)"
+  inch dpkg-query -W -f='${Package}\n' | sort > "$work/chroot-before"
   start=$SECONDS
   inch apt-get install -y "/tmp/$(basename "$deb")" >"$work/chroot-install.log" 2>&1 \
     || { tail -30 "$work/chroot-install.log" >&2; fail "apt install in the chroot"; }
-  after="$(inch dpkg-query -W -f='${Package}\n' | wc -l)"
-  say "chroot: installed with $((after - before - 1)) dependencies in $((SECONDS - start)) s"
+  added="$(inch dpkg-query -W -f='${Package}\n' | sort | comm -13 "$work/chroot-before" - | grep -vx stallmon)"
+  say "chroot: installed in $((SECONDS - start)) s with $(wc -l <<<"$added") new packages: $(tr '\n' ' ' <<<"$added")"
   missing="$(inch ldd /usr/sbin/stallmond /usr/bin/stallctl | grep 'not found' || true)"
   [ -z "$missing" ] || fail "unresolved libraries in the fresh system: $missing"
   ok="$(inch stallmond --check-config)"
