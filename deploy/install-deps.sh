@@ -39,6 +39,7 @@ test_deps=(
   linux-headers-amd64
   prometheus prometheus-alertmanager
   python3 curl iproute2 procps psmisc openssl
+  help2man lintian debootstrap   # deploy/package.sh (man pages, lint) and tests/package
 )
 
 pkgs=("${build_deps[@]}" "${runtime_deps[@]}")

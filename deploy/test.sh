@@ -55,6 +55,9 @@ cmake --build "$build" -j "$jobs"
 rc=0
 if [ "$tier" = unit ] || [ "$tier" = all ]; then
   ctest --test-dir "$build" -L unit -j "$jobs" --output-on-failure --timeout 120 || rc=1
+  # The Debian package from this build (deploy/package.sh: install, strip, man pages, lintian;
+  # ~40 s), checked without installing it (tests/package/package_test.sh has the other stages).
+  STALLMON_PACKAGE_BUILD_DIR="$build" "$root/tests/package/package_test.sh" deb || rc=1
 fi
 if [ "$tier" = integration ] || [ "$tier" = all ]; then
   # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
