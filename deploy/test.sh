@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Builds stallmon and runs its tests: the unit tier (hermetic, fast), then the integration tier
-# (real QEMU guests under libvirt; needs root). This is the README's test command and what CI runs.
-# The fuzz tier (not part of `all`) builds the parsers' libFuzzer targets with clang in
-# build/fuzz and runs each for STALLMON_FUZZ_SECONDS (default 20).
+# Builds stallmon and runs its tests: the unit tier (hermetic, fast), the unit tier again under
+# AddressSanitizer + UndefinedBehaviorSanitizer with leak checking (its own build), then the
+# integration tier (real QEMU guests under libvirt; needs root). This is the README's test command
+# and what CI runs. `all` runs the tiers cheapest first and stops at the first failed tier.
+# The fuzz tier (not part of `all`; .ci/run runs a short sample of it) builds the parsers'
+# libFuzzer targets with clang in build/fuzz and runs each for STALLMON_FUZZ_SECONDS (default 20).
 #
-# Usage: deploy/test.sh [unit|integration|all|fuzz]   (default: all)
-# Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_JOBS (default: nproc),
-#              STALLMON_FUZZ_SECONDS (default 20).
+# Usage: deploy/test.sh [unit|asan|integration|all|fuzz]   (default: all)
+# Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_ASAN_BUILD_DIR (default
+# build/asan), STALLMON_JOBS (default: nproc), STALLMON_FUZZ_SECONDS (default 20).
 set -euo pipefail
 
 tier="${1:-all}"
-case "$tier" in unit|integration|all|fuzz) ;; *) echo "usage: $0 [unit|integration|all|fuzz]" >&2; exit 2 ;; esac
+case "$tier" in unit|asan|integration|all|fuzz) ;; *) echo "usage: $0 [unit|asan|integration|all|fuzz]" >&2; exit 2 ;; esac
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="${STALLMON_JOBS:-$(nproc)}"
@@ -48,9 +50,12 @@ if [ "$tier" = fuzz ]; then
 fi
 
 build="${STALLMON_BUILD_DIR:-$root/build/release}"
+asan_build="${STALLMON_ASAN_BUILD_DIR:-$root/build/asan}"
 
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON
-cmake --build "$build" -j "$jobs"
+if [ "$tier" != asan ]; then
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON
+  cmake --build "$build" -j "$jobs"
+fi
 
 rc=0
 if [ "$tier" = unit ] || [ "$tier" = all ]; then
@@ -59,7 +64,17 @@ if [ "$tier" = unit ] || [ "$tier" = all ]; then
   # ~40 s), checked without installing it (tests/package/package_test.sh has the other stages).
   STALLMON_PACKAGE_BUILD_DIR="$build" "$root/tests/package/package_test.sh" deb || rc=1
 fi
-if [ "$tier" = integration ] || [ "$tier" = all ]; then
+if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
+  # The CMakePresets.json "asan" preset: -O1, sanitizers on every object, no benchmarks and no
+  # real-guest tests, so only what the unit tier runs is built. Any report fails the test:
+  # UBSan halts (-fno-sanitize-recover), ASan and LSan exit non-zero.
+  cmake --preset asan -S "$root" -B "$asan_build" -DSTALLMON_WERROR=ON
+  cmake --build "$asan_build" -j "$jobs"
+  ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    ctest --test-dir "$asan_build" -L unit -j "$jobs" --output-on-failure --timeout 300 || rc=1
+fi
+if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ]; }; then
   # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
   # Bring up libvirt and build the guest kit once, before the tests race to do it.
   python3 "$root/tests/testbed/testbed.py" libvirt-up

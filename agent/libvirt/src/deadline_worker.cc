@@ -6,14 +6,19 @@
 #include <algorithm>
 
 namespace stallmon::libvirt {
+
+std::shared_ptr<DeadlineClock> SteadyDeadlineClock::instance() {
+  static const auto clock = std::make_shared<SteadyDeadlineClock>();
+  return clock;
+}
+
 namespace detail {
 
 std::deque<Task> WorkerCore::mark_unresponsive_locked() {
   health.responsive = false;
   health.since_steady = running_start;
   health.since_wall = std::chrono::system_clock::now() -
-                      std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                          std::chrono::steady_clock::now() - running_start);
+                      std::chrono::duration_cast<std::chrono::system_clock::duration>(clock->now() - running_start);
   health.stuck_call = running_what;
   // Nothing may wait behind the stuck call: fail everything queued now.
   std::deque<Task> dropped;
@@ -54,7 +59,7 @@ Error WorkerCore::caller_timed_out(uint64_t id, const std::string& what) {
     }
   }
   // Whether or not this caller's call was the running one, the running call may now be overdue.
-  check_deadline(std::chrono::steady_clock::now());
+  check_deadline(clock->now());
   std::lock_guard lock(mu);
   if (queued) {
     return Error(ErrorCode::kTimeout,
@@ -72,7 +77,7 @@ void WorkerCore::run_loop() {
     if (stop) break;
     Task task = std::move(queue.front());
     queue.pop_front();
-    auto now = std::chrono::steady_clock::now();
+    auto now = clock->now();
     if (now >= task.deadline) {
       // Its caller has given up (or will the moment it looks); do not start it late.
       lock.unlock();
@@ -109,9 +114,10 @@ void WorkerCore::run_loop() {
 }  // namespace detail
 
 DeadlineWorker::DeadlineWorker(std::string name, HealthCallback on_health,
-                               std::chrono::milliseconds shutdown_grace)
+                               std::chrono::milliseconds shutdown_grace, std::shared_ptr<DeadlineClock> clock)
     : core_(std::make_shared<detail::WorkerCore>()), shutdown_grace_(shutdown_grace) {
   core_->name = std::move(name);
+  core_->clock = clock ? std::move(clock) : SteadyDeadlineClock::instance();
   core_->on_health = std::move(on_health);  // no thread yet: no lock needed
   // The thread shares ownership of the core so that it can outlive this object when detached.
   thread_ = std::thread([core = core_] {
@@ -151,6 +157,8 @@ bool DeadlineWorker::check_deadline(Clock::time_point now) {
   std::lock_guard lock(core_->mu);
   return core_->health.responsive;
 }
+
+bool DeadlineWorker::check_deadline() { return check_deadline(core_->clock->now()); }
 
 MonitorHealth DeadlineWorker::health() const {
   std::lock_guard lock(core_->mu);

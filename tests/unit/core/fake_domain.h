@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// A fake qemu process for the core's unit tests: an in-memory /proc (FakeHostFs) with a main
-// loop and N vCPU threads, host and engine clocks that advance together, and the libvirt
-// DomainInfo describing it.
+// A fake qemu process for the core's (and the gRPC service's) unit tests: an in-memory /proc
+// (FakeHostFs) with a main loop and N vCPU threads, host and engine clocks that advance
+// together, and the libvirt DomainInfo describing it. Several qemus may share one FakeHost.
 #pragma once
 
 #include <map>
@@ -20,33 +20,41 @@ namespace stallmon::core::testing {
 
 using host::testing::FakeThread;
 
+// What a StallMonitor reads of its host: /proc and the two clocks.
+struct FakeHost {
+  host::FakeHostFs fs;
+  host::SimulatedClock mono{1'000'000'000};
+  diagnosis::ManualClock clock;
+
+  void advance_clocks(int64_t ms) {
+    mono.advance_ns(ms * 1'000'000);
+    clock.advance(std::chrono::milliseconds(ms));
+  }
+};
+
 class FakeQemu {
+  std::unique_ptr<FakeHost> owned_host_;  // declared first: the references below may point into it
+
  public:
   static constexpr int32_t kPid = 4000;
 
+  // A qemu alone on a host of its own.
   explicit FakeQemu(int vcpus = 4, std::string name = "vm1",
                     std::string uuid = "00000000-0000-0000-0000-000000000001")
-      : name_(std::move(name)), uuid_(std::move(uuid)) {
-    main_.tid = kPid;
-    main_.comm = "qemu-system-x86";
-    main_.state = 'S';
-    main_.wchan = "do_sys_poll";
-    put(main_);
-    for (int i = 0; i < vcpus; ++i) {
-      FakeThread t;
-      t.tid = kPid + 1 + i;
-      t.comm = "CPU " + std::to_string(i) + "/TCG";
-      t.state = 'R';
-      vcpus_.push_back(t);
-      put(t);
-    }
-  }
+      : FakeQemu(std::make_unique<FakeHost>(), nullptr, vcpus, std::move(name), std::move(uuid), kPid) {}
+  // One of several qemus on `host`, with its own pid (its vCPU threads are pid+1...).
+  FakeQemu(FakeHost& host, int vcpus, std::string name, std::string uuid, int32_t pid)
+      : FakeQemu(nullptr, &host, vcpus, std::move(name), std::move(uuid), pid) {}
 
-  // Advances both clocks by `ms` and every thread's /proc files: threads in R ran `run_ms` of it
-  // (and waited `wait_ms`), the main loop ran a little; blocked threads did not move.
+  // Advances both clocks by `ms` and every thread's /proc files (advance_threads). With a shared
+  // host, advance its clocks once and call advance_threads() on each qemu instead.
   void advance(int64_t ms, uint64_t run_ms = 40, uint64_t wait_ms = 5) {
-    mono.advance_ns(ms * 1'000'000);
-    clock.advance(std::chrono::milliseconds(ms));
+    host_.advance_clocks(ms);
+    advance_threads(run_ms, wait_ms);
+  }
+  // Threads in R ran `run_ms` (and waited `wait_ms`), the main loop ran a little; blocked
+  // threads did not move.
+  void advance_threads(uint64_t run_ms = 40, uint64_t wait_ms = 5) {
     main_.run_ns += 1'000'000;
     main_.timeslices += 1;
     put(main_);
@@ -82,7 +90,7 @@ class FakeQemu {
     d.uuid = uuid_;
     d.id = 7;
     d.state = libvirt::DomainRunState::kRunning;
-    d.qemu_pid = kPid;
+    d.qemu_pid = pid_;
     for (size_t i = 0; i < vcpus_.size(); ++i) {
       d.vcpus.push_back(libvirt::VcpuThread{static_cast<int>(i), vcpus_[i].tid, vcpus_[i].comm});
     }
@@ -92,18 +100,47 @@ class FakeQemu {
     return d;
   }
 
+  int32_t pid() const { return pid_; }
   pid_t vcpu_tid(int i) const { return vcpus_.at(static_cast<size_t>(i)).tid; }
 
-  host::FakeHostFs fs;
-  host::SimulatedClock mono{1'000'000'000};
-  diagnosis::ManualClock clock;
+  // The host's (shared or own).
+  host::FakeHostFs& fs;
+  host::SimulatedClock& mono;
+  diagnosis::ManualClock& clock;
 
  private:
-  void put(const FakeThread& t) {
-    host::testing::put_thread(fs, kPid, t);
-    fs.set_file("proc/" + std::to_string(kPid) + "/cgroup", "0::/\n");
+  FakeQemu(std::unique_ptr<FakeHost> owned, FakeHost* shared, int vcpus, std::string name, std::string uuid,
+           int32_t pid)
+      : owned_host_(std::move(owned)),
+        fs((shared ? *shared : *owned_host_).fs),
+        mono((shared ? *shared : *owned_host_).mono),
+        clock((shared ? *shared : *owned_host_).clock),
+        host_(shared ? *shared : *owned_host_),
+        pid_(pid),
+        name_(std::move(name)),
+        uuid_(std::move(uuid)) {
+    main_.tid = pid_;
+    main_.comm = "qemu-system-x86";
+    main_.state = 'S';
+    main_.wchan = "do_sys_poll";
+    put(main_);
+    for (int i = 0; i < vcpus; ++i) {
+      FakeThread t;
+      t.tid = pid_ + 1 + i;
+      t.comm = "CPU " + std::to_string(i) + "/TCG";
+      t.state = 'R';
+      vcpus_.push_back(t);
+      put(t);
+    }
   }
 
+  void put(const FakeThread& t) {
+    host::testing::put_thread(fs, pid_, t);
+    fs.set_file("proc/" + std::to_string(pid_) + "/cgroup", "0::/\n");
+  }
+
+  FakeHost& host_;
+  int32_t pid_;
   std::string name_, uuid_;
   FakeThread main_;
   std::vector<FakeThread> vcpus_;

@@ -2,7 +2,7 @@
 // Adapters from core/diagnosis/introspect values to stallmon.v1 messages.
 #include <gtest/gtest.h>
 
-#include "fake_backend.h"
+#include "values.h"
 #include "stallmon/server/convert.h"
 
 namespace stallmon::server {

@@ -8,7 +8,7 @@
 
 #include <filesystem>
 
-#include "fake_backend.h"
+#include "hermetic_agent.h"
 #include "stallmon/server/server.h"
 #include "stallmon/v1/stallmon.grpc.pb.h"
 #include "test_certs.h"
@@ -30,7 +30,7 @@ class TlsTest : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_TRUE(certs_.error.empty()) << certs_.error;
-    backend_.add_domain(testing::make_domain("demo", "uuid-demo", 2));
+    agent_.add("demo", "uuid-demo", 2);
     ServerOptions o;
     o.unix_socket = dir_ + "/s.sock";
     o.tcp_listen = "127.0.0.1:0";
@@ -38,7 +38,7 @@ class TlsTest : public ::testing::Test {
     o.tls_key_file = certs_.server_key;
     o.tls_client_ca_file = certs_.ca;
     o.shutdown_grace = 200ms;
-    server_ = std::make_unique<GrpcServer>(backend_, o, 7);
+    server_ = std::make_unique<GrpcServer>(agent_.backend, o, 7);
     auto r = server_->start();
     ASSERT_TRUE(r.ok()) << r.error().to_string();
     ASSERT_GT(server_->tcp_port(), 0);
@@ -49,9 +49,10 @@ class TlsTest : public ::testing::Test {
     auto ch = grpc::CreateChannel(target_, creds);
     auto stub = v1::Stallmon::NewStub(ch);
     grpc::ClientContext c;
-    c.set_deadline(std::chrono::system_clock::now() + 3s);
-    v1::ListDomainsResponse r;
-    return stub->ListDomains(&c, {}, &r);
+    // A hang guard: refused clients fail fast (UNAVAILABLE), long before it.
+    c.set_deadline(std::chrono::system_clock::now() + 60s);
+    domains_.Clear();
+    return stub->ListDomains(&c, {}, &domains_);
   }
   static std::shared_ptr<grpc::ChannelCredentials> creds(const std::string& cert, const std::string& key) {
     grpc::SslCredentialsOptions o;
@@ -65,14 +66,17 @@ class TlsTest : public ::testing::Test {
 
   static inline std::string dir_;
   static inline TestCerts certs_;
-  testing::FakeBackend backend_;
+  testing::HermeticAgent agent_;
   std::unique_ptr<GrpcServer> server_;
   std::string target_;
+  v1::ListDomainsResponse domains_;  // of the last call()
 };
 
 TEST_F(TlsTest, ClientWithCertificateFromTheCaIsServed) {
   auto st = call(creds(certs_.client_cert, certs_.client_key));
-  EXPECT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  ASSERT_EQ(domains_.domains_size(), 1);
+  EXPECT_EQ(domains_.domains(0).name(), "demo");
 }
 
 TEST_F(TlsTest, ClientWithoutCertificateIsRefused) {
@@ -94,9 +98,11 @@ TEST_F(TlsTest, UnixSocketServesAlongside) {
   auto ch = grpc::CreateChannel("unix:" + dir_ + "/s.sock", grpc::InsecureChannelCredentials());
   auto stub = v1::Stallmon::NewStub(ch);
   grpc::ClientContext c;
-  c.set_deadline(std::chrono::system_clock::now() + 3s);
+  c.set_deadline(std::chrono::system_clock::now() + 60s);
   v1::ListDomainsResponse r;
-  EXPECT_TRUE(stub->ListDomains(&c, {}, &r).ok());
+  ASSERT_TRUE(stub->ListDomains(&c, {}, &r).ok());
+  ASSERT_EQ(r.domains_size(), 1);
+  EXPECT_EQ(r.domains(0).name(), "demo");
 }
 
 }  // namespace

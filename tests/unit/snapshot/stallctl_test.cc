@@ -47,16 +47,16 @@ TEST(Ranges, Rejects) {
 }
 
 TEST(RunCommand, OutputExitCodeAndDeadline) {
-  auto r = run_command({"sh", "-c", "echo out; echo err >&2; exit 3"}, 10s);
+  auto r = run_command({"sh", "-c", "echo out; echo err >&2; exit 3"}, 60s);  // a hang guard
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->exit_code, 3);
   EXPECT_EQ(r->out, "out\n");
   EXPECT_EQ(r->err, "err\n");
-  auto t0 = std::chrono::steady_clock::now();
-  auto slow = run_command({"sleep", "10"}, 200ms);
+  // A child that never ends by itself: returning at all shows the deadline killed it (no
+  // elapsed-time assertion; the ctest timeout catches a hang).
+  auto slow = run_command({"sleep", "infinity"}, 200ms);
   ASSERT_FALSE(slow.ok());
   EXPECT_EQ(slow.error().code, ErrorCode::kTimeout);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   auto missing = run_command({"/nonexistent/stallmon-no-such-binary"}, 5s);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
@@ -65,7 +65,7 @@ TEST(RunCommand, OutputExitCodeAndDeadline) {
 TEST(Stallctl, ExitCodes) {
   auto code = [](std::vector<std::string> args) {
     args.insert(args.begin(), STALLCTL_PATH);
-    auto r = run_command(args, 20s);
+    auto r = run_command(args, 60s);  // a hang guard
     return r.ok() ? r->exit_code : -1;
   };
   EXPECT_EQ(code({}), 2);

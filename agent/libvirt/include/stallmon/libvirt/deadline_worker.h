@@ -29,6 +29,31 @@
 
 namespace stallmon::libvirt {
 
+// The time a worker's deadlines are measured on. Production uses SteadyDeadlineClock; unit
+// tests substitute a clock that moves only when told to, so that no assertion depends on how
+// long a real wait took.
+class DeadlineClock {
+ public:
+  using time_point = std::chrono::steady_clock::time_point;
+  virtual ~DeadlineClock() = default;
+  virtual time_point now() const = 0;
+  // Waits on `cv` (whose mutex `lock` holds) until pred() or now() >= deadline; returns pred().
+  // May release and re-acquire `lock` like a condition-variable wait.
+  virtual bool wait_until(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, time_point deadline,
+                          const std::function<bool()>& pred) = 0;
+};
+
+class SteadyDeadlineClock final : public DeadlineClock {
+ public:
+  time_point now() const override { return std::chrono::steady_clock::now(); }
+  bool wait_until(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, time_point deadline,
+                  const std::function<bool()>& pred) override {
+    return cv.wait_until(lock, deadline, pred);
+  }
+  // The shared instance workers use by default.
+  static std::shared_ptr<DeadlineClock> instance();
+};
+
 namespace detail {
 struct WorkerCore;
 }  // namespace detail
@@ -66,6 +91,7 @@ class PendingCall {
     std::chrono::steady_clock::time_point deadline{};
     std::string what;
     std::weak_ptr<detail::WorkerCore> core;
+    std::shared_ptr<DeadlineClock> clock;  // null for completed()
   };
   explicit PendingCall(std::shared_ptr<State> s) : state_(std::move(s)) {}
   std::shared_ptr<State> state_;
@@ -84,6 +110,7 @@ struct Task {
 
 struct WorkerCore {
   std::string name;
+  std::shared_ptr<DeadlineClock> clock;  // set before the thread starts, never changed
   // Guarded by cb_mu (not mu) so that the callback runs without mu held and the destructor can
   // clear it knowing no callback is in progress.
   std::mutex cb_mu;
@@ -124,8 +151,10 @@ class DeadlineWorker {
   // `name` names the thread (visible in /proc, truncated to 15 bytes) and error messages.
   // `on_health` is called on every responsive/unresponsive transition, from whichever thread
   // noticed it (a waiting caller, check_deadline()'s caller, or the worker); keep it short.
+  // Deadlines are on `clock` (default: SteadyDeadlineClock); `shutdown_grace` is real time.
   explicit DeadlineWorker(std::string name, HealthCallback on_health = {},
-                          std::chrono::milliseconds shutdown_grace = std::chrono::milliseconds(200));
+                          std::chrono::milliseconds shutdown_grace = std::chrono::milliseconds(200),
+                          std::shared_ptr<DeadlineClock> clock = nullptr);
   // Rejects queued calls, then joins the thread; a thread still inside a call after
   // `shutdown_grace` is detached (it owns everything it touches) rather than waited for.
   ~DeadlineWorker();
@@ -147,8 +176,10 @@ class DeadlineWorker {
   }
 
   // For callers that submit and do not wait: marks the worker unresponsive if the running call is
-  // past its deadline. Returns true if the worker is responsive afterwards.
-  bool check_deadline(Clock::time_point now = Clock::now());
+  // past its deadline (as of `now`, or of the worker's clock). Returns true if the worker is
+  // responsive afterwards.
+  bool check_deadline(Clock::time_point now);
+  bool check_deadline();
 
   MonitorHealth health() const;
   // True while a call is being executed or queued.
@@ -167,7 +198,8 @@ Result<T> PendingCall<T>::wait() {
   if (!state_) return Error(ErrorCode::kInternal, "wait() on an empty PendingCall");
   {
     std::unique_lock lock(state_->mu);
-    if (state_->cv.wait_until(lock, state_->deadline, [&] { return state_->result.has_value(); })) {
+    auto done = [&] { return state_->result.has_value(); };
+    if (done() || (state_->clock && state_->clock->wait_until(state_->cv, lock, state_->deadline, done))) {
       return *state_->result;
     }
   }
@@ -197,9 +229,10 @@ PendingCall<T> DeadlineWorker::submit(std::string what, std::chrono::millisecond
                                       std::function<Result<T>()> fn) {
   using State = typename PendingCall<T>::State;
   auto state = std::make_shared<State>();
-  state->deadline = Clock::now() + timeout;
+  state->deadline = core_->clock->now() + timeout;
   state->what = what;
   state->core = core_;
+  state->clock = core_->clock;
 
   detail::Task task;
   task.what = std::move(what);
