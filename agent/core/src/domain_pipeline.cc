@@ -54,7 +54,8 @@ ThreadStatus thread_status(const host::TrackedThread& t, const Shared& shared, i
 
 Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared, pid_t pid,
                                                            const std::vector<introspect::RamRange>& ram,
-                                                           uint64_t hint_gpa, uint64_t* bytes_read) {
+                                                           uint64_t hint_gpa, uint64_t* bytes_read,
+                                                           uint32_t max_cpus) {
   if (shared.discover_override) return shared.discover_override(pid, ram, hint_gpa);
   Result<std::shared_ptr<introspect::PhysicalMemory>> mem = Error(ErrorCode::kInternal, "unset");
   if (shared.memory_opener) {
@@ -80,6 +81,7 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
   introspect::DiscoverOptions opts;
   opts.scan.hint_gpa = hint_gpa;  // only where to look first: the note is still proven
   opts.budget = gk->budget;
+  opts.max_cpus = max_cpus;  // the guest's nr_cpu_ids alone is never trusted
   auto kernel = introspect::Kernel::discover(*mem, opts);
   if (!kernel.ok()) return std::move(kernel).error();
 
@@ -88,6 +90,7 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
   gk->access = introspect::make_kernel_access(*gk->kernel);
   introspect::SnapshotOptions tick_options = shared.config.snapshot, inspect_options = shared.config.inspect_snapshot;
   tick_options.budget = inspect_options.budget = gk->budget;
+  if (max_cpus > 0) tick_options.max_cpus = inspect_options.max_cpus = max_cpus;
   auto tick_reader = introspect::SnapshotReader::create(*gk->access, tick_options);
   if (!tick_reader.ok()) return std::move(tick_reader).error().context("snapshot layout");
   gk->tick_reader = std::move(tick_reader).value();
@@ -235,8 +238,7 @@ bool no_kernel_error(const Error& e) {
 }
 // Whether it means "guest data too big for the domain's budget" (introspect's MemoryBudget).
 bool over_budget_error(const Error& e) {
-  const std::string code = to_string(e.code);
-  return code.find("budget") != std::string::npos || e.message.find("over budget") != std::string::npos;
+  return e.code == ErrorCode::kOverBudget || e.message.find("over budget") != std::string::npos;
 }
 }  // namespace
 
@@ -425,7 +427,8 @@ void DomainPipeline::start_discovery(int64_t now_ns) {
     ++h.discovery_attempts;
     h.next_attempt_at.reset();
   });
-  DiscoveryJob job{info_.qemu_pid, info_.ram_layout, note_hint_, mem_generation_, 0};
+  DiscoveryJob job{info_.qemu_pid, info_.ram_layout, note_hint_, mem_generation_, 0,
+                   static_cast<uint32_t>(info_.vcpus.size())};
   {
     std::lock_guard<std::mutex> l(disc_mu_);
     job.id = ++disc_job_id_;
@@ -459,7 +462,7 @@ DomainPipeline::DiscoveryResult DomainPipeline::run_discovery(const DiscoveryJob
   uint64_t bytes = 0;
   Result<std::unique_ptr<GuestKernel>> r = Error(ErrorCode::kInternal, "unset");
   try {
-    r = discover_guest_kernel(shared_, job.pid, *job.ram, job.hint, &bytes);
+    r = discover_guest_kernel(shared_, job.pid, *job.ram, job.hint, &bytes, job.max_cpus);
   } catch (const std::bad_alloc&) {
     r = Error(ErrorCode::kLimit, "discovery: allocation failed (over budget)");
   } catch (const std::exception& e) {

@@ -113,11 +113,13 @@ struct GuestKernel {
 // Discovers the kernel of a running guest: memory source, VMCOREINFO (scan, starting at
 // `hint_gpa` when non-zero), kallsyms, BTF, and both snapshot readers. Slow (100+ ms): never on
 // a tick. Guest memory is read through a MeteredMemory: `bytes_read` (if set) gets what the
-// discovery read, and each read is supervised (GuestReadScope).
+// discovery read, and each read is supervised (GuestReadScope). `max_cpus` (the source's vCPU
+// count, 0 = unknown) bounds the CPUs read, whatever nr_cpu_ids the guest wrote.
 Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared, pid_t pid,
                                                            const std::vector<introspect::RamRange>& ram,
                                                            uint64_t hint_gpa,
-                                                           uint64_t* bytes_read = nullptr);
+                                                           uint64_t* bytes_read = nullptr,
+                                                           uint32_t max_cpus = 0);
 
 // Guest-physical memory as the pipeline reads it: counts the bytes read, and marks each read
 // as a guest read for the pool's supervisor; once the worker was abandoned, later reads fail
@@ -231,6 +233,8 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
     uint64_t hint = 0;
     uint64_t generation = 0;
     uint64_t id = 0;
+    // The vCPU count the source reports: the guest's nr_cpu_ids is cut to it (0: no bound known).
+    uint32_t max_cpus = 0;
   };
 
   bool tick_unguarded();
