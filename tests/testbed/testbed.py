@@ -28,7 +28,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KIT_FORMAT = "3"  # bump when the kit layout or build steps change
+KIT_FORMAT = "4"  # bump when the kit layout or build steps change
 DEFAULT_CACHE = "/var/cache/stallmon/testbed"
 DEFAULT_RUN = "/run/stallmon-testbed"
 CG_PREFIX = "stallmon-tb-inj-"
@@ -146,6 +146,7 @@ def kernel_release(pkg):
 
 def kit_sources():
     files = sorted(glob.glob(os.path.join(HERE, "guest", "*")) +
+                   glob.glob(os.path.join(HERE, "guestprog", "*")) +
                    glob.glob(os.path.join(HERE, "kmod", "*")) + [os.path.abspath(__file__)])
     return [f for f in files if os.path.isfile(f) and not f.endswith((".o", ".ko", ".cmd"))]
 
@@ -295,7 +296,21 @@ def build_module(kver, outdir):
         return out
 
 
-def build_initramfs(kroot, kver, modules, out):
+def build_guest_programs(outdir):
+    """Builds each guestprog/*.c into a static binary (the initramfs has no libc); returns
+    the paths."""
+    out = []
+    for src in sorted(glob.glob(os.path.join(HERE, "guestprog", "*.c"))):
+        exe = os.path.join(outdir, os.path.basename(src)[:-2])
+        p = run(["gcc", "-static", "-O2", "-pthread", "-Wall", "-o", exe, src], check=False,
+                timeout=300)
+        if p.returncode != 0:
+            raise TestbedError("guest program %s failed to build:\n%s" % (src, p.stderr[-3000:]))
+        out.append(exe)
+    return out
+
+
+def build_initramfs(kroot, kver, modules, programs, out):
     with tempfile.TemporaryDirectory(prefix="stallmon-initramfs-") as st:
         for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "lib/modules", "etc"):
             os.makedirs(os.path.join(st, d), exist_ok=True)
@@ -310,6 +325,8 @@ def build_initramfs(kroot, kver, modules, out):
         for f in ("tb-ctl", "tb-load"):
             shutil.copy(os.path.join(HERE, "guest", f), os.path.join(st, "bin", f))
             os.chmod(os.path.join(st, "bin", f), 0o755)
+        for exe in programs:
+            shutil.copy(exe, os.path.join(st, "bin", os.path.basename(exe)))
         shutil.copy(os.path.join(HERE, "guest", "init"), os.path.join(st, "init"))
         os.chmod(os.path.join(st, "init"), 0o755)
         for m in modules:
@@ -363,9 +380,11 @@ def build_kit(kernel=None, force=False):
         os.makedirs(kit)
         modules = build_module(kver, kit)
         initrd = os.path.join(kit, "initrd.img")
-        build_initramfs(kroot, kver, modules, initrd)
+        programs = build_guest_programs(kit)
+        build_initramfs(kroot, kver, modules, programs, initrd)
         meta = {"package": pkg, "deb": deb, "kernel_release": kver, "kernel": vmlinuz,
-                "initrd": initrd, "modules": modules, "kit_dir": kit, "hash": kh,
+                "initrd": initrd, "modules": modules, "programs": programs, "kit_dir": kit,
+                "hash": kh,
                 "build_seconds": round(time.monotonic() - t0, 1)}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True)
@@ -1339,9 +1358,10 @@ def main(argv=None):
     p.add_argument("--vcpus", type=int, default=4)
     p.add_argument("--memory", type=int, default=512, help="MiB")
     p.add_argument("--scenario", default="ipi,wakeups,sleepers",
-                   help="comma list of ipi,wakeups,sleepers or none")
+                   help="comma list of ipi (TLB shootdowns), membarrier, ipi-module, "
+                   "ipi-textpatch, wakeups, sleepers, or none")
     p.add_argument("--wdt", type=int, help="guest watchdog_thresh")
-    p.add_argument("--ipi-interval", help="seconds between schedstats toggles")
+    p.add_argument("--ipi-interval", help="ipi-textpatch: seconds between schedstats toggles")
     p.add_argument("--cmdline", default="", help="extra kernel command line")
     p.add_argument("--panic", type=int, default=-1, help="kernel panic= (-1 reboot now, "
                    "0 stay hung)")
