@@ -13,6 +13,12 @@
  *              Not mmap/munmap: those take mmap_lock for writing, so with a thread on every CPU
  *              most threads sleep on the lock (measured: ipiload at 41% of 4 CPUs, the rest
  *              idle), and an idle CPU gets no shootdown. MADV_DONTNEED takes it for reading.
+ *              After each busy period, before it sleeps, a thread also maps a 2 MiB-aligned
+ *              block that is alone in its page-table page, touches it and unmaps it: the page
+ *              table is freed, and a flush that frees page tables goes to every CPU in the mm's
+ *              cpumask, lazy-TLB idle ones included (native_flush_tlb_multi, freed_tables).
+ *              So a vCPU frozen while idle in this mm stalls the next such flush too: seed case
+ *              1's exact shape (an idle CPU that never answers).
  *  membarrier: MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED once, then each thread loops
  *              MEMBARRIER_CMD_PRIVATE_EXPEDITED: an IPI to every CPU running this mm, waited for.
  *
@@ -71,14 +77,48 @@ static void one_round(volatile char *area)
 	}
 }
 
+#define BLOCK (2UL << 20)
+
+/* A 2 MiB-aligned block whose page-table page nothing else shares: it lies inside a 4 MiB
+ * PROT_NONE reservation that stays mapped (no hole another mmap could take), so its
+ * neighbours are the reservation's own ends, in other PMDs. */
+static char *reserve_block(void)
+{
+	char *base = mmap(NULL, 2 * BLOCK, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			  -1, 0);
+
+	if (base == MAP_FAILED)
+		return NULL;
+	return (char *)(((unsigned long)base + BLOCK - 1) & ~(BLOCK - 1));
+}
+
+/* Map the block writable over the reservation, touch it, then map PROT_NONE over it again:
+ * that replacement unmaps the written block and frees its page table (freed_tables flush). */
+static void freed_tables_round(char *block)
+{
+	volatile char *p;
+	const int fixed = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+
+	if (!block)
+		return;
+	p = mmap(block, BLOCK, PROT_READ | PROT_WRITE, fixed, -1, 0);
+	if (p == MAP_FAILED)
+		return;
+	madvise((void *)p, BLOCK, MADV_NOHUGEPAGE); /* a PTE table, not a huge PMD */
+	p[0] = 1;
+	mmap(block, BLOCK, PROT_NONE, fixed | MAP_NORESERVE, -1, 0);
+}
+
 static void *run(void *arg)
 {
 	struct worker *w = arg;
 	cpu_set_t set;
 	struct timespec pause = { sleep_ms / 1000, (sleep_ms % 1000) * 1000000L };
 	volatile char *area = NULL;
+	char *block = NULL;
 
 	if (mode == MODE_TLB) {
+		block = reserve_block();
 		area = mmap(NULL, (size_t)pages * 4096, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (area == MAP_FAILED) {
@@ -95,6 +135,8 @@ static void *run(void *arg)
 
 		while (now_ms() < until)
 			one_round(area);
+		if (mode == MODE_TLB)
+			freed_tables_round(block);
 		if (sleep_ms > 0)
 			nanosleep(&pause, NULL);
 	}
