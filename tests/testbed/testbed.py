@@ -895,7 +895,7 @@ def timer_interrupts(name, timeout=30):
     raise TestbedError("no LOC line in the guest's /proc/interrupts")
 
 
-def guest_health(name, gap=6.0, timeout=30):
+def guest_health(name, gap=6.0, timeout=90):
     """Boot health before any fault: every guest CPU's local timer interrupt count advances
     over `gap` seconds (the watchdog hrtimer alone fires every 2*watchdog_thresh/5 s on each
     CPU, even an idle one) and the console shows no fault. JSON-able dict, "ok" the verdict."""
@@ -928,7 +928,9 @@ def survey_one(name, scenario, observe, args):
         prev = None
         while True:
             try:
-                cur = timer_interrupts(name, 30)
+                # Generous: on a host at load 40 one command takes 5-7 s, spikes far more; a
+                # slow answer is not a dead guest.
+                cur = timer_interrupts(name, args.answer_timeout)
             except TestbedError as e:
                 r["no_answer"], r["error"] = True, str(e)[-300:]
                 break
@@ -1281,14 +1283,19 @@ class Injector:
                 raise TestbedError("the freeze did not complete")
             wait_for(lambda: thread_state(pid, tid) == "D", 5)
             case, detail = classify_freeze(pid, tid, self.args.measure)
-            history.append(case)
-            if want == "any" or case == want or attempt == attempts:
+            idle = bool(self.state.get("waited_for_idle"))
+            history.append(case if idle or not self.args.want_idle else case + " (busy)")
+            # --want-idle: the guest CPU must have been halted (its host thread asleep just
+            # before the freeze), e.g. for seed case 1's idle-CPU shape.
+            if (want in ("any", case) and (idle or not self.args.want_idle)) or \
+                    attempt == attempts:
                 break
             write_file(knob, off)  # not the wanted case: thaw, let the VM run, try again
             time.sleep(self.args.retry_pause)
         self.state.update({"case": case})
         self.save()
         return {"case": case, "measure": detail, "attempts": len(history), "cases": history,
+                "frozen_idle": bool(self.state.get("waited_for_idle")),
                 "cgroup_version": use, "waited_for_idle": self.state.get("waited_for_idle")}
 
     def setup_freeze_v2(self, mount):
@@ -1550,6 +1557,9 @@ def main(argv=None):
                    help="freeze: seconds of /proc sampling to classify the case")
     p.add_argument("--want-case", default="any", choices=["any", "vcpu-only", "vm-wide"],
                    help="freeze: thaw and refreeze until this case (up to --attempts)")
+    p.add_argument("--want-idle", action="store_true",
+                   help="freeze: also thaw and refreeze until the thread was seen asleep "
+                   "(halted vCPU) just before the freeze (needs --when-idle > 0)")
     p.add_argument("--attempts", type=int, default=1)
     p.add_argument("--retry-pause", type=float, default=1.0)
     p.add_argument("--cgroup", default="auto", choices=["auto", "v1", "v2"],
@@ -1572,6 +1582,8 @@ def main(argv=None):
     p.add_argument("--wdt", type=int, default=5)
     p.add_argument("--kernel")
     p.add_argument("--boot-timeout", type=float, default=300)
+    p.add_argument("--answer-timeout", type=float, default=120,
+                   help="seconds a timer sample may take before the guest counts as dead")
 
     p = sub.add_parser("cleanup", help="undo faults of dead injectors, remove stale cgroups, "
                        "destroy testbed domains whose owner is gone")

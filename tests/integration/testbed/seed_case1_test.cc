@@ -90,9 +90,10 @@ TEST_F(SeedCase1, TlbShootdownLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
 TEST_F(SeedCase1, MembarrierLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
   auto& g = guest();
   // Replace the TLB generator by the membarrier loop (same threads, other syscall).
-  auto r = g.run("killall ipiload; sleep 1; ipiload membarrier </dev/null >/dev/null 2>&1 & "
-                 "sleep 1; pidof ipiload",
-                 60s);
+  auto r = g.run(
+      "killall ipiload; sleep 1; ipiload membarrier </dev/null >/dev/null 2>&1 & "
+      "sleep 1; pidof ipiload",
+      60s);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   freeze_vcpu2_and_expect_lockup(g, "membarrier_private_expedited");
 }

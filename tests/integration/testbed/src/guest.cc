@@ -279,10 +279,23 @@ Injector Guest::freeze_vcpu(int index, const FreezeOptions& opts) const {
 }
 
 Injector Guest::freeze_thread(pid_t tid, const FreezeOptions& opts) const {
-  return inject({"freeze", "--pid", std::to_string(qemu_pid_), "--tid", std::to_string(tid),
-                 "--when-idle", ms_arg(opts.when_idle), "--want-case", opts.want_case, "--attempts",
-                 std::to_string(opts.attempts), "--measure", ms_arg(opts.measure), "--cgroup",
-                 opts.cgroup});
+  std::vector<std::string> args = {"freeze",
+                                   "--pid",
+                                   std::to_string(qemu_pid_),
+                                   "--tid",
+                                   std::to_string(tid),
+                                   "--when-idle",
+                                   ms_arg(opts.when_idle),
+                                   "--want-case",
+                                   opts.want_case,
+                                   "--attempts",
+                                   std::to_string(opts.attempts),
+                                   "--measure",
+                                   ms_arg(opts.measure),
+                                   "--cgroup",
+                                   opts.cgroup};
+  if (opts.want_idle) args.push_back("--want-idle");
+  return inject(args);
 }
 
 Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {

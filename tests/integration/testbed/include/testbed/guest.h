@@ -88,6 +88,9 @@ struct FreezeOptions {
   int attempts = 1;
   std::chrono::milliseconds measure = 1s;  // /proc sampling window for the case
   std::string cgroup = "auto";             // "auto", "v1" (freezer: D), "v2" (cgroup.freeze)
+  // Also count an attempt only if the thread was asleep (halted vCPU: the guest CPU idle) just
+  // before the freeze; status "frozen_idle" says whether it was. Seed case 1's idle-CPU shape.
+  bool want_idle = false;
 };
 
 struct CommandResult {
