@@ -28,7 +28,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KIT_FORMAT = "3"  # bump when the kit layout or build steps change
+KIT_FORMAT = "4"  # bump when the kit layout or build steps change
 DEFAULT_CACHE = "/var/cache/stallmon/testbed"
 DEFAULT_RUN = "/run/stallmon-testbed"
 CG_PREFIX = "stallmon-tb-inj-"
@@ -146,6 +146,7 @@ def kernel_release(pkg):
 
 def kit_sources():
     files = sorted(glob.glob(os.path.join(HERE, "guest", "*")) +
+                   glob.glob(os.path.join(HERE, "guestprog", "*")) +
                    glob.glob(os.path.join(HERE, "kmod", "*")) + [os.path.abspath(__file__)])
     return [f for f in files if os.path.isfile(f) and not f.endswith((".o", ".ko", ".cmd"))]
 
@@ -295,7 +296,21 @@ def build_module(kver, outdir):
         return out
 
 
-def build_initramfs(kroot, kver, modules, out):
+def build_guest_programs(outdir):
+    """Builds each guestprog/*.c into a static binary (the initramfs has no libc); returns
+    the paths."""
+    out = []
+    for src in sorted(glob.glob(os.path.join(HERE, "guestprog", "*.c"))):
+        exe = os.path.join(outdir, os.path.basename(src)[:-2])
+        p = run(["gcc", "-static", "-O2", "-pthread", "-Wall", "-o", exe, src], check=False,
+                timeout=300)
+        if p.returncode != 0:
+            raise TestbedError("guest program %s failed to build:\n%s" % (src, p.stderr[-3000:]))
+        out.append(exe)
+    return out
+
+
+def build_initramfs(kroot, kver, modules, programs, out):
     with tempfile.TemporaryDirectory(prefix="stallmon-initramfs-") as st:
         for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "lib/modules", "etc"):
             os.makedirs(os.path.join(st, d), exist_ok=True)
@@ -310,6 +325,8 @@ def build_initramfs(kroot, kver, modules, out):
         for f in ("tb-ctl", "tb-load"):
             shutil.copy(os.path.join(HERE, "guest", f), os.path.join(st, "bin", f))
             os.chmod(os.path.join(st, "bin", f), 0o755)
+        for exe in programs:
+            shutil.copy(exe, os.path.join(st, "bin", os.path.basename(exe)))
         shutil.copy(os.path.join(HERE, "guest", "init"), os.path.join(st, "init"))
         os.chmod(os.path.join(st, "init"), 0o755)
         for m in modules:
@@ -363,9 +380,11 @@ def build_kit(kernel=None, force=False):
         os.makedirs(kit)
         modules = build_module(kver, kit)
         initrd = os.path.join(kit, "initrd.img")
-        build_initramfs(kroot, kver, modules, initrd)
+        programs = build_guest_programs(kit)
+        build_initramfs(kroot, kver, modules, programs, initrd)
         meta = {"package": pkg, "deb": deb, "kernel_release": kver, "kernel": vmlinuz,
-                "initrd": initrd, "modules": modules, "kit_dir": kit, "hash": kh,
+                "initrd": initrd, "modules": modules, "programs": programs, "kit_dir": kit,
+                "hash": kh,
                 "build_seconds": round(time.monotonic() - t0, 1)}
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True)
@@ -881,6 +900,129 @@ def guest_run(name, script, timeout=60, channel=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# Guest health (criteria independent of stallmon: the guest's own counters and console)
+# ---------------------------------------------------------------------------------------------
+
+# Console lines that mean the guest kernel itself is broken (or, once a fault is injected,
+# reports it): oopses, BUG (soft lockups included), panics, RCU stalls, warnings.
+CONSOLE_FAULT_RE = re.compile(r"Oops|BUG:|Kernel panic|general protection fault|"
+                              r"rcu: INFO: rcu_\w+ (self-)?detected stall|WARNING: CPU")
+
+
+def console_faults(text, limit=5):
+    """The first `limit` fault lines of a console log."""
+    return [ln.strip() for ln in text.splitlines() if CONSOLE_FAULT_RE.search(ln)][:limit]
+
+
+def timer_interrupts(name, timeout=30):
+    """Local timer interrupts per guest CPU ({cpu: count}) from the guest's /proc/interrupts."""
+    rc, out, err = guest_run(name, "cat /proc/interrupts", timeout)
+    if rc != 0:
+        raise TestbedError("cat /proc/interrupts in %s: rc %d %s" % (name, rc, err[-300:]))
+    lines = out.decode(errors="replace").splitlines()
+    cpus = [int(c[3:]) for c in lines[0].split() if c.startswith("CPU")] if lines else []
+    for ln in lines[1:]:
+        f = ln.split()
+        if f and f[0] == "LOC:":
+            return {c: int(v) for c, v in zip(cpus, f[1:1 + len(cpus)])}
+    raise TestbedError("no LOC line in the guest's /proc/interrupts")
+
+
+def guest_health(name, gap=6.0, timeout=90):
+    """Boot health before any fault: every guest CPU's local timer interrupt count advances
+    over `gap` seconds (the watchdog hrtimer alone fires every 2*watchdog_thresh/5 s on each
+    CPU, even an idle one) and the console shows no fault. JSON-able dict, "ok" the verdict."""
+    res = {"name": name, "gap_s": gap, "ok": False}
+    try:
+        before = timer_interrupts(name, timeout)
+        time.sleep(gap)
+        after = timer_interrupts(name, timeout)
+    except TestbedError as e:
+        res["error"] = str(e)
+        before = after = None
+    res["console_faults"] = console_faults(read_console(name))
+    if before is not None:
+        res["timer_before"], res["timer_after"] = before, after
+        res["stuck_cpus"] = sorted(c for c in before if after.get(c, 0) <= before[c])
+        res["ok"] = bool(before) and not res["stuck_cpus"] and not res["console_faults"]
+    return res
+
+
+def survey_one(name, scenario, observe, args):
+    """Boots one guest, watches it for `observe` seconds after ready, destroys it."""
+    r = {"scenario": scenario, "boot_failed": False, "no_answer": False, "stuck": False,
+         "stuck_cpus": []}
+    try:
+        meta = start_domain(name, kernel=args.kernel, vcpus=args.vcpus, scenario=scenario,
+                            wdt=args.wdt, panic=0, on_crash="preserve", owner_pid=os.getpid(),
+                            wait=args.boot_timeout)
+        r["boot_s"] = meta["boot_seconds"]
+        t_end = time.monotonic() + observe
+        prev = None
+        while True:
+            try:
+                # Generous: on a host at load 40 one command takes 5-7 s, spikes far more; a
+                # slow answer is not a dead guest.
+                cur = timer_interrupts(name, args.answer_timeout)
+            except TestbedError as e:
+                r["no_answer"], r["error"] = True, str(e)[-300:]
+                break
+            if prev is not None:
+                stuck = sorted(c for c in prev if cur.get(c, 0) <= prev[c])
+                if stuck:
+                    r["stuck"] = True
+                    r["stuck_cpus"] = sorted(set(r["stuck_cpus"]) | set(stuck))
+            prev = cur
+            if time.monotonic() >= t_end:
+                break
+            time.sleep(min(args.sample, max(0.0, t_end - time.monotonic())))
+    except TestbedError as e:
+        r["boot_failed"], r["error"] = True, str(e)[-300:]
+    r["console_faults"] = console_faults(read_console(name), 3)
+    destroy_domain(name)
+    return r
+
+
+def boot_survey(args):
+    """Boots args.boots guests per scenario (interleaved, args.parallel at a time) and prints
+    per-boot JSON lines on stderr and one markdown table row per scenario on stdout."""
+    import concurrent.futures
+    scenarios = list(args.scenario)
+    jobs = [(i, sc) for i in range(args.boots) for sc in scenarios]
+    results = {sc: [] for sc in scenarios}
+    load0 = os.getloadavg()
+    loads = []
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as ex:
+        futs = {ex.submit(survey_one, "stallmon-survey-%d-%d-%d" % (os.getpid(), i, k), sc,
+                          args.observe, args): sc for k, (i, sc) in enumerate(jobs)}
+        for f in concurrent.futures.as_completed(futs):
+            r = f.result()
+            results[futs[f]].append(r)
+            loads.append(os.getloadavg()[0])
+            print(json.dumps(r, sort_keys=True), file=sys.stderr, flush=True)
+    kver = build_kit(args.kernel)["kernel_release"]
+    print("| scenario | guest kernel | boots | Oops/BUG/panic on console | a CPU's timer "
+          "interrupts stuck | control channel dead | boot failed | healthy | host load "
+          "(1-min avg, min-max) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for sc in scenarios:
+        rs = results[sc]
+        faults = sum(1 for r in rs if r["console_faults"])
+        stuck = sum(1 for r in rs if r["stuck"])
+        dead = sum(1 for r in rs if r["no_answer"])
+        failed = sum(1 for r in rs if r["boot_failed"])
+        healthy = sum(1 for r in rs if not (r["console_faults"] or r["stuck"] or r["no_answer"]
+                                            or r["boot_failed"]))
+        print("| `%s` | %s | %d | %d | %d | %d | %d | %d | %.1f-%.1f |" % (
+            sc, kver, len(rs), faults, stuck, dead, failed, healthy,
+            min([load0[0]] + loads), max([load0[0]] + loads)))
+    print("(%d vCPUs, wdt %s, observed %g s after ready, %d in parallel, %.0f min)" % (
+        args.vcpus, args.wdt, args.observe, args.parallel, (time.monotonic() - t0) / 60))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Host /proc helpers
 # ---------------------------------------------------------------------------------------------
 
@@ -1174,14 +1316,19 @@ class Injector:
                 raise TestbedError("the freeze did not complete")
             wait_for(lambda: thread_state(pid, tid) == "D", 5)
             case, detail = classify_freeze(pid, tid, self.args.measure)
-            history.append(case)
-            if want == "any" or case == want or attempt == attempts:
+            idle = bool(self.state.get("waited_for_idle"))
+            history.append(case if idle or not self.args.want_idle else case + " (busy)")
+            # --want-idle: the guest CPU must have been halted (its host thread asleep just
+            # before the freeze), e.g. for seed case 1's idle-CPU shape.
+            if (want in ("any", case) and (idle or not self.args.want_idle)) or \
+                    attempt == attempts:
                 break
             write_file(knob, off)  # not the wanted case: thaw, let the VM run, try again
             time.sleep(self.args.retry_pause)
         self.state.update({"case": case})
         self.save()
         return {"case": case, "measure": detail, "attempts": len(history), "cases": history,
+                "frozen_idle": bool(self.state.get("waited_for_idle")),
                 "cgroup_version": use, "waited_for_idle": self.state.get("waited_for_idle")}
 
     def setup_freeze_v2(self, mount):
@@ -1372,9 +1519,10 @@ def main(argv=None):
     p.add_argument("--vcpus", type=int, default=4)
     p.add_argument("--memory", type=int, default=512, help="MiB")
     p.add_argument("--scenario", default="ipi,wakeups,sleepers",
-                   help="comma list of ipi,wakeups,sleepers or none")
+                   help="comma list of ipi (TLB shootdowns), membarrier, ipi-module, "
+                   "ipi-textpatch, wakeups, sleepers, or none")
     p.add_argument("--wdt", type=int, help="guest watchdog_thresh")
-    p.add_argument("--ipi-interval", help="seconds between schedstats toggles")
+    p.add_argument("--ipi-interval", help="ipi-textpatch: seconds between schedstats toggles")
     p.add_argument("--cmdline", default="", help="extra kernel command line")
     p.add_argument("--panic", type=int, default=-1, help="kernel panic= (-1 reboot now, "
                    "0 stay hung)")
@@ -1453,10 +1601,33 @@ def main(argv=None):
                    help="freeze: seconds of /proc sampling to classify the case")
     p.add_argument("--want-case", default="any", choices=["any", "vcpu-only", "vm-wide"],
                    help="freeze: thaw and refreeze until this case (up to --attempts)")
+    p.add_argument("--want-idle", action="store_true",
+                   help="freeze: also thaw and refreeze until the thread was seen asleep "
+                   "(halted vCPU) just before the freeze (needs --when-idle > 0)")
     p.add_argument("--attempts", type=int, default=1)
     p.add_argument("--retry-pause", type=float, default=1.0)
     p.add_argument("--cgroup", default="auto", choices=["auto", "v1", "v2"],
                    help="freeze: cgroup v1 freezer or cgroup2 cgroup.freeze (auto: v1 if any)")
+
+    p = sub.add_parser("health", help="boot health: every CPU's timer interrupts advance over "
+                       "--gap s, no Oops/BUG/panic on the console (JSON, \"ok\")")
+    p.add_argument("name")
+    p.add_argument("--gap", type=float, default=6.0)
+
+    p = sub.add_parser("boot-survey", help="boot guests, watch console and timer interrupts, "
+                       "print a markdown row per scenario")
+    p.add_argument("--scenario", action="append", required=True,
+                   help="repeatable: scenarios are interleaved, one row each")
+    p.add_argument("--boots", type=int, default=30, help="per scenario")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--observe", type=float, default=60, help="seconds watched after ready")
+    p.add_argument("--sample", type=float, default=10, help="seconds between timer samples")
+    p.add_argument("--vcpus", type=int, default=4)
+    p.add_argument("--wdt", type=int, default=5)
+    p.add_argument("--kernel")
+    p.add_argument("--boot-timeout", type=float, default=300)
+    p.add_argument("--answer-timeout", type=float, default=120,
+                   help="seconds a timer sample may take before the guest counts as dead")
 
     p = sub.add_parser("cleanup", help="undo faults of dead injectors, remove stale cgroups, "
                        "destroy testbed domains whose owner is gone")
@@ -1520,6 +1691,10 @@ def main(argv=None):
             return cmd_inject(args)
         elif args.cmd == "cleanup":
             emit(cleanup(domains=not args.no_domains))
+        elif args.cmd == "health":
+            emit(guest_health(args.name, args.gap))
+        elif args.cmd == "boot-survey":
+            return boot_survey(args)
         return 0
     except TestbedError as e:
         log(str(e))

@@ -4,7 +4,7 @@
 // the testbed can inject. One guest per test (each needs its own kernel command line, panic
 // setting or a CPU it may lose for good). Each test prints its evidence and figures.
 //
-// Environment: STALLMON_HEALTHY_SECONDS (default 300) - how long the healthy guest is watched.
+// Environment: STALLMON_HEALTHY_SECONDS (default 600) - how long the healthy guest is watched.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -100,11 +100,11 @@ class FindingLog final : public diagnosis::FindingListener {
     });
     return hit;
   }
-  // Number of events whose finding is not of kind k.
-  size_t count_other_than(FindingKind k) const {
+  // Number of events whose finding satisfies pred.
+  size_t count_if(const std::function<bool(const Finding&)>& pred) const {
     std::lock_guard<std::mutex> l(mu_);
-    return static_cast<size_t>(std::count_if(entries_.begin(), entries_.end(),
-                                             [&](const Entry& e) { return e.event.finding.kind != k; }));
+    return static_cast<size_t>(
+        std::count_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return pred(e.event.finding); }));
   }
   std::string dump(size_t from = 0) const {
     std::lock_guard<std::mutex> l(mu_);
@@ -190,38 +190,36 @@ class Monitored {
   Result<void> started_;
 };
 
-// The instant a host thread first shows a state letter, polled every millisecond: an
-// independent clock for "injection" that does not depend on how long an injector takes to
-// report (the freeze injector measures for a second before it answers).
-class StateWatch {
+// The host instant a condition first holds, polled every `every` in a thread of its own: an
+// independent clock, e.g. for "injection" (a thread state letter, polled every millisecond,
+// does not depend on how long an injector takes to report: the freeze injector measures for a
+// second before it answers) or for a guest console line.
+class FirstSeen {
  public:
-  StateWatch(pid_t pid, pid_t tid, char want) {
-    thread_ = std::thread([=, this] {
+  FirstSeen(std::function<bool()> pred, std::chrono::microseconds every) {
+    thread_ = std::thread([pred = std::move(pred), every, this] {
       while (!stop_) {
-        if (tb::thread_state(pid, tid) == want) {
+        if (pred()) {
           std::lock_guard<std::mutex> l(mu_);
           at_ = Clock::now();
           return;
         }
-        usleep(1000);
+        std::this_thread::sleep_for(every);
       }
     });
   }
-  ~StateWatch() {
+  ~FirstSeen() {
     stop_ = true;
     thread_.join();
   }
-  std::optional<Clock::time_point> wait(Clock::duration timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        if (at_) return at_;
-      }
-      std::this_thread::sleep_for(5ms);
-    }
+  std::optional<Clock::time_point> at() {
     std::lock_guard<std::mutex> l(mu_);
     return at_;
+  }
+  std::optional<Clock::time_point> wait(Clock::duration timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline && !at()) std::this_thread::sleep_for(5ms);
+    return at();
   }
 
  private:
@@ -230,6 +228,13 @@ class StateWatch {
   std::optional<Clock::time_point> at_;
   std::thread thread_;
 };
+
+FirstSeen state_watch(pid_t pid, pid_t tid, char want) {
+  return FirstSeen([=] { return tb::thread_state(pid, tid) == want; }, 1ms);
+}
+FirstSeen console_watch(const tb::Guest& g, std::regex re, size_t from) {
+  return FirstSeen([&g, re = std::move(re), from] { return std::regex_search(g.console(from), re); }, 10ms);
+}
 
 class Scenario : public ::testing::Test {
  protected:
@@ -279,11 +284,15 @@ uint64_t process_ticks(pid_t pid) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Seed case 1: freeze vCPU 2 under the IPI generator. The acceptance figures of issue 5.
+// Seed case 1: freeze vCPU 2, idle, under TLB-shootdown load. The acceptance figures of issue 5.
+// Scenario "ipi" alone: CPU 2 then idles lazily in the generator's address space, so the
+// generator's page-table-freeing flushes still interrupt it (see guestprog/ipiload.c); the
+// freeze waits for vCPU 2 to halt (want_idle) and for the rest of the VM to keep running
+// (want_case), both decided by the injector from host thread states.
 TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestReports) {
   tb::GuestOptions o;
   o.tag = "dx-seed1";
-  o.scenario = "ipi,wakeups,sleepers";
+  o.scenario = "ipi";
   o.watchdog_thresh = 5;
   ASSERT_TRUE(boot(o));
   Monitored m(guest());
@@ -292,19 +301,15 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
   EXPECT_TRUE(m.active().empty()) << "findings before any fault:\n" << m.log.dump();
 
   const pid_t pid = guest().qemu_pid(), tid = guest().vcpu_tid(2);
-  for (int attempt = 1; attempt <= 5; ++attempt) {
+  {
     const size_t from_log = m.log.size();
     const size_t from_console = guest().console_size();
-    StateWatch frozen(pid, tid, 'D');
-    auto f = guest().freeze_vcpu(2);
+    FirstSeen frozen = state_watch(pid, tid, 'D');
+    auto f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
     ASSERT_TRUE(f.applied()) << f.error();
-    std::cout << "attempt " << attempt << ": " << f.status().dump() << std::endl;
-    if (f.freeze_case() == "vm-wide") {
-      // Caught holding QEMU's big lock: that is the VM-wide scenario, not this one.
-      f.release();
-      std::this_thread::sleep_for(5s);
-      continue;
-    }
+    std::cout << "freeze: " << f.status().dump() << std::endl;
+    ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
+    ASSERT_TRUE(f.status().value("frozen_idle", false)) << "vCPU 2 never seen halted before a freeze";
     auto t_freeze = frozen.wait(5s);
     ASSERT_TRUE(t_freeze) << "vCPU 2's thread never showed D";
 
@@ -357,9 +362,7 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
     EXPECT_TRUE(undo.value("ok", false)) << undo.dump();
     EXPECT_TRUE(m.all_resolved(30s)) << "still active after the thaw:\n" << m.log.dump(from_log);
     m.print_stats();
-    return;
   }
-  FAIL() << "every freeze landed while vCPU 2 held QEMU's big lock (vm-wide)";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,26 +449,26 @@ TEST_F(Scenario, ThrottledVcpuIsHostStarved) {
 
 // ---------------------------------------------------------------------------------------------
 // Seed cases 2 and 4: a guest CPU spinning with interrupts off. The guest blames the others.
+// Shipped configuration (irqs_off_min_run_fraction included) and an asserted bound: the root
+// cause within 3 s of the spinner's start, before the guest's own soft-lockup report.
+// IPI load: ipi-module (on_each_cpu every 10 ms from a kthread), which interrupts CPU 1 whatever
+// it runs, so the IPI stall forms at once; plus the usual wakeups and sleepers.
 TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
   tb::GuestOptions o;
   o.tag = "dx-irqoff";
-  o.scenario = "ipi,wakeups,sleepers";
+  o.scenario = "ipi-module,wakeups,sleepers";
   o.watchdog_thresh = 5;
   ASSERT_TRUE(boot(o));
-  // The rule wants the host to run the vCPU for a quarter of the wall time while the guest's
-  // timer count stands still; three vCPUs spinning (the culprit and two IPI waiters) on a
-  // 2-core machine that other builds share can get less. A tenth is still hundreds of
-  // milliseconds of TCG execution per watchdog period with no timer interrupt taken: the test
-  // is about the verdict chain (the threshold itself is unit-tested in agent/diagnosis).
-  core::MonitorConfig c;
-  c.diagnosis.irqs_off_min_run_fraction = 0.1;
-  Monitored m(guest(), c);
+  Monitored m(guest());
   ASSERT_TRUE(m.ready(120s));
   std::this_thread::sleep_for(2s);
 
   const size_t from_log = m.log.size();
   const size_t from_console = guest().console_size();
-  const auto t0 = Clock::now();
+  // Host clocks for the spinner's start (its last message before local_irq_disable) and the
+  // guest's own first report, independent of stallmon.
+  FirstSeen spin = console_watch(guest(), std::regex("stallmon-irqoff: spinning with IRQs off on CPU1"), from_console);
+  FirstSeen report = console_watch(guest(), std::regex("soft lockup - CPU#[0-9]+ stuck for [0-9]+s"), from_console);
   // In the background: once CPU 1 stops answering, anything that IPIs it hangs, insmod included.
   // Everything the control channel needs must stay off the CPU about to spin with IRQs off: a
   // reply handled there (the control loop scheduled on it, a TLB-shootdown IPI for the loop's mm,
@@ -478,26 +481,32 @@ TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
       60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
-  // Generous: on an overloaded host the spinning vCPUs are also starved, and starvation ranks
-  // before "interrupts off" as the root's cause until it clears.
-  auto irqs = m.log.wait(
-      [](const Finding& x) { return x.kind == FindingKind::kGuestIrqsOff && has_cpus(x, {1}); }, 120s, from_log);
   auto ipi = m.log.wait(
       [](const Finding& x) {
         return x.kind == FindingKind::kGuestIpiStall && roots_of(x) == "1" && x.cause == Cause::kGuestIrqsOff;
       },
-      120s, from_log);
-  auto report = guest().wait_console(std::regex("soft lockup - CPU#[0-9]+ stuck for [0-9]+s"), 60s, from_console);
+      60s, from_log);
+  auto irqs = m.log.wait(
+      [](const Finding& x) { return x.kind == FindingKind::kGuestIrqsOff && has_cpus(x, {1}); }, 30s, from_log);
+  ASSERT_TRUE(tb::eventually([&] { return report.at().has_value(); }, 60s))
+      << "the guest never reported a soft lockup; console:\n" << guest().console(from_console);
   std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
-  ASSERT_TRUE(irqs) << "no GUEST_IRQS_OFF on CPU1";
+  ASSERT_TRUE(spin.at()) << "no spinner start line on the console";
   ASSERT_TRUE(ipi) << "no GUEST_IPI_STALL rooted at CPU1 with cause guest-irqs-off";
+  const double to_root = seconds(ipi->at - *spin.at());
+  const double to_guest = seconds(*report.at() - *spin.at());
   std::cout << "host load average: " << tb::read_text("/proc/loadavg");
-  std::cout << "after insmod: GUEST_IPI_STALL(root CPU1, irqs off) " << seconds(ipi->at - t0)
-            << " s, GUEST_IRQS_OFF " << seconds(irqs->at - t0) << " s; guest's own first report "
-            << (report ? *report : std::string("none within the wait")) << std::endl;
-  if (report) {
-    EXPECT_EQ(report->find("CPU#1 "), std::string::npos) << "the culprit cannot report itself: " << *report;
-  }
+  std::cout << "DETECTION LATENCY (spinner start -> ...): GUEST_IPI_STALL(root CPU1, irqs off) " << to_root
+            << " s, GUEST_IRQS_OFF " << (irqs ? std::to_string(seconds(irqs->at - *spin.at())) : std::string("none"))
+            << " s; guest's own first report " << to_guest << " s" << std::endl;
+  RecordProperty("seconds_to_irqs_off_root", std::to_string(to_root));
+  RecordProperty("seconds_to_guest_report", std::to_string(to_guest));
+  EXPECT_LE(to_root, 3.0);
+  EXPECT_LT(ipi->at, *report.at()) << "stallmon named the root after the guest's own report";
+  EXPECT_TRUE(irqs) << "no GUEST_IRQS_OFF on CPU1";
+  const std::string text = guest().console(from_console);
+  const auto at = text.find("soft lockup - CPU#");
+  EXPECT_EQ(text.substr(at, 24).find("CPU#1 "), std::string::npos) << "the culprit cannot report itself";
   m.print_stats();
 }
 
@@ -555,17 +564,16 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A healthy guest with every vCPU busy: nothing to report, for minutes.
+// A healthy guest with every vCPU busy: nothing to report, for ten minutes.
 TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
-  int secs = 300;
+  int secs = 600;
   if (const char* e = std::getenv("STALLMON_HEALTHY_SECONDS")) secs = std::max(1, std::atoi(e));
-  // CPU load on every vCPU plus the remote wakeups and sleepers, at the default watchdog_thresh.
-  // The text-patching IPI generator is left out here: with 4 busy TCG vCPUs on 2 host cores it
-  // once stalled the watchdog of every guest CPU for 100+ s (all four touch ages in lockstep;
-  // unexplained, see the console check below), and IPI stalls have their own scenarios.
+  // CPU load on every vCPU, TLB-shootdown IPIs to every CPU (ipiload tlb, no kernel text
+  // patched), remote wakeups and sleepers, at the kernel's default watchdog_thresh.
   tb::GuestOptions o;
   o.tag = "dx-healthy";
-  o.scenario = "wakeups,sleepers";
+  o.scenario = "ipi,wakeups,sleepers";
+  o.watchdog_thresh = std::nullopt;
   ASSERT_TRUE(boot(o));
   Monitored m(guest());
   ASSERT_TRUE(m.ready(120s));
@@ -605,18 +613,24 @@ TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
   } else {
     std::cout << "the guest reported no soft lockup" << std::endl;
   }
-  if (others_fraction > 0.25) {
-    // A host this busy with other work really denies the vCPUs the CPU: VCPU_HOST_STARVED is
-    // then the truth, not a false positive. Everything else must still stay silent. On a host
-    // running only this test (CI) the strict branch below applies.
-    std::cout << "NOTE: the host was overloaded by other work; VCPU_HOST_STARVED findings are "
-                 "expected and not counted"
-              << std::endl;
-    EXPECT_EQ(m.log.count_other_than(FindingKind::kVcpuHostStarved), 0u)
-        << "a healthy busy guest raised findings:\n" << m.log.dump();
-  } else {
-    EXPECT_EQ(m.log.size(), 0u) << "a healthy busy guest raised findings:\n" << m.log.dump();
-  }
+  // Zero findings, except VCPU_HOST_STARVED whose own evidence shows the host denying that vCPU
+  // the CPU (steal or throttled time at or above starved_fraction): a host busy with other work
+  // really starves the guest, and saying so is the truth, not a false positive.
+  const double threshold = core::MonitorConfig{}.diagnosis.starved_fraction * 100.0;
+  const auto starved_with_evidence = [threshold](const Finding& f) {
+    if (f.kind != FindingKind::kVcpuHostStarved) return false;
+    for (const auto& e : f.evidence) {
+      for (const char* key : {"steal_fraction", "throttled_fraction"}) {
+        auto it = e.facts.find(key);
+        if (it != e.facts.end() && std::atof(it->second.c_str()) >= threshold) return true;
+      }
+    }
+    return false;
+  };
+  std::cout << "VCPU_HOST_STARVED events with steal/throttle evidence >= " << threshold
+            << " %: " << m.log.count_if(starved_with_evidence) << std::endl;
+  EXPECT_EQ(m.log.count_if([&](const Finding& f) { return !starved_with_evidence(f); }), 0u)
+      << "a healthy busy guest raised findings:\n" << m.log.dump();
   EXPECT_TRUE(d->summary.introspection.ok());
   EXPECT_GE(d->summary.introspection.snapshots, static_cast<uint64_t>(secs) * 9 / 10);
   (void)guest().run("tb-load stop", 60s);

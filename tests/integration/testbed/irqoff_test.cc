@@ -1,7 +1,9 @@
 // Seed cases 2 and 4 (guest-internal): the kit's irqoff.ko spins with interrupts disabled on
 // guest CPU 1. Other CPUs report soft lockups (they wait for CPU 1 in IPIs), never CPU 1
 // itself; on the host, vCPU 1's thread stays runnable and burns CPU (unlike seed case 1).
-// Its own guest: the CPU is lost for good.
+// Its own guest: the CPU is lost for good. IPI load: ipi-module (on_each_cpu every 10 ms from a
+// kthread), which interrupts CPU 1 whatever it runs; the TLB generator would reach it only
+// while CPU 1 runs, or idles lazily in, the generator's address space.
 #include <unistd.h>
 
 #include <chrono>
@@ -16,7 +18,7 @@ using namespace std::chrono_literals;
 namespace {
 
 const bool kOptions = tb::use_shared_guest_options(
-    {.tag = "irqoff", .scenario = "ipi,wakeups,sleepers", .watchdog_thresh = 5});
+    {.tag = "irqoff", .scenario = "ipi-module,wakeups,sleepers", .watchdog_thresh = 5});
 
 class IrqOff : public tb::GuestTest {};
 

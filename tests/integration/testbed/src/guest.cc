@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 
@@ -130,6 +131,28 @@ const nlohmann::json& Injector::release() {
 // ---------------------------------------------------------------------------------------------
 // Guest
 
+namespace {
+
+int g_replaced_guests = 0;
+
+// One line per replaced guest in $STALLMON_TESTBED_HEALTH_LOG (deploy/test.sh sums them up for
+// the CI summary), and on stdout.
+void record_replacement(const std::string& name, const std::string& why) {
+  ++g_replaced_guests;
+  std::string line = "STALLMON-TESTBED guest " + name + " failed the boot-health gate, replaced (" +
+                     std::to_string(g_replaced_guests) + " in this binary): " + why;
+  std::cout << line << std::endl;
+  if (const char* log = std::getenv("STALLMON_TESTBED_HEALTH_LOG"); log && *log) {
+    std::ofstream(log, std::ios::app) << line << "\n";
+  }
+}
+
+}  // namespace
+
+int replaced_guests() {
+  return g_replaced_guests;
+}
+
 std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
   if (geteuid() != 0) {
     throw TestbedError(
@@ -138,6 +161,30 @@ std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
   }
   // Leftovers of earlier runs that were killed: faults, cgroups, orphaned domains.
   run_testbed({"cleanup"}, 120s, false);
+  for (int replacement = 0;; ++replacement) {
+    std::unique_ptr<Guest> g = boot_once(o);
+    if (!o.health_gate) return g;
+    // Testbed health, decided before any fault and without stallmon: every guest CPU's timer
+    // interrupts advance and the console shows no Oops/BUG/panic. A guest that fails is replaced
+    // (a bounded number of times); this never reruns an assertion of a test.
+    ProcessResult r = run_testbed({"health", g->name_}, 120s, false);
+    auto h = nlohmann::json::parse(first_line(r.out), nullptr, false);
+    if (!h.is_discarded() && h.value("ok", false)) {
+      g->health_ = h;
+      return g;
+    }
+    std::string why = h.is_discarded() ? "health check failed: " + tail(r.err, 2000) : h.dump();
+    if (replacement >= o.max_replacements) {
+      throw TestbedError("test guest " + g->name_ + " failed the boot-health gate " +
+                         std::to_string(replacement + 1) + " times; last: " + why +
+                         "\nconsole tail:\n" + tail(g->console(), 3000));
+    }
+    record_replacement(g->name_, why);
+    g.reset();  // destroys the domain; the next one may reuse its name
+  }
+}
+
+std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o) {
   std::unique_ptr<Guest> g(new Guest());
   g->name_ = "stallmon-tb-" + o.tag + "-" + std::to_string(getpid());
   std::vector<std::string> args = {"start",       g->name_,
@@ -232,10 +279,23 @@ Injector Guest::freeze_vcpu(int index, const FreezeOptions& opts) const {
 }
 
 Injector Guest::freeze_thread(pid_t tid, const FreezeOptions& opts) const {
-  return inject({"freeze", "--pid", std::to_string(qemu_pid_), "--tid", std::to_string(tid),
-                 "--when-idle", ms_arg(opts.when_idle), "--want-case", opts.want_case, "--attempts",
-                 std::to_string(opts.attempts), "--measure", ms_arg(opts.measure), "--cgroup",
-                 opts.cgroup});
+  std::vector<std::string> args = {"freeze",
+                                   "--pid",
+                                   std::to_string(qemu_pid_),
+                                   "--tid",
+                                   std::to_string(tid),
+                                   "--when-idle",
+                                   ms_arg(opts.when_idle),
+                                   "--want-case",
+                                   opts.want_case,
+                                   "--attempts",
+                                   std::to_string(opts.attempts),
+                                   "--measure",
+                                   ms_arg(opts.measure),
+                                   "--cgroup",
+                                   opts.cgroup};
+  if (opts.want_idle) args.push_back("--want-idle");
+  return inject(args);
 }
 
 Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {
@@ -322,6 +382,13 @@ void GuestTest::SetUp() {
 
 // ---------------------------------------------------------------------------------------------
 // /proc helpers
+
+std::string first_console_fault(const std::string& console) {
+  static const std::regex re(
+      R"((Oops|BUG:|Kernel panic|general protection fault|rcu: INFO: rcu_\w+ (self-)?detected stall|WARNING: CPU).*)");
+  std::smatch m;
+  return std::regex_search(console, m, re) ? m.str() : std::string();
+}
 
 std::string read_text(const std::string& path) {
   std::ifstream f(path);

@@ -67,7 +67,15 @@ struct GuestOptions {
   std::string on_crash = "destroy";  // libvirt <on_crash>
   std::string accel;                 // "", "tcg", "kvm", "auto"
   std::chrono::seconds boot_timeout = 180s;
+  // Boot-health gate (testbed.py health): after ready, every guest CPU's local timer interrupts
+  // must advance and the console must show no Oops/BUG/panic, else the guest is destroyed and
+  // booted again, at most max_replacements times (counted: replaced_guests()).
+  bool health_gate = true;
+  int max_replacements = 2;
 };
+
+// Guests this process replaced because they failed the boot-health gate.
+int replaced_guests();
 
 struct FreezeOptions {
   // Wait up to this long for the thread to be asleep before freezing (0: freeze at once).
@@ -80,6 +88,9 @@ struct FreezeOptions {
   int attempts = 1;
   std::chrono::milliseconds measure = 1s;  // /proc sampling window for the case
   std::string cgroup = "auto";             // "auto", "v1" (freezer: D), "v2" (cgroup.freeze)
+  // Also count an attempt only if the thread was asleep (halted vCPU: the guest CPU idle) just
+  // before the freeze; status "frozen_idle" says whether it was. Seed case 1's idle-CPU shape.
+  bool want_idle = false;
 };
 
 struct CommandResult {
@@ -117,7 +128,8 @@ class Injector {
 
 class Guest {
  public:
-  // Boots a guest and waits until it is ready; throws TestbedError (with the console tail).
+  // Boots a guest, waits until it is ready and passes the boot-health gate (replacing it when
+  // it does not, see GuestOptions::health_gate); throws TestbedError (with the console tail).
   static std::unique_ptr<Guest> boot(const GuestOptions& opts);
   ~Guest();  // destroys the domain (after undoing any testbed fault on it)
   Guest(const Guest&) = delete;
@@ -132,6 +144,8 @@ class Guest {
   const std::string& run_dir() const { return run_dir_; }
   const nlohmann::json& info() const { return info_; }  // testbed.py start's JSON
   double boot_seconds() const { return boot_seconds_; }
+  // The passed boot-health check (testbed.py health JSON; null without the gate).
+  const nlohmann::json& health() const { return health_; }
 
   // Console (ttyS0) text so far, from byte offset `from`.
   std::string console(size_t from = 0) const;
@@ -163,11 +177,12 @@ class Guest {
 
  private:
   Guest() = default;
+  static std::unique_ptr<Guest> boot_once(const GuestOptions& opts);
   Injector inject(const std::vector<std::string>& args) const;
   std::string name_, console_path_, run_dir_;
   pid_t qemu_pid_ = -1;
   std::map<int, pid_t> vcpu_tids_;
-  nlohmann::json info_;
+  nlohmann::json info_, health_;
   double boot_seconds_ = 0;
   std::unique_ptr<Child> holder_;  // destroys the domain if this process dies
 };
@@ -191,6 +206,11 @@ class GuestTest : public ::testing::Test {
  private:
   Guest* guest_ = nullptr;
 };
+
+// First console line that shows the guest kernel broken or reporting (Oops, BUG: incl. soft
+// lockups, Kernel panic, general protection fault, RCU stall, WARNING), "" if none. Same
+// criterion as testbed.py's boot-health gate.
+std::string first_console_fault(const std::string& console);
 
 // Whole file as text ("" if unreadable).
 std::string read_text(const std::string& path);
