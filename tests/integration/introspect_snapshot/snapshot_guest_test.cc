@@ -287,6 +287,8 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
   // Independent of the reader under test: the injector freezes vCPU 2 only once its host thread
   // sleeps (halted: the guest CPU idle) and keeps a freeze only if the rest of the VM runs.
   {
+    // CPU 2 runs only the generator, so it idles lazily in its address space.
+    g.isolate_cpu(2, "ipiload");
     auto f = g.freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;
