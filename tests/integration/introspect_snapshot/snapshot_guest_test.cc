@@ -121,7 +121,7 @@ int waiter_on(const GuestSnapshot& s, uint32_t stuck) {
   return -1;
 }
 
-// Empty when the snapshot shows seed case 1 with CPU `waiter` waiting on idle CPU `stuck` for
+// Empty when the snapshot shows seed case 1 with CPU `waiter` waiting on frozen CPU `stuck` for
 // a TLB flush (flush_tlb_func, synchronous csd); otherwise what is missing.
 std::string seed_case1_mismatch(const GuestSnapshot& s, int waiter, uint32_t stuck) {
   std::ostringstream why;
@@ -135,8 +135,9 @@ std::string seed_case1_mismatch(const GuestSnapshot& s, int waiter, uint32_t stu
   if (!t->ok || t->flags != (kCsdFlagLock | kCsdTypeSync)) why << "cfd csd flags " << t->flags << " (want 0x11); ";
   if (t->func_name != "flush_tlb_func") why << "cfd csd func '" << t->func_name << "'; ";
   const CpuSnapshot& c = s.cpus[stuck];
-  if (!c.rq.ok || !c.rq.curr_is_idle) why << "CPU" << stuck << " not idle (curr " << c.rq.curr.comm << "); ";
-  if (c.rq.curr.comm != "swapper/" + std::to_string(stuck)) why << "CPU" << stuck << " curr comm " << c.rq.curr.comm << "; ";
+  // The frozen CPU is idle or inside a generator thread, whichever it was doing when its host
+  // thread stopped: under the TLB load both happen, and both leave the flush queued unanswered.
+  if (!c.rq.ok) why << "CPU" << stuck << " runqueue unreadable; ";
   bool has_csd = false;
   for (const auto& e : c.call_single_queue) {
     if (e.object == t->csd && e.type == CsdType::kSync && e.locked && e.func_name == "flush_tlb_func") has_csd = true;
@@ -284,16 +285,16 @@ TEST_F(SnapshotGuest, PrintkTailMatchesConsole) {
 TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
   auto& g = guest();
   Inspector& in = live(g);
-  // Independent of the reader under test: the injector freezes vCPU 2 only once its host thread
-  // sleeps (halted: the guest CPU idle) and keeps a freeze only if the rest of the VM runs.
+  // Independent of the reader under test: as in testbed_seed_case1_test, vCPU 2 is frozen at once
+  // while the generator keeps it busy in the generator's address space (so it is never skipped
+  // as a lazy-TLB CPU), and a freeze is kept only if the rest of the VM runs (vcpu-only).
+  // (Freezing it only once halted, after moving every other task off it, left the generator
+  // thread's wakeup queued on the frozen CPU and every sender idle: no IPI was ever sent.)
   {
-    // CPU 2 runs only the generator, so it idles lazily in its address space.
-    g.isolate_cpu(2, "ipiload");
-    auto f = g.freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
+    auto f = g.freeze_vcpu(2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5});
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;
     ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
-    ASSERT_TRUE(f.status().value("frozen_idle", false)) << "vCPU 2 never seen halted before a freeze";
     // The generator's next page-table-freeing flush (every ~0.2 s per thread, guest time; slower
     // under TCG) sends the IPI that CPU 2 never answers: wait for a sender to show it.
     GuestSnapshot s;
@@ -323,11 +324,10 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
         EXPECT_FALSE(t.locked) << "CPU" << t.target << " answered";
       }
     }
-    // The work waits on a CPU that runs its idle task: the csd in its call_single_queue (checked
-    // above).
-    std::cout << "CPU2 nr_running " << s.cpus[2].rq.nr_running << ", call_single_queue "
-              << s.cpus[2].call_single_queue.size() << " entries" << std::endl;
-    EXPECT_TRUE(s.cpus[2].rq.curr_is_idle && !s.cpus[2].call_single_queue.empty());
+    // The work waits on the frozen CPU: the csd in its call_single_queue (checked above).
+    std::cout << "CPU2 curr " << s.cpus[2].rq.curr.comm << ", nr_running " << s.cpus[2].rq.nr_running
+              << ", call_single_queue " << s.cpus[2].call_single_queue.size() << " entries" << std::endl;
+    EXPECT_FALSE(s.cpus[2].call_single_queue.empty());
     // CPU2 stopped: its hrtimer count no longer moves while the others' do.
     GuestSnapshot later;
     for (int i = 0; i < 50; ++i) {
