@@ -331,7 +331,6 @@ TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndReso
   fo.want_case = "vcpu-only";
   fo.attempts = 5;
   fo.want_idle = true;  // seed case 1's shape: the guest CPU idle when its vCPU is frozen
-  g.isolate_cpu(2, "ipiload");  // CPU 2 then idles lazily in the generator's address space
   auto f = g.freeze_vcpu(2, fo);
   ASSERT_TRUE(f.applied()) << f.error();
   std::cout << "freeze: " << f.status().dump() << std::endl;

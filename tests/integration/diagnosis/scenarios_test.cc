@@ -305,8 +305,6 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
     const size_t from_log = m.log.size();
     const size_t from_console = guest().console_size();
     FirstSeen frozen = state_watch(pid, tid, 'D');
-    // CPU 2 runs only the generator, so it idles lazily in its address space.
-    guest().isolate_cpu(2, "ipiload");
     auto f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;

@@ -409,8 +409,6 @@ TEST_F(StallmondTest, SeedCase1FindingsAndTheirResolutionArriveOnWatchFindings) 
     const size_t from = w.size();
     // Seed case 1's shape: vCPU 2 frozen while halted (the guest CPU idle), the rest of the VM
     // running; the injector decides both from host thread states and retries until it has them.
-    // CPU 2 runs only the generator, so it idles lazily in its address space.
-    guest().isolate_cpu(2, "ipiload");
     auto f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;
