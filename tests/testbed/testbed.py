@@ -1218,7 +1218,8 @@ def sample_progress(pid, exclude, seconds):
 
 
 def classify_freeze(pid, tid, seconds=1.0):
-    """vcpu-only if the rest of the VM keeps running, vm-wide if it stopped (QEMU's big lock)."""
+    """vcpu-only if the rest of the VM keeps running, vm-wide if it stopped (QEMU's big lock),
+    lock-held if the main loop already waits for the lock the frozen thread holds."""
     prog = sample_progress(pid, {tid}, seconds)
     vcpus = {}
     for t, d in prog.items():
@@ -1241,7 +1242,12 @@ def classify_freeze(pid, tid, seconds=1.0):
     vm_wide = (main < 200_000 and other_vcpu_max < 200_000
                and not any(st == "R" for st in states.values())
                and "futex" in waits.get(pid, ""))
-    return ("vm-wide" if vm_wide else "vcpu-only",
+    # The main loop parked on the big lock while other vCPUs still ran: the frozen thread holds
+    # the lock and the rest of the VM is about to stop too (TCG vCPUs run guest code without the
+    # lock until they need it). Neither case yet: a caller wanting either one retries.
+    lock_held = (not vm_wide and main < 200_000 and states.get(pid) != "R"
+                 and "futex" in waits.get(pid, ""))
+    return ("vm-wide" if vm_wide else "lock-held" if lock_held else "vcpu-only",
             {"main_run_ns": main, "other_vcpu_run_ns": {str(t): d for t, d in vcpus.items()},
              "wchan": {str(t): w for t, w in waits.items()},
              "state": {str(t): v for t, v in states.items()}, "window_s": seconds})
