@@ -47,7 +47,7 @@ namespace {
 const bool kOptions = [] {
   tb::GuestOptions o;
   o.tag = "alerting";
-  o.scenario = "ipi";  // TLB shootdowns alone: a frozen idle CPU is still interrupted
+  o.scenario = "ipi-module";  // on_each_cpu: a frozen idle CPU is still sent the IPI
   o.watchdog_thresh = 5;
   tb::set_shared_guest_options(o);
   return true;

@@ -292,7 +292,7 @@ uint64_t process_ticks(pid_t pid) {
 TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestReports) {
   tb::GuestOptions o;
   o.tag = "dx-seed1";
-  o.scenario = "ipi";
+  o.scenario = "ipi-module";  // on_each_cpu waits for every CPU, idle ones included
   o.watchdog_thresh = 5;
   ASSERT_TRUE(boot(o));
   Monitored m(guest());

@@ -42,10 +42,12 @@ using namespace std::chrono_literals;
 using stallmon::server::testing::TestCerts;
 using stallmon::testbed::GuestTest;
 
-// TLB-shootdown load alone (scenario "ipi"): an idle CPU stays lazy in the generator's address
-// space, so its page-table-freeing flushes still interrupt a frozen idle vCPU (seed case 1).
+// The test module's on_each_cpu loop (scenario "ipi-module"): it waits for every online CPU, idle
+// ones included, so a frozen idle vCPU always leaves a sender waiting (seed case 1). Under the TLB
+// load alone an idle CPU may be lazy in another process's address space and get no flush at all
+// (seen: no IPI stall in 30 s).
 const bool kGuestOptions =
-    stallmon::testbed::use_shared_guest_options({.tag = "e2e", .scenario = "ipi", .watchdog_thresh = 5});
+    stallmon::testbed::use_shared_guest_options({.tag = "e2e", .scenario = "ipi-module", .watchdog_thresh = 5});
 namespace v1 = stallmon::v1;
 namespace health = grpc::health::v1;
 using Clock = std::chrono::steady_clock;
