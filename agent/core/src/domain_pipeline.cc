@@ -768,16 +768,9 @@ void DomainPipeline::record_snapshot(const introspect::GuestSnapshot& snap, int6
 }
 
 bool DomainPipeline::tick() {
-  std::string what;
-  try {
-    return tick_unguarded();
-  } catch (const std::bad_alloc&) {
-    what = "allocation failed (std::bad_alloc)";
-  } catch (const std::exception& e) {
-    what = std::string("exception: ") + e.what();
-  } catch (...) {
-    what = "unknown exception";
-  }
+  bool finished = false;
+  const std::string what = run_contained([&] { finished = tick_unguarded(); });
+  if (what.empty()) return finished;
   // Outside every GuestReadScope now (unwound), so the supervisor cannot abandon us from here
   // on: if it has not, this tick still owns the domain's tick state.
   if (GuestReadScope::current_abandoned()) {

@@ -124,16 +124,7 @@ void TaskPool::worker_loop(Worker* self) {
     }
     lk.unlock();
     // The last line of containment: a task is expected to keep its failures to itself.
-    std::string what;
-    try {
-      task->run();
-    } catch (const std::bad_alloc&) {
-      what = "allocation failed (std::bad_alloc)";
-    } catch (const std::exception& e) {
-      what = std::string("exception: ") + e.what();
-    } catch (...) {
-      what = "unknown exception";
-    }
+    const std::string what = run_contained([&] { task->run(); });
     if (!what.empty()) {
       exceptions_.fetch_add(1, std::memory_order_relaxed);
       if (task->on_exception) {

@@ -21,6 +21,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <queue>
 #include <string>
 #include <thread>
@@ -29,6 +30,22 @@
 #include "stallmon/host/clock.h"
 
 namespace stallmon::core::internal {
+
+// Runs f and returns what escaped it, described for a log line or a health reason ("" if nothing
+// did). The one catch-all of the pool's workers and of a domain's tick.
+template <typename F>
+std::string run_contained(F&& f) {
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    return "allocation failed (std::bad_alloc)";
+  } catch (const std::exception& e) {
+    return std::string("exception: ") + e.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+  return {};
+}
 
 struct PoolTask {
   std::function<void()> run;
