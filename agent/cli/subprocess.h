@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Runs a command with a deadline and captures its output (stallctl shells out to `virsh
-// qemu-monitor-command` until the agent's libvirt library offers the same). A command still
-// running at the deadline is killed: a hung QEMU monitor must never hang stallctl.
+// Runs a command with a deadline and captures its output. A command still running at the
+// deadline is killed. stallctl itself no longer runs any command (it reaches libvirt read-only
+// through the agent's libvirt layer, never through virsh or the QEMU monitor); the tests use this
+// to drive stallctl and virsh with a bound.
 #pragma once
 
 #include <chrono>

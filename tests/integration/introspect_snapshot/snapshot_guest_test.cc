@@ -22,7 +22,6 @@
 #include <sstream>
 
 #include "subprocess.h"  // stallctl's run_command
-#include "subprocess.h"
 #include "stallmon/introspect/elf_core.h"
 #include "stallmon/introspect/kernel.h"
 #include "stallmon/introspect/snapshot.h"
