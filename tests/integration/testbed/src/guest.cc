@@ -270,18 +270,6 @@ CommandResult Guest::run(const std::string& command, std::chrono::milliseconds t
   return {r.exit_code, std::move(r.out), std::move(r.err)};
 }
 
-void Guest::isolate_cpu(int cpu, const std::string& keep_comm) const {
-  unsigned mask = 0;
-  for (const auto& [i, tid] : vcpu_tids_)
-    if (i != cpu) mask |= 1u << i;
-  std::ostringstream cmd;
-  cmd << std::hex << "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do "
-      << "[ \"$(cat /proc/$p/comm 2>/dev/null)\" = '" << keep_comm << "' ] || "
-      << "taskset -a -p " << mask << " $p >/dev/null 2>&1; done; true";
-  CommandResult r = run(cmd.str(), 120s);
-  if (r.exit_code != 0) throw TestbedError("isolate_cpu failed: " + r.err);
-}
-
 Injector Guest::inject(const std::vector<std::string>& args) const {
   return Injector(args, 180s);  // a freeze with retries takes up to ~3 s per attempt
 }

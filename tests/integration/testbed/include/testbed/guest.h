@@ -161,16 +161,11 @@ class Guest {
   CommandResult run(const std::string& command, std::chrono::milliseconds timeout = 60s,
                     const std::string& channel = "auto") const;
 
-  // Moves every guest task except those named `keep_comm` (and per-CPU kernel threads) off guest
-  // CPU `cpu` (taskset -a -p), so that CPU runs only `keep_comm` and idles lazily in its address
-  // space: e.g. isolate_cpu(2, "ipiload") before freezing vCPU 2 idle under scenario "ipi", so
-  // the generator's page-table-freeing flushes are sure to interrupt it. Throws on failure.
-  void isolate_cpu(int cpu, const std::string& keep_comm) const;
-
   // Fault injectors on this guest's qemu threads.
   // freeze: cgroup freezer (v1: state D). The status's freeze_case() says whether the rest of
   // the VM keeps running ("vcpu-only") or the thread was caught holding QEMU's big lock and the
-  // whole VM stopped ("vm-wide"); see FreezeOptions to ask for one of them.
+  // whole VM stopped ("vm-wide"), or the main loop already waits for that lock while other
+  // vCPUs still ran ("lock-held", the VM about to stop); see FreezeOptions to ask for one.
   Injector freeze_vcpu(int index, const FreezeOptions& opts = {}) const;
   Injector freeze_thread(pid_t tid, const FreezeOptions& opts = {}) const;
   // throttle: cgroup cpu quota (quota_us per period_us) on one thread.
