@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "stallmon/host/proc_parse.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace stallmon::host {
@@ -140,6 +141,12 @@ std::string parse_wchan(std::string_view text) {
   text = trim(text);
   if (text.empty() || text == "0") return {};
   return std::string(text.substr(0, kMaxWchan));
+}
+
+std::string frame_function(std::string_view frame) {
+  frame = trim(frame);
+  size_t end = frame.find_first_of("+ ");
+  return std::string(frame.substr(0, std::min({end, frame.size(), kMaxWchan})));
 }
 
 std::vector<std::string> parse_stack(std::string_view text) {

@@ -321,6 +321,11 @@ void ThreadSampler::read_detail(int64_t now_ns, char state) {
       detail_.stack_errno = st.error().sys_errno != 0 ? st.error().sys_errno : EIO;
     }
   }
+  // The kernel prints wchan 0 for a blocked task still on a runqueue (6.12+ delayed dequeue
+  // keeps a sleeper with negative lag queued); its stack still says where it blocked.
+  if (detail_.wchan.empty() && !detail_.stack.empty()) {
+    detail_.wchan = frame_function(detail_.stack.front());
+  }
 }
 
 // ---- TrackedThread ----

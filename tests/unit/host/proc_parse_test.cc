@@ -147,6 +147,11 @@ TEST(ParseWchan, ZeroMeansNone) {
   EXPECT_EQ(parse_wchan("futex_do_wait"), "futex_do_wait");
   EXPECT_EQ(parse_wchan("__refrigerator\n"), "__refrigerator");
   EXPECT_LE(parse_wchan(std::string(5000, 'a')).size(), 128u);
+  EXPECT_EQ(frame_function("kernel_clone+0x9d/0x3a0"), "kernel_clone");
+  EXPECT_EQ(frame_function("ipigen_fn+0x1/0x20 [ipigen]"), "ipigen_fn");
+  EXPECT_EQ(frame_function("bare"), "bare");
+  EXPECT_EQ(frame_function(""), "");
+  EXPECT_LE(frame_function(std::string(5000, 'a')).size(), 128u);
 }
 
 TEST(ParseStack, StripsAddressesAndBounds) {

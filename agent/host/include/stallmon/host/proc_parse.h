@@ -54,6 +54,10 @@ std::string parse_wchan(std::string_view text);
 inline constexpr size_t kMaxStackFrames = 64;
 std::vector<std::string> parse_stack(std::string_view text);
 
+// The function of a /proc stack frame, "kernel_clone+0x9d/0x3a0 [mod]" -> "kernel_clone": what
+// wchan would print for a stack whose first frame it is (both skip scheduler functions).
+std::string frame_function(std::string_view frame);
+
 // cgroup CPU bandwidth statistics, normalised across cgroup versions.
 enum class CgroupVersion : uint8_t { kNone = 0, kV1 = 1, kV2 = 2 };
 struct CgroupCpuStat {
