@@ -5,14 +5,19 @@
 # and what CI runs. `all` runs the tiers cheapest first and stops at the first failed tier.
 # The fuzz tier (not part of `all`; .ci/run runs a short sample of it) builds the parsers'
 # libFuzzer targets with clang in build/fuzz and runs each for STALLMON_FUZZ_SECONDS (default 20).
+# The soak tier (on demand, not part of `all`) watches the healthy busy guest for
+# STALLMON_SOAK_SECONDS (default 600); `all` and `integration` run a bounded sample of it
+# (STALLMON_HEALTHY_SECONDS, default 120) so that CI stays within its time budget.
 #
-# Usage: deploy/test.sh [unit|asan|integration|all|fuzz]   (default: all)
+# Usage: deploy/test.sh [unit|asan|integration|all|fuzz|soak]   (default: all)
 # Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_ASAN_BUILD_DIR (default
-# build/asan), STALLMON_JOBS (default: nproc), STALLMON_FUZZ_SECONDS (default 20).
+# build/asan), STALLMON_JOBS (default: nproc), STALLMON_FUZZ_SECONDS (default 20),
+# STALLMON_SOAK_SECONDS (default 600, at most 3600: the test's CTest timeout is 4200 s),
+# STALLMON_HEALTHY_SECONDS (default 120).
 set -euo pipefail
 
 tier="${1:-all}"
-case "$tier" in unit|asan|integration|all|fuzz) ;; *) echo "usage: $0 [unit|asan|integration|all|fuzz]" >&2; exit 2 ;; esac
+case "$tier" in unit|asan|integration|all|fuzz|soak) ;; *) echo "usage: $0 [unit|asan|integration|all|fuzz|soak]" >&2; exit 2 ;; esac
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="${STALLMON_JOBS:-$(nproc)}"
@@ -76,7 +81,7 @@ if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
     ctest --test-dir "$asan_build" -L unit -j "$jobs" --output-on-failure --no-tests=error \
     --timeout 300 || rc=1
 fi
-if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ]; }; then
+if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ] || [ "$tier" = soak ]; }; then
   # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
   # Bring up libvirt and build the guest kit once, before the tests race to do it.
   python3 "$root/tests/testbed/testbed.py" libvirt-up
@@ -86,9 +91,17 @@ if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ]; }; then
   # guest instead; each replacement is logged here and counted below.
   health_log="$(mktemp /tmp/stallmon-testbed-health.XXXXXX)"
   t0=$(date +%s)
-  STALLMON_TESTBED_HEALTH_LOG="$health_log" \
-    ctest --test-dir "$build" -L integration -j 1 --output-on-failure --no-tests=error \
-    --timeout 900 || rc=1
+  if [ "$tier" = soak ]; then
+    STALLMON_TESTBED_HEALTH_LOG="$health_log" \
+    STALLMON_HEALTHY_SECONDS="${STALLMON_SOAK_SECONDS:-600}" \
+      ctest --test-dir "$build" -R '^diagnosis_healthy$' --output-on-failure --no-tests=error \
+      || rc=1
+  else
+    STALLMON_TESTBED_HEALTH_LOG="$health_log" \
+    STALLMON_HEALTHY_SECONDS="${STALLMON_HEALTHY_SECONDS:-120}" \
+      ctest --test-dir "$build" -L integration -j 1 --output-on-failure --no-tests=error \
+      --timeout 900 || rc=1
+  fi
   replaced=$(grep -c . "$health_log" || true)
   echo "integration: $(( $(date +%s) - t0 )) s; guests replaced by the boot-health gate: $replaced"
   [ "$replaced" -eq 0 ] || cat "$health_log"
