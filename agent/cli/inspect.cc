@@ -182,11 +182,20 @@ int run_dump(const DumpArgs& a) {
   auto mem = open_memory(a.src);
   if (!mem) return fail("dump", mem.error());
   auto* qemu = dynamic_cast<QemuProcessMemory*>(mem->get());
-  // The VMCOREINFO note is found before stopping the guest (the scan is the slow part).
+  // The VMCOREINFO note is found before stopping the guest (the scan is the slow part), and it is
+  // the note the running kernel proves is its own (Kernel::discover), never merely the first one
+  // in RAM: guest userspace can plant notes, and a warm reboot leaves the previous boot's note.
+  // Without a proven note the core is written without one: an offline reader then rescans and
+  // applies the same proof to the image, instead of trusting a note this tool chose blindly.
   ElfCoreWriteOptions wo;
-  if (auto info = find_vmcoreinfo(**mem); info) wo.vmcoreinfo_text = info->text;
-  else std::fprintf(stderr, "stallctl dump: warning: no VMCOREINFO found (%s); core written without it\n",
-                    info.error().to_string().c_str());
+  if (auto kernel = Kernel::discover(*mem, DiscoverOptions{}); kernel) {
+    wo.vmcoreinfo_text = (*kernel)->vmcoreinfo().text;
+  } else {
+    std::fprintf(stderr,
+                 "stallctl dump: warning: no VMCOREINFO proven by the running kernel (%s); core "
+                 "written without a VMCOREINFO note\n",
+                 kernel.error().to_string().c_str());
+  }
   // The core holds guest memory (keys, passwords): created new, never through a symlink an
   // attacker placed, readable by the owner only.
   int out_fd = ::open(a.out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
