@@ -5,11 +5,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "live_guest.h"
 #include "stallmon/introspect/elf_core.h"
@@ -284,6 +287,84 @@ TEST_F(IntrospectGuest, DiscoversVirshMemoryOnlyDump) {
     });
   }
   ::unlink(path.c_str());
+}
+
+
+// Issue 10: guest root plants forged VMCOREINFO notes in its own memory (every field right but
+// one extra line; another KASLR slide with every symbol moved; another BUILD-ID; another
+// phys_base; see tests/testbed/guestprog/notespray.c), each at a page start where the scan looks.
+// Discovery must still take the note the running kernel points to, reject every forgery and
+// stay within the default memory budget. Last in this binary: the forgeries stay in guest RAM.
+TEST_F(IntrospectGuest, ForgedNotesPlantedByGuestRootAreRejectedByProof) {
+  Kernel& live = kernel();  // discovered before the spray
+  auto where = guest().run("cat /sys/kernel/vmcoreinfo");
+  ASSERT_EQ(where.exit_code, 0) << where.err;
+  const uint64_t real_gpa = std::strtoull(where.out.c_str(), nullptr, 16);
+  ASSERT_EQ(real_gpa, live.vmcoreinfo().note_gpa.value_or(0)) << where.out;
+
+  constexpr int kForged = 40;
+  auto start = guest().run("notespray " + std::to_string(kForged) +
+                           " </dev/null >/tmp/notespray.out 2>&1 & echo $! >/tmp/notespray.pid");
+  ASSERT_EQ(start.exit_code, 0) << start.err;
+  struct StopSpray {
+    stallmon::testbed::Guest& g;
+    ~StopSpray() { g.run("kill $(cat /tmp/notespray.pid)"); }
+  } stop{guest()};
+  std::string out;
+  for (int i = 0; i < 120 && out.find("ready") == std::string::npos; ++i) {
+    if (out.find("notespray:") != std::string::npos) break;  // it failed: its message says why
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    out = guest().run("cat /tmp/notespray.out").out;
+  }
+  ASSERT_NE(out.find("ready"), std::string::npos) << "notespray: " << out;
+
+  auto m = live::qemu_memory(guest().name(), guest().qemu_pid());
+  ASSERT_TRUE(m.ok()) << m.error().to_string();
+  auto found = find_vmcoreinfo_candidates(**m);
+  ASSERT_TRUE(found.ok()) << found.error().to_string();
+  EXPECT_EQ(found->distinct.size(), static_cast<size_t>(kForged + 1));
+  clear_shared_kernel_cache();
+  DiscoverOptions opts;
+  opts.budget = std::make_shared<MemoryBudget>("sprayed guest");
+  DiscoveryReport report;
+  auto t0 = Clock::now();
+  auto d = Kernel::discover(*m, opts, &report);
+  const double ms = ms_since(t0);
+  ASSERT_TRUE(d.ok()) << d.error().to_string();
+  EXPECT_EQ(report.accepted_gpa.value_or(0), real_gpa);
+  EXPECT_EQ(report.candidates, static_cast<uint64_t>(kForged + 1));
+  EXPECT_LT(opts.budget->peak(), opts.budget->limit());
+  expect_same_kernel(live, **d);
+  std::printf("[ measure  ] %d forged notes planted: %llu notes seen, %llu candidates, discovery %.0f ms, "
+              "budget peak %.1f MiB\n",
+              kForged, static_cast<unsigned long long>(report.notes_seen),
+              static_cast<unsigned long long>(report.candidates), ms, opts.budget->peak() / 1048576.0);
+
+  // The scan order (the hint's note first, then by address) must not matter: each forgery in
+  // turn is made the first candidate, as a stale or planted hint would, and is rejected with a
+  // reason while the real note is still the one accepted.
+  std::map<std::string, int> reasons;
+  for (const VmcoreInfoCandidate& c : found->distinct) {
+    if (std::find(c.gpas.begin(), c.gpas.end(), real_gpa) != c.gpas.end()) continue;
+    DiscoverOptions o;
+    o.scan.hint_gpa = c.gpas.front();
+    DiscoveryReport r;
+    auto k = Kernel::discover(*m, o, &r);
+    ASSERT_TRUE(k.ok()) << "forgery first at " << std::hex << c.gpas.front() << ": " << k.error().to_string();
+    EXPECT_EQ(r.accepted_gpa.value_or(0), real_gpa);
+    ASSERT_FALSE(r.rejected.empty()) << "the forgery at " << std::hex << c.gpas.front() << " was not evaluated first";
+    char prefix[32];
+    std::snprintf(prefix, sizeof(prefix), "0x%llx: ", static_cast<unsigned long long>(c.gpas.front()));
+    EXPECT_EQ(r.rejected.front().rfind(prefix, 0), 0u) << r.rejected.front();
+    std::string why = r.rejected.front().substr(std::strlen(prefix));
+    reasons[why.substr(0, why.find_first_of("0123456789"))]++;
+  }
+  int rejected = 0;
+  for (const auto& [why, n] : reasons) {
+    rejected += n;
+    std::printf("[ info     ] %2d forgeries rejected: %s...\n", n, why.c_str());
+  }
+  EXPECT_EQ(rejected, kForged);
 }
 
 }  // namespace

@@ -54,10 +54,11 @@ struct DiscoverOptions {
   // cut to it. 0: only kMaxCpus bounds it (tools reading a core file).
   uint32_t max_cpus = 0;
   // VMCOREINFO proof (RAM scan only): the note is accepted when the kernel it describes points
-  // to it (vmcoreinfo_note) and, on live memory, its jiffies advance within `clock_wait`.
+  // to it (vmcoreinfo_note) and, on live memory, its jiffies advance within `clock_wait`
+  // (polled: a busy guest answers in milliseconds; an idle tickless guest only when a CPU wakes).
   enum class ClockCheck { kAuto, kAlways, kNever };  // kAuto: when PhysicalMemory::live()
   ClockCheck clock_check = ClockCheck::kAuto;
-  std::chrono::milliseconds clock_wait{40};
+  std::chrono::milliseconds clock_wait{3000};
 };
 
 // What a discovery by RAM scan saw: how many notes, which candidates were rejected and why.
