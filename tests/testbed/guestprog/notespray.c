@@ -3,7 +3,8 @@
  * stallmon testbed guest program: a hostile guest root planting forged VMCOREINFO notes.
  *
  *   notespray N      plant N distinct forged notes (and one exact copy of the real one), then
- *                    print "ready <real note text bytes> <planted>" and hold them until killed.
+ *                    print "ready <real note text bytes> <planted> build-id=<real BUILD-ID>"
+ *                    and hold them until killed.
  *
  * The real note's text is read from /proc/kcore (its PT_NOTE carries a "VMCOREINFO" note with
  * the text the kernel's own note holds). Each forged note is laid out exactly as the kernel lays
@@ -222,7 +223,11 @@ int main(int argc, char **argv)
 	}
 	if (mlock(pages, (size_t)(count + 1) * STRIDE) != 0)
 		die("mlock");
-	printf("ready %zu %ld\n", real_len, count);
+	const char *id = strstr(real, "BUILD-ID=");
+	int id_len = id ? (int)strcspn(id + 9, "\n") : 0;
+
+	/* The real note's BUILD-ID: what a monitor that found the real kernel reports. */
+	printf("ready %zu %ld build-id=%.*s\n", real_len, count, id_len, id ? id + 9 : "");
 	fflush(stdout);
 	for (;;)
 		pause();
