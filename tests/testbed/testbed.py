@@ -607,7 +607,8 @@ def domain_dir(name):
 
 
 def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, ctl_sock,
-               vctl_sock, machine="q35", memory_backing="anonymous", max_memory_mib=0):
+               vctl_sock, machine="q35", memory_backing="anonymous", max_memory_mib=0,
+               on_reboot="destroy"):
     with open(os.path.join(HERE, "domain.xml.in")) as f:
         tmpl = f.read()
     cpu = ("<cpu mode='host-passthrough'/>" if accel == "kvm" else
@@ -616,6 +617,7 @@ def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, 
     values = {"NAME": name, "TYPE": "kvm" if accel == "kvm" else "qemu",
               "MEMORY_MIB": str(memory_mib), "VCPUS": str(vcpus), "KERNEL": kit["kernel"],
               "INITRD": kit["initrd"], "CMDLINE": cmdline, "ON_CRASH": on_crash,
+              "ON_REBOOT": on_reboot,
               "CONSOLE": console, "CTL_SOCK": ctl_sock, "VCTL_SOCK": vctl_sock, "CPU": cpu,
               "MACHINE": machine}
     # Memory options (issue 11's layout tests): backing, and room for a hotplugged DIMM (libvirt
@@ -642,7 +644,8 @@ def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, 
 def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,sleepers",
                  wdt=None, ipi_interval=None, extra_cmdline="", panic=-1, on_crash="destroy",
                  accel=None, owner_pid=None, wait=0.0, machine="q35",
-                 memory_backing="anonymous", max_memory=0, use_monitor=True):
+                 memory_backing="anonymous", max_memory=0, use_monitor=True,
+                 on_reboot="destroy"):
     if not re.match(r"^[A-Za-z0-9_.+-]{1,60}$", name):
         raise TestbedError("bad domain name %r" % name)
     kit = build_kit(kernel)
@@ -667,7 +670,7 @@ def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,s
     if extra_cmdline:
         cmdline += " " + extra_cmdline
     xml = domain_xml(name, kit, accel, vcpus, memory, cmdline, on_crash, console, ctl, vctl,
-                     machine, memory_backing, max_memory)
+                     machine, memory_backing, max_memory, on_reboot)
     xml_path = os.path.join(d, "domain.xml")
     with open(xml_path, "w") as f:
         f.write(xml)
@@ -1534,6 +1537,9 @@ def main(argv=None):
                    "0 stay hung)")
     p.add_argument("--on-crash", default="destroy",
                    choices=["destroy", "preserve", "restart", "coredump-destroy"])
+    p.add_argument("--on-reboot", default="destroy", choices=["destroy", "restart"],
+                   help="libvirt <on_reboot>: restart keeps the domain (and its qemu process) "
+                   "across a reboot inside the guest")
     p.add_argument("--accel", choices=["tcg", "kvm", "auto"])
     p.add_argument("--owner-pid", type=int, help="cleanup destroys the domain once this pid "
                    "is gone (default: the caller; 0: never)")
@@ -1654,7 +1660,7 @@ def main(argv=None):
                               panic=args.panic, on_crash=args.on_crash, accel=args.accel,
                               owner_pid=args.owner_pid, wait=args.wait, machine=args.machine,
                               memory_backing=args.memory_backing, max_memory=args.max_memory,
-                              use_monitor=not args.no_monitor))
+                              use_monitor=not args.no_monitor, on_reboot=args.on_reboot))
         elif args.cmd == "attach-dimm":
             emit(attach_dimm(args.name, args.size))
         elif args.cmd == "wait-ready":

@@ -383,8 +383,13 @@ void DomainPipeline::drop_kernel(const std::string& why, int64_t now_ns, bool re
 }
 
 void DomainPipeline::reboot_detected(const std::string& why, int64_t now_ns, bool from_event) {
-  shared_.counters.reboots_detected.fetch_add(1, std::memory_order_relaxed);
-  if (!from_event) {
+  // One reboot is often told several times: QEMU's reset and libvirt's reboot event arrive
+  // together (two events 127 ms apart were seen for one `reboot -f`), and the new kernel's
+  // first snapshot may see the clock go back as well. Until a kernel is proven again, a further
+  // notice is the same reboot: counted and told to the engine once, everything else re-armed.
+  const bool same_reboot = proving_;
+  if (!same_reboot) shared_.counters.reboots_detected.fetch_add(1, std::memory_order_relaxed);
+  if (!from_event && !same_reboot) {
     // No event reached us (the guest's clock or note told): tell the engine all the same, so
     // that the old boot's guest-side findings resolve.
     carry_events_.push_back(diagnosis::DomainEvent{diagnosis::DomainEventType::kRebooted,
@@ -408,7 +413,7 @@ void DomainPipeline::reboot_detected(const std::string& why, int64_t now_ns, boo
   retry_delay_ns_ = 0;
   drop_kernel(why, now_ns, true);
   next_discovery_ns_ = now_ns + reboot_delay_ns_;
-  {
+  if (!same_reboot) {
     std::lock_guard<std::mutex> l(mu_);
     ++health_.reboots_detected;
   }

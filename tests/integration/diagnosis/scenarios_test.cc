@@ -392,6 +392,55 @@ TEST_F(Scenario, SeedCase1OnAGuestThatPlantedForgedVmcoreinfoNotes) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Issue 10: a warm reboot inside the guest (`reboot -f`; libvirt <on_reboot>restart</on_reboot>
+// keeps the qemu process, the new kernel gets a new KASLR slide). The monitor must drop the old
+// kernel, open no finding from the previous boot's memory while the new one comes up, and
+// rediscover the new kernel within 10 s of its first console line.
+TEST_F(Scenario, WarmRebootIsRediscoveredAndOpensNoFindingFromStaleMemory) {
+  tb::GuestOptions o;
+  o.tag = "dx-reboot";
+  o.scenario = "sleepers";
+  o.on_reboot = "restart";
+  ASSERT_TRUE(boot(o));
+  Monitored m(guest());
+  ASSERT_TRUE(m.ready(120s));
+  auto before = m.monitor().wait_introspection(guest().name(), 1000ms);
+  ASSERT_TRUE(before.ok() && before->ok());
+  const uint64_t reboots0 = before->reboots_detected;
+  const size_t from_log = m.log.size();
+  const size_t from_console = guest().console_size();
+  // Detached, so that the control channel's reply does not race the reset.
+  guest().run("(sleep 0.5; reboot -f) </dev/null >/dev/null 2>&1 &", 10s);
+  const auto t_reboot = Clock::now();
+  auto linux = guest().wait_console(std::regex("Linux version [^ ]+"), 120s, from_console);
+  const auto t_kernel = Clock::now();  // the console is polled: at most a poll late
+  ASSERT_TRUE(linux) << "the guest did not boot again; console:\n" << guest().console(from_console);
+
+  std::optional<core::IntrospectionHealth> after;
+  while (Clock::now() < t_kernel + 120s) {
+    auto h = m.monitor().wait_introspection(guest().name(), 100ms);
+    if (h.ok() && h->ok() && h->reboots_detected > reboots0) {
+      after = *h;
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  const auto t_ready = Clock::now();
+  ASSERT_TRUE(after) << "the new kernel was not rediscovered within 120 s of its boot";
+  std::cout << "WARM REBOOT: kernel line " << seconds(t_kernel - t_reboot) << " s after reboot -f, rediscovered "
+            << seconds(t_ready - t_kernel) << " s after it (" << after->reboots_detected - reboots0
+            << " reboot(s) detected, " << after->discovery_attempts << " discovery attempts)" << std::endl;
+  EXPECT_LE(seconds(t_ready - t_kernel), 10.0);
+  EXPECT_EQ(after->reboots_detected - reboots0, 1u) << "one reboot, counted once";
+  // A few more ticks on the new kernel, then: nothing at all was reported across the reboot.
+  auto r = guest().wait_console(std::regex("STALLMON-READY"), 120s, from_console);
+  ASSERT_TRUE(r) << "the rebooted guest never got ready";
+  std::this_thread::sleep_for(5s);
+  EXPECT_EQ(m.log.size(), from_log) << "findings across the reboot:\n" << m.log.dump(from_log);
+  m.print_stats();
+}
+
+// ---------------------------------------------------------------------------------------------
 // The freeze lands while the vCPU holds QEMU's big lock: the whole VM stops behind that thread.
 TEST_F(Scenario, FreezeHoldingTheBigLockIsAVmWideStallNamingTheThread) {
   tb::GuestOptions o;

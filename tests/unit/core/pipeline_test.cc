@@ -505,6 +505,12 @@ TEST_F(PipelineTest, RebootEventDropsTheKernelBeforeTheNextSnapshot) {
   EXPECT_NE(p->detail().guest->guest_clock_ns, 999'000'000'000ULL);
   EXPECT_EQ(discoveries, 2);
   EXPECT_EQ(p->introspection().reboots_detected, 1u);
+  // libvirt tells one reboot twice (QEMU's reset, then the reboot event, 127 ms apart on a real
+  // guest): until a kernel is proven again it is the same reboot, counted once.
+  p->post_event(ev, q.clock.now());
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().reboots_detected, 1u);
+  EXPECT_EQ(shared_->counters.reboots_detected.load(), 1u);
   run(*p, 25);
   IntrospectionHealth h = p->introspection();
   EXPECT_NE(h.state, IntrospectionState::kReady);

@@ -193,6 +193,7 @@ std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o) {
                                    "--scenario",  o.scenario.empty() ? "none" : o.scenario,
                                    "--panic",     std::to_string(o.panic),
                                    "--on-crash",  o.on_crash,
+                                   "--on-reboot", o.on_reboot,
                                    "--owner-pid", std::to_string(getpid()),
                                    "--wait",      std::to_string(o.boot_timeout.count())};
   if (o.watchdog_thresh) args.insert(args.end(), {"--wdt", std::to_string(*o.watchdog_thresh)});

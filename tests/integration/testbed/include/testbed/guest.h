@@ -65,6 +65,7 @@ struct GuestOptions {
   std::string extra_cmdline;
   int panic = -1;                    // kernel panic=
   std::string on_crash = "destroy";  // libvirt <on_crash>
+  std::string on_reboot = "destroy";  // libvirt <on_reboot>: "restart" survives `reboot -f`
   std::string accel;                 // "", "tcg", "kvm", "auto"
   std::chrono::seconds boot_timeout = 180s;
   // Boot-health gate (testbed.py health): after ready, every guest CPU's local timer interrupts
