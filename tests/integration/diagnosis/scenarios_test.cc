@@ -441,6 +441,55 @@ TEST_F(Scenario, WarmRebootIsRediscoveredAndOpensNoFindingFromStaleMemory) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Issue 10: a guest without Linux (firmware with nothing to boot). Host-side monitoring goes on;
+// discovery backs off (each attempt scans all guest RAM), the status says so, and what that
+// guest costs the monitor in CPU is measured: the monitor runs in this process, so this
+// process's CPU time over the window (minus nothing: no other guest is watched) bounds it.
+TEST_F(Scenario, GuestWithoutLinuxIsMonitoredHostOnlyWhileDiscoveryBacksOff) {
+  tb::GuestOptions o;
+  o.tag = "dx-nokernel";
+  o.no_kernel = true;
+  ASSERT_TRUE(boot(o));
+  Monitored m(guest());
+  const auto t0 = Clock::now();
+  const uint64_t self0 = process_ticks(getpid());
+  std::optional<core::IntrospectionHealth> h;
+  uint64_t ticks = 0;
+  size_t vcpus = 0;
+  // Watched for 60 s: with the default backoff (1 s doubling) that is about 6 full-RAM scans.
+  while (Clock::now() < t0 + 60s) {
+    std::this_thread::sleep_for(1s);
+    auto d = m.monitor().domain(guest().name());
+    if (!d.ok()) continue;
+    h = d->summary.introspection;
+    ticks = d->summary.ticks;
+    vcpus = d->vcpus.size();
+  }
+  const double cpu_s = static_cast<double>(process_ticks(getpid()) - self0) / sysconf(_SC_CLK_TCK);
+  const double wall_s = seconds(Clock::now() - t0);
+  ASSERT_TRUE(h) << "the domain was never watched";
+  const auto now = std::chrono::time_point_cast<diagnosis::Duration>(std::chrono::system_clock::now());
+  const std::string status = core::describe(*h, now);
+  std::cout << "NO KERNEL: status \"" << status << "\"; " << h->discovery_attempts << " discovery attempts, "
+            << h->discovery_bytes_read / 1048576.0 << " MiB read by them, " << seconds(h->discovery_time)
+            << " s spent; monitor process CPU " << cpu_s << " s over " << wall_s << " s ("
+            << 100.0 * cpu_s / wall_s << "% of one core), " << ticks << " host ticks" << std::endl;
+  EXPECT_EQ(h->state, core::IntrospectionState::kNoKernel) << status;
+  EXPECT_NE(status.find("no Linux kernel found"), std::string::npos) << status;
+  EXPECT_NE(status.find("next try in"), std::string::npos) << status;
+  ASSERT_TRUE(h->next_attempt_at);
+  // Backing off: doubling from 1 s gives at most 7 attempts in 60 s (a fixed 1 s retry: 60).
+  EXPECT_GE(h->discovery_attempts, 3u);
+  EXPECT_LE(h->discovery_attempts, 7u);
+  // Host-side monitoring went on throughout: every vCPU sampled, ticks at the sampling rate.
+  EXPECT_EQ(vcpus, 4u);
+  EXPECT_GE(ticks, 200u);
+  EXPECT_TRUE(m.active().empty()) << m.log.dump();
+  // What scanning costs: every attempt reads at most the guest's RAM (512 MiB) once.
+  EXPECT_LE(h->discovery_bytes_read, h->discovery_attempts * (512ull << 20) + (64ull << 20));
+}
+
+// ---------------------------------------------------------------------------------------------
 // The freeze lands while the vCPU holds QEMU's big lock: the whole VM stops behind that thread.
 TEST_F(Scenario, FreezeHoldingTheBigLockIsAVmWideStallNamingTheThread) {
   tb::GuestOptions o;

@@ -163,7 +163,7 @@ std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
   run_testbed({"cleanup"}, 120s, false);
   for (int replacement = 0;; ++replacement) {
     std::unique_ptr<Guest> g = boot_once(o);
-    if (!o.health_gate) return g;
+    if (!o.health_gate || o.no_kernel) return g;  // no kernel: no timer interrupts to check
     // Testbed health, decided before any fault and without stallmon: every guest CPU's timer
     // interrupts advance and the console shows no Oops/BUG/panic. A guest that fails is replaced
     // (a bounded number of times); this never reruns an assertion of a test.
@@ -201,6 +201,7 @@ std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o) {
   if (!o.kernel_package.empty()) args.insert(args.end(), {"--kernel", o.kernel_package});
   if (!o.extra_cmdline.empty()) args.insert(args.end(), {"--cmdline", o.extra_cmdline});
   if (!o.accel.empty()) args.insert(args.end(), {"--accel", o.accel});
+  if (o.no_kernel) args.push_back("--no-kernel");
   // Kit build (first time: download + module) + libvirt bring-up + boot.
   auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(o.boot_timeout) + 900s;
   ProcessResult r = run_testbed(args, timeout, false);

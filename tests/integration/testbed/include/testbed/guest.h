@@ -67,6 +67,9 @@ struct GuestOptions {
   std::string on_crash = "destroy";  // libvirt <on_crash>
   std::string on_reboot = "destroy";  // libvirt <on_reboot>: "restart" survives `reboot -f`
   std::string accel;                 // "", "tcg", "kvm", "auto"
+  // Firmware with nothing to boot (no kernel, no disk): a guest without Linux. No control
+  // channel, no ready marker, no boot-health gate; the vCPU threads exist.
+  bool no_kernel = false;
   std::chrono::seconds boot_timeout = 180s;
   // Boot-health gate (testbed.py health): after ready, every guest CPU's local timer interrupts
   // must advance and the console must show no Oops/BUG/panic, else the guest is destroyed and
