@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <mutex>
@@ -178,7 +179,17 @@ class Monitored {
               << (s.tick_latency.count ? s.tick_latency.sum_s / s.tick_latency.count * 1e6 : 0)
               << " us, snapshot mean "
               << (s.snapshot_latency.count ? s.snapshot_latency.sum_s / s.snapshot_latency.count * 1e6 : 0)
-              << " us, history " << s.history_memory_bytes / 1024 << " KiB" << std::endl;
+              << " us, history " << s.history_memory_bytes / 1024 << " KiB; process RSS "
+              << status_kib("VmRSS") / 1024 << " MiB, peak " << status_kib("VmHWM") / 1024 << " MiB"
+              << std::endl;
+  }
+  // A field of /proc/self/status in KiB (VmRSS, VmHWM): the monitor runs in this process.
+  static uint64_t status_kib(const std::string& field) {
+    std::ifstream f("/proc/self/status");
+    for (std::string line; std::getline(f, line);) {
+      if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1));
+    }
+    return 0;
   }
 
   FindingLog log;
@@ -261,6 +272,10 @@ class Scenario : public ::testing::Test {
 };
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
+
+// Issue 10: under hostile guests the monitor's memory stays within its budgets. This process is
+// the monitor (one domain: 64 MiB introspection budget, history, libvirt, gtest): its peak RSS.
+constexpr uint64_t kRssBoundKib = 256 * 1024;
 
 // Busy time of the whole host in clock ticks: the /proc/stat "cpu" line without idle and iowait
 // (guest time is already inside user).
@@ -389,6 +404,7 @@ TEST_F(Scenario, SeedCase1OnAGuestThatPlantedForgedVmcoreinfoNotes) {
   o.scenario = "notespray,ipi-module";
   o.watchdog_thresh = 5;
   seed_case1(o, "/run/tb/notespray.out");
+  EXPECT_LE(Monitored::status_kib("VmHWM"), kRssBoundKib);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,6 +454,7 @@ TEST_F(Scenario, WarmRebootIsRediscoveredAndOpensNoFindingFromStaleMemory) {
   std::this_thread::sleep_for(5s);
   EXPECT_EQ(m.log.size(), from_log) << "findings across the reboot:\n" << m.log.dump(from_log);
   m.print_stats();
+  EXPECT_LE(Monitored::status_kib("VmHWM"), kRssBoundKib);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,6 +504,9 @@ TEST_F(Scenario, GuestWithoutLinuxIsMonitoredHostOnlyWhileDiscoveryBacksOff) {
   EXPECT_TRUE(m.active().empty()) << m.log.dump();
   // What scanning costs: every attempt reads at most the guest's RAM (512 MiB) once.
   EXPECT_LE(h->discovery_bytes_read, h->discovery_attempts * (512ull << 20) + (64ull << 20));
+  m.print_stats();
+  // Scans read in bounded chunks: the process never holds the guest's RAM.
+  EXPECT_LE(Monitored::status_kib("VmHWM"), kRssBoundKib);
 }
 
 // ---------------------------------------------------------------------------------------------
