@@ -126,9 +126,12 @@ class FindingLog final : public diagnosis::FindingListener {
 // A StallMonitor watching one testbed guest through the real libvirt layer.
 class Monitored {
  public:
-  explicit Monitored(const tb::Guest& g, core::MonitorConfig config = {}) : name_(g.name()) {
+  // `neighbour`: a second guest of the test's, watched by the same monitor.
+  explicit Monitored(const tb::Guest& g, core::MonitorConfig config = {}, const tb::Guest* neighbour = nullptr)
+      : name_(g.name()) {
     // Other engineers' guests share this libvirtd: watch ours only.
-    config.domain_filter = [n = name_](const lv::DomainInfo& d) { return d.name == n; };
+    config.domain_filter = [n = name_, other = neighbour ? neighbour->name() : std::string()](
+                               const lv::DomainInfo& d) { return d.name == n || (!other.empty() && d.name == other); };
     monitor_ = std::make_unique<core::StallMonitor>(config);
     lv::WatcherOptions o;
     o.ram_layout_resolver = [](const introspect::HmpCommand& hmp) { return introspect::resolve_ram_layout(hmp); };
@@ -144,13 +147,14 @@ class Monitored {
   }
 
   // Watched, sampled, and the guest kernel discovered.
-  ::testing::AssertionResult ready(Clock::duration timeout) {
+  ::testing::AssertionResult ready(Clock::duration timeout, const std::string& domain = {}) {
     if (!started_.ok()) return ::testing::AssertionFailure() << "watcher: " << started_.error().to_string();
+    const std::string& name = domain.empty() ? name_ : domain;
     const auto deadline = Clock::now() + timeout;
     while (Clock::now() < deadline) {
-      auto h = monitor_->wait_introspection(name_, 1000ms);
+      auto h = monitor_->wait_introspection(name, 1000ms);
       if (h.ok() && h->ok()) {
-        auto d = monitor_->domain(name_);
+        auto d = monitor_->domain(name);
         if (d.ok() && d->summary.ticks > 20 && d->guest) {
           std::cout << "monitor ready: kernel " << h->kernel_release << " build-id " << h->build_id
                     << ", discovery " << seconds(h->last_discovery_duration) * 1e3 << " ms, "
@@ -160,7 +164,7 @@ class Monitored {
       }
       std::this_thread::sleep_for(100ms);
     }
-    auto h = monitor_->wait_introspection(name_, 0ms);
+    auto h = monitor_->wait_introspection(name, 0ms);
     return ::testing::AssertionFailure()
            << "monitor not ready after " << seconds(timeout) << " s: "
            << (h.ok() ? std::string(to_string(h->state)) + " " + h->error : h.error().to_string());
@@ -266,9 +270,11 @@ class Scenario : public ::testing::Test {
     return true;
   }
   tb::Guest& guest() { return *guest_; }
-  void seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from = {});
+  void seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from = {},
+                  const std::function<void()>& before_monitor = {});
 
   std::unique_ptr<tb::Guest> guest_;
+  std::unique_ptr<tb::Guest> neighbour_;  // a second guest, watched along (seed_case1)
 };
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
@@ -305,10 +311,18 @@ uint64_t process_ticks(pid_t pid) {
 // The freeze waits for vCPU 2 to halt (want_idle) and for the rest of the VM to keep running
 // (want_case), both decided by the injector from host thread states. `expect_build_id`: the
 // BUILD-ID the monitor must have found (the real kernel's), when the guest planted forgeries.
-void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from) {
+void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from,
+                          const std::function<void()>& before_monitor) {
   ASSERT_TRUE(boot(o));
-  Monitored m(guest());
+  if (before_monitor) {
+    before_monitor();
+    if (HasFatalFailure()) return;
+  }
+  Monitored m(guest(), {}, neighbour_.get());
   ASSERT_TRUE(m.ready(120s));
+  if (neighbour_) {
+    ASSERT_TRUE(m.ready(120s, neighbour_->name()));
+  }
   if (!expect_build_id_from.empty()) {
     auto out = guest().run("cat " + expect_build_id_from);
     ASSERT_EQ(out.exit_code, 0) << out.err;
@@ -385,6 +399,22 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     EXPECT_TRUE(m.all_resolved(30s)) << "still active after the thaw:\n" << m.log.dump(from_log);
     m.print_stats();
   }
+  if (neighbour_) {
+    // The neighbour was read with its own tables all along: every snapshot clean, nothing found.
+    auto h = m.monitor().wait_introspection(neighbour_->name(), 1000ms);
+    ASSERT_TRUE(h.ok()) << h.error().to_string();
+    EXPECT_EQ(h->state, core::IntrospectionState::kReady) << h->error;
+    EXPECT_GT(h->snapshots, 20u);
+    EXPECT_EQ(h->snapshot_errors, 0u) << h->last_snapshot_error;
+    EXPECT_TRUE(m.monitor().engine().active_findings(neighbour_->name()).empty());
+    // It did claim the victim's BUILD-ID, with another kernel behind it.
+    auto v = m.monitor().wait_introspection(guest().name(), 1000ms);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(h->build_id, v->build_id);
+    EXPECT_NE(h->kernel_release, v->kernel_release);
+    std::cout << "neighbour: kernel " << h->kernel_release << " build-id " << h->build_id << ", "
+              << h->snapshots << " snapshots, " << h->snapshot_errors << " with errors" << std::endl;
+  }
 }
 
 TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestReports) {
@@ -404,6 +434,38 @@ TEST_F(Scenario, SeedCase1OnAGuestThatPlantedForgedVmcoreinfoNotes) {
   o.scenario = "notespray,ipi-module";
   o.watchdog_thresh = 5;
   seed_case1(o, "/run/tb/notespray.out");
+  EXPECT_LE(Monitored::status_kib("VmHWM"), kRssBoundKib);
+}
+
+// Issue 10: a neighbour running another kernel (6.12) whose kernel claims the victim's BUILD-ID
+// in its own VMCOREINFO (kmod/buildidforge.c, loaded before the monitor starts). Symbols and
+// types are shared only by the content of the tables, so each guest keeps its own: the victim's
+// seed case 1 is diagnosed as on its own, and the neighbour's snapshots stay clean.
+TEST_F(Scenario, SeedCase1UnchangedNextToAGuestClaimingItsBuildId) {
+  tb::GuestOptions o;
+  o.tag = "dx-victim";
+  o.scenario = "ipi-module";
+  o.watchdog_thresh = 5;
+  seed_case1(o, {}, [&] {
+    // The victim's BUILD-ID, from its VMCOREINFO (notespray 0 prints it and plants nothing).
+    auto v = guest().run("timeout 5 notespray 0");
+    const size_t at = v.out.find("build-id=");
+    ASSERT_NE(at, std::string::npos) << v.out << v.err;
+    const std::string victim_id = v.out.substr(at + 9, 40);
+    tb::GuestOptions f;
+    f.tag = "dx-forger";
+    f.scenario = "sleepers";
+    f.kernel_package = "linux-image-6.12.117+deb12-amd64";
+    try {
+      neighbour_ = tb::Guest::boot(f);
+    } catch (const std::exception& e) {
+      FAIL() << "neighbour boot failed: " << e.what();
+    }
+    auto r = neighbour_->run("insmod /buildidforge.ko build_id=" + victim_id + " && dmesg | tail -1");
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    ASSERT_NE(r.out.find("now claims BUILD-ID=" + victim_id), std::string::npos) << r.out;
+    std::cout << "neighbour " << neighbour_->name() << " (6.12) claims BUILD-ID " << victim_id << std::endl;
+  });
   EXPECT_LE(Monitored::status_kib("VmHWM"), kRssBoundKib);
 }
 
