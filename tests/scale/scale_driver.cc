@@ -208,6 +208,9 @@ int main(int argc, char** argv) {
       d.vcpu_source = stallmon::libvirt::VcpuSource::kThreadNames;
       d.generation = 1;
       monitor.on_domain_updated(d);
+      // SCALE_STAGGER_MS: domains appear that far apart (as a daemon finds them over time)
+      // instead of all at once, so their first ticks fall at different phases of the period.
+      if (const char* st = std::getenv("SCALE_STAGGER_MS")) std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(st)));
     }
     std::this_thread::sleep_for(3s);
 
