@@ -93,7 +93,12 @@ StepResult create_monitor(App& app) {
   app.incarnation = (static_cast<uint64_t>(rd()) << 32 | rd()) ^
                     static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
   if (app.incarnation == 0) app.incarnation = 1;
-  app.monitor = std::make_unique<core::StallMonitor>(to_monitor_config(app.config));
+  auto thread_stats = select_thread_stats(app.config);
+  if (!thread_stats.ok()) return StepResult::exit(1, thread_stats.error().message);
+  spdlog::info("thread statistics: {} ({})", thread_stats->kind, thread_stats->reason);
+  core::MonitorDependencies deps;
+  deps.thread_stats = std::move(thread_stats).value();
+  app.monitor = std::make_unique<core::StallMonitor>(to_monitor_config(app.config), std::move(deps));
   app.at_shutdown("stop monitor", [&app] { app.monitor->stop(); });
   // Constructed (not started) here so that the pointer gRPC threads read never changes.
   create_watcher(app);
@@ -321,6 +326,20 @@ Result<DaemonConfig> load_configuration(const Options& options, std::string* sou
   }
   for (const auto& o : options.overrides) o(c);
   if (auto v = validate(c); !v.ok()) return v.error();
+  return c;
+}
+
+Result<host::StatSourceChoice> select_thread_stats(const DaemonConfig& config, const StatSourceChooser& choose) {
+  host::StatSourceOptions opts;
+  opts.allow_bpf = config.thread_stats != "proc";
+  host::StatSourceChoice c = choose(opts);
+  if (config.thread_stats == "proc") {
+    c.reason = "/proc per thread: host.thread_stats is proc";
+  } else if (config.thread_stats == "bpf" && c.source == nullptr) {
+    return Error(ErrorCode::kUnsupported,
+                 "host.thread_stats is bpf but the BPF task iterator is unavailable (" + c.reason +
+                     "); use auto to fall back to /proc");
+  }
   return c;
 }
 

@@ -18,6 +18,7 @@
 #include "domain_table.h"
 #include "stallmon/alerting/alerting.h"
 #include "stallmon/core/stall_monitor.h"
+#include "stallmon/host/thread_stat_source.h"
 #include "stallmon/libvirt/domain_watcher.h"
 #include "stallmon/server/backend.h"
 #include "stallmon/server/server.h"
@@ -91,6 +92,13 @@ int run(App& app);
 // Loads the configuration: defaults, then the file (options.config_path, or the default path if
 // it exists), then the flag overrides; validated. `source` receives the file used ("" if none).
 Result<DaemonConfig> load_configuration(const Options& options, std::string* source);
+
+// host.thread_stats → the source every domain samples its threads with, from `choose` (the
+// BPF task iterator or /proc; host::choose_thread_stat_source, injectable for tests). "bpf"
+// with the BPF source unavailable is an error (kUnsupported) saying why.
+using StatSourceChooser = std::function<host::StatSourceChoice(const host::StatSourceOptions&)>;
+Result<host::StatSourceChoice> select_thread_stats(const DaemonConfig& config,
+                                                   const StatSourceChooser& choose = host::choose_thread_stat_source);
 
 // Whether sampling is alive: every running domain (qemu process present) ticked within
 // max_age (a domain watched for less than max_age counts as alive). `why` names a stale one.

@@ -24,6 +24,9 @@ Error bad(const std::string& key, const std::string& why) {
   return Error(ErrorCode::kInvalidArgument, key + ": " + why);
 }
 
+constexpr const char* kThreadStatsChoices = "expected auto, bpf or proc";
+bool valid_thread_stats(const std::string& v) { return v == "auto" || v == "bpf" || v == "proc"; }
+
 // One setter per key ("section.key"), so parsing, unknown-key detection and the documented list
 // stay in one table.
 using Setter = std::function<Result<void>(const YAML::Node&, DaemonConfig&)>;
@@ -128,6 +131,12 @@ const std::map<std::string, Setter>& setters() {
       {"sampling.introspection", boolean(&DaemonConfig::introspection)},
       {"sampling.history", duration(&DaemonConfig::history)},
       {"sampling.read_host_stacks", boolean(&DaemonConfig::read_host_stacks)},
+      {"host.thread_stats",
+       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+         if (!n.IsScalar() || !valid_thread_stats(n.Scalar())) return bad("", kThreadStatsChoices);
+         c.thread_stats = n.Scalar();
+         return {};
+       }},
       {"diagnosis.host_blocked_min", duration(&DaemonConfig::host_blocked_min)},
       {"diagnosis.starved_fraction", fraction(&DaemonConfig::starved_fraction)},
       {"diagnosis.ipi_stall_min", duration(&DaemonConfig::ipi_stall_min)},
@@ -335,6 +344,8 @@ std::string to_yaml(const DaemonConfig& c) {
     << "  introspection: " << (c.introspection ? "true" : "false") << "\n"
     << "  history: " << format_duration(c.history) << "\n"
     << "  read_host_stacks: " << (c.read_host_stacks ? "true" : "false") << "\n"
+    << "host:\n"
+    << "  thread_stats: " << c.thread_stats << "\n"
     << "diagnosis:\n"
     << "  host_blocked_min: " << format_duration(c.host_blocked_min) << "\n"
     << "  starved_fraction: " << fraction_text(c.starved_fraction) << "\n"
@@ -392,6 +403,9 @@ Result<void> validate(const DaemonConfig& c) {
   }
   if (c.history < std::chrono::seconds(10) || c.history > std::chrono::hours(24)) {
     return bad("sampling.history", "must be 10s..24h");
+  }
+  if (!valid_thread_stats(c.thread_stats)) {  // a flag bypasses the file's setter
+    return bad("host.thread_stats", "'" + c.thread_stats + "': " + kThreadStatsChoices);
   }
   if (c.watchdog_max_tick_age < std::chrono::seconds(1)) return bad("systemd.watchdog_max_tick_age", "at least 1s");
   if (c.read_deadline < std::chrono::milliseconds(10) || c.read_deadline > std::chrono::seconds(60)) {

@@ -37,6 +37,10 @@ struct DaemonConfig {
   bool introspection = true;
   std::chrono::seconds history{600};  // per-vCPU sample history kept in memory
   bool read_host_stacks = true;
+  // host.thread_stats: where per-thread statistics come from. "auto": the BPF task iterator
+  // when built in, permitted (root) and its start-up self-check passes, else /proc (the reason
+  // is logged and reported); "bpf": the same but unavailable is a start-up error; "proc".
+  std::string thread_stats = "auto";
   // diagnosis thresholds (agent/diagnosis/README.md explains each)
   std::chrono::nanoseconds host_blocked_min{std::chrono::milliseconds(500)};
   double starved_fraction = 0.8;

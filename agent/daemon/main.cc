@@ -60,6 +60,9 @@ int main(int argc, char** argv) {
   add_override<int>(cli, o, "--workers", [](DaemonConfig& c, int v) { c.workers = v; },
                     "tick worker threads; 0: CPUs allowed, at most 2 (execution.workers)")
       ->check(CLI::Range(0, 64));
+  add_override<std::string>(cli, o, "--thread-stats", [](DaemonConfig& c, const std::string& v) { c.thread_stats = v; },
+                            "per-thread statistics from auto, bpf or proc (host.thread_stats)")
+      ->check(CLI::IsMember({"auto", "bpf", "proc"}));
   cli.add_flag_function(
       "--no-introspection",
       [&o](int64_t) { o.overrides.push_back([](DaemonConfig& c) { c.introspection = false; }); },

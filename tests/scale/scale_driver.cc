@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr,
                  "usage: scale_driver FAKE_QEMU DOMAINS [VCPUS=16] [SECONDS=20] [FREEZES=3] "
-                 "[PERIOD_MS=100] [BUSY_US=50]\n");
+                 "[PERIOD_MS=100] [BUSY_US=50] [THREAD_STATS=proc|auto|bpf]\n");
     return 2;
   }
   const std::string exe = argv[1];
@@ -158,6 +158,8 @@ int main(int argc, char** argv) {
   const int freezes = argc > 5 ? std::atoi(argv[5]) : 3;
   const int period_ms = argc > 6 ? std::atoi(argv[6]) : 100;
   const int busy_us = argc > 7 ? std::atoi(argv[7]) : 50;
+  // Where the monitor takes per-thread statistics from, as stallmond's host.thread_stats.
+  const std::string thread_stats = argc > 8 ? argv[8] : "proc";
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, nullptr, _IOLBF, 0);
 
@@ -181,7 +183,17 @@ int main(int argc, char** argv) {
   {
     stallmon::core::MonitorConfig cfg;
     cfg.introspection = false;
-    stallmon::core::StallMonitor monitor(cfg);
+    stallmon::core::MonitorDependencies deps;
+    if (thread_stats != "proc") {
+      deps.thread_stats = stallmon::host::choose_thread_stat_source();
+      if (thread_stats == "bpf" && !deps.thread_stats.source) {
+        std::fprintf(stderr, "no BPF source: %s\n", deps.thread_stats.reason.c_str());
+        return 1;
+      }
+    }
+    stallmon::core::StallMonitor monitor(cfg, std::move(deps));
+    std::printf("thread stats: %s (%s)\n", monitor.stats().thread_stats_source.c_str(),
+                monitor.stats().thread_stats_reason.c_str());
     for (int i = 0; i < domains; ++i) {
       stallmon::libvirt::DomainInfo d;
       char uuid[40];
@@ -196,6 +208,9 @@ int main(int argc, char** argv) {
       d.vcpu_source = stallmon::libvirt::VcpuSource::kThreadNames;
       d.generation = 1;
       monitor.on_domain_updated(d);
+      // SCALE_STAGGER_MS: domains appear that far apart (as a daemon finds them over time)
+      // instead of all at once, so their first ticks fall at different phases of the period.
+      if (const char* st = std::getenv("SCALE_STAGGER_MS")) std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(st)));
     }
     std::this_thread::sleep_for(3s);
 
@@ -214,6 +229,8 @@ int main(int argc, char** argv) {
     double p99 = quantile(s0.tick_latency, s1.tick_latency, 0.99);
     uint64_t ticks = s1.ticks - s0.ticks;
     uint64_t overruns = s1.overruns - s0.overruns;
+    const double periods = wall / std::chrono::duration<double>(cfg.sample_interval).count();
+    const double passes_per_period = static_cast<double>(s1.thread_stats_passes - s0.thread_stats_passes) / periods;
     std::printf("cpu share %.2f%% of a core over %.1f s (%.1f us per domain tick)\n",
                 share * 100, wall, ticks ? (c1 - c0) / static_cast<double>(ticks) * 1e6 : 0);
     std::printf("rss %ld kB (before the monitor %ld kB), threads %ld\n", rss, rss0, threads);
@@ -221,6 +238,8 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(ticks),
                 static_cast<double>(ticks) / wall / domains, static_cast<unsigned long long>(overruns),
                 p50 * 1e3, p99 * 1e3);
+    std::printf("thread-stat passes %.2f per period, fallbacks to /proc %llu\n", passes_per_period,
+                static_cast<unsigned long long>(s1.thread_stats_fallbacks - s0.thread_stats_fallbacks));
 
     std::vector<double> latencies;
     const Fake& f0 = fakes[0];
@@ -249,9 +268,11 @@ int main(int argc, char** argv) {
     double median = latencies.empty() ? 0 : latencies[latencies.size() / 2];
     std::printf(
         "RESULT domains=%d vcpus=%d cpu_share=%.4f rss_kb=%ld threads=%ld tick_p50_ms=%.3f "
-        "tick_p99_ms=%.3f overruns=%llu detect_median_s=%.3f detect_max_s=%.3f\n",
+        "tick_p99_ms=%.3f overruns=%llu detect_median_s=%.3f detect_max_s=%.3f thread_stats=%s "
+        "passes_per_period=%.2f\n",
         domains, vcpus, share, rss, threads, p50 * 1e3, p99 * 1e3,
-        static_cast<unsigned long long>(overruns), median, worst);
+        static_cast<unsigned long long>(overruns), median, worst, monitor.stats().thread_stats_source.c_str(),
+        passes_per_period);
     monitor.stop();
   }
   for (Fake& f : fakes) {

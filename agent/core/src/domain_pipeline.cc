@@ -14,6 +14,8 @@
 #include <string>
 #include <utility>
 
+#include <spdlog/spdlog.h>
+
 #include "internal.h"
 #include "stallmon/host/proc_parse.h"
 #include "stallmon/introspect/snapshot_kernel_access.h"
@@ -340,9 +342,21 @@ void DomainPipeline::apply_inbox(std::vector<diagnosis::DomainEvent>& events, bo
     }
     if (pid_changed) {
       sampler_.reset();
+      source_errors_seen_ = 0;
+      on_proc_fallback_ = false;
       if (info->qemu_pid > 0) {
         sampler_ = std::make_unique<host::ProcessSampler>(*shared_.fs, *shared_.mono, info->qemu_pid,
                                                           vcpus, shared_.config.sampler);
+        if (shared_.stat_source != nullptr) {
+          sampler_->set_stat_source(shared_.stat_source);
+          if (sampler_->stat_source() == nullptr) {  // watch() failed (e.g. the source is full)
+            source_errors_seen_ = sampler_->source_errors();
+            shared_.counters.thread_stats_fallbacks.fetch_add(1, std::memory_order_relaxed);
+            spdlog::warn("domain {}: thread statistics from /proc for qemu pid {}: {} cannot watch it: {}",
+                         info->name, info->qemu_pid, shared_.stat_source->kind(),
+                         sampler_->last_source_error().to_string());
+          }
+        }
       }
     } else if (vcpus != vcpu_map(info_)) {
       sampler_->set_vcpu_threads(vcpus);
@@ -835,6 +849,7 @@ bool DomainPipeline::tick_unguarded() {
         shared_.counters.sample_errors.fetch_add(errors - sample_errors_seen_, std::memory_order_relaxed);
       }
       sample_errors_seen_ = errors;
+      account_stat_source();
       memory_bytes_ = sampler_->memory_bytes();
     }
   }
@@ -940,6 +955,25 @@ Result<InspectResult> DomainPipeline::inspect(std::chrono::milliseconds timeout)
   return std::move(*req->result);
 }
 
+void DomainPipeline::account_stat_source() {
+  if (sampler_->stat_source() == nullptr) return;  // /proc by choice, or since watch() failed
+  const uint64_t errors = sampler_->source_errors();
+  if (errors > source_errors_seen_) {
+    // The pass failed: ProcessSampler read this tick from /proc. Logged once per run of failed
+    // ticks (with the first reason), not at 10 Hz per domain.
+    shared_.counters.thread_stats_fallbacks.fetch_add(errors - source_errors_seen_, std::memory_order_relaxed);
+    if (!on_proc_fallback_) {
+      spdlog::warn("domain {}: {} pass failed, sampling its threads from /proc until a pass works: {}",
+                   info_.name, sampler_->stat_source()->kind(), sampler_->last_source_error().to_string());
+    }
+    on_proc_fallback_ = true;
+  } else if (on_proc_fallback_) {
+    spdlog::info("domain {}: sampling its threads from {} passes again", info_.name, sampler_->stat_source()->kind());
+    on_proc_fallback_ = false;
+  }
+  source_errors_seen_ = errors;
+}
+
 // ---- scheduling on the tick pool -----------------------------------------------------------------
 
 void post_tick(Shared& shared, const std::shared_ptr<DomainPipeline>& p, int64_t due_ns) {
@@ -958,7 +992,7 @@ void post_tick(Shared& shared, const std::shared_ptr<DomainPipeline>& p, int64_t
       due = now;
     }
     if (!d->tick()) return;  // abandoned: on_abandon already posted the next tick
-    if (!d->retired()) post_tick(shared, d, due + interval);
+    if (!d->retired()) post_tick(shared, d, next_tick_due(due, interval));
   };
   t.on_abandon = [&shared, weak](const std::string& why) {
     std::shared_ptr<DomainPipeline> d = weak.lock();

@@ -47,7 +47,8 @@ class Histogram {
 struct Counters {
   std::atomic<uint64_t> ticks{0}, overruns{0}, sample_errors{0}, snapshots{0},
       snapshot_errors{0}, discovery_attempts{0}, discovery_failures{0}, monitor_timeouts{0},
-      finding_events{0}, reads_abandoned{0}, internal_errors{0}, reboots_detected{0};
+      finding_events{0}, reads_abandoned{0}, internal_errors{0}, reboots_detected{0},
+      thread_stats_fallbacks{0};
 };
 
 struct GuestKernel;
@@ -73,6 +74,9 @@ struct Shared {
   host::Clock* mono = nullptr;
   const diagnosis::Clock* clock = nullptr;
   GuestMemoryOpener memory_opener;
+  // Where every sampler takes per-thread statistics from; null: /proc per thread. Outlives the
+  // pipelines (the monitor owns it).
+  host::ThreadStatSource* stat_source = nullptr;
   ClockMapping mono_to_engine;
   diagnosis::DiagnosisEngine* engine = nullptr;
   Histogram tick_latency;
@@ -238,6 +242,8 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   };
 
   bool tick_unguarded();
+  // After a sample: counts and logs a fall back to /proc (sampler_ set, mu_ held).
+  void account_stat_source();
   void contain_failure(const std::string& what);
   void apply_inbox(std::vector<diagnosis::DomainEvent>& events, bool& rebooted);
   void manage_introspection(int64_t now_ns);
@@ -298,6 +304,8 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   bool discovery_in_flight_ = false;
   uint64_t mem_generation_ = 0;  // bumped when the memory a GuestKernel was built on changes
   uint64_t sample_errors_seen_ = 0;
+  uint64_t source_errors_seen_ = 0;  // sampler_->source_errors() already counted (mu_)
+  bool on_proc_fallback_ = false;    // the last tick's pass failed (logged once per run)
   SleepWchanReader wchans_;
   std::vector<diagnosis::DomainEvent> carry_events_;
   // Reboot detection: the newest clocks of this kernel's snapshots.
@@ -329,5 +337,16 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
 // (sample_interval later; a tick late by more than an interval is skipped and counted as an
 // overrun). Stops when p is retired.
 void post_tick(Shared& shared, const std::shared_ptr<DomainPipeline>& p, int64_t due_ns);
+
+// The tick after one due at due_ns: the first multiple of interval_ns after it. Every domain
+// ticks on the same grid, so one pass of a ThreadStatSource (reused for half a period) serves
+// them all; a domain's first tick (posted when it appears) and a skip after an overrun snap
+// back to the grid.
+inline int64_t next_tick_due(int64_t due_ns, int64_t interval_ns) {
+  if (interval_ns <= 0) return due_ns;
+  int64_t q = due_ns / interval_ns;
+  if (due_ns < 0 && due_ns % interval_ns != 0) --q;  // floor for clocks before 0 (tests)
+  return (q + 1) * interval_ns;
+}
 
 }  // namespace stallmon::core::internal

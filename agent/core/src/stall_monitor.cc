@@ -105,6 +105,15 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
  public:
   Impl(MonitorConfig config, MonitorDependencies deps) : shared(config) {
     shared.config.diagnosis.baseline_snapshot_interval = config.baseline_snapshot_interval;
+    thread_stats = std::move(deps.thread_stats);
+    if (thread_stats.kind.empty()) {
+      thread_stats.kind = thread_stats.source ? std::string(thread_stats.source->kind()) : "proc";
+    }
+    if (thread_stats.reason.empty() && !thread_stats.source) thread_stats.reason = "/proc per thread: no other source given";
+    shared.stat_source = thread_stats.source.get();
+    // Ticks run on a grid of sample_interval (next_tick_due): a pass younger than half of it
+    // is this period's, and serves every domain's tick.
+    shared.config.sampler.pass_max_age_ns = shared.config.sample_interval.count() / 2;
     if (deps.fs != nullptr) {
       shared.fs = deps.fs;
     } else {
@@ -194,6 +203,8 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
     if (tick_pool) tick_pool->stop();
   }
 
+  // Declared first: destroyed after every pipeline (their samplers unwatch it).
+  host::StatSourceChoice thread_stats;
   internal::Shared shared;
   std::unique_ptr<host::RealHostFs> own_fs;
   host::MonotonicClock own_mono;
@@ -340,6 +351,12 @@ AgentStats StallMonitor::stats() const {
   s.reads_abandoned = c.reads_abandoned.load();
   s.internal_errors = c.internal_errors.load();
   s.reboots_detected = c.reboots_detected.load();
+  s.thread_stats_source = impl_->thread_stats.kind;
+  s.thread_stats_reason = impl_->thread_stats.reason;
+  if (impl_->thread_stats.source) {
+    if (auto pass = impl_->thread_stats.source->latest()) s.thread_stats_passes = pass->generation;
+  }
+  s.thread_stats_fallbacks = c.thread_stats_fallbacks.load();
   s.workers = impl_->workers;
   if (impl_->tick_pool) s.threads += impl_->tick_pool->threads();
   if (impl_->discovery_pool) s.threads += impl_->discovery_pool->threads();

@@ -195,6 +195,10 @@ std::string KernelSymbols::name(uint64_t addr) {
 
 Result<std::shared_ptr<const ThreadStatPass>> ThreadStatSource::collect(int64_t now_ns) {
   std::lock_guard<std::mutex> lk(mu_);
+  return collect_locked(now_ns);
+}
+
+Result<std::shared_ptr<const ThreadStatPass>> ThreadStatSource::collect_locked(int64_t now_ns) {
   auto pass = std::make_shared<ThreadStatPass>();
   pass->t_ns = now_ns;
   STALLMON_TRY_VOID(run_pass(*pass));
@@ -213,11 +217,11 @@ Result<std::shared_ptr<const ThreadStatPass>> ThreadStatSource::collect(int64_t 
 
 Result<std::shared_ptr<const ThreadStatPass>> ThreadStatSource::fresh(int64_t now_ns,
                                                                       int64_t max_age_ns) {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (latest_ && now_ns - latest_->t_ns <= max_age_ns && now_ns >= latest_->t_ns) return latest_;
-  }
-  return collect(now_ns);
+  // Checked and run under one lock: two workers ticking domains of the same period must not
+  // both find the pass stale and run two (the second waits for the first and reuses it).
+  std::lock_guard<std::mutex> lk(mu_);
+  if (latest_ && now_ns - latest_->t_ns <= max_age_ns && now_ns >= latest_->t_ns) return latest_;
+  return collect_locked(now_ns);
 }
 
 std::shared_ptr<const ThreadStatPass> ThreadStatSource::latest() const {

@@ -123,6 +123,13 @@ std::string format_status(const v1::AgentInfo& info, const std::string& health, 
   o << "\n";
   o << "sampling  " << (info.sampling_alive() ? "alive" : "STALLED") << ", every "
     << human_duration(info.sampling_interval()) << ", " << info.ticks() << " ticks\n";
+  if (!info.thread_stats_source().empty()) {  // empty from daemons that predate the choice
+    o << "threads   " << info.thread_stats_source();
+    if (info.thread_stats_passes() > 0) o << ", " << info.thread_stats_passes() << " passes";
+    if (info.thread_stats_fallbacks() > 0) o << ", " << info.thread_stats_fallbacks() << " fallbacks to /proc";
+    if (!info.thread_stats_reason().empty()) o << " (" << info.thread_stats_reason() << ")";
+    o << "\n";
+  }
   char inc[32];
   std::snprintf(inc, sizeof inc, "%016llx", static_cast<unsigned long long>(info.incarnation()));
   o << "findings  revision " << info.revision() << " (incarnation " << inc << ")\n";

@@ -13,6 +13,10 @@ AgentStatus MonitorBackend::agent() const {
   auto stats = monitor_.stats();
   s.started_at = stats.started_at;
   s.ticks = stats.ticks;
+  s.thread_stats_source = stats.thread_stats_source;
+  s.thread_stats_reason = stats.thread_stats_reason;
+  s.thread_stats_passes = stats.thread_stats_passes;
+  s.thread_stats_fallbacks = stats.thread_stats_fallbacks;
   s.sampling_interval = monitor_.config().sample_interval;
   if (watcher_) {
     auto c = watcher_->connection();

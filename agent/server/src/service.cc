@@ -90,6 +90,10 @@ grpc::Status StallmonService::GetAgentInfo(grpc::ServerContext*, const v1::GetAg
   resp->set_sampling_alive(a.sampling_alive);
   to_proto(a.sampling_interval, resp->mutable_sampling_interval());
   resp->set_ticks(a.ticks);
+  resp->set_thread_stats_source(sanitize_utf8(a.thread_stats_source));
+  resp->set_thread_stats_reason(sanitize_utf8(a.thread_stats_reason));
+  resp->set_thread_stats_passes(a.thread_stats_passes);
+  resp->set_thread_stats_fallbacks(a.thread_stats_fallbacks);
   for (const auto& d : backend_.domains()) to_proto(d, resp->add_domains());
   return grpc::Status::OK;
 }

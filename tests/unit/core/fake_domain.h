@@ -102,6 +102,12 @@ class FakeQemu {
 
   int32_t pid() const { return pid_; }
   pid_t vcpu_tid(int i) const { return vcpus_.at(static_cast<size_t>(i)).tid; }
+  // Every thread as its /proc files show it: the main loop, then the vCPUs.
+  std::vector<FakeThread> threads() const {
+    std::vector<FakeThread> all{main_};
+    all.insert(all.end(), vcpus_.begin(), vcpus_.end());
+    return all;
+  }
 
   // The host's (shared or own).
   host::FakeHostFs& fs;

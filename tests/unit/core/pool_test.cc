@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "fake_domain.h"
+#include "fake_stat_source.h"
 #include "internal.h"
 #include "seed_case1_kernel.h"
 #include "synthetic_kernel.h"
@@ -37,6 +38,14 @@ bool eventually(Pred pred, const std::function<void()>& step = {}) {
     std::this_thread::sleep_for(1ms);
   }
   return pred();
+}
+
+// A pipeline's view of the serialized fake host: its /proc and both clocks.
+void use_host(internal::Shared& shared, testing::Serialized& z) {
+  shared.fs = &z.fs;
+  shared.mono = &z.mono;
+  shared.clock = &z.clock;
+  shared.mono_to_engine = ClockMapping::from(z.clock.now(), z.mono.now_ns());
 }
 
 internal::TaskPool::Options pool_options(host::Clock* mono, size_t workers) {
@@ -97,10 +106,7 @@ TEST(TaskPool, TicksOfManyDomainsRunOnAFixedNumberOfThreads) {
   MonitorConfig config;
   config.introspection = false;
   internal::Shared shared(config);
-  shared.fs = &z.fs;
-  shared.mono = &z.mono;
-  shared.clock = &z.clock;
-  shared.mono_to_engine = ClockMapping::from(z.clock.now(), z.mono.now_ns());
+  use_host(shared, z);
   diagnosis::DiagnosisEngine engine(config.diagnosis, z.clock);
   shared.engine = &engine;
   internal::TaskPool pool(pool_options(&z.mono, 2));
@@ -131,6 +137,75 @@ TEST(TaskPool, TicksOfManyDomainsRunOnAFixedNumberOfThreads) {
   EXPECT_EQ(pool.threads(), 3u);  // 2 workers + the supervisor, for 50 domains
   // Every domain has exactly one tick queued at a time (never queued twice).
   EXPECT_LE(pool.queued(), domains.size());
+  for (auto& d : domains) d->retire();
+  pool.stop();
+}
+
+// Two workers ticking twelve domains share one pass of the ThreadStatSource per period (the
+// first tick of a period runs it, the others wait for it and reuse it), and a domain's first
+// tick, posted off the period grid, puts its next tick on the grid.
+TEST(TaskPool, OnePassOfTheStatSourceServesEveryDomainsTickOfAPeriod) {
+  testing::FakeHost host;
+  std::vector<std::unique_ptr<FakeQemu>> qemus;
+  testing::FakeStatSource source;
+  for (int i = 0; i < 12; ++i) {
+    qemus.push_back(std::make_unique<FakeQemu>(host, 2, "vm" + std::to_string(i), "uuid-" + std::to_string(i),
+                                               4000 + 100 * i));
+    source.add(*qemus.back());
+  }
+  testing::Serialized z(*qemus[0]);  // the host's /proc and clocks, behind one mutex
+  MonitorConfig config;
+  config.introspection = false;
+  internal::Shared shared(config);
+  use_host(shared, z);
+  shared.stat_source = &source;
+  diagnosis::DiagnosisEngine engine(config.diagnosis, z.clock);
+  shared.engine = &engine;
+  internal::TaskPool pool(pool_options(&z.mono, 2));
+  shared.tick_pool = &pool;
+  pool.start();
+  {
+    auto l = z.lock();
+    host.advance_clocks(30);  // 1.03 s: off the 100 ms grid
+  }
+  std::vector<std::shared_ptr<internal::DomainPipeline>> domains;
+  for (auto& q : qemus) {
+    domains.push_back(std::make_shared<internal::DomainPipeline>(shared, q->info()));
+    internal::post_tick(shared, domains.back(), z.mono.now_ns());
+  }
+  auto all_ticked = [&](uint64_t n) {
+    for (auto& d : domains) {
+      if (d->summary().ticks < n) return false;
+    }
+    return true;
+  };
+  auto period = [&](int64_t ms) {
+    {
+      auto l = z.lock();
+      host.advance_clocks(ms);
+    }
+    pool.wake();
+  };
+  ASSERT_TRUE(eventually([&] { return all_ticked(1); }));
+  EXPECT_EQ(source.watched().size(), 12u);
+  // The next tick is due at 1.1 s, on the grid: 70 ms later, not 100.
+  period(70);
+  ASSERT_TRUE(eventually([&] { return all_ticked(2); }));
+  const uint64_t passes = source.latest()->generation;
+  uint64_t reads = 0;
+  {
+    auto l = z.lock();
+    reads = host.fs.reads("proc/4500/task/4501/stat");
+  }
+  for (uint64_t n = 3; n <= 7; ++n) {
+    period(100);
+    ASSERT_TRUE(eventually([&] { return all_ticked(n); }));
+  }
+  EXPECT_EQ(source.latest()->generation - passes, 5u);  // one per period for all twelve
+  {
+    auto l = z.lock();
+    EXPECT_EQ(host.fs.reads("proc/4500/task/4501/stat"), reads);  // samples came from the passes
+  }
   for (auto& d : domains) d->retire();
   pool.stop();
 }
@@ -197,10 +272,7 @@ TEST(SupervisedReads, ABlockedGuestReadPausesIntrospectionAndHostSamplingGoesOn)
   MonitorConfig config;
   config.diagnosis.baseline_snapshot_interval = 100ms;  // a snapshot every tick
   internal::Shared shared(config);
-  shared.fs = &z.fs;
-  shared.mono = &z.mono;
-  shared.clock = &z.clock;
-  shared.mono_to_engine = ClockMapping::from(z.clock.now(), z.mono.now_ns());
+  use_host(shared, z);
   diagnosis::DiagnosisEngine engine(shared.config.diagnosis, z.clock);
   shared.engine = &engine;
   std::shared_ptr<LatchMemory> latch;

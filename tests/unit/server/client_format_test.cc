@@ -163,5 +163,33 @@ TEST(ClientFormat, JsonUsesProtoFieldNames) {
   EXPECT_NE(j.find("\"kind\":\"GUEST_IPI_STALL\""), std::string::npos) << j;
 }
 
+TEST(ClientFormat, StatusShowsTheThreadStatsSourceAndWhy) {
+  v1::AgentInfo info;
+  info.set_version("0.1.0");
+  info.set_thread_stats_source("proc");
+  info.set_thread_stats_reason("/proc per thread: BPF unavailable: no kernel BTF (/sys/kernel/btf/vmlinux)");
+  auto text = format_status(info, "SERVING", Clock::now());
+  EXPECT_NE(text.find("\nthreads   proc (/proc per thread: BPF unavailable: no kernel BTF (/sys/kernel/btf/vmlinux))\n"),
+            std::string::npos)
+      << text;
+
+  info.set_thread_stats_source("bpf-task-iter");
+  info.set_thread_stats_reason("one BPF task-iterator pass per period");
+  info.set_thread_stats_passes(1200);
+  info.set_thread_stats_fallbacks(3);
+  text = format_status(info, "SERVING", Clock::now());
+  EXPECT_NE(text.find("\nthreads   bpf-task-iter, 1200 passes, 3 fallbacks to /proc (one BPF task-iterator pass per period)\n"),
+            std::string::npos)
+      << text;
+  // stallctl status --json prints the message with its proto field names.
+  auto j = to_json(info, false);
+  EXPECT_NE(j.find("\"thread_stats_source\":\"bpf-task-iter\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"thread_stats_reason\":\"one BPF task-iterator pass per period\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"thread_stats_fallbacks\":\"3\""), std::string::npos) << j;  // uint64: a JSON string
+
+  // A daemon that predates the choice sends none: no line.
+  EXPECT_EQ(format_status(v1::AgentInfo{}, "SERVING", Clock::now()).find("threads"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace stallmon::server::client

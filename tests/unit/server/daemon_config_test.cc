@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "app.h"
@@ -48,6 +49,7 @@ server:
   tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c}
 logging: {level: debug, target: journald}
 systemd: {watchdog_max_tick_age: 1m}
+host: {thread_stats: proc}
 )";
   auto c = parse_config(text);
   ASSERT_TRUE(c.ok()) << c.error().to_string();
@@ -67,6 +69,7 @@ systemd: {watchdog_max_tick_age: 1m}
   EXPECT_EQ(c->server.shutdown_grace, 5s);
   EXPECT_EQ(c->log_target, "journald");
   EXPECT_EQ(c->watchdog_max_tick_age, 60s);
+  EXPECT_EQ(c->thread_stats, "proc");
   EXPECT_TRUE(validate(*c).ok());
   auto again = parse_config(to_yaml(*c));
   ASSERT_TRUE(again.ok()) << again.error().to_string();
@@ -114,6 +117,108 @@ TEST(DaemonConfig, MistakesAreErrorsNamingTheKey) {
   c = {};
   c.server.unix_socket = "";
   EXPECT_FALSE(validate(c).ok());  // no listener at all
+}
+
+TEST(DaemonConfig, ThreadStatsIsAutoBpfOrProc) {
+  EXPECT_EQ(DaemonConfig{}.thread_stats, "auto");
+  for (const char* v : {"auto", "bpf", "proc"}) {
+    auto c = parse_config(std::string("host: {thread_stats: ") + v + "}");
+    ASSERT_TRUE(c.ok()) << v << ": " << c.error().to_string();
+    EXPECT_EQ(c->thread_stats, v);
+    EXPECT_TRUE(validate(*c).ok());
+    auto again = parse_config(to_yaml(*c));  // round-trips through the effective form
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(again->thread_stats, v);
+  }
+  for (const char* bad : {"host: {thread_stats: ebpf}", "host: {thread_stats: [bpf]}", "host: {thread_stats: }"}) {
+    auto c = parse_config(bad);
+    ASSERT_FALSE(c.ok()) << bad;
+    EXPECT_EQ(c.error().message, "host.thread_stats: expected auto, bpf or proc") << bad;
+  }
+  DaemonConfig c;
+  c.thread_stats = "BPF";  // as a flag would set it
+  auto v = validate(c);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.error().message.rfind("host.thread_stats", 0), 0u) << v.error().message;
+  // Read once at start-up: a reload that changes it says so.
+  DaemonConfig b;
+  b.thread_stats = "proc";
+  EXPECT_EQ(plan_reload(DaemonConfig{}, b).restart_needed, std::vector<std::string>{"host.thread_stats"});
+}
+
+// A source that only has to exist: select_thread_stats passes it on untouched.
+class NamedSource final : public host::ThreadStatSource {
+ public:
+  std::string_view kind() const override { return "bpf-task-iter"; }
+  std::string description() const override { return "test"; }
+  Result<void> watch(int32_t) override { return Ok(); }
+  void unwatch(int32_t) override {}
+
+ protected:
+  Result<void> run_pass(host::ThreadStatPass&) override { return Ok(); }
+};
+
+// What host::choose_thread_stat_source returns on a host with BPF (bpf_ok) or without.
+struct FakeChooser {
+  bool bpf_ok = true;
+  std::vector<bool> allow_bpf;  // what each call was asked
+  host::StatSourceChoice operator()(const host::StatSourceOptions& o) {
+    allow_bpf.push_back(o.allow_bpf);
+    host::StatSourceChoice c;
+    c.kind = "proc";
+    if (!o.allow_bpf) {
+      c.reason = "/proc per thread: BPF disabled by configuration";
+    } else if (!bpf_ok) {
+      c.reason = "/proc per thread: BPF unavailable: loading the task iterator program: Operation not permitted";
+    } else {
+      c.source = std::make_unique<NamedSource>();
+      c.kind = "bpf-task-iter";
+      c.reason = "one BPF task-iterator pass per period";
+    }
+    return c;
+  }
+};
+
+TEST(ThreadStatsChoice, AutoTakesBpfWhenAvailableElseProcWithTheReason) {
+  DaemonConfig c;  // auto
+  FakeChooser with{true}, without{false};
+  auto a = select_thread_stats(c, std::ref(with));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->kind, "bpf-task-iter");
+  EXPECT_NE(a->source, nullptr);
+  EXPECT_EQ(with.allow_bpf, std::vector<bool>{true});
+  auto b = select_thread_stats(c, std::ref(without));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->kind, "proc");
+  EXPECT_EQ(b->source, nullptr);
+  EXPECT_NE(b->reason.find("Operation not permitted"), std::string::npos) << b->reason;
+}
+
+TEST(ThreadStatsChoice, BpfUnavailableIsAStartUpErrorSayingWhy) {
+  DaemonConfig c;
+  c.thread_stats = "bpf";
+  FakeChooser with{true}, without{false};
+  auto a = select_thread_stats(c, std::ref(with));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->kind, "bpf-task-iter");
+  auto b = select_thread_stats(c, std::ref(without));
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.error().code, ErrorCode::kUnsupported);
+  EXPECT_EQ(b.error().message.rfind("host.thread_stats is bpf but the BPF task iterator is unavailable", 0), 0u)
+      << b.error().message;
+  EXPECT_NE(b.error().message.find("Operation not permitted"), std::string::npos) << b.error().message;
+}
+
+TEST(ThreadStatsChoice, ProcNeverTriesBpf) {
+  DaemonConfig c;
+  c.thread_stats = "proc";
+  FakeChooser with{true};
+  auto a = select_thread_stats(c, std::ref(with));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->kind, "proc");
+  EXPECT_EQ(a->source, nullptr);
+  EXPECT_EQ(a->reason, "/proc per thread: host.thread_stats is proc");
+  EXPECT_EQ(with.allow_bpf, std::vector<bool>{false});
 }
 
 TEST(DaemonConfig, Durations) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../core/fake_domain.h"
+#include "../core/fake_stat_source.h"
 #include "stallmon/core/stall_monitor.h"
 #include "stallmon/server/backend.h"
 
@@ -25,9 +26,10 @@ inline core::MonitorConfig hermetic_config() {
 
 class HermeticAgent {
  public:
-  explicit HermeticAgent(core::MonitorConfig config = hermetic_config())
-      : monitor(std::move(config), core::MonitorDependencies{&host.fs, &host.mono, &host.clock, {}}),
-        backend(monitor, nullptr, [this] { return status; }) {}
+  // fake_bpf: the monitor samples through a fake ThreadStatSource reported as "bpf-task-iter"
+  // (stat_source; its passes read the fake qemus' thread tables), else the /proc reader.
+  explicit HermeticAgent(core::MonitorConfig config = hermetic_config(), bool fake_bpf = false)
+      : monitor(std::move(config), dependencies(fake_bpf)), backend(monitor, nullptr, [this] { return status; }) {}
 
   // A running domain with `vcpus` vCPU threads, watched from now on.
   core::testing::FakeQemu& add(const std::string& name, const std::string& uuid, int vcpus) {
@@ -75,8 +77,22 @@ class HermeticAgent {
   AgentStatus status;
   core::testing::FakeHost host;
   std::vector<std::unique_ptr<core::testing::FakeQemu>> qemus;
+  core::testing::FakeStatSource* stat_source = nullptr;  // owned by the monitor (fake_bpf)
   core::StallMonitor monitor;
   MonitorBackend backend;
+
+ private:
+  core::MonitorDependencies dependencies(bool fake_bpf) {
+    core::MonitorDependencies d{&host.fs, &host.mono, &host.clock, {}};
+    if (fake_bpf) {
+      auto source = std::make_unique<core::testing::FakeStatSource>(&qemus);
+      stat_source = source.get();
+      d.thread_stats.source = std::move(source);
+      d.thread_stats.kind = "bpf-task-iter";
+      d.thread_stats.reason = "fake passes (hermetic test)";
+    }
+    return d;
+  }
 };
 
 }  // namespace stallmon::server::testing

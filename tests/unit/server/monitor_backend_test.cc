@@ -58,6 +58,8 @@ TEST_F(MonitorBackendTest, AgentStatusJoinsTheDaemonsFactsWithTheMonitors) {
   EXPECT_EQ(a.ticks, agent_.monitor.stats().ticks);
   EXPECT_EQ(a.started_at, agent_.monitor.stats().started_at);
   EXPECT_EQ(a.sampling_interval, 100ms);
+  EXPECT_EQ(a.thread_stats_source, "proc");
+  EXPECT_EQ(a.thread_stats_reason, agent_.monitor.stats().thread_stats_reason);
 }
 
 TEST(MonitorBackend, WithoutAStatusFunctionOnlyTheMonitorsFields) {

@@ -99,8 +99,8 @@ class RecordingBackend final : public Backend {
 
 class ServiceTest : public ::testing::Test {
  protected:
-  explicit ServiceTest(core::MonitorConfig config = testing::hermetic_config())
-      : agent_(std::move(config)),
+  explicit ServiceTest(core::MonitorConfig config = testing::hermetic_config(), bool fake_bpf = false)
+      : agent_(std::move(config), fake_bpf),
         demo_(agent_.add("demo", "uuid-demo", 4)),
         other_(agent_.add("other", "uuid-other", 1)) {}
 
@@ -175,6 +175,10 @@ TEST_F(ServiceTest, AgentInfoAndDomains) {
   EXPECT_EQ(info.sampling_interval().nanos(), 100'000'000);
   EXPECT_EQ(info.domains_size(), 2);
   EXPECT_NE(info.effective_config().find("qemu:///system"), std::string::npos);
+  // No source given to the monitor: the /proc reader, and why.
+  EXPECT_EQ(info.thread_stats_source(), "proc");
+  EXPECT_EQ(info.thread_stats_reason(), "/proc per thread: no other source given");
+  EXPECT_EQ(info.thread_stats_passes(), 0u);
 
   agent_.block(demo_, 2);
   auto active = agent_.monitor.engine().active_findings("demo");
@@ -199,6 +203,32 @@ TEST_F(ServiceTest, AgentInfoAndDomains) {
   EXPECT_EQ(d.vcpus(2).latest().wchan(), "__refrigerator");
   ASSERT_GT(d.vcpus(2).host_stack_size(), 0);
   EXPECT_EQ(d.vcpus(2).host_stack(0), "__refrigerator+0x4c/0x130");
+}
+
+// The monitor samples through a (fake) BPF source: GetAgentInfo reports the choice, its reason,
+// the passes run (one per tick for both domains) and the ticks that fell back to /proc.
+class ServiceBpfTest : public ServiceTest {
+ protected:
+  ServiceBpfTest() : ServiceTest(testing::hermetic_config(), /*fake_bpf=*/true) {}
+};
+
+TEST_F(ServiceBpfTest, AgentInfoReportsTheThreadStatsSourceItsReasonPassesAndFallbacks) {
+  start();
+  v1::AgentInfo info;
+  ASSERT_TRUE(stub_->GetAgentInfo(ctx().get(), {}, &info).ok());
+  EXPECT_EQ(info.thread_stats_source(), "bpf-task-iter");
+  EXPECT_EQ(info.thread_stats_reason(), "fake passes (hermetic test)");
+  // SetUp ticked 3 times: the first tick ran one pass per newly watched process (2), the next
+  // two one pass each for both domains.
+  EXPECT_EQ(info.thread_stats_passes(), 4u);
+  EXPECT_EQ(info.thread_stats_passes(), agent_.monitor.stats().thread_stats_passes);
+  EXPECT_EQ(info.thread_stats_fallbacks(), 0u);
+
+  agent_.stat_source->fail_next(1);
+  agent_.tick();
+  ASSERT_TRUE(stub_->GetAgentInfo(ctx().get(), {}, &info).ok());
+  EXPECT_EQ(info.thread_stats_fallbacks(), 1u);  // "demo" hit the failed pass, "other" the next
+  EXPECT_EQ(info.thread_stats_passes(), 5u);
 }
 
 TEST_F(ServiceTest, MalformedRequestsAreInvalidArgumentAndUnknownDomainsNotFound) {

@@ -45,6 +45,7 @@
 #include "stallmon/host/history.h"
 #include "stallmon/host/host_fs.h"
 #include "stallmon/host/sampler.h"
+#include "stallmon/host/thread_stat_source.h"
 #include "stallmon/introspect/snapshot.h"
 #include "stallmon/libvirt/domain.h"
 #include "stallmon/libvirt/domain_watcher.h"
@@ -232,6 +233,15 @@ struct AgentStats {
   uint64_t reads_abandoned = 0;       // guest reads the supervisors gave up waiting for
   uint64_t internal_errors = 0;       // exceptions contained in one domain's work
   uint64_t reboots_detected = 0;
+  // Where per-thread statistics come from (MonitorDependencies::thread_stats): "bpf-task-iter"
+  // (one pass per tick period serves every domain) or "proc" (each domain reads /proc per
+  // thread), and why that one.
+  std::string thread_stats_source;
+  std::string thread_stats_reason;
+  uint64_t thread_stats_passes = 0;  // passes the source ran (0 on /proc)
+  // Times a domain read /proc instead of the source: a pass that failed (that tick only), or a
+  // qemu process the source could not watch (that process's life). Each is logged.
+  uint64_t thread_stats_fallbacks = 0;
 };
 
 // Injectable environment. Null members get the real thing.
@@ -240,6 +250,10 @@ struct MonitorDependencies {
   host::Clock* mono_clock = nullptr;           // default: host::MonotonicClock
   const diagnosis::Clock* clock = nullptr;     // default: diagnosis::SteadyWallClock
   GuestMemoryOpener memory_opener;             // default: introspect::QemuProcessMemory
+  // Per-thread statistics for every domain's sampler, chosen once at start by the daemon
+  // (host::choose_thread_stat_source) and owned by the monitor. Default (no source): the /proc
+  // reader per thread.
+  host::StatSourceChoice thread_stats;
 };
 
 class StallMonitor final : public libvirt::DomainObserver {

@@ -115,7 +115,8 @@ class ThreadStatSource {
   // Runs one pass now. Thread-safe: passes are serialised.
   Result<std::shared_ptr<const ThreadStatPass>> collect(int64_t now_ns);
   // The newest pass when it started at most max_age_ns before now_ns, else a new pass: with
-  // max_age = half the tick period, one pass serves every domain's tick of that period.
+  // max_age = half the tick period, one pass serves every domain's tick of that period (also
+  // when several threads ask at once: the first runs it, the others wait and reuse it).
   Result<std::shared_ptr<const ThreadStatPass>> fresh(int64_t now_ns, int64_t max_age_ns);
   // The newest pass, or nullptr before the first.
   std::shared_ptr<const ThreadStatPass> latest() const;
@@ -128,6 +129,8 @@ class ThreadStatSource {
   virtual Result<void> run_pass(ThreadStatPass& out) = 0;
 
  private:
+  Result<std::shared_ptr<const ThreadStatPass>> collect_locked(int64_t now_ns);  // mu_ held
+
   mutable std::mutex mu_;
   std::shared_ptr<const ThreadStatPass> latest_;
   uint64_t generation_ = 0;

@@ -34,6 +34,11 @@ struct AgentStatus {
   bool sampling_alive = true;
   std::chrono::nanoseconds sampling_interval{0};
   uint64_t ticks = 0;
+  // core::AgentStats' thread_stats_*: the per-thread statistics source and why.
+  std::string thread_stats_source;
+  std::string thread_stats_reason;
+  uint64_t thread_stats_passes = 0;
+  uint64_t thread_stats_fallbacks = 0;
 };
 
 class Backend {
