@@ -66,16 +66,19 @@ Setter server_int(const server::IntLimit& l) {
   };
 }
 
-// A YAML list of non-empty strings (null: empty).
-Result<void> string_list(const YAML::Node& n, std::vector<std::string>* out, const char* what) {
-  out->clear();
-  if (n.IsNull()) return {};
-  if (!n.IsSequence()) return bad("", std::string("expected a list of ") + what);
-  for (const auto& e : n) {
-    if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
-    out->push_back(e.Scalar());
-  }
-  return {};
+// A YAML list of non-empty strings (null: empty) into the list `field` picks.
+Setter strings(std::vector<std::string>* (*field)(DaemonConfig&), const char* what) {
+  return [field, what](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+    std::vector<std::string>* out = field(c);
+    out->clear();
+    if (n.IsNull()) return {};
+    if (!n.IsSequence()) return bad("", std::string("expected a list of ") + what);
+    for (const auto& e : n) {
+      if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
+      out->push_back(e.Scalar());
+    }
+    return {};
+  };
 }
 
 Result<bool> parse_bool(const YAML::Node& n) {
@@ -138,10 +141,7 @@ const std::map<std::string, Setter>& setters() {
         {"libvirt.uri", str(&DaemonConfig::libvirt_uri)},
         {"libvirt.monitor_timeout", duration(&DaemonConfig::monitor_timeout)},
         {"libvirt.use_monitor", boolean(&DaemonConfig::use_monitor)},
-        {"domains.include",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           return string_list(n, &c.domains, "names, uuids or globs");
-         }},
+        {"domains.include", strings([](DaemonConfig& c) { return &c.domains; }, "names, uuids or globs")},
         {"sampling.interval", duration(&DaemonConfig::sample_interval)},
         {"sampling.baseline_snapshot_interval", duration(&DaemonConfig::baseline_snapshot_interval)},
         {"sampling.introspection", boolean(&DaemonConfig::introspection)},
@@ -171,9 +171,7 @@ const std::map<std::string, Setter>& setters() {
         {"server.tcp.tls_client_ca",
          with_server([](server::ServerOptions& s) -> std::string& { return s.tls_client_ca_file; })},
         {"server.tcp.allowed_clients",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           return string_list(n, &c.server.tls_allowed_clients, "certificate subjects, CNs or SANs");
-         }},
+         strings([](DaemonConfig& c) { return &c.server.tls_allowed_clients; }, "certificate subjects, CNs or SANs")},
         {"server.shutdown_grace",
          [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
            if (!n.IsScalar()) return bad("", "expected a duration");
@@ -192,10 +190,7 @@ const std::map<std::string, Setter>& setters() {
            c.metrics_max_domains = v;
            return {};
          }},
-        {"alertmanager.urls",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           return string_list(n, &c.alertmanager_urls, "http:// URLs");
-         }},
+        {"alertmanager.urls", strings([](DaemonConfig& c) { return &c.alertmanager_urls; }, "http:// URLs")},
         {"alertmanager.resend_interval", duration(&DaemonConfig::alertmanager_resend_interval)},
         {"logging.level", str(&DaemonConfig::log_level)},
         {"logging.target", str(&DaemonConfig::log_target)},
