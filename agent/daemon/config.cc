@@ -56,6 +56,34 @@ Setter with_server(F f) {
   };
 }
 
+// An integer option of the server, in its range (how options depend on each other is
+// server::check_limits' business, in validate()).
+Setter server_int(const server::IntLimit& l) {
+  return [l](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+    int v = 0;
+    if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < l.min || v > l.max) {
+      return bad("", "expected an integer " + std::to_string(l.min) + ".." + std::to_string(l.max));
+    }
+    c.server.*(l.field) = v;
+    return {};
+  };
+}
+
+// A YAML list of non-empty strings (null: empty) into the list `field` picks.
+Setter strings(std::vector<std::string>* (*field)(DaemonConfig&), const char* what) {
+  return [field, what](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+    std::vector<std::string>* out = field(c);
+    out->clear();
+    if (n.IsNull()) return {};
+    if (!n.IsSequence()) return bad("", std::string("expected a list of ") + what);
+    for (const auto& e : n) {
+      if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
+      out->push_back(e.Scalar());
+    }
+    return {};
+  };
+}
+
 Result<bool> parse_bool(const YAML::Node& n) {
   bool b = false;
   if (!n.IsScalar() || !YAML::convert<bool>::decode(n, b)) return bad("", "expected true or false");
@@ -111,104 +139,81 @@ Setter duration(D DaemonConfig::*field) {
 }
 
 const std::map<std::string, Setter>& setters() {
-  static const std::map<std::string, Setter> m = {
-      {"libvirt.uri", str(&DaemonConfig::libvirt_uri)},
-      {"libvirt.monitor_timeout", duration(&DaemonConfig::monitor_timeout)},
-      {"libvirt.use_monitor", boolean(&DaemonConfig::use_monitor)},
-      {"domains.include",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         c.domains.clear();
-         if (n.IsNull()) return {};
-         if (!n.IsSequence()) return bad("", "expected a list of names, uuids or globs");
-         for (const auto& e : n) {
-           if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
-           c.domains.push_back(e.Scalar());
-         }
-         return {};
-       }},
-      {"sampling.interval", duration(&DaemonConfig::sample_interval)},
-      {"sampling.baseline_snapshot_interval", duration(&DaemonConfig::baseline_snapshot_interval)},
-      {"sampling.introspection", boolean(&DaemonConfig::introspection)},
-      {"sampling.history", duration(&DaemonConfig::history)},
-      {"sampling.read_host_stacks", boolean(&DaemonConfig::read_host_stacks)},
-      {"host.thread_stats",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         if (!n.IsScalar() || !valid_thread_stats(n.Scalar())) return bad("", kThreadStatsChoices);
-         c.thread_stats = n.Scalar();
-         return {};
-       }},
-      {"diagnosis.host_blocked_min", duration(&DaemonConfig::host_blocked_min)},
-      {"diagnosis.starved_fraction", fraction(&DaemonConfig::starved_fraction)},
-      {"diagnosis.ipi_stall_min", duration(&DaemonConfig::ipi_stall_min)},
-      {"diagnosis.idle_pending_min", duration(&DaemonConfig::idle_pending_min)},
-      {"diagnosis.softlockup_imminent_fraction", fraction(&DaemonConfig::softlockup_imminent_fraction)},
-      {"server.unix_socket", with_server([](server::ServerOptions& s) -> std::string& { return s.unix_socket; })},
-      {"server.socket_mode",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         // A string of octal digits: YAML 1.2 reads a bare 0660 as decimal 660.
-         if (!n.IsScalar()) return bad("", "expected an octal string like \"0660\"");
-         const std::string& s = n.Scalar();
-         if (s.empty() || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos) {
-           return bad("", "expected an octal string like \"0660\"");
-         }
-         c.server.socket_mode = static_cast<mode_t>(std::stoul(s, nullptr, 8));
-         return {};
-       }},
-      {"server.socket_group", with_server([](server::ServerOptions& s) -> std::string& { return s.socket_group; })},
-      {"server.tcp.listen", with_server([](server::ServerOptions& s) -> std::string& { return s.tcp_listen; })},
-      {"server.tcp.tls_cert", with_server([](server::ServerOptions& s) -> std::string& { return s.tls_cert_file; })},
-      {"server.tcp.tls_key", with_server([](server::ServerOptions& s) -> std::string& { return s.tls_key_file; })},
-      {"server.tcp.tls_client_ca",
-       with_server([](server::ServerOptions& s) -> std::string& { return s.tls_client_ca_file; })},
-      {"server.max_watchers",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         int v = 0;
-         if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < 1 || v > 10000) {
-           return bad("", "expected an integer 1..10000");
-         }
-         c.server.max_watchers = v;
-         return {};
-       }},
-      {"server.shutdown_grace",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         if (!n.IsScalar()) return bad("", "expected a duration");
-         auto d = parse_duration(n.Scalar());
-         if (!d.ok()) return d.error();
-         c.server.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
-         return {};
-       }},
-      {"metrics.listen", str(&DaemonConfig::metrics_listen)},
-      {"metrics.max_domains",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         int v = 0;
-         if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < 1 || v > 100000) {
-           return bad("", "expected an integer 1..100000");
-         }
-         c.metrics_max_domains = v;
-         return {};
-       }},
-      {"alertmanager.urls",
-       [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-         c.alertmanager_urls.clear();
-         if (n.IsNull()) return {};
-         if (!n.IsSequence()) return bad("", "expected a list of http:// URLs");
-         for (const auto& e : n) {
-           if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
-           c.alertmanager_urls.push_back(e.Scalar());
-         }
-         return {};
-       }},
-      {"alertmanager.resend_interval", duration(&DaemonConfig::alertmanager_resend_interval)},
-      {"logging.level", str(&DaemonConfig::log_level)},
-      {"logging.target", str(&DaemonConfig::log_target)},
-      {"systemd.watchdog_max_tick_age", duration(&DaemonConfig::watchdog_max_tick_age)},
-      // --- execution, discovery, introspection (agent/core) ---
-      {"execution.workers", bounded_int(&DaemonConfig::workers, 0, 64)},
-      {"discovery.max_concurrent", bounded_int(&DaemonConfig::discovery_max_concurrent, 1, 64)},
-      {"discovery.no_kernel_retry_max", duration(&DaemonConfig::no_kernel_retry_max)},
-      {"introspection.read_deadline", duration(&DaemonConfig::read_deadline)},
-      {"state_dir", str(&DaemonConfig::state_dir)},
-  };
+  static const std::map<std::string, Setter> m = [] {
+    std::map<std::string, Setter> t = {
+        {"libvirt.uri", str(&DaemonConfig::libvirt_uri)},
+        {"libvirt.monitor_timeout", duration(&DaemonConfig::monitor_timeout)},
+        {"libvirt.use_monitor", boolean(&DaemonConfig::use_monitor)},
+        {"domains.include", strings([](DaemonConfig& c) { return &c.domains; }, "names, uuids or globs")},
+        {"sampling.interval", duration(&DaemonConfig::sample_interval)},
+        {"sampling.baseline_snapshot_interval", duration(&DaemonConfig::baseline_snapshot_interval)},
+        {"sampling.introspection", boolean(&DaemonConfig::introspection)},
+        {"sampling.history", duration(&DaemonConfig::history)},
+        {"sampling.read_host_stacks", boolean(&DaemonConfig::read_host_stacks)},
+        {"host.thread_stats",
+         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+           if (!n.IsScalar() || !valid_thread_stats(n.Scalar())) return bad("", kThreadStatsChoices);
+           c.thread_stats = n.Scalar();
+           return {};
+         }},
+        {"diagnosis.host_blocked_min", duration(&DaemonConfig::host_blocked_min)},
+        {"diagnosis.starved_fraction", fraction(&DaemonConfig::starved_fraction)},
+        {"diagnosis.ipi_stall_min", duration(&DaemonConfig::ipi_stall_min)},
+        {"diagnosis.idle_pending_min", duration(&DaemonConfig::idle_pending_min)},
+        {"diagnosis.softlockup_imminent_fraction", fraction(&DaemonConfig::softlockup_imminent_fraction)},
+        {"server.unix_socket", with_server([](server::ServerOptions& s) -> std::string& { return s.unix_socket; })},
+        {"server.socket_mode",
+         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+           // A string of octal digits: YAML 1.2 reads a bare 0660 as decimal 660.
+           if (!n.IsScalar()) return bad("", "expected an octal string like \"0660\"");
+           const std::string& s = n.Scalar();
+           if (s.empty() || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos) {
+             return bad("", "expected an octal string like \"0660\"");
+           }
+           c.server.socket_mode = static_cast<mode_t>(std::stoul(s, nullptr, 8));
+           return {};
+         }},
+        {"server.socket_group", with_server([](server::ServerOptions& s) -> std::string& { return s.socket_group; })},
+        {"server.tcp.listen", with_server([](server::ServerOptions& s) -> std::string& { return s.tcp_listen; })},
+        {"server.tcp.tls_cert", with_server([](server::ServerOptions& s) -> std::string& { return s.tls_cert_file; })},
+        {"server.tcp.tls_key", with_server([](server::ServerOptions& s) -> std::string& { return s.tls_key_file; })},
+        {"server.tcp.tls_client_ca",
+         with_server([](server::ServerOptions& s) -> std::string& { return s.tls_client_ca_file; })},
+        {"server.tcp.allowed_clients",
+         strings([](DaemonConfig& c) { return &c.server.tls_allowed_clients; }, "certificate subjects, CNs or SANs")},
+        {"server.shutdown_grace",
+         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+           if (!n.IsScalar()) return bad("", "expected a duration");
+           auto d = parse_duration(n.Scalar());
+           if (!d.ok()) return d.error();
+           c.server.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+           return {};
+         }},
+        {"metrics.listen", str(&DaemonConfig::metrics_listen)},
+        {"metrics.max_domains",
+         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+           int v = 0;
+           if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < 1 || v > 100000) {
+             return bad("", "expected an integer 1..100000");
+           }
+           c.metrics_max_domains = v;
+           return {};
+         }},
+        {"alertmanager.urls", strings([](DaemonConfig& c) { return &c.alertmanager_urls; }, "http:// URLs")},
+        {"alertmanager.resend_interval", duration(&DaemonConfig::alertmanager_resend_interval)},
+        {"logging.level", str(&DaemonConfig::log_level)},
+        {"logging.target", str(&DaemonConfig::log_target)},
+        {"systemd.watchdog_max_tick_age", duration(&DaemonConfig::watchdog_max_tick_age)},
+        // --- execution, discovery, introspection (agent/core) ---
+        {"execution.workers", bounded_int(&DaemonConfig::workers, 0, 64)},
+        {"discovery.max_concurrent", bounded_int(&DaemonConfig::discovery_max_concurrent, 1, 64)},
+        {"discovery.no_kernel_retry_max", duration(&DaemonConfig::no_kernel_retry_max)},
+        {"introspection.read_deadline", duration(&DaemonConfig::read_deadline)},
+        {"state_dir", str(&DaemonConfig::state_dir)},
+    };
+    for (const auto& l : server::int_limits()) t.emplace(std::string("server.") + l.key, server_int(l));
+    return t;
+  }();
   return m;
 }
 
@@ -247,6 +252,13 @@ std::string quote(const std::string& s) {
   YAML::Emitter e;
   e << YAML::DoubleQuoted << s;
   return e.c_str();
+}
+
+// A flow-style YAML list of quoted strings: ["a", "b"].
+std::string quote_list(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + quote(v[i]);
+  return out + "]";
 }
 
 std::string fraction_text(double d) {
@@ -335,9 +347,7 @@ std::string to_yaml(const DaemonConfig& c) {
     << "  monitor_timeout: " << format_duration(c.monitor_timeout) << "\n"
     << "  use_monitor: " << (c.use_monitor ? "true" : "false") << "\n"
     << "domains:\n"
-    << "  include: [";
-  for (size_t i = 0; i < c.domains.size(); ++i) o << (i ? ", " : "") << quote(c.domains[i]);
-  o << "]\n"
+    << "  include: " << quote_list(c.domains) << "\n"
     << "sampling:\n"
     << "  interval: " << format_duration(c.sample_interval) << "\n"
     << "  baseline_snapshot_interval: " << format_duration(c.baseline_snapshot_interval) << "\n"
@@ -357,19 +367,22 @@ std::string to_yaml(const DaemonConfig& c) {
     << "  socket_mode: \"" << mode << "\"\n"
     << "  socket_group: " << quote(c.server.socket_group) << "\n"
     << "  max_watchers: " << c.server.max_watchers << "\n"
+    << "  max_inspect_in_flight: " << c.server.max_inspect_in_flight << "\n"
+    << "  max_threads: " << c.server.max_threads << "\n"
+    << "  max_request_bytes: " << c.server.max_request_bytes << "\n"
+    << "  max_streams_per_connection: " << c.server.max_streams_per_connection << "\n"
     << "  shutdown_grace: " << format_duration(c.server.shutdown_grace) << "\n"
     << "  tcp:\n"
     << "    listen: " << quote(c.server.tcp_listen) << "\n"
     << "    tls_cert: " << quote(c.server.tls_cert_file) << "\n"
     << "    tls_key: " << quote(c.server.tls_key_file) << "\n"
     << "    tls_client_ca: " << quote(c.server.tls_client_ca_file) << "\n"
+    << "    allowed_clients: " << quote_list(c.server.tls_allowed_clients) << "\n"
     << "metrics:\n"
     << "  listen: " << quote(c.metrics_listen) << "\n"
     << "  max_domains: " << c.metrics_max_domains << "\n"
     << "alertmanager:\n"
-    << "  urls: [";
-  for (size_t i = 0; i < c.alertmanager_urls.size(); ++i) o << (i ? ", " : "") << quote(c.alertmanager_urls[i]);
-  o << "]\n"
+    << "  urls: " << quote_list(c.alertmanager_urls) << "\n"
     << "  resend_interval: " << format_duration(c.alertmanager_resend_interval) << "\n"
     << "logging:\n"
     << "  level: " << c.log_level << "\n"
@@ -434,6 +447,7 @@ Result<void> validate(const DaemonConfig& c) {
       (c.server.tls_cert_file.empty() || c.server.tls_key_file.empty() || c.server.tls_client_ca_file.empty())) {
     return bad("server.tcp", "listen requires tls_cert, tls_key and tls_client_ca (TCP is mutual TLS only)");
   }
+  if (auto r = server::check_limits(c.server); !r.ok()) return r.error();
   return {};
 }
 

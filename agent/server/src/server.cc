@@ -5,6 +5,8 @@
 #include <grp.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/auth_metadata_processor.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
@@ -14,6 +16,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -41,7 +45,81 @@ Result<gid_t> lookup_group(const std::string& group) {
   return found->gr_gid;
 }
 
+// Refuses, on every call of a TCP connection, a client certificate (already verified against
+// the CA by the handshake) that names no allowed client. Runs inline in gRPC's transport
+// (IsBlocking false): a set lookup, no I/O.
+class ClientAllowList final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit ClientAllowList(std::vector<std::string> allowed) : allowed_(std::move(allowed)) {}
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata&, grpc::AuthContext* context, OutputMetadata*, OutputMetadata*) override {
+    std::vector<std::string> ids;
+    std::string subject;
+    if (context != nullptr) {
+      for (const char* name : {GRPC_X509_SUBJECT_PROPERTY_NAME, GRPC_X509_CN_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+        for (const auto& v : context->FindPropertyValues(name)) ids.emplace_back(v.data(), v.size());
+      }
+      auto s = context->FindPropertyValues(GRPC_X509_SUBJECT_PROPERTY_NAME);
+      if (!s.empty()) subject.assign(s.front().data(), s.front().size());
+    }
+    if (client_allowed(allowed_, ids)) return grpc::Status::OK;
+    // A refused client may retry in a loop: log the first refusals and then every 1000th.
+    const uint64_t n = ++refusals_;
+    if (n <= 10 || n % 1000 == 0) {
+      spdlog::warn("TCP client refused ({} so far): certificate subject '{}' is not in server.tcp.allowed_clients", n,
+                   subject);
+    }
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "client certificate '" + subject + "' is not in stallmond's server.tcp.allowed_clients");
+  }
+
+ private:
+  const std::vector<std::string> allowed_;
+  std::atomic<uint64_t> refusals_{0};
+};
+
+Error bad_limit(const char* key, const std::string& why) {
+  return Error(ErrorCode::kInvalidArgument, std::string("server.") + key + ": " + why);
+}
+
 }  // namespace
+
+bool client_allowed(const std::vector<std::string>& allowed, const std::vector<std::string>& identities) {
+  if (allowed.empty()) return true;
+  return std::any_of(identities.begin(), identities.end(), [&](const std::string& id) {
+    return !id.empty() && std::find(allowed.begin(), allowed.end(), id) != allowed.end();
+  });
+}
+
+const std::vector<IntLimit>& int_limits() {
+  static const std::vector<IntLimit> limits = {
+      {"max_watchers", &ServerOptions::max_watchers, 1, 10000},
+      {"max_inspect_in_flight", &ServerOptions::max_inspect_in_flight, 1, 64},
+      {"max_threads", &ServerOptions::max_threads, 1 + kMinSpareThreads + 1, 20000},
+      {"max_request_bytes", &ServerOptions::max_request_bytes, 1024, 16 << 20},
+      {"max_streams_per_connection", &ServerOptions::max_streams_per_connection, 1, 10000},
+  };
+  return limits;
+}
+
+Result<void> check_limits(const ServerOptions& o) {
+  for (const auto& l : int_limits()) {
+    const int v = o.*(l.field);
+    if (v < l.min || v > l.max) {
+      return bad_limit(l.key, "expected an integer " + std::to_string(l.min) + ".." + std::to_string(l.max));
+    }
+  }
+  const int need = o.max_watchers + o.max_inspect_in_flight + kMinSpareThreads;
+  if (o.max_threads < need) {
+    return bad_limit("max_threads", "must be at least max_watchers + max_inspect_in_flight + " +
+                                        std::to_string(kMinSpareThreads) + " = " + std::to_string(need) +
+                                        " (each watcher and inspect holds a thread)");
+  }
+  for (const auto& a : o.tls_allowed_clients) {
+    if (a.empty()) return bad_limit("tcp.allowed_clients", "entries must not be empty");
+  }
+  return {};
+}
 
 Result<void> prepare_unix_socket(const std::string& path) {
   if (path.empty() || path[0] != '/') {
@@ -107,11 +185,13 @@ GrpcServer::GrpcServer(Backend& backend, ServerOptions options, uint64_t incarna
 GrpcServer::~GrpcServer() { shutdown(); }
 
 int GrpcServer::active_watchers() const { return service_ ? service_->active_watchers() : 0; }
+int GrpcServer::inspect_calls() const { return service_ ? service_->inspect_calls() : 0; }
 
 Result<void> GrpcServer::start() {
   if (options_.unix_socket.empty() && options_.tcp_listen.empty()) {
     return Error(ErrorCode::kInvalidArgument, "no listener: set a unix socket or a TCP address");
   }
+  if (auto r = check_limits(options_); !r.ok()) return r.error();
   std::optional<gid_t> gid;
   if (!options_.unix_socket.empty()) {
     if (!options_.socket_group.empty()) {
@@ -135,6 +215,9 @@ Result<void> GrpcServer::start() {
     ssl.pem_root_certs = *ca;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     tcp_creds = grpc::SslServerCredentials(ssl);
+    if (!options_.tls_allowed_clients.empty()) {
+      tcp_creds->SetAuthMetadataProcessor(std::make_shared<ClientAllowList>(options_.tls_allowed_clients));
+    }
   }
 
   // Both are process-wide switches read by the next BuildAndStart.
@@ -145,6 +228,7 @@ Result<void> GrpcServer::start() {
   ServiceOptions so;
   so.incarnation = incarnation_;
   so.max_watchers = options_.max_watchers;
+  so.max_inspect_in_flight = options_.max_inspect_in_flight;
   service_ = std::make_unique<StallmonService>(backend_, *feed_, so);
 
   grpc::ServerBuilder builder;
@@ -157,6 +241,13 @@ Result<void> GrpcServer::start() {
   // plane is noticed (and its stream thread freed) within about a minute and a half.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  // A client cannot take more than these: threads (a call that finds none free is answered
+  // RESOURCE_EXHAUSTED at once instead of queueing), request bytes, streams per connection.
+  grpc::ResourceQuota quota("stallmond");
+  quota.SetMaxThreads(options_.max_threads);
+  builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(options_.max_request_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options_.max_streams_per_connection);
   backend_.add_finding_listener(feed_.get());
   listener_added_ = true;
   server_ = builder.BuildAndStart();

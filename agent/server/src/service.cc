@@ -50,7 +50,16 @@ grpc::Status to_grpc_status(const Error& e) {
 }
 
 StallmonService::StallmonService(Backend& backend, FindingFeed& feed, ServiceOptions options)
-    : backend_(backend), feed_(feed), options_(options) {}
+    : backend_(backend), feed_(feed), options_(options), inspects_(options.max_inspect_in_flight) {}
+
+std::string StallmonService::flight_key(const std::string& name_or_uuid) const {
+  for (const auto& d : backend_.domains()) {
+    if (d.name == name_or_uuid || (!d.uuid.empty() && d.uuid == name_or_uuid)) {
+      return d.uuid.empty() ? d.name : d.uuid;
+    }
+  }
+  return name_or_uuid;
+}
 
 std::map<std::string, v1::Severity> StallmonService::worst_severities() const {
   diagnosis::FindingQuery q;
@@ -258,7 +267,9 @@ grpc::Status StallmonService::InspectDomain(grpc::ServerContext* ctx, const v1::
   auto deadline = ctx->deadline();
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::system_clock::now());
   if (left < timeout) timeout = std::max(std::chrono::milliseconds(1), left);
-  auto r = backend_.inspect(p.domain, timeout);
+  // One guest read per domain at a time; a call that arrives meanwhile shares it.
+  auto shared = inspects_.run(flight_key(p.domain), timeout, [&] { return backend_.inspect(p.domain, timeout); });
+  const Result<core::InspectResult>& r = *shared;
   if (!r.ok()) return to_grpc_status(r.error());
 
   InspectExtras x;

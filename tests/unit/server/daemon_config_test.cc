@@ -45,8 +45,13 @@ server:
   socket_mode: "0600"
   socket_group: kvm
   max_watchers: 8
+  max_inspect_in_flight: 3
+  max_threads: 20
+  max_request_bytes: 8192
+  max_streams_per_connection: 4
   shutdown_grace: 5s
-  tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c}
+  tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c,
+        allowed_clients: ["CN=ctl,O=ops", "spiffe://example.net/ctl"]}
 logging: {level: debug, target: journald}
 systemd: {watchdog_max_tick_age: 1m}
 host: {thread_stats: proc}
@@ -67,6 +72,12 @@ host: {thread_stats: proc}
   EXPECT_EQ(c->server.tcp_listen, "0.0.0.0:9443");
   EXPECT_EQ(c->server.tls_client_ca_file, "/c");
   EXPECT_EQ(c->server.shutdown_grace, 5s);
+  EXPECT_EQ(c->server.max_inspect_in_flight, 3);
+  EXPECT_EQ(c->server.max_threads, 20);
+  EXPECT_EQ(c->server.max_request_bytes, 8192);
+  EXPECT_EQ(c->server.max_streams_per_connection, 4);
+  EXPECT_EQ(c->server.tls_allowed_clients, (std::vector<std::string>{"CN=ctl,O=ops", "spiffe://example.net/ctl"}));
+  EXPECT_TRUE(DaemonConfig{}.server.tls_allowed_clients.empty());  // any certificate from the CA
   EXPECT_EQ(c->log_target, "journald");
   EXPECT_EQ(c->watchdog_max_tick_age, 60s);
   EXPECT_EQ(c->thread_stats, "proc");
@@ -103,6 +114,10 @@ TEST(DaemonConfig, MistakesAreErrorsNamingTheKey) {
   expect_error("diagnosis: {starved_fraction: 1.5}", "diagnosis.starved_fraction");
   expect_error("server: {socket_mode: 0x1b6}", "server.socket_mode");
   expect_error("server: {max_watchers: 0}", "server.max_watchers");
+  expect_error("server: {max_inspect_in_flight: 0}", "server.max_inspect_in_flight");
+  expect_error("server: {max_request_bytes: 10}", "server.max_request_bytes");
+  expect_error("server: {max_streams_per_connection: many}", "server.max_streams_per_connection");
+  expect_error("server: {tcp: {allowed_clients: ctl}}", "server.tcp.allowed_clients");
   expect_error("domains: {include: web}", "domains.include");
   EXPECT_FALSE(parse_config("libvirt: [").ok());
   EXPECT_TRUE(parse_config("").ok());
@@ -117,6 +132,14 @@ TEST(DaemonConfig, MistakesAreErrorsNamingTheKey) {
   c = {};
   c.server.unix_socket = "";
   EXPECT_FALSE(validate(c).ok());  // no listener at all
+  // Threads for every watcher and inspect read, and some to spare.
+  c = {};
+  c.server.max_threads = c.server.max_watchers + c.server.max_inspect_in_flight + 3;
+  auto v = validate(c);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.error().message.rfind("server.max_threads", 0), 0u) << v.error().message;
+  c.server.max_threads += 1;
+  EXPECT_TRUE(validate(c).ok());
 }
 
 TEST(DaemonConfig, ThreadStatsIsAutoBpfOrProc) {

@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "forwarding_backend.h"
 #include "hermetic_agent.h"
 #include "stallmon/server/convert.h"
 #include "stallmon/server/server.h"
@@ -55,32 +56,21 @@ void wait_until(Pred pred) {
 
 // The real backend, except that inspect() records the timeout it was given and answers with a
 // canned result, and finding listeners are counted on their way through.
-class RecordingBackend final : public Backend {
+class RecordingBackend final : public testing::ForwardingBackend {
  public:
-  explicit RecordingBackend(Backend& real) : real_(real) {}
-  AgentStatus agent() const override { return real_.agent(); }
-  std::vector<core::DomainSummary> domains() const override { return real_.domains(); }
-  Result<core::DomainDetail> domain(std::string_view n) const override { return real_.domain(n); }
-  Result<core::VcpuHistory> vcpu_history(std::string_view n, int32_t vcpu, std::chrono::nanoseconds w) const override {
-    return real_.vcpu_history(n, vcpu, w);
-  }
+  using ForwardingBackend::ForwardingBackend;
   Result<core::InspectResult> inspect(std::string_view, std::chrono::milliseconds timeout) override {
     std::lock_guard l(mu_);
     timeouts_.push_back(timeout);
     return result;
   }
-  std::vector<diagnosis::Finding> list_findings(const diagnosis::FindingQuery& q) const override {
-    return real_.list_findings(q);
-  }
-  diagnosis::EventsSince events_since(uint64_t after) const override { return real_.events_since(after); }
-  uint64_t revision() const override { return real_.revision(); }
   void add_finding_listener(diagnosis::FindingListener* l) override {
     ++listeners_;
-    real_.add_finding_listener(l);
+    ForwardingBackend::add_finding_listener(l);
   }
   void remove_finding_listener(diagnosis::FindingListener* l) override {
     --listeners_;
-    real_.remove_finding_listener(l);
+    ForwardingBackend::remove_finding_listener(l);
   }
 
   std::vector<std::chrono::milliseconds> timeouts() const {
@@ -91,7 +81,6 @@ class RecordingBackend final : public Backend {
   core::InspectResult result;
 
  private:
-  Backend& real_;
   mutable std::mutex mu_;
   std::vector<std::chrono::milliseconds> timeouts_;
   std::atomic<int> listeners_{0};

@@ -5,6 +5,8 @@
 //
 // Uses gRPC's synchronous API: each WatchFindings stream holds one server thread while it is
 // open, so the number of concurrent watchers is capped (RESOURCE_EXHAUSTED beyond).
+// InspectDomain goes through InspectFlights: one guest read per domain at a time, shared by
+// the calls that arrive meanwhile, and at most max_inspect_in_flight reads at once.
 #pragma once
 
 #include <atomic>
@@ -15,6 +17,7 @@
 
 #include "stallmon/server/backend.h"
 #include "stallmon/server/finding_feed.h"
+#include "stallmon/server/inspect_flights.h"
 #include "stallmon/v1/stallmon.grpc.pb.h"
 
 namespace stallmon::server {
@@ -22,6 +25,7 @@ namespace stallmon::server {
 struct ServiceOptions {
   uint64_t incarnation = 1;  // AgentInfo.incarnation: changes on every daemon start
   int max_watchers = 64;
+  int max_inspect_in_flight = 2;  // distinct guest reads of InspectDomain at once
   // How often a waiting WatchFindings stream checks for client cancellation even without events.
   std::chrono::milliseconds watch_poll{1000};
 };
@@ -49,15 +53,20 @@ class StallmonService final : public v1::Stallmon::Service {
                              v1::InspectDomainResponse* resp) override;
 
   int active_watchers() const { return watchers_.load(); }
+  int inspect_calls() const { return inspects_.calls(); }  // InspectDomain calls being served
 
  private:
   // The most severe active finding per domain (keyed by uuid and by name).
   std::map<std::string, v1::Severity> worst_severities() const;
+  // The single-flight key of a domain named by name or uuid: its uuid when it is watched (a
+  // call by name and one by uuid share a read), else what the caller gave.
+  std::string flight_key(const std::string& name_or_uuid) const;
 
   Backend& backend_;
   FindingFeed& feed_;
   ServiceOptions options_;
   std::atomic<int> watchers_{0};
+  InspectFlights inspects_;
 };
 
 }  // namespace stallmon::server
