@@ -1525,7 +1525,7 @@ def main(argv=None):
     p.add_argument("--vcpus", type=int, default=4)
     p.add_argument("--memory", type=int, default=512, help="MiB")
     p.add_argument("--scenario", default="ipi,wakeups,sleepers",
-                   help="comma list of ipi (TLB shootdowns), membarrier, ipi-module, "
+                   help="comma list of ipi (TLB shootdowns), ipi-free-tables, membarrier, ipi-module, "
                    "ipi-textpatch, wakeups, sleepers, or none")
     p.add_argument("--wdt", type=int, help="guest watchdog_thresh")
     p.add_argument("--ipi-interval", help="ipi-textpatch: seconds between schedstats toggles")
