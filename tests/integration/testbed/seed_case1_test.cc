@@ -7,9 +7,17 @@
 //
 // Lazy TLB: both loads only interrupt CPUs currently running a thread of ipiload's address
 // space. The guest runs nothing else but the generator (scenario "ipi", no sleepers/wakeups),
-// whose threads keep every CPU ~95% busy, and the freeze is taken at once (when_idle 0) rather
-// than when the vCPU halts; want_case "vcpu-only" with attempts skips freezes that caught the
-// thread holding QEMU's big lock (the injector decides that from host thread states).
+// whose threads never sleep here (ipi_sleep 0: each keeps its CPU busy in ipiload's mm, so the
+// frozen CPU is running its generator thread, not lazy, unless a kthread had it at that very
+// instant), and the freeze is taken at once (when_idle 0) rather than when the vCPU halts;
+// want_case "vcpu-only" with attempts skips freezes that caught the thread holding QEMU's big
+// lock (the injector decides that from host thread states).
+//
+// The frozen generator thread may hold whatever its loop holds: ipiload tlb takes mmap_lock only
+// for reading and shares no other lock between its threads (guestprog/ipiload.c), so the other
+// threads keep flushing and the first flush sent to CPU 2 waits forever. (The earlier loop also
+// freed page tables under mmap_lock held for writing: a thread frozen there left every other
+// thread asleep on the lock and no sender waiting on CPU 2, 1 run in 3.)
 #include <unistd.h>
 
 #include <chrono>
@@ -23,8 +31,27 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const bool kOptions =
-    tb::use_shared_guest_options({.tag = "seed1", .scenario = "ipi", .watchdog_thresh = 5});
+const bool kOptions = tb::use_shared_guest_options(
+    {.tag = "seed1", .scenario = "ipi", .watchdog_thresh = 5, .extra_cmdline = "stallmon.ipi_sleep=0"});
+
+// Each generator thread: tid, state, CPU, wchan (a thread asleep on a lock shows it here), and
+// the guest's IPI counters. Reads nothing of ipiload's memory (no mmap_lock).
+const char* const kGeneratorState =
+    "p=$(pidof ipiload); echo \"ipiload pid $p\"; for t in /proc/$p/task/*; do "
+    "set -- $(cat $t/stat); echo \"tid $1 state $3 cpu ${39} wchan $(cat $t/wchan)\"; done; "
+    "grep -E 'TLB|CAL' /proc/interrupts";
+
+// The control channel may not answer while a vCPU is frozen (a guest command that waits for
+// every CPU, e.g. an exiting process's TLB flush or an RCU grace period, never returns).
+std::string generator_state(tb::Guest& g) {
+  try {
+    auto r = g.run(kGeneratorState, 30s);
+    if (r.exit_code == 0) return r.out;
+    return "generator state: exit " + std::to_string(r.exit_code) + ": " + r.err;
+  } catch (const tb::TestbedError& e) {
+    return std::string("generator state unavailable: ") + e.what();
+  }
+}
 
 // True if a soft-lockup report names smp_call_function_many_cond and, in the same trace,
 // `caller` (the IPI's origin).
@@ -40,6 +67,7 @@ bool has_lockup_in_csd_wait(const std::string& text, const std::string& caller) 
 }
 
 void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
+  std::cout << "before the freeze:\n" << generator_state(g) << std::endl;
   const pid_t pid = g.qemu_pid();
   const pid_t tid = g.vcpu_tid(2);
   const std::string orig = tb::thread_cgroup(pid, tid, "freezer");
@@ -59,7 +87,8 @@ void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
   bool seen = tb::eventually([&] { return has_lockup_in_csd_wait(g.console(from), caller); }, 60s);
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(seen) << "no soft lockup in smp_call_function_many_cond from " << caller
-                    << " within 60 s; console:\n"
+                    << " within 60 s; generator:\n"
+                    << generator_state(g) << "\nconsole:\n"
                     << g.console(from);
   std::cout << "soft lockup in smp_call_function_many_cond (" << caller << ") " << secs
             << " s after the freeze" << std::endl;
@@ -83,21 +112,18 @@ void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
 
 class SeedCase1 : public tb::GuestTest {};
 
-// Disabled (open, issue 17): failed 1 of 3 runs on the merged main (13:04 UTC, 2026-12-04): after
-// the freeze every other CPU went idle and no sender waited on CPU 2 (only an RCU stall report).
-// Hypothesis, not yet checked: the generator thread frozen on CPU 2 held its mm's mmap lock, so
-// the other generator threads slept on it instead of flushing. The membarrier variant below and
-// the diagnosis tests (on_each_cpu module load) cover seed case 1 meanwhile. Run it by hand with
-// --gtest_also_run_disabled_tests.
-TEST_F(SeedCase1, DISABLED_TlbShootdownLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
+TEST_F(SeedCase1, TlbShootdownLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
   freeze_vcpu2_and_expect_lockup(guest(), "flush_tlb_mm_range");
 }
 
 TEST_F(SeedCase1, MembarrierLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
   auto& g = guest();
-  // Replace the TLB generator by the membarrier loop (same threads, other syscall).
+  // Replace the TLB generator by the membarrier loop (same threads, other syscall). Only CPU 0's
+  // thread sends: the kernel serializes membarrier senders with one mutex held across the IPI
+  // wait, so a sender frozen on CPU 2 would leave every other sender asleep on it and none
+  // waiting on CPU 2 (seen); CPU 2's thread only spins in ipiload's mm, holding nothing.
   auto r = g.run(
-      "killall ipiload; sleep 1; ipiload membarrier </dev/null >/dev/null 2>&1 & "
+      "killall ipiload; sleep 1; ipiload membarrier --sleep-ms 0 --sender-cpu 0 </dev/null >/dev/null 2>&1 & "
       "sleep 1; pidof ipiload",
       60s);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;

@@ -4,7 +4,7 @@
  *
  *   ipiload tlb [--busy-ms N] [--sleep-ms N] [--pages N]
  *   ipiload tlb-free-tables [--busy-ms N] [--sleep-ms N] [--pages N]
- *   ipiload membarrier [--busy-ms N] [--sleep-ms N]
+ *   ipiload membarrier [--busy-ms N] [--sleep-ms N] [--sender-cpu N]
  *
  * One thread pinned to each online CPU, all in this one address space.
  *  tlb:        each thread maps its own pages once (at start, before its loop), then loops: read
@@ -41,6 +41,14 @@
  *              nanosleep holding nothing.
  *  membarrier: MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED once, then each thread loops
  *              MEMBARRIER_CMD_PRIVATE_EXPEDITED: an IPI to every CPU running this mm, waited for.
+ *              The kernel serializes these senders with one global mutex (membarrier_ipi_mutex,
+ *              "reduce the ability to hammer on sys_membarrier", in the 6.1 and 6.12 guests: a
+ *              waiter shows state D, wchan membarrier_private_expedited), held across the IPI
+ *              wait. A thread frozen while holding it leaves every other sender asleep on the
+ *              mutex and none waiting on the frozen CPU (seen once in testbed_seed_case1_test).
+ *              --sender-cpu N: only the thread on CPU N calls membarrier; the others spin in
+ *              user space, keeping their CPU in this mm (so it is sent the IPI) while holding
+ *              nothing. Freeze any CPU but N.
  *
  * All paths but the page-table-freeing flush only interrupt CPUs that currently run a thread of
  * this address space: an idle CPU is in lazy-TLB mode and current kernels skip it
@@ -68,6 +76,7 @@ enum mode { MODE_TLB, MODE_TLB_FREE_TABLES, MODE_MEMBARRIER };
 
 static enum mode mode;
 static long busy_ms = 200, sleep_ms = 10, pages = 4;
+static long sender_cpu = -1; /* membarrier: -1 = every thread sends */
 
 #define PAGE 4096UL
 #define BLOCK (2UL << 20)
@@ -164,9 +173,10 @@ static void *run(void *arg)
 		double until = now_ms() + busy_ms;
 
 		while (now_ms() < until) {
-			if (mode == MODE_MEMBARRIER)
-				membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-			else
+			if (mode == MODE_MEMBARRIER) {
+				if (sender_cpu < 0 || sender_cpu == w->cpu)
+					membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+			} else
 				zap_round(area);
 		}
 		if (mode == MODE_TLB_FREE_TABLES)
@@ -207,7 +217,7 @@ int main(int argc, char **argv)
 		mode = MODE_MEMBARRIER;
 	else {
 		fprintf(stderr, "usage: ipiload tlb|tlb-free-tables|membarrier [--busy-ms N] "
-				"[--sleep-ms N] [--pages N (1-%ld)]\n", MAX_PAGES);
+				"[--sleep-ms N] [--pages N (1-%ld)] [--sender-cpu N]\n", MAX_PAGES);
 		return 2;
 	}
 	for (int i = 2; i < argc; i++) {
@@ -215,6 +225,8 @@ int main(int argc, char **argv)
 			busy_ms = arg_value(argc, argv, &i);
 		else if (!strcmp(argv[i], "--sleep-ms"))
 			sleep_ms = arg_value(argc, argv, &i);
+		else if (!strcmp(argv[i], "--sender-cpu"))
+			sender_cpu = arg_value(argc, argv, &i);
 		else if (!strcmp(argv[i], "--pages")) {
 			pages = arg_value(argc, argv, &i);
 			if (pages < 1 || pages > MAX_PAGES) {
@@ -234,6 +246,10 @@ int main(int argc, char **argv)
 	}
 	if (ncpu < 1)
 		ncpu = 1;
+	if (sender_cpu >= ncpu) {
+		fprintf(stderr, "ipiload: --sender-cpu %ld: only %ld CPUs\n", sender_cpu, ncpu);
+		return 2;
+	}
 	workers = calloc((size_t)ncpu, sizeof(*workers));
 	if (!workers)
 		return 1;
