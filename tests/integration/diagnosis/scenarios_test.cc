@@ -284,11 +284,11 @@ uint64_t process_ticks(pid_t pid) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Seed case 1: freeze vCPU 2, idle, under TLB-shootdown load. The acceptance figures of issue 5.
-// Scenario "ipi" alone: CPU 2 then idles lazily in the generator's address space, so the
-// generator's page-table-freeing flushes still interrupt it (see guestprog/ipiload.c); the
-// freeze waits for vCPU 2 to halt (want_idle) and for the rest of the VM to keep running
-// (want_case), both decided by the injector from host thread states.
+// Seed case 1: freeze vCPU 2, idle, under IPI load. The acceptance figures of issue 5.
+// Scenario "ipi-module": on_each_cpu sends to every CPU, so the idle CPU 2 is interrupted too
+// (the TLB load skips lazy-TLB idle CPUs, see tests/testbed/guestprog/ipiload.c); the freeze
+// waits for vCPU 2 to halt (want_idle) and for the rest of the VM to keep running (want_case),
+// both decided by the injector from host thread states.
 TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestReports) {
   tb::GuestOptions o;
   o.tag = "dx-seed1";
