@@ -68,12 +68,23 @@ bool has_lockup_in_csd_wait(const std::string& text, const std::string& caller) 
 
 void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
   std::cout << "before the freeze:\n" << generator_state(g) << std::endl;
+  // Every process but the generator off CPU 2 (CPU-bound kernel threads refuse, harmlessly),
+  // then a quiet pause: CPU 2 is frozen while running its generator thread, not the control
+  // loop's shell (seen: the membarrier variant froze CPU 2 with the previous guest command's
+  // processes on it; CPU 2 then ran no thread of ipiload's mm, so no membarrier IPI was sent to
+  // it, and the control loop, waiting for its child, never answered again).
+  auto pin = g.run("for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = ipiload ] || "
+                   "taskset -p -c 0,1,3 ${d#/proc/} >/dev/null 2>&1; done; true",
+                   60s);
+  ASSERT_EQ(pin.exit_code, 0) << pin.err;
+  sleep(2);
   const pid_t pid = g.qemu_pid();
   const pid_t tid = g.vcpu_tid(2);
   const std::string orig = tb::thread_cgroup(pid, tid, "freezer");
   const size_t from = g.console_size();
   auto t0 = std::chrono::steady_clock::now();
-  auto f = g.freeze_vcpu(2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5});
+  auto f = g.freeze_vcpu(
+      2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5, .want_others_running = true});
   ASSERT_TRUE(f.applied()) << f.error();
   std::cout << "freeze: " << f.status().dump() << std::endl;
   ASSERT_EQ(f.tid(), tid);
