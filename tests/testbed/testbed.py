@@ -1328,7 +1328,9 @@ class Injector:
             # even with the main loop idle in its poll (seen under TCG: the other vCPU threads
             # in futex waits with no run time, e.g. parked for an exclusive section that the
             # frozen vCPU never joins), which classify_freeze cannot tell from an idle guest.
-            others_ran = all(d >= 1_000_000 for d in detail["other_vcpu_run_ns"].values())
+            # A thread in state R only waits for a host CPU (loaded host): not stopped.
+            others_ran = all(d >= 1_000_000 or detail["state"].get(t) == "R"
+                             for t, d in detail["other_vcpu_run_ns"].items())
             tags = ("" if idle or not self.args.want_idle else " (busy)") + \
                 ("" if others_ran or not self.args.want_others_running else " (others stopped)")
             history.append(case + tags)
@@ -1621,7 +1623,8 @@ def main(argv=None):
                    "(halted vCPU) just before the freeze (needs --when-idle > 0)")
     p.add_argument("--want-others-running", action="store_true",
                    help="freeze: also thaw and refreeze until every other vCPU thread ran at "
-                   "least 1 ms in the --measure window (for guests that keep every CPU busy)")
+                   "least 1 ms in the --measure window or is runnable (for guests that keep "
+                   "every CPU busy)")
     p.add_argument("--attempts", type=int, default=1)
     p.add_argument("--retry-pause", type=float, default=1.0)
     p.add_argument("--cgroup", default="auto", choices=["auto", "v1", "v2"],
