@@ -48,7 +48,10 @@
  *              mutex and none waiting on the frozen CPU (seen once in testbed_seed_case1_test).
  *              --sender-cpu N: only the thread on CPU N calls membarrier; the others spin in
  *              user space, keeping their CPU in this mm (so it is sent the IPI) while holding
- *              nothing. Freeze any CPU but N.
+ *              nothing. Freeze any CPU but N. They read the clock only every 4096 turns: the
+ *              testbed guests' clocksource is the HPET (qemu64 has no stable TSC), and a clock
+ *              read that is not a vDSO TSC read enters the kernel and QEMU's device emulation,
+ *              under QEMU's big lock.
  *
  * All paths but the page-table-freeing flush only interrupt CPUs that currently run a thread of
  * this address space: an idle CPU is in lazy-TLB mode and current kernels skip it
@@ -173,11 +176,13 @@ static void *run(void *arg)
 		double until = now_ms() + busy_ms;
 
 		while (now_ms() < until) {
-			if (mode == MODE_MEMBARRIER) {
-				if (sender_cpu < 0 || sender_cpu == w->cpu)
-					membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-			} else
+			if (mode != MODE_MEMBARRIER)
 				zap_round(area);
+			else if (sender_cpu < 0 || sender_cpu == w->cpu)
+				membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+			else
+				for (volatile int spin = 0; spin < 4096; spin++)
+					;
 		}
 		if (mode == MODE_TLB_FREE_TABLES)
 			freed_tables_round(block);
