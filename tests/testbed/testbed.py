@@ -1331,10 +1331,21 @@ class Injector:
             wait_for(lambda: thread_state(pid, tid) == "D", 5)
             case, detail = classify_freeze(pid, tid, self.args.measure)
             idle = bool(self.state.get("waited_for_idle"))
-            history.append(case if idle or not self.args.want_idle else case + " (busy)")
+            # --want-others-running: every other vCPU thread ran during the window. For a guest
+            # that keeps every CPU busy, a VM whose other vCPUs all stopped is not vcpu-only
+            # even with the main loop idle in its poll (seen under TCG: the other vCPU threads
+            # in futex waits with no run time, e.g. parked for an exclusive section that the
+            # frozen vCPU never joins), which classify_freeze cannot tell from an idle guest.
+            # A thread in state R only waits for a host CPU (loaded host): not stopped.
+            others_ran = all(d >= 1_000_000 or detail["state"].get(t) == "R"
+                             for t, d in detail["other_vcpu_run_ns"].items())
+            tags = ("" if idle or not self.args.want_idle else " (busy)") + \
+                ("" if others_ran or not self.args.want_others_running else " (others stopped)")
+            history.append(case + tags)
             # --want-idle: the guest CPU must have been halted (its host thread asleep just
             # before the freeze), e.g. for seed case 1's idle-CPU shape.
-            if (want in ("any", case) and (idle or not self.args.want_idle)) or \
+            if (want in ("any", case) and (idle or not self.args.want_idle)
+                    and (others_ran or not self.args.want_others_running)) or \
                     attempt == attempts:
                 break
             write_file(knob, off)  # not the wanted case: thaw, let the VM run, try again
@@ -1533,7 +1544,7 @@ def main(argv=None):
     p.add_argument("--vcpus", type=int, default=4)
     p.add_argument("--memory", type=int, default=512, help="MiB")
     p.add_argument("--scenario", default="ipi,wakeups,sleepers",
-                   help="comma list of ipi (TLB shootdowns), membarrier, ipi-module, "
+                   help="comma list of ipi (TLB shootdowns), ipi-free-tables, membarrier, ipi-module, "
                    "ipi-textpatch, wakeups, sleepers, or none")
     p.add_argument("--wdt", type=int, help="guest watchdog_thresh")
     p.add_argument("--ipi-interval", help="ipi-textpatch: seconds between schedstats toggles")
@@ -1623,6 +1634,10 @@ def main(argv=None):
     p.add_argument("--want-idle", action="store_true",
                    help="freeze: also thaw and refreeze until the thread was seen asleep "
                    "(halted vCPU) just before the freeze (needs --when-idle > 0)")
+    p.add_argument("--want-others-running", action="store_true",
+                   help="freeze: also thaw and refreeze until every other vCPU thread ran at "
+                   "least 1 ms in the --measure window or is runnable (for guests that keep "
+                   "every CPU busy)")
     p.add_argument("--attempts", type=int, default=1)
     p.add_argument("--retry-pause", type=float, default=1.0)
     p.add_argument("--cgroup", default="auto", choices=["auto", "v1", "v2"],

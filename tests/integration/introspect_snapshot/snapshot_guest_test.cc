@@ -44,9 +44,12 @@ const bool kOptions = [] {
 #else
   o.tag = "snapshot";
 #endif
-  // TLB-shootdown load alone: an idle CPU stays lazy in the generator's address space, so the
-  // generator's page-table-freeing flushes still interrupt it (seed case 1's idle-CPU shape).
+  // TLB-shootdown load alone (ipiload tlb, mmap_lock only read-held: a generator thread frozen
+  // anywhere in its loop holds nothing the other senders need), its threads never sleeping
+  // (ipi_sleep 0), so the frozen CPU runs a thread of the generator's mm and is sent its
+  // flushes rather than skipped as a lazy-TLB CPU. See tests/testbed/guestprog/ipiload.c.
   o.scenario = "ipi";
+  o.extra_cmdline = "stallmon.ipi_sleep=0";
   o.watchdog_thresh = 5;
   tb::set_shared_guest_options(o);
   return true;
@@ -294,8 +297,8 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;
     ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
-    // The generator's next page-table-freeing flush (every ~0.2 s per thread, guest time; slower
-    // under TCG) sends the IPI that CPU 2 never answers: wait for a sender to show it.
+    // The generator's next flush (each thread zaps its pages in a loop) sends the IPI that CPU 2
+    // never answers: wait for a sender to show it.
     GuestSnapshot s;
     std::string why = "no snapshot";
     int waiter = -1;

@@ -297,6 +297,7 @@ Injector Guest::freeze_thread(pid_t tid, const FreezeOptions& opts) const {
                                    "--cgroup",
                                    opts.cgroup};
   if (opts.want_idle) args.push_back("--want-idle");
+  if (opts.want_others_running) args.push_back("--want-others-running");
   return inject(args);
 }
 

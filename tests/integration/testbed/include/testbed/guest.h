@@ -95,6 +95,11 @@ struct FreezeOptions {
   // Also count an attempt only if the thread was asleep (halted vCPU: the guest CPU idle) just
   // before the freeze; status "frozen_idle" says whether it was. Seed case 1's idle-CPU shape.
   bool want_idle = false;
+  // Also count an attempt only if every other vCPU thread ran (>= 1 ms, or is runnable) in the
+  // measure window. For a guest that keeps every CPU busy: a VM whose other vCPUs all stopped is not vcpu-only
+  // even when the main loop idles in poll (TCG vCPUs parked for an exclusive section the frozen
+  // one never joins), which the case alone cannot tell from an idle guest.
+  bool want_others_running = false;
 };
 
 struct CommandResult {
