@@ -209,6 +209,7 @@ const std::map<std::string, Setter>& setters() {
         {"discovery.max_concurrent", bounded_int(&DaemonConfig::discovery_max_concurrent, 1, 64)},
         {"discovery.no_kernel_retry_max", duration(&DaemonConfig::no_kernel_retry_max)},
         {"introspection.read_deadline", duration(&DaemonConfig::read_deadline)},
+        {"introspection.memory_budget_mib", bounded_int(&DaemonConfig::memory_budget_mib, 8, 4096)},
         {"state_dir", str(&DaemonConfig::state_dir)},
     };
     for (const auto& l : server::int_limits()) t.emplace(std::string("server.") + l.key, server_int(l));
@@ -396,6 +397,7 @@ std::string to_yaml(const DaemonConfig& c) {
     << "  no_kernel_retry_max: " << format_duration(c.no_kernel_retry_max) << "\n"
     << "introspection:\n"
     << "  read_deadline: " << format_duration(c.read_deadline) << "\n"
+    << "  memory_budget_mib: " << c.memory_budget_mib << "\n"
     << "state_dir: " << quote(c.state_dir) << "\n";
   return o.str();
 }
@@ -478,6 +480,7 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
   m.discovery_max_concurrent = static_cast<size_t>(c.discovery_max_concurrent);
   m.no_kernel_retry_max = c.no_kernel_retry_max;
   m.read_deadline = c.read_deadline;
+  m.introspection_budget_bytes = static_cast<uint64_t>(c.memory_budget_mib) << 20;
   m.state_dir = c.state_dir;
   if (!c.domains.empty()) {
     auto patterns = c.domains;

@@ -65,6 +65,7 @@ struct DaemonConfig {
   int discovery_max_concurrent = 1;  // discoveries (RAM scans) at once, all domains
   std::chrono::nanoseconds no_kernel_retry_max{std::chrono::hours(4)};
   std::chrono::nanoseconds read_deadline{std::chrono::milliseconds(250)};
+  int memory_budget_mib = 64;  // per domain: guest-sized symbols, types, tables, buffers
   std::string state_dir = "/var/lib/stallmon";  // hints/<uuid>: where each guest's kernel was
 };
 

@@ -79,7 +79,8 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
   } report{*metered, bytes_read};
 
   auto gk = std::make_unique<GuestKernel>();
-  gk->budget = std::make_shared<introspect::MemoryBudget>("qemu pid " + std::to_string(pid));
+  gk->budget = std::make_shared<introspect::MemoryBudget>("qemu pid " + std::to_string(pid),
+                                                          shared.config.introspection_budget_bytes);
   introspect::DiscoverOptions opts;
   opts.scan.hint_gpa = hint_gpa;  // only where to look first: the note is still proven
   opts.budget = gk->budget;

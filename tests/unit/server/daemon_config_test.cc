@@ -55,6 +55,7 @@ server:
 logging: {level: debug, target: journald}
 systemd: {watchdog_max_tick_age: 1m}
 host: {thread_stats: proc}
+introspection: {memory_budget_mib: 16}
 )";
   auto c = parse_config(text);
   ASSERT_TRUE(c.ok()) << c.error().to_string();
@@ -91,6 +92,9 @@ host: {thread_stats: proc}
   EXPECT_EQ(m.sampler.vcpu_history, 6000u);  // 5 min at 20 Hz
   EXPECT_FALSE(m.sampler.read_stacks);
   EXPECT_EQ(m.diagnosis.ipi_stall_min, 250ms);
+  EXPECT_EQ(m.introspection_budget_bytes, 16ull << 20);
+  EXPECT_EQ(to_monitor_config(DaemonConfig{}).introspection_budget_bytes, 64ull << 20);
+  EXPECT_FALSE(parse_config("introspection: {memory_budget_mib: 4}").ok());  // below 8 MiB
   ASSERT_TRUE(m.domain_filter);
   libvirt::DomainInfo d;
   d.name = "web-3";

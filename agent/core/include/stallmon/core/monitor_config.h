@@ -13,6 +13,7 @@
 #include "stallmon/base/result.h"
 #include "stallmon/diagnosis/config.h"
 #include "stallmon/host/sampler.h"
+#include "stallmon/introspect/memory_budget.h"
 #include "stallmon/introspect/physical_memory.h"
 #include "stallmon/introspect/snapshot.h"
 #include "stallmon/libvirt/domain.h"
@@ -64,6 +65,9 @@ struct MonitorConfig {
   // this is abandoned: the domain's introspection pauses, its host sampling goes on on other
   // workers, and the late result is dropped.
   std::chrono::nanoseconds read_deadline = 250ms;
+  // Per domain: everything its guest decides the size of (symbols, types, tables, buffers) is
+  // charged to a budget of this size; over it, that domain's introspection stops (kOverBudget).
+  uint64_t introspection_budget_bytes = introspect::MemoryBudget::kDefaultLimit;
   // After a reboot, a rediscovered kernel must show its clock (jiffies or rq clock) advancing
   // within this, or it is taken for the previous boot's memory and discovered again.
   std::chrono::nanoseconds reboot_proof_timeout = 2s;
