@@ -8,12 +8,14 @@
 #include <libelf.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <mutex>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <vector>
 
 #include "stallmon/introspect/kernel_memory.h"
 #include "stallmon/introspect/symbols.h"
@@ -255,13 +257,34 @@ struct Found {
   uint32_t bitfield_bits = 0;
 };
 
-// Finds `name` among the members of composite `t`, descending into anonymous members.
-bool find_member(const struct btf* b, const struct btf_type* t, std::string_view name, uint64_t base_bits,
-                 Found& out, int depth) {
-  if (depth > kMaxDepth || !btf_is_composite(t)) return false;
+// Members looked at in one lookup, over all the anonymous members it descends into. The kernel's
+// largest composites (task_struct and its anonymous unions) need a few hundred.
+constexpr uint32_t kMaxMemberVisits = 1u << 16;
+
+struct MemberSearch {
+  uint32_t visits_left = kMaxMemberVisits;
+  std::vector<uint32_t> path;  // the anonymous composites being searched, outermost first
+};
+
+// Finds `name` among the members of composite `t` (type `id`), descending into anonymous
+// members. A guest's BTF may nest a composite in itself through anonymous members, or fan out
+// widely at every level: without a bound that is exponential (found by fuzzing: 2 KiB of BTF
+// kept a lookup busy past libFuzzer's 10 s timeout). So a composite already on the path is not
+// entered again, and the search stops after kMaxMemberVisits members (visits_left 0).
+bool find_member(const struct btf* b, const struct btf_type* t, uint32_t id, std::string_view name,
+                 uint64_t base_bits, Found& out, MemberSearch& search) {
+  if (search.path.size() > static_cast<size_t>(kMaxDepth) || !btf_is_composite(t)) return false;
+  if (std::find(search.path.begin(), search.path.end(), id) != search.path.end()) return false;
+  search.path.push_back(id);
+  struct Pop {
+    std::vector<uint32_t>& p;
+    ~Pop() { p.pop_back(); }
+  } pop{search.path};
   const struct btf_member* m = btf_members(t);
   const uint16_t vlen = btf_vlen(t);
   for (uint16_t i = 0; i < vlen; ++i) {
+    if (search.visits_left == 0) return false;
+    --search.visits_left;
     const char* mn = btf__name_by_offset(b, m[i].name_off);
     uint64_t bits = base_bits + btf_member_bit_offset(t, i);
     if (mn && *mn) {
@@ -271,8 +294,9 @@ bool find_member(const struct btf* b, const struct btf_type* t, std::string_view
       }
       continue;
     }
-    const struct btf_type* inner = resolve(b, m[i].type, nullptr);
-    if (inner && btf_is_composite(inner) && find_member(b, inner, name, bits, out, depth + 1)) return true;
+    uint32_t inner_id = 0;
+    const struct btf_type* inner = resolve(b, m[i].type, &inner_id);
+    if (inner && btf_is_composite(inner) && find_member(b, inner, inner_id, name, bits, out, search)) return true;
   }
   return false;
 }
@@ -297,7 +321,15 @@ Result<MemberInfo> Types::member(std::string_view type, std::string_view path) c
       return Error(ErrorCode::kNotFound, std::string(type) + "." + std::string(path) + ": " +
                                              type_name(btf_, cur) + " is not a struct or union");
     }
-    if (!find_member(btf_, t, comp, bits, f, 0)) {
+    uint32_t t_id = cur;
+    resolve(btf_, cur, &t_id);
+    MemberSearch search;
+    if (!find_member(btf_, t, t_id, comp, bits, f, search)) {
+      if (search.visits_left == 0) {
+        return Error(ErrorCode::kLimit, std::string(type) + "." + std::string(path) + ": more than " +
+                                            std::to_string(kMaxMemberVisits) +
+                                            " members searched (anonymous members nested too widely)");
+      }
       return Error(ErrorCode::kNotFound, "no member " + std::string(path) + " in " + std::string(type));
     }
     bits = f.bit_offset;
