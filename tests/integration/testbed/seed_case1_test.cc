@@ -126,7 +126,18 @@ void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
 
 class SeedCase1 : public tb::GuestTest {};
 
-TEST_F(SeedCase1, TlbShootdownLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
+// Disabled (open, issue 17): 18 of 18 runs passed on a loaded machine (2026-12-04, 13:28-14:16),
+// then the second fresh-clone .ci/run on a quiet machine failed it (15:40): a busy vcpu-only
+// freeze of vCPU 2 (generator threads R on CPUs 0-3 before it, the other vCPU threads running
+// 530-780 ms in the 1 s window after it), then no soft lockup in 60 s and the control channel
+// dead: the same silent guest as the membarrier variant's last failure shape below (the
+// clocksource was the HPET here too). Both loads need a busy freeze (a lazy idle CPU gets no
+// shootdown), which can catch CPU 2 anywhere, e.g. inside the timekeeper's write section; an
+// idle freeze cannot (diagnosis_seed_case1 and the e2e/alerting tests freeze an idle CPU under
+// the on_each_cpu module load and have not failed this way). Next: record tick_do_timer_cpu and
+// the frozen vCPU's guest RIP at the freeze, then try tsc=reliable (no HPET exit in the write
+// section). Run by hand with --gtest_also_run_disabled_tests.
+TEST_F(SeedCase1, DISABLED_TlbShootdownLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
   freeze_vcpu2_and_expect_lockup(guest(), "flush_tlb_mm_range");
 }
 
@@ -148,8 +159,7 @@ TEST_F(SeedCase1, TlbShootdownLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
 //   frozen there, every other CPU spins in ktime_get with interrupts off (silent, busy). Why
 //   the TLB variant (18 of 18) escapes it is not known either. Next: record the guest's
 //   tick_do_timer_cpu before the freeze, or boot with tsc=reliable.
-// The TLB variant above covers seed case 1 meanwhile. Run it by hand with
-// --gtest_also_run_disabled_tests.
+// Run it by hand with --gtest_also_run_disabled_tests.
 TEST_F(SeedCase1, DISABLED_MembarrierLoadFrozenVcpuGuestReportsSoftLockupInCsdWait) {
   auto& g = guest();
   // Replace the TLB generator by the membarrier loop (same threads, other syscall). Only CPU 0's
