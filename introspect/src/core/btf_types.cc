@@ -17,6 +17,7 @@
 #include <iterator>
 #include <vector>
 
+#include "btf_member_search.h"
 #include "stallmon/introspect/kernel_memory.h"
 #include "stallmon/introspect/symbols.h"
 
@@ -251,29 +252,21 @@ std::string type_name(const struct btf* b, uint32_t id, int depth = 0) {
   }
 }
 
-struct Found {
-  uint64_t bit_offset = 0;
-  uint32_t type_id = 0;
-  uint32_t bitfield_bits = 0;
-};
+}  // namespace
 
-// Members looked at in one lookup, over all the anonymous members it descends into. The kernel's
-// largest composites (task_struct and its anonymous unions) need a few hundred.
-constexpr uint32_t kMaxMemberVisits = 1u << 16;
+namespace detail {
 
-struct MemberSearch {
+namespace {
+
+struct SearchState {
+  int max_depth = 0;
   uint32_t visits_left = kMaxMemberVisits;
-  std::vector<uint32_t> path;  // the anonymous composites being searched, outermost first
+  std::vector<uint32_t> path;  // the composites being searched, outermost first
 };
 
-// Finds `name` among the members of composite `t` (type `id`), descending into anonymous
-// members. A guest's BTF may nest a composite in itself through anonymous members, or fan out
-// widely at every level: without a bound that is exponential (found by fuzzing: 2 KiB of BTF
-// kept a lookup busy past libFuzzer's 10 s timeout). So a composite already on the path is not
-// entered again, and the search stops after kMaxMemberVisits members (visits_left 0).
-bool find_member(const struct btf* b, const struct btf_type* t, uint32_t id, std::string_view name,
-                 uint64_t base_bits, Found& out, MemberSearch& search) {
-  if (search.path.size() > static_cast<size_t>(kMaxDepth) || !btf_is_composite(t)) return false;
+bool search_members(const struct btf* b, const struct btf_type* t, uint32_t id, std::string_view name,
+                    uint64_t base_bits, BtfMemberHit& out, SearchState& search) {
+  if (search.path.size() > static_cast<size_t>(search.max_depth) || !btf_is_composite(t)) return false;
   if (std::find(search.path.begin(), search.path.end(), id) != search.path.end()) return false;
   search.path.push_back(id);
   struct Pop {
@@ -289,25 +282,38 @@ bool find_member(const struct btf* b, const struct btf_type* t, uint32_t id, std
     uint64_t bits = base_bits + btf_member_bit_offset(t, i);
     if (mn && *mn) {
       if (name == mn) {
-        out = Found{bits, m[i].type, btf_member_bitfield_size(t, i)};
+        out = BtfMemberHit{bits, m[i].type, btf_member_bitfield_size(t, i)};
         return true;
       }
       continue;
     }
     uint32_t inner_id = 0;
     const struct btf_type* inner = resolve(b, m[i].type, &inner_id);
-    if (inner && btf_is_composite(inner) && find_member(b, inner, inner_id, name, bits, out, search)) return true;
+    if (inner && btf_is_composite(inner) && search_members(b, inner, inner_id, name, bits, out, search)) return true;
   }
   return false;
 }
 
 }  // namespace
 
+MemberSearch find_btf_member(const struct btf* b, uint32_t id, std::string_view name, int max_depth,
+                             BtfMemberHit& out) {
+  uint32_t composite_id = id;
+  const struct btf_type* t = resolve(b, id, &composite_id);
+  if (!t) return MemberSearch::kNotFound;
+  SearchState search;
+  search.max_depth = max_depth;
+  if (search_members(b, t, composite_id, name, 0, out, search)) return MemberSearch::kFound;
+  return search.visits_left == 0 ? MemberSearch::kOverBudget : MemberSearch::kNotFound;
+}
+
+}  // namespace detail
+
 Result<MemberInfo> Types::member(std::string_view type, std::string_view path) const {
   STALLMON_TRY(uint32_t id, find_type(type));
   if (path.empty()) return Error(ErrorCode::kInvalidArgument, "empty member path");
   uint64_t bits = 0;
-  Found f{};
+  detail::BtfMemberHit f{};
   std::string_view rest = path;
   uint32_t cur = id;
   int components = 0;
@@ -321,18 +327,16 @@ Result<MemberInfo> Types::member(std::string_view type, std::string_view path) c
       return Error(ErrorCode::kNotFound, std::string(type) + "." + std::string(path) + ": " +
                                              type_name(btf_, cur) + " is not a struct or union");
     }
-    uint32_t t_id = cur;
-    resolve(btf_, cur, &t_id);
-    MemberSearch search;
-    if (!find_member(btf_, t, t_id, comp, bits, f, search)) {
-      if (search.visits_left == 0) {
+    switch (detail::find_btf_member(btf_, cur, comp, kMaxDepth, f)) {
+      case detail::MemberSearch::kFound: break;
+      case detail::MemberSearch::kOverBudget:
         return Error(ErrorCode::kLimit, std::string(type) + "." + std::string(path) + ": more than " +
-                                            std::to_string(kMaxMemberVisits) +
+                                            std::to_string(detail::kMaxMemberVisits) +
                                             " members searched (anonymous members nested too widely)");
-      }
-      return Error(ErrorCode::kNotFound, "no member " + std::string(path) + " in " + std::string(type));
+      case detail::MemberSearch::kNotFound:
+        return Error(ErrorCode::kNotFound, "no member " + std::string(path) + " in " + std::string(type));
     }
-    bits = f.bit_offset;
+    bits += f.bit_offset;
     cur = f.type_id;
   }
   MemberInfo info;

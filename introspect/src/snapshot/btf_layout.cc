@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "../core/btf_member_search.h"
 #include "stallmon/introspect/snapshot_btf.h"
 
 namespace stallmon::introspect {
@@ -50,44 +51,6 @@ MemberLayout::Kind kind_of(const struct btf_type* t) {
   return MemberLayout::Kind::kOther;
 }
 
-// Members looked at in one lookup, over every anonymous member it descends into: a guest's BTF
-// can nest anonymous composites in themselves or fan out at every level, which is exponential
-// without a bound (the same search in core/btf_types.cc timed out under libFuzzer).
-constexpr uint32_t kMaxMemberVisits = 1u << 16;
-
-// Finds member `name` in composite `id`, descending into anonymous members. On success sets
-// `bit_off` (relative to `id`), `bits` (bitfield size) and `member_type`. `visits_left` is
-// shared by the whole search; at 0 it gives up.
-bool find_member(const struct btf* b, uint32_t id, std::string_view name, int depth, uint64_t& bit_off,
-                 uint32_t& bits, uint32_t& member_type, uint32_t& visits_left) {
-  if (depth > kMaxDepth) return false;
-  const struct btf_type* t = strip(b, id);
-  if (!t || !btf_is_composite(t)) return false;
-  const struct btf_member* m = btf_members(t);
-  const uint16_t n = btf_vlen(t);
-  for (uint16_t i = 0; i < n; ++i, ++m) {
-    if (visits_left == 0) return false;
-    --visits_left;
-    const char* mname = btf__name_by_offset(b, m->name_off);
-    const uint64_t off = btf_member_bit_offset(t, i);
-    if (mname && *mname) {
-      if (name == mname) {
-        bit_off = off;
-        bits = btf_member_bitfield_size(t, i);
-        member_type = m->type;
-        return true;
-      }
-    } else {
-      uint64_t inner = 0;
-      if (find_member(b, m->type, name, depth + 1, inner, bits, member_type, visits_left)) {
-        bit_off = off + inner;
-        return true;
-      }
-    }
-  }
-  return false;
-}
-
 }  // namespace
 
 Result<MemberLayout> btf_member_layout(const struct btf* b, std::string_view type, std::string_view path) {
@@ -104,20 +67,19 @@ Result<MemberLayout> btf_member_layout(const struct btf* b, std::string_view typ
     size_t dot = rest.find('.');
     std::string_view name = rest.substr(0, dot);
     rest = dot == std::string_view::npos ? std::string_view() : rest.substr(dot + 1);
-    uint64_t off = 0;
-    uint32_t bits = 0, mtype = 0;
-    uint32_t visits_left = kMaxMemberVisits;
-    if (!find_member(b, cur, name, 0, off, bits, mtype, visits_left)) {
-      if (visits_left == 0) {
+    detail::BtfMemberHit hit;
+    switch (detail::find_btf_member(b, cur, name, kMaxDepth, hit)) {
+      case detail::MemberSearch::kFound: break;
+      case detail::MemberSearch::kOverBudget:
         return Error(ErrorCode::kLimit, "member " + std::string(type) + "." + std::string(path) +
-                                            ": more than " + std::to_string(kMaxMemberVisits) +
+                                            ": more than " + std::to_string(detail::kMaxMemberVisits) +
                                             " members searched (anonymous members nested too widely)");
-      }
-      return Error(ErrorCode::kNotFound, "member " + std::string(type) + "." + std::string(path) + " not in BTF");
+      case detail::MemberSearch::kNotFound:
+        return Error(ErrorCode::kNotFound, "member " + std::string(type) + "." + std::string(path) + " not in BTF");
     }
-    total += off;
-    out.bit_size = bits;
-    cur = mtype;
+    total += hit.bit_offset;
+    out.bit_size = hit.bitfield_bits;
+    cur = hit.type_id;
   }
   const struct btf_type* t = strip(b, cur);
   const std::string what = std::string(type) + "." + std::string(path);
