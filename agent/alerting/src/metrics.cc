@@ -44,6 +44,9 @@ class StallMonitorView final : public MonitorView {
   std::vector<Finding> active_findings() const override {
     return m_.engine().active_findings();
   }
+  std::vector<diagnosis::GuestCpuAges> guest_cpu_ages(const std::string& domain) const override {
+    return m_.engine().guest_cpu_ages(domain);
+  }
   core::AgentStats stats() const override { return m_.stats(); }
 
  private:
@@ -52,17 +55,6 @@ class StallMonitorView final : public MonitorView {
 
 HistogramValue to_histogram(const core::LatencyHistogram& h) {
   return HistogramValue{h.bounds_s, h.counts, h.count, h.sum_s};
-}
-
-// The evidence fact `key` parsed as an integer, or -1.
-long fact_int(const diagnosis::Evidence& e, const char* key) {
-  auto it = e.facts.find(key);
-  if (it == e.facts.end()) return -1;
-  try {
-    return std::stol(it->second);
-  } catch (...) {
-    return -1;
-  }
 }
 
 }  // namespace
@@ -93,47 +85,6 @@ void MetricsCollector::add_contributor(const MetricsContributor* contributor) {
 void MetricsCollector::remove_contributor(const MetricsContributor* contributor) {
   std::lock_guard lock(mu_);
   std::erase(contributors_, contributor);
-}
-
-std::map<int, double> MetricsCollector::csd_wait_ages(const core::DomainDetail& d,
-                                                      const std::vector<Finding>& findings) {
-  std::map<int, double> age;
-  const std::string key = d.summary.uuid.empty() ? d.summary.name : d.summary.uuid;
-  auto& track = csd_[key];
-  if (d.guest) {
-    // Re-derive the set of locked csds only when a new snapshot arrived: the age is "as of
-    // the latest snapshot" and must not grow while introspection is stuck.
-    if (d.guest->taken_at != track.snapshot_at) {
-      std::map<CsdKey, Timestamp> next;
-      for (const auto& v : d.vcpus) {
-        if (!v.guest) continue;
-        for (const auto& t : v.guest->cfd_targets) {
-          if (!t.ok || !t.locked || static_cast<int>(t.target) == v.index) continue;
-          CsdKey k{v.index, static_cast<int>(t.target), t.csd, t.func_name};
-          auto it = track.first_seen.find(k);
-          next[k] = it != track.first_seen.end() ? it->second : d.guest->taken_at;
-        }
-      }
-      track.first_seen = std::move(next);
-      track.snapshot_at = d.guest->taken_at;
-    }
-    for (const auto& [k, first] : track.first_seen) {
-      age[k.waiter] = std::max(age[k.waiter], seconds(track.snapshot_at - first));
-    }
-  }
-  // The engine ages the waits it reports from the first snapshot that showed them (every tick
-  // while suspect), which is more precise than what scrapes can see.
-  for (const auto& f : findings) {
-    if (f.kind != FindingKind::kGuestIpiStall || f.domain != d.summary.name) continue;
-    for (const auto& e : f.evidence) {
-      const long waiter = fact_int(e, "waiter_cpu");
-      const long wait_ms = fact_int(e, "wait_ms");
-      if (waiter < 0 || wait_ms < 0) continue;
-      age[static_cast<int>(waiter)] =
-          std::max(age[static_cast<int>(waiter)], static_cast<double>(wait_ms) / 1e3);
-    }
-  }
-  return age;
 }
 
 Result<std::string> MetricsCollector::render() {
@@ -357,37 +308,39 @@ Result<std::string> MetricsCollector::render() {
              if (!v.thread.has_sample || !v.thread.signals.valid) return std::nullopt;
              return ns_to_s(static_cast<uint64_t>(std::max<int64_t>(0, v.thread.signals.no_progress_ns)));
            });
+  // The engine's ages, per domain, by guest CPU.
+  std::map<std::string, std::map<int, diagnosis::GuestCpuAges>> ages;
+  for (const auto& d : details) {
+    if (!d.guest) continue;
+    auto& by_cpu = ages[d.summary.name];
+    const std::string& id = d.summary.uuid.empty() ? d.summary.name : d.summary.uuid;
+    for (auto& a : view_.guest_cpu_ages(id)) by_cpu.emplace(a.cpu, std::move(a));
+  }
+  const auto cpu_ages = [&](const Dom& d, const Vcpu& v) -> const diagnosis::GuestCpuAges* {
+    auto dit = ages.find(d.summary.name);
+    if (dit == ages.end()) return nullptr;
+    auto it = dit->second.find(v.index);
+    return it == dit->second.end() ? nullptr : &it->second;
+  };
   per_vcpu("stallmon_guest_softlockup_touch_age_seconds", MetricType::kGauge,
            "Age of the guest CPU's soft-lockup watchdog touch (guest clock), as of the latest "
            "snapshot; the guest reports a soft lockup at stallmon_guest_softlockup_threshold_"
-           "seconds.",
-           [](const Dom& d, const Vcpu& v) -> std::optional<double> {
-             if (!d.guest || !v.guest || !v.guest->online || !v.guest->watchdog.touch_ts) {
-               return std::nullopt;
-             }
-             // The guest's watchdog timestamps are running_clock() >> 30 ("seconds" of 2^30 ns).
-             const uint64_t touch_ns = *v.guest->watchdog.touch_ts << 30;
-             const uint64_t now_ns = d.guest->guest_clock_ns;
-             return now_ns > touch_ns ? ns_to_s(now_ns - touch_ns) : 0.0;
+           "seconds. Absent on CPUs whose watchdog does not run.",
+           [&](const Dom& d, const Vcpu& v) -> std::optional<double> {
+             const auto* a = cpu_ages(d, v);
+             if (a == nullptr || !a->softlockup_touch_age) return std::nullopt;
+             return seconds(*a->softlockup_touch_age);
            });
   w.family("stallmon_guest_csd_wait_age_seconds", MetricType::kGauge,
            "Age of the oldest cross-CPU call (locked csd) the guest CPU waits on, as of the "
            "latest snapshot (a lower bound); 0 when it waits on none.");
   for (const auto& d : details) {
     if (!d.guest) continue;
-    const auto ages = csd_wait_ages(d, findings);
     for (const auto& v : d.vcpus) {
-      auto it = ages.find(v.index);
+      const auto* a = cpu_ages(d, v);
       w.sample({{"domain", d.summary.name}, {"vcpu", std::to_string(v.index)}},
-               it == ages.end() ? 0.0 : it->second);
+               a == nullptr || !a->csd_wait_age ? 0.0 : seconds(*a->csd_wait_age));
     }
-  }
-  // Forget trackers of domains no longer exported.
-  for (auto it = csd_.begin(); it != csd_.end();) {
-    const bool keep = std::any_of(details.begin(), details.end(), [&](const auto& d) {
-      return (d.summary.uuid.empty() ? d.summary.name : d.summary.uuid) == it->first;
-    });
-    it = keep ? std::next(it) : csd_.erase(it);
   }
 
   for (const auto* c : contributors_) c->write_metrics(w);

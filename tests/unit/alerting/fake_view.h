@@ -24,6 +24,10 @@ class FakeView final : public MonitorView {
     return Error(ErrorCode::kNotFound, "no domain");
   }
   std::vector<diagnosis::Finding> active_findings() const override { return findings; }
+  std::vector<diagnosis::GuestCpuAges> guest_cpu_ages(const std::string& domain) const override {
+    auto it = ages.find(domain);
+    return it == ages.end() ? std::vector<diagnosis::GuestCpuAges>{} : it->second;
+  }
   core::AgentStats stats() const override { return agent; }
 
   // A domain with `vcpus` vCPUs, each sampled in state S.
@@ -47,6 +51,7 @@ class FakeView final : public MonitorView {
 
   std::map<std::string, core::DomainDetail> details;
   std::vector<diagnosis::Finding> findings;
+  std::map<std::string, std::vector<diagnosis::GuestCpuAges>> ages;  // by domain name
   core::AgentStats agent;
 };
 

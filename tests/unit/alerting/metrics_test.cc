@@ -165,72 +165,54 @@ TEST(Metrics, EscapesDomainNames) {
   EXPECT_NE(text.find("domain=\"we\\\"ird\\\\name\\n\""), std::string::npos);
 }
 
-TEST(Metrics, SoftlockupTouchAgeFromGuestClock) {
-  FakeView v;
-  auto& d = v.add("vm1", 2);
-  d.guest = core::GuestOverview{};
-  d.guest->watchdog_thresh = 5;
-  d.guest->guest_clock_ns = (100ull << 30) + 500'000'000;  // 100 guest "seconds" + 0.5 s
-  introspect::CpuSnapshot cpu;
-  cpu.online = true;
-  cpu.watchdog.touch_ts = 97;  // 3 guest seconds earlier
-  d.vcpus[0].guest = cpu;
-  MetricsCollector c(v, {});
-  const auto text = render(c);
-  const double expect_s = (3.0 * (1ull << 30) + 500'000'000) / 1e9;
-  std::smatch m;
-  const std::regex re(
-      R"(stallmon_guest_softlockup_touch_age_seconds\{domain="vm1",vcpu="0"\} ([0-9.e+-]+))");
-  ASSERT_TRUE(std::regex_search(text, m, re)) << text;
-  EXPECT_NEAR(std::stod(m[1]), expect_s, 1e-6);
-  EXPECT_TRUE(has_line(text, "stallmon_guest_softlockup_threshold_seconds{domain=\"vm1\"} 10"));
-  // vCPU 1 has no snapshot data: no touch-age series for it.
-  EXPECT_EQ(text.find("touch_age_seconds{domain=\"vm1\",vcpu=\"1\"}"), std::string::npos);
-}
-
-TEST(Metrics, CsdWaitAgeTracksLockedCsdAcrossSnapshots) {
+TEST(Metrics, SoftlockupTouchAgeIsTheEnginesAndAbsentWhereNoWatchdogRuns) {
   FakeView v;
   auto& d = v.add("vm1", 3);
   d.guest = core::GuestOverview{};
-  const diagnosis::Timestamp t0(std::chrono::seconds(1'700'000'000));
-  d.guest->taken_at = t0;
-  introspect::CpuSnapshot waiter;
-  waiter.online = true;
-  introspect::CfdTarget t;
-  t.target = 2;
-  t.csd = 0xffff1000;
-  t.locked = true;
-  t.ok = true;
-  t.func_name = "do_sync_core";
-  waiter.cfd_targets = {t};
-  d.vcpus[0].guest = waiter;
+  d.guest->watchdog_thresh = 5;
+  d.guest->guest_clock_ns = 100ull << 30;
+  // Every CPU's snapshot has a stale touch timestamp, but the engine knows CPU 1's watchdog does
+  // not run there (nohz_full): a touch age computed from the snapshot alone would fire
+  // StallmonGuestSoftLockupImminent on a CPU that can never report a soft lockup.
+  for (auto& vc : d.vcpus) {
+    introspect::CpuSnapshot cpu;
+    cpu.online = true;
+    cpu.watchdog.touch_ts = 1;
+    vc.guest = cpu;
+  }
+  diagnosis::GuestCpuAges cpu0;
+  cpu0.cpu = 0;
+  cpu0.softlockup_touch_age = 3500ms;
+  diagnosis::GuestCpuAges cpu1;  // watchdog not running: no touch age
+  cpu1.cpu = 1;
+  v.ages["uuid-vm1"] = {cpu0, cpu1};  // CPU 2: the engine has no data for it
+  MetricsCollector c(v, {});
+  const auto text = render(c);
+  EXPECT_TRUE(has_line(text, "stallmon_guest_softlockup_touch_age_seconds{domain=\"vm1\",vcpu=\"0\"} 3.5"))
+      << text;
+  EXPECT_TRUE(has_line(text, "stallmon_guest_softlockup_threshold_seconds{domain=\"vm1\"} 10"));
+  EXPECT_EQ(text.find("touch_age_seconds{domain=\"vm1\",vcpu=\"1\"}"), std::string::npos);
+  EXPECT_EQ(text.find("touch_age_seconds{domain=\"vm1\",vcpu=\"2\"}"), std::string::npos);
+}
+
+TEST(Metrics, CsdWaitAgeIsTheEngines) {
+  FakeView v;
+  auto& d = v.add("vm1", 3);
+  d.guest = core::GuestOverview{};
+  diagnosis::GuestCpuAges waiter;
+  waiter.cpu = 0;
+  waiter.csd_wait_age = 2100ms;
+  waiter.csd_wait_target = 2;
+  diagnosis::GuestCpuAges idle;
+  idle.cpu = 1;
+  v.ages["uuid-vm1"] = {waiter, idle};
   MetricsCollector c(v, {});
   auto text = render(c);
-  EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 0"));
+  EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 2.1")) << text;
+  EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"1\"} 0"));
   EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"2\"} 0"));
-
-  // The same csd still locked 1.5 s later.
-  v.details["vm1"].guest->taken_at = t0 + 1500ms;
-  text = render(c);
-  EXPECT_TRUE(
-      has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 1.5"));
-
-  // The engine's finding knows an older age (it snapshots every tick): that one wins.
-  diagnosis::Finding f;
-  f.kind = diagnosis::FindingKind::kGuestIpiStall;
-  f.domain = "vm1";
-  diagnosis::Evidence e;
-  e.facts = {{"waiter_cpu", "0"}, {"target_cpu", "2"}, {"wait_ms", "2100"}};
-  f.evidence = {e};
-  v.findings = {f};
-  text = render(c);
-  EXPECT_TRUE(
-      has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 2.1"));
-
-  // Released: back to 0.
-  v.findings.clear();
-  v.details["vm1"].vcpus[0].guest->cfd_targets[0].locked = false;
-  v.details["vm1"].guest->taken_at = t0 + 2s;
+  // Released: the engine no longer reports the wait.
+  v.ages["uuid-vm1"][0].csd_wait_age.reset();
   text = render(c);
   EXPECT_TRUE(has_line(text, "stallmon_guest_csd_wait_age_seconds{domain=\"vm1\",vcpu=\"0\"} 0"));
 }

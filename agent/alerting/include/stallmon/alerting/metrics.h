@@ -23,6 +23,7 @@
 #include "stallmon/alerting/exposition.h"
 #include "stallmon/base/result.h"
 #include "stallmon/core/stall_monitor.h"
+#include "stallmon/diagnosis/engine.h"
 #include "stallmon/diagnosis/finding.h"
 
 namespace stallmon::alerting {
@@ -35,6 +36,11 @@ class MonitorView {
   virtual std::vector<core::DomainSummary> domains() const = 0;
   virtual Result<core::DomainDetail> domain(std::string_view name_or_uuid) const = 0;
   virtual std::vector<diagnosis::Finding> active_findings() const = 0;
+  // The engine's per-guest-CPU ages (csd wait, soft-lockup watchdog touch) for a domain (uuid or
+  // name): the exporter publishes these rather than re-deriving them, so the metric and the
+  // findings agree, and CPUs without a running watchdog (nohz_full, watchdog_cpumask,
+  // watchdog_thresh 0) have no touch age.
+  virtual std::vector<diagnosis::GuestCpuAges> guest_cpu_ages(const std::string& domain) const = 0;
   virtual core::AgentStats stats() const = 0;
 };
 
@@ -73,34 +79,15 @@ class MetricsCollector {
   void add_contributor(const MetricsContributor* contributor);
   void remove_contributor(const MetricsContributor* contributor);
 
-  // One exposition. Thread-safe (calls are serialised: the csd wait tracker has state).
+  // One exposition. Thread-safe (calls are serialised).
   // Errors only on a stallmon bug (an invalid metric or label name): kInternal.
   Result<std::string> render();
 
  private:
-  struct CsdKey {
-    int waiter, target;
-    uint64_t csd;
-    std::string function;
-    bool operator<(const CsdKey& o) const {
-      return std::tie(waiter, target, csd, function) <
-             std::tie(o.waiter, o.target, o.csd, o.function);
-    }
-  };
-  struct CsdTrack {
-    diagnosis::Timestamp snapshot_at{};
-    std::map<CsdKey, diagnosis::Timestamp> first_seen;
-  };
-  // Age (seconds) of each waiting CPU's oldest locked csd, by CPU, in the domain's latest
-  // snapshot; updates the tracker.
-  std::map<int, double> csd_wait_ages(const core::DomainDetail& d,
-                                      const std::vector<diagnosis::Finding>& findings);
-
   const MonitorView& view_;
   MetricsOptions options_;
   std::mutex mu_;
   std::vector<const MetricsContributor*> contributors_;
-  std::map<std::string, CsdTrack> csd_;  // by domain uuid (or name)
 };
 
 }  // namespace stallmon::alerting
