@@ -26,227 +26,36 @@ Error bad(const std::string& key, const std::string& why) {
 
 constexpr const char* kThreadStatsChoices = "expected auto, bpf or proc";
 bool valid_thread_stats(const std::string& v) { return v == "auto" || v == "bpf" || v == "proc"; }
+constexpr const char* kLogLevelChoices = "expected trace, debug, info, warn, error, critical or off";
+bool valid_log_level(const std::string& v) {
+  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  return levels.count(v) != 0;
+}
 
-// One setter per key ("section.key"), so parsing, unknown-key detection and the documented list
-// stay in one table.
+// The one table of keys: each key's parser (YAML node into DaemonConfig), its effective value
+// as YAML text (--print-config, GetAgentInfo, the reload plan's comparison) and whether a reload
+// applies it at once. The defaults are DaemonConfig's member initialisers; the table order is
+// the print order.
 using Setter = std::function<Result<void>(const YAML::Node&, DaemonConfig&)>;
+using Shower = std::function<std::string(const DaemonConfig&)>;
+struct Codec {
+  Setter set;
+  Shower show;
+};
+struct Key {
+  std::string name;  // "section.key" or "section.sub.key"
+  Codec codec;
+  bool reloadable = false;  // applied on SIGHUP; anything else needs a restart
+};
 
-Setter str(std::string DaemonConfig::*field) {
-  return [field](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    if (n.IsNull()) {
-      c.*field = "";
-      return {};
-    }
-    if (!n.IsScalar()) return bad("", "expected a string");
-    c.*field = n.Scalar();
-    return {};
-  };
+// A field accessor usable on both const and mutable configurations.
+template <typename M>
+auto field(M DaemonConfig::*m) {
+  return [m](auto& c) -> auto& { return c.*m; };
 }
-
-template <typename F>
-Setter with_server(F f) {
-  return [f](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    if (n.IsNull()) {
-      f(c.server) = "";
-      return {};
-    }
-    if (!n.IsScalar()) return bad("", "expected a string");
-    f(c.server) = n.Scalar();
-    return {};
-  };
-}
-
-// An integer option of the server, in its range (how options depend on each other is
-// server::check_limits' business, in validate()).
-Setter server_int(const server::IntLimit& l) {
-  return [l](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    int v = 0;
-    if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < l.min || v > l.max) {
-      return bad("", "expected an integer " + std::to_string(l.min) + ".." + std::to_string(l.max));
-    }
-    c.server.*(l.field) = v;
-    return {};
-  };
-}
-
-// A YAML list of non-empty strings (null: empty) into the list `field` picks.
-Setter strings(std::vector<std::string>* (*field)(DaemonConfig&), const char* what) {
-  return [field, what](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    std::vector<std::string>* out = field(c);
-    out->clear();
-    if (n.IsNull()) return {};
-    if (!n.IsSequence()) return bad("", std::string("expected a list of ") + what);
-    for (const auto& e : n) {
-      if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
-      out->push_back(e.Scalar());
-    }
-    return {};
-  };
-}
-
-Result<bool> parse_bool(const YAML::Node& n) {
-  bool b = false;
-  if (!n.IsScalar() || !YAML::convert<bool>::decode(n, b)) return bad("", "expected true or false");
-  return b;
-}
-
-Setter boolean(bool DaemonConfig::*field) {
-  return [field](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    auto b = parse_bool(n);
-    if (!b.ok()) return b.error();
-    c.*field = *b;
-    return {};
-  };
-}
-
-Result<double> parse_fraction(const YAML::Node& n) {
-  double d = 0;
-  if (!n.IsScalar() || !YAML::convert<double>::decode(n, d) || !(d > 0 && d <= 1)) {
-    return bad("", "expected a number in (0, 1]");
-  }
-  return d;
-}
-
-Setter bounded_int(int DaemonConfig::*field, int lo, int hi) {
-  return [field, lo, hi](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    int v = 0;
-    if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < lo || v > hi) {
-      return bad("", "expected an integer " + std::to_string(lo) + ".." + std::to_string(hi));
-    }
-    c.*field = v;
-    return {};
-  };
-}
-
-Setter fraction(double DaemonConfig::*field) {
-  return [field](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    auto d = parse_fraction(n);
-    if (!d.ok()) return d.error();
-    c.*field = *d;
-    return {};
-  };
-}
-
-template <typename D>
-Setter duration(D DaemonConfig::*field) {
-  return [field](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-    if (!n.IsScalar()) return bad("", "expected a duration like 100ms, 2s, 10m");
-    auto d = parse_duration(n.Scalar());
-    if (!d.ok()) return d.error();
-    c.*field = std::chrono::duration_cast<D>(*d);
-    return {};
-  };
-}
-
-const std::map<std::string, Setter>& setters() {
-  static const std::map<std::string, Setter> m = [] {
-    std::map<std::string, Setter> t = {
-        {"libvirt.uri", str(&DaemonConfig::libvirt_uri)},
-        {"libvirt.monitor_timeout", duration(&DaemonConfig::monitor_timeout)},
-        {"libvirt.use_monitor", boolean(&DaemonConfig::use_monitor)},
-        {"domains.include", strings([](DaemonConfig& c) { return &c.domains; }, "names, uuids or globs")},
-        {"sampling.interval", duration(&DaemonConfig::sample_interval)},
-        {"sampling.baseline_snapshot_interval", duration(&DaemonConfig::baseline_snapshot_interval)},
-        {"sampling.introspection", boolean(&DaemonConfig::introspection)},
-        {"sampling.history", duration(&DaemonConfig::history)},
-        {"sampling.read_host_stacks", boolean(&DaemonConfig::read_host_stacks)},
-        {"host.thread_stats",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           if (!n.IsScalar() || !valid_thread_stats(n.Scalar())) return bad("", kThreadStatsChoices);
-           c.thread_stats = n.Scalar();
-           return {};
-         }},
-        {"diagnosis.host_blocked_min", duration(&DaemonConfig::host_blocked_min)},
-        {"diagnosis.starved_fraction", fraction(&DaemonConfig::starved_fraction)},
-        {"diagnosis.ipi_stall_min", duration(&DaemonConfig::ipi_stall_min)},
-        {"diagnosis.idle_pending_min", duration(&DaemonConfig::idle_pending_min)},
-        {"diagnosis.softlockup_imminent_fraction", fraction(&DaemonConfig::softlockup_imminent_fraction)},
-        {"server.unix_socket", with_server([](server::ServerOptions& s) -> std::string& { return s.unix_socket; })},
-        {"server.socket_mode",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           // A string of octal digits: YAML 1.2 reads a bare 0660 as decimal 660.
-           if (!n.IsScalar()) return bad("", "expected an octal string like \"0660\"");
-           const std::string& s = n.Scalar();
-           if (s.empty() || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos) {
-             return bad("", "expected an octal string like \"0660\"");
-           }
-           c.server.socket_mode = static_cast<mode_t>(std::stoul(s, nullptr, 8));
-           return {};
-         }},
-        {"server.socket_group", with_server([](server::ServerOptions& s) -> std::string& { return s.socket_group; })},
-        {"server.tcp.listen", with_server([](server::ServerOptions& s) -> std::string& { return s.tcp_listen; })},
-        {"server.tcp.tls_cert", with_server([](server::ServerOptions& s) -> std::string& { return s.tls_cert_file; })},
-        {"server.tcp.tls_key", with_server([](server::ServerOptions& s) -> std::string& { return s.tls_key_file; })},
-        {"server.tcp.tls_client_ca",
-         with_server([](server::ServerOptions& s) -> std::string& { return s.tls_client_ca_file; })},
-        {"server.tcp.allowed_clients",
-         strings([](DaemonConfig& c) { return &c.server.tls_allowed_clients; }, "certificate subjects, CNs or SANs")},
-        {"server.shutdown_grace",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           if (!n.IsScalar()) return bad("", "expected a duration");
-           auto d = parse_duration(n.Scalar());
-           if (!d.ok()) return d.error();
-           c.server.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
-           return {};
-         }},
-        {"metrics.listen", str(&DaemonConfig::metrics_listen)},
-        {"metrics.max_domains",
-         [](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
-           int v = 0;
-           if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < 1 || v > 100000) {
-             return bad("", "expected an integer 1..100000");
-           }
-           c.metrics_max_domains = v;
-           return {};
-         }},
-        {"alertmanager.urls", strings([](DaemonConfig& c) { return &c.alertmanager_urls; }, "http:// URLs")},
-        {"alertmanager.resend_interval", duration(&DaemonConfig::alertmanager_resend_interval)},
-        {"logging.level", str(&DaemonConfig::log_level)},
-        {"logging.target", str(&DaemonConfig::log_target)},
-        {"systemd.watchdog_max_tick_age", duration(&DaemonConfig::watchdog_max_tick_age)},
-        // --- execution, discovery, introspection (agent/core) ---
-        {"execution.workers", bounded_int(&DaemonConfig::workers, 0, 64)},
-        {"discovery.max_concurrent", bounded_int(&DaemonConfig::discovery_max_concurrent, 1, 64)},
-        {"discovery.no_kernel_retry_max", duration(&DaemonConfig::no_kernel_retry_max)},
-        {"introspection.read_deadline", duration(&DaemonConfig::read_deadline)},
-        {"introspection.memory_budget_mib", bounded_int(&DaemonConfig::memory_budget_mib, 8, 4096)},
-        {"state_dir", str(&DaemonConfig::state_dir)},
-    };
-    for (const auto& l : server::int_limits()) t.emplace(std::string("server.") + l.key, server_int(l));
-    return t;
-  }();
-  return m;
-}
-
-// Walks the mapping; a map value recurses, anything else must be a known key.
-Result<void> apply(const YAML::Node& node, const std::string& prefix, DaemonConfig& c) {
-  if (!node.IsMap()) return bad(prefix.empty() ? "(top level)" : prefix, "expected a mapping");
-  for (const auto& kv : node) {
-    std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
-    auto it = setters().find(key);
-    if (it != setters().end()) {
-      auto r = it->second(kv.second, c);
-      if (!r.ok()) {
-        Error e = r.error();
-        // Setters report ": why" or a parser's message: name the key here.
-        if (e.message.rfind(": ", 0) == 0) {
-          e.message = key + e.message;
-        } else if (e.message.rfind(key, 0) != 0) {
-          e.message = key + ": " + e.message;
-        }
-        return e;
-      }
-      continue;
-    }
-    bool is_section = false;
-    for (const auto& [k, _] : setters()) {
-      if (k.rfind(key + ".", 0) == 0) is_section = true;
-    }
-    if (!is_section) return bad(key, "unknown key");
-    if (kv.second.IsNull()) continue;  // an empty section
-    if (auto r = apply(kv.second, key, c); !r.ok()) return r;
-  }
-  return {};
+template <typename M>
+auto server_field(M server::ServerOptions::*m) {
+  return [m](auto& c) -> auto& { return c.server.*m; };
 }
 
 std::string quote(const std::string& s) {
@@ -262,10 +71,205 @@ std::string quote_list(const std::vector<std::string>& v) {
   return out + "]";
 }
 
-std::string fraction_text(double d) {
-  std::ostringstream os;
-  os << d;
-  return os.str();
+// A string, printed quoted (paths, URIs, addresses) or bare (words from a fixed vocabulary).
+template <typename F>
+Codec text(F at, bool quoted = true, bool (*valid)(const std::string&) = nullptr, const char* choices = "") {
+  return {[at, valid, choices](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            if (n.IsNull() && valid == nullptr) {
+              at(c) = "";
+              return {};
+            }
+            if (!n.IsScalar()) return bad("", valid ? choices : "expected a string");
+            if (valid && !valid(n.Scalar())) return bad("", choices);
+            at(c) = n.Scalar();
+            return {};
+          },
+          [at, quoted](const DaemonConfig& c) { return quoted ? quote(at(c)) : at(c); }};
+}
+
+// A YAML list of non-empty strings (null: empty).
+template <typename F>
+Codec strings(F at, const char* what) {
+  return {[at, what](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            auto& out = at(c);
+            out.clear();
+            if (n.IsNull()) return {};
+            if (!n.IsSequence()) return bad("", std::string("expected a list of ") + what);
+            for (const auto& e : n) {
+              if (!e.IsScalar() || e.Scalar().empty()) return bad("", "expected non-empty strings");
+              out.push_back(e.Scalar());
+            }
+            return {};
+          },
+          [at](const DaemonConfig& c) { return quote_list(at(c)); }};
+}
+
+Codec boolean(bool DaemonConfig::*m) {
+  auto at = field(m);
+  return {[at](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            bool b = false;
+            if (!n.IsScalar() || !YAML::convert<bool>::decode(n, b)) return bad("", "expected true or false");
+            at(c) = b;
+            return {};
+          },
+          [at](const DaemonConfig& c) -> std::string { return at(c) ? "true" : "false"; }};
+}
+
+template <typename F>
+Codec bounded_int(F at, int lo, int hi) {
+  return {[at, lo, hi](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            int v = 0;
+            if (!n.IsScalar() || !YAML::convert<int>::decode(n, v) || v < lo || v > hi) {
+              return bad("", "expected an integer " + std::to_string(lo) + ".." + std::to_string(hi));
+            }
+            at(c) = v;
+            return {};
+          },
+          [at](const DaemonConfig& c) { return std::to_string(at(c)); }};
+}
+
+Codec fraction(double DaemonConfig::*m) {
+  auto at = field(m);
+  return {[at](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            double d = 0;
+            if (!n.IsScalar() || !YAML::convert<double>::decode(n, d) || !(d > 0 && d <= 1)) {
+              return bad("", "expected a number in (0, 1]");
+            }
+            at(c) = d;
+            return {};
+          },
+          [at](const DaemonConfig& c) {
+            std::ostringstream os;
+            os << at(c);
+            return os.str();
+          }};
+}
+
+template <typename F>
+Codec duration(F at) {
+  return {[at](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            if (!n.IsScalar()) return bad("", "expected a duration like 100ms, 2s, 10m");
+            auto d = parse_duration(n.Scalar());
+            if (!d.ok()) return d.error();
+            at(c) = std::chrono::duration_cast<std::remove_reference_t<decltype(at(c))>>(*d);
+            return {};
+          },
+          [at](const DaemonConfig& c) { return format_duration(at(c)); }};
+}
+
+// A string of octal digits: YAML 1.2 reads a bare 0660 as decimal 660.
+Codec octal_mode() {
+  return {[](const YAML::Node& n, DaemonConfig& c) -> Result<void> {
+            const char* why = "expected an octal string like \"0660\"";
+            if (!n.IsScalar()) return bad("", why);
+            const std::string& s = n.Scalar();
+            if (s.empty() || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos) return bad("", why);
+            c.server.socket_mode = static_cast<mode_t>(std::stoul(s, nullptr, 8));
+            return {};
+          },
+          [](const DaemonConfig& c) {
+            char mode[8];
+            std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(c.server.socket_mode));
+            return std::string("\"") + mode + "\"";
+          }};
+}
+
+bool valid_log_target(const std::string& v) { return v == "stderr" || v == "journald"; }
+
+const std::vector<Key>& keys() {
+  static const std::vector<Key> table = [] {
+    using C = DaemonConfig;
+    using S = server::ServerOptions;
+    std::vector<Key> t = {
+        {"libvirt.uri", text(field(&C::libvirt_uri))},
+        {"libvirt.monitor_timeout", duration(field(&C::monitor_timeout))},
+        {"libvirt.use_monitor", boolean(&C::use_monitor)},
+        {"domains.include", strings(field(&C::domains), "names, uuids or globs")},
+        {"sampling.interval", duration(field(&C::sample_interval))},
+        {"sampling.baseline_snapshot_interval", duration(field(&C::baseline_snapshot_interval))},
+        {"sampling.introspection", boolean(&C::introspection)},
+        {"sampling.history", duration(field(&C::history))},
+        {"sampling.read_host_stacks", boolean(&C::read_host_stacks)},
+        {"host.thread_stats", text(field(&C::thread_stats), false, valid_thread_stats, kThreadStatsChoices)},
+        {"diagnosis.host_blocked_min", duration(field(&C::host_blocked_min))},
+        {"diagnosis.starved_fraction", fraction(&C::starved_fraction)},
+        {"diagnosis.ipi_stall_min", duration(field(&C::ipi_stall_min))},
+        {"diagnosis.idle_pending_min", duration(field(&C::idle_pending_min))},
+        {"diagnosis.softlockup_imminent_fraction", fraction(&C::softlockup_imminent_fraction)},
+        {"server.unix_socket", text(server_field(&S::unix_socket))},
+        {"server.socket_mode", octal_mode()},
+        {"server.socket_group", text(server_field(&S::socket_group))},
+    };
+    for (const auto& l : server::int_limits()) {
+      t.push_back({std::string("server.") + l.key, bounded_int(server_field(l.field), l.min, l.max)});
+    }
+    std::vector<Key> rest = {
+        {"server.shutdown_grace", duration(server_field(&S::shutdown_grace))},
+        {"server.tcp.listen", text(server_field(&S::tcp_listen))},
+        {"server.tcp.tls_cert", text(server_field(&S::tls_cert_file))},
+        {"server.tcp.tls_key", text(server_field(&S::tls_key_file))},
+        {"server.tcp.tls_client_ca", text(server_field(&S::tls_client_ca_file))},
+        {"server.tcp.allowed_clients", strings(server_field(&S::tls_allowed_clients), "certificate subjects, CNs or SANs")},
+        {"metrics.listen", text(field(&C::metrics_listen))},
+        {"metrics.max_domains", bounded_int(field(&C::metrics_max_domains), 1, 100000)},
+        {"alertmanager.urls", strings(field(&C::alertmanager_urls), "http:// URLs")},
+        {"alertmanager.resend_interval", duration(field(&C::alertmanager_resend_interval))},
+        // The log level is the one key a reload applies at once (App::reload).
+        {"logging.level", text(field(&C::log_level), false, valid_log_level, kLogLevelChoices), true},
+        {"logging.target", text(field(&C::log_target), false, valid_log_target, "expected stderr or journald")},
+        {"systemd.watchdog_max_tick_age", duration(field(&C::watchdog_max_tick_age))},
+        // --- execution, discovery, introspection (agent/core) ---
+        {"execution.workers", bounded_int(field(&C::workers), 0, 64)},
+        {"discovery.max_concurrent", bounded_int(field(&C::discovery_max_concurrent), 1, 64)},
+        {"discovery.no_kernel_retry_max", duration(field(&C::no_kernel_retry_max))},
+        {"introspection.read_deadline", duration(field(&C::read_deadline))},
+        {"introspection.memory_budget_mib", bounded_int(field(&C::memory_budget_mib), 8, 4096)},
+        {"state_dir", text(field(&C::state_dir))},
+    };
+    t.insert(t.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
+    return t;
+  }();
+  return table;
+}
+
+const Key* find_key(const std::string& name) {
+  static const std::map<std::string, const Key*> index = [] {
+    std::map<std::string, const Key*> m;
+    for (const auto& k : keys()) m.emplace(k.name, &k);
+    return m;
+  }();
+  auto it = index.find(name);
+  return it == index.end() ? nullptr : it->second;
+}
+
+// Walks the mapping; a map value recurses, anything else must be a known key.
+Result<void> apply(const YAML::Node& node, const std::string& prefix, DaemonConfig& c) {
+  if (!node.IsMap()) return bad(prefix.empty() ? "(top level)" : prefix, "expected a mapping");
+  for (const auto& kv : node) {
+    std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
+    if (const Key* k = find_key(key)) {
+      auto r = k->codec.set(kv.second, c);
+      if (!r.ok()) {
+        Error e = r.error();
+        // Setters report ": why" or a parser's message: name the key here.
+        if (e.message.rfind(": ", 0) == 0) {
+          e.message = key + e.message;
+        } else if (e.message.rfind(key, 0) != 0) {
+          e.message = key + ": " + e.message;
+        }
+        return e;
+      }
+      continue;
+    }
+    bool is_section = false;
+    for (const auto& k : keys()) {
+      if (k.name.rfind(key + ".", 0) == 0) is_section = true;
+    }
+    if (!is_section) return bad(key, "unknown key");
+    if (kv.second.IsNull()) continue;  // an empty section
+    if (auto r = apply(kv.second, key, c); !r.ok()) return r;
+  }
+  return {};
 }
 
 }  // namespace
@@ -341,71 +345,26 @@ Result<DaemonConfig> load_config_file(const std::string& path, DaemonConfig base
 
 std::string to_yaml(const DaemonConfig& c) {
   std::ostringstream o;
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(c.server.socket_mode));
-  o << "libvirt:\n"
-    << "  uri: " << quote(c.libvirt_uri) << "\n"
-    << "  monitor_timeout: " << format_duration(c.monitor_timeout) << "\n"
-    << "  use_monitor: " << (c.use_monitor ? "true" : "false") << "\n"
-    << "domains:\n"
-    << "  include: " << quote_list(c.domains) << "\n"
-    << "sampling:\n"
-    << "  interval: " << format_duration(c.sample_interval) << "\n"
-    << "  baseline_snapshot_interval: " << format_duration(c.baseline_snapshot_interval) << "\n"
-    << "  introspection: " << (c.introspection ? "true" : "false") << "\n"
-    << "  history: " << format_duration(c.history) << "\n"
-    << "  read_host_stacks: " << (c.read_host_stacks ? "true" : "false") << "\n"
-    << "host:\n"
-    << "  thread_stats: " << c.thread_stats << "\n"
-    << "diagnosis:\n"
-    << "  host_blocked_min: " << format_duration(c.host_blocked_min) << "\n"
-    << "  starved_fraction: " << fraction_text(c.starved_fraction) << "\n"
-    << "  ipi_stall_min: " << format_duration(c.ipi_stall_min) << "\n"
-    << "  idle_pending_min: " << format_duration(c.idle_pending_min) << "\n"
-    << "  softlockup_imminent_fraction: " << fraction_text(c.softlockup_imminent_fraction) << "\n"
-    << "server:\n"
-    << "  unix_socket: " << quote(c.server.unix_socket) << "\n"
-    << "  socket_mode: \"" << mode << "\"\n"
-    << "  socket_group: " << quote(c.server.socket_group) << "\n"
-    << "  max_watchers: " << c.server.max_watchers << "\n"
-    << "  max_inspect_in_flight: " << c.server.max_inspect_in_flight << "\n"
-    << "  max_threads: " << c.server.max_threads << "\n"
-    << "  max_request_bytes: " << c.server.max_request_bytes << "\n"
-    << "  max_streams_per_connection: " << c.server.max_streams_per_connection << "\n"
-    << "  shutdown_grace: " << format_duration(c.server.shutdown_grace) << "\n"
-    << "  tcp:\n"
-    << "    listen: " << quote(c.server.tcp_listen) << "\n"
-    << "    tls_cert: " << quote(c.server.tls_cert_file) << "\n"
-    << "    tls_key: " << quote(c.server.tls_key_file) << "\n"
-    << "    tls_client_ca: " << quote(c.server.tls_client_ca_file) << "\n"
-    << "    allowed_clients: " << quote_list(c.server.tls_allowed_clients) << "\n"
-    << "metrics:\n"
-    << "  listen: " << quote(c.metrics_listen) << "\n"
-    << "  max_domains: " << c.metrics_max_domains << "\n"
-    << "alertmanager:\n"
-    << "  urls: " << quote_list(c.alertmanager_urls) << "\n"
-    << "  resend_interval: " << format_duration(c.alertmanager_resend_interval) << "\n"
-    << "logging:\n"
-    << "  level: " << c.log_level << "\n"
-    << "  target: " << c.log_target << "\n"
-    << "systemd:\n"
-    << "  watchdog_max_tick_age: " << format_duration(c.watchdog_max_tick_age) << "\n"
-    << "execution:\n"
-    << "  workers: " << c.workers << "\n"
-    << "discovery:\n"
-    << "  max_concurrent: " << c.discovery_max_concurrent << "\n"
-    << "  no_kernel_retry_max: " << format_duration(c.no_kernel_retry_max) << "\n"
-    << "introspection:\n"
-    << "  read_deadline: " << format_duration(c.read_deadline) << "\n"
-    << "  memory_budget_mib: " << c.memory_budget_mib << "\n"
-    << "state_dir: " << quote(c.state_dir) << "\n";
+  std::vector<std::string> open;  // the sections the previous key was in
+  for (const auto& k : keys()) {
+    std::vector<std::string> path;
+    std::string rest = k.name;
+    for (size_t dot; (dot = rest.find('.')) != std::string::npos; rest = rest.substr(dot + 1)) {
+      path.push_back(rest.substr(0, dot));
+    }
+    size_t same = 0;
+    while (same < open.size() && same < path.size() && open[same] == path[same]) ++same;
+    for (size_t i = same; i < path.size(); ++i) o << std::string(2 * i, ' ') << path[i] << ":\n";
+    o << std::string(2 * path.size(), ' ') << rest << ": " << k.codec.show(c) << "\n";
+    open = std::move(path);
+  }
   return o.str();
 }
 
 Result<void> validate(const DaemonConfig& c) {
-  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-  if (!levels.count(c.log_level)) return bad("logging.level", "'" + c.log_level + "' is not one of trace, debug, info, warn, error, critical, off");
-  if (c.log_target != "stderr" && c.log_target != "journald") {
+  // Flags bypass the file's setters: the vocabulary keys are checked again here.
+  if (!valid_log_level(c.log_level)) return bad("logging.level", "'" + c.log_level + "': " + kLogLevelChoices);
+  if (!valid_log_target(c.log_target)) {
     return bad("logging.target", "'" + c.log_target + "' is not stderr or journald");
   }
   if (c.libvirt_uri.empty()) return bad("libvirt.uri", "must not be empty");
@@ -491,28 +450,9 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
 
 ReloadPlan plan_reload(const DaemonConfig& running, const DaemonConfig& reloaded) {
   ReloadPlan plan;
-  if (running.log_level != reloaded.log_level) plan.applied.push_back("logging.level");
-  // Everything else is read once at start-up by the monitor, the watcher or the server; compare
-  // the rest through the YAML form so that no key is forgotten here.
-  DaemonConfig a = running, b = reloaded;
-  a.log_level = b.log_level = "";
-  std::istringstream ya(to_yaml(a)), yb(to_yaml(b));
-  std::string la, lb;
-  std::vector<std::string> path;  // the enclosing sections, by indentation level (2 spaces)
-  while (std::getline(ya, la) && std::getline(yb, lb)) {
-    size_t indent = la.find_first_not_of(' ');
-    if (indent == std::string::npos) continue;
-    std::string key = la.substr(indent, la.find(':') - indent);
-    path.resize(indent / 2);
-    if (la.back() == ':') {  // a section header
-      path.push_back(key);
-      continue;
-    }
-    if (la != lb) {
-      std::string full;
-      for (const auto& p : path) full += p + ".";
-      plan.restart_needed.push_back(full + key);
-    }
+  for (const auto& k : keys()) {
+    if (k.codec.show(running) == k.codec.show(reloaded)) continue;
+    (k.reloadable ? plan.applied : plan.restart_needed).push_back(k.name);
   }
   return plan;
 }

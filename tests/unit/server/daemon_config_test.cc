@@ -4,6 +4,7 @@
 // liveness check behind the systemd watchdog and the health status.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -292,6 +293,73 @@ TEST(DaemonConfig, ReloadAppliesTheLogLevelAndNamesWhatNeedsARestart) {
   EXPECT_EQ(plan.restart_needed, (std::vector<std::string>{"diagnosis.ipi_stall_min", "server.tcp.tls_cert"}));
   EXPECT_TRUE(plan_reload(a, a).applied.empty());
   EXPECT_TRUE(plan_reload(a, a).restart_needed.empty());
+}
+
+// The leaf keys of the effective YAML form ("server.tcp.listen"), in order.
+std::vector<std::string> leaf_keys(const std::string& yaml) {
+  std::vector<std::string> keys, path;
+  std::istringstream in(yaml);
+  for (std::string line; std::getline(in, line);) {
+    const size_t indent = line.find_first_not_of(' ');
+    const std::string key = line.substr(indent, line.find(':') - indent);
+    path.resize(indent / 2);
+    if (line.back() == ':') {
+      path.push_back(key);
+      continue;
+    }
+    std::string full;
+    for (const auto& p : path) full += p + ".";
+    keys.push_back(full + key);
+  }
+  return keys;
+}
+
+// One table drives parsing, printing and the reload plan: a configuration that differs from the
+// defaults in every key has every key in the plan, exactly once, and only the log level applied.
+TEST(DaemonConfig, ReloadPlanNamesEveryChangedKeyFromTheSameTable) {
+  const char* every = R"(
+libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms, use_monitor: true}
+domains: {include: ["web-*"]}
+sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m, read_host_stacks: false}
+host: {thread_stats: proc}
+diagnosis: {host_blocked_min: 1s, starved_fraction: 0.9, ipi_stall_min: 250ms, idle_pending_min: 750ms,
+            softlockup_imminent_fraction: 0.25}
+server:
+  unix_socket: /tmp/x.sock
+  socket_mode: "0600"
+  socket_group: kvm
+  max_watchers: 8
+  max_inspect_in_flight: 3
+  max_threads: 20
+  max_request_bytes: 8192
+  max_streams_per_connection: 4
+  shutdown_grace: 5s
+  tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c, allowed_clients: ["CN=ctl"]}
+metrics: {listen: "127.0.0.1:9999", max_domains: 10}
+alertmanager: {urls: ["http://am:9093"], resend_interval: 1m}
+logging: {level: debug, target: journald}
+systemd: {watchdog_max_tick_age: 1m}
+execution: {workers: 2}
+discovery: {max_concurrent: 2, no_kernel_retry_max: 1h}
+introspection: {read_deadline: 100ms, memory_budget_mib: 16}
+state_dir: /tmp/state
+)";
+  auto c = parse_config(every);
+  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  const auto all = leaf_keys(to_yaml(DaemonConfig{}));
+  EXPECT_EQ(leaf_keys(to_yaml(*c)), all);
+  auto plan = plan_reload(DaemonConfig{}, *c);
+  EXPECT_EQ(plan.applied, std::vector<std::string>{"logging.level"});
+  std::vector<std::string> named = plan.applied;
+  named.insert(named.end(), plan.restart_needed.begin(), plan.restart_needed.end());
+  std::sort(named.begin(), named.end());
+  auto expected = all;
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(named, expected);
+  // A vocabulary key is checked where it is parsed, with the key named.
+  auto loud = parse_config("logging: {level: loud}");
+  ASSERT_FALSE(loud.ok());
+  EXPECT_NE(loud.error().message.find("logging.level: expected trace"), std::string::npos) << loud.error().message;
 }
 
 TEST(SamplingLiveness, AStaleRunningDomainStopsTheKeepAlive) {
