@@ -34,8 +34,8 @@ TEST(DaemonConfig, ExampleFileListsEveryKeyWithItsDefault) {
   }
 }
 
-TEST(DaemonConfig, EveryKeyRoundTrips) {
-  const char* text = R"(
+// Every key of the table, each set to something other than its default.
+const char* const kEveryKeyChanged = R"(
 libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms, use_monitor: true}
 domains: {include: ["web-*", "0b7c-uuid"]}
 sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m, read_host_stacks: false}
@@ -53,11 +53,19 @@ server:
   shutdown_grace: 5s
   tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c,
         allowed_clients: ["CN=ctl,O=ops", "spiffe://example.net/ctl"]}
+metrics: {listen: "127.0.0.1:9999", max_domains: 10}
+alertmanager: {urls: ["http://am:9093"], resend_interval: 1m}
 logging: {level: debug, target: journald}
 systemd: {watchdog_max_tick_age: 1m}
 host: {thread_stats: proc}
-introspection: {memory_budget_mib: 16}
+execution: {workers: 2}
+discovery: {max_concurrent: 2, no_kernel_retry_max: 1h}
+introspection: {read_deadline: 100ms, memory_budget_mib: 16}
+state_dir: /tmp/state
 )";
+
+TEST(DaemonConfig, EveryKeyRoundTrips) {
+  const char* text = kEveryKeyChanged;
   auto c = parse_config(text);
   ASSERT_TRUE(c.ok()) << c.error().to_string();
   EXPECT_EQ(c->libvirt_uri, "qemu+ssh://h/system");
@@ -317,33 +325,7 @@ std::vector<std::string> leaf_keys(const std::string& yaml) {
 // One table drives parsing, printing and the reload plan: a configuration that differs from the
 // defaults in every key has every key in the plan, exactly once, and only the log level applied.
 TEST(DaemonConfig, ReloadPlanNamesEveryChangedKeyFromTheSameTable) {
-  const char* every = R"(
-libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms, use_monitor: true}
-domains: {include: ["web-*"]}
-sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m, read_host_stacks: false}
-host: {thread_stats: proc}
-diagnosis: {host_blocked_min: 1s, starved_fraction: 0.9, ipi_stall_min: 250ms, idle_pending_min: 750ms,
-            softlockup_imminent_fraction: 0.25}
-server:
-  unix_socket: /tmp/x.sock
-  socket_mode: "0600"
-  socket_group: kvm
-  max_watchers: 8
-  max_inspect_in_flight: 3
-  max_threads: 20
-  max_request_bytes: 8192
-  max_streams_per_connection: 4
-  shutdown_grace: 5s
-  tcp: {listen: "0.0.0.0:9443", tls_cert: /a, tls_key: /b, tls_client_ca: /c, allowed_clients: ["CN=ctl"]}
-metrics: {listen: "127.0.0.1:9999", max_domains: 10}
-alertmanager: {urls: ["http://am:9093"], resend_interval: 1m}
-logging: {level: debug, target: journald}
-systemd: {watchdog_max_tick_age: 1m}
-execution: {workers: 2}
-discovery: {max_concurrent: 2, no_kernel_retry_max: 1h}
-introspection: {read_deadline: 100ms, memory_budget_mib: 16}
-state_dir: /tmp/state
-)";
+  const char* every = kEveryKeyChanged;
   auto c = parse_config(every);
   ASSERT_TRUE(c.ok()) << c.error().to_string();
   const auto all = leaf_keys(to_yaml(DaemonConfig{}));
