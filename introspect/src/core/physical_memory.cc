@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -98,8 +100,23 @@ bool PhysicalMemory::contains(uint64_t gpa, uint64_t len) const {
 // ---------------------------------------------------------------------------------------------
 // QemuProcessMemory
 
-QemuProcessMemory::QemuProcessMemory(pid_t pid, std::vector<RamRange> ram) : pid_(pid), ram_(std::move(ram)) {
+QemuProcessMemory::QemuProcessMemory(pid_t pid, int pidfd, std::vector<RamRange> ram)
+    : pid_(pid), pidfd_(pidfd), ram_(std::move(ram)) {
   for (const RamRange& r : ram_) phys_.push_back(PhysRange{r.gpa, r.size});
+}
+
+QemuProcessMemory::~QemuProcessMemory() {
+  if (pidfd_ >= 0) ::close(pidfd_);
+}
+
+bool QemuProcessMemory::exited() const {
+  if (pidfd_ < 0) return false;
+  // A pidfd polls readable once its process has exited (zombie or reaped).
+  pollfd p{pidfd_, POLLIN, 0};
+  int n;
+  do n = ::poll(&p, 1, 0);
+  while (n < 0 && errno == EINTR);
+  return n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
 }
 
 Result<std::unique_ptr<QemuProcessMemory>> QemuProcessMemory::create(pid_t pid, std::vector<RamRange> ram) {
@@ -115,10 +132,17 @@ Result<std::unique_ptr<QemuProcessMemory>> QemuProcessMemory::create(pid_t pid, 
       return Error(ErrorCode::kInvalidArgument, "RAM ranges overlap at " + hex(r.gpa));
     }
   }
-  if (::kill(pid, 0) != 0 && errno == ESRCH) {
-    return Error(ErrorCode::kNotFound, "qemu process " + std::to_string(pid) + " does not exist");
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) {
+    const int err = errno;
+    if (err == ESRCH) return Error(ErrorCode::kNotFound, "qemu process " + std::to_string(pid) + " does not exist");
+    if (err != ENOSYS) return Error::io("pidfd_open of qemu process " + std::to_string(pid), err);
+    // No pidfd_open on this kernel: the bare pid, as before it existed.
+    if (::kill(pid, 0) != 0 && errno == ESRCH) {
+      return Error(ErrorCode::kNotFound, "qemu process " + std::to_string(pid) + " does not exist");
+    }
   }
-  return std::unique_ptr<QemuProcessMemory>(new QemuProcessMemory(pid, std::move(ram)));
+  return std::unique_ptr<QemuProcessMemory>(new QemuProcessMemory(pid, pidfd, std::move(ram)));
 }
 
 Result<void> QemuProcessMemory::read(uint64_t gpa, void* buf, size_t len) {
@@ -215,6 +239,14 @@ Result<void> QemuProcessMemory::read_batch(std::span<ReadRequest> requests) {
       fail(r, std::move(e));
     }
     pos = k + 1;
+  }
+  // Checked after the reads: if qemu had exited by now, some pieces may have been read from a
+  // process that took over its pid.
+  if (exited()) {
+    Error gone(ErrorCode::kNotFound, "qemu process " + std::to_string(pid_) +
+                                         " exited during the read (its pid may now name another process): nothing read is used");
+    for (ReadRequest& r : requests) r.ok = false;
+    return gone;
   }
   if (first) return std::move(*first);
   return Ok();

@@ -127,6 +127,68 @@ TEST(QemuProcessMemory, BatchesAcrossRangesAndIovMax) {
   EXPECT_EQ(r.error().address.value_or(0), 0xa0000u);
 }
 
+// A child process that stores `text` in kMarker (same address in parent and child after fork)
+// and waits to be killed; its pid, or -1.
+char kMarker[64];
+pid_t child_with_marker(const char* text) {
+  int ready[2];
+  if (pipe(ready) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::strncpy(kMarker, text, sizeof kMarker - 1);
+    char c = 1;
+    (void)!write(ready[1], &c, 1);
+    for (;;) pause();
+  }
+  char c;
+  (void)!read(ready[0], &c, 1);
+  close(ready[0]);
+  close(ready[1]);
+  return pid;
+}
+
+void kill_and_reap(pid_t pid) {
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+}
+
+// The threat: qemu exits, its pid is handed to another process, and the reader goes on reading
+// "guest RAM" at the same host addresses of the newcomer. Reproduced by steering the host's
+// next pid (root only: /proc/sys/kernel/ns_last_pid) so that a new process gets the dead one's
+// pid; whether that worked is checked on the pid itself, independently of the reader.
+TEST(QemuProcessMemory, AReusedPidIsNeverRead) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to steer ns_last_pid";
+  const pid_t first = child_with_marker("the guest's RAM");
+  ASSERT_GT(first, 1);
+  const uint64_t hva = reinterpret_cast<uint64_t>(kMarker);
+  auto m = QemuProcessMemory::create(first, {{0x1000, sizeof kMarker, hva, "pc.ram"}});
+  ASSERT_TRUE(m.ok()) << m.error().to_string();
+  EXPECT_TRUE((*m)->pid_held());
+  char buf[sizeof kMarker] = {};
+  ASSERT_TRUE((*m)->read(0x1000, buf, sizeof buf).ok());
+  EXPECT_STREQ(buf, "the guest's RAM");
+  EXPECT_FALSE((*m)->exited());
+
+  kill_and_reap(first);
+  EXPECT_TRUE((*m)->exited());
+  pid_t second = -1;
+  for (int attempt = 0; attempt < 50 && second != first; ++attempt) {
+    if (second > 0) kill_and_reap(second);
+    std::ofstream("/proc/sys/kernel/ns_last_pid") << first - 1 << std::flush;
+    second = child_with_marker("another process's memory");
+  }
+  if (second != first) {
+    if (second > 0) kill_and_reap(second);
+    GTEST_SKIP() << "could not get pid " << first << " handed out again (a busy host)";
+  }
+  std::memset(buf, 0, sizeof buf);
+  auto r = (*m)->read(0x1000, buf, sizeof buf);
+  kill_and_reap(second);
+  ASSERT_FALSE(r.ok()) << "read the newcomer's memory: " << buf;
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find("exited"), std::string::npos) << r.error().message;
+}
+
 TEST(QemuProcessMemory, HostFaultsAreErrorsWithTheAddress) {
   const size_t page = 4096;
   auto* p = static_cast<uint8_t*>(mmap(nullptr, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
@@ -166,8 +228,8 @@ TEST(QemuProcessMemory, GoneProcessIsAnError) {
   uint64_t v;
   auto r = (*m)->read(0, &v, 8);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().code, ErrorCode::kIo);
-  EXPECT_EQ(r.error().sys_errno, ESRCH);
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);  // the pidfd says it exited
+  EXPECT_NE(r.error().message.find("exited"), std::string::npos) << r.error().message;
   EXPECT_EQ(QemuProcessMemory::create(child, {{0, 4096, 1, "x"}}).error().code, ErrorCode::kNotFound);
   EXPECT_EQ(QemuProcessMemory::create(getpid(), {}).error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(QemuProcessMemory::create(getpid(), {{0, 4096, 0, "no hva"}}).error().code, ErrorCode::kInvalidArgument);

@@ -69,8 +69,15 @@ class PhysicalMemory {
 
 // Live guest RAM of a qemu process, read with process_vm_readv (needs ptrace permission on the
 // process: root or same uid with ptrace_scope 0). Never stops or writes the process.
+//
+// The process is held by a pidfd opened in create(): process_vm_readv can only name a pid, and
+// once qemu exits its pid may belong to another process, whose memory would then be read as
+// guest RAM. After every batch the pidfd is polled; if the process has exited, every read of
+// the batch fails (kNotFound), since some of it may have come from a newcomer. Kernels without
+// pidfd_open (< 5.3) fall back to the bare pid (pid_held() false).
 class QemuProcessMemory final : public PhysicalMemory {
  public:
+  ~QemuProcessMemory() override;
   // `ram` as returned by resolve_ram_layout(): every range needs its hva. Fails with
   // kInvalidArgument for an empty list, overlapping ranges or a missing hva; kNotFound if the
   // pid does not exist. Cheap: the caller may keep the ranges and reconstruct after a restart.
@@ -82,13 +89,18 @@ class QemuProcessMemory final : public PhysicalMemory {
   bool live() const override { return true; }
 
   pid_t pid() const { return pid_; }
+  // Whether the process is held by a pidfd (see above).
+  bool pid_held() const { return pidfd_ >= 0; }
+  // Whether the process has exited (always false without a pidfd).
+  bool exited() const;
   const std::vector<RamRange>& ram() const { return ram_; }
   // Number of process_vm_readv calls made so far (for benchmarks and tests).
   uint64_t syscall_count() const { return syscalls_.load(std::memory_order_relaxed); }
 
  private:
-  QemuProcessMemory(pid_t pid, std::vector<RamRange> ram);
+  QemuProcessMemory(pid_t pid, int pidfd, std::vector<RamRange> ram);
   pid_t pid_;
+  int pidfd_;
   std::vector<RamRange> ram_;
   std::vector<PhysRange> phys_;
   std::atomic<uint64_t> syscalls_{0};
