@@ -648,7 +648,7 @@ def domain_xml(name, kit, accel, vcpus, memory_mib, cmdline, on_crash, console, 
 def start_domain(name, kernel=None, vcpus=4, memory=512, scenario="ipi,wakeups,sleepers",
                  wdt=None, ipi_interval=None, extra_cmdline="", panic=-1, on_crash="destroy",
                  accel=None, owner_pid=None, wait=0.0, machine="q35",
-                 memory_backing="anonymous", max_memory=0, use_monitor=True,
+                 memory_backing="anonymous", max_memory=0, use_monitor=False,
                  on_reboot="destroy", no_kernel=False):
     if not re.match(r"^[A-Za-z0-9_.+-]{1,60}$", name):
         raise TestbedError("bad domain name %r" % name)
@@ -752,8 +752,9 @@ def wait_ready(name, timeout=120, t0=None, marker=READY_MARKER):
         time.sleep(0.2)
 
 
-def vcpu_tids(name, pid=None, use_monitor=True, timeout=10):
-    """vCPU index -> host thread id.  QMP query-cpus-fast, or thread names without monitor."""
+def vcpu_tids(name, pid=None, use_monitor=False, timeout=10):
+    """vCPU index -> host thread id: QEMU's vCPU thread names (`CPU n/TCG`, debug-threads=on),
+    or QMP query-cpus-fast with use_monitor (libvirt then taints the domain "custom-monitor")."""
     if use_monitor:
         p = run(["timeout", str(timeout)] + VIRSH + ["qemu-monitor-command", name,
                                                      '{"execute":"query-cpus-fast"}'],
@@ -1428,7 +1429,7 @@ def cmd_inject(args):
         pid = qemu_pid(args.domain)
         tid = args.tid or pid
         if args.vcpu is not None:
-            tid = int(vcpu_tids(args.domain, pid, use_monitor=not args.no_monitor)[str(args.vcpu)])
+            tid = int(vcpu_tids(args.domain, pid, use_monitor=args.monitor)[str(args.vcpu)])
     if not pid:
         raise TestbedError("give --pid (and --tid) or --domain (and --vcpu)")
     if not os.path.exists("/proc/%d/task/%d" % (pid, tid)):
@@ -1567,8 +1568,10 @@ def main(argv=None):
                    choices=["anonymous", "memfd", "hugepages"])
     p.add_argument("--max-memory", type=int, default=0,
                    help="MiB: maxMemory with DIMM slots and one NUMA cell (for attach-dimm)")
-    p.add_argument("--no-monitor", action="store_true",
-                   help="never use the QEMU monitor (vCPU threads from names): no taint")
+    p.add_argument("--monitor", action="store_true",
+                   help="vCPU threads from QMP query-cpus-fast (taints the domain custom-monitor); "
+                        "default: thread names, no monitor command")
+    p.add_argument("--no-monitor", action="store_true", help="the default; accepted for old callers")
 
     p = sub.add_parser("attach-dimm", help="hotplug a DIMM into a domain started with --max-memory")
     p.add_argument("name")
@@ -1599,7 +1602,8 @@ def main(argv=None):
 
     p = sub.add_parser("vcpus", help="vCPU index -> host tid (JSON)")
     p.add_argument("name")
-    p.add_argument("--no-monitor", action="store_true", help="use thread names, not QMP")
+    p.add_argument("--monitor", action="store_true", help="use QMP (taints the domain), not thread names")
+    p.add_argument("--no-monitor", action="store_true", help="the default; accepted for old callers")
 
     p = sub.add_parser("info", help="pid, vcpus, paths of a domain (JSON)")
     p.add_argument("name")
@@ -1621,7 +1625,8 @@ def main(argv=None):
     p.add_argument("--tid", type=int)
     p.add_argument("--domain")
     p.add_argument("--vcpu", type=int)
-    p.add_argument("--no-monitor", action="store_true")
+    p.add_argument("--monitor", action="store_true", help="use QMP (taints the domain), not thread names")
+    p.add_argument("--no-monitor", action="store_true", help="the default; accepted for old callers")
     p.add_argument("--duration", type=float, help="undo after this many seconds")
     p.add_argument("--quota-us", type=int, default=5000)
     p.add_argument("--period-us", type=int, default=100000)
@@ -1682,7 +1687,7 @@ def main(argv=None):
                               panic=args.panic, on_crash=args.on_crash, accel=args.accel,
                               owner_pid=args.owner_pid, wait=args.wait, machine=args.machine,
                               memory_backing=args.memory_backing, max_memory=args.max_memory,
-                              use_monitor=not args.no_monitor, on_reboot=args.on_reboot,
+                              use_monitor=args.monitor, on_reboot=args.on_reboot,
                               no_kernel=args.no_kernel))
         elif args.cmd == "attach-dimm":
             emit(attach_dimm(args.name, args.size))
@@ -1709,7 +1714,7 @@ def main(argv=None):
             ch.ping(args.timeout)
             emit({"pong": args.name, "channel": ch.channel})
         elif args.cmd == "vcpus":
-            emit(vcpu_tids(args.name, use_monitor=not args.no_monitor))
+            emit(vcpu_tids(args.name, use_monitor=args.monitor))
         elif args.cmd == "info":
             pid = qemu_pid(args.name)
             info = load_meta(args.name)

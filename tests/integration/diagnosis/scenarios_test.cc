@@ -397,6 +397,11 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     auto undo = f.release();
     EXPECT_TRUE(undo.value("ok", false)) << undo.dump();
     EXPECT_TRUE(m.all_resolved(30s)) << "still active after the thaw:\n" << m.log.dump(from_log);
+    // Issue 11: neither the monitor nor the testbed sent a monitor command, so libvirt did not
+    // mark the domain (it logs "Domain id=N is tainted: custom-monitor" on the first one).
+    const std::string log = tb::read_text("/var/log/libvirt/qemu/" + guest().name() + ".log");
+    EXPECT_FALSE(log.empty());
+    EXPECT_EQ(log.find("custom-monitor"), std::string::npos) << "the domain was tainted:\n" << log;
     m.print_stats();
   }
   if (neighbour_) {
@@ -422,6 +427,20 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
   o.tag = "dx-seed1";
   o.scenario = "ipi-module";
   o.watchdog_thresh = 5;
+  seed_case1(o);
+}
+
+// Issue 11: the same on an i440fx guest of 4 GiB (RAM split at 3 GiB below 4 GiB and 1 GiB
+// above it, unlike q35's 2 GiB split) with memfd-backed RAM: the layout the monitor derives from
+// the domain XML and /proc/PID/maps, with no monitor command, reads the right guest memory.
+TEST_F(Scenario, SeedCase1OnAnI440fxGuestWithRamAbove4GiB) {
+  tb::GuestOptions o;
+  o.tag = "dx-pc4g";
+  o.scenario = "ipi-module";
+  o.watchdog_thresh = 5;
+  o.machine = "pc";
+  o.memory_mib = 4096;
+  o.memory_backing = "memfd";
   seed_case1(o);
 }
 

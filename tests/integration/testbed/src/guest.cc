@@ -201,6 +201,8 @@ std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o) {
   if (!o.kernel_package.empty()) args.insert(args.end(), {"--kernel", o.kernel_package});
   if (!o.extra_cmdline.empty()) args.insert(args.end(), {"--cmdline", o.extra_cmdline});
   if (!o.accel.empty()) args.insert(args.end(), {"--accel", o.accel});
+  args.insert(args.end(), {"--machine", o.machine, "--memory-backing", o.memory_backing});
+  if (o.max_memory_mib > 0) args.insert(args.end(), {"--max-memory", std::to_string(o.max_memory_mib)});
   if (o.no_kernel) args.push_back("--no-kernel");
   // Kit build (first time: download + module) + libvirt bring-up + boot.
   auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(o.boot_timeout) + 900s;

@@ -58,6 +58,11 @@ struct GuestOptions {
   std::string tag = "shared";  // domain name: stallmon-tb-<tag>-<pid>
   int vcpus = 4;
   int memory_mib = 512;
+  // The RAM layout's shape (issue 11): "q35" or "pc" (i440fx, another below-4 GiB split);
+  // "anonymous", "memfd" or "hugepages" backing; max_memory_mib > 0 leaves room for DIMMs.
+  std::string machine = "q35";
+  std::string memory_backing = "anonymous";
+  int max_memory_mib = 0;
   std::string scenario = "ipi,wakeups,sleepers";  // or "none"
   std::optional<int> watchdog_thresh = 5;
   std::optional<double> ipi_interval;  // seconds (guest default 1)
