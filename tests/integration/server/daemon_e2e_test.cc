@@ -83,7 +83,14 @@ struct Daemon {
       return false;
     }
     config = dir + "/stallmond.yaml";
-    { std::ofstream(config) << "logging: {level: debug}\n"; }
+    // The TCP allow-list names the test client by its SAN URI, and requests are capped at
+    // 16 KiB (the hardened edges of issue 11, checked on the daemon as configured from a file).
+    {
+      std::ofstream(config) << "logging: {level: debug}\n"
+                               "server:\n"
+                               "  max_request_bytes: 16384\n"
+                               "  tcp: {allowed_clients: [\"spiffe://example.net/ctl\"]}\n";
+    }
     std::vector<std::string> args = {STALLMOND_PATH,     "--config",     config,
                                      "--socket",         socket,         "--domain",
                                      domain,             "--tcp-listen", "127.0.0.1:0",
@@ -187,11 +194,15 @@ struct Daemon {
     return grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
   }
   std::shared_ptr<grpc::Channel> tcp_channel(bool with_client_cert) const {
+    return with_client_cert ? tcp_channel_as(certs.client_cert, certs.client_key) : tcp_channel_as("", "");
+  }
+  // A TLS channel presenting `cert` (none if empty).
+  std::shared_ptr<grpc::Channel> tcp_channel_as(const std::string& cert, const std::string& key) const {
     grpc::SslCredentialsOptions o;
     o.pem_root_certs = TestCerts::read(certs.ca);
-    if (with_client_cert) {
-      o.pem_cert_chain = TestCerts::read(certs.client_cert);
-      o.pem_private_key = TestCerts::read(certs.client_key);
+    if (!cert.empty()) {
+      o.pem_cert_chain = TestCerts::read(cert);
+      o.pem_private_key = TestCerts::read(key);
     }
     return grpc::CreateChannel("127.0.0.1:" + std::to_string(tcp_port), grpc::SslCredentials(o));
   }
@@ -393,6 +404,32 @@ TEST_F(StallmondTest, TcpRequiresAClientCertificate) {
   ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   ASSERT_EQ(r.domains_size(), 1);
   EXPECT_EQ(r.domains(0).name(), guest().name());
+}
+
+// Issue 11's TCP allow-list and request cap, on the daemon itself (configured from its file):
+// a certificate from the right CA that the allow-list does not name is refused, naming the
+// subject; an oversized request is refused before it is parsed, and the daemon goes on serving.
+TEST_F(StallmondTest, TcpAllowListAndRequestCapHoldOnTheRunningDaemon) {
+  auto& d = daemon();
+  v1::ListDomainsResponse r;
+  auto st = v1::Stallmon::NewStub(d.tcp_channel_as(d.certs.intruder_cert, d.certs.intruder_key))
+                ->ListDomains(ctx(5s).get(), {}, &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_NE(st.error_message().find("CN=intruder"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("allowed_clients"), std::string::npos) << st.error_message();
+  EXPECT_EQ(r.domains_size(), 0);
+
+  auto unix_stub = v1::Stallmon::NewStub(d.unix_channel());
+  v1::GetDomainRequest big;
+  big.set_domain(std::string(64 * 1024, 'x'));
+  v1::Domain dom;
+  st = unix_stub->GetDomain(ctx(5s).get(), big, &dom);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  v1::GetDomainRequest ok;
+  ok.set_domain(guest().name());
+  st = unix_stub->GetDomain(ctx(5s).get(), ok, &dom);
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(dom.summary().name(), guest().name());
 }
 
 bool has_cpu(const v1::Finding& f, int cpu) {
