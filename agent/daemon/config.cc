@@ -189,6 +189,7 @@ const std::vector<Key>& keys() {
         {"sampling.baseline_snapshot_interval", duration(field(&C::baseline_snapshot_interval))},
         {"sampling.introspection", boolean(&C::introspection)},
         {"sampling.history", duration(field(&C::history))},
+        {"sampling.history_full_resolution", duration(field(&C::history_full_resolution))},
         {"sampling.read_host_stacks", boolean(&C::read_host_stacks)},
         {"host.thread_stats", text(field(&C::thread_stats), false, valid_thread_stats, kThreadStatsChoices)},
         {"diagnosis.host_blocked_min", duration(field(&C::host_blocked_min))},
@@ -378,6 +379,9 @@ Result<void> validate(const DaemonConfig& c) {
   if (c.history < std::chrono::seconds(10) || c.history > std::chrono::hours(24)) {
     return bad("sampling.history", "must be 10s..24h");
   }
+  if (c.history_full_resolution < std::chrono::seconds(10) || c.history_full_resolution > c.history) {
+    return bad("sampling.history_full_resolution", "must be 10s..sampling.history");
+  }
   if (!valid_thread_stats(c.thread_stats)) {  // a flag bypasses the file's setter
     return bad("host.thread_stats", "'" + c.thread_stats + "': " + kThreadStatsChoices);
   }
@@ -428,8 +432,11 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
   m.baseline_snapshot_interval = c.baseline_snapshot_interval;
   m.introspection = c.introspection;
   m.sampler.read_stacks = c.read_host_stacks;
-  auto per_vcpu = c.history / std::max(c.sample_interval, nanoseconds(1));
-  m.sampler.vcpu_history = static_cast<size_t>(std::max<int64_t>(per_vcpu, 2));
+  // The newest history_full_resolution at every sample, the rest of `history` at 1 Hz.
+  const auto full = std::min<nanoseconds>(c.history, c.history_full_resolution);
+  m.sampler.vcpu_history = static_cast<size_t>(std::max<int64_t>(full / std::max(c.sample_interval, nanoseconds(1)), 2));
+  m.sampler.history_coarse_interval_ns = 1'000'000'000;
+  m.sampler.vcpu_history_coarse = static_cast<size_t>((c.history - full) / std::chrono::seconds(1));
   m.diagnosis.host_blocked_min = c.host_blocked_min;
   m.diagnosis.starved_fraction = c.starved_fraction;
   m.diagnosis.ipi_stall_min = c.ipi_stall_min;

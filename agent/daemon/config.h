@@ -36,6 +36,8 @@ struct DaemonConfig {
   std::chrono::nanoseconds baseline_snapshot_interval{std::chrono::milliseconds(100)};
   bool introspection = true;
   std::chrono::seconds history{600};  // per-vCPU sample history kept in memory
+  // The newest part of it at full rate; older samples thinned to one per second.
+  std::chrono::seconds history_full_resolution{60};
   bool read_host_stacks = true;
   // host.thread_stats: where per-thread statistics come from. "auto": the BPF task iterator
   // when built in, permitted (root) and its start-up self-check passes, else /proc (the reason

@@ -5,14 +5,27 @@
 
 namespace stallmon::host {
 
+bool SampleRing::Ring::push(const ThreadSample& s, ThreadSample* evicted) {
+  if (buf.empty()) return false;
+  if (size < buf.size()) {
+    buf[(head + size) % buf.size()] = s;
+    ++size;
+    return false;
+  }
+  if (evicted) *evicted = buf[head];
+  buf[head] = s;  // overwrite the oldest
+  head = (head + 1) % buf.size();
+  return true;
+}
+
 void SampleRing::push(const ThreadSample& s) {
-  if (buf_.empty()) return;
-  if (size_ < buf_.size()) {
-    buf_[(head_ + size_) % buf_.size()] = s;
-    ++size_;
-  } else {
-    buf_[head_] = s;  // overwrite the oldest
-    head_ = (head_ + 1) % buf_.size();
+  ThreadSample aged;
+  if (!fine_.push(s, &aged) || coarse_.buf.empty()) return;
+  // The fine tier's oldest sample ages into the coarse tier if it is far enough from the coarse
+  // tier's newest, or marks a restart that later deltas must not cross.
+  const bool boundary = aged.flags & (ThreadSample::kFirst | ThreadSample::kCgroupChanged);
+  if (coarse_.size == 0 || boundary || aged.t_ns - coarse_.at(coarse_.size - 1).t_ns >= coarse_interval_ns_) {
+    coarse_.push(aged, nullptr);
   }
 }
 

@@ -335,7 +335,8 @@ TrackedThread::TrackedThread(HostFs& fs, const SamplerOptions& opts, int32_t pid
     : tid_(tid),
       vcpu_(vcpu),
       sampler_(std::make_unique<ThreadSampler>(fs, opts, pid, tid, vcpu >= 0)),
-      history_(history) {}
+      // Only vCPUs keep a long, thinned history; other threads a few seconds at full rate.
+      history_(history, vcpu >= 0 ? opts.vcpu_history_coarse : 0, opts.history_coarse_interval_ns) {}
 
 size_t TrackedThread::memory_bytes() const {
   return sizeof(*this) + sampler_->memory_bytes() + history_.memory_bytes() +

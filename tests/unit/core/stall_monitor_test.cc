@@ -194,7 +194,7 @@ TEST_F(StallMonitorTest, HistoryWindowAndStats) {
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(all->points.size(), 30u);
   EXPECT_EQ(all->tid, q.vcpu_tid(1));
-  EXPECT_EQ(all->capacity, MonitorConfig{}.sampler.vcpu_history);
+  EXPECT_EQ(all->capacity, MonitorConfig{}.sampler.vcpu_history + MonitorConfig{}.sampler.vcpu_history_coarse);
   auto last = m->vcpu_history("vm1", 1, std::chrono::milliseconds(1000));
   ASSERT_TRUE(last.ok());
   EXPECT_EQ(last->points.size(), 10u);  // samples within the last second, newest included

@@ -42,6 +42,59 @@ TEST(SampleRing, KeepsNewestAndIsBounded) {
   EXPECT_EQ(tiny.size(), 1u);
 }
 
+// Two tiers: 1 min at 10 Hz, then 9 min thinned to 1 Hz. After 15 minutes of samples the ring
+// spans the last 10 minutes in 1,140 samples, one per second before the last minute.
+TEST(SampleRing, OlderSamplesAreThinnedToTheCoarseInterval) {
+  SampleRing r(600, 540, 1000 * kMs);
+  EXPECT_EQ(r.capacity(), 1140u);
+  EXPECT_EQ(r.memory_bytes(), 1140 * sizeof(ThreadSample));
+  const int64_t n = 15 * 60 * 10;  // 15 min at 10 Hz, t = 100 ms * i
+  for (int64_t i = 1; i <= n; ++i) r.push(at(100 * i, 'R', i, 0));
+  ASSERT_EQ(r.size(), 1140u);
+  const int64_t newest = 100 * n * kMs;
+  EXPECT_EQ(r.newest().t_ns, newest);
+  EXPECT_GE(r.at(0).t_ns, newest - 600'000 * kMs);
+  EXPECT_LE(r.at(0).t_ns, newest - 599'000 * kMs);
+  for (size_t i = 1; i < r.size(); ++i) {
+    const int64_t gap = r.at(i).t_ns - r.at(i - 1).t_ns;
+    if (i > r.size() - 600) {
+      EXPECT_EQ(gap, 100 * kMs) << i;  // the last minute: every sample
+    } else {
+      EXPECT_EQ(gap, 1000 * kMs) << i;  // before it: one per second
+    }
+  }
+  // Signals over the last seconds are exactly those of a full-rate ring.
+  SampleRing full(1140);
+  StateTracker tr;
+  for (int64_t i = n - 1139; i <= n; ++i) {
+    full.push(at(100 * i, 'R', i, 0));
+    tr.observe(full.newest());
+  }
+  for (int64_t w : {1000 * kMs, 5000 * kMs, 30'000 * kMs}) {
+    auto a = derive_signals(r, tr, w), b = derive_signals(full, tr, w);
+    EXPECT_EQ(a.window_ns, b.window_ns) << w;
+    EXPECT_EQ(a.run_delta_ns, b.run_delta_ns) << w;
+  }
+}
+
+// A restart (kFirst) or a cgroup move in the thinned part is kept, so a delta never spans it.
+TEST(SampleRing, ThinningKeepsRestartsAndCgroupMoves) {
+  SampleRing r(10, 100, 1000 * kMs);
+  for (int64_t i = 1; i <= 200; ++i) {
+    uint8_t flags = 0;
+    if (i == 53) flags = ThreadSample::kFirst;
+    if (i == 77) flags = ThreadSample::kCgroupChanged | ThreadSample::kHasCgroup;
+    r.push(at(100 * i, 'R', i, 0, flags));
+  }
+  bool first = false, moved = false;
+  for (size_t i = 0; i < r.size(); ++i) {
+    first |= r.at(i).t_ns == 5300 * kMs && (r.at(i).flags & ThreadSample::kFirst);
+    moved |= r.at(i).t_ns == 7700 * kMs && (r.at(i).flags & ThreadSample::kCgroupChanged);
+  }
+  EXPECT_TRUE(first);
+  EXPECT_TRUE(moved);
+}
+
 TEST(Signals, InvalidWithOneSample) {
   Feed f;
   EXPECT_FALSE(derive_signals(f.ring, f.tracker, kSec).valid);

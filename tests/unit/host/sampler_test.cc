@@ -430,16 +430,18 @@ TEST_F(SamplerTest, VcpuMapChangeKeepsHistoryAndRestartsBaseline) {
 TEST_F(SamplerTest, MemoryIsBoundedByCapacity) {
   auto s = make();
   size_t before = s->memory_bytes();
-  // Two rings of 6000 samples are allocated up front.
-  EXPECT_GE(before, 2 * 6000 * sizeof(ThreadSample));
-  for (int i = 0; i < 7000; ++i) {
+  // Two vCPU rings of 600 + 540 samples (the last minute at 10 Hz, 9 more at 1 Hz) are
+  // allocated up front.
+  const size_t ring = 1140 * sizeof(ThreadSample);
+  EXPECT_GE(before, 2 * ring);
+  for (int i = 0; i < 7000; ++i) {  // 11.7 minutes at 10 Hz
     clock_.advance_ns(100 * kMs);
     ASSERT_TRUE(s->sample_once().ok());
   }
-  EXPECT_EQ(s->vcpu(0)->history().size(), 6000u);
+  EXPECT_EQ(s->vcpu(0)->history().size(), 1140u);
   EXPECT_EQ(s->other_threads()[0]->history().size(), 20u);
   EXPECT_LT(s->memory_bytes(), before + 64 * 1024);
-  EXPECT_LT(s->memory_bytes(), 2 * 6000 * sizeof(ThreadSample) + 256 * 1024);
+  EXPECT_LT(s->memory_bytes(), 2 * ring + 256 * 1024);
 }
 
 // ---- cgroup throttling ----

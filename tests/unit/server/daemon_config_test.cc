@@ -38,7 +38,8 @@ TEST(DaemonConfig, ExampleFileListsEveryKeyWithItsDefault) {
 const char* const kEveryKeyChanged = R"(
 libvirt: {uri: "qemu+ssh://h/system", monitor_timeout: 1500ms, use_monitor: true}
 domains: {include: ["web-*", "0b7c-uuid"]}
-sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m, read_host_stacks: false}
+sampling: {interval: 50ms, baseline_snapshot_interval: 2s, introspection: false, history: 5m,
+           history_full_resolution: 2m, read_host_stacks: false}
 diagnosis: {host_blocked_min: 1s, starved_fraction: 0.9, ipi_stall_min: 250ms, idle_pending_min: 750ms,
             softlockup_imminent_fraction: 0.25}
 server:
@@ -98,7 +99,10 @@ TEST(DaemonConfig, EveryKeyRoundTrips) {
 
   auto m = to_monitor_config(*c);
   EXPECT_EQ(m.sample_interval, 50ms);
-  EXPECT_EQ(m.sampler.vcpu_history, 6000u);  // 5 min at 20 Hz
+  EXPECT_EQ(m.sampler.vcpu_history, 2400u);  // the newest 2 min at 20 Hz
+  EXPECT_EQ(m.sampler.vcpu_history_coarse, 180u);  // 3 min more at 1 Hz
+  EXPECT_FALSE(parse_config("sampling: {history: 1m, history_full_resolution: 2m}").ok() &&
+               validate(*parse_config("sampling: {history: 1m, history_full_resolution: 2m}")).ok());
   EXPECT_FALSE(m.sampler.read_stacks);
   EXPECT_EQ(m.diagnosis.ipi_stall_min, 250ms);
   EXPECT_EQ(m.introspection_budget_bytes, 16ull << 20);

@@ -49,7 +49,12 @@ struct SamplerOptions {
   int64_t stat_refresh_interval_ns = 1'000'000'000;
   bool read_stacks = true;         // /proc/.../stack: root only, and the costliest file here
   bool sample_other_threads = true;  // non-vCPU qemu threads (main loop, I/O, RCU...)
-  size_t vcpu_history = 6000;      // samples per vCPU: 10 minutes at 10 Hz
+  // Per vCPU: vcpu_history samples at full rate, then up to vcpu_history_coarse older ones at
+  // most one per history_coarse_interval_ns (SampleRing). 600 + 540: 10 minutes, the last at
+  // 10 Hz (64 KB per vCPU; 6000 + 0 would be every sample, 336 KB).
+  size_t vcpu_history = 600;
+  size_t vcpu_history_coarse = 540;
+  int64_t history_coarse_interval_ns = 1'000'000'000;
   size_t thread_history = 20;      // samples per other thread: 2 s at 10 Hz
   size_t max_threads = 1024;       // other threads tracked per process (bounds memory)
   int64_t signal_window_ns = 1'000'000'000;  // default window for signals()
