@@ -77,6 +77,41 @@ TEST_F(BacktraceTest, StaleFramesThatChainIntoTheLiveOnesAreShown) {
   EXPECT_EQ(names(*bt), (std::vector<std::string>{"stale", "inner", "middle", "outer", "ret_from_fork"}));
 }
 
+TEST_F(BacktraceTest, AChainThatReachesTheOutermostFrameWinsOverAnInnerBrokenOne) {
+  g.install_orc(false);
+  g.clear_pt_regs();
+  // Deep in the stack: stale -> middle, whose caller slot was overwritten since (0).
+  const uint64_t x = OrcStack::kStack + 0x400;
+  k.mem.put<uint64_t>(x, g.f_stale + 0x8);
+  k.mem.put<uint64_t>(x + 8, g.f_middle + 0x30);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"middle", "outer", "ret_from_fork"}));
+}
+
+TEST_F(BacktraceTest, UserModeRegistersEndTheWalkOnlyAtTheTopOfTheStack) {
+  g.table.push_back({g.f_regs, OrcEntry{0, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kRegs, true}});
+  g.install_orc(false);
+  // stale was called from the entry code, whose ORC says "pt_regs at my SP".
+  auto plant = [&](uint64_t regs) {
+    g.fill_stack_with(0);
+    k.mem.put<uint64_t>(regs - 16, g.f_stale + 0x8);
+    k.mem.put<uint64_t>(regs - 8, g.f_regs + 0x4);
+    k.mem.put<uint64_t>(regs + 8 * 17, 0x33);  // user CS
+  };
+  plant(OrcStack::kStack + OrcStack::kStackSize - OrcStack::kPtRegsSize);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"stale", "entry_regs"}));
+  EXPECT_TRUE(bt->notes.empty());
+
+  plant(OrcStack::kStack + 0x1000);
+  bt = trace();
+  ASSERT_TRUE(bt.ok());
+  ASSERT_EQ(bt->notes.size(), 1u);
+  EXPECT_NE(bt->notes[0].find("not at the top of the stack"), std::string::npos) << bt->notes[0];
+}
+
 TEST_F(BacktraceTest, Linux61FormatFromBtfAndByMajority) {
   g.install_orc(true);
   auto no_btf = BacktraceReader::create(k);

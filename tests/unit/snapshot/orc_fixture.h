@@ -57,6 +57,7 @@ struct OrcStack {
     f_stale = k.func("stale");
     f_loop = k.func("loop");
     f_end = k.func("end_of_text");
+    f_regs = k.func("entry_regs");
     k.add_symbol("_stext", SyntheticKernel::kText);
     k.add_symbol("_etext", SyntheticKernel::kText + 0x10000);
     k.mem.map(kOrc, kOrcSize);
@@ -151,7 +152,7 @@ struct OrcStack {
   }
 
   SyntheticKernel& k;
-  uint64_t f_entry = 0, f_outer = 0, f_middle = 0, f_inner = 0, f_stale = 0, f_loop = 0, f_end = 0;
+  uint64_t f_entry = 0, f_outer = 0, f_middle = 0, f_inner = 0, f_stale = 0, f_loop = 0, f_end = 0, f_regs = 0;
   std::vector<std::pair<uint64_t, OrcEntry>> table;
   uint64_t task = 0, stack = kStack;
   uint64_t slot_entry = 0, slot_outer = 0, slot_middle = 0, sp_inner = 0, pt_regs = 0, stale_slot = 0;
