@@ -148,6 +148,7 @@ uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
   const uint64_t n = L.ncpus, q = L.opt.max_queue_entries;
   uint64_t per_cpu = 1024 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
                      L.task.buf_len() + L.node.buf_len() + L.mask_bytes + 16 * kPerRequest +
+                     /* stack-end word */ 8 + 4 + kPerRequest +
                      q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
   uint64_t per_pair = L.cfd ? sizeof(CfdTarget) + L.csd.buf_len() + kPerObject + kPerRequest : 0;
   uint64_t printk = 0;
