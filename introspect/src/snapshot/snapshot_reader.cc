@@ -755,8 +755,17 @@ Result<Backtrace> SnapshotReader::backtrace_cpu(const GuestSnapshot& s, uint32_t
     BacktraceOptions o = layout_->opt.backtrace;
     if (!o.orc.budget) o.orc.budget = layout_->opt.budget;
     auto r = BacktraceReader::create(kernel_, o);
-    if (r) backtracer_ = std::move(r).value();
-    else backtracer_error_ = std::move(r).error();
+    if (r) {
+      backtracer_ = std::move(r).value();
+    } else {
+      // What the kernel lacks or a table that is wrong stays so for this boot; a budget held by
+      // something else or a read that failed may pass next time.
+      const ErrorCode c = r.error().code;
+      if (c != ErrorCode::kOverBudget && c != ErrorCode::kUnmapped && c != ErrorCode::kIo) {
+        backtracer_error_ = r.error();
+      }
+      return std::move(r).error();
+    }
   }
   if (!backtracer_) return *backtracer_error_;
   return backtracer_->backtrace_task(s.cpus[cpu].rq.curr.address);

@@ -263,5 +263,31 @@ TEST_F(BacktraceTest, SnapshotChecksStackEndMagicAndBacktracesOnlyWhenAsked) {
   EXPECT_EQ(j["frames"][1]["verification"], "orc_chain");
 }
 
+TEST_F(BacktraceTest, BacktraceCpuRetriesAfterTheBudgetFreesUpButNotAfterAMissingTable) {
+  SnapshotOptions o;
+  o.budget = std::make_shared<MemoryBudget>("vm", 4 << 20);
+  auto reader = SnapshotReader::create(k, o);
+  ASSERT_TRUE(reader.ok()) << reader.error().to_string();
+  GuestSnapshot s = (*reader)->take();
+  auto missing = (*reader)->backtrace_cpu(s, 0);  // no ORC tables installed yet
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  g.install_orc(false);
+  EXPECT_FALSE((*reader)->backtrace_cpu(s, 0).ok());  // a kernel without ORC stays so
+
+  auto reader2 = SnapshotReader::create(k, o);
+  ASSERT_TRUE(reader2.ok());
+  s = (*reader2)->take();
+  auto held = MemoryCharge::take(o.budget, "someone else", o.budget->limit() - o.budget->used() - 8);
+  ASSERT_TRUE(held.ok());
+  auto over = (*reader2)->backtrace_cpu(s, 0);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.error().code, ErrorCode::kOverBudget);
+  held->reset();
+  auto bt = (*reader2)->backtrace_cpu(s, 0);
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->frames.front().symbol, "inner");
+}
+
 }  // namespace
 }  // namespace stallmon::introspect

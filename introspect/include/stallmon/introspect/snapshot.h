@@ -222,7 +222,7 @@ class SnapshotReader {
   KernelAccess& kernel_;
   std::unique_ptr<Layout> layout_;
   std::unique_ptr<BacktraceReader> backtracer_;
-  std::optional<Error> backtracer_error_;  // why it could not be created (not retried)
+  std::optional<Error> backtracer_error_;  // why it cannot be created (permanent errors only)
 };
 
 // Reads the tail of the printk ring buffer (struct printk_ringbuffer, 5.10+) on its own: the
