@@ -127,6 +127,7 @@ struct InspectArgs {
   SourceOptions src;
   bool json = false;
   uint32_t printk_lines = 20;
+  bool backtraces = false;
   std::string vmlinux, btf;
   uint32_t repeat = 1;
 };
@@ -146,6 +147,7 @@ int run_inspect(const InspectArgs& a) {
   auto access = make_kernel_access(**kernel);
   SnapshotOptions so;
   so.read_printk = a.printk_lines > 0;
+  so.read_backtraces = a.backtraces;
   so.printk_records = std::max<uint32_t>(a.printk_lines, 1);
   auto reader = SnapshotReader::create(*access, so);
   if (!reader) return fail("snapshot layout", reader.error());
@@ -232,6 +234,8 @@ void add_inspect_command(CLI::App& app, std::function<int()>& run) {
   CLI::App* c = app.add_subcommand("inspect", "print the guest kernel's per-CPU state (runqueues, IPIs, watchdogs, printk)");
   add_source_options(c, a->src, true);
   c->add_flag("--json", a->json, "JSON instead of a table");
+  c->add_flag("--backtraces", a->backtraces,
+              "each CPU's kernel backtrace from its stack, verified with the guest's ORC tables");
   c->add_option("--printk", a->printk_lines, "printk records to show (0: none)")->capture_default_str();
   c->add_option("--vmlinux", a->vmlinux, "vmlinux with symbols (default: kallsyms from guest memory)");
   c->add_option("--btf", a->btf, "BTF file (default: BTF from guest memory)");

@@ -14,6 +14,7 @@
 
 #include "fake_guest.h"
 #include "stallmon/introspect/elf_core.h"
+#include "orc_input.h"
 #include "synthetic_kernel.h"
 
 namespace fs = std::filesystem;
@@ -130,6 +131,17 @@ int main(int argc, char** argv) {
     append(in, uint32_t{4 * 4 + 5});  // the ring header
     append(in, uint64_t{0x7fffffffffffffffull});
     put(root / "printk", "ring_header", in);
+  }
+  // ORC backtracer (orc_input.h): the fixture's chain in both formats, without its interrupt
+  // frame, and a stack of self-chaining return addresses.
+  {
+    fuzz::OrcGuest o;
+    put(root / "orc", "chain_v64", fuzz::encode_orc_input(o.g, false));
+    put(root / "orc", "chain_v61", fuzz::encode_orc_input(o.g, true));
+    o.g.clear_pt_regs();
+    put(root / "orc", "chain_no_pt_regs", fuzz::encode_orc_input(o.g, false));
+    o.g.fill_stack_with(o.g.f_loop + 4);
+    put(root / "orc", "self_chaining", fuzz::encode_orc_input(o.g, false));
   }
   std::printf("seeds written to %s\n", root.c_str());
   return 0;

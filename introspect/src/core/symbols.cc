@@ -172,7 +172,10 @@ std::optional<SymbolLookup> SymbolTable::lookup(uint64_t addr, uint64_t max_offs
   while (it != by_address_.begin() && symbols_[*(it - 1)].address == base) --it;
   const Symbol& s = symbols_[*it];
   if (addr - s.address > max_offset) return std::nullopt;
-  return SymbolLookup{&s, addr - s.address};
+  auto next = std::upper_bound(it, by_address_.end(), base,
+                               [this](uint64_t a, uint32_t i) { return a < symbols_[i].address; });
+  const uint64_t size = next == by_address_.end() ? 0 : symbols_[*next].address - base;
+  return SymbolLookup{&s, addr - s.address, size};
 }
 
 std::string SymbolTable::format(uint64_t addr) const {

@@ -133,6 +133,27 @@ std::string format_snapshot(const GuestSnapshot& s, const SnapshotFormatOptions&
       }
     }
   }
+  for (const CpuSnapshot& c : s.cpus) {
+    if (c.stack_end_corrupt.value_or(false))
+      appendf(out, "CPU%u: current task %s: STACK_END_MAGIC overwritten at %s (stack overflow)\n", c.cpu,
+              task_str(c.rq.curr).c_str(), hex(c.rq.curr.stack).c_str());
+  }
+  for (const CpuSnapshot& c : s.cpus) {
+    if (!c.backtrace) continue;
+    const Backtrace& b = *c.backtrace;
+    appendf(out, "\nCPU%u backtrace of %s (%s, stack %s", c.cpu, task_str(c.rq.curr).c_str(), to_string(b.verification),
+            hex(b.stack_base).c_str());
+    if (b.pt_regs) appendf(out, ", interrupt frame at %s", hex(*b.pt_regs).c_str());
+    out += "):\n";
+    for (size_t i = 0; i < b.frames.size(); ++i) {
+      const Frame& f = b.frames[i];
+      const char* mark = f.verification == Verification::kOrcChain ? "" :
+                         f.verification == Verification::kPtRegs ? " [pt_regs]" : " ?";
+      appendf(out, "  #%-2zu %s%s\n", i, f.format().c_str(), mark);
+    }
+    if (b.truncated) out += "  ... (frame limit)\n";
+    for (const std::string& n : b.notes) appendf(out, "  note: %s\n", n.c_str());
+  }
   if (o.printk && s.printk_read) {
     appendf(out, "\nprintk (last %u of %zu read):\n", std::min<uint32_t>(o.printk_lines, static_cast<uint32_t>(s.printk.size())),
             s.printk.size());
@@ -163,7 +184,28 @@ nlohmann::json task_json(const TaskRef& t) {
     j["pid"] = t.pid;
     j["comm"] = t.comm;
     if (t.state) j["state"] = *t.state;
+    if (t.stack) j["stack"] = hex(t.stack);
   }
+  return j;
+}
+
+nlohmann::json backtrace_json(const Backtrace& b) {
+  nlohmann::json frames = nlohmann::json::array();
+  for (const Frame& f : b.frames) {
+    nlohmann::json fj = {{"address", hex(f.address)}, {"text", f.format()}, {"verification", to_string(f.verification)}};
+    if (!f.symbol.empty()) {
+      fj["symbol"] = f.symbol;
+      fj["offset"] = f.offset;
+      fj["size"] = f.size;
+    }
+    if (!f.module.empty()) fj["module"] = f.module;
+    if (f.stack_slot) fj["stack_slot"] = hex(f.stack_slot);
+    frames.push_back(std::move(fj));
+  }
+  nlohmann::json j = {{"task", hex(b.task)},       {"stack_base", hex(b.stack_base)}, {"stack_size", b.stack_size},
+                      {"verification", to_string(b.verification)}, {"frames", frames}, {"truncated", b.truncated},
+                      {"notes", b.notes}};
+  if (b.pt_regs) j["pt_regs"] = hex(*b.pt_regs);
   return j;
 }
 
@@ -238,6 +280,8 @@ nlohmann::json snapshot_to_json(const GuestSnapshot& s) {
     if (c.watchdog.hrtimer_interrupts_saved) wd["hrtimer_interrupts_saved"] = *c.watchdog.hrtimer_interrupts_saved;
     cj["watchdog"] = wd;
     if (c.steal) cj["steal_time"] = {{"steal_ns", c.steal->steal_ns}, {"version", c.steal->version}, {"preempted", c.steal->preempted}};
+    if (c.stack_end_corrupt) cj["stack_end_corrupt"] = *c.stack_end_corrupt;
+    if (c.backtrace) cj["backtrace"] = backtrace_json(*c.backtrace);
     cpus.push_back(cj);
   }
   j["cpus"] = cpus;

@@ -81,6 +81,11 @@ class KernelAdapter final : public KernelAccess {
     snprintf(off, sizeof off, "+0x%llx", static_cast<unsigned long long>(l->offset));
     return l->symbol->name + off;
   }
+  std::optional<SymbolSpan> symbol_at(uint64_t address) const override {
+    auto l = k_.symbols().lookup(address);
+    if (!l || !l->symbol) return std::nullopt;
+    return SymbolSpan{l->symbol->name, l->symbol->address, l->size};
+  }
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
     return btf_member_layout(k_.types().raw_btf(), type, path);

@@ -103,7 +103,7 @@ struct SnapshotReader::Layout {
   int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1;
 
   FieldSet task;
-  int t_pid = -1, t_comm = -1, t_state = -1;
+  int t_pid = -1, t_comm = -1, t_state = -1, t_stack = -1;
 
   uint64_t llist_first_off = 0;  // llist_head.first
 
@@ -148,6 +148,7 @@ uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
   const uint64_t n = L.ncpus, q = L.opt.max_queue_entries;
   uint64_t per_cpu = 1024 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
                      L.task.buf_len() + L.node.buf_len() + L.mask_bytes + 16 * kPerRequest +
+                     /* stack-end word */ 8 + 4 + kPerRequest +
                      q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
   uint64_t per_pair = L.cfd ? sizeof(CfdTarget) + L.csd.buf_len() + kPerObject + kPerRequest : 0;
   uint64_t printk = 0;
@@ -247,6 +248,10 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
     L.feat.task_state_new = true;
   } else if (auto m2 = k.member("task_struct", "state")) {
     L.t_state = L.task.add(*m2);
+  }
+  if (auto m = k.member("task_struct", "stack"); m && m->size == 8) {
+    L.t_stack = L.task.add(*m);
+    L.feat.task_stack = true;
   }
   L.task.finalize();
 
@@ -530,6 +535,7 @@ GuestSnapshot SnapshotReader::take() {
     t.pid = static_cast<int32_t>(o.get(L.t_pid));
     t.comm = snapshot_detail::guest_string(o.ptr(L.t_comm), L.task.size(L.t_comm));
     if (L.t_state >= 0) t.state = static_cast<uint32_t>(o.get(L.t_state));
+    if (L.t_stack >= 0) t.stack = o.get(L.t_stack);
   };
   for (uint32_t c = 0; c < n; ++c) {
     Work& x = w[c];
@@ -699,6 +705,16 @@ GuestSnapshot SnapshotReader::take() {
     }
   }
 
+  read_stack_ends(s);
+  if (L.opt.read_backtraces) {
+    for (uint32_t c = 0; c < n; ++c) {
+      if (!s.cpus[c].rq.curr.ok) continue;
+      auto bt = backtrace_cpu(s, c);
+      if (bt) s.cpus[c].backtrace = std::move(bt).value();
+      else err(static_cast<int32_t>(c), "backtrace of CPU " + std::to_string(c), bt.error().message, bt.error().address);
+    }
+  }
+
   if (L.printk) {
     auto recs = snapshot_detail::read_printk(k, *L.printk, L.opt.printk_records, L.opt.printk_max_text, &s.errors);
     if (recs) {
@@ -710,6 +726,49 @@ GuestSnapshot SnapshotReader::take() {
   }
   s.duration_ns = monotonic_ns() - s.taken_at_ns;
   return s;
+}
+
+// One batch: the STACK_END_MAGIC word of every CPU's current task (set_task_stack_end_magic
+// writes it at task->stack, the lowest word of the stack; an overflow overwrites it first).
+void SnapshotReader::read_stack_ends(GuestSnapshot& s) {
+  std::vector<ReadRequest> reqs;
+  std::vector<uint64_t> words(s.cpus.size(), 0);
+  std::vector<uint32_t> cpus;
+  for (CpuSnapshot& cs : s.cpus) {
+    if (!cs.rq.curr.ok || !is_aligned_kernel_pointer(cs.rq.curr.stack)) continue;
+    reqs.push_back(ReadRequest{cs.rq.curr.stack, &words[cs.cpu], 8, false});
+    cpus.push_back(cs.cpu);
+  }
+  if (reqs.empty()) return;
+  (void)kernel_.read_batch(reqs);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    CpuSnapshot& cs = s.cpus[cpus[i]];
+    if (reqs[i].ok) cs.stack_end_corrupt = words[cs.cpu] != kStackEndMagic;
+    else s.errors.push_back(SnapshotError{static_cast<int32_t>(cs.cpu), "stack end of CPU " + std::to_string(cs.cpu) + "'s current task", "unreadable", reqs[i].addr});
+  }
+}
+
+Result<Backtrace> SnapshotReader::backtrace_cpu(const GuestSnapshot& s, uint32_t cpu) {
+  if (cpu >= s.cpus.size() || !s.cpus[cpu].rq.curr.ok)
+    return Error(ErrorCode::kInvalidArgument, "backtrace: no current task for CPU " + std::to_string(cpu));
+  if (!backtracer_ && !backtracer_error_) {
+    BacktraceOptions o = layout_->opt.backtrace;
+    if (!o.orc.budget) o.orc.budget = layout_->opt.budget;
+    auto r = BacktraceReader::create(kernel_, o);
+    if (r) {
+      backtracer_ = std::move(r).value();
+    } else {
+      // What the kernel lacks or a table that is wrong stays so for this boot; a budget held by
+      // something else or a read that failed may pass next time.
+      const ErrorCode c = r.error().code;
+      if (c != ErrorCode::kOverBudget && c != ErrorCode::kUnmapped && c != ErrorCode::kIo) {
+        backtracer_error_ = r.error();
+      }
+      return std::move(r).error();
+    }
+  }
+  if (!backtracer_) return *backtracer_error_;
+  return backtracer_->backtrace_task(s.cpus[cpu].rq.curr.address);
 }
 
 Result<std::vector<PrintkRecord>> read_printk_tail(KernelAccess& kernel, uint32_t max_records, uint32_t max_text,

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "subprocess.h"  // stallctl's run_command
+#include "stallmon/introspect/backtrace.h"
 #include "stallmon/introspect/elf_core.h"
 #include "stallmon/introspect/kernel.h"
 #include "stallmon/introspect/snapshot.h"
@@ -326,6 +327,23 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
         EXPECT_FALSE(t.locked) << "CPU" << t.target << " answered";
       }
     }
+    // Where the waiter is (issue 12): its kernel stack, verified with the guest's ORC tables,
+    // shows the csd wait. A CPU spinning with interrupts on is interrupted by its timer every few
+    // ms: the newest interrupt frame gives the spinning function (the RIP its soft-lockup report
+    // prints).
+    Backtrace wbt;
+    bool wait_seen = false;
+    for (int i = 0; i < 25 && !wait_seen; ++i) {
+      auto r = in.reader->backtrace_cpu(s, static_cast<uint32_t>(waiter));
+      ASSERT_TRUE(r.ok()) << r.error().to_string();
+      wbt = std::move(r).value();
+      wait_seen = wbt.verification == Verification::kPtRegs && !wbt.frames.empty() &&
+                  wbt.frames[0].symbol == "smp_call_function_many_cond";
+      if (!wait_seen) usleep(200000);
+    }
+    std::cout << "waiter backtrace (" << to_string(wbt.verification) << "):" << std::endl;
+    for (const Frame& fr : wbt.frames) std::cout << "  " << fr.format() << " " << to_string(fr.verification) << std::endl;
+    EXPECT_TRUE(wait_seen) << "the waiter's trace does not start in smp_call_function_many_cond";
     // The work waits on the frozen CPU: the csd in its call_single_queue (checked above).
     std::cout << "CPU2 curr " << s.cpus[2].rq.curr.comm << ", nr_running " << s.cpus[2].rq.nr_running
               << ", call_single_queue " << s.cpus[2].call_single_queue.size() << " entries" << std::endl;
@@ -358,6 +376,8 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
       ASSERT_TRUE(n.ok()) << n.error().to_string();
       stopped = in.reader->take();  // live view of the very same instant
     }
+    auto stopped_bt = in.reader->backtrace_cpu(stopped, static_cast<uint32_t>(waiter));
+    ASSERT_TRUE(stopped_bt.ok()) << stopped_bt.error().to_string();
     auto core = ElfCoreMemory::open(path);
     ASSERT_TRUE(core.ok()) << core.error().to_string();
     auto img = inspect(std::shared_ptr<PhysicalMemory>(std::move(core).value()));
@@ -374,6 +394,11 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
       EXPECT_EQ(fromcore.cpus[c].watchdog.touch_ts, stopped.cpus[c].watchdog.touch_ts) << c;
     }
     EXPECT_EQ(fromcore.jiffies, stopped.jiffies);
+    // The same trace from the core as from live memory at that instant.
+    auto core_bt = img->reader->backtrace_cpu(fromcore, static_cast<uint32_t>(waiter));
+    ASSERT_TRUE(core_bt.ok()) << core_bt.error().to_string();
+    ASSERT_EQ(core_bt->frames.size(), stopped_bt->frames.size());
+    for (size_t i = 0; i < core_bt->frames.size(); ++i) EXPECT_EQ(core_bt->frames[i].format(), stopped_bt->frames[i].format());
     ASSERT_FALSE(fromcore.cpus[2].call_single_queue.empty());
     EXPECT_EQ(fromcore.cpus[2].call_single_queue[0].object, stopped.cpus[2].call_single_queue[0].object);
 
@@ -392,6 +417,17 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
     // are in the ring buffer exactly as on its console.
     if (!g.wait_console(std::regex("soft lockup"), 5s))
       std::cout << "no soft lockup reported before the thaw (TCG guest time runs slow)" << std::endl;
+    // The guest's own report of the waiter (when its clock got that far) names the function
+    // our trace starts in.
+    const std::string con = g.console();
+    const std::string tag = "soft lockup - CPU#" + std::to_string(waiter) + " ";
+    if (auto at = con.find(tag); at != std::string::npos && wait_seen) {
+      auto rip = con.find("RIP: 0010:", at);
+      ASSERT_NE(rip, std::string::npos);
+      const std::string fn = con.substr(rip + 10, con.find('+', rip) - rip - 10);
+      std::cout << "guest soft-lockup report of CPU" << waiter << ": RIP in " << fn << std::endl;
+      EXPECT_EQ(fn, wbt.frames[0].symbol);
+    }
     expect_printk_matches_console(g, in, 20);
   }
 }

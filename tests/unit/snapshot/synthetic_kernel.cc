@@ -148,6 +148,7 @@ void SyntheticKernel::build_btf() {
   const int task_p = b.ptr_to_next();
   b.add_struct("task_struct", 2048);
   b.field("thread_info", u64, 0);
+  b.field("stack", u64, 8 * 32);
   if (layout == Layout::kLinux61) {
     b.field("__state", u32, 8 * 24);
     b.field("wake_entry", csn, 8 * 512);

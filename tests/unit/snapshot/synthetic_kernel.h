@@ -100,6 +100,14 @@ class SyntheticKernel final : public KernelAccess {
     auto it = funcs_.find(address);
     return it == funcs_.end() ? std::string() : it->second;
   }
+  // Functions made by func() are 0x100 bytes long.
+  std::optional<SymbolSpan> symbol_at(uint64_t address) const override {
+    auto it = funcs_.upper_bound(address);
+    if (it == funcs_.begin()) return std::nullopt;
+    --it;
+    if (address - it->first >= 0x100) return std::nullopt;
+    return SymbolSpan{it->second, it->first, 0x100};
+  }
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     return btf_member_layout(btf_, type, path);
   }

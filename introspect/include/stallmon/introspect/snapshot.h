@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "stallmon/base/result.h"
+#include "stallmon/introspect/backtrace.h"
 #include "stallmon/introspect/memory_budget.h"
 #include "stallmon/introspect/snapshot_access.h"
 
@@ -48,6 +49,7 @@ struct TaskRef {
   int32_t pid = -1;
   std::string comm;      // at most TASK_COMM_LEN-1 printable bytes
   std::optional<uint32_t> state;  // __state (5.14+) or state
+  uint64_t stack = 0;    // task_struct.stack (the lowest address of its kernel stack), 0 if unknown
   bool ok = false;       // pid/comm were read
 };
 
@@ -113,6 +115,12 @@ struct CpuSnapshot {
   bool cfd_ok = false;
   WatchdogState watchdog;
   std::optional<StealTime> steal;  // only when the kernel has steal_time (KVM_GUEST)
+  // The current task's STACK_END_MAGIC (at task->stack) overwritten: its kernel stack
+  // overflowed (or was written past its end). Unset when the word could not be read.
+  std::optional<bool> stack_end_corrupt;
+  // The current task's kernel backtrace: only with SnapshotOptions::read_backtraces (or from
+  // SnapshotReader::backtrace_cpu).
+  std::optional<Backtrace> backtrace;
 };
 
 struct PrintkRecord {
@@ -154,6 +162,11 @@ struct SnapshotOptions {
   uint32_t printk_records = 50;        // tail length
   uint32_t printk_max_text = 1024;     // bytes kept per record (PRINTKRB_RECORD_MAX is 1024)
   bool symbolize = true;               // function names for csd funcs
+  // Backtraces of every CPU's current task in take() (a 16 KiB stack read per CPU and the ORC
+  // tables once): off in the monitor's tick, which asks backtrace_cpu() for the CPUs a finding
+  // involves.
+  bool read_backtraces = false;
+  BacktraceOptions backtrace;  // its orc.budget defaults to `budget`
   // Charged by create() with everything a take() may hold (per-CPU buffers sized from BTF,
   // queue walks, cfd targets, printk text), for the reader's lifetime. null: no budget.
   std::shared_ptr<MemoryBudget> budget;
@@ -170,6 +183,7 @@ struct SnapshotFeatures {
   bool steal_time = false;
   bool printk_ringbuffer = false;  // lockless prb (5.10+)
   bool task_state_new = false;     // task_struct.__state (5.14+)
+  bool task_stack = false;         // task_struct.stack (stack-end magic, backtraces)
 };
 
 class SnapshotReader {
@@ -195,12 +209,20 @@ class SnapshotReader {
   // Upper bound of the heap bytes one take() allocates (what the budget was charged).
   uint64_t take_memory_bytes() const;
 
+  // The kernel backtrace of CPU `cpu`'s current task in `snapshot` (taken by this reader). The
+  // ORC tables are read on the first call and kept (charged to the budget) for the reader's
+  // lifetime. kNotFound without ORC tables or task_struct.stack.
+  Result<Backtrace> backtrace_cpu(const GuestSnapshot& snapshot, uint32_t cpu);
+
   struct Layout;
 
  private:
   explicit SnapshotReader(KernelAccess& kernel);
+  void read_stack_ends(GuestSnapshot& s);
   KernelAccess& kernel_;
   std::unique_ptr<Layout> layout_;
+  std::unique_ptr<BacktraceReader> backtracer_;
+  std::optional<Error> backtracer_error_;  // why it cannot be created (permanent errors only)
 };
 
 // Reads the tail of the printk ring buffer (struct printk_ringbuffer, 5.10+) on its own: the

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -31,6 +32,12 @@ struct MemberLayout {
   bool is_bitfield() const { return bit_size != 0; }
 };
 
+// A symbol with its extent (the next symbol's address minus its own; 0 when unknown).
+struct SymbolSpan {
+  std::string name;
+  uint64_t address = 0, size = 0;
+};
+
 class KernelAccess {
  public:
   virtual ~KernelAccess() = default;
@@ -51,6 +58,12 @@ class KernelAccess {
   // "name" or "name+0x1f" for an address inside a known symbol; empty when unknown.
   virtual std::string symbolize(uint64_t address) const = 0;
 
+  // The symbol containing `address`, with its size (backtraces print "func+0x1f/0x80");
+  // nullopt when unknown. Default: none.
+  virtual std::optional<SymbolSpan> symbol_at(uint64_t address) const {
+    (void)address;
+    return std::nullopt;
+  }
   // Layout of `path` (dot separated, e.g. "cfs.h_nr_running") inside struct/union `type` (no
   // "struct " prefix). kNotFound when the type or a member does not exist: that is how the
   // readers detect kernel features.

@@ -30,6 +30,7 @@ struct Symbol {
 struct SymbolLookup {
   const Symbol* symbol = nullptr;  // points into the SymbolTable
   uint64_t offset = 0;             // address - symbol->address
+  uint64_t size = 0;               // next higher symbol address - symbol->address; 0 for the last
 };
 
 // Bounds applied to every source.

@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: Apache-2.0
+// Live kernel backtraces of guest tasks from guest memory alone: no debuginfo, no pause, no
+// registers. The task's kernel stack is read, candidate return addresses (kernel text) are
+// verified with the kernel's own ORC unwind tables (read from guest memory, found through
+// kallsyms), and saved interrupt frames (pt_regs) give the interrupted RIP of a CPU that takes
+// interrupts. Limits (see introspect/README.md, "Backtraces"): the stack is read while the CPU
+// runs, so the innermost live function is only seen when an interrupt frame is on the stack,
+// and frames below the live one are stale.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stallmon/base/result.h"
+#include "stallmon/introspect/memory_budget.h"
+#include "stallmon/introspect/snapshot_access.h"
+
+namespace stallmon::introspect {
+
+// arch/x86/include/asm/orc_types.h. ORC_REG_* are the same in every version.
+enum OrcReg : uint8_t {
+  kOrcRegUndefined = 0,
+  kOrcRegPrevSp = 1,
+  kOrcRegDx = 2,
+  kOrcRegDi = 3,
+  kOrcRegBp = 4,
+  kOrcRegSp = 5,
+  kOrcRegR10 = 6,
+  kOrcRegR13 = 7,
+  kOrcRegBpIndirect = 8,
+  kOrcRegSpIndirect = 9,
+};
+
+// Frame kinds normalised across the ORC format versions.
+enum class OrcType : uint8_t { kUndefined, kEndOfStack, kCall, kRegs, kRegsPartial };
+const char* to_string(OrcType t);
+
+struct OrcEntry {
+  int16_t sp_offset = 0;
+  int16_t bp_offset = 0;
+  uint8_t sp_reg = kOrcRegUndefined;
+  uint8_t bp_reg = kOrcRegUndefined;
+  OrcType type = OrcType::kUndefined;
+  bool signal = false;
+};
+
+// Where the bitfields of the 6-byte struct orc_entry sit (bit positions in its third u16).
+// Two formats: before 6.4 `type:2` (CALL 0, REGS 1, REGS_PARTIAL 2) followed by `end:1` (6.1;
+// 6.3 added `signal:1` before `end`); since 6.4 `type:3` (UNDEFINED 0, END_OF_STACK 1, CALL 2,
+// REGS 3, REGS_PARTIAL 4) and `signal:1`, no `end`.
+struct OrcFormat {
+  uint32_t entry_size = 6;
+  uint32_t sp_offset_at = 0, bp_offset_at = 2;  // byte offsets of the s16s
+  uint32_t bits_at = 4;                         // byte offset of the bitfield word
+  uint8_t sp_reg_shift = 0, bp_reg_shift = 4, type_shift = 8, type_bits = 3;
+  std::optional<uint8_t> signal_shift = 11;
+  std::optional<uint8_t> end_shift;  // present: the pre-6.4 format
+  static OrcFormat v64();            // 6.4+: type:3 signal:1
+  static OrcFormat v61();            // 6.1: type:2 end:1
+  // From the guest's BTF (struct orc_entry), when it has the type; nullopt otherwise.
+  static std::optional<OrcFormat> from_btf(const KernelAccess& k);
+  OrcEntry decode(const uint8_t* p) const;
+};
+
+struct OrcLimits {
+  // The real 6.1/6.12 vmlinux tables hold a few hundred thousand entries; a guest-controlled
+  // __stop_orc_unwind_ip past this is refused with kLimit.
+  uint64_t max_entries = 2'000'000;
+  std::shared_ptr<MemoryBudget> budget;  // charged "ORC tables" for the table's lifetime
+};
+
+// The vmlinux ORC tables (__start_orc_unwind_ip.. and __start_orc_unwind..). Module tables
+// are not read: module text has no entry and is shown unverified.
+class OrcTable {
+ public:
+  // Reads and decodes both tables (entries charged to limits.budget before allocation).
+  // The format: OrcFormat::from_btf, else the one whose CALL type is the majority (CALL frames
+  // dominate every real table: type value 0 before 6.4, 2 since).
+  static Result<OrcTable> read(KernelAccess& k, const OrcLimits& limits = {});
+  // From decoded parts (tests, fuzzing): ips must be sorted for lookups to be exact.
+  OrcTable(std::vector<uint64_t> ips, std::vector<OrcEntry> entries);
+  OrcTable() = default;
+
+  // The entry covering `ip`: the last one whose ip is <= `ip`; nullopt below the first.
+  std::optional<OrcEntry> find(uint64_t ip) const;
+  size_t size() const { return ips_.size(); }
+  uint64_t first_ip() const { return ips_.empty() ? 0 : ips_.front(); }
+  uint64_t last_ip() const { return ips_.empty() ? 0 : ips_.back(); }
+  const OrcFormat& format() const { return format_; }
+
+ private:
+  std::vector<uint64_t> ips_;
+  std::vector<OrcEntry> entries_;
+  OrcFormat format_;
+  MemoryCharge charge_;
+};
+
+enum class Verification : uint8_t {
+  kOrcChain,          // reached from a consistent ORC chain of at least 2 frames
+  kPtRegs,            // the interrupted RIP of a saved kernel interrupt frame on the stack
+  kScannedUnverified, // a kernel text address found on the stack, not confirmed by ORC
+};
+const char* to_string(Verification v);
+
+struct Frame {
+  uint64_t address = 0;       // return address (or interrupted RIP)
+  uint64_t stack_slot = 0;    // where on the stack it was found (0: from pt_regs.ip)
+  std::string symbol;         // empty when unknown
+  uint64_t offset = 0, size = 0;
+  std::string module;         // empty: vmlinux (module symbols are not decoded)
+  Verification verification = Verification::kScannedUnverified;
+  // "function+0xoff/0xlen" (or the hex address when unknown).
+  std::string format() const;
+};
+
+struct Backtrace {
+  uint64_t task = 0;
+  uint64_t stack_base = 0, stack_size = 0;
+  std::vector<Frame> frames;  // innermost first
+  // How the trace was found: from an interrupt frame (pt_regs, then its ORC chain), from the
+  // innermost return address that starts an ORC chain, or neither (every text address listed).
+  Verification verification = Verification::kScannedUnverified;
+  std::optional<uint64_t> pt_regs;  // address of the interrupt frame the trace starts from
+  bool truncated = false;           // max_frames hit
+  std::vector<std::string> notes;   // why a chain stopped, what was skipped
+};
+
+struct BacktraceOptions {
+  uint32_t max_frames = 64;
+  uint64_t thread_size = 16384;  // THREAD_SIZE on x86_64 (KASAN doubles it: set it then)
+  OrcLimits orc;
+};
+
+// STACK_END_MAGIC (include/uapi/linux/magic.h), written at task->stack (end_of_stack) by
+// set_task_stack_end_magic; a deep overflow overwrites it.
+inline constexpr uint64_t kStackEndMagic = 0x57AC6E9D;
+
+class BacktraceReader {
+ public:
+  // Resolves task_struct.stack, kernel text bounds (_stext.._etext) and reads the ORC tables
+  // (kNotFound without __start_orc_unwind_ip: a kernel built without CONFIG_UNWINDER_ORC).
+  // `k` must outlive the reader.
+  static Result<std::unique_ptr<BacktraceReader>> create(KernelAccess& k, BacktraceOptions options = {});
+
+  // The backtrace of `task` (a task_struct address): reads its stack (thread_size bytes).
+  Result<Backtrace> backtrace_task(uint64_t task);
+  // Same on stack bytes already read (tests, fuzzing): `stack` holds thread_size bytes from `base`.
+  Backtrace backtrace_stack(uint64_t task, uint64_t base, const std::vector<uint8_t>& stack) const;
+
+  const OrcTable& orc() const { return orc_; }
+  // Core kernel text, and init text (the boot CPU's idle task returns into start_kernel there).
+  bool in_text(uint64_t ip) const {
+    return (ip >= text_start_ && ip < text_end_) || (ip >= init_start_ && ip < init_end_);
+  }
+
+ private:
+  BacktraceReader(KernelAccess& k, BacktraceOptions o) : k_(k), opt_(std::move(o)) {}
+  Frame make_frame(uint64_t address, uint64_t slot, Verification v) const;
+  KernelAccess& k_;
+  BacktraceOptions opt_;
+  OrcTable orc_;
+  uint64_t stack_member_ = 0;
+  uint64_t text_start_ = 0, text_end_ = 0, init_start_ = 0, init_end_ = 0;
+};
+
+}  // namespace stallmon::introspect

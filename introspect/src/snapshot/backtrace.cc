@@ -1,0 +1,557 @@
+// SPDX-License-Identifier: Apache-2.0
+// Backtraces from a guest task's kernel stack, verified with the guest's ORC tables.
+//
+// The unwind step follows arch/x86/kernel/unwind_orc.c (unwind_next_frame): the ORC entry of
+// the current ip (ip - 1 for a return address, which may sit right after the last instruction
+// of a function ending in a call) gives the previous frame's SP (the CFA) from SP or BP, and
+// the frame type says what sits there: CALL, a return address at CFA - 8; REGS, a full
+// struct pt_regs at the CFA; REGS_PARTIAL, an iret frame at the CFA. Only the task's own stack
+// is read: a chain that leaves it (an IRQ-stack switch) stops there.
+#include "stallmon/introspect/backtrace.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace stallmon::introspect {
+
+namespace {
+
+constexpr uint64_t kKernelCs = 0x10;      // __KERNEL_CS
+constexpr uint64_t kKernelDs = 0x18;      // __KERNEL_DS (ss of a kernel interrupt frame, or 0)
+constexpr uint64_t kPtRegsWords = 21;     // struct pt_regs on x86_64 (r15 .. ss)
+constexpr uint64_t kRegsBp = 4, kRegsIp = 16, kRegsCs = 17, kRegsFlags = 18, kRegsSp = 19, kRegsSs = 20;
+constexpr uint64_t kReadChunk = 64 << 10;
+
+std::string hex(uint64_t v) {
+  char b[24];
+  snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
+// A read-only view of the stack bytes: every word read is bounds-checked.
+struct StackView {
+  uint64_t base = 0;
+  const std::vector<uint8_t>* bytes = nullptr;
+  bool inside(uint64_t a, uint64_t len = 8) const {
+    return a >= base && len <= bytes->size() && a - base <= bytes->size() - len;
+  }
+  std::optional<uint64_t> word(uint64_t a) const {
+    if (!inside(a)) return std::nullopt;
+    uint64_t v;
+    std::memcpy(&v, bytes->data() + (a - base), 8);
+    return v;
+  }
+};
+
+struct UnwindState {
+  uint64_t ip = 0, sp = 0, bp = 0;
+  bool bp_known = false;
+  bool signal = false;  // ip is an interrupted RIP, not a return address
+  uint64_t slot = 0;    // where ip was read (0 for pt_regs)
+};
+
+enum class Step { kNext, kEnd, kFail };
+
+}  // namespace
+
+const char* to_string(OrcType t) {
+  switch (t) {
+    case OrcType::kUndefined: return "undefined";
+    case OrcType::kEndOfStack: return "end_of_stack";
+    case OrcType::kCall: return "call";
+    case OrcType::kRegs: return "regs";
+    case OrcType::kRegsPartial: return "regs_partial";
+  }
+  return "?";
+}
+
+const char* to_string(Verification v) {
+  switch (v) {
+    case Verification::kOrcChain: return "orc_chain";
+    case Verification::kPtRegs: return "pt_regs";
+    case Verification::kScannedUnverified: return "scanned_unverified";
+  }
+  return "?";
+}
+
+std::string Frame::format() const {
+  std::string s = symbol.empty() ? hex(address) : symbol + "+" + hex(offset) + (size ? "/" + hex(size) : "");
+  if (!module.empty()) s += " [" + module + "]";
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ORC format and table
+
+OrcFormat OrcFormat::v64() { return OrcFormat{}; }
+
+OrcFormat OrcFormat::v61() {
+  OrcFormat f;
+  f.type_bits = 2;
+  f.signal_shift.reset();
+  f.end_shift = 10;
+  return f;
+}
+
+std::optional<OrcFormat> OrcFormat::from_btf(const KernelAccess& k) {
+  auto size = k.type_size("orc_entry");
+  auto sp_off = k.member("orc_entry", "sp_offset");
+  auto bp_off = k.member("orc_entry", "bp_offset");
+  auto sp_reg = k.member("orc_entry", "sp_reg");
+  auto bp_reg = k.member("orc_entry", "bp_reg");
+  auto type = k.member("orc_entry", "type");
+  if (!size || !sp_off || !bp_off || !sp_reg || !bp_reg || !type) return std::nullopt;
+  if (*size < 6 || *size > 16 || sp_off->size != 2 || bp_off->size != 2 || sp_off->offset() + 2 > *size ||
+      bp_off->offset() + 2 > *size)
+    return std::nullopt;
+  OrcFormat f;
+  f.entry_size = static_cast<uint32_t>(*size);
+  f.sp_offset_at = static_cast<uint32_t>(sp_off->offset());
+  f.bp_offset_at = static_cast<uint32_t>(bp_off->offset());
+  // The bitfields share one 16-bit word: the lowest-placed of them says where it starts.
+  const uint64_t word_bit = std::min({sp_reg->bit_offset, bp_reg->bit_offset, type->bit_offset}) / 16 * 16;
+  if (word_bit / 8 + 2 > *size) return std::nullopt;
+  f.bits_at = static_cast<uint32_t>(word_bit / 8);
+  auto shift_of = [&](const MemberLayout& m, uint32_t max_bits) -> std::optional<uint8_t> {
+    if (!m.is_bitfield() || m.bit_size > max_bits || m.bit_offset < word_bit || m.bit_offset + m.bit_size > word_bit + 16)
+      return std::nullopt;
+    return static_cast<uint8_t>(m.bit_offset - word_bit);
+  };
+  auto s1 = shift_of(*sp_reg, 4), s2 = shift_of(*bp_reg, 4), s3 = shift_of(*type, 3);
+  if (!s1 || !s2 || !s3) return std::nullopt;
+  f.sp_reg_shift = *s1;
+  f.bp_reg_shift = *s2;
+  f.type_shift = *s3;
+  f.type_bits = static_cast<uint8_t>(type->bit_size);
+  f.signal_shift.reset();
+  if (auto m = k.member("orc_entry", "signal")) f.signal_shift = shift_of(*m, 1);
+  if (auto m = k.member("orc_entry", "end")) {
+    f.end_shift = shift_of(*m, 1);
+    if (!f.end_shift) return std::nullopt;
+  }
+  return f;
+}
+
+OrcEntry OrcFormat::decode(const uint8_t* p) const {
+  OrcEntry e;
+  std::memcpy(&e.sp_offset, p + sp_offset_at, 2);
+  std::memcpy(&e.bp_offset, p + bp_offset_at, 2);
+  uint16_t bits;
+  std::memcpy(&bits, p + bits_at, 2);
+  e.sp_reg = (bits >> sp_reg_shift) & 0xf;
+  e.bp_reg = (bits >> bp_reg_shift) & 0xf;
+  const uint32_t type = (bits >> type_shift) & ((1u << type_bits) - 1);
+  if (signal_shift) e.signal = (bits >> *signal_shift) & 1;
+  if (end_shift) {
+    // Before 6.4: CALL 0, REGS 1, REGS_PARTIAL 2 (REGS and REGS_PARTIAL imply signal), and an
+    // `end` bit for the outermost frame; an undefined sp_reg meant "no unwind info".
+    static constexpr OrcType kOld[4] = {OrcType::kCall, OrcType::kRegs, OrcType::kRegsPartial, OrcType::kUndefined};
+    e.type = kOld[type & 3];
+    if (e.type != OrcType::kCall) e.signal = true;
+    if ((bits >> *end_shift) & 1) e.type = OrcType::kEndOfStack;
+    else if (e.sp_reg == kOrcRegUndefined) e.type = OrcType::kUndefined;
+  } else {
+    static constexpr OrcType kNew[8] = {OrcType::kUndefined, OrcType::kEndOfStack, OrcType::kCall,
+                                        OrcType::kRegs,      OrcType::kRegsPartial, OrcType::kUndefined,
+                                        OrcType::kUndefined, OrcType::kUndefined};
+    e.type = kNew[type & 7];
+  }
+  return e;
+}
+
+OrcTable::OrcTable(std::vector<uint64_t> ips, std::vector<OrcEntry> entries)
+    : ips_(std::move(ips)), entries_(std::move(entries)) {
+  if (entries_.size() < ips_.size()) ips_.resize(entries_.size());
+  entries_.resize(ips_.size());
+}
+
+std::optional<OrcEntry> OrcTable::find(uint64_t ip) const {
+  auto it = std::upper_bound(ips_.begin(), ips_.end(), ip);
+  if (it == ips_.begin()) return std::nullopt;
+  return entries_[static_cast<size_t>(it - ips_.begin() - 1)];
+}
+
+Result<OrcTable> OrcTable::read(KernelAccess& k, const OrcLimits& limits) {
+  auto ctx = [](Error e) { return std::move(e).context("ORC tables"); };
+  auto start_ip = k.symbol("__start_orc_unwind_ip");
+  if (!start_ip) return ctx(std::move(start_ip).error());
+  auto stop_ip = k.symbol("__stop_orc_unwind_ip");
+  if (!stop_ip) return ctx(std::move(stop_ip).error());
+  auto start = k.symbol("__start_orc_unwind");
+  if (!start) return ctx(std::move(start).error());
+  if (*stop_ip <= *start_ip || (*stop_ip - *start_ip) % 4 != 0)
+    return Error(ErrorCode::kCorrupt, "ORC tables: __start_orc_unwind_ip " + hex(*start_ip) +
+                                          " .. __stop_orc_unwind_ip " + hex(*stop_ip) + " is not a table of s32");
+  const uint64_t count = (*stop_ip - *start_ip) / 4;
+  if (count > limits.max_entries)
+    return Error(ErrorCode::kLimit, "ORC tables: " + std::to_string(count) + " entries (__stop_orc_unwind_ip - "
+                                    "__start_orc_unwind_ip) exceed the limit of " +
+                                    std::to_string(limits.max_entries));
+
+  std::optional<OrcFormat> btf_format = OrcFormat::from_btf(k);
+  const uint32_t esize = btf_format ? btf_format->entry_size : 6;
+  if (auto stop = k.symbol("__stop_orc_unwind"); stop && *stop - *start != count * esize)
+    return Error(ErrorCode::kCorrupt, "ORC tables: __stop_orc_unwind - __start_orc_unwind is " +
+                                          std::to_string(*stop - *start) + " bytes, not " + std::to_string(count) +
+                                          " entries of " + std::to_string(esize));
+
+  // The raw tables while decoding, then the decoded ones for the table's lifetime.
+  const uint64_t raw = count * (4 + esize);
+  const uint64_t decoded = count * (sizeof(uint64_t) + sizeof(OrcEntry));
+  STALLMON_TRY(MemoryCharge raw_charge, MemoryCharge::take(limits.budget, "ORC tables (raw)", raw));
+  STALLMON_TRY(MemoryCharge charge, MemoryCharge::take(limits.budget, "ORC tables", decoded));
+  std::vector<uint8_t> ipb(count * 4), eb(count * esize);
+  auto read_all = [&](uint64_t va, std::vector<uint8_t>& out, const char* what) -> Result<void> {
+    for (uint64_t pos = 0; pos < out.size(); pos += kReadChunk) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kReadChunk, out.size() - pos));
+      auto r = k.read(va + pos, out.data() + pos, n);
+      if (!r) return std::move(r).error().context(std::string("ORC tables: reading ") + what);
+    }
+    return Ok();
+  };
+  STALLMON_TRY_VOID(read_all(*start_ip, ipb, "__start_orc_unwind_ip"));
+  STALLMON_TRY_VOID(read_all(*start, eb, "__start_orc_unwind"));
+
+  OrcFormat format;
+  if (btf_format) {
+    format = *btf_format;
+  } else {
+    // No struct orc_entry in BTF: CALL frames are the majority of every real table; the 3 bits
+    // above the registers read 0 for them before 6.4 (type:2 = 0, end = 0) and 2 since.
+    uint64_t zero = 0, two = 0;
+    for (uint64_t i = 0; i < count; ++i) {
+      const uint32_t t = (static_cast<uint32_t>(eb[i * 6 + 5]) & 0x7);
+      zero += t == 0;
+      two += t == 2;
+    }
+    format = zero > two ? OrcFormat::v61() : OrcFormat::v64();
+  }
+
+  OrcTable t;
+  t.ips_.resize(count);
+  t.entries_.resize(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    int32_t rel;
+    std::memcpy(&rel, ipb.data() + i * 4, 4);
+    t.ips_[i] = *start_ip + i * 4 + static_cast<uint64_t>(static_cast<int64_t>(rel));
+    t.entries_[i] = format.decode(eb.data() + i * esize);
+  }
+  // vmlinux tables are sorted at build time (scripts/sorttable); a table that is not cannot be
+  // searched, and a guest that unsorts it gets no verified traces rather than wrong ones.
+  if (!std::is_sorted(t.ips_.begin(), t.ips_.end()))
+    return Error(ErrorCode::kCorrupt, "ORC tables: __start_orc_unwind_ip is not sorted");
+  t.format_ = format;
+  t.charge_ = std::move(charge);
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backtraces
+
+Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k, BacktraceOptions options) {
+  if (options.thread_size < 4096 || options.thread_size > (1u << 20) || options.thread_size % 8 != 0)
+    return Error(ErrorCode::kInvalidArgument, "backtrace: thread_size " + std::to_string(options.thread_size));
+  std::unique_ptr<BacktraceReader> r(new BacktraceReader(k, options));
+  auto stack = k.member("task_struct", "stack");
+  if (!stack) return std::move(stack).error().context("backtrace");
+  r->stack_member_ = stack->offset();
+  auto s = k.symbol("_stext");
+  if (!s) return std::move(s).error().context("backtrace");
+  auto e = k.symbol("_etext");
+  if (!e) return std::move(e).error().context("backtrace");
+  if (*e <= *s) return Error(ErrorCode::kCorrupt, "backtrace: _etext " + hex(*e) + " not above _stext " + hex(*s));
+  r->text_start_ = *s;
+  r->text_end_ = *e;
+  auto is = k.symbol("_sinittext"), ie = k.symbol("_einittext");
+  if (is && ie && *is < *ie && *ie - *is < (64u << 20)) {
+    r->init_start_ = *is;
+    r->init_end_ = *ie;
+  }
+  STALLMON_TRY(r->orc_, OrcTable::read(k, options.orc));
+  return r;
+}
+
+Result<Backtrace> BacktraceReader::backtrace_task(uint64_t task) {
+  uint64_t stack = 0;
+  auto rd = k_.read(task + stack_member_, &stack, 8);
+  if (!rd) return std::move(rd).error().context("backtrace: task_struct.stack of " + hex(task));
+  if (stack % opt_.thread_size != 0 && stack % 4096 != 0)
+    return Error(ErrorCode::kCorrupt, "backtrace: task " + hex(task) + " stack " + hex(stack) + " is not page aligned", stack);
+  STALLMON_TRY(MemoryCharge c, MemoryCharge::take(opt_.orc.budget, "backtrace stack", opt_.thread_size));
+  std::vector<uint8_t> bytes(opt_.thread_size);
+  auto r = k_.read(stack, bytes.data(), bytes.size());
+  if (!r) return std::move(r).error().context("backtrace: stack of task " + hex(task));
+  return backtrace_stack(task, stack, bytes);
+}
+
+Frame BacktraceReader::make_frame(uint64_t address, uint64_t slot, Verification v) const {
+  Frame f;
+  f.address = address;
+  f.stack_slot = slot;
+  f.verification = v;
+  if (auto s = k_.symbol_at(address)) {
+    f.symbol = s->name;
+    f.offset = address - s->address;
+    f.size = s->size;
+  } else {
+    f.symbol = k_.symbolize(address);
+    if (auto plus = f.symbol.find('+'); plus != std::string::npos) {
+      f.offset = std::strtoull(f.symbol.c_str() + plus + 1, nullptr, 16);
+      f.symbol.resize(plus);
+    }
+  }
+  return f;
+}
+
+namespace {
+
+// One ORC step from `s` inside the stack `v`. On kNext `s` is the caller's state.
+Step orc_step(const OrcTable& orc, const StackView& v, UnwindState& s, std::string& why) {
+  auto e = orc.find(s.signal ? s.ip : s.ip - 1);
+  if (!e) {
+    why = "no ORC entry for " + hex(s.ip);
+    return Step::kFail;
+  }
+  if (e->type == OrcType::kEndOfStack) return Step::kEnd;
+  if (e->type == OrcType::kUndefined) {
+    why = "undefined ORC entry for " + hex(s.ip);
+    return Step::kFail;
+  }
+  uint64_t cfa = 0;
+  switch (e->sp_reg) {
+    case kOrcRegSp: cfa = s.sp + static_cast<uint64_t>(static_cast<int64_t>(e->sp_offset)); break;
+    case kOrcRegBp:
+      if (!s.bp_known) {
+        why = "CFA from an unknown BP at " + hex(s.ip);
+        return Step::kFail;
+      }
+      cfa = s.bp + static_cast<uint64_t>(static_cast<int64_t>(e->sp_offset));
+      break;
+    case kOrcRegSpIndirect: {
+      auto w = v.word(s.sp);
+      if (!w) {
+        why = "indirect SP outside the stack at " + hex(s.ip);
+        return Step::kFail;
+      }
+      cfa = *w + static_cast<uint64_t>(static_cast<int64_t>(e->sp_offset));
+      break;
+    }
+    case kOrcRegBpIndirect: {
+      auto w = s.bp_known ? v.word(s.bp + static_cast<uint64_t>(static_cast<int64_t>(e->sp_offset))) : std::nullopt;
+      if (!w) {
+        why = "indirect BP unusable at " + hex(s.ip);
+        return Step::kFail;
+      }
+      cfa = *w;
+      break;
+    }
+    default: why = "CFA in register " + std::to_string(e->sp_reg) + " at " + hex(s.ip); return Step::kFail;
+  }
+  UnwindState n;
+  switch (e->type) {
+    case OrcType::kCall: {
+      auto ra = v.word(cfa - 8);
+      if (!ra) {
+        why = "return address of " + hex(s.ip) + " outside the task stack (CFA " + hex(cfa) + ")";
+        return Step::kFail;
+      }
+      n.ip = *ra;
+      n.sp = cfa;
+      n.slot = cfa - 8;
+      n.signal = false;
+      break;
+    }
+    case OrcType::kRegs: {
+      auto ip = v.word(cfa + 8 * kRegsIp), cs = v.word(cfa + 8 * kRegsCs), sp = v.word(cfa + 8 * kRegsSp),
+           bp = v.word(cfa + 8 * kRegsBp);
+      if (!ip || !cs || !sp || !bp) {
+        why = "pt_regs of " + hex(s.ip) + " outside the task stack";
+        return Step::kFail;
+      }
+      if ((*cs & 3) != 0) {
+        // Entered from user mode: the outermost kernel frame, whose registers sit at the very top
+        // of the stack (task_pt_regs). Anywhere else they are stale bytes, not an end.
+        if (v.inside(cfa + 8 * kPtRegsWords, 0) && cfa + 8 * kPtRegsWords == v.base + v.bytes->size()) return Step::kEnd;
+        why = "user-mode registers of " + hex(s.ip) + " not at the top of the stack";
+        return Step::kFail;
+      }
+      n.ip = *ip;
+      n.sp = *sp;
+      n.bp = *bp;
+      n.bp_known = true;
+      n.signal = true;
+      break;
+    }
+    case OrcType::kRegsPartial: {
+      auto ip = v.word(cfa), cs = v.word(cfa + 8), sp = v.word(cfa + 24);
+      if (!ip || !cs || !sp) {
+        why = "iret frame of " + hex(s.ip) + " outside the task stack";
+        return Step::kFail;
+      }
+      if ((*cs & 3) != 0) return Step::kEnd;
+      n.ip = *ip;
+      n.sp = *sp;
+      n.signal = true;
+      break;
+    }
+    default: why = "ORC type " + std::string(to_string(e->type)); return Step::kFail;
+  }
+  if (e->type != OrcType::kRegs) {
+    n.bp = s.bp;
+    n.bp_known = s.bp_known;
+    switch (e->bp_reg) {
+      case kOrcRegUndefined: break;
+      case kOrcRegPrevSp:
+        if (auto w = v.word(cfa + static_cast<uint64_t>(static_cast<int64_t>(e->bp_offset)))) n.bp = *w, n.bp_known = true;
+        else n.bp_known = false;
+        break;
+      case kOrcRegBp:
+        if (auto w = s.bp_known ? v.word(s.bp + static_cast<uint64_t>(static_cast<int64_t>(e->bp_offset))) : std::nullopt)
+          n.bp = *w, n.bp_known = true;
+        else n.bp_known = false;
+        break;
+      default: n.bp_known = false; break;
+    }
+  }
+  // The stack grows down: every caller frame is strictly above its callee (this also ends any
+  // loop a hostile stack builds).
+  if (n.sp <= s.sp) {
+    why = "caller SP " + hex(n.sp) + " not above " + hex(s.sp) + " at " + hex(s.ip);
+    return Step::kFail;
+  }
+  s = n;
+  return Step::kNext;
+}
+
+struct Chain {
+  std::vector<UnwindState> frames;  // the starting state first
+  bool ended = false;               // reached a proper end (END hint, user-mode regs)
+  bool truncated = false;
+  std::string why;                  // why it stopped, when not ended
+};
+
+Chain orc_chain(const OrcTable& orc, const StackView& v, UnwindState s, uint32_t max_frames,
+                const BacktraceReader& r) {
+  Chain c;
+  c.frames.push_back(s);
+  while (true) {
+    if (c.frames.size() >= max_frames) {
+      c.truncated = true;
+      break;
+    }
+    std::string why;
+    Step st = orc_step(orc, v, s, why);
+    if (st == Step::kEnd) {
+      c.ended = true;
+      break;
+    }
+    if (st == Step::kFail) {
+      c.why = why;
+      break;
+    }
+    if (!r.in_text(s.ip)) {
+      c.why = "caller " + hex(s.ip) + " is not kernel text";
+      break;
+    }
+    c.frames.push_back(s);
+  }
+  return c;
+}
+
+// One address alone proves nothing: at least one ORC step must land on another text address.
+bool chain_accepted(const Chain& c) { return c.frames.size() >= 2; }
+
+}  // namespace
+
+Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const std::vector<uint8_t>& stack) const {
+  Backtrace bt;
+  bt.task = task;
+  bt.stack_base = base;
+  bt.stack_size = stack.size();
+  StackView v{base, &stack};
+  const uint64_t nwords = stack.size() / 8;
+  auto w = [&](uint64_t i) { return *v.word(base + 8 * i); };
+  auto emit = [&](const Chain& c, Verification first) {
+    for (size_t i = 0; i < c.frames.size(); ++i) {
+      const Verification mark = i == 0 ? first : Verification::kOrcChain;
+      bt.frames.push_back(make_frame(c.frames[i].ip, c.frames[i].slot, mark));
+    }
+    bt.truncated = c.truncated;
+    if (!c.ended && !c.why.empty()) bt.notes.push_back("chain stopped: " + c.why);
+  };
+
+  // A chain that reaches the outermost frame (an END hint, or the registers saved on entry from
+  // user mode) is the live one far more often than a chain that breaks: stale frames deep in
+  // the stack usually lead into slots overwritten since. So each method takes the first complete
+  // chain, else its first chain of at least 2 frames.
+  constexpr size_t kMaxNotes = 4;
+  auto note = [&](std::string n) {
+    if (bt.notes.size() < kMaxNotes) bt.notes.push_back(std::move(n));
+  };
+
+  // 1. Saved kernel interrupt frames, outermost first: an interrupt frame above the live stack
+  //    pointer is live; below it, the newest one is where the CPU spins between interrupts.
+  std::optional<std::pair<uint64_t, Chain>> partial;
+  for (uint64_t j = nwords >= kPtRegsWords ? nwords - kPtRegsWords + 1 : 0; j-- > 0;) {
+    const uint64_t ip = w(j + kRegsIp), cs = w(j + kRegsCs), flags = w(j + kRegsFlags), sp = w(j + kRegsSp),
+                   ss = w(j + kRegsSs);
+    const uint64_t end = base + 8 * (j + kPtRegsWords);
+    // The CPU aligns RSP to 16 bytes before pushing the iret frame: the interrupted SP is just
+    // above the frame, or 8 bytes further.
+    if (cs != kKernelCs || !in_text(ip) || (flags & 2) == 0 || (flags >> 22) != 0 || (ss != 0 && ss != kKernelDs) ||
+        (sp != end && sp != end + 8))
+      continue;
+    UnwindState s{ip, sp, w(j + kRegsBp), true, true, 0};
+    Chain c = orc_chain(orc_, v, s, opt_.max_frames, *this);
+    if (!chain_accepted(c)) {
+      note("interrupt frame at " + hex(base + 8 * j) + " (RIP " + make_frame(ip, 0, Verification::kPtRegs).format() +
+           ") does not chain: " + c.why);
+      continue;
+    }
+    if (!c.ended && !c.truncated) {
+      if (!partial) partial.emplace(base + 8 * j, std::move(c));
+      continue;
+    }
+    partial.emplace(base + 8 * j, std::move(c));
+    break;
+  }
+  if (partial) {
+    bt.pt_regs = partial->first;
+    emit(partial->second, Verification::kPtRegs);
+    bt.verification = Verification::kPtRegs;
+    return bt;
+  }
+
+  // 2. The innermost return address that starts a consistent ORC chain.
+  std::optional<Chain> first;
+  for (uint64_t i = 0; i < nwords; ++i) {
+    const uint64_t ip = w(i);
+    if (!in_text(ip)) continue;
+    UnwindState s{ip, base + 8 * i + 8, 0, false, false, base + 8 * i};
+    Chain c = orc_chain(orc_, v, s, opt_.max_frames, *this);
+    if (!chain_accepted(c)) continue;
+    const bool complete = c.ended || c.truncated;
+    if (!first || complete) first = std::move(c);
+    if (complete) break;
+  }
+  if (first) {
+    emit(*first, Verification::kOrcChain);
+    bt.verification = Verification::kOrcChain;
+    return bt;
+  }
+
+  // 3. Nothing verifies: every kernel text address on the stack, innermost first.
+  for (uint64_t i = 0; i < nwords; ++i) {
+    if (!in_text(w(i))) continue;
+    if (bt.frames.size() >= opt_.max_frames) {
+      bt.truncated = true;
+      break;
+    }
+    bt.frames.push_back(make_frame(w(i), base + 8 * i, Verification::kScannedUnverified));
+  }
+  note("no ORC-consistent chain on the stack");
+  bt.verification = Verification::kScannedUnverified;
+  return bt;
+}
+
+}  // namespace stallmon::introspect

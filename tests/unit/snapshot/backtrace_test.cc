@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: Apache-2.0
+// Backtraces on a synthetic guest: a stack built frame by frame like the compiler and the entry
+// code lay it out, and an ORC table (in both formats) describing the functions on it.
+#include "stallmon/introspect/backtrace.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+
+#include "orc_fixture.h"
+#include "stallmon/introspect/snapshot.h"
+#include "stallmon/introspect/snapshot_json.h"
+#include "synthetic_kernel.h"
+
+namespace stallmon::introspect {
+namespace {
+
+using testing::OrcStack;
+using testing::SyntheticKernel;
+
+std::vector<std::string> names(const Backtrace& b) {
+  std::vector<std::string> v;
+  for (const Frame& f : b.frames) v.push_back(f.symbol);
+  return v;
+}
+
+class BacktraceTest : public ::testing::Test {
+ protected:
+  SyntheticKernel k{2, SyntheticKernel::Layout::kLinux61};
+  OrcStack g{k};
+  // A fresh reader (the ORC table as the guest has it now) and the task's trace.
+  Result<Backtrace> trace() {
+    auto r = BacktraceReader::create(k);
+    if (!r) return std::move(r).error();
+    return (*r)->backtrace_task(g.task);
+  }
+};
+
+TEST_F(BacktraceTest, InterruptFrameGivesTheInterruptedFunctionAndItsVerifiedCallers) {
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ((*r)->orc().size(), g.table.size());
+  auto bt = (*r)->backtrace_task(g.task);
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->verification, Verification::kPtRegs);
+  ASSERT_TRUE(bt->pt_regs.has_value());
+  EXPECT_EQ(*bt->pt_regs, g.pt_regs);
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+  EXPECT_EQ(bt->frames[0].verification, Verification::kPtRegs);
+  EXPECT_EQ(bt->frames[0].format(), "inner+0x18/0x100");
+  EXPECT_EQ(bt->frames[1].verification, Verification::kOrcChain);
+  EXPECT_EQ(bt->frames[1].format(), "middle+0x30/0x100");
+  EXPECT_EQ(bt->frames[1].stack_slot, g.slot_middle);
+  EXPECT_FALSE(bt->truncated);
+  EXPECT_TRUE(bt->notes.empty());
+}
+
+TEST_F(BacktraceTest, WithoutInterruptFrameTheInnermostChainStartsAtTheLiveCaller) {
+  g.install_orc(false);
+  g.clear_pt_regs();
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->verification, Verification::kOrcChain);
+  // `stale` below the live frame does not chain (its caller slot is not text); the live
+  // innermost function (inner) left no return address of its own: it starts at its caller.
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"middle", "outer", "ret_from_fork"}));
+}
+
+TEST_F(BacktraceTest, StaleFramesThatChainIntoTheLiveOnesAreShown) {
+  g.install_orc(false);
+  g.clear_pt_regs();
+  g.plant_stale_call_into_inner();
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  // The documented limit: a callee that returned left a frame that still chains.
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"stale", "inner", "middle", "outer", "ret_from_fork"}));
+}
+
+TEST_F(BacktraceTest, AChainThatReachesTheOutermostFrameWinsOverAnInnerBrokenOne) {
+  g.install_orc(false);
+  g.clear_pt_regs();
+  // Deep in the stack: stale -> middle, whose caller slot was overwritten since (0).
+  const uint64_t x = OrcStack::kStack + 0x400;
+  k.mem.put<uint64_t>(x, g.f_stale + 0x8);
+  k.mem.put<uint64_t>(x + 8, g.f_middle + 0x30);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"middle", "outer", "ret_from_fork"}));
+}
+
+TEST_F(BacktraceTest, UserModeRegistersEndTheWalkOnlyAtTheTopOfTheStack) {
+  g.table.push_back({g.f_regs, OrcEntry{0, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kRegs, true}});
+  g.install_orc(false);
+  // stale was called from the entry code, whose ORC says "pt_regs at my SP".
+  auto plant = [&](uint64_t regs) {
+    g.fill_stack_with(0);
+    k.mem.put<uint64_t>(regs - 16, g.f_stale + 0x8);
+    k.mem.put<uint64_t>(regs - 8, g.f_regs + 0x4);
+    k.mem.put<uint64_t>(regs + 8 * 17, 0x33);  // user CS
+  };
+  plant(OrcStack::kStack + OrcStack::kStackSize - OrcStack::kPtRegsSize);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"stale", "entry_regs"}));
+  EXPECT_TRUE(bt->notes.empty());
+
+  plant(OrcStack::kStack + 0x1000);
+  bt = trace();
+  ASSERT_TRUE(bt.ok());
+  ASSERT_EQ(bt->notes.size(), 1u);
+  EXPECT_NE(bt->notes[0].find("not at the top of the stack"), std::string::npos) << bt->notes[0];
+}
+
+TEST_F(BacktraceTest, Linux61FormatFromBtfAndByMajority) {
+  g.install_orc(true);
+  auto no_btf = BacktraceReader::create(k);
+  ASSERT_TRUE(no_btf.ok()) << no_btf.error().to_string();
+  EXPECT_TRUE((*no_btf)->orc().format().end_shift.has_value());
+  auto bt = (*no_btf)->backtrace_task(g.task);
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+
+  g.add_orc_entry_btf(true);
+  auto f = OrcFormat::from_btf(k);
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->type_bits, 2);
+  EXPECT_EQ(f->end_shift, std::optional<uint8_t>(10));
+  EXPECT_FALSE(f->signal_shift.has_value());
+  auto with_btf = BacktraceReader::create(k);
+  ASSERT_TRUE(with_btf.ok());
+  bt = (*with_btf)->backtrace_task(g.task);
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+}
+
+TEST_F(BacktraceTest, Linux612FormatFromBtf) {
+  g.add_orc_entry_btf(false);
+  auto f = OrcFormat::from_btf(k);
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->type_bits, 3);
+  EXPECT_EQ(f->signal_shift, std::optional<uint8_t>(11));
+  EXPECT_FALSE(f->end_shift.has_value());
+  g.install_orc(false);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->frames.size(), 4u);
+}
+
+TEST_F(BacktraceTest, NoConsistentChainListsTextAddressesUnverified) {
+  // Every function claims a frame far larger than the stack: nothing chains.
+  for (auto& [ip, e] : g.table) e.sp_offset = 30000;
+  g.install_orc(false);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->verification, Verification::kScannedUnverified);
+  ASSERT_FALSE(bt->frames.empty());
+  for (const Frame& f : bt->frames) EXPECT_EQ(f.verification, Verification::kScannedUnverified);
+  EXPECT_EQ(bt->frames.front().symbol, "stale");  // innermost first
+}
+
+TEST_F(BacktraceTest, HostileOffsetsThatLoopOrGoDownAreRejected) {
+  // A frame whose CFA is not above its SP would loop (or walk down) forever.
+  for (auto& [ip, e] : g.table)
+    if (e.type == OrcType::kCall) e.sp_offset = -8;
+  g.install_orc(false);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->verification, Verification::kScannedUnverified);
+  EXPECT_LE(bt->frames.size(), 64u);
+}
+
+TEST_F(BacktraceTest, SelfReferencingStackStopsAtTheFrameLimit) {
+  // Each "frame" 8 bytes: a return address per slot, all chaining, far more than 64 of them.
+  g.table = {{g.f_loop, OrcEntry{8, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}}};
+  g.install_orc(false);
+  g.fill_stack_with(g.f_loop + 4);
+  auto bt = trace();
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->frames.size(), 64u);
+  EXPECT_TRUE(bt->truncated);
+}
+
+TEST_F(BacktraceTest, HugeOrcCountIsRefusedNamingTheLimit) {
+  g.install_orc(false);
+  k.add_symbol("__stop_orc_unwind_ip", *k.symbol("__start_orc_unwind_ip") + 4ull * 3'000'000);
+  k.remove_symbol("__stop_orc_unwind");
+  auto r = BacktraceReader::create(k);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kLimit);
+  EXPECT_NE(r.error().message.find("3000000 entries"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("limit of 2000000"), std::string::npos) << r.error().message;
+}
+
+TEST_F(BacktraceTest, OrcTablesAreChargedToTheBudget) {
+  g.install_orc(false);
+  BacktraceOptions o;
+  o.orc.budget = std::make_shared<MemoryBudget>("vm", 64);
+  auto r = BacktraceReader::create(k, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kOverBudget);
+  EXPECT_EQ(o.orc.budget->used(), 0u);
+  o.orc.budget = std::make_shared<MemoryBudget>("vm");
+  r = BacktraceReader::create(k, o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_GT(o.orc.budget->used(), 0u);
+  r = Error(ErrorCode::kInternal, "drop");
+  EXPECT_EQ(o.orc.budget->used(), 0u);
+}
+
+TEST_F(BacktraceTest, MismatchedOrUnsortedTablesAreCorrupt) {
+  g.install_orc(false);
+  k.add_symbol("__stop_orc_unwind", *k.symbol("__start_orc_unwind") + 7);
+  auto r = BacktraceReader::create(k);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+  std::swap(g.table[0], g.table[2]);
+  g.install_orc(false, /*sort=*/false);
+  r = BacktraceReader::create(k);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+  EXPECT_NE(r.error().message.find("not sorted"), std::string::npos);
+}
+
+TEST_F(BacktraceTest, WithoutOrcTablesCreateSaysWhich) {
+  auto r = BacktraceReader::create(k);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find("__start_orc_unwind_ip"), std::string::npos);
+}
+
+TEST_F(BacktraceTest, SnapshotChecksStackEndMagicAndBacktracesOnlyWhenAsked) {
+  g.install_orc(false);
+  auto reader = SnapshotReader::create(k, SnapshotOptions{});
+  ASSERT_TRUE(reader.ok()) << reader.error().to_string();
+  EXPECT_TRUE((*reader)->features().task_stack);
+  GuestSnapshot s = (*reader)->take();
+  ASSERT_TRUE(s.cpus[0].stack_end_corrupt.has_value());
+  EXPECT_FALSE(*s.cpus[0].stack_end_corrupt);
+  EXPECT_FALSE(s.cpus[0].backtrace.has_value());  // off by default: the tick's cost is unchanged
+  // The idle task of CPU1 has no stack pointer in this synthetic kernel: nothing to check.
+  EXPECT_FALSE(s.cpus[1].stack_end_corrupt.has_value());
+
+  k.mem.put<uint64_t>(g.stack, 0x4141414141414141ULL);  // an overflow ran over the magic
+  s = (*reader)->take();
+  EXPECT_TRUE(s.cpus[0].stack_end_corrupt.value_or(false));
+  EXPECT_TRUE(snapshot_to_json(s)["cpus"][0]["stack_end_corrupt"].get<bool>());
+
+  auto bt = (*reader)->backtrace_cpu(s, 0);
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->frames.front().symbol, "inner");
+
+  SnapshotOptions with;
+  with.read_backtraces = true;
+  auto reader2 = SnapshotReader::create(k, with);
+  ASSERT_TRUE(reader2.ok());
+  s = (*reader2)->take();
+  ASSERT_TRUE(s.cpus[0].backtrace.has_value());
+  EXPECT_EQ(names(*s.cpus[0].backtrace), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+  auto j = snapshot_to_json(s)["cpus"][0]["backtrace"];
+  EXPECT_EQ(j["verification"], "pt_regs");
+  EXPECT_EQ(j["frames"][1]["text"], "middle+0x30/0x100");
+  EXPECT_EQ(j["frames"][1]["verification"], "orc_chain");
+}
+
+TEST_F(BacktraceTest, BacktraceCpuRetriesAfterTheBudgetFreesUpButNotAfterAMissingTable) {
+  SnapshotOptions o;
+  o.budget = std::make_shared<MemoryBudget>("vm", 4 << 20);
+  auto reader = SnapshotReader::create(k, o);
+  ASSERT_TRUE(reader.ok()) << reader.error().to_string();
+  GuestSnapshot s = (*reader)->take();
+  auto missing = (*reader)->backtrace_cpu(s, 0);  // no ORC tables installed yet
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  g.install_orc(false);
+  EXPECT_FALSE((*reader)->backtrace_cpu(s, 0).ok());  // a kernel without ORC stays so
+
+  auto reader2 = SnapshotReader::create(k, o);
+  ASSERT_TRUE(reader2.ok());
+  s = (*reader2)->take();
+  auto held = MemoryCharge::take(o.budget, "someone else", o.budget->limit() - o.budget->used() - 8);
+  ASSERT_TRUE(held.ok());
+  auto over = (*reader2)->backtrace_cpu(s, 0);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.error().code, ErrorCode::kOverBudget);
+  held->reset();
+  auto bt = (*reader2)->backtrace_cpu(s, 0);
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(bt->frames.front().symbol, "inner");
+}
+
+}  // namespace
+}  // namespace stallmon::introspect

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+// A synthetic task stack with a known call chain and the ORC table describing it, on a
+// SyntheticKernel (backtrace unit tests, the ORC fuzz target and its seeds).
+//
+// The chain, outermost first: ret_from_fork (END hint) called outer (frame of 24 bytes: CFA =
+// SP + 24), which called middle (16), which called inner (40), which was interrupted at
+// inner+0x18: a kernel struct pt_regs sits right below inner's SP. Below that, a stale return
+// address into `stale` whose caller slot is not text (it does not chain).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "stallmon/introspect/backtrace.h"
+#include "synthetic_kernel.h"
+
+namespace stallmon::introspect::testing {
+
+// struct orc_entry bytes in the 6.4+ format (type:3 signal:1) or the 6.1 one (type:2 end:1).
+inline std::array<uint8_t, 6> encode_orc(const OrcEntry& e, bool v61) {
+  uint16_t bits = static_cast<uint16_t>((e.sp_reg & 0xf) | (e.bp_reg & 0xf) << 4);
+  if (v61) {
+    switch (e.type) {
+      case OrcType::kRegs: bits |= 1 << 8; break;
+      case OrcType::kRegsPartial: bits |= 2 << 8; break;
+      case OrcType::kEndOfStack: bits |= 1 << 10; break;
+      default: break;  // CALL 0; undefined: CALL with sp_reg undefined
+    }
+  } else {
+    static constexpr uint16_t kType[5] = {0, 1, 2, 3, 4};  // OrcType order is the 6.4+ numbering
+    bits |= static_cast<uint16_t>(kType[static_cast<int>(e.type)] << 8);
+    if (e.signal) bits |= 1 << 11;
+  }
+  std::array<uint8_t, 6> out{};
+  std::memcpy(out.data(), &e.sp_offset, 2);
+  std::memcpy(out.data() + 2, &e.bp_offset, 2);
+  std::memcpy(out.data() + 4, &bits, 2);
+  return out;
+}
+
+struct OrcStack {
+  static constexpr uint64_t kOrc = 0xffffffff82800000ULL;  // ip table; entries at +kOrcEntries
+  static constexpr uint64_t kOrcEntries = 0x8000;
+  static constexpr uint64_t kOrcSize = 0x10000;
+  static constexpr uint64_t kStack = 0xffffc90000010000ULL;
+  static constexpr uint64_t kStackSize = 16384;
+  static constexpr uint64_t kPtRegsSize = 21 * 8;
+
+  explicit OrcStack(SyntheticKernel& kernel) : k(kernel) {
+    f_entry = k.func("ret_from_fork");
+    f_outer = k.func("outer");
+    f_middle = k.func("middle");
+    f_inner = k.func("inner");
+    f_stale = k.func("stale");
+    f_loop = k.func("loop");
+    f_end = k.func("end_of_text");
+    f_regs = k.func("entry_regs");
+    k.add_symbol("_stext", SyntheticKernel::kText);
+    k.add_symbol("_etext", SyntheticKernel::kText + 0x10000);
+    k.mem.map(kOrc, kOrcSize);
+    k.mem.map(kStack, kStackSize);
+    using E = OrcEntry;
+    table = {
+        {f_entry, E{0, 0, kOrcRegUndefined, kOrcRegUndefined, OrcType::kEndOfStack, false}},
+        {f_outer, E{24, -16, kOrcRegSp, kOrcRegPrevSp, OrcType::kCall, false}},
+        {f_middle, E{16, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}},
+        {f_inner, E{40, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}},
+        {f_stale, E{8, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}},
+        {f_loop, E{8, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}},
+        {f_end, E{0, 0, kOrcRegUndefined, kOrcRegUndefined, OrcType::kUndefined, false}},
+    };
+    task = k.task(100, "spinner");
+    k.mem.put<uint64_t>(task + k.off("task_struct", "stack"), kStack);
+    k.set_rq(0, task, task, 1, 1, 0, 1000000000ULL);
+    build_stack();
+  }
+
+  void build_stack() {
+    std::vector<uint8_t> zero(kStackSize, 0);
+    k.mem.write(kStack, zero.data(), zero.size());
+    k.mem.put<uint64_t>(kStack, kStackEndMagic);
+    const uint64_t top = kStack + kStackSize;
+    slot_entry = top - 8 * 30;
+    k.mem.put<uint64_t>(slot_entry, f_entry + 0x10);
+    const uint64_t sp_outer = slot_entry + 8 - 24;
+    slot_outer = sp_outer - 8;
+    k.mem.put<uint64_t>(slot_outer, f_outer + 0x20);
+    const uint64_t sp_middle = sp_outer - 16;
+    slot_middle = sp_middle - 8;
+    k.mem.put<uint64_t>(slot_middle, f_middle + 0x30);
+    sp_inner = sp_middle - 40;
+    pt_regs = sp_inner - kPtRegsSize;
+    const uint64_t regs[21] = {0, 0, 0, 0, /*bp*/ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                               /*orig_ax*/ ~0ULL, /*ip*/ f_inner + 0x18, /*cs*/ 0x10, /*flags*/ 0x246,
+                               /*sp*/ sp_inner, /*ss*/ 0x18};
+    k.mem.write(pt_regs, regs, sizeof regs);
+    stale_slot = pt_regs - 64;
+    k.mem.put<uint64_t>(stale_slot, f_stale + 0x8);
+  }
+
+  void clear_pt_regs() {
+    std::vector<uint8_t> zero(kPtRegsSize, 0);
+    k.mem.write(pt_regs, zero.data(), zero.size());
+  }
+
+  // inner called stale (which called something else) before it was interrupted: their return
+  // addresses remain below inner's SP and chain into the live frames.
+  void plant_stale_call_into_inner() {
+    k.mem.put<uint64_t>(sp_inner - 8, f_inner + 0x10);
+    k.mem.put<uint64_t>(sp_inner - 16, f_stale + 0x8);
+  }
+
+  void fill_stack_with(uint64_t value) {
+    for (uint64_t a = kStack + 8; a < kStack + kStackSize; a += 8) k.mem.put<uint64_t>(a, value);
+  }
+
+  // Writes `table` into guest memory with the __start/__stop_orc_unwind(_ip) symbols.
+  void install_orc(bool v61, bool sort = true) {
+    if (sort) std::sort(table.begin(), table.end(), [](auto& a, auto& b) { return a.first < b.first; });
+    for (size_t i = 0; i < table.size(); ++i) {
+      const uint64_t at = kOrc + 4 * i;
+      k.mem.put<int32_t>(at, static_cast<int32_t>(static_cast<int64_t>(table[i].first - at)));
+      auto e = encode_orc(table[i].second, v61);
+      k.mem.write(kOrc + kOrcEntries + 6 * i, e.data(), e.size());
+    }
+    k.add_symbol("__start_orc_unwind_ip", kOrc);
+    k.add_symbol("__stop_orc_unwind_ip", kOrc + 4 * table.size());
+    k.add_symbol("__start_orc_unwind", kOrc + kOrcEntries);
+    k.add_symbol("__stop_orc_unwind", kOrc + kOrcEntries + 6 * table.size());
+  }
+
+  // struct orc_entry in the guest's BTF, as pahole emits it for 6.1 or 6.12.
+  void add_orc_entry_btf(bool v61) {
+    struct btf* b = k.btf();
+    const int s16 = btf__add_int(b, "s16", 2, BTF_INT_SIGNED);
+    const int u = btf__add_int(b, "unsigned int", 4, 0);
+    btf__add_struct(b, "orc_entry", 6);
+    btf__add_field(b, "sp_offset", s16, 0, 0);
+    btf__add_field(b, "bp_offset", s16, 16, 0);
+    btf__add_field(b, "sp_reg", u, 32, 4);
+    btf__add_field(b, "bp_reg", u, 36, 4);
+    if (v61) {
+      btf__add_field(b, "type", u, 40, 2);
+      btf__add_field(b, "end", u, 42, 1);
+    } else {
+      btf__add_field(b, "type", u, 40, 3);
+      btf__add_field(b, "signal", u, 43, 1);
+    }
+  }
+
+  SyntheticKernel& k;
+  uint64_t f_entry = 0, f_outer = 0, f_middle = 0, f_inner = 0, f_stale = 0, f_loop = 0, f_end = 0, f_regs = 0;
+  std::vector<std::pair<uint64_t, OrcEntry>> table;
+  uint64_t task = 0, stack = kStack;
+  uint64_t slot_entry = 0, slot_outer = 0, slot_middle = 0, sp_inner = 0, pt_regs = 0, stale_slot = 0;
+};
+
+}  // namespace stallmon::introspect::testing
