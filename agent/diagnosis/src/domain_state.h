@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "console.h"
 #include "stallmon/diagnosis/observation.h"
 
 namespace stallmon::diagnosis {
@@ -85,11 +86,14 @@ struct CsdEdgeTracker {
 
 struct GuestState {
   GuestView view;
+  uint64_t clock_ns = 0;  // the last guest clock read (a snapshot may fail to read it: 0)
   Timestamp at{};
   std::map<int, GuestCpuTracker> cpus;
   std::map<CsdEdgeKey, CsdEdgeTracker> edges;
 };
 
+// One panic of one boot: sticky until the guest resets or reboots (a started / rebooted /
+// stopped event, or a new boot seen in memory), whatever single snapshots say in between.
 struct PanicState {
   bool active = false;
   Timestamp since{};
@@ -97,7 +101,14 @@ struct PanicState {
   bool from_event = false;
   std::string event_detail;
   std::optional<uint64_t> clock_at_panic;  // guest running clock when first seen in memory
+  std::optional<uint64_t> last_clock;      // ... and as last seen with the panic
   std::vector<std::string> printk_tail;
+  std::string message;             // "Kernel panic - not syncing: ..." (console.h)
+  std::vector<std::string> text;   // the oops/panic block from the console
+  // A new boot seen in memory: a snapshot that read panic_cpu as -1 with a known guest clock
+  // below the panic's. Confirmed by the next such snapshot whose clock moved on (a running
+  // kernel); the panicked one's clocks stand still.
+  std::optional<uint64_t> new_boot_clock;
 };
 
 struct DomainState {
@@ -110,6 +121,11 @@ struct DomainState {
   std::optional<Timestamp> last_snapshot_at;
   MonitorStatus monitor;
   PanicState panic;
+  // The guest clock of the last panic's memory when it ended: a snapshot still showing that
+  // memory (panic_cpu set, the same clock: the old boot's RAM before the new kernel overwrote
+  // it) is not a new panic.
+  std::optional<uint64_t> ended_panic_clock;
+  ConsoleLog console;  // this boot's console as seen across snapshots
   bool suspect = false;
 };
 

@@ -146,10 +146,59 @@ void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timesta
   if (tr.impeded) tr.impeded_at = now;
 }
 
+// The panic of this boot. It stands until the guest resets or reboots: a lifecycle event
+// (observe()), or a new boot seen in memory here. A single snapshot never ends it: a panicked
+// guest's snapshot can fail for a moment (clock 0, panic_cpu unreadable) or read only some
+// runqueues (a lower clock), and on main that resolved the panic and opened a second finding
+// for it one snapshot later (issue 12: 4 findings for 2 panics).
+void update_panic(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
+  PanicState& p = d.panic;
+  d.console.merge(g.printk_tail);
+  const bool clock_known = g.running_clock_ns != 0;
+  // The old boot's RAM still showing its panic after the reset (the new kernel has not
+  // overwritten it yet): the same frozen clock.
+  const bool old_memory = d.ended_panic_clock && clock_known && g.running_clock_ns == *d.ended_panic_clock;
+  if (g.panic_cpu >= 0 && !old_memory) {
+    if (!p.active) p.since = now;
+    p.active = true;
+    p.cpu = g.panic_cpu;
+    if (clock_known) {
+      if (!p.clock_at_panic) p.clock_at_panic = g.running_clock_ns;
+      p.last_clock = g.running_clock_ns;
+    }
+    p.new_boot_clock.reset();
+    d.ended_panic_clock.reset();
+  } else if (g.panic_cpu < 0 && g.panic_cpu_read) {
+    d.ended_panic_clock.reset();  // this memory shows no panic: the old boot's is gone
+    if (p.active && p.clock_at_panic && clock_known && g.running_clock_ns < *p.clock_at_panic) {
+      if (p.new_boot_clock && g.running_clock_ns > *p.new_boot_clock) {
+        // Two snapshots of a kernel without a panic whose clock runs: the guest rebooted.
+        p = PanicState{};
+        d.console.clear();
+        d.console.merge(g.printk_tail);
+        return;
+      }
+      if (!p.new_boot_clock || g.running_clock_ns < *p.new_boot_clock) p.new_boot_clock = g.running_clock_ns;
+    }
+  }
+  if (!p.active) return;
+  if (!g.printk_tail.empty()) {
+    p.printk_tail.assign(g.printk_tail.end() - static_cast<std::ptrdiff_t>(std::min(g.printk_tail.size(), c.printk_tail_lines)),
+                         g.printk_tail.end());
+  }
+  PanicText text = extract_panic_text(d.console.lines());
+  if (!text.message.empty()) p.message = std::move(text.message);
+  if (text.lines.size() > p.text.size()) p.text = std::move(text.lines);
+}
+
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
   // The guest clock went back: a reboot the libvirt events did not tell us about (or a new
   // guest under the same name). Nothing of the old boot's CPU state carries over.
-  if (d.guest && g.running_clock_ns < d.guest->view.running_clock_ns) d.guest.reset();
+  // A clock of 0 was not read (an unreadable snapshot): it says nothing about a reboot.
+  if (d.guest && g.running_clock_ns != 0 && g.running_clock_ns < d.guest->clock_ns) {
+    d.guest.reset();
+    if (!d.panic.active) d.console.clear();
+  }
   if (!d.guest) d.guest.emplace();
   GuestState& gs = *d.guest;
   std::map<int, GuestCpuTracker> cpus;
@@ -203,23 +252,11 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   gs.cpus = std::move(cpus);
   gs.edges = std::move(edges);
   gs.view = g;
+  if (g.running_clock_ns != 0) gs.clock_ns = g.running_clock_ns;
   gs.at = now;
   d.last_snapshot_at = now;
 
-  PanicState& p = d.panic;
-  std::vector<std::string> tail(g.printk_tail.end() - static_cast<std::ptrdiff_t>(std::min(g.printk_tail.size(), c.printk_tail_lines)),
-                                g.printk_tail.end());
-  if (g.panic_cpu >= 0) {
-    if (!p.active) p.since = now;
-    p.active = true;
-    p.cpu = g.panic_cpu;
-    if (!p.clock_at_panic) p.clock_at_panic = g.running_clock_ns;
-    p.printk_tail = std::move(tail);
-  } else if (p.active && p.clock_at_panic && g.running_clock_ns < *p.clock_at_panic) {
-    p = PanicState{};  // the guest clock went back: it rebooted
-  } else if (p.active) {
-    p.printk_tail = std::move(tail);  // crashed event without panic_cpu: keep the console fresh
-  }
+  update_panic(d, g, now, c);
 }
 
 }  // namespace
@@ -376,8 +413,10 @@ struct DiagnosisEngine::Impl {
         case DomainEventType::kRebooted:
         case DomainEventType::kStopped:
           // A new boot (or none): nothing of the old one's state carries over.
+          if (d.panic.active && d.panic.last_clock) d.ended_panic_clock = d.panic.last_clock;
           d.panic = PanicState{};
           d.guest.reset();
+          d.console.clear();
           break;
         case DomainEventType::kPaused:
         case DomainEventType::kResumed:
