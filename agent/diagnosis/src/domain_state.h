@@ -125,6 +125,7 @@ struct DomainState {
   // memory (panic_cpu set, the same clock: the old boot's RAM before the new kernel overwrote
   // it) is not a new panic.
   std::optional<uint64_t> ended_panic_clock;
+  bool panic_ends_next_tick = false;  // told crashed and reset in one tick: report, then end
   ConsoleLog console;  // this boot's console as seen across snapshots
   bool suspect = false;
 };

@@ -292,6 +292,19 @@ struct DiagnosisEngine::Impl {
     for (const auto& ev : events) listener->on_finding_event(ev);
   }
 
+  bool has_panic_finding(const DomainState& d) const {
+    for (const auto& key : store.active_keys(d.key + "|"))
+      if (store.active(key)->kind == FindingKind::kGuestPanic) return true;
+    return false;
+  }
+
+  static void end_panic(DomainState& d) {
+    if (d.panic.active && d.panic.last_clock) d.ended_panic_clock = d.panic.last_clock;
+    d.panic = PanicState{};
+    d.panic_ends_next_tick = false;
+    d.console.clear();
+  }
+
   bool compute_suspect(const DomainState& d) {
     if (!d.monitor.responsive) return true;
     for (const auto& [i, th] : d.vcpus) {
@@ -401,6 +414,7 @@ struct DiagnosisEngine::Impl {
     d.identity = obs.domain;
     std::vector<FindingEvent> out;
 
+    if (d.panic_ends_next_tick) end_panic(d);
     for (const DomainEvent& ev : obs.events) {
       switch (ev.type) {
         case DomainEventType::kCrashed:
@@ -412,11 +426,15 @@ struct DiagnosisEngine::Impl {
         case DomainEventType::kStarted:
         case DomainEventType::kRebooted:
         case DomainEventType::kStopped:
-          // A new boot (or none): nothing of the old one's state carries over.
-          if (d.panic.active && d.panic.last_clock) d.ended_panic_clock = d.panic.last_clock;
-          d.panic = PanicState{};
+          // A new boot (or none): nothing of the old one's state carries over. A panic told
+          // and ended within one tick (crashed, then reset at once) is still one finding: it
+          // opens this tick and resolves the next.
+          if (d.panic.active && !has_panic_finding(d))
+            d.panic_ends_next_tick = true;
+          else
+            end_panic(d);
           d.guest.reset();
-          d.console.clear();
+          if (!d.panic_ends_next_tick) d.console.clear();
           break;
         case DomainEventType::kPaused:
         case DomainEventType::kResumed:

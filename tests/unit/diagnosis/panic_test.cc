@@ -272,5 +272,21 @@ TEST(PanicOnce, CarriesTheOopsAndPanicText) {
   EXPECT_FALSE(contains(text->text, "routine line"));
 }
 
+// A guest that resets at once on its panic (panic=-1, or libvirt's on_crash=restart): libvirt's
+// crashed and reboot events reach the engine in the same tick and no snapshot saw panic_cpu.
+// Still one finding: opened that tick, resolved the next (main: none at all).
+TEST(PanicOnce, CrashedAndResetInOneTickIsStillOneFinding) {
+  Sim sim(2);
+  sim.run(2s);
+  sim.pending_events.push_back({DomainEventType::kCrashed, sim.clock.now(), "panicked"});
+  sim.pending_events.push_back({DomainEventType::kRebooted, sim.clock.now(), "reset"});
+  sim.tick();
+  expect_panics(sim, 1, 0, "the tick of both events");
+  sim.tick();
+  expect_panics(sim, 1, 1, "the next tick");
+  sim.run(5s);
+  expect_panics(sim, 1, 1, "later");
+}
+
 }  // namespace
 }  // namespace stallmon::diagnosis::testing
