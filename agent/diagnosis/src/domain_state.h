@@ -101,7 +101,6 @@ struct PanicState {
   bool from_event = false;
   std::string event_detail;
   std::optional<uint64_t> clock_at_panic;  // guest running clock when first seen in memory
-  std::optional<uint64_t> last_clock;      // ... and as last seen with the panic
   std::vector<std::string> printk_tail;
   std::string message;             // "Kernel panic - not syncing: ..." (console.h)
   std::vector<std::string> text;   // the oops/panic block from the console
@@ -121,10 +120,9 @@ struct DomainState {
   std::optional<Timestamp> last_snapshot_at;
   MonitorStatus monitor;
   PanicState panic;
-  // The guest clock of the last panic's memory when it ended: a snapshot still showing that
-  // memory (panic_cpu set, the same clock: the old boot's RAM before the new kernel overwrote
-  // it) is not a new panic.
-  std::optional<uint64_t> ended_panic_clock;
+  // Since a started/rebooted/stopped event, no snapshot has read panic_cpu as -1: what memory
+  // shows may still be the old boot's RAM (its panic), not the new kernel's.
+  bool old_boot_memory = false;
   bool panic_ends_next_tick = false;  // told crashed and reset in one tick: report, then end
   ConsoleLog console;  // this boot's console as seen across snapshots
   bool suspect = false;

@@ -153,23 +153,19 @@ void update_thread(ThreadTracker& tr, const HostThreadView& v, int vcpu, Timesta
 // for it one snapshot later (issue 12: 4 findings for 2 panics).
 void update_panic(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
   PanicState& p = d.panic;
-  d.console.merge(g.printk_tail);
   const bool clock_known = g.running_clock_ns != 0;
-  // The old boot's RAM still showing its panic after the reset (the new kernel has not
-  // overwritten it yet): the same frozen clock.
-  const bool old_memory = d.ended_panic_clock && clock_known && g.running_clock_ns == *d.ended_panic_clock;
-  if (g.panic_cpu >= 0 && !old_memory) {
+  // After a reset the old boot's RAM is read until the new kernel overwrites it (seen on a real
+  // guest: a panic reset at once by libvirt, then its panic_cpu read again for ~10 s and
+  // reported as a second panic). Memory counts again once this boot showed no panic.
+  if (g.panic_cpu < 0 && g.panic_cpu_read) d.old_boot_memory = false;
+  if (!d.old_boot_memory) d.console.merge(g.printk_tail);
+  if (g.panic_cpu >= 0 && !d.old_boot_memory) {
     if (!p.active) p.since = now;
     p.active = true;
     p.cpu = g.panic_cpu;
-    if (clock_known) {
-      if (!p.clock_at_panic) p.clock_at_panic = g.running_clock_ns;
-      p.last_clock = g.running_clock_ns;
-    }
+    if (clock_known && !p.clock_at_panic) p.clock_at_panic = g.running_clock_ns;
     p.new_boot_clock.reset();
-    d.ended_panic_clock.reset();
   } else if (g.panic_cpu < 0 && g.panic_cpu_read) {
-    d.ended_panic_clock.reset();  // this memory shows no panic: the old boot's is gone
     if (p.active && p.clock_at_panic && clock_known && g.running_clock_ns < *p.clock_at_panic) {
       if (p.new_boot_clock && g.running_clock_ns > *p.new_boot_clock) {
         // Two snapshots of a kernel without a panic whose clock runs: the guest rebooted.
@@ -299,7 +295,6 @@ struct DiagnosisEngine::Impl {
   }
 
   static void end_panic(DomainState& d) {
-    if (d.panic.active && d.panic.last_clock) d.ended_panic_clock = d.panic.last_clock;
     d.panic = PanicState{};
     d.panic_ends_next_tick = false;
     d.console.clear();
@@ -434,7 +429,7 @@ struct DiagnosisEngine::Impl {
           else
             end_panic(d);
           d.guest.reset();
-          if (!d.panic_ends_next_tick) d.console.clear();
+          d.old_boot_memory = true;
           break;
         case DomainEventType::kPaused:
         case DomainEventType::kResumed:
