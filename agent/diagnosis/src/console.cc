@@ -9,7 +9,7 @@ namespace stallmon::diagnosis {
 
 namespace {
 
-constexpr std::size_t kMaxTailLines = 64;  // a tail longer than this is a misbehaving reader
+constexpr std::size_t kMaxTailLines = 256;  // the daemon reads 20 a tick, 200 while panicked
 
 bool starts_block(std::string_view line) {
   // The first line of what the kernel prints for a fatal fault (kernel/panic.c, arch/x86/mm/

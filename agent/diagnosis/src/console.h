@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The guest console as the engine has seen it across snapshots, and the oops/panic text in it.
-// Each snapshot carries only the last few printk records (20 on the daemon's tick), so an oops
-// printed between two snapshots is joined from their overlapping tails. Internal.
+// Each snapshot carries only the last few printk records (20 on the daemon's tick, 200 while
+// panic_cpu is set), so an oops printed across snapshots is joined from their overlapping tails.
+// Internal.
 #pragma once
 
 #include <cstddef>
@@ -13,7 +14,7 @@ namespace stallmon::diagnosis {
 
 class ConsoleLog {
  public:
-  explicit ConsoleLog(std::size_t max_lines = 200) : max_lines_(max_lines) {}
+  explicit ConsoleLog(std::size_t max_lines = 300) : max_lines_(max_lines) {}
 
   // Appends the records of `tail` (oldest first) that follow what was already seen: the longest
   // suffix of the log that is a prefix of the tail is the overlap. An empty tail (unreadable
