@@ -86,7 +86,6 @@ struct CsdEdgeTracker {
 
 struct GuestState {
   GuestView view;
-  uint64_t clock_ns = 0;  // the last guest clock read (a snapshot may fail to read it: 0)
   Timestamp at{};
   std::map<int, GuestCpuTracker> cpus;
   std::map<CsdEdgeKey, CsdEdgeTracker> edges;

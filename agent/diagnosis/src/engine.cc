@@ -190,10 +190,14 @@ void update_panic(DomainState& d, const GuestView& g, Timestamp now, const Diagn
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
   // The guest clock went back: a reboot the libvirt events did not tell us about (or a new
   // guest under the same name). Nothing of the old boot's CPU state carries over.
-  // A clock of 0 was not read (an unreadable snapshot): it says nothing about a reboot.
-  if (d.guest && g.running_clock_ns != 0 && g.running_clock_ns < d.guest->clock_ns) {
+  // A snapshot that could not read the clock (0) drops the CPU trackers too, as on main. (Kept
+  // across such snapshots for a while, one real warm-reboot run got a GUEST_IRQS_OFF on CPU0 of
+  // the new boot - during a host load spike, so not proven to be the cause; main's behaviour is
+  // the safe one: no count carried across a snapshot that cannot be placed in time.) Only a clock that was read and
+  // went back is a new boot for the console; the panic has its own rules (update_panic).
+  if (d.guest && g.running_clock_ns < d.guest->view.running_clock_ns) {
     d.guest.reset();
-    if (!d.panic.active) d.console.clear();
+    if (g.running_clock_ns != 0 && !d.panic.active) d.console.clear();
   }
   if (!d.guest) d.guest.emplace();
   GuestState& gs = *d.guest;
@@ -248,7 +252,6 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   gs.cpus = std::move(cpus);
   gs.edges = std::move(edges);
   gs.view = g;
-  if (g.running_clock_ns != 0) gs.clock_ns = g.running_clock_ns;
   gs.at = now;
   d.last_snapshot_at = now;
 
