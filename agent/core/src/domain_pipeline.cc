@@ -701,7 +701,17 @@ std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestam
   if (!kernel_ || (!every_tick && !shared_.engine->wants_guest_snapshot(uuid_, now))) return std::nullopt;
   const int64_t t0 = shared_.mono->now_ns();
   introspect::GuestSnapshot snap;
-  if (!with_kernel([&](GuestKernel& k) { snap = k.tick_reader->take(); })) {
+  if (!with_kernel([&](GuestKernel& k) {
+        snap = k.tick_reader->take();
+        // A panicked guest's panic message and oops lie further back than the tick's short tail
+        // (a 6.1 sysrq-c panic ends ~25 records after its message). A dead guest has no tick
+        // budget to keep: read the inspect-length tail for GUEST_PANIC's text.
+        if (snap.panic_cpu && *snap.panic_cpu >= 0) {
+          const auto& o = shared_.config.inspect_snapshot;
+          auto tail = introspect::read_printk_tail(*k.access, o.printk_records, o.printk_max_text);
+          if (tail.ok()) snap.printk = std::move(tail).value();
+        }
+      })) {
     *abandoned = true;
     return std::nullopt;
   }

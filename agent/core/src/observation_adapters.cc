@@ -66,6 +66,7 @@ diagnosis::GuestView to_guest_view(const introspect::GuestSnapshot& snap) {
     g.softlockup_watchdog_enabled = *snap.watchdog_thresh > 0;
   }
   g.panic_cpu = snap.panic_cpu.value_or(-1);
+  g.panic_cpu_read = snap.panic_cpu.has_value();
   g.printk_tail.reserve(snap.printk.size());
   for (const introspect::PrintkRecord& r : snap.printk) g.printk_tail.push_back(r.text);
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "console.h"
 #include "stallmon/diagnosis/observation.h"
 
 namespace stallmon::diagnosis {
@@ -90,6 +91,8 @@ struct GuestState {
   std::map<CsdEdgeKey, CsdEdgeTracker> edges;
 };
 
+// One panic of one boot: sticky until the guest resets or reboots (a started / rebooted /
+// stopped event, or a new boot seen in memory), whatever single snapshots say in between.
 struct PanicState {
   bool active = false;
   Timestamp since{};
@@ -98,6 +101,12 @@ struct PanicState {
   std::string event_detail;
   std::optional<uint64_t> clock_at_panic;  // guest running clock when first seen in memory
   std::vector<std::string> printk_tail;
+  std::string message;             // "Kernel panic - not syncing: ..." (console.h)
+  std::vector<std::string> text;   // the oops/panic block from the console
+  // A new boot seen in memory: a snapshot that read panic_cpu as -1 with a known guest clock
+  // below the panic's. Confirmed by the next such snapshot whose clock moved on (a running
+  // kernel); the panicked one's clocks stand still.
+  std::optional<uint64_t> new_boot_clock;
 };
 
 struct DomainState {
@@ -110,6 +119,11 @@ struct DomainState {
   std::optional<Timestamp> last_snapshot_at;
   MonitorStatus monitor;
   PanicState panic;
+  // Since a started/rebooted/stopped event, no snapshot has read panic_cpu as -1: what memory
+  // shows may still be the old boot's RAM (its panic), not the new kernel's.
+  bool old_boot_memory = false;
+  bool panic_ends_next_tick = false;  // told crashed and reset in one tick: report, then end
+  ConsoleLog console;  // this boot's console as seen across snapshots
   bool suspect = false;
 };
 

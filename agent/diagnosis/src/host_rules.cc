@@ -416,8 +416,11 @@ void rule_panic(TickContext& t) {
     f.summary = "The guest kernel panicked on CPU" + std::to_string(p.cpu);
   else
     f.summary = "libvirt reports the guest crashed" + (p.event_detail.empty() ? "" : " (" + p.event_detail + ")");
-  if (!p.printk_tail.empty()) f.summary += "; last console line: \"" + p.printk_tail.back() + "\"";
-  f.summary += ".";
+  if (!p.message.empty())
+    f.summary += ": \"" + p.message + "\"";
+  else if (!p.printk_tail.empty())
+    f.summary += "; last console line: \"" + p.printk_tail.back() + "\"";
+  f.summary += ". It stands until the guest resets or reboots.";
   Evidence e;
   e.text = p.cpu >= 0 ? "panic_cpu = " + std::to_string(p.cpu) : "lifecycle event: crashed";
   if (p.cpu >= 0) e.facts["panic_cpu"] = std::to_string(p.cpu);
@@ -430,7 +433,18 @@ void rule_panic(TickContext& t) {
     tail.facts["lines"] = std::to_string(p.printk_tail.size());
     f.evidence.push_back(std::move(tail));
   }
-  c.signature = std::to_string(p.cpu) + (p.from_event ? "/event" : "");
+  if (!p.text.empty()) {
+    // The oops/panic block, joined from the console tails of successive snapshots.
+    Evidence text;
+    text.text = "oops/panic text:";
+    for (const auto& line : p.text) text.text += "\n" + line;
+    text.facts["panic_text_lines"] = std::to_string(p.text.size());
+    if (!p.message.empty()) text.facts["panic_message"] = p.message;
+    f.evidence.push_back(std::move(text));
+  }
+  // The panic text arriving (or growing) is material: an UPDATED event, same finding.
+  c.signature = std::to_string(p.cpu) + (p.from_event ? "/event" : "") + "|" + p.message + "|" +
+                std::to_string(p.text.size());
 }
 
 }  // namespace stallmon::diagnosis

@@ -260,7 +260,11 @@ std::string format_findings(const v1::ListFindingsResponse& r, bool evidence, Cl
       << " cpus " << join_ints(f.cpus()) << " (" << (f.active() ? "active" : "resolved") << ", onset "
       << human_time(f.onset()) << " UTC, " << human_duration(f.duration()) << ")\n" << in << "  " << f.summary() << "\n";
     for (const auto& e : f.evidence()) {
-      o << in << "    - " << e.text() << "\n";
+      // Multi-line evidence (console lines, a panic's oops text) stays under its bullet.
+      std::string text = e.text();
+      for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 1))
+        text.insert(at + 1, in + "      "), at += in.size() + 6;
+      o << in << "    - " << text << "\n";
       for (const auto& fr : e.host_stack()) o << in << "        " << fr << "\n";
     }
     if (f.has_predicted_guest_report_in()) {

@@ -35,6 +35,17 @@ TEST(Alerts, LabelVocabulary) {
             "GUEST_SOFTLOCKUP_IMMINENT");
 }
 
+TEST(Alerts, PanicMessageIsItsOwnAnnotation) {
+  diagnosis::Finding f = ipi_stall();
+  f.kind = diagnosis::FindingKind::kGuestPanic;
+  EXPECT_EQ(alert_from_finding(f, {}, std::nullopt).annotations.count("panic_message"), 0u);
+  f.evidence.push_back({"oops/panic text:\nKernel panic - not syncing: Fatal exception",
+                        {{"panic_message", "Kernel panic - not syncing: Fatal exception"}, {"panic_text_lines", "1"}},
+                        {}});
+  const auto a = alert_from_finding(f, {}, std::nullopt);
+  EXPECT_EQ(a.annotations.at("panic_message"), "Kernel panic - not syncing: Fatal exception");
+}
+
 TEST(Alerts, Rfc3339) {
   EXPECT_EQ(format_rfc3339(diagnosis::Timestamp(std::chrono::seconds(1'700'000'000)) + 45ms),
             "2023-11-14T22:13:20.045Z");

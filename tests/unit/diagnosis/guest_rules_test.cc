@@ -439,7 +439,7 @@ TEST(Panic, PanicCpuWithConsoleTail) {
   EXPECT_EQ(f.kind, FindingKind::kGuestPanic);
   EXPECT_EQ(f.severity, Severity::kCritical);
   EXPECT_EQ(f.cpus, std::vector<int>{1});
-  EXPECT_TRUE(contains(f.summary, "panicked on CPU1; last console line: \"Kernel panic - not syncing: sysrq triggered crash\""))
+  EXPECT_TRUE(contains(f.summary, "panicked on CPU1: \"Kernel panic - not syncing: sysrq triggered crash\""))
       << f.summary;
   EXPECT_EQ(f.evidence.at(1).facts.at("lines"), "3");
   EXPECT_FALSE(contains(f.evidence.at(1).text, "\na\n"));

@@ -97,6 +97,9 @@ class Sim {
   bool snapshot_always = true;
   // A workload's step (fault_scenarios.h), run at the start of every tick.
   std::function<void()> before_tick;
+  // Edits the snapshot this tick observes (a partly or wholly unreadable read); returning false
+  // drops it (no snapshot this tick).
+  std::function<bool(GuestView&)> edit_snapshot;
 
   Duration period() const { return 400ms * guest.watchdog_thresh; }
 
@@ -143,8 +146,10 @@ class Sim {
     if (snapshot_always || engine.wants_guest_snapshot(domain.name, clock.now())) {
       GuestView g = guest;
       for (auto& c : cpus) g.cpus.push_back(c.view);
-      obs.guest = std::move(g);
-      ++snapshots;
+      if (!edit_snapshot || edit_snapshot(g)) {
+        obs.guest = std::move(g);
+        ++snapshots;
+      }
     }
     auto out = engine.observe(obs);
     events.insert(events.end(), out.begin(), out.end());

@@ -63,6 +63,19 @@ TEST(ClientFormat, FindingsTableAndEvidence) {
   EXPECT_NE(chain.find("explained by demo/VCPU_HOST_BLOCKED/vcpu2/1"), std::string::npos) << chain;
 }
 
+TEST(ClientFormat, MultiLineEvidenceStaysUnderItsBullet) {
+  v1::ListFindingsResponse r;
+  auto f = finding();
+  f.set_kind(v1::GUEST_PANIC);
+  f.add_evidence()->set_text("oops/panic text:\nsysrq: Trigger a crash\nKernel panic - not syncing: sysrq triggered crash");
+  *r.add_findings() = f;
+  auto chain = format_findings(r, true, Clock::time_point(std::chrono::seconds(1'795'248'407)));
+  EXPECT_NE(chain.find("    - oops/panic text:\n      sysrq: Trigger a crash\n"
+                       "      Kernel panic - not syncing: sysrq triggered crash\n"),
+            std::string::npos)
+      << chain;
+}
+
 TEST(ClientFormat, FindingsAsIncidentTrees) {
   // Listed by onset: the IPI stall began first, but it is a symptom of the VM-wide stall.
   v1::ListFindingsResponse r;

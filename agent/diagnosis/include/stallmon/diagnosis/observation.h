@@ -107,11 +107,14 @@ struct GuestCpuView {
 struct GuestView {
   // The guest's running_clock() in nanoseconds when the snapshot was read (what the guest's own
   // watchdog compares its timestamps against). Not host time: the two differ by boot time, and
-  // the guest's clock need not advance with ours.
+  // the guest's clock need not advance with ours. 0: not read (an unreadable snapshot).
   uint64_t running_clock_ns = 0;
   int watchdog_thresh = 10;  // /proc/sys/kernel/watchdog_thresh; 0 = watchdog disabled
   bool softlockup_watchdog_enabled = true;
   int panic_cpu = -1;        // -1 = PANIC_CPU_INVALID: no panic in progress
+  // Whether panic_cpu was read from this snapshot: false when the read failed (panic_cpu is then
+  // -1 but says nothing). A snapshot that could not read panic_cpu never ends a panic.
+  bool panic_cpu_read = true;
   std::vector<std::string> printk_tail;  // last console records, oldest first
   std::vector<GuestCpuView> cpus;
 };
