@@ -693,6 +693,29 @@ bool DomainPipeline::clock_went_back(const introspect::GuestSnapshot& snap, std:
   return false;
 }
 
+DomainPipeline::ClockAdvance DomainPipeline::clock_advance(const introspect::GuestSnapshot& snap, int64_t now_ns) const {
+  // A running guest's clocks advance at most at the host's pace (its clocksources are the
+  // host's time under KVM and TCG alike; HZ <= 1000 is at most a jiffy per ms), with some
+  // slack for where within a tick each was read. Bytes of the previous boot that a booting
+  // kernel overwrites change too, but by arbitrary amounts: seen once, on a real warm reboot,
+  // as a "proven" old kernel whose next snapshot then went back (a second reboot counted).
+  const int64_t elapsed_ns = std::max<int64_t>(0, now_ns - proof_at_ns_);
+  bool advanced = false;
+  if (snap.jiffies && proof_jiffies_) {
+    if (*snap.jiffies < *proof_jiffies_) return ClockAdvance::kImplausible;
+    const uint64_t d = *snap.jiffies - *proof_jiffies_;
+    if (d > static_cast<uint64_t>(elapsed_ns / 1'000'000) + 10) return ClockAdvance::kImplausible;
+    advanced = advanced || d > 0;
+  }
+  if (snap.guest_clock_ns != 0 && proof_clock_ != 0) {
+    if (snap.guest_clock_ns < proof_clock_) return ClockAdvance::kImplausible;
+    const uint64_t d = snap.guest_clock_ns - proof_clock_;
+    if (d > 2 * static_cast<uint64_t>(elapsed_ns) + 100'000'000ULL) return ClockAdvance::kImplausible;
+    advanced = advanced || d > 0;
+  }
+  return advanced ? ClockAdvance::kAdvanced : ClockAdvance::kNone;
+}
+
 std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestamp now, bool* abandoned) {
   // A kernel being proven is snapshotted every tick (its snapshots are not observed), and so is
   // every kernel when the baseline is one tick (the default): not left to the engine's clock
@@ -718,13 +741,13 @@ std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestam
   const int64_t took = shared_.mono->now_ns() - t0;
   record_snapshot(snap, took);
   std::string why;
-  if (clock_went_back(snap, why)) {
+  // A kernel being proven is judged by clock_advance() below; its clocks become the reference
+  // for "went back" only once proven (an unproven snapshot may show overwritten bytes).
+  if (!proving_ && clock_went_back(snap, why)) {
     // Whatever this snapshot shows is a mix of two boots: never observed.
     reboot_detected("guest rebooted: " + why, t0, false);
     return std::nullopt;
   }
-  if (snap.jiffies) last_jiffies_ = std::max(last_jiffies_.value_or(0), *snap.jiffies);
-  last_guest_clock_ = std::max(last_guest_clock_, snap.guest_clock_ns);
   if (proving_) {
     const bool has_clock = snap.jiffies || snap.guest_clock_ns != 0;
     // The previous boot's frozen memory shows exactly its last clocks again.
@@ -735,17 +758,22 @@ std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestam
     const bool first = !proof_jiffies_ && proof_clock_ == 0;
     bool proven = !has_clock;  // nothing to prove with: trust the discovery's own checks
     if (has_clock && !matches_old) {
-      if (first) {
+      const ClockAdvance adv = first ? ClockAdvance::kNone : clock_advance(snap, t0);
+      if (first || adv == ClockAdvance::kImplausible) {
+        // The base of the proof: the first snapshot, or again after clocks that jumped as no
+        // running kernel's do (the old boot's memory being overwritten by the new boot).
         proof_jiffies_ = snap.jiffies;
         proof_clock_ = snap.guest_clock_ns;
-        if (!proof_jiffies_ && proof_clock_ == 0) proven = true;
+        proof_at_ns_ = t0;
+        if (first && !proof_jiffies_ && proof_clock_ == 0) proven = true;
       } else {
-        proven = (snap.jiffies && proof_jiffies_ && *snap.jiffies > *proof_jiffies_) ||
-                 (proof_clock_ != 0 && snap.guest_clock_ns > proof_clock_);
+        proven = adv == ClockAdvance::kAdvanced;
       }
     }
     if (proven) {
       proving_ = false;
+      last_jiffies_.reset();
+      last_guest_clock_ = 0;
       set_health([&](IntrospectionHealth& h) {
         h.state = IntrospectionState::kReady;
         h.error.clear();
@@ -762,6 +790,8 @@ std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestam
       return std::nullopt;  // not observed until proven
     }
   }
+  if (snap.jiffies) last_jiffies_ = std::max(last_jiffies_.value_or(0), *snap.jiffies);
+  last_guest_clock_ = std::max(last_guest_clock_, snap.guest_clock_ns);
   // Every CPU unreadable, many times in a row: the layout no longer matches the guest (a reboot
   // whose event we missed, a qemu that remapped RAM). Discover again.
   const bool all_failed =

@@ -262,6 +262,10 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   std::optional<introspect::GuestSnapshot> maybe_snapshot(Timestamp now, bool* abandoned);
   // Whether the snapshot shows a guest clock that went back (a reboot); sets `why`.
   bool clock_went_back(const introspect::GuestSnapshot& snap, std::string& why) const;
+  // How a proving kernel's clocks moved since the proof's base: not at all, as a running
+  // kernel's do, or in a way no running kernel's do (backwards, or faster than the host).
+  enum class ClockAdvance { kNone, kAdvanced, kImplausible };
+  ClockAdvance clock_advance(const introspect::GuestSnapshot& snap, int64_t now_ns) const;
   void record_snapshot(const introspect::GuestSnapshot& snap, int64_t took_ns);
   bool serve_inspect_requests();
   void set_health(const std::function<void(IntrospectionHealth&)>& f);
@@ -320,6 +324,7 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   int64_t last_reboot_ns_ = 0;
   int64_t reboot_delay_ns_ = 0;  // grows while the guest's clock "reboots" it every few seconds
   uint64_t proof_clock_ = 0, old_clock_ = 0;
+  int64_t proof_at_ns_ = 0;  // when the proof's base (proof_jiffies_, proof_clock_) was read
 
   // --- Discovery results (disc_mu_) ----------------------------------------------------------
   std::mutex disc_mu_;

@@ -489,6 +489,36 @@ TEST_F(PipelineTest, GuestClockGoingBackDropsTheKernelAndResolvesGuestFindings) 
   EXPECT_EQ(discoveries, before + 1);
 }
 
+// After a reboot the old boot's memory is overwritten by the booting kernel: its jiffies change,
+// but by arbitrary amounts. That is not a running clock: not proven, nothing observed, and the
+// real advance afterwards proves it (one reboot, counted once).
+TEST_F(PipelineTest, ClocksThatJumpAsNoRunningKernelsDoProveNothing) {
+  auto p = make();
+  run(*p, 2);
+  auto set_jiffies = [&](uint64_t v) { kernel->mem.put<uint64_t>(*kernel->symbol("jiffies_64"), v); };
+  uint64_t jiffies = 0;
+  ASSERT_TRUE(kernel->read(*kernel->symbol("jiffies_64"), &jiffies, 8).ok());
+  libvirt::DomainEvent ev;
+  ev.kind = libvirt::DomainEventKind::kRebooted;
+  p->post_event(ev, q.clock.now());
+  run(*p, 2);  // rediscovered; the proof's base read
+  ASSERT_EQ(p->introspection().state, IntrospectionState::kDiscovering);
+  const uint64_t snaps = p->introspection().snapshots;
+  set_jiffies(jiffies + 5'000'000);  // 5 million jiffies in 100 ms: overwritten bytes
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().state, IntrospectionState::kDiscovering);
+  set_jiffies(jiffies + 17);  // and back: not a clock either
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().state, IntrospectionState::kDiscovering);
+  EXPECT_GT(p->introspection().snapshots, snaps);
+  set_jiffies(jiffies + 42);  // +25 in 100 ms (HZ 250): a running kernel
+  run(*p, 1);
+  EXPECT_EQ(p->introspection().state, IntrospectionState::kReady);
+  run(*p, 3);
+  EXPECT_EQ(p->introspection().reboots_detected, 1u);
+  EXPECT_EQ(shared_->counters.reboots_detected.load(), 1u);
+}
+
 TEST_F(PipelineTest, RebootEventDropsTheKernelBeforeTheNextSnapshot) {
   auto p = make();
   run(*p, 2);
