@@ -697,8 +697,9 @@ DomainPipeline::ClockAdvance DomainPipeline::clock_advance(const introspect::Gue
   // A running guest's clocks advance at most at the host's pace (its clocksources are the
   // host's time under KVM and TCG alike; HZ <= 1000 is at most a jiffy per ms), with some
   // slack for where within a tick each was read. Bytes of the previous boot that a booting
-  // kernel overwrites change too, but by arbitrary amounts: seen once, on a real warm reboot,
-  // as a "proven" old kernel whose next snapshot then went back (a second reboot counted).
+  // kernel overwrites change too, but by arbitrary amounts, which the old any-increase proof
+  // accepted. A real warm reboot once counted two reboots for one: a "proven" old kernel whose
+  // next snapshot went back would do that (the likely cause, not confirmed on that run).
   const int64_t elapsed_ns = std::max<int64_t>(0, now_ns - proof_at_ns_);
   bool advanced = false;
   if (snap.jiffies && proof_jiffies_) {
