@@ -773,8 +773,6 @@ std::optional<introspect::GuestSnapshot> DomainPipeline::maybe_snapshot(Timestam
     }
     if (proven) {
       proving_ = false;
-      last_jiffies_.reset();
-      last_guest_clock_ = 0;
       set_health([&](IntrospectionHealth& h) {
         h.state = IntrospectionState::kReady;
         h.error.clear();
