@@ -445,6 +445,38 @@ TEST_F(Scenario, SeedCase1OnAnI440fxGuestWithRamAbove4GiB) {
   seed_case1(o);
 }
 
+// Issue 11: the same on a guest with a hotplugged DIMM (256 MiB into a q35 guest started with
+// room for it, attached before the monitor starts and onlined by the guest): the layout the
+// monitor derives without a monitor command has the DIMM at its base, and the diagnosis holds.
+TEST_F(Scenario, SeedCase1OnAGuestWithAHotpluggedDimm) {
+  tb::GuestOptions o;
+  o.tag = "dx-dimm";
+  o.scenario = "ipi-module";
+  o.watchdog_thresh = 5;
+  o.max_memory_mib = 2048;
+  seed_case1(o, {}, [&] {
+    auto att = tb::run_testbed({"attach-dimm", guest().name(), "--size", "256"}, 180s, false);
+    ASSERT_EQ(att.exit_code, 0) << att.err;
+    // Online whatever the guest did not online by itself, then check it counts the DIMM.
+    auto on = guest().run(
+        "for m in /sys/devices/system/memory/memory*/state; do grep -q offline $m && echo online > $m; done; "
+        "grep MemTotal /proc/meminfo");
+    ASSERT_EQ(on.exit_code, 0) << on.out << on.err;
+    std::cout << "after the hotplug: " << on.out << std::flush;
+    // 512 MiB of boot RAM shows as less than 512 MiB: more means the guest uses the DIMM.
+    EXPECT_GT(std::stoull(on.out.substr(on.out.find(':') + 1)), 512ull * 1024) << on.out;
+  });
+  if (HasFatalFailure()) return;
+  // The layout the monitor's watcher derives (default options: read-only, no monitor command).
+  lv::DomainWatcher w(lv::WatcherOptions{});
+  ASSERT_TRUE(w.start().ok());
+  std::optional<lv::DomainInfo> d;
+  ASSERT_TRUE(tb::eventually([&] { return (d = w.domain(guest().name())) && d->ram_layout; }, 30s));
+  ASSERT_FALSE(d->ram_layout->empty());
+  EXPECT_EQ(d->ram_layout->back().name, "memdimm0");
+  w.stop();
+}
+
 // Issue 10: the guest's root planted 40 forged VMCOREINFO notes (another KASLR slide, another
 // BUILD-ID, another phys_base, every field right plus one line) before the monitor started.
 // The monitor must find the real kernel and diagnose seed case 1 exactly as on a clean guest.
