@@ -22,6 +22,9 @@
 
 namespace stallmon::core::internal {
 
+// The name the domain's host sampling history is charged under in its budget.
+constexpr std::string_view kHistoryCharge = "host sampling history";
+
 namespace {
 
 std::map<int32_t, int32_t> vcpu_map(const libvirt::DomainInfo& info) {
@@ -530,6 +533,7 @@ void DomainPipeline::finish_discovery(DiscoveryResult result, int64_t now_ns) {
   if (result.kernel.ok()) {
     kernel_ = std::move(result.kernel).value();
     kernel_->generation = mem_generation_;
+    if (!charge_history_growth(now_ns)) return;
     if (kernel_->note_gpa != 0 && kernel_->note_gpa != note_hint_) {
       (void)shared_.hints.save(info_.uuid, kernel_->note_gpa);  // best effort: only a hint
     }
@@ -647,6 +651,7 @@ void DomainPipeline::manage_introspection(int64_t now_ns) {
                         now_ns, false);
       }
     }
+    if (kernel_ && !charge_history_growth(now_ns)) return;
     if (kernel_ && revalidate_now) {
       set_health([&](IntrospectionHealth& h) {
         if (h.state == IntrospectionState::kPaused) {
@@ -840,6 +845,23 @@ bool DomainPipeline::tick() {
   }
   contain_failure(what);
   return true;
+}
+
+bool DomainPipeline::charge_history_growth(int64_t now_ns) {
+  const uint64_t now_bytes = sampler_ ? sampler_->memory_bytes() : 0;
+  if (now_bytes <= kernel_->history.bytes()) return true;  // shrinking keeps the charge: a bound
+  Result<void> r;
+  if (kernel_->history.bytes() == 0) {
+    Result<introspect::MemoryCharge> c = introspect::MemoryCharge::take(kernel_->budget, kHistoryCharge, now_bytes);
+    if (c.ok()) kernel_->history = std::move(c).value();
+    else r = std::move(c).error();
+  } else {
+    r = kernel_->history.add(now_bytes - kernel_->history.bytes());
+  }
+  if (r.ok()) return true;
+  drop_kernel("over budget: " + r.error().to_string(), now_ns, false);
+  schedule_retry(IntrospectionState::kOverBudget, r.error().to_string(), now_ns);
+  return false;
 }
 
 void DomainPipeline::contain_failure(const std::string& what) {

@@ -104,6 +104,10 @@ struct Shared {
 struct GuestKernel {
   // Everything the guest decides the size of (symbols, types, snapshot buffers) is charged here.
   std::shared_ptr<introspect::MemoryBudget> budget;
+  // The domain's host sampling history (vCPU and thread rings, blocked details), charged to the
+  // same budget: it bounds the domain's memory as a whole. Taken when discovery succeeds and
+  // grown on the tick as the sampler grows (DomainPipeline::charge_history_growth).
+  introspect::MemoryCharge history;
   std::shared_ptr<introspect::PhysicalMemory> memory;
   std::unique_ptr<introspect::Kernel> kernel;
   std::unique_ptr<introspect::KernelAccess> access;
@@ -245,6 +249,9 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   // After a sample: counts and logs a fall back to /proc (sampler_ set, mu_ held).
   void account_stat_source();
   void contain_failure(const std::string& what);
+  // Grows the kernel's history charge to the sampler's memory now; over budget, the kernel is
+  // dropped (kOverBudget, host sampling goes on) and false is returned.
+  bool charge_history_growth(int64_t now_ns);
   void apply_inbox(std::vector<diagnosis::DomainEvent>& events, bool& rebooted);
   void manage_introspection(int64_t now_ns);
   // Runs f on the borrowed kernel inside a GuestReadScope. False: abandoned meanwhile (the

@@ -76,6 +76,15 @@ class FakeQemu {
     t.stack = "[<0>] __refrigerator+0x4c/0x130\n[<0>] get_signal+0x7b5/0x840\n";
     put(t);
   }
+  // Another thread of the process (an I/O worker, say), asleep.
+  void add_thread(int32_t tid, const std::string& comm) {
+    FakeThread t;
+    t.tid = tid;
+    t.comm = comm;
+    t.state = 'S';
+    t.wchan = "futex_wait_queue";
+    put(t);
+  }
   void run_vcpu(int i) {
     FakeThread& t = vcpus_.at(static_cast<size_t>(i));
     t.state = 'R';

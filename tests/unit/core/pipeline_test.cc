@@ -328,6 +328,56 @@ TEST_F(PipelineTest, NoKernelBacksOffToHoursAndSaysSo) {
   EXPECT_EQ(p->introspection().discovery_attempts, 22u);
 }
 
+// Issue 10: the domain's host sampling history shares its memory budget with what the guest
+// decides the size of. The budget is sized here from what the history takes.
+TEST_F(PipelineTest, HostHistoryIsChargedToTheDomainBudget) {
+  constexpr std::string_view kHistory = "host sampling history";
+  uint64_t limit = 64u << 20;
+  std::shared_ptr<introspect::MemoryBudget> budget;
+  auto discover = shared_->discover_override;
+  shared_->discover_override = [&](pid_t pid, const std::vector<introspect::RamRange>& ram, uint64_t hint) {
+    auto r = discover(pid, ram, hint);
+    if (r.ok()) (*r)->budget = budget = std::make_shared<introspect::MemoryBudget>("vm1", limit);
+    return r;
+  };
+  auto reboot = [&](internal::DomainPipeline& p) {
+    libvirt::DomainEvent ev;
+    ev.kind = libvirt::DomainEventKind::kRebooted;
+    p.post_event(ev, q.clock.now());
+  };
+  auto p = make();
+  run(*p, 2);
+  ASSERT_EQ(p->introspection().state, IntrospectionState::kReady) << p->introspection().error;
+  const uint64_t history = budget->breakdown()[std::string(kHistory)];
+  // 4 vCPUs of 1,140 samples each at least.
+  EXPECT_GT(history, 4u * 1140 * sizeof(host::ThreadSample));
+
+  // A budget the history alone does not fit in: no introspection, host sampling goes on.
+  limit = history / 2;
+  reboot(*p);
+  run(*p, 2);
+  IntrospectionHealth h = p->introspection();
+  EXPECT_EQ(h.state, IntrospectionState::kOverBudget) << h.error;
+  EXPECT_NE(h.error.find(kHistory), std::string::npos) << h.error;
+  EXPECT_EQ(p->summary().ticks, 4u);
+
+  // Room for the history and a little more: ready; then the process grows 64 threads, whose
+  // histories do not fit, and introspection stops on the tick that sees them.
+  limit = history + (8u << 10);
+  reboot(*p);
+  run(*p, 2);
+  ASSERT_EQ(p->introspection().state, IntrospectionState::kReady) << p->introspection().error;
+  for (int i = 0; i < 64; ++i) q.add_thread(FakeQemu::kPid + 100 + i, "worker");
+  run(*p, 12);  // the thread list is re-read once a second
+  h = p->introspection();
+  EXPECT_EQ(h.state, IntrospectionState::kOverBudget) << h.error;
+  EXPECT_NE(h.error.find(kHistory), std::string::npos) << h.error;
+  EXPECT_EQ(p->summary().ticks, 18u);
+  q.block_vcpu(1);
+  run(*p, 5);
+  EXPECT_EQ(active(FindingKind::kVcpuHostBlocked).size(), 1u);
+}
+
 TEST_F(PipelineTest, OtherDiscoveryFailuresBackOffToTheShortMaximum) {
   shared_->discover_override = [this](pid_t, const std::vector<introspect::RamRange>&, uint64_t)
       -> Result<std::unique_ptr<internal::GuestKernel>> {
