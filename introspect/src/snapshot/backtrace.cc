@@ -469,8 +469,14 @@ Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const s
   bt.stack_base = base;
   bt.stack_size = stack.size();
   StackView v{base, &stack};
+  // The scans below index words i < nwords only: read them without the StackView's checks,
+  // which stay for the addresses the guest's frames name.
   const uint64_t nwords = stack.size() / 8;
-  auto w = [&](uint64_t i) { return *v.word(base + 8 * i); };
+  auto w = [&](uint64_t i) {
+    uint64_t x;
+    std::memcpy(&x, stack.data() + 8 * i, 8);
+    return x;
+  };
   auto emit = [&](const Chain& c, Verification first) {
     for (size_t i = 0; i < c.frames.size(); ++i) {
       const Verification mark = i == 0 ? first : Verification::kOrcChain;
@@ -493,6 +499,7 @@ Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const s
   //    pointer is live; below it, the newest one is where the CPU spins between interrupts.
   std::optional<std::pair<uint64_t, Chain>> partial;
   for (uint64_t j = nwords >= kPtRegsWords ? nwords - kPtRegsWords + 1 : 0; j-- > 0;) {
+    if (w(j + kRegsCs) != kKernelCs) continue;  // the cheapest test first: almost every j fails it
     const uint64_t ip = w(j + kRegsIp), cs = w(j + kRegsCs), flags = w(j + kRegsFlags), sp = w(j + kRegsSp),
                    ss = w(j + kRegsSs);
     const uint64_t end = base + 8 * (j + kPtRegsWords);

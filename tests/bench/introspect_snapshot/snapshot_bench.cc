@@ -18,6 +18,7 @@
 #include "stallmon/introspect/kernel.h"
 #include "stallmon/introspect/snapshot.h"
 #include "stallmon/introspect/snapshot_kernel_access.h"
+#include "orc_fixture.h"
 #include "synthetic_kernel.h"
 
 using namespace stallmon::introspect;
@@ -51,6 +52,39 @@ void BM_SnapshotSynthetic(benchmark::State& state) {
   state.counters["cpus"] = n;
 }
 BENCHMARK(BM_SnapshotSynthetic)->RangeMultiplier(2)->Range(1, 64)->Unit(benchmark::kMicrosecond);
+
+// One task's backtrace over a 16 KiB stack (the ORC fixture's chain behind an interrupt frame),
+// against reading that stack alone: the scan's cost on top of the read it needs anyway.
+// Arg 0: the interrupt frame is there (found by the pt_regs scan). Arg 1: it is not, and the
+// scan goes on to the return-address chains (the common case of a task that was not interrupted).
+void BM_BacktraceOneTask(benchmark::State& state) {
+  testing::SyntheticKernel k(2, testing::SyntheticKernel::Layout::kLinux61);
+  testing::OrcStack g{k};
+  g.install_orc(true);
+  if (state.range(0) == 1) g.clear_pt_regs();
+  auto r = BacktraceReader::create(k);
+  if (!r) {
+    state.SkipWithError(r.error().to_string().c_str());
+    return;
+  }
+  for (auto _ : state) {
+    auto bt = (*r)->backtrace_task(g.task);
+    benchmark::DoNotOptimize(bt);
+  }
+}
+BENCHMARK(BM_BacktraceOneTask)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+
+void BM_StackReadOnly(benchmark::State& state) {
+  testing::SyntheticKernel k(2, testing::SyntheticKernel::Layout::kLinux61);
+  testing::OrcStack g{k};
+  std::vector<uint8_t> stack(testing::OrcStack::kStackSize);
+  for (auto _ : state) {
+    auto r = k.read(testing::OrcStack::kStack, stack.data(), stack.size());
+    benchmark::DoNotOptimize(r);
+    benchmark::DoNotOptimize(stack.data());
+  }
+}
+BENCHMARK(BM_StackReadOnly)->Unit(benchmark::kMicrosecond);
 
 struct Real {
   std::shared_ptr<PhysicalMemory> mem;
