@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "console.h"
+#include "guest_clock.h"
 #include "stallmon/diagnosis/observation.h"
 
 namespace stallmon::diagnosis {
@@ -87,6 +88,7 @@ struct CsdEdgeTracker {
 struct GuestState {
   GuestView view;
   Timestamp at{};
+  GuestClockMap clock;  // this boot's guest clock against host time, one point per snapshot
   std::map<int, GuestCpuTracker> cpus;
   std::map<CsdEdgeKey, CsdEdgeTracker> edges;
 };

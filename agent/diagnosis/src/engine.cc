@@ -253,6 +253,7 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   gs.edges = std::move(edges);
   gs.view = g;
   gs.at = now;
+  gs.clock.observe(now, g.running_clock_ns);
   d.last_snapshot_at = now;
 
   update_panic(d, g, now, c);

@@ -453,7 +453,15 @@ void rule_softlockup(TickContext& t) {
                         kind == FindingKind::kGuestSoftlockup ? Severity::kCritical : Severity::kWarning, cause);
     Finding& f = c.finding;
     f.cpus = {cpu};
-    f.onset = t.now - Duration(sc->age_ns);
+    // When the CPU last ran its watchdog, in host time. The touch is in guest "seconds" (2^30 ns,
+    // truncated): take the end of that second, never earlier than the touch, placed through the
+    // guest clock map (a lagging guest clock is not host time). A stall another finding explains
+    // began no earlier than that finding: the watchdog runs only once per sample period, so its
+    // last touch can precede the stall by that much.
+    const uint64_t touch_end_ns = std::min((*touch + 1) << 30, view.running_clock_ns);
+    Timestamp onset = g.clock.empty() ? t.now - Duration(sc->age_ns) : g.clock.to_host(touch_end_ns);
+    if (auto o = t.onset_of(explained_by)) onset = std::max(onset, *o);
+    f.onset = std::min(onset, t.now);
     f.explained_by = explained_by;
     f.cause_evaluating = evaluating;
     f.predicted_guest_report_in = predicted;

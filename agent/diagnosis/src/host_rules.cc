@@ -154,6 +154,14 @@ Candidate& TickContext::propose(FindingKind kind, const std::string& key, Severi
   return candidates.back();
 }
 
+std::optional<Timestamp> TickContext::onset_of(const std::string& id) const {
+  if (id.empty()) return std::nullopt;
+  for (const Candidate& c : candidates) {
+    if (c.finding.id == id) return c.finding.onset;
+  }
+  return std::nullopt;
+}
+
 const ThreadTracker* TickContext::vcpu_thread(int vcpu) const {
   auto it = d.vcpus.find(vcpu);
   return it == d.vcpus.end() ? nullptr : &it->second;

@@ -48,6 +48,8 @@ class TickContext {
   Candidate& propose(FindingKind kind, const std::string& key, Severity severity, Cause cause);
 
   HostVerdict host_verdict(int vcpu) const;
+  // The onset of the finding proposed this tick under `id` (an explained_by), if any.
+  std::optional<Timestamp> onset_of(const std::string& id) const;
   const ThreadTracker* vcpu_thread(int vcpu) const;
 
   std::vector<Candidate> candidates;

@@ -106,6 +106,27 @@ TEST_F(SeedCase1, RootIsCpu2BlockedOnTheHost) {
   EXPECT_TRUE(contains(idle->summary, "with a pending wakeup and 2 queued calls it never runs")) << idle->summary;
 }
 
+// Issue 12: onsets are host times that never precede the fault, also when the guest's clock
+// lags the host's (~10% on TCG) and the watchdog's last touch came up to a period before it.
+TEST_F(SeedCase1, NoOnsetPrecedesTheFreezeOnAGuestWhoseClockLags) {
+  sim.guest_clock_rate = 0.9;
+  sim.run(5s);
+  freeze_vcpu2();
+  sim.run(300ms);
+  ipi_to_frozen_cpu2();
+  sim.run(15s);
+  ASSERT_TRUE(opened_at(sim, FindingKind::kGuestSoftlockup, 0));
+  ASSERT_TRUE(opened_at(sim, FindingKind::kGuestSoftlockup, 2));
+  for (const Finding& f : sim.engine.active_findings()) {
+    EXPECT_GE(f.onset, freeze_at) << to_string(f.kind) << " cpus " << ::testing::PrintToString(f.cpus) << " onset "
+                                  << (freeze_at - f.onset).count() << " ns before the freeze";
+  }
+  // CPU0's soft lockup starts with its wait on CPU2, not at its last touch before the freeze.
+  const Finding* cpu0 = find(sim.engine.active_findings(), FindingKind::kGuestSoftlockup, 0);
+  ASSERT_NE(cpu0, nullptr);
+  EXPECT_EQ(cpu0->onset, sim.active(FindingKind::kGuestIpiStall).at(0).onset);
+}
+
 TEST_F(SeedCase1, SoftLockupPredictedAndEscalatedLongBeforeTheGuestWouldSay) {
   freeze_vcpu2();
   sim.run(300ms);
