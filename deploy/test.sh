@@ -8,8 +8,12 @@
 # The soak tier (on demand, not part of `all`) watches the healthy busy guest for
 # STALLMON_SOAK_SECONDS (default 600); `all` and `integration` run a bounded sample of it
 # (STALLMON_HEALTHY_SECONDS, default 120) so that CI stays within its time budget.
+# The matrix tier (on demand, not part of `all`; the integration tier runs a two-run sample)
+# runs tests/testbed/matrix.py: every fault x every kernel flavor, the faulted vCPU at random,
+# against this build's stallmond, and writes its table to build/matrix.md (STALLMON_MATRIX_ARGS
+# overrides the faults/kernels; ~1-2 min per run on 2 cores).
 #
-# Usage: deploy/test.sh [unit|asan|integration|all|fuzz|soak]   (default: all)
+# Usage: deploy/test.sh [unit|asan|integration|all|fuzz|soak|matrix]   (default: all)
 # Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_ASAN_BUILD_DIR (default
 # build/asan), STALLMON_JOBS (default: nproc), STALLMON_FUZZ_SECONDS (default 20),
 # STALLMON_SOAK_SECONDS (default 600, at most 3600: the test's CTest timeout is 4200 s),
@@ -17,7 +21,7 @@
 set -euo pipefail
 
 tier="${1:-all}"
-case "$tier" in unit|asan|integration|all|fuzz|soak) ;; *) echo "usage: $0 [unit|asan|integration|all|fuzz|soak]" >&2; exit 2 ;; esac
+case "$tier" in unit|asan|integration|all|fuzz|soak|matrix) ;; *) echo "usage: $0 [unit|asan|integration|all|fuzz|soak|matrix]" >&2; exit 2 ;; esac
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="${STALLMON_JOBS:-$(nproc)}"
@@ -60,6 +64,14 @@ asan_build="${STALLMON_ASAN_BUILD_DIR:-$root/build/asan}"
 if [ "$tier" != asan ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON
   cmake --build "$build" -j "$jobs"
+fi
+
+if [ "$tier" = matrix ]; then
+  python3 "$root/tests/testbed/testbed.py" libvirt-up
+  # shellcheck disable=SC2086  # STALLMON_MATRIX_ARGS is a list of options
+  exec python3 "$root/tests/testbed/matrix.py" --stallmond "$build/agent/daemon/stallmond" \
+    --stallctl "$build/agent/cli/stallctl" --out "$build/matrix.md" \
+    ${STALLMON_MATRIX_ARGS:---kernels 6.1,6.12,6.1-rt,6.1-cloud,6.12-rt,6.12-cloud}
 fi
 
 rc=0
