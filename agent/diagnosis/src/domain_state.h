@@ -57,8 +57,17 @@ struct ThreadTracker {
   std::optional<Timestamp> impeded_at;  // the last tick it was impeded
 };
 
+// A CPU whose current task's stack end was read as overwritten: since the first snapshot that
+// showed it, and which task (kept through snapshots that could not read the word or the task).
+struct StackEndCorruption {
+  Timestamp since{};
+  int pid = 0;
+  std::string comm;
+};
+
 struct GuestCpuTracker {
   GuestCpuView latest;
+  std::optional<StackEndCorruption> stack_end;
   std::optional<Timestamp> idle_pending_since;
   int idle_pending_snapshots = 0;
   std::optional<uint64_t> hrtimer;

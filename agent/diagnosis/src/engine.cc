@@ -22,6 +22,7 @@ bool is_guest_kind(FindingKind k) {
     case FindingKind::kGuestSoftlockupImminent:
     case FindingKind::kGuestSoftlockup:
     case FindingKind::kGuestIrqsOff:
+    case FindingKind::kGuestStackOverflow:
       return true;
     default:
       return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
@@ -187,6 +188,22 @@ void update_panic(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   if (text.lines.size() > p.text.size()) p.text = std::move(text.lines);
 }
 
+// The stack-end magic of the CPU's current task. An unreadable word is no evidence: a corruption
+// already seen stands through it unless another task is seen running (a runqueue read with an
+// empty comm says nothing about the task either).
+void update_stack_end(GuestCpuTracker& tr, const GuestCpuView& cv, Timestamp now) {
+  const bool task_known = !cv.current_comm.empty();
+  const bool same_task = tr.stack_end && tr.stack_end->pid == cv.current_pid && tr.stack_end->comm == cv.current_comm;
+  if (cv.stack_end_corrupt) {
+    if (!*cv.stack_end_corrupt)
+      tr.stack_end.reset();
+    else if (!same_task)
+      tr.stack_end = StackEndCorruption{now, cv.current_pid, cv.current_comm};
+  } else if (tr.stack_end && task_known && !same_task) {
+    tr.stack_end.reset();
+  }
+}
+
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
   // The guest clock went back: a reboot the libvirt events did not tell us about (or a new
   // guest under the same name). Nothing of the old boot's CPU state carries over.
@@ -232,6 +249,7 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
     if (cv.watchdog_touch_ts && tr.prev_touch_ts && *tr.prev_touch_ts != *cv.watchdog_touch_ts)
       tr.watchdog_seen_running = true;
     tr.prev_touch_ts = cv.watchdog_touch_ts;
+    update_stack_end(tr, cv, now);
     tr.latest = cv;
     cpus[cv.cpu] = std::move(tr);
   }
@@ -488,6 +506,7 @@ struct DiagnosisEngine::Impl {
       rule_ipi_stall(t);
       rule_idle_with_pending_work(t);
       rule_softlockup(t);
+      rule_stack_overflow(t);
     }
 
     // A new boot (or none): the old boot's guest findings end with it, held or not.
