@@ -112,6 +112,7 @@ struct PanicState {
   std::vector<std::string> printk_tail;
   std::string message;             // "Kernel panic - not syncing: ..." (console.h)
   std::vector<std::string> text;   // the oops/panic block from the console
+  std::optional<StackOverflowNote> stack_overflow;  // the block names a kernel stack overflow
   // A new boot seen in memory: a snapshot that read panic_cpu as -1 with a known guest clock
   // below the panic's. Confirmed by the next such snapshot whose clock moved on (a running
   // kernel); the panicked one's clocks stand still.

@@ -185,7 +185,10 @@ void update_panic(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   }
   PanicText text = extract_panic_text(d.console.lines());
   if (!text.message.empty()) p.message = std::move(text.message);
-  if (text.lines.size() > p.text.size()) p.text = std::move(text.lines);
+  if (text.lines.size() > p.text.size()) {
+    p.text = std::move(text.lines);
+    p.stack_overflow = find_stack_overflow(p.text);
+  }
 }
 
 // The stack-end magic of the CPU's current task. An unreadable word is no evidence: a corruption
