@@ -290,6 +290,16 @@ class Scenario : public ::testing::Test {
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
 
+// A quiet guest (sleepers only) that stays panicked: no reboot, libvirt keeps it (pvpanic).
+tb::GuestOptions kept_after_panic(const std::string& tag) {
+  tb::GuestOptions o;
+  o.tag = tag;
+  o.scenario = "sleepers";
+  o.panic = 0;
+  o.on_crash = "preserve";
+  return o;
+}
+
 // Issue 10: under hostile guests the monitor's memory stays within its budgets. This process is
 // the monitor (one domain: 64 MiB introspection budget, history, libvirt, gtest): its peak RSS.
 constexpr uint64_t kRssBoundKib = 256 * 1024;
@@ -827,6 +837,57 @@ TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Issue 12 item 3, the guest's own verdict: stackend.ko mode=schedule sleeps with its magic
+// overwritten, and Debian's scheduler (CONFIG_SCHED_STACK_END_CHECK) panics: "Kernel panic - not
+// syncing: corrupted stack end detected inside scheduler". GUEST_PANIC names a kernel stack
+// overflow on CPU1 and the kthread; the panicked CPU's current task is still the kthread with its
+// word overwritten, so GUEST_STACK_OVERFLOW reads it from memory too.
+TEST_F(Scenario, SchedulingWithAnOverwrittenStackEndIsAPanicNamingTheStackOverflow) {
+  ASSERT_TRUE(boot(kept_after_panic("dx-stackpanic")));
+  Monitored m(guest());
+  ASSERT_TRUE(m.ready(120s));
+  const size_t from_log = m.log.size();
+  const size_t from_console = guest().console_size();
+  const auto t0 = Clock::now();
+  // Delayed: the reply to this command must leave the guest before it panics.
+  auto r = guest().run("(sleep 1; insmod /stackend.ko cpu=1 mode=schedule) </dev/null >/dev/null 2>&1 &", 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto panic = m.log.wait(
+      [](const Finding& x) {
+        return x.kind == FindingKind::kGuestPanic &&
+               std::any_of(x.evidence.begin(), x.evidence.end(),
+                           [](const diagnosis::Evidence& e) { return e.facts.count("stack_overflow") != 0; });
+      },
+      90s, from_log);
+  auto overflow = m.log.wait(
+      [](const Finding& x) { return x.kind == FindingKind::kGuestStackOverflow && has_cpus(x, {1}); }, 10s, from_log);
+  std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
+  const std::string console = guest().console(from_console);
+  ASSERT_NE(console.find("corrupted stack end detected inside scheduler"), std::string::npos)
+      << "the guest did not panic in the scheduler; console:\n" << console;
+  std::smatch sm;
+  ASSERT_TRUE(std::regex_search(console, sm, std::regex("stallmon-stackend: STACK_END_MAGIC overwritten on CPU1 by pid ([0-9]+)")));
+  const std::string pid = sm[1].str();
+  ASSERT_TRUE(panic) << "no GUEST_PANIC naming the stack overflow";
+  const Finding& f = panic->event.finding;
+  std::cout << "GUEST_PANIC naming the stack overflow " << seconds(panic->at - t0)
+            << " s after the command (1 s of it a sleep in the guest); GUEST_STACK_OVERFLOW "
+            << (overflow ? std::to_string(seconds(overflow->at - t0)) + " s" : std::string("not seen")) << std::endl;
+  EXPECT_NE(f.summary.find("corrupted stack end detected inside scheduler\". A kernel stack overflow on CPU1 (stackend/1, pid " + pid + ")"),
+            std::string::npos)
+      << f.summary;
+  for (const auto& e : f.evidence) {
+    if (e.facts.count("stack_overflow") == 0) continue;
+    EXPECT_EQ(e.facts.at("stack_overflow_cpu"), "1");
+    EXPECT_EQ(e.facts.at("stack_overflow_pid"), pid);
+    EXPECT_EQ(e.facts.at("stack_overflow_comm"), "stackend/1");
+  }
+  ASSERT_TRUE(overflow) << "no GUEST_STACK_OVERFLOW on CPU1 read from the panicked guest's memory";
+  EXPECT_EQ(overflow->event.finding.evidence.at(0).facts.at("pid"), pid);
+  m.print_stats();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 12 item 4: `echo c > /proc/sysrq-trigger` twice in one domain, the guest rebooting
 // between (libvirt <on_crash>restart</on_crash> resets it as soon as pvpanic reports the panic;
 // panic=5 resets it anyway): exactly two GUEST_PANIC findings, each resolved at its reboot.
@@ -883,12 +944,7 @@ TEST_F(Scenario, SysrqCrashTwiceWithARebootBetweenIsTwoPanics) {
 // ---------------------------------------------------------------------------------------------
 // echo c > /proc/sysrq-trigger in a guest that does not reboot on panic.
 TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its panic text
-  tb::GuestOptions o;
-  o.tag = "dx-panic";
-  o.scenario = "sleepers";
-  o.panic = 0;
-  o.on_crash = "preserve";
-  ASSERT_TRUE(boot(o));
+  ASSERT_TRUE(boot(kept_after_panic("dx-panic")));
   Monitored m(guest());
   ASSERT_TRUE(m.ready(120s));
 
