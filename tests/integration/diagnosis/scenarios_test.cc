@@ -283,6 +283,8 @@ class Scenario : public ::testing::Test {
   tb::Guest& guest() { return *guest_; }
   void seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from = {},
                   const std::function<void()>& before_monitor = {});
+  // stackend.ko mode=spin twice on CPU1: GUEST_STACK_OVERFLOW each time (issue 12 item 3).
+  void stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package);
 
   std::unique_ptr<tb::Guest> guest_;
   std::unique_ptr<tb::Guest> neighbour_;  // a second guest, watched along (seed_case1)
@@ -765,11 +767,12 @@ TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
 // kthread within a few seconds, one finding, resolved once the magic is back. watchdog_thresh
 // 20: CPU1's watchdog thread cannot run during the spin, and its touch must stay under half the
 // limit (8 s + a period of 8 s + 1 s < 20 s) so that no soft-lockup finding blurs the picture.
-TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu) {
+void Scenario::stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package) {
   tb::GuestOptions o;
-  o.tag = "dx-stackend";
+  o.tag = tag;
   o.scenario = "sleepers";
   o.watchdog_thresh = 20;
+  o.kernel_package = kernel_package;
   ASSERT_TRUE(boot(o));
   Monitored m(guest());
   ASSERT_TRUE(m.ready(120s));
@@ -834,6 +837,13 @@ TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu) {
   EXPECT_EQ(console.find("Kernel panic"), std::string::npos);
   std::cout << "all findings of the test:\n" << m.log.dump(from_all) << std::flush;
   m.print_stats();
+}
+
+TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu) { stack_end_overwritten_twice("dx-stackend", ""); }
+
+// The same on Debian's 6.12 (another task_struct layout, read from its BTF).
+TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu612) {
+  stack_end_overwritten_twice("dx-stackend612", "linux-image-6.12.117+deb12-amd64");
 }
 
 // ---------------------------------------------------------------------------------------------
