@@ -345,8 +345,13 @@ struct DiagnosisEngine::Impl {
           return true;
       }
     }
-    for (const auto& key : store.active_keys(d.key + "|"))
-      if (store.active(key)->kind != FindingKind::kGuestPanic) return true;  // a dead guest needs no 10 Hz
+    for (const auto& key : store.active_keys(d.key + "|")) {
+      const FindingKind k = store.active(key)->kind;
+      // A dead guest needs no 10 Hz: neither its panic nor the overwritten stack end its
+      // panicked CPU still shows (the scheduler's stack-end check panics with it in place).
+      if (k == FindingKind::kGuestPanic || (k == FindingKind::kGuestStackOverflow && d.panic.active)) continue;
+      return true;
+    }
     return false;
   }
 

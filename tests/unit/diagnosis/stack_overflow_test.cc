@@ -145,6 +145,26 @@ TEST_F(StackOverflow, UnreadableSnapshotsDoNotEndIt) {
   ASSERT_EQ(sim.active(FindingKind::kGuestStackOverflow).size(), 1u);
 }
 
+// While it stands the engine snapshots every tick (a restore is seen within 100 ms); once the
+// guest panicked with the word still overwritten (the scheduler's check), 1 Hz is enough.
+TEST_F(StackOverflow, SnapshotsEveryTickWhileAliveOnceASecondAfterThePanic) {
+  sim.snapshot_always = false;
+  sim.run(5s);
+  overwrite_cpu1();
+  sim.run(1s);
+  ASSERT_EQ(opened(), 1);
+  int before = sim.snapshots;
+  sim.run(5s);
+  EXPECT_GE(sim.snapshots - before, 45) << "not every tick while the task runs with it";
+  sim.guest.panic_cpu = 1;
+  sim.run(1s);
+  ASSERT_EQ(sim.active(FindingKind::kGuestPanic).size(), 1u);
+  before = sim.snapshots;
+  sim.run(5s);
+  EXPECT_LE(sim.snapshots - before, 6) << "a panicked guest polled at 10 Hz";
+  EXPECT_EQ(sim.active(FindingKind::kGuestStackOverflow).size(), 1u) << "still shown";
+}
+
 TEST_F(StackOverflow, IntactStacksForAMinuteProduceNothing) {
   sim.run(60s);
   EXPECT_TRUE(sim.events.empty());
