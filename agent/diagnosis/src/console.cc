@@ -35,7 +35,54 @@ std::string panic_message(std::string_view line) {
   return std::string(m);
 }
 
+// "CPU: 1 PID: 212 Comm: stackend/1 Tainted: ..." / "CPU: 1 UID: 0 PID: 912 Comm: bash ...".
+bool parse_task_header(std::string_view line, StackOverflowNote& n) {
+  const auto first = line.find_first_not_of(' ');
+  if (first == std::string_view::npos) return false;
+  line.remove_prefix(first);
+  auto number_after = [&](std::string_view key, int& out) {
+    const auto at = line.find(key);
+    if (at == std::string_view::npos) return false;
+    std::size_t i = at + key.size();
+    long v = 0;
+    std::size_t digits = 0;
+    for (; i < line.size() && line[i] >= '0' && line[i] <= '9' && digits < 9; ++i, ++digits) v = v * 10 + (line[i] - '0');
+    if (digits == 0) return false;
+    out = static_cast<int>(v);
+    return true;
+  };
+  if (line.substr(0, 5) != "CPU: ") return false;
+  int cpu = -1, pid = -1;
+  if (!number_after("CPU: ", cpu) || !number_after(" PID: ", pid)) return false;
+  n.cpu = cpu;
+  n.pid = pid;
+  if (const auto at = line.find(" Comm: "); at != std::string_view::npos) {
+    std::string_view c = line.substr(at + 7);
+    n.comm = std::string(c.substr(0, std::min(c.find(' '), std::size_t{16})));
+  }
+  return true;
+}
+
 }  // namespace
+
+std::optional<StackOverflowNote> find_stack_overflow(const std::vector<std::string>& text) {
+  static constexpr std::array<std::string_view, 3> kNames = {
+      "corrupted stack end detected inside scheduler", "stack guard page was hit", "kernel stack overflow"};
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const std::string& line = text[i];
+    if (std::none_of(kNames.begin(), kNames.end(), [&](std::string_view s) { return line.find(s) != std::string::npos; }))
+      continue;
+    StackOverflowNote n;
+    n.line = line;
+    for (std::size_t j = i; j < text.size(); ++j)
+      if (parse_task_header(text[j], n)) break;
+    if (n.cpu < 0)
+      for (std::size_t j = 0; j < i; ++j)
+        if (parse_task_header(text[j], n)) break;
+    return n;
+  }
+  return std::nullopt;
+}
 
 void ConsoleLog::merge(const std::vector<std::string>& tail_in) {
   if (tail_in.empty()) return;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <deque>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,5 +40,20 @@ struct PanicText {
 };
 
 PanicText extract_panic_text(const std::deque<std::string>& log, std::size_t max_lines = 60);
+
+// A kernel stack overflow named by an oops/panic text: "corrupted stack end detected inside
+// scheduler" (kernel/sched/core.c, CONFIG_SCHED_STACK_END_CHECK: the STACK_END_MAGIC was gone
+// when the task scheduled), "stack guard page was hit" (x86 handle_stack_overflow, VMAP_STACK:
+// "BUG: TASK stack guard page was hit at ...") or "kernel stack overflow" (its double-fault
+// wording on older kernels).
+struct StackOverflowNote {
+  std::string line;  // the line that names it
+  // From the oops header "CPU: 1 PID: 212 Comm: stackend/1 ..." (6.12: "CPU: 1 UID: 0 PID: ..."),
+  // the first one from the naming line on; -1 / empty when the text has none.
+  int cpu = -1;
+  int pid = -1;
+  std::string comm;
+};
+std::optional<StackOverflowNote> find_stack_overflow(const std::vector<std::string>& text);
 
 }  // namespace stallmon::diagnosis

@@ -58,8 +58,17 @@ struct ThreadTracker {
   std::optional<Timestamp> impeded_at;  // the last tick it was impeded
 };
 
+// A CPU whose current task's stack end was read as overwritten: since the first snapshot that
+// showed it, and which task (kept through snapshots that could not read the word or the task).
+struct StackEndCorruption {
+  Timestamp since{};
+  int pid = 0;
+  std::string comm;
+};
+
 struct GuestCpuTracker {
   GuestCpuView latest;
+  std::optional<StackEndCorruption> stack_end;
   std::optional<Timestamp> idle_pending_since;
   int idle_pending_snapshots = 0;
   std::optional<uint64_t> hrtimer;
@@ -105,6 +114,7 @@ struct PanicState {
   std::vector<std::string> printk_tail;
   std::string message;             // "Kernel panic - not syncing: ..." (console.h)
   std::vector<std::string> text;   // the oops/panic block from the console
+  std::optional<StackOverflowNote> stack_overflow;  // the block names a kernel stack overflow
   // A new boot seen in memory: a snapshot that read panic_cpu as -1 with a known guest clock
   // below the panic's. Confirmed by the next such snapshot whose clock moved on (a running
   // kernel); the panicked one's clocks stand still.

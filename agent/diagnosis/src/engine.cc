@@ -22,6 +22,7 @@ bool is_guest_kind(FindingKind k) {
     case FindingKind::kGuestSoftlockupImminent:
     case FindingKind::kGuestSoftlockup:
     case FindingKind::kGuestIrqsOff:
+    case FindingKind::kGuestStackOverflow:
       return true;
     default:
       return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
@@ -184,7 +185,26 @@ void update_panic(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   }
   PanicText text = extract_panic_text(d.console.lines());
   if (!text.message.empty()) p.message = std::move(text.message);
-  if (text.lines.size() > p.text.size()) p.text = std::move(text.lines);
+  if (text.lines.size() > p.text.size()) {
+    p.text = std::move(text.lines);
+    p.stack_overflow = find_stack_overflow(p.text);
+  }
+}
+
+// The stack-end magic of the CPU's current task. An unreadable word is no evidence: a corruption
+// already seen stands through it unless another task is seen running (a runqueue read with an
+// empty comm says nothing about the task either).
+void update_stack_end(GuestCpuTracker& tr, const GuestCpuView& cv, Timestamp now) {
+  const bool task_known = !cv.current_comm.empty();
+  const bool same_task = tr.stack_end && tr.stack_end->pid == cv.current_pid && tr.stack_end->comm == cv.current_comm;
+  if (cv.stack_end_corrupt) {
+    if (!*cv.stack_end_corrupt)
+      tr.stack_end.reset();
+    else if (!same_task)
+      tr.stack_end = StackEndCorruption{now, cv.current_pid, cv.current_comm};
+  } else if (tr.stack_end && task_known && !same_task) {
+    tr.stack_end.reset();
+  }
 }
 
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
@@ -232,6 +252,7 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
     if (cv.watchdog_touch_ts && tr.prev_touch_ts && *tr.prev_touch_ts != *cv.watchdog_touch_ts)
       tr.watchdog_seen_running = true;
     tr.prev_touch_ts = cv.watchdog_touch_ts;
+    update_stack_end(tr, cv, now);
     tr.latest = cv;
     cpus[cv.cpu] = std::move(tr);
   }
@@ -325,8 +346,13 @@ struct DiagnosisEngine::Impl {
           return true;
       }
     }
-    for (const auto& key : store.active_keys(d.key + "|"))
-      if (store.active(key)->kind != FindingKind::kGuestPanic) return true;  // a dead guest needs no 10 Hz
+    for (const auto& key : store.active_keys(d.key + "|")) {
+      const FindingKind k = store.active(key)->kind;
+      // A dead guest needs no 10 Hz: neither its panic nor the overwritten stack end its
+      // panicked CPU still shows (the scheduler's stack-end check panics with it in place).
+      if (k == FindingKind::kGuestPanic || (k == FindingKind::kGuestStackOverflow && d.panic.active)) continue;
+      return true;
+    }
     return false;
   }
 
@@ -489,6 +515,7 @@ struct DiagnosisEngine::Impl {
       rule_ipi_stall(t);
       rule_idle_with_pending_work(t);
       rule_softlockup(t);
+      rule_stack_overflow(t);
     }
 
     // A new boot (or none): the old boot's guest findings end with it, held or not.

@@ -502,4 +502,43 @@ void rule_softlockup(TickContext& t) {
   }
 }
 
+// STACK_END_MAGIC (include/uapi/linux/magic.h): set_task_stack_end_magic() writes it at the
+// lowest word of every task's kernel stack (end_of_stack()); the stack grows down towards it.
+namespace {
+constexpr uint64_t kStackEndMagic = 0x57AC6E9D;
+}  // namespace
+
+void rule_stack_overflow(TickContext& t) {
+  const GuestState& g = *t.d.guest;
+  for (const auto& [cpu, ct] : g.cpus) {
+    if (!ct.stack_end) continue;
+    const StackEndCorruption& s = *ct.stack_end;
+    // One finding per task and CPU: another task on the CPU with its own overwritten stack end
+    // is another condition.
+    auto& c = t.propose(FindingKind::kGuestStackOverflow, "cpu" + std::to_string(cpu) + "-pid" + std::to_string(s.pid),
+                        Severity::kCritical, Cause::kGuestOther);
+    Finding& f = c.finding;
+    f.cpus = {cpu};
+    f.onset = s.since;
+    const std::string task = s.comm + " (pid " + std::to_string(s.pid) + ")";
+    f.summary = "CPU" + std::to_string(cpu) + "'s current task " + task +
+                " has overwritten the end of its kernel stack: the STACK_END_MAGIC word at its lowest address is gone"
+                " (a stack overflow, or a write past the stack). Whatever lies below the stack may be corrupt; a kernel "
+                "built with CONFIG_SCHED_STACK_END_CHECK panics when this task next schedules. Cause: guest.";
+    Evidence e;
+    e.text = "CPU" + std::to_string(cpu) + ": the STACK_END_MAGIC (" + hex(kStackEndMagic) + ") at the stack end of " +
+             task + " was overwritten (a deep overflow or a write past the stack); seen for " +
+             format_duration(t.now - s.since);
+    e.facts["cpu"] = std::to_string(cpu);
+    e.facts["pid"] = std::to_string(s.pid);
+    e.facts["comm"] = s.comm;
+    e.facts["stack_end_magic"] = hex(kStackEndMagic);
+    e.facts["corrupt_for_ms"] = ms(t.now - s.since);
+    f.evidence.push_back(std::move(e));
+    // The task may be gone from the runqueue read of this snapshot (unreadable): its own last view.
+    if (ct.latest.current_pid == s.pid && ct.latest.current_comm == s.comm) f.evidence.push_back(runqueue_evidence(ct.latest));
+    c.signature = "stack-end";
+  }
+}
+
 }  // namespace stallmon::diagnosis

@@ -428,6 +428,16 @@ void rule_panic(TickContext& t) {
     f.summary += ": \"" + p.message + "\"";
   else if (!p.printk_tail.empty())
     f.summary += "; last console line: \"" + p.printk_tail.back() + "\"";
+  // The overflowing CPU: the oops header's, else the panicking one (the same CPU in both paths:
+  // the scheduler check and the guard-page fault panic where the overflow was caught).
+  const int overflow_cpu = p.stack_overflow ? (p.stack_overflow->cpu >= 0 ? p.stack_overflow->cpu : p.cpu) : -1;
+  std::string overflow_where;
+  if (p.stack_overflow) {
+    const StackOverflowNote& n = *p.stack_overflow;
+    overflow_where = overflow_cpu >= 0 ? "CPU" + std::to_string(overflow_cpu) : std::string("an unnamed CPU");
+    if (n.pid >= 0) overflow_where += " (" + (n.comm.empty() ? std::string("?") : n.comm) + ", pid " + std::to_string(n.pid) + ")";
+    f.summary += ". A kernel stack overflow on " + overflow_where;
+  }
   f.summary += ". It stands until the guest resets or reboots.";
   Evidence e;
   e.text = p.cpu >= 0 ? "panic_cpu = " + std::to_string(p.cpu) : "lifecycle event: crashed";
@@ -441,6 +451,16 @@ void rule_panic(TickContext& t) {
     tail.facts["lines"] = std::to_string(p.printk_tail.size());
     f.evidence.push_back(std::move(tail));
   }
+  if (p.stack_overflow) {
+    const StackOverflowNote& n = *p.stack_overflow;
+    Evidence so;
+    so.text = "kernel stack overflow on " + overflow_where + ": the panic text says \"" + n.line + "\"";
+    so.facts["stack_overflow"] = "1";
+    if (overflow_cpu >= 0) so.facts["stack_overflow_cpu"] = std::to_string(overflow_cpu);
+    if (n.pid >= 0) so.facts["stack_overflow_pid"] = std::to_string(n.pid);
+    if (!n.comm.empty()) so.facts["stack_overflow_comm"] = n.comm;
+    f.evidence.push_back(std::move(so));
+  }
   if (!p.text.empty()) {
     // The oops/panic block, joined from the console tails of successive snapshots.
     Evidence text;
@@ -452,7 +472,7 @@ void rule_panic(TickContext& t) {
   }
   // The panic text arriving (or growing) is material: an UPDATED event, same finding.
   c.signature = std::to_string(p.cpu) + (p.from_event ? "/event" : "") + "|" + p.message + "|" +
-                std::to_string(p.text.size());
+                std::to_string(p.text.size()) + (p.stack_overflow ? "|stack-overflow" : "");
 }
 
 }  // namespace stallmon::diagnosis

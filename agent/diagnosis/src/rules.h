@@ -84,6 +84,7 @@ void rule_irqs_off(TickContext& t);
 void rule_ipi_stall(TickContext& t);
 void rule_idle_with_pending_work(TickContext& t);
 void rule_softlockup(TickContext& t);
+void rule_stack_overflow(TickContext& t);
 
 // Guest ns since the CPU's watchdog_touch_ts at the snapshot's guest clock, as the guest's
 // soft-lockup watchdog computes it; nullopt when the watchdog is off (thresh 0, disabled), the

@@ -93,6 +93,7 @@ const char* to_string(FindingKind k) {
     case FindingKind::kGuestPanic: return "GUEST_PANIC";
     case FindingKind::kHostMonitorUnresponsive: return "HOST_MONITOR_UNRESPONSIVE";
     case FindingKind::kVmWideStall: return "VM_WIDE_STALL";
+    case FindingKind::kGuestStackOverflow: return "GUEST_STACK_OVERFLOW";
     case FindingKind::kUnspecified: break;
   }
   return "FINDING_KIND_UNSPECIFIED";

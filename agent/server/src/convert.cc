@@ -107,7 +107,7 @@ v1::FindingKind to_proto(diagnosis::FindingKind k) {
 
 diagnosis::FindingKind from_proto(v1::FindingKind k) {
   int v = static_cast<int>(k);
-  if (v <= 0 || v > static_cast<int>(diagnosis::FindingKind::kVmWideStall)) return diagnosis::FindingKind::kUnspecified;
+  if (v <= 0 || v > static_cast<int>(diagnosis::FindingKind::kGuestStackOverflow)) return diagnosis::FindingKind::kUnspecified;
   return static_cast<diagnosis::FindingKind>(v);
 }
 

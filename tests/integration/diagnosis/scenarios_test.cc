@@ -89,18 +89,12 @@ class FindingLog final : public diagnosis::FindingListener {
   // The first event from index `from` on (not a resolution) whose finding satisfies pred.
   std::optional<Entry> wait(const std::function<bool(const Finding&)>& pred, Clock::duration timeout,
                             size_t from = 0) const {
-    std::unique_lock<std::mutex> l(mu_);
-    std::optional<Entry> hit;
-    cv_.wait_for(l, timeout, [&] {
-      for (size_t i = from; i < entries_.size(); ++i) {
-        if (entries_[i].event.type != FindingEvent::Type::kResolved && pred(entries_[i].event.finding)) {
-          hit = entries_[i];
-          return true;
-        }
-      }
-      return false;
-    });
-    return hit;
+    return wait_event(false, pred, timeout, from);
+  }
+  // The first resolution from index `from` on whose finding satisfies pred.
+  std::optional<Entry> wait_resolved(const std::function<bool(const Finding&)>& pred, Clock::duration timeout,
+                                     size_t from = 0) const {
+    return wait_event(true, pred, timeout, from);
   }
   // Number of events whose finding satisfies pred.
   size_t count_if(const std::function<bool(const Finding&)>& pred) const {
@@ -125,6 +119,22 @@ class FindingLog final : public diagnosis::FindingListener {
   }
 
  private:
+  std::optional<Entry> wait_event(bool resolution, const std::function<bool(const Finding&)>& pred,
+                                  Clock::duration timeout, size_t from) const {
+    std::unique_lock<std::mutex> l(mu_);
+    std::optional<Entry> hit;
+    cv_.wait_for(l, timeout, [&] {
+      for (size_t i = from; i < entries_.size(); ++i) {
+        if ((entries_[i].event.type == FindingEvent::Type::kResolved) == resolution && pred(entries_[i].event.finding)) {
+          hit = entries_[i];
+          return true;
+        }
+      }
+      return false;
+    });
+    return hit;
+  }
+
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   std::vector<Entry> entries_;
@@ -279,12 +289,24 @@ class Scenario : public ::testing::Test {
   tb::Guest& guest() { return *guest_; }
   void seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from = {},
                   const std::function<void()>& before_monitor = {});
+  // stackend.ko mode=spin twice on CPU1: GUEST_STACK_OVERFLOW each time (issue 12 item 3).
+  void stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package);
 
   std::unique_ptr<tb::Guest> guest_;
   std::unique_ptr<tb::Guest> neighbour_;  // a second guest, watched along (seed_case1)
 };
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
+
+// A quiet guest (sleepers only) that stays panicked: no reboot, libvirt keeps it (pvpanic).
+tb::GuestOptions kept_after_panic(const std::string& tag) {
+  tb::GuestOptions o;
+  o.tag = tag;
+  o.scenario = "sleepers";
+  o.panic = 0;
+  o.on_crash = "preserve";
+  return o;
+}
 
 // Issue 10: under hostile guests the monitor's memory stays within its budgets. This process is
 // the monitor (one domain: 64 MiB introspection budget, history, libvirt, gtest): its peak RSS.
@@ -788,6 +810,145 @@ TEST_F(Scenario, IrqsOffCpuIsTheRootOfTheIpiStallWithCauseGuest) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Issue 12 item 3 (seed case 5): the test module's kthread on CPU1 overwrites its own
+// STACK_END_MAGIC, spins 8 s with preemption off (it must not schedule: Debian's kernels panic
+// on a corrupted stack end in the scheduler) while touching the soft-lockup watchdog, then
+// restores it and exits (stackend.ko mode=spin). Twice, to show the module is repeatable and a
+// second overflow is a second finding: each time GUEST_STACK_OVERFLOW on CPU1 naming the
+// kthread within a few seconds, one finding, resolved once the magic is back. watchdog_thresh
+// 20: CPU1's watchdog thread cannot run during the spin, and its touch must stay under half the
+// limit (8 s + a period of 8 s + 1 s < 20 s) so that no soft-lockup finding blurs the picture.
+void Scenario::stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package) {
+  tb::GuestOptions o;
+  o.tag = tag;
+  o.scenario = "sleepers";
+  o.watchdog_thresh = 20;
+  o.kernel_package = kernel_package;
+  ASSERT_TRUE(boot(o));
+  Monitored m(guest());
+  ASSERT_TRUE(m.ready(120s));
+  std::this_thread::sleep_for(2s);
+  const size_t from_all = m.log.size();
+  auto on_cpu1 = [](const Finding& x) { return x.kind == FindingKind::kGuestStackOverflow && has_cpus(x, {1}); };
+  std::set<std::string> ids;
+  for (int round = 1; round <= 2; ++round) {
+    const size_t from_log = m.log.size();
+    const size_t from_console = guest().console_size();
+    const std::regex started("stallmon-stackend: STACK_END_MAGIC overwritten on CPU1 by pid ([0-9]+)");
+    FirstSeen start = console_watch(guest(), started, from_console);
+    FirstSeen restored =
+        console_watch(guest(), std::regex("stallmon-stackend: restored STACK_END_MAGIC on CPU1"), from_console);
+    auto r = guest().run("insmod /stackend.ko cpu=1 seconds=8 </dev/null >/dev/null 2>&1 &", 60s);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto opened = m.log.wait(on_cpu1, 30s, from_log);
+    ASSERT_TRUE(tb::eventually([&] { return restored.at().has_value(); }, 60s))
+        << "round " << round << ": the module never restored the magic; console:\n" << guest().console(from_console);
+    auto resolved = m.log.wait_resolved(on_cpu1, 20s, from_log);
+    std::cout << "round " << round << " findings:\n" << m.log.dump(from_log) << std::flush;
+    ASSERT_TRUE(start.at()) << "no start line on the console";
+    ASSERT_TRUE(opened) << "round " << round << ": no GUEST_STACK_OVERFLOW on CPU1";
+    ASSERT_TRUE(resolved) << "round " << round << ": GUEST_STACK_OVERFLOW on CPU1 not resolved after the restore";
+    std::smatch sm;
+    const std::string console = guest().console(from_console);
+    ASSERT_TRUE(std::regex_search(console, sm, started));
+    const Finding& f = opened->event.finding;
+    ids.insert(f.id);
+    EXPECT_EQ(resolved->event.finding.id, f.id);
+    EXPECT_EQ(f.severity, diagnosis::Severity::kCritical);
+    ASSERT_FALSE(f.evidence.empty());
+    EXPECT_EQ(f.evidence[0].facts.at("pid"), sm[1].str()) << "not the module's kthread";
+    EXPECT_EQ(f.evidence[0].facts.at("comm"), "stackend/1");
+    EXPECT_NE(f.evidence[0].text.find("STACK_END_MAGIC"), std::string::npos) << f.evidence[0].text;
+    // From the start line on the host's copy of the serial console (written just before the
+    // magic is overwritten) and from the restore line: host clocks, independent of stallmon.
+    const double to_open = seconds(opened->at - *start.at());
+    const double to_resolve = seconds(resolved->at - *restored.at());
+    std::cout << "round " << round << ": GUEST_STACK_OVERFLOW " << to_open << " s after the start line, resolved "
+              << to_resolve << " s after the restore line; host load average " << tb::read_text("/proc/loadavg");
+    RecordProperty("seconds_to_stack_overflow_round" + std::to_string(round), std::to_string(to_open));
+    EXPECT_LE(to_open, 5.0);
+    EXPECT_LT(opened->at, *restored.at()) << "seen only after the spin ended";
+    EXPECT_LE(to_resolve, 5.0);
+    EXPECT_EQ(m.log.count_if([&](const Finding& x) { return x.id == f.id && x.active; }),
+              m.log.count_if([&](const Finding& x) { return x.id == f.id; }) - 1)
+        << "one finding: opened (and maybe updated), resolved once";
+    auto rm = guest().run("rmmod stackend", 60s);
+    EXPECT_EQ(rm.exit_code, 0) << rm.err;
+  }
+  EXPECT_EQ(ids.size(), 2u);
+  std::set<std::string> all_ids;  // on any CPU, over the whole test: only the two
+  m.log.count_if([&](const Finding& x) {
+    if (x.kind == FindingKind::kGuestStackOverflow) all_ids.insert(x.id);
+    return false;
+  });
+  EXPECT_EQ(all_ids, ids);
+  // No panic: the spin never schedules with the magic overwritten.
+  const std::string console = guest().console();
+  EXPECT_EQ(console.find("corrupted stack end"), std::string::npos);
+  EXPECT_EQ(console.find("Kernel panic"), std::string::npos);
+  std::cout << "all findings of the test:\n" << m.log.dump(from_all) << std::flush;
+  m.print_stats();
+}
+
+TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu) { stack_end_overwritten_twice("dx-stackend", ""); }
+
+// The same on Debian's 6.12 (another task_struct layout, read from its BTF).
+TEST_F(Scenario, OverwrittenStackEndIsAGuestStackOverflowOnItsCpu612) {
+  stack_end_overwritten_twice("dx-stackend612", "linux-image-6.12.117+deb12-amd64");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 item 3, the guest's own verdict: stackend.ko mode=schedule sleeps with its magic
+// overwritten, and Debian's scheduler (CONFIG_SCHED_STACK_END_CHECK) panics: "Kernel panic - not
+// syncing: corrupted stack end detected inside scheduler". GUEST_PANIC names a kernel stack
+// overflow on CPU1 and the kthread; the panicked CPU's current task is still the kthread with its
+// word overwritten, so GUEST_STACK_OVERFLOW reads it from memory too.
+TEST_F(Scenario, SchedulingWithAnOverwrittenStackEndIsAPanicNamingTheStackOverflow) {
+  ASSERT_TRUE(boot(kept_after_panic("dx-stackpanic")));
+  Monitored m(guest());
+  ASSERT_TRUE(m.ready(120s));
+  const size_t from_log = m.log.size();
+  const size_t from_console = guest().console_size();
+  const auto t0 = Clock::now();
+  // Delayed: the reply to this command must leave the guest before it panics.
+  auto r = guest().run("(sleep 1; insmod /stackend.ko cpu=1 mode=schedule) </dev/null >/dev/null 2>&1 &", 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto panic = m.log.wait(
+      [](const Finding& x) {
+        return x.kind == FindingKind::kGuestPanic &&
+               std::any_of(x.evidence.begin(), x.evidence.end(),
+                           [](const diagnosis::Evidence& e) { return e.facts.count("stack_overflow") != 0; });
+      },
+      90s, from_log);
+  auto overflow = m.log.wait(
+      [](const Finding& x) { return x.kind == FindingKind::kGuestStackOverflow && has_cpus(x, {1}); }, 10s, from_log);
+  std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
+  const std::string console = guest().console(from_console);
+  ASSERT_NE(console.find("corrupted stack end detected inside scheduler"), std::string::npos)
+      << "the guest did not panic in the scheduler; console:\n" << console;
+  std::smatch sm;
+  ASSERT_TRUE(std::regex_search(console, sm, std::regex("stallmon-stackend: STACK_END_MAGIC overwritten on CPU1 by pid ([0-9]+)")));
+  const std::string pid = sm[1].str();
+  ASSERT_TRUE(panic) << "no GUEST_PANIC naming the stack overflow";
+  const Finding& f = panic->event.finding;
+  std::cout << "GUEST_PANIC naming the stack overflow " << seconds(panic->at - t0)
+            << " s after the command (1 s of it a sleep in the guest); GUEST_STACK_OVERFLOW "
+            << (overflow ? std::to_string(seconds(overflow->at - t0)) + " s" : std::string("not seen")) << std::endl;
+  EXPECT_NE(f.summary.find("corrupted stack end detected inside scheduler\". A kernel stack overflow on CPU1 (stackend/1, pid " + pid + ")"),
+            std::string::npos)
+      << f.summary;
+  for (const auto& e : f.evidence) {
+    if (e.facts.count("stack_overflow") == 0) continue;
+    EXPECT_EQ(e.facts.at("stack_overflow_cpu"), "1");
+    EXPECT_EQ(e.facts.at("stack_overflow_pid"), pid);
+    EXPECT_EQ(e.facts.at("stack_overflow_comm"), "stackend/1");
+  }
+  ASSERT_TRUE(overflow) << "no GUEST_STACK_OVERFLOW on CPU1 read from the panicked guest's memory";
+  EXPECT_EQ(overflow->event.finding.evidence.at(0).facts.at("pid"), pid);
+  m.print_stats();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 12 item 4: `echo c > /proc/sysrq-trigger` twice in one domain, the guest rebooting
 // between (libvirt <on_crash>restart</on_crash> resets it as soon as pvpanic reports the panic;
 // panic=5 resets it anyway): exactly two GUEST_PANIC findings, each resolved at its reboot.
@@ -844,12 +1005,7 @@ TEST_F(Scenario, SysrqCrashTwiceWithARebootBetweenIsTwoPanics) {
 // ---------------------------------------------------------------------------------------------
 // echo c > /proc/sysrq-trigger in a guest that does not reboot on panic.
 TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its panic text
-  tb::GuestOptions o;
-  o.tag = "dx-panic";
-  o.scenario = "sleepers";
-  o.panic = 0;
-  o.on_crash = "preserve";
-  ASSERT_TRUE(boot(o));
+  ASSERT_TRUE(boot(kept_after_panic("dx-panic")));
   Monitored m(guest());
   ASSERT_TRUE(m.ready(120s));
 

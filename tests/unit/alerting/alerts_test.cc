@@ -28,6 +28,8 @@ diagnosis::Finding ipi_stall() {
 TEST(Alerts, LabelVocabulary) {
   EXPECT_EQ(alertname_for(diagnosis::FindingKind::kGuestIpiStall), "StallmonGuestIpiStall");
   EXPECT_EQ(alertname_for(diagnosis::FindingKind::kVcpuHostBlocked), "StallmonVcpuHostBlocked");
+  EXPECT_EQ(alertname_for(diagnosis::FindingKind::kGuestStackOverflow), "StallmonGuestStackOverflow");
+  EXPECT_EQ(kind_label(diagnosis::FindingKind::kGuestStackOverflow), "GUEST_STACK_OVERFLOW");
   EXPECT_EQ(severity_label(diagnosis::Severity::kWarning), "warning");
   EXPECT_EQ(cause_label(diagnosis::Cause::kGuestIrqsOff), "guest_irqs_off");
   EXPECT_EQ(cause_label(diagnosis::Cause::kUnknown), "unknown");

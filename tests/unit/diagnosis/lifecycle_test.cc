@@ -206,6 +206,8 @@ TEST(Query, FiltersByDomainKindStateAndTime) {
 TEST(Vocabulary, NamesMatchTheProto) {
   EXPECT_STREQ(to_string(FindingKind::kGuestIpiStall), "GUEST_IPI_STALL");
   EXPECT_EQ(static_cast<int>(FindingKind::kVmWideStall), 10);
+  EXPECT_EQ(static_cast<int>(FindingKind::kGuestStackOverflow), 11);
+  EXPECT_STREQ(to_string(FindingKind::kGuestStackOverflow), "GUEST_STACK_OVERFLOW");
   EXPECT_EQ(static_cast<int>(Cause::kGuestIrqsOff), 3);
   EXPECT_EQ(thread_state_from_letter('t'), ThreadState::kTracingStop);
   EXPECT_EQ(thread_state_letter(ThreadState::kDiskSleep), 'D');

@@ -311,5 +311,115 @@ TEST_F(PanicOnce, ResetAtOnceThenTheOldBootsMemoryIsOneFinding) {
   expect_panics(sim, 2, 1, "a panic of the new boot");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 item 3: a panic whose text names a kernel stack overflow says so, with the CPU (and
+// the task, from the oops header).
+
+// 6.1, CONFIG_SCHED_STACK_END_CHECK: a kthread scheduled with its STACK_END_MAGIC overwritten
+// (the testbed's stackend.ko mode=schedule).
+const std::vector<std::string> kStackEndPanic = {
+    "stallmon-stackend: STACK_END_MAGIC overwritten on CPU1 by pid 212 comm stackend/1 (was 0x57ac6e9d, schedule, 8 s)",
+    "Kernel panic - not syncing: corrupted stack end detected inside scheduler",
+    "CPU: 1 PID: 212 Comm: stackend/1 Tainted: G           OE      6.1.0-57-amd64 #1  Debian 6.1.192-1",
+    "Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.2-debian-1.16.2-1 04/01/2014",
+    "Call Trace:",
+    " <TASK>",
+    " dump_stack_lvl+0x44/0x5c",
+    " panic+0x118/0x2ed",
+    " __schedule+0x9a0/0x9a0",
+    " schedule+0x5d/0xe0",
+    " schedule_timeout+0x98/0x160",
+    " stackend_fn+0x5e/0xc0 [stackend]",
+    " kthread+0xd7/0x100",
+    " ret_from_fork+0x22/0x30",
+    " </TASK>",
+    "Kernel Offset: 0x2a000000 from 0xffffffff81000000",
+    "---[ end Kernel panic - not syncing: corrupted stack end detected inside scheduler ]---",
+};
+
+// 6.12, VMAP_STACK: a recursion ran into the guard page below the stack (double fault), and
+// panic_on_oops turned the oops into a panic.
+const std::vector<std::string> kGuardPagePanic = {
+    "BUG: TASK stack guard page was hit at ffffb0c1c0a17ff8 (stack is ffffb0c1c0a18000..ffffb0c1c0a1c000)",
+    "Oops: stack guard page: 0000 [#1] PREEMPT SMP NOPTI",
+    "CPU: 3 UID: 0 PID: 1301 Comm: deeprec Tainted: G           OE      6.12.38+deb13-amd64 #1",
+    "Hardware name: QEMU Standard PC (i440FX + PIIX, 1996)",
+    "RIP: 0010:recurse+0x10/0x30 [deeprec]",
+    "Call Trace:",
+    " <#DF>",
+    " </#DF>",
+    " <TASK>",
+    " recurse+0x15/0x30 [deeprec]",
+    " </TASK>",
+    "---[ end trace 0000000000000000 ]---",
+    "Kernel panic - not syncing: Fatal exception",
+    "---[ end Kernel panic - not syncing: Fatal exception ]---",
+};
+
+const Evidence* stack_overflow_evidence(const Finding& f) {
+  for (const auto& e : f.evidence)
+    if (e.facts.count("stack_overflow")) return &e;
+  return nullptr;
+}
+
+TEST_F(PanicOnce, CorruptedStackEndInTheSchedulerIsAStackOverflowOnItsCpu) {
+  guest.print(kStackEndPanic);
+  guest.panic(1);
+  sim.run(2s);
+  expect_panics(sim, 1, 0, "stack end panic");
+  const Finding f = sim.active(FindingKind::kGuestPanic).at(0);
+  EXPECT_TRUE(contains(f.summary, "panicked on CPU1: \"Kernel panic - not syncing: corrupted stack end detected inside "
+                                  "scheduler\". A kernel stack overflow on CPU1 (stackend/1, pid 212)."))
+      << f.summary;
+  const Evidence* e = stack_overflow_evidence(f);
+  ASSERT_NE(e, nullptr) << "no stack overflow evidence";
+  EXPECT_EQ(e->text,
+            "kernel stack overflow on CPU1 (stackend/1, pid 212): the panic text says \"Kernel panic - not syncing: "
+            "corrupted stack end detected inside scheduler\"");
+  EXPECT_EQ(e->facts.at("stack_overflow_cpu"), "1");
+  EXPECT_EQ(e->facts.at("stack_overflow_pid"), "212");
+  EXPECT_EQ(e->facts.at("stack_overflow_comm"), "stackend/1");
+}
+
+// The overflowing CPU comes from the oops header (CPU3) rather than panic_cpu when they differ
+// (an oops on one CPU, the panic later on another is possible with panic_on_oops in a softirq).
+TEST_F(PanicOnce, GuardPageHitIsAStackOverflowOnTheOopsingCpu) {
+  guest.print(kGuardPagePanic);
+  guest.panic(2);
+  sim.run(2s);
+  expect_panics(sim, 1, 0, "guard page panic");
+  const Finding f = sim.active(FindingKind::kGuestPanic).at(0);
+  EXPECT_TRUE(contains(f.summary, "A kernel stack overflow on CPU3 (deeprec, pid 1301).")) << f.summary;
+  const Evidence* e = stack_overflow_evidence(f);
+  ASSERT_NE(e, nullptr) << "no stack overflow evidence";
+  EXPECT_TRUE(contains(e->text, "\"BUG: TASK stack guard page was hit at ffffb0c1c0a17ff8")) << e->text;
+  EXPECT_EQ(e->facts.at("stack_overflow_cpu"), "3");
+}
+
+// Older kernels: die("kernel stack overflow (double-fault)"), no oops header in the tail read.
+TEST_F(PanicOnce, DoubleFaultWordingWithoutAHeaderUsesThePanicCpu) {
+  guest.print({"BUG: stack guard page was hit at 00000000a1b2c3d4 (stack is 0000000011223344..00000000aabbccdd)",
+               "kernel stack overflow (double-fault): 0000 [#1] SMP PTI",
+               "Kernel panic - not syncing: kernel stack overflow (double-fault)"});
+  guest.panic(0);
+  sim.run(2s);
+  const Finding f = sim.active(FindingKind::kGuestPanic).at(0);
+  EXPECT_TRUE(contains(f.summary, "A kernel stack overflow on CPU0.")) << f.summary;
+  const Evidence* e = stack_overflow_evidence(f);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->facts.at("stack_overflow_cpu"), "0");
+  EXPECT_EQ(e->facts.count("stack_overflow_pid"), 0u);
+}
+
+TEST_F(PanicOnce, AnOrdinaryPanicNamesNoStackOverflow) {
+  guest.print(kOopsPanic);
+  guest.panic(2);
+  sim.run(2s);
+  const Finding f = sim.active(FindingKind::kGuestPanic).at(0);
+  EXPECT_EQ(stack_overflow_evidence(f), nullptr);
+  EXPECT_FALSE(contains(f.summary, "stack overflow")) << f.summary;
+}
+
 }  // namespace
 }  // namespace stallmon::diagnosis::testing

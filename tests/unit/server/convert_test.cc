@@ -91,7 +91,7 @@ TEST(ConvertFinding, ResolvedAndUnpredicted) {
 }
 
 TEST(ConvertFinding, EnumNumbersMatchTheProto) {
-  for (int k = 0; k <= 10; ++k) {
+  for (int k = 0; k <= 11; ++k) {
     auto kind = static_cast<diagnosis::FindingKind>(k);
     EXPECT_EQ(static_cast<int>(to_proto(kind)), k);
     EXPECT_EQ(v1::FindingKind_Name(to_proto(kind)), k == 0 ? "FINDING_KIND_UNSPECIFIED" : diagnosis::to_string(kind));

@@ -25,6 +25,7 @@ enum class FindingKind {
   kGuestPanic = 8,
   kHostMonitorUnresponsive = 9,
   kVmWideStall = 10,
+  kGuestStackOverflow = 11,
 };
 const char* to_string(FindingKind k);  // the proto name: "GUEST_IPI_STALL"
 

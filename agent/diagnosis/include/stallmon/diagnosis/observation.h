@@ -102,6 +102,10 @@ struct GuestCpuView {
   // or touch timestamp it has seen move is judged by the watchdog rules, because a CPU without
   // a watchdog (nohz_full, nowatchdog) has both frozen forever.
   std::optional<bool> watchdog_active;
+  // The current task's STACK_END_MAGIC (the lowest word of its kernel stack) read as
+  // overwritten (true) or intact (false); unset when it could not be read (no task_struct.stack
+  // in the kernel's BTF, runqueue or stack unreadable): no evidence either way.
+  std::optional<bool> stack_end_corrupt;
 };
 
 struct GuestView {
