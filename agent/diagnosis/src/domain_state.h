@@ -121,6 +121,15 @@ struct PanicState {
   std::optional<uint64_t> new_boot_clock;
 };
 
+// The latest time the host stopped a vCPU (its VCPU_HOST_BLOCKED finding, or the VM-wide stall),
+// kept after the stop ends: a guest stall that began during it (a stale watchdog touch, pending
+// work on an idle CPU) shows only once the vCPU runs again, and is a symptom of that stop.
+struct HostStop {
+  std::string id;  // the finding that reported the stop
+  Timestamp onset{}, end{};
+  std::string phrase;  // "the whole qemu process is blocked on the host (...)"
+};
+
 struct DomainState {
   DomainIdentity identity;
   std::string key;
@@ -137,6 +146,7 @@ struct DomainState {
   bool panic_ends_next_tick = false;  // told crashed and reset in one tick: report, then end
   ConsoleLog console;  // this boot's console as seen across snapshots
   bool suspect = false;
+  std::map<int, HostStop> last_host_stop;  // by vCPU index
 };
 
 }  // namespace stallmon::diagnosis

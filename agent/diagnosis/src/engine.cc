@@ -510,6 +510,7 @@ struct DiagnosisEngine::Impl {
     rule_host_starved(t);
     rule_monitor_unresponsive(t);
     rule_panic(t);
+    remember_host_stops(t);
     if (guest_tick) {
       rule_irqs_off(t);
       rule_ipi_stall(t);

@@ -365,7 +365,7 @@ void rule_idle_with_pending_work(TickContext& t) {
     if (!ct.latest.online || !ct.idle_pending_since || ct.idle_pending_snapshots < 2) continue;
     const Duration age = t.now - *ct.idle_pending_since;
     if (age < t.config.idle_pending_min) continue;
-    HostVerdict v = t.host_verdict(cpu);
+    HostVerdict v = t.host_verdict(cpu, *ct.idle_pending_since);
     const Cause cause = v.cause != Cause::kUnspecified ? v.cause : Cause::kUnknown;
     const ThreadTracker* th = t.vcpu_thread(cpu);
     const bool evaluating = v.cause == Cause::kUnspecified && th != nullptr && impeded_since(*th, *ct.idle_pending_since);
@@ -417,8 +417,15 @@ void rule_softlockup(TickContext& t) {
     const uint64_t limit_s = sc->limit_s;
     const uint64_t now_s = sc->now_s;
     const auto& touch = ct.latest.watchdog_touch_ts;
+    // When the CPU last ran its watchdog, in host time. The touch is in guest "seconds" (2^30 ns,
+    // truncated): take the end of that second, never earlier than the touch, placed through the
+    // guest clock map (a lagging guest clock is not host time).
+    const uint64_t touch_end_ns = std::min((*touch + 1) << 30, view.running_clock_ns);
+    const Timestamp touched = g.clock.empty() ? t.now - Duration(sc->age_ns) : g.clock.to_host(touch_end_ns);
 
-    HostVerdict v = t.host_verdict(cpu);
+    // A host stop since the touch (the vCPU frozen, the whole VM stopped) explains the stale
+    // touch even once the vCPU runs again: the guest then sees its clock jump past the limit.
+    HostVerdict v = t.host_verdict(cpu, touched);
     const auto irqs = t.irqs_off_id.find(cpu);
     const auto waiter = t.waiter_of.find(cpu);
     Cause cause = Cause::kGuestOther;
@@ -453,13 +460,9 @@ void rule_softlockup(TickContext& t) {
                         kind == FindingKind::kGuestSoftlockup ? Severity::kCritical : Severity::kWarning, cause);
     Finding& f = c.finding;
     f.cpus = {cpu};
-    // When the CPU last ran its watchdog, in host time. The touch is in guest "seconds" (2^30 ns,
-    // truncated): take the end of that second, never earlier than the touch, placed through the
-    // guest clock map (a lagging guest clock is not host time). A stall another finding explains
-    // began no earlier than that finding: the watchdog runs only once per sample period, so its
-    // last touch can precede the stall by that much.
-    const uint64_t touch_end_ns = std::min((*touch + 1) << 30, view.running_clock_ns);
-    Timestamp onset = g.clock.empty() ? t.now - Duration(sc->age_ns) : g.clock.to_host(touch_end_ns);
+    // A stall another finding explains began no earlier than that finding: the watchdog runs only
+    // once per sample period, so its last touch can precede the stall by that much.
+    Timestamp onset = touched;
     if (auto o = t.onset_of(explained_by)) onset = std::max(onset, *o);
     f.onset = std::min(onset, t.now);
     f.explained_by = explained_by;

@@ -159,12 +159,51 @@ std::optional<Timestamp> TickContext::onset_of(const std::string& id) const {
   for (const Candidate& c : candidates) {
     if (c.finding.id == id) return c.finding.onset;
   }
+  for (const auto& [vcpu, s] : d.last_host_stop) {
+    if (s.id == id) return s.onset;  // a stop that has ended
+  }
   return std::nullopt;
 }
 
 const ThreadTracker* TickContext::vcpu_thread(int vcpu) const {
   auto it = d.vcpus.find(vcpu);
   return it == d.vcpus.end() ? nullptr : &it->second;
+}
+
+void remember_host_stops(TickContext& t) {
+  for (const auto& [i, th] : t.d.vcpus) {
+    std::string id, phrase;
+    if (!t.vm_wide_id.empty()) {
+      id = t.vm_wide_id;
+      phrase = t.vm_wide_phrase;
+    } else if (auto it = t.blocked_id.find(i); it != t.blocked_id.end() && th.blocked) {
+      id = it->second;
+      phrase = "its " + blocked_phrase(th);
+    } else {
+      continue;
+    }
+    HostStop& s = t.d.last_host_stop[i];
+    if (s.id != id) s = HostStop{id, t.onset_of(id).value_or(t.now), t.now, phrase};
+    s.end = t.now;
+    s.phrase = phrase;
+  }
+}
+
+HostVerdict TickContext::host_verdict(int vcpu, Timestamp since) const {
+  HostVerdict v = host_verdict(vcpu);
+  if (v.cause != Cause::kUnspecified) return v;
+  auto it = d.last_host_stop.find(vcpu);
+  if (it == d.last_host_stop.end()) return v;
+  const HostStop& s = it->second;
+  if (s.end < since || now - s.end > kRecentStop) return v;
+  v.cause = Cause::kHostBlocked;
+  v.phrase = "it was stopped by the host until " + format_duration(now - s.end) + " ago (" + s.phrase + ")";
+  v.explained_by = s.id;
+  v.evidence.insert(v.evidence.begin(), Evidence{"vCPU " + std::to_string(vcpu) + ": stopped by the host from " +
+                                                     format_duration(now - s.onset) + " to " +
+                                                     format_duration(now - s.end) + " ago: " + s.phrase,
+                                                 {{"vcpu", std::to_string(vcpu)}, {"stopped_by", s.id}}, {}});
+  return v;
 }
 
 HostVerdict TickContext::host_verdict(int vcpu) const {

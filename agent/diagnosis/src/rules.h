@@ -48,6 +48,11 @@ class TickContext {
   Candidate& propose(FindingKind kind, const std::string& key, Severity severity, Cause cause);
 
   HostVerdict host_verdict(int vcpu) const;
+  // For a guest stall that began at `since`: when the host runs the vCPU now but stopped it at
+  // some point since then (a stop that ended less than kRecentStop ago), the verdict names that
+  // stop: the stall is its symptom.
+  HostVerdict host_verdict(int vcpu, Timestamp since) const;
+  static constexpr Duration kRecentStop = std::chrono::seconds(30);
   // The onset of the finding proposed this tick under `id` (an explained_by), if any.
   std::optional<Timestamp> onset_of(const std::string& id) const;
   const ThreadTracker* vcpu_thread(int vcpu) const;
@@ -79,6 +84,8 @@ void rule_host_blocked(TickContext& t);
 void rule_host_starved(TickContext& t);
 void rule_monitor_unresponsive(TickContext& t);
 void rule_panic(TickContext& t);
+// After the host rules: remembers each vCPU's host stop (DomainState::last_host_stop).
+void remember_host_stops(TickContext& t);
 // Guest rules: run on ticks with a guest snapshot, in this order.
 void rule_irqs_off(TickContext& t);
 void rule_ipi_stall(TickContext& t);

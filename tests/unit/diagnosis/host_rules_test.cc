@@ -384,6 +384,52 @@ TEST(VmWideStall, WholeQemuStoppedIsVmWide) {
   for (const auto& f : sim.active(FindingKind::kVcpuHostBlocked)) EXPECT_EQ(f.explained_by, vm[0].id);
 }
 
+// Seen in the scenario matrix (SIGSTOP of qemu, a freeze inside QEMU's big lock): while the VM
+// is stopped its memory stands still, so no soft lockup shows; once it runs again, the guest clock
+// jumps by the stop and every watchdog touch is stale until the next one. Those soft lockups are
+// symptoms of the stop (its incident), not roots of their own.
+TEST(VmWideStall, SoftLockupsSeenOnceTheVmRunsAgainAreItsSymptoms) {
+  Sim sim(4);
+  sim.guest.watchdog_thresh = 5;
+  sim.run(3s);
+  for (auto& v : sim.vcpus) v.block(ThreadState::kStopped, "do_signal_stop", {"do_signal_stop"});
+  sim.main.block(ThreadState::kStopped, "do_signal_stop", {"do_signal_stop"});
+  for (auto& c : sim.cpus) c.timer_on = false;
+  sim.guest_clock_rate = 0;  // the snapshots read memory nobody writes
+  sim.run(15s);
+  auto vm = sim.active(FindingKind::kVmWideStall);
+  ASSERT_EQ(vm.size(), 1u);
+  const size_t from = sim.events.size();
+  for (auto& v : sim.vcpus) v.run(0.5);
+  sim.main.run(0.05);
+  sim.main.view.state = ThreadState::kSleeping;
+  sim.main.view.wchan = "do_sys_poll";
+  sim.guest.running_clock_ns += 15'000'000'000ull;  // TCG's guest clock follows the host's
+  sim.guest_clock_rate = 1;
+  for (auto& c : sim.cpus) c.timer_on = true;
+  sim.run(5s);
+
+  size_t lockups = 0;
+  for (size_t i = from; i < sim.events.size(); ++i) {
+    const Finding& f = sim.events[i].finding;
+    if (f.kind != FindingKind::kGuestSoftlockup && f.kind != FindingKind::kGuestSoftlockupImminent) continue;
+    ++lockups;
+    EXPECT_EQ(f.incident_id, vm[0].id) << to_string(f.kind) << " on CPU" << f.cpus.at(0) << ": " << f.summary;
+    EXPECT_EQ(f.cause, Cause::kHostBlocked) << f.summary;
+    EXPECT_TRUE(contains(f.summary, "it was stopped by the host until")) << f.summary;
+    EXPECT_GE(f.onset, vm[0].onset) << "a symptom never starts before its root";
+  }
+  EXPECT_GT(lockups, 0u) << "the stale touches after the resume raised no soft lockup: the test shows nothing";
+  for (const auto& ev : sim.events) {
+    if (ev.type == FindingEvent::Type::kOpened && ev.finding.is_incident_root()) {
+      EXPECT_EQ(ev.finding.kind, FindingKind::kVmWideStall) << "another root: " << to_string(ev.finding.kind);
+    }
+  }
+  // Once the watchdogs have touched again, nothing is left.
+  sim.run(5s);
+  EXPECT_TRUE(sim.engine.active_findings().empty());
+}
+
 TEST(VmWideStall, WaitersPilingUpLaterDoNotFlapTheBlockedFinding) {
   Sim sim(3);
   sim.run(1s);
