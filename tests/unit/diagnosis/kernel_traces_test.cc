@@ -120,7 +120,8 @@ TEST_F(Traces, AppearingIsMaterialARefreshWaitsForThePeriodicUpdate) {
 TEST_F(Traces, GuestStringsAreSanitisedAndAnOldTraceSaysItsAge) {
   sim.cpus[0].view.kernel_trace = trace({"bad\x01name+0x1/0x2"}, sim.clock.now() - 5s);
   sim.tick();
-  const Evidence* t0 = trace_of(ipi(), 0);
+  const Finding f = ipi();
+  const Evidence* t0 = trace_of(f, 0);
   ASSERT_NE(t0, nullptr);
   EXPECT_NE(t0->text.find("bad?name+0x1/0x2"), std::string::npos) << t0->text;
   EXPECT_NE(t0->text.find(", read 5.1 s ago)"), std::string::npos) << t0->text;
