@@ -907,6 +907,23 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
   bool sysrq = false;
   for (const auto& rec : ins->snapshot.printk) sysrq = sysrq || rec.text.find("sysrq triggered crash") != std::string::npos;
   EXPECT_TRUE(sysrq) << "the panic message is not in the printk tail of inspect()";
+  // Issue 12 item 1: the panicking CPU's kernel trace (or why there is none) joins the evidence.
+  ASSERT_FALSE(panic->event.finding.cpus.empty());
+  const int pcpu = panic->event.finding.cpus[0];
+  auto traced = m.log.wait(
+      [pcpu](const Finding& x) {
+        if (x.kind != FindingKind::kGuestPanic) return false;
+        for (const auto& e : x.evidence)
+          if (e.facts.count("cpu") && e.facts.at("cpu") == std::to_string(pcpu) &&
+              (e.facts.count("trace") || e.facts.count("trace_error")))
+            return true;
+        return false;
+      },
+      10s, from_log);
+  ASSERT_TRUE(traced) << "no trace link for CPU" << pcpu << ":\n" << m.log.dump(from_log);
+  for (const auto& e : traced->event.finding.evidence)
+    if (e.facts.count("cpu") && (e.facts.count("trace") || e.facts.count("trace_error")))
+      std::cout << "panic CPU trace: " << e.text << std::endl;
   m.print_stats();
 }
 
