@@ -164,6 +164,48 @@ void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
 }
 
 
+// ---- kernel traces of the CPUs findings involve ------------------------------------------------
+
+std::set<int> FindingTraces::involved_in(const std::vector<diagnosis::Finding>& active) {
+  std::set<int> cpus;
+  for (const diagnosis::Finding& f : active)
+    if (diagnosis::carries_kernel_traces(f.kind)) cpus.insert(f.cpus.begin(), f.cpus.end());
+  return cpus;
+}
+
+void FindingTraces::set_involved(std::set<int> cpus) {
+  involved_ = std::move(cpus);
+  // A CPU that leaves every finding is forgotten: traced afresh if it comes back.
+  for (auto it = traces_.begin(); it != traces_.end();) it = involved_.count(it->first) ? std::next(it) : traces_.erase(it);
+}
+
+std::vector<int> FindingTraces::due(int64_t now_ns) const {
+  std::vector<std::pair<int64_t, int>> by_age;  // (taken_ns, cpu); never traced: INT64_MIN
+  for (int cpu : involved_) {
+    auto it = traces_.find(cpu);
+    if (it == traces_.end()) {
+      by_age.emplace_back(INT64_MIN, cpu);
+    } else if (now_ns - it->second.taken_ns >= kRefreshNs) {
+      by_age.emplace_back(it->second.taken_ns, cpu);
+    }
+  }
+  std::sort(by_age.begin(), by_age.end());
+  std::vector<int> out;
+  for (size_t i = 0; i < by_age.size() && i < kMaxPerTick; ++i) out.push_back(by_age[i].second);
+  return out;
+}
+
+void FindingTraces::store(int cpu, diagnosis::KernelTrace trace, int64_t now_ns) {
+  if (!involved_.count(cpu)) return;
+  traces_[cpu] = Entry{now_ns, std::move(trace)};
+}
+
+void FindingTraces::attach(diagnosis::GuestView& view) const {
+  if (traces_.empty()) return;
+  for (diagnosis::GuestCpuView& c : view.cpus)
+    if (auto it = traces_.find(c.cpu); it != traces_.end()) c.kernel_trace = it->second.trace;
+}
+
 // ---- metered guest memory ---------------------------------------------------------------------
 
 namespace {
@@ -379,6 +421,7 @@ void DomainPipeline::apply_inbox(std::vector<diagnosis::DomainEvent>& events, bo
 
 void DomainPipeline::drop_kernel(const std::string& why, int64_t now_ns, bool retry_now) {
   kernel_.reset();
+  traces_.forget_traces();
   kernel_out_ = false;  // a kernel still out is of an older generation: discarded when back
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -831,6 +874,35 @@ void DomainPipeline::record_snapshot(const introspect::GuestSnapshot& snap, int6
   }
 }
 
+bool DomainPipeline::read_due_traces(const introspect::GuestSnapshot& snap) {
+  if (!kernel_) return true;  // dropped by this snapshot (a reboot seen in it)
+  const int64_t t0 = shared_.mono->now_ns();
+  const std::vector<int> due = traces_.due(t0);
+  if (due.empty()) return true;
+  std::vector<diagnosis::KernelTrace> got;
+  got.reserve(due.size());
+  const Timestamp at = shared_.engine_time(t0);
+  // The same supervision as the snapshot: a stuck read is abandoned at the read deadline. The
+  // ORC tables are read (and charged to the domain's budget) by the first backtrace of a boot.
+  if (!with_kernel([&](GuestKernel& k) {
+        for (int cpu : due) {
+          const auto c = static_cast<uint32_t>(cpu);
+          got.push_back(to_kernel_trace(k.tick_reader->backtrace_cpu(snap, c), snap, c, at,
+                                        FindingTraces::kMaxFrames));
+        }
+      })) {
+    return false;
+  }
+  const int64_t t1 = shared_.mono->now_ns();
+  for (size_t i = 0; i < due.size(); ++i) {
+    if (!got[i].error.empty()) shared_.counters.kernel_trace_failures.fetch_add(1, std::memory_order_relaxed);
+    traces_.store(due[i], std::move(got[i]), t0);
+  }
+  shared_.counters.kernel_traces.fetch_add(due.size(), std::memory_order_relaxed);
+  shared_.counters.kernel_trace_ns.fetch_add(static_cast<uint64_t>(t1 - t0), std::memory_order_relaxed);
+  return true;
+}
+
 bool DomainPipeline::tick() {
   bool finished = false;
   const std::string what = run_contained([&] { finished = tick_unguarded(); });
@@ -925,15 +997,27 @@ bool DomainPipeline::tick_unguarded() {
     bool abandoned = false;
     auto snap = maybe_snapshot(now, &abandoned);
     if (abandoned) return false;  // the next tick (another worker) samples the host again
-    if (snap) obs.guest = to_guest_view(*snap);
+    if (snap) {
+      obs.guest = to_guest_view(*snap);
+      if (!read_due_traces(*snap)) return false;  // abandoned, as a stuck snapshot
+      traces_.attach(*obs.guest);
+    }
   }
   // Events wait for a tick that observes: a crash reported while the sampler had nothing (no
   // pid yet) must still reach the engine.
   carry_events_.insert(carry_events_.end(), events.begin(), events.end());
   if (have_host || !carry_events_.empty()) {
     obs.events.swap(carry_events_);
-    std::lock_guard<std::mutex> l(observe_mu_);
-    if (!retired_) shared_.engine->observe(obs);
+    bool changed = false;
+    {
+      std::lock_guard<std::mutex> l(observe_mu_);
+      if (!retired_) changed = !shared_.engine->observe(obs).empty();
+    }
+    // Findings change only with events (opened, resolved, or updated: a CPU set change is a
+    // material update): the CPUs to trace are re-read from the engine then, not every tick.
+    if (changed && shared_.config.introspection) {
+      traces_.set_involved(FindingTraces::involved_in(shared_.engine->active_findings(uuid_)));
+    }
   }
 
   const int64_t t1 = shared_.mono->now_ns();

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,7 +49,7 @@ struct Counters {
   std::atomic<uint64_t> ticks{0}, overruns{0}, sample_errors{0}, snapshots{0},
       snapshot_errors{0}, discovery_attempts{0}, discovery_failures{0}, monitor_timeouts{0},
       finding_events{0}, reads_abandoned{0}, internal_errors{0}, reboots_detected{0},
-      thread_stats_fallbacks{0};
+      thread_stats_fallbacks{0}, kernel_traces{0}, kernel_trace_failures{0}, kernel_trace_ns{0};
 };
 
 struct GuestKernel;
@@ -170,6 +171,39 @@ class SleepWchanReader {
   uint64_t reads_ = 0;
 };
 
+// Kernel backtraces of the guest CPUs that active findings involve (issue 12 item 1), for the
+// engine to attach as evidence. Not every CPU, not every tick: a CPU is traced on the first tick
+// after it becomes involved (a finding opened, or its CPU set changed), then at most once per
+// kRefreshNs, at most kMaxPerTick CPUs per tick (the longest-waiting first). A CPU no finding
+// involves is never traced, and its trace is forgotten. Decides only what and when: the
+// pipeline reads the traces (supervised, like the snapshot).
+class FindingTraces {
+ public:
+  static constexpr int64_t kRefreshNs = 1'000'000'000;
+  static constexpr size_t kMaxPerTick = 8;
+  static constexpr size_t kMaxFrames = 16;
+
+  // The CPUs of the domain's active findings of kinds that carry traces.
+  static std::set<int> involved_in(const std::vector<diagnosis::Finding>& active);
+  void set_involved(std::set<int> cpus);
+  const std::set<int>& involved() const { return involved_; }
+  // Involved CPUs whose trace is due at now_ns: never traced first, then the oldest.
+  std::vector<int> due(int64_t now_ns) const;
+  void store(int cpu, diagnosis::KernelTrace trace, int64_t now_ns);
+  // Sets kernel_trace on the view's CPUs that are involved and have a trace.
+  void attach(diagnosis::GuestView& view) const;
+  // The kernel was dropped (a reboot, a new qemu): its traces describe another boot.
+  void forget_traces() { traces_.clear(); }
+
+ private:
+  struct Entry {
+    int64_t taken_ns = 0;
+    diagnosis::KernelTrace trace;
+  };
+  std::set<int> involved_;
+  std::map<int, Entry> traces_;
+};
+
 // Builds the host part of a DomainObservation from a sampler (vCPUs, other threads, main loop).
 void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
                      SleepWchanReader* wchans, diagnosis::DomainObservation& obs);
@@ -274,6 +308,9 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   enum class ClockAdvance { kNone, kAdvanced, kImplausible };
   ClockAdvance clock_advance(const introspect::GuestSnapshot& snap, int64_t now_ns) const;
   void record_snapshot(const introspect::GuestSnapshot& snap, int64_t took_ns);
+  // Reads the due traces of involved CPUs (FindingTraces) from this tick's snapshot, under the
+  // read supervisor. False: abandoned meanwhile (as with_kernel).
+  bool read_due_traces(const introspect::GuestSnapshot& snap);
   bool serve_inspect_requests();
   void set_health(const std::function<void(IntrospectionHealth&)>& f);
 
@@ -318,6 +355,7 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   uint64_t source_errors_seen_ = 0;  // sampler_->source_errors() already counted (mu_)
   bool on_proc_fallback_ = false;    // the last tick's pass failed (logged once per run)
   SleepWchanReader wchans_;
+  FindingTraces traces_;
   std::vector<diagnosis::DomainEvent> carry_events_;
   // Reboot detection: the newest clocks of this kernel's snapshots.
   std::optional<uint64_t> last_jiffies_;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "stallmon/core/observation_adapters.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -117,6 +118,32 @@ diagnosis::GuestView to_guest_view(const introspect::GuestSnapshot& snap) {
     g.cpus.push_back(std::move(v));
   }
   return g;
+}
+
+diagnosis::KernelTrace to_kernel_trace(const Result<introspect::Backtrace>& backtrace,
+                                       const introspect::GuestSnapshot& snapshot, uint32_t cpu,
+                                       diagnosis::Timestamp taken_at, size_t max_frames) {
+  diagnosis::KernelTrace t;
+  t.taken_at = taken_at;
+  if (cpu < snapshot.cpus.size() && snapshot.cpus[cpu].rq.curr.ok) {
+    t.pid = snapshot.cpus[cpu].rq.curr.pid;
+    t.comm = snapshot.cpus[cpu].rq.curr.comm;
+  }
+  if (!backtrace.ok()) {
+    t.error = backtrace.error().to_string();
+    return t;
+  }
+  const introspect::Backtrace& bt = *backtrace;
+  switch (bt.verification) {
+    case introspect::Verification::kOrcChain: t.verification = diagnosis::TraceVerification::kOrcChain; break;
+    case introspect::Verification::kPtRegs: t.verification = diagnosis::TraceVerification::kInterruptFrame; break;
+    case introspect::Verification::kScannedUnverified: t.verification = diagnosis::TraceVerification::kUnverified; break;
+  }
+  const size_t n = std::min(bt.frames.size(), max_frames);
+  t.frames.reserve(n);
+  for (size_t i = 0; i < n; ++i) t.frames.push_back(bt.frames[i].format());
+  t.truncated = bt.truncated || bt.frames.size() > n;
+  return t;
 }
 
 diagnosis::MonitorStatus to_monitor_status(const libvirt::MonitorHealth& health,

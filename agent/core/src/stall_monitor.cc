@@ -357,6 +357,9 @@ AgentStats StallMonitor::stats() const {
     if (auto pass = impl_->thread_stats.source->latest()) s.thread_stats_passes = pass->generation;
   }
   s.thread_stats_fallbacks = c.thread_stats_fallbacks.load();
+  s.kernel_traces = c.kernel_traces.load();
+  s.kernel_trace_failures = c.kernel_trace_failures.load();
+  s.kernel_trace_seconds = static_cast<double>(c.kernel_trace_ns.load()) * 1e-9;
   s.workers = impl_->workers;
   if (impl_->tick_pool) s.threads += impl_->tick_pool->threads();
   if (impl_->discovery_pool) s.threads += impl_->discovery_pool->threads();

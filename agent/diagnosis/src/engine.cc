@@ -427,8 +427,10 @@ struct DiagnosisEngine::Impl {
       const std::string id = store.active(k)->id;
       store.relink(k, incident[id], symptoms[id], now, out);
     }
-    for (Candidate& c : candidates)
+    for (Candidate& c : candidates) {
+      attach_kernel_traces(d.guest ? &d.guest->view : nullptr, now, c);
       store.upsert(c.condition_key, std::move(c.finding), c.signature, now, config.update_min_interval, out);
+    }
   }
 
   std::vector<FindingEvent> observe(const DomainObservation& obs) {

@@ -98,6 +98,10 @@ void rule_stack_overflow(TickContext& t);
 // CPU is offline, or the touch is unset / 0 / in the future.
 std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestCpuView& cpu);
 
+// One Evidence link per CPU of the candidate with a kernel trace in `view` (the domain's last
+// guest view), for the kinds that carry traces; a trace appearing is a material change.
+void attach_kernel_traces(const GuestView* view, Timestamp now, Candidate& c);
+
 // Text helpers shared by the rules.
 std::string cpu_list(const std::vector<int>& cpus);  // "CPU0, CPU1 and CPU3"
 std::string stack_line(const std::vector<std::string>& stack, std::size_t max_frames);

@@ -40,6 +40,16 @@ GuestView sanitize_guest_view(const GuestView& in) {
     cpu.current_comm = sanitize_text(cpu.current_comm, 64);
     for (auto& q : cpu.call_single_queue) q.function = sanitize_text(q.function, 256);
     for (auto& r : cpu.cfd_requests) r.function = sanitize_text(r.function, 256);
+    if (cpu.kernel_trace) {
+      KernelTrace& t = *cpu.kernel_trace;
+      if (t.frames.size() > kMaxTraceFrames) {
+        t.frames.resize(kMaxTraceFrames);
+        t.truncated = true;
+      }
+      for (auto& f : t.frames) f = sanitize_text(f, 256);
+      t.comm = sanitize_text(t.comm, 64);
+      t.error = sanitize_text(t.error, 512);
+    }
   }
   return g;
 }

@@ -13,7 +13,10 @@ namespace stallmon::diagnosis {
 // Valid UTF-8 is kept; invalid bytes and control characters become '?'; at most `max_bytes`.
 std::string sanitize_text(std::string_view in, std::size_t max_bytes = 512);
 
-// The view with every guest-sourced string sanitised.
+// Frames of a kernel trace kept (the daemon sends at most this many, innermost first).
+inline constexpr std::size_t kMaxTraceFrames = 16;
+
+// The view with every guest-sourced string sanitised (and trace frames bounded).
 GuestView sanitize_guest_view(const GuestView& in);
 
 }  // namespace stallmon::diagnosis

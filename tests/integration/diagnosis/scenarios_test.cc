@@ -51,6 +51,21 @@ std::string roots_of(const Finding& f) {
   return "";
 }
 
+// The frames of `cpu`'s kernel trace in f's evidence (innermost first); empty when it has none.
+std::vector<std::string> trace_frames(const Finding& f, int cpu) {
+  std::vector<std::string> frames;
+  for (const auto& e : f.evidence) {
+    auto c = e.facts.find("cpu");
+    auto t = e.facts.find("trace");
+    if (c == e.facts.end() || t == e.facts.end() || c->second != std::to_string(cpu)) continue;
+    std::istringstream in(t->second);
+    for (std::string line; std::getline(in, line);) frames.push_back(line);
+    break;
+  }
+  return frames;
+}
+std::string function_of(const std::string& frame) { return frame.substr(0, frame.find('+')); }
+
 std::string describe(const Finding& f) {
   std::ostringstream o;
   o << to_string(f.kind) << " [" << to_string(f.severity) << ", cause " << to_string(f.cause) << ", cpus";
@@ -427,6 +442,52 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     EXPECT_LE(to_ipi, 2.0);
     EXPECT_GE(to_guest / to_ipi, 5.0);
     EXPECT_LE(to_blocked, to_ipi);
+
+    // Issue 12: where the waiter is. The IPI stall's evidence carries the kernel trace of each
+    // CPU it involves (read from guest memory, refreshed once a second); the CPU the guest
+    // reports stuck shows the csd wait, and one of its traces starts in the function the guest's
+    // own report names (the RIP of its soft-lockup dump; our trace starts there only when the
+    // newest interrupt frame on the stack is the timer's, which a spinning CPU gets every tick).
+    {
+      const std::string con = guest().console(from_console);
+      std::smatch sm;
+      ASSERT_TRUE(std::regex_search(con, sm, std::regex("soft lockup - CPU#([0-9]+) stuck"))) << con;
+      const int stuck_cpu = std::stoi(sm[1].str());
+      const size_t rip = con.find("RIP: 0010:", static_cast<size_t>(sm.position(0)));
+      ASSERT_NE(rip, std::string::npos) << con;
+      const std::string guest_fn = con.substr(rip + 10, con.find_first_of("+\n", rip + 10) - rip - 10);
+      std::cout << "guest soft-lockup report: CPU" << stuck_cpu << " RIP in " << guest_fn << std::endl;
+      auto csd_wait = [&](const Finding& x) {
+        if (x.kind != FindingKind::kGuestIpiStall || roots_of(x) != "2") return false;
+        for (const auto& fr : trace_frames(x, stuck_cpu))
+          if (function_of(fr) == "smp_call_function_many_cond" || function_of(fr) == "csd_lock_wait") return true;
+        return false;
+      };
+      auto same_innermost = [&](const Finding& x) {
+        const auto frames = trace_frames(x, stuck_cpu);
+        return csd_wait(x) && function_of(frames.front()) == guest_fn;
+      };
+      auto with_wait = m.log.wait(csd_wait, 5s, from_log);
+      auto matching = m.log.wait(same_innermost, 5s, from_log);
+      std::set<std::string> seen;  // every trace of that CPU the finding carried
+      for (const auto& x : m.monitor().engine().list_findings({.domain = guest().name()})) {
+        if (x.kind != FindingKind::kGuestIpiStall) continue;
+        for (const auto& e : x.evidence)
+          if (e.facts.count("trace") && e.facts.at("cpu") == std::to_string(stuck_cpu)) seen.insert(e.text);
+      }
+      for (const auto& t : seen) std::cout << "latest trace: " << t << std::endl;
+      ASSERT_TRUE(with_wait) << "no trace of CPU" << stuck_cpu << " in the csd wait:\n" << m.log.dump(from_log);
+      for (const auto& e : with_wait->event.finding.evidence)
+        if (e.facts.count("trace") && e.facts.at("cpu") == std::to_string(stuck_cpu))
+          std::cout << "first trace in the csd wait (" << seconds(with_wait->at - *t_freeze)
+                    << " s after the freeze, " << seconds(with_wait->at - ipi->at)
+                    << " s after the finding): " << e.text << std::endl;
+      EXPECT_TRUE(matching) << "no trace of CPU" << stuck_cpu << " starting in " << guest_fn;
+      core::AgentStats st = m.monitor().stats();
+      std::cout << "kernel traces: " << st.kernel_traces << " read (" << st.kernel_trace_failures
+                << " unavailable), mean " << (st.kernel_traces ? st.kernel_trace_seconds / st.kernel_traces * 1e6 : 0)
+                << " us per CPU (the first includes the ORC tables)" << std::endl;
+    }
 
     // The full snapshot on demand, while frozen.
     auto ins = m.monitor().inspect(guest().name(), 5000ms);
@@ -1053,6 +1114,23 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
   bool sysrq = false;
   for (const auto& rec : ins->snapshot.printk) sysrq = sysrq || rec.text.find("sysrq triggered crash") != std::string::npos;
   EXPECT_TRUE(sysrq) << "the panic message is not in the printk tail of inspect()";
+  // Issue 12 item 1: the panicking CPU's kernel trace (or why there is none) joins the evidence.
+  ASSERT_FALSE(panic->event.finding.cpus.empty());
+  const int pcpu = panic->event.finding.cpus[0];
+  auto traced = m.log.wait(
+      [pcpu](const Finding& x) {
+        if (x.kind != FindingKind::kGuestPanic) return false;
+        for (const auto& e : x.evidence)
+          if (e.facts.count("cpu") && e.facts.at("cpu") == std::to_string(pcpu) &&
+              (e.facts.count("trace") || e.facts.count("trace_error")))
+            return true;
+        return false;
+      },
+      10s, from_log);
+  ASSERT_TRUE(traced) << "no trace link for CPU" << pcpu << ":\n" << m.log.dump(from_log);
+  for (const auto& e : traced->event.finding.evidence)
+    if (e.facts.count("cpu") && (e.facts.count("trace") || e.facts.count("trace_error")))
+      std::cout << "panic CPU trace: " << e.text << std::endl;
   m.print_stats();
 }
 

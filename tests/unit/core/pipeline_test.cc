@@ -14,6 +14,7 @@
 
 #include "fake_domain.h"
 #include "internal.h"
+#include "orc_fixture.h"
 #include "seed_case1_kernel.h"
 #include "synthetic_kernel.h"
 
@@ -47,7 +48,17 @@ class PipelineTest : public ::testing::Test {
       if (throw_in_discovery) throw std::bad_alloc();
       if (fail_discovery) return Error(ErrorCode::kNotFound, "VMCOREINFO note not found");
       auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
+      std::optional<introspect::testing::OrcStack> orc;
+      if (with_stack) orc.emplace(*sk);  // before seed case 1, which puts its own tasks on the CPUs
       if (seed_case1) build_seed_case1(*sk);
+      if (orc) {
+        // CPU0's current task (seed case 1's waiter, sh/107) runs on the fixture's stack:
+        // interrupted in inner() called by middle() by outer(), verified with its ORC table.
+        uint64_t curr = 0;
+        (void)sk->read(sk->percpu("runqueues", 0) + sk->off("rq", "curr"), &curr, 8);
+        sk->mem.put<uint64_t>(curr + sk->off("task_struct", "stack"), orc->stack);
+        if (with_orc_tables) orc->install_orc(true);
+      }
       sk->init_printk(6, 12);
       sk->printk("Linux version 6.1.0-test", 1000);
       auto gk = std::make_unique<internal::GuestKernel>();
@@ -100,6 +111,8 @@ class PipelineTest : public ::testing::Test {
   bool fail_discovery = false;
   bool throw_in_discovery = false;
   bool seed_case1 = true;
+  bool with_stack = false;       // CPU0's task gets a kernel stack with a known call chain...
+  bool with_orc_tables = true;   // ...and the kernel its ORC tables
   SyntheticKernel* kernel = nullptr;
 };
 
@@ -140,6 +153,112 @@ TEST_F(PipelineTest, SeedCase1FromHostSamplesAndGuestSnapshots) {
   ASSERT_TRUE(d.vcpus[0].guest);
   EXPECT_EQ(d.vcpus[0].guest->rq.curr.comm, "sh");
   EXPECT_EQ(shared_->counters.snapshots.load(), h.snapshots);
+}
+
+// The evidence link carrying `cpu`'s kernel trace (or its absence), nullptr if none.
+const diagnosis::Evidence* trace_of(const Finding& f, int cpu) {
+  for (const auto& e : f.evidence) {
+    auto c = e.facts.find("cpu");
+    if (c == e.facts.end() || c->second != std::to_string(cpu)) continue;
+    if (e.facts.count("trace") || e.facts.count("trace_error")) return &e;
+  }
+  return nullptr;
+}
+
+// Issue 12 item 1: the CPUs findings involve are traced (and only they), the traces reach the
+// findings' evidence and the event stream, and are refreshed once a second, not every tick.
+TEST_F(PipelineTest, CpusOfFindingsGetKernelTracesAsEvidence) {
+  with_stack = true;
+  auto p = make();
+  run(*p, 3);
+  ASSERT_EQ(p->introspection().state, IntrospectionState::kReady);
+  EXPECT_EQ(shared_->counters.kernel_traces.load(), 0u);  // no finding: nothing traced
+  q.block_vcpu(2);
+  run(*p, 12);
+
+  auto ipi = active(FindingKind::kGuestIpiStall);
+  ASSERT_EQ(ipi.size(), 1u);
+  ASSERT_EQ(ipi[0].cpus, (std::vector<int>{0, 2}));  // waiter 0, root 2
+  const diagnosis::Evidence* t0 = trace_of(ipi[0], 0);
+  ASSERT_NE(t0, nullptr);
+  EXPECT_EQ(t0->text.rfind("CPU0 trace (interrupt frame, orc-verified, sh/107): inner+0x18/0x100 \u2190 "
+                           "middle+0x30/0x100 \u2190 outer+0x20/",
+                           0),
+            0u)
+      << t0->text;
+  EXPECT_NE(t0->text.find("ret_from_fork+0x10/"), std::string::npos) << t0->text;
+  EXPECT_EQ(t0->facts.at("verification"), "interrupt_frame");
+  EXPECT_EQ(t0->facts.at("trace").substr(0, t0->facts.at("trace").find('\n')), "inner+0x18/0x100");
+  EXPECT_EQ(t0->facts.at("frames"), "4");
+  EXPECT_EQ(t0->facts.at("task"), "sh/107");
+  // CPU2's current task is its idle task, which has no stack in this kernel: a value, not a throw.
+  const diagnosis::Evidence* t2 = trace_of(ipi[0], 2);
+  ASSERT_NE(t2, nullptr);
+  EXPECT_EQ(t2->text.rfind("CPU2 trace unavailable: ", 0), 0u) << t2->text;
+  EXPECT_FALSE(t2->facts.at("trace_error").empty());
+  EXPECT_EQ(trace_of(ipi[0], 1), nullptr);
+  EXPECT_EQ(trace_of(ipi[0], 3), nullptr);
+
+  auto idle = active(FindingKind::kGuestIdleWithPendingWork);
+  ASSERT_EQ(idle.size(), 1u);
+  EXPECT_NE(trace_of(idle[0], 2), nullptr);
+  EXPECT_EQ(trace_of(idle[0], 0), nullptr);  // a finding shows the traces of its own CPUs only
+  auto blocked = active(FindingKind::kVcpuHostBlocked);
+  ASSERT_EQ(blocked.size(), 1u);
+  EXPECT_EQ(trace_of(blocked[0], 2), nullptr);  // a host-side kind carries no guest trace
+
+  // The stream: the trace arrives with the update one tick after the finding opened.
+  auto ev = engine_->events_since(0);
+  std::optional<diagnosis::FindingEvent> opened, traced;
+  for (const auto& e : ev.events) {
+    if (e.finding.kind != FindingKind::kGuestIpiStall) continue;
+    if (e.type == diagnosis::FindingEvent::Type::kOpened) opened = e;
+    if (!traced && trace_of(e.finding, 0) != nullptr) traced = e;
+  }
+  ASSERT_TRUE(opened);
+  ASSERT_TRUE(traced);
+  EXPECT_EQ(traced->type, diagnosis::FindingEvent::Type::kUpdated);
+  EXPECT_LE(traced->finding.last_update - opened->finding.opened_at, std::chrono::milliseconds(100));
+
+  // Refreshed once a second for the two CPUs involved: 3 s of ticks, 3 traces per CPU (CPUs 1
+  // and 3, in no finding, would double it).
+  const uint64_t before = shared_->counters.kernel_traces.load();
+  run(*p, 30);
+  const uint64_t taken = shared_->counters.kernel_traces.load() - before;
+  EXPECT_LE(taken, 6u);
+  EXPECT_GE(taken, 4u);
+  ipi = active(FindingKind::kGuestIpiStall);
+  ASSERT_EQ(ipi.size(), 1u);
+  ASSERT_NE(trace_of(ipi[0], 0), nullptr);
+  EXPECT_LT(std::stoi(trace_of(ipi[0], 0)->facts.at("age_ms")), 1000);
+  EXPECT_GE(shared_->counters.kernel_trace_failures.load(), 1u);  // CPU2's
+}
+
+TEST_F(PipelineTest, AKernelWithoutOrcTablesGivesTraceUnavailableWithTheReason) {
+  with_stack = true;
+  with_orc_tables = false;
+  auto p = make();
+  run(*p, 3);
+  q.block_vcpu(2);
+  run(*p, 12);
+  auto ipi = active(FindingKind::kGuestIpiStall);
+  ASSERT_EQ(ipi.size(), 1u);
+  EXPECT_EQ(roots_of(ipi[0]), "2");  // the diagnosis itself is unchanged
+  const diagnosis::Evidence* t0 = trace_of(ipi[0], 0);
+  ASSERT_NE(t0, nullptr);
+  EXPECT_EQ(t0->text.rfind("CPU0 trace unavailable: ", 0), 0u) << t0->text;
+  EXPECT_NE(t0->text.find("__start_orc_unwind_ip"), std::string::npos) << t0->text;
+  EXPECT_EQ(shared_->counters.kernel_trace_failures.load(), shared_->counters.kernel_traces.load());
+  EXPECT_EQ(p->introspection().state, IntrospectionState::kReady);
+}
+
+TEST_F(PipelineTest, AGuestWithoutFindingsIsNeverTraced) {
+  seed_case1 = false;  // (the stack fixture alone puts a task on CPU0 as if idle: a finding)
+  auto p = make();
+  run(*p, 50);
+  EXPECT_TRUE(engine_->active_findings().empty());
+  EXPECT_EQ(p->introspection().snapshots, 50u);
+  EXPECT_EQ(shared_->counters.kernel_traces.load(), 0u);  // attempts count too, failed or not
 }
 
 TEST_F(PipelineTest, HealthyGuestIsSnapshottedOnEveryTickByDefault) {

@@ -63,6 +63,21 @@ TEST(ClientFormat, FindingsTableAndEvidence) {
   EXPECT_NE(chain.find("explained by demo/VCPU_HOST_BLOCKED/vcpu2/1"), std::string::npos) << chain;
 }
 
+TEST(ClientFormat, KernelTraceEvidenceIsOneBullet) {
+  v1::ListFindingsResponse r;
+  auto f = finding();
+  auto* e = f.add_evidence();
+  e->set_text("CPU0 trace (interrupt frame, orc-verified, ipigen/121): smp_call_function_many_cond+0xf1/0x330 \u2190 "
+              "on_each_cpu_cond_mask+0x20/0x40");
+  (*e->mutable_facts())["trace"] = "smp_call_function_many_cond+0xf1/0x330\non_each_cpu_cond_mask+0x20/0x40";
+  *r.add_findings() = f;
+  auto chain = format_findings(r, true, Clock::time_point(std::chrono::seconds(1'795'248'407)));
+  EXPECT_NE(chain.find("    - CPU0 trace (interrupt frame, orc-verified, ipigen/121): "
+                       "smp_call_function_many_cond+0xf1/0x330 \u2190 on_each_cpu_cond_mask+0x20/0x40\n"),
+            std::string::npos)
+      << chain;
+}
+
 TEST(ClientFormat, MultiLineEvidenceStaysUnderItsBullet) {
   v1::ListFindingsResponse r;
   auto f = finding();

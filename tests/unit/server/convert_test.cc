@@ -81,6 +81,25 @@ TEST(ConvertFinding, EveryFieldIsCopied) {
   EXPECT_EQ(p.evidence(0).host_stack(0), "__refrigerator");
 }
 
+// Issue 12 item 1: a kernel trace link (UTF-8 arrows, frames one per line in its facts) reaches
+// the API unchanged, next to the links older consumers parse.
+TEST(ConvertFinding, KernelTraceEvidenceIsCopiedVerbatim) {
+  auto f = make_finding("demo/GUEST_IPI_STALL/0-2/1", "demo", diagnosis::FindingKind::kGuestIpiStall);
+  diagnosis::Evidence e;
+  e.text = "CPU0 trace (interrupt frame, orc-verified, ipigen/121): smp_call_function_many_cond+0xf1/0x330 \u2190 "
+           "on_each_cpu_cond_mask+0x20/0x40";
+  e.facts = {{"cpu", "0"},
+             {"trace", "smp_call_function_many_cond+0xf1/0x330\non_each_cpu_cond_mask+0x20/0x40"},
+             {"verification", "interrupt_frame"}};
+  f.evidence.push_back(e);
+  v1::Finding p;
+  to_proto(f, &p);
+  ASSERT_EQ(p.evidence_size(), 1);
+  EXPECT_EQ(p.evidence(0).text(), e.text);
+  EXPECT_EQ(p.evidence(0).facts().at("trace"), e.facts.at("trace"));
+  EXPECT_EQ(p.evidence(0).facts().at("verification"), "interrupt_frame");
+}
+
 TEST(ConvertFinding, ResolvedAndUnpredicted) {
   auto f = make_finding("x", "demo", diagnosis::FindingKind::kVcpuHostBlocked, false);
   v1::Finding p;

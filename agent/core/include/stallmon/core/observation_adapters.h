@@ -49,6 +49,13 @@ diagnosis::GuestView to_guest_view(const introspect::GuestSnapshot& snapshot);
 
 diagnosis::CallType to_call_type(introspect::CsdType type);
 
+// The kernel trace of `cpu`'s current task in `snapshot` for the engine: at most `max_frames`
+// frames, innermost first, each "function+0xoff/0xlen [module]"; a failed backtrace becomes a
+// trace whose `error` says why (a value, never an exception).
+diagnosis::KernelTrace to_kernel_trace(const Result<introspect::Backtrace>& backtrace,
+                                       const introspect::GuestSnapshot& snapshot, uint32_t cpu,
+                                       diagnosis::Timestamp taken_at, size_t max_frames = 16);
+
 // The libvirt layer's monitor health as the engine's MonitorStatus.
 diagnosis::MonitorStatus to_monitor_status(const libvirt::MonitorHealth& health,
                                            const ClockMapping& steady_to_engine);

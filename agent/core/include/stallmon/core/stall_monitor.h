@@ -242,6 +242,11 @@ struct AgentStats {
   // Times a domain read /proc instead of the source: a pass that failed (that tick only), or a
   // qemu process the source could not watch (that process's life). Each is logged.
   uint64_t thread_stats_fallbacks = 0;
+  // Kernel backtraces of CPUs that findings involve (read for the findings' evidence), those
+  // that gave "trace unavailable", and the wall time spent reading them (ORC tables included).
+  uint64_t kernel_traces = 0;
+  uint64_t kernel_trace_failures = 0;
+  double kernel_trace_seconds = 0;
 };
 
 // Injectable environment. Null members get the real thing.

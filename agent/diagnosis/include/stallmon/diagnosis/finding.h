@@ -100,4 +100,9 @@ struct FindingEvent {
 };
 const char* to_string(FindingEvent::Type t);
 
+// Whether findings of this kind carry a kernel trace (KernelTrace, observation.h) of each of
+// their CPUs as evidence: the kinds whose CPUs are stuck somewhere in the guest kernel. The
+// daemon traces exactly the CPUs of active findings of these kinds.
+bool carries_kernel_traces(FindingKind k);
+
 }  // namespace stallmon::diagnosis

@@ -82,6 +82,27 @@ struct CsdRequest {
   uint32_t flags = 0;    // raw flags/u_flags
 };
 
+// How a guest kernel backtrace was verified (introspect's BacktraceReader, see its README).
+enum class TraceVerification {
+  kOrcChain,       // a chain of return addresses consistent with the kernel's ORC tables
+  kInterruptFrame, // from a saved interrupt frame (its RIP), then its ORC chain
+  kUnverified,     // kernel text addresses found on the stack, none confirmed by ORC
+};
+const char* to_string(TraceVerification v);  // "orc_chain", "interrupt_frame", "unverified"
+
+// The kernel backtrace of the task current on a guest CPU, read from guest memory by the daemon
+// (only for CPUs an active finding involves, refreshed at most once a second). Either frames or
+// an error: a trace that could not be taken is a value, shown as "trace unavailable: why".
+struct KernelTrace {
+  std::vector<std::string> frames;  // "function+0xoff/0xlen [module]", innermost first, bounded
+  bool truncated = false;           // the stack held more frames than `frames`
+  TraceVerification verification = TraceVerification::kUnverified;
+  int pid = 0;                      // the traced task (the CPU's current one when read)
+  std::string comm;
+  Timestamp taken_at{};
+  std::string error;                // non-empty: no trace, and why
+};
+
 struct GuestCpuView {
   int cpu = 0;
   bool online = true;
@@ -106,6 +127,9 @@ struct GuestCpuView {
   // overwritten (true) or intact (false); unset when it could not be read (no task_struct.stack
   // in the kernel's BTF, runqueue or stack unreadable): no evidence either way.
   std::optional<bool> stack_end_corrupt;
+  // Set by the daemon only for CPUs an active finding of a kind that carries traces involves
+  // (carries_kernel_traces), possibly from an earlier snapshot (taken_at says when).
+  std::optional<KernelTrace> kernel_trace;
 };
 
 struct GuestView {

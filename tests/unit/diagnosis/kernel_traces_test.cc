@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+// Issue 12 item 1, the engine's side: kernel traces handed in with the guest view become one
+// Evidence link per CPU of each finding of a kind that carries traces (and only of its CPUs),
+// bounded, sanitised, a failed trace shown as "trace unavailable", and a trace appearing is a
+// material update while a refreshed one waits for the periodic update.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "sim.h"
+
+namespace stallmon::diagnosis::testing {
+namespace {
+
+const Evidence* trace_of(const Finding& f, int cpu) {
+  for (const auto& e : f.evidence) {
+    auto c = e.facts.find("cpu");
+    if (c != e.facts.end() && c->second == std::to_string(cpu) && (e.facts.count("trace") || e.facts.count("trace_error")))
+      return &e;
+  }
+  return nullptr;
+}
+
+KernelTrace trace(std::vector<std::string> frames, Timestamp at) {
+  KernelTrace t;
+  t.frames = std::move(frames);
+  t.verification = TraceVerification::kInterruptFrame;
+  t.pid = 107;
+  t.comm = "sh";
+  t.taken_at = at;
+  return t;
+}
+
+// CPU0 waits for CPU2's csd; CPU2's vCPU is frozen on the host.
+class Traces : public ::testing::Test {
+ protected:
+  Traces() : sim(4) {
+    sim.guest.watchdog_thresh = 5;
+    sim.run_task(0, "sh", 107);
+    sim.run(3s);
+    sim.vcpus[2].block(ThreadState::kDiskSleep, "__refrigerator", {"__refrigerator"});
+    sim.cpus[2].timer_on = sim.cpus[2].touch_on = false;
+    sim.csd_wait(0, 2, "do_sync_core");
+    sim.cpus[0].touch_on = false;
+    sim.run_until_open(FindingKind::kGuestIpiStall, 10s);
+  }
+  Finding ipi() {
+    auto f = sim.active(FindingKind::kGuestIpiStall);
+    EXPECT_EQ(f.size(), 1u);
+    return f.empty() ? Finding{} : f[0];
+  }
+  Sim sim;
+};
+
+TEST_F(Traces, OneLinkPerCpuOfTheFindingInnermostFirstBounded) {
+  ASSERT_EQ(ipi().cpus, (std::vector<int>{0, 2}));
+  std::vector<std::string> deep;
+  deep.push_back("smp_call_function_many_cond+0xf1/0x330");
+  for (int i = 0; i < 30; ++i) deep.push_back("caller" + std::to_string(i) + "+0x10/0x40");
+  sim.cpus[0].view.kernel_trace = trace(deep, sim.clock.now());
+  sim.cpus[1].view.kernel_trace = trace({"do_idle+0x1/0x2"}, sim.clock.now());  // in no finding
+  KernelTrace failed;
+  failed.error = "backtrace: stack of task 0xffff888003a40000: unmapped";
+  sim.cpus[2].view.kernel_trace = failed;
+  sim.tick();
+
+  Finding f = ipi();
+  const Evidence* t0 = trace_of(f, 0);
+  ASSERT_NE(t0, nullptr);
+  EXPECT_EQ(t0->text.rfind("CPU0 trace (interrupt frame, orc-verified, sh/107): smp_call_function_many_cond+0xf1/0x330 "
+                           "\u2190 caller0+0x10/0x40 \u2190 ",
+                           0),
+            0u)
+      << t0->text;
+  EXPECT_EQ(t0->text.substr(t0->text.size() - std::string(" \u2190 \u2026").size()), " \u2190 \u2026");
+  EXPECT_EQ(t0->facts.at("frames"), "16");
+  EXPECT_EQ(t0->facts.at("truncated"), "1");
+  EXPECT_EQ(t0->facts.at("verification"), "interrupt_frame");
+  EXPECT_EQ(t0->facts.at("trace").substr(0, t0->facts.at("trace").find('\n')), "smp_call_function_many_cond+0xf1/0x330");
+  const Evidence* t2 = trace_of(f, 2);
+  ASSERT_NE(t2, nullptr);
+  EXPECT_EQ(t2->text, "CPU2 trace unavailable: backtrace: stack of task 0xffff888003a40000: unmapped");
+  EXPECT_EQ(trace_of(f, 1), nullptr);
+  // The traces come after the links the rule wrote (consumers that show the first few keep them).
+  EXPECT_EQ(&f.evidence.back(), t2);
+  // A host-side kind carries none, even for a traced CPU.
+  auto blocked = sim.active(FindingKind::kVcpuHostBlocked);
+  ASSERT_EQ(blocked.size(), 1u);
+  EXPECT_EQ(trace_of(blocked[0], 2), nullptr);
+}
+
+TEST_F(Traces, AppearingIsMaterialARefreshWaitsForThePeriodicUpdate) {
+  sim.run(2s);  // past the finding's last periodic update
+  sim.cpus[0].view.kernel_trace = trace({"smp_call_function_many_cond+0xf1/0x330"}, sim.clock.now());
+  auto out = sim.tick();
+  auto updated = [&](const std::vector<FindingEvent>& evs) {
+    for (const auto& e : evs)
+      if (e.finding.kind == FindingKind::kGuestIpiStall && e.type == FindingEvent::Type::kUpdated) return &e;
+    return static_cast<const FindingEvent*>(nullptr);
+  };
+  ASSERT_NE(updated(out), nullptr);
+  EXPECT_NE(trace_of(updated(out)->finding, 0), nullptr);
+  // A refreshed trace (another innermost frame) is not emitted on the next tick by itself...
+  sim.cpus[0].view.kernel_trace = trace({"csd_lock_wait+0x2/0x10"}, sim.clock.now());
+  EXPECT_EQ(updated(sim.tick()), nullptr);
+  // ...but within the periodic update, and the stored finding has it at once.
+  EXPECT_NE(trace_of(ipi(), 0)->text.find("csd_lock_wait"), std::string::npos);
+  bool emitted = false;
+  for (int i = 0; i < 10 && !emitted; ++i) emitted = updated(sim.tick()) != nullptr;
+  EXPECT_TRUE(emitted);
+  // Becoming unavailable is material again.
+  KernelTrace failed;
+  failed.error = "ORC tables over budget";
+  sim.cpus[0].view.kernel_trace = failed;
+  ASSERT_NE(updated(sim.tick()), nullptr);
+  EXPECT_EQ(trace_of(ipi(), 0)->text, "CPU0 trace unavailable: ORC tables over budget");
+}
+
+TEST_F(Traces, GuestStringsAreSanitisedAndAnOldTraceSaysItsAge) {
+  sim.cpus[0].view.kernel_trace = trace({"bad\x01name+0x1/0x2"}, sim.clock.now() - 5s);
+  sim.tick();
+  const Finding f = ipi();
+  const Evidence* t0 = trace_of(f, 0);
+  ASSERT_NE(t0, nullptr);
+  EXPECT_NE(t0->text.find("bad?name+0x1/0x2"), std::string::npos) << t0->text;
+  EXPECT_NE(t0->text.find(", read 5.1 s ago)"), std::string::npos) << t0->text;
+}
+
+}  // namespace
+}  // namespace stallmon::diagnosis::testing
