@@ -27,6 +27,7 @@ bool carries_kernel_traces(FindingKind k) {
     case FindingKind::kGuestSoftlockup:
     case FindingKind::kGuestIrqsOff:
     case FindingKind::kGuestPanic:
+    case FindingKind::kGuestStackOverflow:  // where the task with the overwritten stack end is
       return true;
     default:
       return false;
