@@ -64,6 +64,7 @@ struct StackEndCorruption {
   Timestamp since{};
   int pid = 0;
   std::string comm;
+  int snapshots = 1;  // consecutive snapshots that read it overwritten (for this task)
 };
 
 struct GuestCpuTracker {

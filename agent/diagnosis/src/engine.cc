@@ -202,6 +202,8 @@ void update_stack_end(GuestCpuTracker& tr, const GuestCpuView& cv, Timestamp now
       tr.stack_end.reset();
     else if (!same_task)
       tr.stack_end = StackEndCorruption{now, cv.current_pid, cv.current_comm};
+    else
+      ++tr.stack_end->snapshots;
   } else if (tr.stack_end && task_known && !same_task) {
     tr.stack_end.reset();
   }
@@ -340,6 +342,7 @@ struct DiagnosisEngine::Impl {
       const uint64_t stale_s = static_cast<uint64_t>(g.view.watchdog_thresh) * 6 / 10 + 1;
       for (const auto& [cpu, ct] : g.cpus) {
         if (ct.idle_pending_since) return true;
+        if (ct.stack_end && ct.stack_end->snapshots < 2) return true;  // confirm it next tick
         const auto& touch = ct.latest.watchdog_touch_ts;
         if (g.view.watchdog_thresh > 0 && ct.watchdog_active() && touch && *touch != 0 && *touch <= now_s &&
             now_s - *touch > stale_s)

@@ -30,11 +30,11 @@ class StackOverflow : public ::testing::Test {
   Sim sim;
 };
 
-TEST_F(StackOverflow, RaisedAtTheFirstSnapshotNamingTheCpuAndTheTask) {
+TEST_F(StackOverflow, RaisedAtTheSecondSnapshotNamingTheCpuAndTheTask) {
   ASSERT_EQ(opened(), 0);
   overwrite_cpu1();
   const Timestamp seen = sim.clock.now() + kTick;
-  ASSERT_EQ(sim.run_until_open(FindingKind::kGuestStackOverflow, 5s), kTick) << "not at the first snapshot";
+  ASSERT_EQ(sim.run_until_open(FindingKind::kGuestStackOverflow, 5s), 2 * kTick) << "not at the second snapshot";
   const auto active = sim.active(FindingKind::kGuestStackOverflow);
   ASSERT_EQ(active.size(), 1u);
   const Finding& f = active[0];
@@ -69,6 +69,16 @@ TEST_F(StackOverflow, OneFindingWhileItLastsNotOnePerSnapshot) {
   ASSERT_EQ(active.size(), 1u);
   EXPECT_EQ(active[0].onset, first) << "dated from the first snapshot that showed it";
   EXPECT_TRUE(contains(active[0].evidence[0].text, "seen for 9.9 s")) << active[0].evidence[0].text;
+}
+
+// The runqueue's current task and its stack word are read at different moments: a task that
+// exits in between can leave a word that reads overwritten for one snapshot. Not a finding.
+TEST_F(StackOverflow, OneSnapshotAloneIsNotRaised) {
+  overwrite_cpu1();
+  sim.tick();
+  sim.cpus[1].view.stack_end_corrupt = false;
+  sim.run(2s);
+  EXPECT_EQ(opened(), 0);
 }
 
 TEST_F(StackOverflow, UnknownIsNotRaised) {
@@ -115,6 +125,7 @@ TEST_F(StackOverflow, AnotherTaskWithItsOwnOverwrittenStackEndIsAnotherFinding) 
   sim.run(2s);
   sim.run_task(1, "kworker/1:2", 87);  // still reads overwritten: a different task's stack
   sim.tick();
+  sim.tick();
   EXPECT_EQ(opened(), 2);
   EXPECT_EQ(resolved(), 1);
   const auto active = sim.active(FindingKind::kGuestStackOverflow);
@@ -151,7 +162,7 @@ TEST_F(StackOverflow, SnapshotsEveryTickWhileAliveOnceASecondAfterThePanic) {
   sim.snapshot_always = false;
   sim.run(5s);
   overwrite_cpu1();
-  sim.run(1s);
+  sim.run(1100ms);  // the next 1 Hz snapshot sees it, the tick after confirms it
   ASSERT_EQ(opened(), 1);
   int before = sim.snapshots;
   sim.run(5s);
