@@ -122,7 +122,8 @@ TEST_F(SeedCase1, NoOnsetPrecedesTheFreezeOnAGuestWhoseClockLags) {
                                   << (freeze_at - f.onset).count() << " ns before the freeze";
   }
   // CPU0's soft lockup starts with its wait on CPU2, not at its last touch before the freeze.
-  const Finding* cpu0 = find(sim.engine.active_findings(), FindingKind::kGuestSoftlockup, 0);
+  const auto all = sim.engine.active_findings();
+  const Finding* cpu0 = find(all, FindingKind::kGuestSoftlockup, 0);
   ASSERT_NE(cpu0, nullptr);
   EXPECT_EQ(cpu0->onset, sim.active(FindingKind::kGuestIpiStall).at(0).onset);
 }
