@@ -15,19 +15,6 @@ namespace stallmon::diagnosis {
 
 namespace {
 
-bool is_guest_kind(FindingKind k) {
-  switch (k) {
-    case FindingKind::kGuestIpiStall:
-    case FindingKind::kGuestIdleWithPendingWork:
-    case FindingKind::kGuestSoftlockupImminent:
-    case FindingKind::kGuestSoftlockup:
-    case FindingKind::kGuestIrqsOff:
-    case FindingKind::kGuestStackOverflow:
-      return true;
-    default:
-      return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
-  }
-}
 
 // Guest-side symptoms that come and go while one fault lasts (a throttled vCPU answers each
 // IPI late, then the next): held for guest_recurrence_hold before they resolve.

@@ -132,6 +132,20 @@ std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestC
   return Duration(static_cast<Duration::rep>(sc->age_ns));
 }
 
+bool is_guest_kind(FindingKind k) {
+  switch (k) {
+    case FindingKind::kGuestIpiStall:
+    case FindingKind::kGuestIdleWithPendingWork:
+    case FindingKind::kGuestSoftlockupImminent:
+    case FindingKind::kGuestSoftlockup:
+    case FindingKind::kGuestIrqsOff:
+    case FindingKind::kGuestStackOverflow:
+      return true;
+    default:
+      return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
+  }
+}
+
 void rule_irqs_off(TickContext& t) {
   const GuestState& g = *t.d.guest;
   // With watchdog_thresh 0 the watchdog hrtimer does not run: a standing count proves nothing.

@@ -84,6 +84,10 @@ void rule_host_blocked(TickContext& t);
 void rule_host_starved(TickContext& t);
 void rule_monitor_unresponsive(TickContext& t);
 void rule_panic(TickContext& t);
+// Kinds raised by the guest-snapshot rules: they stand until a snapshot (or a new boot) says
+// otherwise. Not PANIC or MONITOR, which run from sticky state every tick.
+bool is_guest_kind(FindingKind k);
+
 // After the host rules: remembers each vCPU's host stop (DomainState::last_host_stop).
 void remember_host_stops(TickContext& t);
 // Guest rules: run on ticks with a guest snapshot, in this order.

@@ -19,20 +19,8 @@ const char* to_string(TraceVerification v) {
   return "unverified";
 }
 
-bool carries_kernel_traces(FindingKind k) {
-  switch (k) {
-    case FindingKind::kGuestIpiStall:
-    case FindingKind::kGuestIdleWithPendingWork:
-    case FindingKind::kGuestSoftlockupImminent:
-    case FindingKind::kGuestSoftlockup:
-    case FindingKind::kGuestIrqsOff:
-    case FindingKind::kGuestPanic:
-    case FindingKind::kGuestStackOverflow:  // where the task with the overwritten stack end is
-      return true;
-    default:
-      return false;
-  }
-}
+// Every guest-snapshot kind names guest CPUs whose stacks say where they are; so does a panic.
+bool carries_kernel_traces(FindingKind k) { return is_guest_kind(k) || k == FindingKind::kGuestPanic; }
 
 namespace {
 
