@@ -468,8 +468,8 @@ TEST_F(PipelineTest, HostHistoryIsChargedToTheDomainBudget) {
   run(*p, 2);
   ASSERT_EQ(p->introspection().state, IntrospectionState::kReady) << p->introspection().error;
   const uint64_t history = budget->breakdown()[std::string(kHistory)];
-  // 4 vCPUs of 1,140 samples each at least.
-  EXPECT_GT(history, 4u * 1140 * sizeof(host::ThreadSample));
+  // 4 vCPUs' and the other threads' first samples at least (the rings grow with the samples).
+  EXPECT_GT(history, 4u * sizeof(host::ThreadSample));
 
   // A budget the history alone does not fit in: no introspection, host sampling goes on.
   limit = history / 2;

@@ -9,7 +9,7 @@
 
 namespace stallmon::host {
 
-// One sample of one thread: 56 bytes, so ten minutes at 10 Hz is 336 KB per vCPU.
+// One sample of one thread: 56 bytes as a value; a SampleRing keeps it in ~6-16 bytes.
 //
 // Counters that only matter as differences over seconds (timeslices, context switches,
 // nr_throttled, CPU ticks) are stored truncated to 32 bits and differenced modulo 2^32: no
@@ -41,49 +41,86 @@ struct ThreadSample {
 };
 static_assert(sizeof(ThreadSample) == 56, "keep the history compact");
 
+// One tier of a SampleRing: samples in blocks of up to `block` samples, each block its first
+// sample in full and the others as field-wise differences to the sample before them (a bit mask
+// of the fields that changed, then each change as a zigzag varint). Lossless. An idle vCPU's
+// sample is ~6 bytes, a busy one's ~16, instead of 56 (sizeof(ThreadSample)).
+//
+// The oldest block is dropped whole once the newer ones hold `capacity` samples, so a tier holds
+// between `capacity` and `capacity + block - 1` samples (once it has seen that many). Reading
+// sample i decodes its block up to i; a one-block cache per thread makes walks over a window (what
+// derive_signals and history queries do) decode each block once.
+class SampleTier {
+ public:
+  static constexpr size_t kMaxBlock = 32;
+
+  SampleTier(size_t capacity, size_t block);
+  SampleTier(SampleTier&&) noexcept = default;
+  SampleTier& operator=(SampleTier&&) noexcept = default;
+
+  // Appends `s`; the samples of a dropped block are appended to `evicted` (oldest first), if given.
+  void push(const ThreadSample& s, std::vector<ThreadSample>* evicted);
+  size_t size() const { return size_; }
+  size_t capacity() const { return capacity_; }
+  ThreadSample at(size_t i) const;  // i < size(), 0 the oldest
+  const ThreadSample& newest() const { return last_; }  // precondition: size() > 0
+  void clear();
+  size_t memory_bytes() const;
+
+ private:
+  struct Block {
+    ThreadSample first;
+    std::vector<uint8_t> deltas;  // count - 1 encoded differences
+    uint32_t count = 0;
+    uint64_t uid = 0;  // unique over the process: keys the decode cache
+  };
+  const Block& block(size_t i) const { return blocks_[(head_ + i) % blocks_.size()]; }
+  Block& block(size_t i) { return blocks_[(head_ + i) % blocks_.size()]; }
+  Block& open_block();
+
+  // A circular buffer of blocks_.size() slots, live ones from head_ (oldest) on. It grows to the
+  // most blocks ever live, at most capacity / block + 2, and then reuses the slots.
+  std::vector<Block> blocks_;
+  size_t head_ = 0, live_ = 0;
+  ThreadSample last_;  // the newest sample: the base of the next difference
+  size_t capacity_;
+  size_t block_;
+  size_t size_ = 0;
+};
+
 // A bounded history of samples, oldest first, in two tiers: the newest `fine_capacity` samples
 // at full rate, and before them up to `coarse_capacity` older samples thinned to at most one per
 // `coarse_interval_ns`. Rules look at the last seconds (full rate); an operator looking at
 // minutes of history needs a point per second, not ten: 1 min at 10 Hz + 9 min at 1 Hz is 1,140
-// samples instead of 6,000 (64 KB per vCPU instead of 336 KB). A sample that starts a thread
-// (kFirst) or a cgroup (kCgroupChanged) is always kept when thinning, so deltas across the older
-// part never span a restart unseen; short state flips in the thinned part are not kept.
-// Allocates its capacity once, so its memory is known up front and never grows.
+// samples instead of 6,000. Both tiers are compact (SampleTier): ~10-20 KB per vCPU for those
+// 1,140 samples instead of 64 KB. A sample that starts a thread (kFirst) or a cgroup
+// (kCgroupChanged) is always kept when thinning, so deltas across the older part never span a
+// restart unseen; short state flips in the thinned part are not kept. Each tier may hold up to
+// one block (SampleTier::kMaxBlock) more than its capacity; memory grows with the samples held
+// (memory_bytes), bounded by the capacities.
 class SampleRing {
  public:
   // A fine capacity below 2 is raised to 2: a delta needs two samples. coarse_capacity 0: one
   // tier, the newest fine_capacity samples.
   explicit SampleRing(size_t fine_capacity = 2, size_t coarse_capacity = 0,
-                      int64_t coarse_interval_ns = 1'000'000'000)
-      : fine_(fine_capacity < 2 ? 2 : fine_capacity), coarse_(coarse_capacity), coarse_interval_ns_(coarse_interval_ns) {}
+                      int64_t coarse_interval_ns = 1'000'000'000);
 
   void push(const ThreadSample& s);
-  size_t size() const { return coarse_.size + fine_.size; }
-  size_t capacity() const { return fine_.buf.size() + coarse_.buf.size(); }
+  size_t size() const { return coarse_.size() + fine_.size(); }
+  // The newest samples always kept (the tiers' capacities); size() may exceed it by a block per tier.
+  size_t capacity() const { return fine_.capacity() + coarse_.capacity(); }
   bool empty() const { return size() == 0; }
   // i = 0 is the oldest kept sample, size() - 1 the newest. Precondition: i < size().
-  const ThreadSample& at(size_t i) const {
-    return i < coarse_.size ? coarse_.at(i) : fine_.at(i - coarse_.size);
-  }
-  const ThreadSample& newest() const { return at(size() - 1); }
+  ThreadSample at(size_t i) const { return i < coarse_.size() ? coarse_.at(i) : fine_.at(i - coarse_.size()); }
+  const ThreadSample& newest() const { return fine_.newest(); }
   void clear() {
     fine_.clear();
     coarse_.clear();
   }
-  size_t memory_bytes() const { return capacity() * sizeof(ThreadSample); }
+  size_t memory_bytes() const { return sizeof(*this) + fine_.memory_bytes() + coarse_.memory_bytes(); }
 
  private:
-  struct Ring {
-    explicit Ring(size_t capacity) : buf(capacity) {}
-    std::vector<ThreadSample> buf;
-    size_t head = 0;  // index of the oldest sample
-    size_t size = 0;
-    const ThreadSample& at(size_t i) const { return buf[(head + i) % buf.size()]; }
-    // Appends; when full, the oldest sample is overwritten and returned through `evicted`.
-    bool push(const ThreadSample& s, ThreadSample* evicted);
-    void clear() { head = size = 0; }
-  };
-  Ring fine_, coarse_;
+  SampleTier fine_, coarse_;
   int64_t coarse_interval_ns_;
 };
 
