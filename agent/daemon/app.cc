@@ -13,6 +13,7 @@
 #include <random>
 #include <set>
 
+#include "process_limits.h"
 #include "logging.h"
 #include "stallmon/introspect/ram_layout.h"
 
@@ -54,6 +55,22 @@ StepResult setup_logging_step(App& app) {
   auto r = setup_logging(app.config.log_target, app.config.log_level);
   if (!r.ok()) return StepResult::exit(2, r.error().message);
   app.logging_ready = true;
+  return StepResult::next();
+}
+
+// Before anything opens a descriptor per watched thread.
+StepResult raise_limits(App&) {
+  auto r = raise_open_files_limit();
+  if (!r.ok()) {
+    spdlog::warn("open files limit: {} (sampling may fail past a few dozen domains)", r.error().to_string());
+  } else if (r->soft != r->soft_before) {
+    spdlog::info("open files limit raised from {} to {}", r->soft_before, r->soft);
+  }
+  if (r.ok() && r->soft < 65536) {
+    spdlog::warn("open files limit is {}: the /proc sampler keeps up to 4 descriptors per watched thread; "
+                 "set LimitNOFILE (deploy/stallmond.service) for more than {} 16-vCPU domains",
+                 r->soft, r->soft / (4 * 24));
+  }
   return StepResult::next();
 }
 
@@ -363,6 +380,7 @@ const std::vector<Step>& startup_steps() {
   static const std::vector<Step> steps = {
       {"load configuration", load_config},
       {"setup logging", setup_logging_step},
+      {"raise limits", raise_limits},
       {"block signals", block_signals},
       {"create monitor", create_monitor},
       {"start gRPC server", start_server},
