@@ -112,18 +112,50 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
 
 // ---- wchan of sleeping threads ----------------------------------------------------------------
 
+SleepWchanReader::~SleepWchanReader() {
+  for (auto& [tid, e] : cache_) close(e);
+}
+
+void SleepWchanReader::close(Entry& e) {
+  if (e.fd >= 0 && fs_ != nullptr) fs_->close(e.fd);
+  e.fd = -1;
+}
+
 void SleepWchanReader::fill(host::HostFs& fs, const std::string& proc_root, int32_t pid,
                             const host::TrackedThread& thread, diagnosis::HostThreadView& view) {
   if (view.state != diagnosis::ThreadState::kSleeping || thread.history().empty()) return;
   const host::ThreadSample& latest = thread.history().newest();
   const host::StateTracker& tr = thread.tracker();
   if (latest.t_ns - tr.last_progress_ns < kMinNoProgressNs) return;
+  if (fs_ != &fs) {  // descriptors belong to the file system that opened them
+    for (auto& [tid, e] : cache_) close(e);
+    fs_ = &fs;
+  }
   Entry& e = cache_[thread.tid()];
+  // A new thread under a reused tid starts over (a kept descriptor would read the old one's).
+  if (e.starttime != thread.sampler().starttime_ticks()) {
+    close(e);
+    e = Entry{};
+    e.starttime = thread.sampler().starttime_ticks();
+  }
   if (e.read_ns == 0 || e.episode != tr.last_progress_ns || latest.t_ns - e.read_ns >= kRefreshNs) {
-    auto w = host::read_whole(fs, proc_root + "/" + std::to_string(pid) + "/task/" +
-                                      std::to_string(thread.tid()) + "/wchan",
-                              512);
-    e.wchan = w.ok() ? host::parse_wchan(*w) : std::string();
+    if (e.fd < 0) {
+      Result<int> fd = fs.open(proc_root + "/" + std::to_string(pid) + "/task/" + std::to_string(thread.tid()) + "/wchan");
+      if (fd.ok()) {
+        e.fd = *fd;
+        ++opens_;
+      }
+    }
+    e.wchan.clear();
+    if (e.fd >= 0) {
+      char buf[512];
+      Result<size_t> n = fs.read(e.fd, buf, sizeof buf - 1);
+      if (n.ok()) {
+        e.wchan = host::parse_wchan(std::string(buf, *n));
+      } else {
+        close(e);  // the thread went away, or the descriptor went bad: reopen next time
+      }
+    }
     e.read_ns = latest.t_ns;
     e.episode = tr.last_progress_ns;
     ++reads_;
@@ -135,7 +167,12 @@ void SleepWchanReader::retain_only(const std::vector<int32_t>& tids) {
   if (cache_.empty()) return;
   std::set<int32_t> keep(tids.begin(), tids.end());
   for (auto it = cache_.begin(); it != cache_.end();) {
-    it = keep.count(it->first) ? std::next(it) : cache_.erase(it);
+    if (keep.count(it->first)) {
+      ++it;
+    } else {
+      close(it->second);
+      it = cache_.erase(it);
+    }
   }
 }
 

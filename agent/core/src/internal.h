@@ -155,20 +155,34 @@ class SleepWchanReader {
   static constexpr int64_t kMinNoProgressNs = 250'000'000;
   static constexpr int64_t kRefreshNs = 1'000'000'000;
 
-  // Fills view.wchan for a sleeping thread (view.state kSleeping) without recent progress.
+  SleepWchanReader() = default;
+  SleepWchanReader(const SleepWchanReader&) = delete;
+  SleepWchanReader& operator=(const SleepWchanReader&) = delete;
+  ~SleepWchanReader();
+
+  // Fills view.wchan for a sleeping thread (view.state kSleeping) without recent progress. The
+  // thread's wchan file stays open between reads (a pread of a kept descriptor costs the kernel a
+  // quarter of open + read + close: host_sampler_bench, BM_PreadProcFile vs
+  // BM_OpenReadCloseProcFile): idle vCPUs and qemu's idle threads are read once a second each.
   void fill(host::HostFs& fs, const std::string& proc_root, int32_t pid,
             const host::TrackedThread& thread, diagnosis::HostThreadView& view);
+  // Forgets (and closes) the threads not listed.
   void retain_only(const std::vector<int32_t>& tids);
   uint64_t reads() const { return reads_; }
+  uint64_t opens() const { return opens_; }
 
  private:
   struct Entry {
     int64_t read_ns = 0;
     int64_t episode = 0;  // tracker.last_progress_ns when read
+    int fd = -1;          // the thread's wchan, kept open; -1 after a failed read (reopened)
+    uint64_t starttime = 0;  // of the thread the entry is for
     std::string wchan;
   };
+  void close(Entry& e);
   std::map<int32_t, Entry> cache_;
-  uint64_t reads_ = 0;
+  host::HostFs* fs_ = nullptr;  // the one fill() opened descriptors with
+  uint64_t reads_ = 0, opens_ = 0;
 };
 
 // Kernel backtraces of the guest CPUs that active findings involve (issue 12 item 1), for the

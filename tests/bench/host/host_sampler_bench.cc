@@ -81,7 +81,7 @@ BENCHMARK(BM_SampleAllThreads)->Arg(64)->ArgName("threads");
 
 // One pread of one kept-open /proc file of a sleeping thread: what each file costs the kernel.
 void BM_PreadProcFile(benchmark::State& state) {
-  static const char* const kFiles[] = {"stat", "schedstat", "status"};
+  static const char* const kFiles[] = {"stat", "schedstat", "status", "wchan"};
   SleepingThreads threads(1);
   std::string path = "/proc/self/task/" + std::to_string(threads.as_vcpus().at(0)) + "/" +
                      kFiles[state.range(0)];
@@ -99,7 +99,23 @@ void BM_PreadProcFile(benchmark::State& state) {
   fs.close(*fd);
   state.SetLabel(kFiles[state.range(0)]);
 }
-BENCHMARK(BM_PreadProcFile)->DenseRange(0, 2);
+BENCHMARK(BM_PreadProcFile)->DenseRange(0, 3);
+
+// The same files opened, read and closed every time (read_whole): what a file read rarely costs,
+// against the kept descriptor above.
+void BM_OpenReadCloseProcFile(benchmark::State& state) {
+  static const char* const kFiles[] = {"stat", "wchan"};
+  SleepingThreads threads(1);
+  const std::string path = "proc/self/task/" + std::to_string(threads.as_vcpus().at(0)) + "/" +
+                           kFiles[state.range(0)];
+  RealHostFs fs("/");
+  for (auto _ : state) {
+    Result<std::string> r = read_whole(fs, path, 512);
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetLabel(kFiles[state.range(0)]);
+}
+BENCHMARK(BM_OpenReadCloseProcFile)->DenseRange(0, 1);
 
 // The parsers alone, on texts as the kernel prints them.
 void BM_ParseStatSchedstatStatus(benchmark::State& state) {

@@ -410,6 +410,38 @@ TEST_F(PipelineTest, SleepingThreadsWithoutProgressGetTheirWchan) {
   EXPECT_EQ(again.vcpus[0].thread.wchan, "futex_do_wait");
 }
 
+// Issue 16: an idle vCPU's wchan is read once a second from a descriptor kept open (a quarter of
+// the kernel's cost of open + read + close); a failed read closes it and the next read reopens.
+TEST_F(PipelineTest, SleepingThreadsWchanDescriptorIsKeptAndReopenedAfterAFailure) {
+  q.block_vcpu(3, 'S', "futex_do_wait");
+  const std::string path = "proc/" + std::to_string(FakeQemu::kPid) + "/task/" + std::to_string(q.vcpu_tid(3)) + "/wchan";
+  host::ProcessSampler s(q.fs, q.mono, FakeQemu::kPid, {{3, q.vcpu_tid(3)}});
+  auto w = std::make_unique<internal::SleepWchanReader>();
+  auto fill_after = [&](int ms) {
+    for (int i = 0; i < ms / 100; ++i) {
+      q.advance(100);
+      EXPECT_TRUE(s.sample_once().ok());
+    }
+    diagnosis::DomainObservation obs;
+    internal::fill_host_views(s, q.fs, w.get(), obs);
+    return obs.vcpus.at(0).thread.wchan;
+  };
+  EXPECT_EQ(fill_after(500), "futex_do_wait");
+  q.block_vcpu(3, 'S', "do_sys_poll");  // a new wait, same thread: the kept descriptor shows it
+  EXPECT_EQ(fill_after(1100), "do_sys_poll");
+  EXPECT_EQ(w->reads(), 2u);
+  EXPECT_EQ(w->opens(), 1u);
+  EXPECT_EQ(q.fs.opens(path), 1u);
+  q.fs.set_error(path, EIO);
+  EXPECT_EQ(fill_after(1100), "");  // unknown, not the stale value
+  q.fs.set_error(path, 0);
+  EXPECT_EQ(fill_after(1100), "do_sys_poll");
+  EXPECT_EQ(w->opens(), 2u);
+  const size_t handles = q.fs.open_handles();  // the sampler's and the one wchan
+  w.reset();  // the reader closes what it kept
+  EXPECT_EQ(q.fs.open_handles(), handles - 1);
+}
+
 TEST_F(PipelineTest, NoKernelBacksOffToHoursAndSaysSo) {
   // The real discovery path over 64 MiB of zeros: a full scan finds no VMCOREINFO note.
   shared_->discover_override = nullptr;
