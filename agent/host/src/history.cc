@@ -120,15 +120,26 @@ SampleTier::Block& SampleTier::open_block() {
 
 void SampleTier::push(const ThreadSample& s, std::vector<ThreadSample>* evicted) {
   if (capacity_ == 0) return;
+  // Keeps deltas_bytes_ equal to the blocks' vector capacities: memory_bytes() is read every tick.
+  auto resized = [this](std::vector<uint8_t>& v, size_t before) { deltas_bytes_ = deltas_bytes_ + v.capacity() - before; };
   if (live_ == 0 || block(live_ - 1).count == block_) {
-    if (live_ > 0) block(live_ - 1).deltas.shrink_to_fit();  // sealed: it never grows again
+    if (live_ > 0) {
+      std::vector<uint8_t>& sealed = block(live_ - 1).deltas;
+      const size_t before = sealed.capacity();
+      sealed.shrink_to_fit();  // sealed: it never grows again
+      resized(sealed, before);
+    }
     Block& b = open_block();
     b.first = s;
     b.count = 1;
+    const size_t before = b.deltas.capacity();
     b.deltas.reserve(block_ > 1 ? (block_ - 1) * 8 : 0);
+    resized(b.deltas, before);
   } else {
     Block& b = block(live_ - 1);
+    const size_t before = b.deltas.capacity();
     encode_difference(last_, s, b.deltas);
+    resized(b.deltas, before);
     ++b.count;
   }
   last_ = s;
@@ -141,6 +152,7 @@ void SampleTier::push(const ThreadSample& s, std::vector<ThreadSample>* evicted)
     size_ -= old.count;
     old.count = 0;
     old.uid = 0;
+    deltas_bytes_ -= old.deltas.capacity();
     std::vector<uint8_t>().swap(old.deltas);  // a reused slot reserves what it needs
     head_ = (head_ + 1) % blocks_.size();
     --live_;
@@ -167,14 +179,10 @@ ThreadSample SampleTier::at(size_t i) const {
 
 void SampleTier::clear() {
   blocks_.clear();
-  head_ = live_ = size_ = 0;
+  head_ = live_ = size_ = deltas_bytes_ = 0;
 }
 
-size_t SampleTier::memory_bytes() const {
-  size_t n = blocks_.capacity() * sizeof(Block);
-  for (const Block& b : blocks_) n += b.deltas.capacity();
-  return n;
-}
+size_t SampleTier::memory_bytes() const { return blocks_.capacity() * sizeof(Block) + deltas_bytes_; }
 
 SampleRing::SampleRing(size_t fine_capacity, size_t coarse_capacity, int64_t coarse_interval_ns)
     : fine_(std::max<size_t>(fine_capacity, 2), std::max<size_t>(fine_capacity, 2) / 4),

@@ -101,6 +101,13 @@ TEST(SampleRing, HoldsItsCapacityAndAtMostABlockMore) {
       ASSERT_EQ(r.newest().t_ns, i * kMs);
       ASSERT_EQ(r.at(0).t_ns, (i - static_cast<int64_t>(r.size()) + 1) * kMs);
     }
+    // The running count of the blocks' bytes neither leaks nor underflows as blocks come and go.
+    const size_t full = r.memory_bytes();
+    EXPECT_LT(full, (cap + SampleTier::kMaxBlock) * sizeof(ThreadSample) + 4096) << cap;
+    for (int64_t i = 2001; i <= 4000; ++i) r.push(at(i, 'S', 0, 0));
+    EXPECT_LE(r.memory_bytes(), full + 64 * 8) << cap;
+    r.clear();
+    EXPECT_LE(r.memory_bytes(), full) << cap;  // the slots stay; their deltas go
   }
 }
 

@@ -86,6 +86,7 @@ class SampleTier {
   size_t capacity_;
   size_t block_;
   size_t size_ = 0;
+  size_t deltas_bytes_ = 0;  // the blocks' delta buffers (their capacities)
 };
 
 // A bounded history of samples, oldest first, in two tiers: the newest `fine_capacity` samples
