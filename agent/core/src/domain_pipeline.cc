@@ -942,7 +942,8 @@ bool DomainPipeline::read_due_traces(const introspect::GuestSnapshot& snap) {
 
 bool DomainPipeline::tick() {
   bool finished = false;
-  const std::string what = run_contained([&] { finished = tick_unguarded(); });
+  bool out_of_memory = false;
+  const std::string what = run_contained([&] { finished = tick_unguarded(); }, &out_of_memory);
   if (what.empty()) return finished;
   // Outside every GuestReadScope now (unwound), so the supervisor cannot abandon us from here
   // on: if it has not, this tick still owns the domain's tick state.
@@ -952,7 +953,7 @@ bool DomainPipeline::tick() {
     kernel_lost_ = what;
     return false;
   }
-  contain_failure(what);
+  contain_failure(what, out_of_memory);
   return true;
 }
 
@@ -973,15 +974,14 @@ bool DomainPipeline::charge_history_growth(int64_t now_ns) {
   return false;
 }
 
-void DomainPipeline::contain_failure(const std::string& what) {
+void DomainPipeline::contain_failure(const std::string& what, bool out_of_memory) {
   shared_.counters.internal_errors.fetch_add(1, std::memory_order_relaxed);
   const int64_t now = shared_.mono->now_ns();
   // The kernel and readers may be half-updated: drop them. Host sampling goes on.
   drop_kernel("internal error in this domain's work: " + what, now, false);
-  const bool budget = what.find("bad_alloc") != std::string::npos;
-  schedule_retry(budget ? IntrospectionState::kOverBudget : IntrospectionState::kFailed,
+  schedule_retry(out_of_memory ? IntrospectionState::kOverBudget : IntrospectionState::kFailed,
                  "internal error in this domain's work: " + what, now);
-  if (budget) retry_never_ = false;  // an allocation failure may be the host's, not the guest's
+  if (out_of_memory) retry_never_ = false;  // an allocation failure may be the host's, not the guest's
 }
 
 bool DomainPipeline::tick_unguarded() {

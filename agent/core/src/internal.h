@@ -296,7 +296,7 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   bool tick_unguarded();
   // After a sample: counts and logs a fall back to /proc (sampler_ set, mu_ held).
   void account_stat_source();
-  void contain_failure(const std::string& what);
+  void contain_failure(const std::string& what, bool out_of_memory);
   // Grows the kernel's history charge to the sampler's memory now; over budget, the kernel is
   // dropped (kOverBudget, host sampling goes on) and false is returned.
   bool charge_history_growth(int64_t now_ns);

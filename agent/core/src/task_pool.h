@@ -32,12 +32,16 @@
 namespace stallmon::core::internal {
 
 // Runs f and returns what escaped it, described for a log line or a health reason ("" if nothing
-// did). The one catch-all of the pool's workers and of a domain's tick.
+// did). The one catch-all of the pool's workers and of a domain's tick. *out_of_memory, if given,
+// says whether it was std::bad_alloc: by type, never by the text (an exception's message may
+// carry anything, guest bytes included).
 template <typename F>
-std::string run_contained(F&& f) {
+std::string run_contained(F&& f, bool* out_of_memory = nullptr) {
+  if (out_of_memory) *out_of_memory = false;
   try {
     f();
   } catch (const std::bad_alloc&) {
+    if (out_of_memory) *out_of_memory = true;
     return "allocation failed (std::bad_alloc)";
   } catch (const std::exception& e) {
     return std::string("exception: ") + e.what();

@@ -580,6 +580,7 @@ class ThrowingAccess final : public introspect::KernelAccess {
  public:
   explicit ThrowingAccess(std::unique_ptr<SyntheticKernel> k) : k_(std::move(k)) {}
   Result<void> read(uint64_t va, void* buf, size_t len) override {
+    if (armed && text_only) throw std::runtime_error("not a real std::bad_alloc");
     if (armed) throw std::bad_alloc();
     return k_->read(va, buf, len);
   }
@@ -590,10 +591,28 @@ class ThrowingAccess final : public introspect::KernelAccess {
   }
   Result<uint64_t> type_size(std::string_view t) const override { return k_->type_size(t); }
   bool armed = false;
+  bool text_only = false;  // throw an exception whose message only says "bad_alloc"
 
  private:
   std::unique_ptr<SyntheticKernel> k_;
 };
+
+// Seed case 1's kernel behind a ThrowingAccess, as discovery would return it (*access: the access).
+Result<std::unique_ptr<internal::GuestKernel>> throwing_kernel(const internal::Shared& shared, ThrowingAccess** access) {
+  auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
+  build_seed_case1(*sk);
+  auto a = std::make_unique<ThrowingAccess>(std::move(sk));
+  auto gk = std::make_unique<internal::GuestKernel>();
+  for (auto [options, reader] : {std::pair{&shared.config.snapshot, &gk->tick_reader},
+                                 std::pair{&shared.config.inspect_snapshot, &gk->inspect_reader}}) {
+    auto r = introspect::SnapshotReader::create(*a, *options);
+    if (!r.ok()) return std::move(r).error();
+    *reader = std::move(r).value();
+  }
+  *access = a.get();
+  gk->access = std::move(a);
+  return gk;
+}
 
 TEST_F(PipelineTest, AnExceptionInOneDomainsWorkMarksThatDomainOnly) {
   ThrowingAccess* access = nullptr;
@@ -601,19 +620,7 @@ TEST_F(PipelineTest, AnExceptionInOneDomainsWorkMarksThatDomainOnly) {
       -> Result<std::unique_ptr<internal::GuestKernel>> {
     ++discoveries;
     if (throw_in_discovery) throw std::bad_alloc();
-    auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
-    build_seed_case1(*sk);
-    auto a = std::make_unique<ThrowingAccess>(std::move(sk));
-    auto gk = std::make_unique<internal::GuestKernel>();
-    auto r = introspect::SnapshotReader::create(*a, shared_->config.snapshot);
-    if (!r.ok()) return std::move(r).error();
-    gk->tick_reader = std::move(r).value();
-    r = introspect::SnapshotReader::create(*a, shared_->config.inspect_snapshot);
-    if (!r.ok()) return std::move(r).error();
-    gk->inspect_reader = std::move(r).value();
-    access = a.get();
-    gk->access = std::move(a);
-    return gk;
+    return throwing_kernel(*shared_, &access);
   };
   auto p = make();
   run(*p, 2);
@@ -638,6 +645,23 @@ TEST_F(PipelineTest, AnExceptionInOneDomainsWorkMarksThatDomainOnly) {
   EXPECT_EQ(h.state, IntrospectionState::kOverBudget) << h.error;
   EXPECT_NE(h.error.find("allocation failed"), std::string::npos) << h.error;
   EXPECT_EQ(p->summary().ticks, ticks + 1);
+}
+
+// What escaped is classified by its type: a message that merely says "bad_alloc" is a failure,
+// not an over-budget domain (which would be retried as if the host had run out of memory).
+TEST_F(PipelineTest, AnExceptionIsOverBudgetByItsTypeNotItsText) {
+  ThrowingAccess* access = nullptr;
+  shared_->discover_override = [&](pid_t, const std::vector<introspect::RamRange>&, uint64_t)
+      -> Result<std::unique_ptr<internal::GuestKernel>> { return throwing_kernel(*shared_, &access); };
+  auto p = make();
+  run(*p, 2);
+  ASSERT_EQ(p->introspection().state, IntrospectionState::kReady);
+  access->armed = access->text_only = true;
+  q.block_vcpu(2);
+  run(*p, 5);
+  IntrospectionHealth h = p->introspection();
+  EXPECT_EQ(h.state, IntrospectionState::kFailed) << h.error;
+  EXPECT_NE(h.error.find("not a real std::bad_alloc"), std::string::npos) << h.error;
 }
 
 TEST_F(PipelineTest, GuestClockGoingBackDropsTheKernelAndResolvesGuestFindings) {
