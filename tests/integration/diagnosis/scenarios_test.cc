@@ -306,6 +306,8 @@ class Scenario : public ::testing::Test {
                   const std::function<void()>& before_monitor = {});
   // stackend.ko mode=spin twice on CPU1: GUEST_STACK_OVERFLOW each time (issue 12 item 3).
   void stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package);
+  // spinhold.ko: CPU1 holds a spinlock with IRQs off, CPU2 contends (issue 12 item 2).
+  void spinlock_held_with_irqs_off(const std::string& tag, const std::string& kernel_package);
 
   std::unique_ptr<tb::Guest> guest_;
   std::unique_ptr<tb::Guest> neighbour_;  // a second guest, watched along (seed_case1)
@@ -1206,6 +1208,96 @@ TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
   EXPECT_GE(d->summary.introspection.snapshots, static_cast<uint64_t>(secs) * 9 / 10);
   (void)guest().run("tb-load stop", 60s);
   m.print_stats();
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 item 2: a spinlock held forever with interrupts off (spinhold.ko: CPU1 takes it with
+// spin_lock_irq and spins), contended by CPU2 (spin_lock_irqsave: interrupts off too, spinning
+// in the lock's slow path). Both CPUs run with interrupts off; the holder must be the root
+// (GUEST_IRQS_OFF on CPU1, its own incident) and the waiter shown spinning on the lock: its
+// trace in a spinlock function, its finding explained by the holder's (a symptom, not a root),
+// before the guest's own first report (an RCU stall or a soft lockup elsewhere). watchdog_thresh
+// 5: GUEST_IRQS_OFF needs 2.5 periods of 2 s.
+void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::string& kernel_package) {
+  tb::GuestOptions o;
+  o.tag = tag;
+  o.scenario = "sleepers";
+  o.watchdog_thresh = 5;
+  o.kernel_package = kernel_package;
+  ASSERT_TRUE(boot(o));
+  Monitored m(guest());
+  ASSERT_TRUE(m.ready(120s));
+  std::this_thread::sleep_for(2s);
+
+  const size_t from_log = m.log.size();
+  const size_t from_console = guest().console_size();
+  FirstSeen contend = console_watch(
+      guest(), std::regex("stallmon-spinhold: CPU2 contends for the lock held by CPU1"), from_console);
+  FirstSeen report = console_watch(
+      guest(), std::regex("soft lockup - CPU#[0-9]+ stuck|rcu: INFO: .* detected stall|self-detected stall"),
+      from_console);
+  // Everything the control channel needs stays on CPUs 0 and 3 (mask 9): CPUs 1 and 2 are lost.
+  auto r = guest().run(
+      "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p 9 $p >/dev/null 2>&1; done; "
+      "for f in /proc/irq/*/smp_affinity; do echo 9 > $f 2>/dev/null; done; "
+      "insmod /spinhold.ko holder_cpu=1 waiter_cpu=2 </dev/null >/dev/null 2>&1 &",
+      60s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  auto is_holder_root = [](const Finding& x) {
+    return x.kind == FindingKind::kGuestIrqsOff && has_cpus(x, {1}) && x.incident_id == x.id;
+  };
+  // The waiter's finding, explained by the holder's, with a trace that spins on the lock.
+  auto waiter_shown = [&](const Finding& x) {
+    if (!has_cpus(x, {2}) || x.explained_by.empty() || x.incident_id == x.id) return false;
+    const auto frames = trace_frames(x, 2);
+    const bool in_lock = std::any_of(frames.begin(), frames.end(), [](const std::string& fr) {
+      return function_of(fr).find("spin_lock") != std::string::npos;
+    });
+    const bool names_holder = std::any_of(x.evidence.begin(), x.evidence.end(), [](const diagnosis::Evidence& e) {
+      auto it = e.facts.find("lock_holder_cpu");
+      return it != e.facts.end() && it->second == "1";
+    });
+    return in_lock && names_holder;
+  };
+  auto waiter = m.log.wait(waiter_shown, 40s, from_log);
+  auto holder = m.log.wait(is_holder_root, 1s, from_log);
+  (void)report.wait(waiter ? 1s : 30s);
+  std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
+  ASSERT_TRUE(contend.at()) << "no contention line on the console:\n" << guest().console(from_console);
+  ASSERT_TRUE(holder) << "no GUEST_IRQS_OFF root on CPU1";
+  ASSERT_TRUE(waiter) << "CPU2 not shown spinning on CPU1's lock";
+  const double to_waiter = seconds(waiter->at - *contend.at());
+  std::cout << "host load average: " << tb::read_text("/proc/loadavg");
+  std::cout << "DETECTION LATENCY (contention start -> ...): holder root " << seconds(holder->at - *contend.at())
+            << " s, waiter explained by the holder " << to_waiter << " s; guest's own first report "
+            << (report.at() ? std::to_string(seconds(*report.at() - *contend.at())) : std::string("none yet")) << " s"
+            << std::endl;
+  RecordProperty("seconds_to_lock_waiter_edge", std::to_string(to_waiter));
+  EXPECT_LE(to_waiter, 20.0);
+  if (report.at()) {
+    EXPECT_LT(waiter->at, *report.at()) << "stallmon showed the lock wait after the guest's own report";
+  }
+  // Steady state: every active finding on CPU2 is a symptom in CPU1's incident, and the holder's
+  // root lists it.
+  const std::vector<Finding> active = m.active();
+  const Finding* root = nullptr;
+  for (const auto& f : active)
+    if (is_holder_root(f)) root = &f;
+  ASSERT_NE(root, nullptr) << "the holder's root resolved";
+  for (const auto& f : active) {
+    if (std::find(f.cpus.begin(), f.cpus.end(), 2) == f.cpus.end()) continue;
+    EXPECT_NE(f.incident_id, f.id) << "CPU2 is a root of its own: " << describe(f);
+    if (has_cpus(f, {2})) {
+      EXPECT_EQ(f.incident_id, root->id) << describe(f);
+    }
+  }
+  m.print_stats();
+}
+
+TEST_F(Scenario, SpinlockHeldWithIrqsOffIsTheRootAndTheContenderItsSymptom) {
+  spinlock_held_with_irqs_off("dx-spinlock", "");
 }
 
 }  // namespace
