@@ -119,7 +119,7 @@ std::optional<SoftlockupClock> softlockup_clock(const GuestView& view, const Gue
   return c;
 }
 
-// "CPU2 spins on a spinlock (_raw_spin_lock_irqsave+0x3d/0x50) held by CPU1 (inferred: ...)"
+// "CPU2 spins on a spinlock (_raw_spin_lock_irqsave+0x39/0x50) held by CPU1 (inferred: ...)"
 Evidence lock_wait_evidence(const LockWait& w) {
   Evidence e;
   e.text = "CPU" + std::to_string(w.waiter) + " spins on a spinlock (" + w.frame + ")";

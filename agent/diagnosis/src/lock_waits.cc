@@ -21,7 +21,8 @@ constexpr std::string_view kSpinlockPath[] = {
     // The out-of-line lock entries. With interrupts off (spin_lock_irq, spin_lock_irqsave) the
     // slow path takes no interrupt, so the innermost frame a stack shows is the return address
     // into the entry that called it - its only callee. Measured on the live 6.1 guest
-    // (spinhold.ko): `_raw_spin_lock_irqsave+0x3d/0x50` first. The _nested forms are lockdep's.
+    // (spinhold.ko's waiter): `_raw_spin_lock_irqsave+0x39/0x50 <- waiter_fn+0x12/0x3f [spinhold]
+    // <- kthread <- ret_from_fork`. The _nested forms are lockdep's.
     "_raw_spin_lock",
     "_raw_spin_lock_irq",
     "_raw_spin_lock_irqsave",

@@ -1214,16 +1214,19 @@ TEST_F(Scenario, HealthyBusyGuestHasNoFindingAtAll) {
 // ---------------------------------------------------------------------------------------------
 // Issue 12 item 2: a spinlock held forever with interrupts off (spinhold.ko: CPU1 takes it with
 // spin_lock_irq and spins), contended by CPU2 (spin_lock_irqsave: interrupts off too, spinning
-// in the lock's slow path). Both CPUs run with interrupts off; the holder must be the root
-// (GUEST_IRQS_OFF on CPU1, its own incident) and the waiter shown spinning on the lock: its
-// trace in a spinlock function, its finding explained by the holder's (a symptom, not a root),
-// before the guest's own first report (an RCU stall or a soft lockup elsewhere). watchdog_thresh
-// 5: GUEST_IRQS_OFF needs 2.5 periods of 2 s.
+// in the lock's slow path); insmod on CPU3 then waits forever for both to take its TLB-flush
+// IPI. Both CPUs run with interrupts off, and both are the target of a csd wait: without the
+// lock wait each would be a root. Asserted: CPU2 shown spinning on the lock (its trace starts in
+// a spinlock function, the evidence names CPU1 as the holder) in a finding that is a symptom in
+// an incident rooted at CPU1, before the guest's own first report (a soft lockup on CPU3, or an
+// RCU stall), within 25 s of the contention; then no root of CPU2's own stays active.
+// watchdog_thresh 10: the holder is inferred once the waiter's watchdog touch is 2 x (period 4 s
+// + 2 s) old, well before the guest's 20-s soft-lockup limit.
 void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::string& kernel_package) {
   tb::GuestOptions o;
   o.tag = tag;
   o.scenario = "sleepers";
-  o.watchdog_thresh = 5;
+  o.watchdog_thresh = 10;
   o.kernel_package = kernel_package;
   ASSERT_TRUE(boot(o));
   Monitored m(guest());
@@ -1245,59 +1248,69 @@ void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::st
       60s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
-  auto is_holder_root = [](const Finding& x) {
-    return x.kind == FindingKind::kGuestIrqsOff && has_cpus(x, {1}) && x.incident_id == x.id;
+  // A root that stands for CPU1: its per-CPU finding, or the IPI stall rooted at it.
+  auto roots_at = [](const Finding& x, int cpu) {
+    return x.is_incident_root() && (has_cpus(x, {cpu}) || roots_of(x) == std::to_string(cpu));
   };
-  // The waiter's finding, explained by the holder's, with a trace that spins on the lock.
+  auto names_holder = [](const Finding& x) {
+    return std::any_of(x.evidence.begin(), x.evidence.end(), [](const diagnosis::Evidence& e) {
+      auto w = e.facts.find("lock_waiter_cpu");
+      auto h = e.facts.find("lock_holder_cpu");
+      return w != e.facts.end() && w->second == "2" && h != e.facts.end() && h->second == "1";
+    });
+  };
+  // CPU2's own finding, a symptom, its trace in a spinlock function, the holder named.
   auto waiter_shown = [&](const Finding& x) {
-    if (!has_cpus(x, {2}) || x.explained_by.empty() || x.incident_id == x.id) return false;
+    if (!has_cpus(x, {2}) || x.is_incident_root()) return false;
     const auto frames = trace_frames(x, 2);
-    const bool in_lock = std::any_of(frames.begin(), frames.end(), [](const std::string& fr) {
-      return function_of(fr).find("spin_lock") != std::string::npos;
-    });
-    const bool names_holder = std::any_of(x.evidence.begin(), x.evidence.end(), [](const diagnosis::Evidence& e) {
-      auto it = e.facts.find("lock_holder_cpu");
-      return it != e.facts.end() && it->second == "1";
-    });
-    return in_lock && names_holder;
+    return !frames.empty() && function_of(frames.front()).find("spin_lock") != std::string::npos && names_holder(x);
   };
-  auto waiter = m.log.wait(waiter_shown, 40s, from_log);
-  auto holder = m.log.wait(is_holder_root, 1s, from_log);
+  auto waiter = m.log.wait(waiter_shown, 45s, from_log);
   (void)report.wait(waiter ? 1s : 30s);
   std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
   ASSERT_TRUE(contend.at()) << "no contention line on the console:\n" << guest().console(from_console);
-  ASSERT_TRUE(holder) << "no GUEST_IRQS_OFF root on CPU1";
   ASSERT_TRUE(waiter) << "CPU2 not shown spinning on CPU1's lock";
   const double to_waiter = seconds(waiter->at - *contend.at());
   std::cout << "host load average: " << tb::read_text("/proc/loadavg");
-  std::cout << "DETECTION LATENCY (contention start -> ...): holder root " << seconds(holder->at - *contend.at())
-            << " s, waiter explained by the holder " << to_waiter << " s; guest's own first report "
+  std::cout << "DETECTION LATENCY (contention start -> ...): CPU2 shown waiting on CPU1's lock " << to_waiter
+            << " s (" << to_string(waiter->event.finding.kind) << "); guest's own first report "
             << (report.at() ? std::to_string(seconds(*report.at() - *contend.at())) : std::string("none yet")) << " s"
             << std::endl;
+  for (const auto& fr : trace_frames(waiter->event.finding, 2)) std::cout << "  CPU2 frame: " << fr << std::endl;
   RecordProperty("seconds_to_lock_waiter_edge", std::to_string(to_waiter));
-  EXPECT_LE(to_waiter, 20.0);
+  EXPECT_LE(to_waiter, 25.0);
   if (report.at()) {
     EXPECT_LT(waiter->at, *report.at()) << "stallmon showed the lock wait after the guest's own report";
   }
-  // Steady state: every active finding on CPU2 is a symptom in CPU1's incident, and the holder's
-  // root lists it.
-  const std::vector<Finding> active = m.active();
-  const Finding* root = nullptr;
-  for (const auto& f : active)
-    if (is_holder_root(f)) root = &f;
-  ASSERT_NE(root, nullptr) << "the holder's root resolved";
-  for (const auto& f : active) {
-    if (std::find(f.cpus.begin(), f.cpus.end(), 2) == f.cpus.end()) continue;
-    EXPECT_NE(f.incident_id, f.id) << "CPU2 is a root of its own: " << describe(f);
-    if (has_cpus(f, {2})) {
-      EXPECT_EQ(f.incident_id, root->id) << describe(f);
-    }
-  }
+  // Steady state (a root of CPU2's own, seen before the holder was inferred, is held 5 s after
+  // its end): CPU2's findings are symptoms of a root at CPU1, and nothing is rooted at CPU2.
+  std::string why;
+  const bool settled = tb::eventually(
+      [&] {
+        const std::vector<Finding> active = m.active();
+        why.clear();
+        bool holder_root = false;
+        for (const auto& f : active) {
+          if (roots_at(f, 2)) why += "CPU2 is a root: " + describe(f) + "\n";
+          if (!has_cpus(f, {2})) continue;
+          auto root = std::find_if(active.begin(), active.end(), [&](const Finding& x) { return x.id == f.incident_id; });
+          if (root == active.end() || !roots_at(*root, 1)) why += "not in CPU1's incident: " + describe(f) + "\n";
+          else holder_root = true;
+        }
+        if (!holder_root) why += "no finding of CPU2 in an incident rooted at CPU1\n";
+        return why.empty();
+      },
+      20000ms);
+  EXPECT_TRUE(settled) << why;
   m.print_stats();
 }
 
 TEST_F(Scenario, SpinlockHeldWithIrqsOffIsTheRootAndTheContenderItsSymptom) {
   spinlock_held_with_irqs_off("dx-spinlock", "");
+}
+// The same on Debian's 6.12 (the 6.4+ ORC format and module layout).
+TEST_F(Scenario, SpinlockHeldWithIrqsOffIsTheRootAndTheContenderItsSymptom612) {
+  spinlock_held_with_irqs_off("dx-spinlock612", "linux-image-6.12.117+deb12-amd64");
 }
 
 }  // namespace
