@@ -1279,11 +1279,14 @@ void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::st
   for (const auto& fr : trace_frames(waiter->event.finding, 2)) std::cout << "  CPU2 frame: " << fr << std::endl;
   RecordProperty("seconds_to_lock_waiter_edge", std::to_string(to_waiter));
   EXPECT_LE(to_waiter, 25.0);
-  if (report.at()) {
-    EXPECT_LT(waiter->at, *report.at()) << "stallmon showed the lock wait after the guest's own report";
-  }
   // Steady state (a root of CPU2's own, seen before the holder was inferred, is held 5 s after
-  // its end): CPU2's findings are symptoms of a root at CPU1, and nothing is rooted at CPU2.
+  // its end): CPU2's guest findings are symptoms of a root at CPU1, and no guest finding is
+  // rooted at CPU2. Host verdicts are the host's: a loaded host (2 cores, several TCG guests)
+  // can starve CPU2's spinning vCPU, and VCPU_HOST_STARVED with what it explains is then true.
+  auto host_side = [](const Finding& f) {
+    return f.kind == FindingKind::kVcpuHostStarved || f.kind == FindingKind::kVcpuHostBlocked ||
+           f.kind == FindingKind::kVmWideStall || f.cause == Cause::kHostStarved || f.cause == Cause::kHostBlocked;
+  };
   std::string why;
   const bool settled = tb::eventually(
       [&] {
@@ -1291,16 +1294,25 @@ void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::st
         why.clear();
         bool holder_root = false;
         for (const auto& f : active) {
+          if (host_side(f)) continue;
           if (roots_at(f, 2)) why += "CPU2 is a root: " + describe(f) + "\n";
           if (!has_cpus(f, {2})) continue;
           auto root = std::find_if(active.begin(), active.end(), [&](const Finding& x) { return x.id == f.incident_id; });
           if (root == active.end() || !roots_at(*root, 1)) why += "not in CPU1's incident: " + describe(f) + "\n";
           else holder_root = true;
         }
-        if (!holder_root) why += "no finding of CPU2 in an incident rooted at CPU1\n";
+        if (!holder_root) why += "no guest finding of CPU2 in an incident rooted at CPU1\n";
         return why.empty();
       },
       20000ms);
+  for (const auto& f : m.active()) std::cout << "active at the end: " << describe(f).substr(0, 200) << std::endl;
+  std::cout << "guest's own first report: "
+            << (report.at() ? std::to_string(seconds(*report.at() - *contend.at())) + " s after the contention"
+                            : std::string("none"))
+            << std::endl;
+  if (report.at()) {
+    EXPECT_LT(waiter->at, *report.at()) << "stallmon showed the lock wait after the guest's own report";
+  }
   EXPECT_TRUE(settled) << why;
   m.print_stats();
 }
