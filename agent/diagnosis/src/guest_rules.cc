@@ -653,6 +653,7 @@ void link_lock_waits(TickContext& t) {
       // already explained (by the CPU's own interrupts-off finding, the host) keeps its chain.
       if (holder != nullptr && f.explained_by.empty()) {
         f.explained_by = holder_id;
+        f.onset = std::max(f.onset, holder->finding.onset);  // a symptom starts no earlier than its cause
         f.summary += " It spins on a spinlock that CPU" + std::to_string(*lw.holder) + " holds (see " +
                      to_string(holder->finding.kind) + " on CPU" + std::to_string(*lw.holder) + ").";
         c.signature += " by=" + holder_id;

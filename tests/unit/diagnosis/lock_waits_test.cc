@@ -216,6 +216,7 @@ TEST_F(SpinlockSim, HolderIsTheRootAndTheWaiterItsSymptom) {
   ASSERT_NE(w, nullptr);
   EXPECT_TRUE(h->is_incident_root());
   EXPECT_EQ(w->explained_by, h->id);
+  EXPECT_GE(w->onset, h->onset) << "a symptom starts no earlier than its cause";
   EXPECT_EQ(w->incident_id, h->id);
   EXPECT_NE(std::find(h->symptom_ids.begin(), h->symptom_ids.end(), w->id), h->symptom_ids.end());
   EXPECT_TRUE(contains(w->summary, "It spins on a spinlock that CPU1 holds (see GUEST_IRQS_OFF on CPU1).")) << w->summary;
