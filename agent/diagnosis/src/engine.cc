@@ -504,11 +504,13 @@ struct DiagnosisEngine::Impl {
     rule_panic(t);
     remember_host_stops(t);
     if (guest_tick) {
+      find_lock_waits(t);
       rule_irqs_off(t);
       rule_ipi_stall(t);
       rule_idle_with_pending_work(t);
       rule_softlockup(t);
       rule_stack_overflow(t);
+      link_lock_waits(t);
     }
 
     // A new boot (or none): the old boot's guest findings end with it, held or not.

@@ -119,6 +119,21 @@ std::optional<SoftlockupClock> softlockup_clock(const GuestView& view, const Gue
   return c;
 }
 
+// "CPU2 spins on a spinlock (_raw_spin_lock_irqsave+0x39/0x50) held by CPU1 (inferred: ...)"
+Evidence lock_wait_evidence(const LockWait& w) {
+  Evidence e;
+  e.text = "CPU" + std::to_string(w.waiter) + " spins on a spinlock (" + w.frame + ")";
+  e.text += w.holder ? " held by CPU" + std::to_string(*w.holder) + " (" + w.how + ")" : "; its holder is " + w.how;
+  e.facts["lock_waiter_cpu"] = std::to_string(w.waiter);
+  e.facts["lock_frame"] = w.frame;
+  if (w.holder) e.facts["lock_holder_cpu"] = std::to_string(*w.holder);
+  std::string cands;
+  for (int c : w.candidates) cands += (cands.empty() ? "" : ",") + std::to_string(c);
+  e.facts["lock_holder_candidates"] = cands;
+  e.facts["lock_holder_inference"] = w.how;
+  return e;
+}
+
 Duration watchdog_period(const GuestView& g) {
   // set_sample_period(): sample_period = 2 * watchdog_thresh * NSEC_PER_SEC / NUM_SAMPLE_PERIODS (5).
   return std::chrono::milliseconds(400) * g.watchdog_thresh;
@@ -144,6 +159,38 @@ bool is_guest_kind(FindingKind k) {
     default:
       return false;  // host rules, and PANIC / MONITOR, which run from sticky state every tick
   }
+}
+
+// A CPU's last kernel trace in the domain's guest view (the daemon refreshes them once a second).
+namespace {
+const KernelTrace* trace_of(const GuestView& view, int cpu) {
+  for (const GuestCpuView& cv : view.cpus)
+    if (cv.cpu == cpu && cv.kernel_trace) return &*cv.kernel_trace;
+  return nullptr;
+}
+
+// Slack between a waiter's stale watchdog touch and its holder's: the watchdog thread runs once a
+// sample period, and the touch has the guest's 1-s granularity (plus one more for the snapshot's).
+Duration lock_slack(const GuestView& view) { return watchdog_period(view) + std::chrono::seconds(2); }
+}  // namespace
+
+void find_lock_waits(TickContext& t) {
+  const GuestState& g = *t.d.guest;
+  std::set<int> csd_waiters;
+  for (const auto& [key, e] : g.edges)
+    if (t.now - e.first_seen >= t.config.ipi_stall_min && key.waiter != key.target) csd_waiters.insert(key.waiter);
+  std::vector<LockCpu> cpus;
+  for (const auto& [cpu, ct] : g.cpus) {
+    LockCpu c;
+    c.csd_waiting = csd_waiters.count(cpu) > 0;
+    c.cpu = cpu;
+    c.online = ct.latest.online;
+    c.idle = ct.latest.idle;
+    if (ct.watchdog_active()) c.touch_age = softlockup_touch_age(g.view, ct.latest);
+    c.trace = trace_of(g.view, cpu);
+    cpus.push_back(c);
+  }
+  for (LockWait& w : infer_lock_waits(cpus, lock_slack(g.view))) t.lock_waits[w.waiter] = std::move(w);
 }
 
 void rule_irqs_off(TickContext& t) {
@@ -195,6 +242,10 @@ void rule_ipi_stall(TickContext& t) {
   for (const auto& [key, e] : g.edges)
     if (t.now - e.first_seen >= t.config.ipi_stall_min) edges.push_back({key.waiter, key.target});
   if (edges.empty()) return;
+  // A lock waiter whose holder is known waits on it like a csd waiter on its target: a csd wait
+  // on the waiter leads to the holder.
+  for (const auto& [w, lw] : t.lock_waits)
+    if (lw.holder) edges.push_back({w, *lw.holder});
 
   auto cpu_view = [&](int cpu) -> const GuestCpuView* {
     auto it = g.cpus.find(cpu);
@@ -346,6 +397,8 @@ void rule_ipi_stall(TickContext& t) {
       e.facts["csd_flags"] = hex(r.e->flags);
       f.evidence.push_back(std::move(e));
     }
+    for (const auto& [w, lw] : t.lock_waits)
+      if (lw.holder && involved.count(w) && involved.count(*lw.holder)) f.evidence.push_back(lock_wait_evidence(lw));
     for (int r : root.roots)
       if (const GuestCpuView* rv = cpu_view(r)) f.evidence.push_back(runqueue_evidence(*rv));
     f.evidence.insert(f.evidence.end(), host_evidence.begin(), host_evidence.end());
@@ -559,6 +612,61 @@ void rule_stack_overflow(TickContext& t) {
     // The task may be gone from the runqueue read of this snapshot (unreadable): its own last view.
     if (ct.latest.current_pid == s.pid && ct.latest.current_comm == s.comm) f.evidence.push_back(runqueue_evidence(ct.latest));
     c.signature = "stack-end";
+  }
+}
+
+namespace {
+// The finding that stands for the holder's own stall, to explain its waiters by: its interrupts
+// off, the IPI stall rooted at it, its host verdict, else its soft lockup.
+const Candidate* holder_finding(const TickContext& t, int cpu) {
+  auto by_id = [&](const std::string& id) -> const Candidate* {
+    for (const Candidate& c : t.candidates)
+      if (c.finding.id == id) return &c;
+    return nullptr;
+  };
+  if (auto it = t.irqs_off_id.find(cpu); it != t.irqs_off_id.end()) return by_id(it->second);
+  const std::string ipi_key = t.condition_key(FindingKind::kGuestIpiStall, "root=cpu" + std::to_string(cpu));
+  for (const Candidate& c : t.candidates)
+    if (c.condition_key == ipi_key) return &c;
+  if (auto it = t.blocked_id.find(cpu); it != t.blocked_id.end()) return by_id(it->second);
+  if (auto it = t.starved_id.find(cpu); it != t.starved_id.end()) return by_id(it->second);
+  for (FindingKind k : {FindingKind::kGuestSoftlockup, FindingKind::kGuestSoftlockupImminent}) {
+    const std::string key = t.condition_key(k, "cpu" + std::to_string(cpu));
+    for (const Candidate& c : t.candidates)
+      if (c.condition_key == key) return &c;
+  }
+  return nullptr;
+}
+}  // namespace
+
+void link_lock_waits(TickContext& t) {
+  for (const auto& [w, lw] : t.lock_waits) {
+    const Candidate* holder = lw.holder ? holder_finding(t, *lw.holder) : nullptr;
+    const std::string holder_id = holder ? holder->finding.id : std::string();
+    const Evidence e = lock_wait_evidence(lw);
+    for (Candidate& c : t.candidates) {
+      Finding& f = c.finding;
+      if (!is_guest_kind(f.kind) || f.cpus != std::vector<int>{w}) continue;
+      f.evidence.push_back(e);
+      c.signature += lw.holder ? " lock->" + std::to_string(*lw.holder) : " lock?";
+      // Its own stall is the holder's: a symptom in the holder's incident, not a root. A finding
+      // already explained (by the CPU's own interrupts-off finding, the host) keeps its chain.
+      if (holder != nullptr && f.explained_by.empty()) {
+        f.explained_by = holder_id;
+        f.onset = std::max(f.onset, holder->finding.onset);  // a symptom starts no earlier than its cause
+        f.summary += " It spins on a spinlock that CPU" + std::to_string(*lw.holder) + " holds (see " +
+                     to_string(holder->finding.kind) + " on CPU" + std::to_string(*lw.holder) + ").";
+        c.signature += " by=" + holder_id;
+      }
+    }
+    if (holder == nullptr) continue;
+    for (Candidate& c : t.candidates)
+      if (c.finding.id == holder_id &&
+          std::none_of(c.finding.evidence.begin(), c.finding.evidence.end(),
+                       [&](const Evidence& x) { return x.text == e.text; })) {  // the IPI stall lists it already
+        c.finding.evidence.push_back(e);
+        c.signature += " lock-waiter" + std::to_string(w);
+      }
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include "domain_state.h"
 #include "finding_store.h"
+#include "lock_waits.h"
 #include "stallmon/diagnosis/config.h"
 #include "stallmon/diagnosis/finding.h"
 
@@ -73,6 +74,7 @@ class TickContext {
     std::vector<int> roots;
   };
   std::map<int, WaiterLink> waiter_of;  // CPU waiting in an IPI stall -> that stall
+  std::map<int, LockWait> lock_waits;   // CPU spinning on a spinlock -> the wait (find_lock_waits)
 
  private:
   FindingStore& store_;
@@ -91,11 +93,14 @@ bool is_guest_kind(FindingKind k);
 // After the host rules: remembers each vCPU's host stop (DomainState::last_host_stop).
 void remember_host_stops(TickContext& t);
 // Guest rules: run on ticks with a guest snapshot, in this order.
+void find_lock_waits(TickContext& t);  // fills t.lock_waits from the CPUs' kernel traces
 void rule_irqs_off(TickContext& t);
 void rule_ipi_stall(TickContext& t);
 void rule_idle_with_pending_work(TickContext& t);
 void rule_softlockup(TickContext& t);
 void rule_stack_overflow(TickContext& t);
+// After them: a lock waiter's own findings are explained by the holder's, and both say so.
+void link_lock_waits(TickContext& t);
 
 // Guest ns since the CPU's watchdog_touch_ts at the snapshot's guest clock, as the guest's
 // soft-lockup watchdog computes it; nullopt when the watchdog is off (thresh 0, disabled), the
