@@ -186,4 +186,44 @@ struct ModuleFixture {
   std::vector<Module> modules;
 };
 
+// OrcStack's task as a kthread: ret_from_fork (END) <- kthread (CFA = SP + 16) on its stack,
+// slot s1 the return address into kthread from its call of the thread function; with_irqoff()
+// adds the module "irqoff" whose irqoff_fn (CFA = SP + 24 by the module's own ORC table) is that
+// thread function; s0 is where irqoff_fn's own return address from a call (_printk) would sit.
+struct KthreadGuest {
+  explicit KthreadGuest(bool module_v61) : mods(k, module_v61) {
+    using E = OrcEntry;
+    f_kthread = k.func("kthread");
+    f_printk = k.func("_printk");
+    g.table.push_back({f_kthread, E{16, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
+    g.table.push_back({f_printk, E{8, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
+    g.install_orc(false);
+    g.fill_stack_with(0);
+    k.mem.put<uint64_t>(OrcStack::kStack, kStackEndMagic);
+    s2 = OrcStack::kStack + OrcStack::kStackSize - 8 * 30;
+    s1 = s2 - 16;
+    s0 = s1 - 24;
+    k.mem.put<uint64_t>(s2, g.f_entry + 0x10);
+    k.mem.put<uint64_t>(s1, f_kthread + 0x40);
+  }
+
+  ModuleFixture::Module add_irqoff(bool with_orc) {
+    using E = OrcEntry;
+    std::vector<std::pair<uint64_t, OrcEntry>> orc;
+    if (with_orc) {
+      orc = {{0x10, E{24, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}},
+             {0x50, E{0, 0, kOrcRegUndefined, kOrcRegUndefined, OrcType::kUndefined, false}}};
+    }
+    auto m = mods.add("irqoff", {{"irqoff_init", 0x0, 0x10}, {"irqoff_fn", 0x10, 0x40}, {"tail", 0x50, 0}}, orc);
+    irqoff_fn = m.text + 0x10;
+    return m;
+  }
+
+  SyntheticKernel k{2, SyntheticKernel::Layout::kLinux61};
+  OrcStack g{k};
+  ModuleFixture mods;
+  uint64_t f_kthread = 0, f_printk = 0, irqoff_fn = 0;
+  uint64_t s0 = 0, s1 = 0, s2 = 0;
+};
+
 }  // namespace stallmon::introspect::testing

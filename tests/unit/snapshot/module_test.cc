@@ -25,48 +25,26 @@ std::vector<std::string> formatted(const Backtrace& b) {
   return v;
 }
 
-// A kthread's stack: ret_from_fork (END) <- kthread (CFA = SP + 16), which called the module's
-// thread function irqoff_fn (CFA = SP + 24 by the module's ORC), which called _printk and got
-// its return address (irqoff_fn+0x20) left on the stack.
+// A kthread running the module function irqoff_fn (module_fixture.h, KthreadGuest).
 class ModuleBacktraceTest : public ::testing::TestWithParam<bool> {
  protected:
-  ModuleBacktraceTest() {
-    f_kthread = k.func("kthread");
-    f_printk = k.func("_printk");
-    g.table.push_back({f_kthread, E{16, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
-    g.table.push_back({f_printk, E{8, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
-    g.install_orc(false);
-    g.fill_stack_with(0);
-    k.mem.put<uint64_t>(OrcStack::kStack, kStackEndMagic);
-    s2 = OrcStack::kStack + OrcStack::kStackSize - 8 * 30;
-    s1 = s2 - 16;
-    s0 = s1 - 24;
-    k.mem.put<uint64_t>(s2, g.f_entry + 0x10);
-    k.mem.put<uint64_t>(s1, f_kthread + 0x40);
-  }
-
-  ModuleFixture::Module add_irqoff(bool with_orc) {
-    std::vector<std::pair<uint64_t, OrcEntry>> orc;
-    if (with_orc) {
-      orc = {{0x10, E{24, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}},
-             {0x50, E{0, 0, kOrcRegUndefined, kOrcRegUndefined, OrcType::kUndefined, false}}};
-    }
-    auto m = mods.add("irqoff", {{"irqoff_init", 0x0, 0x10}, {"irqoff_fn", 0x10, 0x40}, {"tail", 0x50, 0}}, orc);
-    irqoff_fn = m.text + 0x10;
-    return m;
-  }
-
   Result<Backtrace> trace() {
     auto r = BacktraceReader::create(k);
     if (!r) return std::move(r).error();
     return (*r)->backtrace_task(g.task);
   }
+  ModuleFixture::Module add_irqoff(bool with_orc) {
+    auto m = kg.add_irqoff(with_orc);
+    irqoff_fn = kg.irqoff_fn;
+    return m;
+  }
 
-  SyntheticKernel k{2, SyntheticKernel::Layout::kLinux61};
-  OrcStack g{k};
-  ModuleFixture mods{k, GetParam()};
-  uint64_t f_kthread = 0, f_printk = 0, irqoff_fn = 0;
-  uint64_t s0 = 0, s1 = 0, s2 = 0;
+  testing::KthreadGuest kg{GetParam()};
+  SyntheticKernel& k = kg.k;
+  OrcStack& g = kg.g;
+  ModuleFixture& mods = kg.mods;
+  const uint64_t f_kthread = kg.f_kthread, s0 = kg.s0, s1 = kg.s1;
+  uint64_t irqoff_fn = 0;
 };
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ModuleBacktraceTest, ::testing::Values(false, true),
