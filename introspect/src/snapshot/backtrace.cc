@@ -318,6 +318,7 @@ bool BacktraceReader::refresh_modules() {
   lim.budget = opt_.orc.budget;
   // The old table is given back first: the new one may need the same budget.
   modules_ = std::make_unique<ModuleTable>();
+  modules_lo_ = modules_hi_ = 0;
   auto t = ModuleTable::read(k_, *module_layout_, orc_.format(), lim);
   if (!t) {
     // Retried at the next backtrace: modules_read_ stays false.
@@ -326,6 +327,10 @@ bool BacktraceReader::refresh_modules() {
     return false;
   }
   *modules_ = std::move(t).value();
+  if (!modules_->modules().empty()) {
+    modules_lo_ = modules_->modules().front().text_start;
+    modules_hi_ = modules_->modules().back().text_end;
+  }
   modules_error_.clear();
   modules_head_[0] = head[0];
   modules_head_[1] = head[1];

@@ -177,7 +177,8 @@ class BacktraceReader {
   // Core kernel text, init text (the boot CPU's idle task returns into start_kernel there), and
   // the core text of the loaded modules.
   bool in_text(uint64_t ip) const {
-    return (ip >= text_start_ && ip < text_end_) || (ip >= init_start_ && ip < init_end_) || in_module_text(ip);
+    return (ip >= text_start_ && ip < text_end_) || (ip >= init_start_ && ip < init_end_) ||
+           (ip >= modules_lo_ && ip < modules_hi_ && in_module_text(ip));
   }
   // The ORC entry for `ip`: vmlinux's table for core text, the module's for module text.
   std::optional<OrcEntry> orc_find(uint64_t ip) const;
@@ -193,6 +194,8 @@ class BacktraceReader {
   uint64_t stack_member_ = 0;
   uint64_t text_start_ = 0, text_end_ = 0, init_start_ = 0, init_end_ = 0;
   std::unique_ptr<ModuleTable> modules_;
+  // The span of all module text: the scans test every stack word, most of which fail this inline.
+  uint64_t modules_lo_ = 0, modules_hi_ = 0;
   std::unique_ptr<ModuleLayout> module_layout_;
   std::string modules_error_;
   uint64_t modules_head_[2] = {0, 0};
