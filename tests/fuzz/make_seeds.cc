@@ -14,6 +14,7 @@
 
 #include "fake_guest.h"
 #include "stallmon/introspect/elf_core.h"
+#include "module_input.h"
 #include "orc_input.h"
 #include "synthetic_kernel.h"
 
@@ -142,6 +143,17 @@ int main(int argc, char** argv) {
     put(root / "orc", "chain_no_pt_regs", fuzz::encode_orc_input(o.g, false));
     o.g.fill_stack_with(o.g.f_loop + 4);
     put(root / "orc", "self_chaining", fuzz::encode_orc_input(o.g, false));
+  }
+  // Loaded modules (module_input.h): the fixture's module in both struct module layouts, and one
+  // whose list link points back at itself.
+  for (bool v61 : {false, true}) {
+    fuzz::ModuleGuest mg(v61);
+    put(root / "modules", v61 ? "irqoff_v61" : "irqoff_v612", fuzz::encode_module_input(mg, v61));
+  }
+  {
+    fuzz::ModuleGuest mg(false);
+    mg.kg.k.mem.put<uint64_t>(mg.m.addr + testing::ModuleFixture::kList, mg.m.addr + testing::ModuleFixture::kList);
+    put(root / "modules", "self_link", fuzz::encode_module_input(mg, false));
   }
   std::printf("seeds written to %s\n", root.c_str());
   return 0;

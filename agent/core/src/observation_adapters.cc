@@ -138,6 +138,7 @@ diagnosis::KernelTrace to_kernel_trace(const Result<introspect::Backtrace>& back
     case introspect::Verification::kOrcChain: t.verification = diagnosis::TraceVerification::kOrcChain; break;
     case introspect::Verification::kPtRegs: t.verification = diagnosis::TraceVerification::kInterruptFrame; break;
     case introspect::Verification::kScannedUnverified: t.verification = diagnosis::TraceVerification::kUnverified; break;
+    case introspect::Verification::kInferredThreadfn: t.verification = diagnosis::TraceVerification::kOrcChain; break;  // frame-only
   }
   const size_t n = std::min(bt.frames.size(), max_frames);
   t.frames.reserve(n);

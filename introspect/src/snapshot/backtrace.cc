@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "stallmon/introspect/modules.h"
+
 namespace stallmon::introspect {
 
 namespace {
@@ -70,6 +72,7 @@ const char* to_string(Verification v) {
     case Verification::kOrcChain: return "orc_chain";
     case Verification::kPtRegs: return "pt_regs";
     case Verification::kScannedUnverified: return "scanned_unverified";
+    case Verification::kInferredThreadfn: return "inferred_threadfn";
   }
   return "?";
 }
@@ -77,6 +80,7 @@ const char* to_string(Verification v) {
 std::string Frame::format() const {
   std::string s = symbol.empty() ? hex(address) : symbol + "+" + hex(offset) + (size ? "/" + hex(size) : "");
   if (!module.empty()) s += " [" + module + "]";
+  if (verification == Verification::kInferredThreadfn) s += " (kthread threadfn, inferred)";
   return s;
 }
 
@@ -248,6 +252,11 @@ Result<OrcTable> OrcTable::read(KernelAccess& k, const OrcLimits& limits) {
 // ---------------------------------------------------------------------------------------------
 // Backtraces
 
+BacktraceReader::BacktraceReader(KernelAccess& k, BacktraceOptions o)
+    : k_(k), opt_(std::move(o)), modules_(std::make_unique<ModuleTable>()) {}
+
+BacktraceReader::~BacktraceReader() = default;
+
 Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k, BacktraceOptions options) {
   if (options.thread_size < 4096 || options.thread_size > (1u << 20) || options.thread_size % 8 != 0)
     return Error(ErrorCode::kInvalidArgument, "backtrace: thread_size " + std::to_string(options.thread_size));
@@ -268,7 +277,83 @@ Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k
     r->init_end_ = *ie;
   }
   STALLMON_TRY(r->orc_, OrcTable::read(k, options.orc));
+  if (options.modules) {
+    auto l = ModuleLayout::resolve(k);
+    if (l) r->module_layout_ = std::make_unique<ModuleLayout>(std::move(l).value());
+    else r->modules_error_ = l.error().to_string();
+  } else {
+    r->modules_error_ = "module reading disabled";
+  }
+  // The kthread thread-function inference: every member or none.
+  auto flags = k.member("task_struct", "flags");
+  auto kt = k.member("task_struct", "worker_private");
+  if (!kt) kt = k.member("task_struct", "set_child_tid");
+  auto fn = k.member("kthread", "threadfn");
+  if (flags && flags->size == 4 && kt && kt->size == 8 && fn && fn->size == 8) {
+    r->task_flags_ = flags->offset();
+    r->task_kthread_ = kt->offset();
+    r->kthread_threadfn_ = fn->offset();
+  }
   return r;
+}
+
+bool BacktraceReader::in_module_text(uint64_t ip) const { return modules_->find(ip) != nullptr; }
+
+std::optional<OrcEntry> BacktraceReader::orc_find(uint64_t ip) const {
+  // Module text lies outside vmlinux's table, whose last entry would otherwise "cover" it.
+  if (const GuestModule* m = modules_->find(ip)) {
+    if (m->orc.size() == 0) return std::nullopt;
+    return m->orc.find(ip);
+  }
+  return orc_.find(ip);
+}
+
+bool BacktraceReader::refresh_modules() {
+  if (!module_layout_) return false;
+  uint64_t head[2] = {0, 0};
+  if (!k_.read(module_layout_->modules, head, sizeof head)) return false;
+  if (modules_read_ && head[0] == modules_head_[0] && head[1] == modules_head_[1]) return false;
+  ModuleLimits lim;
+  lim.max_modules = opt_.max_modules;
+  lim.budget = opt_.orc.budget;
+  // The old table is given back first: the new one may need the same budget.
+  modules_ = std::make_unique<ModuleTable>();
+  modules_lo_ = modules_hi_ = 0;
+  auto t = ModuleTable::read(k_, *module_layout_, orc_.format(), lim);
+  if (!t) {
+    // Retried at the next backtrace: modules_read_ stays false.
+    modules_error_ = t.error().to_string();
+    modules_read_ = false;
+    return false;
+  }
+  *modules_ = std::move(t).value();
+  if (!modules_->modules().empty()) {
+    modules_lo_ = modules_->modules().front().text_start;
+    modules_hi_ = modules_->modules().back().text_end;
+  }
+  modules_error_.clear();
+  modules_head_[0] = head[0];
+  modules_head_[1] = head[1];
+  modules_read_ = true;
+  return true;
+}
+
+// The innermost verified frame is a return address into kthread(): its thread function (or a
+// callee of it) runs and left no return address of its own. struct kthread says which one.
+void BacktraceReader::infer_threadfn(Backtrace& bt) {
+  constexpr uint32_t kPfKthread = 0x00200000;  // PF_KTHREAD
+  if (!task_flags_ || bt.verification != Verification::kOrcChain || bt.frames.empty() ||
+      bt.frames[0].symbol != "kthread" || !bt.frames[0].module.empty())
+    return;
+  uint32_t flags = 0;
+  uint64_t kthread = 0, fn = 0;
+  if (!k_.read(bt.task + *task_flags_, &flags, 4) || !(flags & kPfKthread)) return;
+  if (!k_.read(bt.task + *task_kthread_, &kthread, 8) || kthread < 0xffff800000000000ULL) return;
+  if (!k_.read(kthread + *kthread_threadfn_, &fn, 8) || !in_text(fn)) {
+    bt.notes.push_back("kthread's threadfn " + hex(fn) + " is not text: not inferred");
+    return;
+  }
+  bt.frames.insert(bt.frames.begin(), make_frame(fn, 0, Verification::kInferredThreadfn));
 }
 
 Result<Backtrace> BacktraceReader::backtrace_task(uint64_t task) {
@@ -281,7 +366,11 @@ Result<Backtrace> BacktraceReader::backtrace_task(uint64_t task) {
   std::vector<uint8_t> bytes(opt_.thread_size);
   auto r = k_.read(stack, bytes.data(), bytes.size());
   if (!r) return std::move(r).error().context("backtrace: stack of task " + hex(task));
-  return backtrace_stack(task, stack, bytes);
+  refresh_modules();
+  Backtrace bt = backtrace_stack(task, stack, bytes);
+  if (!modules_error_.empty() && module_layout_) bt.notes.push_back("modules unavailable: " + modules_error_);
+  infer_threadfn(bt);
+  return bt;
 }
 
 Frame BacktraceReader::make_frame(uint64_t address, uint64_t slot, Verification v) const {
@@ -289,7 +378,14 @@ Frame BacktraceReader::make_frame(uint64_t address, uint64_t slot, Verification 
   f.address = address;
   f.stack_slot = slot;
   f.verification = v;
-  if (auto s = k_.symbol_at(address)) {
+  if (auto h = modules_->lookup(address)) {
+    f.module = h->module->name;
+    if (h->symbol) {
+      f.symbol = h->symbol->name;
+      f.offset = address - h->symbol->address;
+      f.size = h->symbol->size;
+    }
+  } else if (auto s = k_.symbol_at(address)) {
     f.symbol = s->name;
     f.offset = address - s->address;
     f.size = s->size;
@@ -306,8 +402,8 @@ Frame BacktraceReader::make_frame(uint64_t address, uint64_t slot, Verification 
 namespace {
 
 // One ORC step from `s` inside the stack `v`. On kNext `s` is the caller's state.
-Step orc_step(const OrcTable& orc, const StackView& v, UnwindState& s, std::string& why) {
-  auto e = orc.find(s.signal ? s.ip : s.ip - 1);
+Step orc_step(const BacktraceReader& r, const StackView& v, UnwindState& s, std::string& why) {
+  auto e = r.orc_find(s.signal ? s.ip : s.ip - 1);
   if (!e) {
     why = "no ORC entry for " + hex(s.ip);
     return Step::kFail;
@@ -430,8 +526,7 @@ struct Chain {
   std::string why;                  // why it stopped, when not ended
 };
 
-Chain orc_chain(const OrcTable& orc, const StackView& v, UnwindState s, uint32_t max_frames,
-                const BacktraceReader& r) {
+Chain orc_chain(const StackView& v, UnwindState s, uint32_t max_frames, const BacktraceReader& r) {
   Chain c;
   c.frames.push_back(s);
   while (true) {
@@ -440,7 +535,7 @@ Chain orc_chain(const OrcTable& orc, const StackView& v, UnwindState s, uint32_t
       break;
     }
     std::string why;
-    Step st = orc_step(orc, v, s, why);
+    Step st = orc_step(r, v, s, why);
     if (st == Step::kEnd) {
       c.ended = true;
       break;
@@ -509,7 +604,7 @@ Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const s
         (sp != end && sp != end + 8))
       continue;
     UnwindState s{ip, sp, w(j + kRegsBp), true, true, 0};
-    Chain c = orc_chain(orc_, v, s, opt_.max_frames, *this);
+    Chain c = orc_chain(v, s, opt_.max_frames, *this);
     if (!chain_accepted(c)) {
       note("interrupt frame at " + hex(base + 8 * j) + " (RIP " + make_frame(ip, 0, Verification::kPtRegs).format() +
            ") does not chain: " + c.why);
@@ -535,7 +630,7 @@ Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const s
     const uint64_t ip = w(i);
     if (!in_text(ip)) continue;
     UnwindState s{ip, base + 8 * i + 8, 0, false, false, base + 8 * i};
-    Chain c = orc_chain(orc_, v, s, opt_.max_frames, *this);
+    Chain c = orc_chain(v, s, opt_.max_frames, *this);
     if (!chain_accepted(c)) continue;
     const bool complete = c.ended || c.truncated;
     if (!first || complete) first = std::move(c);

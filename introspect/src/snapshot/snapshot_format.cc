@@ -147,7 +147,8 @@ std::string format_snapshot(const GuestSnapshot& s, const SnapshotFormatOptions&
     out += "):\n";
     for (size_t i = 0; i < b.frames.size(); ++i) {
       const Frame& f = b.frames[i];
-      const char* mark = f.verification == Verification::kOrcChain ? "" :
+      // An inferred threadfn says so in its own text.
+      const char* mark = f.verification == Verification::kOrcChain || f.verification == Verification::kInferredThreadfn ? "" :
                          f.verification == Verification::kPtRegs ? " [pt_regs]" : " ?";
       appendf(out, "  #%-2zu %s%s\n", i, f.format().c_str(), mark);
     }

@@ -157,6 +157,8 @@ void SyntheticKernel::build_btf() {
   }
   b.field("pid", s32, 8 * 1200);
   b.field("comm", comm, 8 * 1500);
+  b.field("flags", u32, 8 * 44);
+  b.field(layout == Layout::kLinux61 ? "worker_private" : "set_child_tid", voidp, 8 * 1600);
 
   const int cfs_rq = b.add_struct("cfs_rq", 64);
   b.field("load", u64, 0);

@@ -73,8 +73,8 @@ struct OrcLimits {
   std::shared_ptr<MemoryBudget> budget;  // charged "ORC tables" for the table's lifetime
 };
 
-// The vmlinux ORC tables (__start_orc_unwind_ip.. and __start_orc_unwind..). Module tables
-// are not read: module text has no entry and is shown unverified.
+// An ORC table: vmlinux's (__start_orc_unwind_ip.. and __start_orc_unwind..), or a module's
+// (ModuleTable, modules.h: the same entries, read from mod->arch).
 class OrcTable {
  public:
   // Reads and decodes both tables (entries charged to limits.budget before allocation).
@@ -103,6 +103,11 @@ enum class Verification : uint8_t {
   kOrcChain,          // reached from a consistent ORC chain of at least 2 frames
   kPtRegs,            // the interrupted RIP of a saved kernel interrupt frame on the stack
   kScannedUnverified, // a kernel text address found on the stack, not confirmed by ORC
+  // A frame only (never a whole trace): the thread function of a kthread whose innermost
+  // verified frame is kthread() itself, read from its struct kthread. The CPU runs in that
+  // function or in a callee that left no return address (inlined, tail-called, not returned
+  // yet from a function that calls nothing): the function could be deeper.
+  kInferredThreadfn,
 };
 const char* to_string(Verification v);
 
@@ -111,9 +116,10 @@ struct Frame {
   uint64_t stack_slot = 0;    // where on the stack it was found (0: from pt_regs.ip)
   std::string symbol;         // empty when unknown
   uint64_t offset = 0, size = 0;
-  std::string module;         // empty: vmlinux (module symbols are not decoded)
+  std::string module;         // empty: vmlinux
   Verification verification = Verification::kScannedUnverified;
-  // "function+0xoff/0xlen" (or the hex address when unknown).
+  // "function+0xoff/0xlen [module]" (or the hex address when unknown); an inferred kthread
+  // thread function ends in " (kthread threadfn, inferred)".
   std::string format() const;
 };
 
@@ -133,7 +139,12 @@ struct BacktraceOptions {
   uint32_t max_frames = 64;
   uint64_t thread_size = 16384;  // THREAD_SIZE on x86_64 (KASAN doubles it: set it then)
   OrcLimits orc;
+  bool modules = true;   // read loaded modules (symbols, text, ORC); budget: orc.budget
+  uint32_t max_modules = 1024;
 };
+
+class ModuleTable;
+struct ModuleLayout;
 
 // STACK_END_MAGIC (include/uapi/linux/magic.h), written at task->stack (end_of_stack) by
 // set_task_stack_end_magic; a deep overflow overwrites it.
@@ -145,26 +156,53 @@ class BacktraceReader {
   // (kNotFound without __start_orc_unwind_ip: a kernel built without CONFIG_UNWINDER_ORC).
   // `k` must outlive the reader.
   static Result<std::unique_ptr<BacktraceReader>> create(KernelAccess& k, BacktraceOptions options = {});
+  ~BacktraceReader();
 
   // The backtrace of `task` (a task_struct address): reads its stack (thread_size bytes).
+  // First re-reads the module table if the `modules` list head changed since it was read (a
+  // 16-byte read; a load adds at the head, an unload of the first or last module changes it).
+  // A kthread whose innermost verified frame is kthread() gets its thread function as an
+  // inferred innermost frame (Verification::kInferredThreadfn).
   Result<Backtrace> backtrace_task(uint64_t task);
   // Same on stack bytes already read (tests, fuzzing): `stack` holds thread_size bytes from `base`.
   Backtrace backtrace_stack(uint64_t task, uint64_t base, const std::vector<uint8_t>& stack) const;
 
   const OrcTable& orc() const { return orc_; }
-  // Core kernel text, and init text (the boot CPU's idle task returns into start_kernel there).
+  // Loaded modules as last read (empty before the first backtrace_task, or without modules).
+  const ModuleTable& modules() const { return *modules_; }
+  // Why modules are not available (kernel without `modules`/BTF, a read that failed); empty if they are.
+  const std::string& modules_error() const { return modules_error_; }
+  // Re-reads the module table when the list head changed (or was never read). Returns whether it did.
+  bool refresh_modules();
+  // Core kernel text, init text (the boot CPU's idle task returns into start_kernel there), and
+  // the core text of the loaded modules.
   bool in_text(uint64_t ip) const {
-    return (ip >= text_start_ && ip < text_end_) || (ip >= init_start_ && ip < init_end_);
+    return (ip >= text_start_ && ip < text_end_) || (ip >= init_start_ && ip < init_end_) ||
+           (ip >= modules_lo_ && ip < modules_hi_ && in_module_text(ip));
   }
+  // The ORC entry for `ip`: vmlinux's table for core text, the module's for module text.
+  std::optional<OrcEntry> orc_find(uint64_t ip) const;
 
  private:
-  BacktraceReader(KernelAccess& k, BacktraceOptions o) : k_(k), opt_(std::move(o)) {}
+  BacktraceReader(KernelAccess& k, BacktraceOptions o);
   Frame make_frame(uint64_t address, uint64_t slot, Verification v) const;
+  bool in_module_text(uint64_t ip) const;
+  void infer_threadfn(Backtrace& bt);
   KernelAccess& k_;
   BacktraceOptions opt_;
   OrcTable orc_;
   uint64_t stack_member_ = 0;
   uint64_t text_start_ = 0, text_end_ = 0, init_start_ = 0, init_end_ = 0;
+  std::unique_ptr<ModuleTable> modules_;
+  // The span of all module text: the scans test every stack word, most of which fail this inline.
+  uint64_t modules_lo_ = 0, modules_hi_ = 0;
+  std::unique_ptr<ModuleLayout> module_layout_;
+  std::string modules_error_;
+  uint64_t modules_head_[2] = {0, 0};
+  bool modules_read_ = false;
+  // task_struct.flags and the struct kthread pointer (worker_private, before 5.17 set_child_tid),
+  // kthread.threadfn: resolved at create; absent members disable the inference.
+  std::optional<uint64_t> task_flags_, task_kthread_, kthread_threadfn_;
 };
 
 }  // namespace stallmon::introspect
