@@ -448,7 +448,13 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     // Acceptance (issue 5): within 2 s of the freeze, and at least 5x sooner than the guest.
     EXPECT_LE(to_ipi, 2.0);
     EXPECT_GE(to_guest / to_ipi, 5.0);
-    EXPECT_LE(to_blocked, to_ipi);
+    // The IPI stall may name the host before VCPU_HOST_BLOCKED opens: once the thread has been
+    // in D for host_blocked_min / 5 (100 ms) a csd wait already old enough is explained by it
+    // (host_verdict). Seen 2026-12-05: 0.44 s vs 0.55 s, 1 run in 8. Never before those 100 ms
+    // (less the 1 ms state poll that dates the freeze); the host's own finding within the same
+    // 2 s as the IPI stall.
+    EXPECT_GE(to_ipi, 0.09);
+    EXPECT_LE(to_blocked, 2.0);
 
     // Issue 12: where the waiter is. The IPI stall's evidence carries the kernel trace of each
     // CPU it involves (read from guest memory, refreshed once a second); the CPU the guest
