@@ -117,20 +117,16 @@ SleepWchanReader::~SleepWchanReader() {
 }
 
 void SleepWchanReader::close(Entry& e) {
-  if (e.fd >= 0 && fs_ != nullptr) fs_->close(e.fd);
+  if (e.fd >= 0) fs_.close(e.fd);
   e.fd = -1;
 }
 
-void SleepWchanReader::fill(host::HostFs& fs, const std::string& proc_root, int32_t pid,
-                            const host::TrackedThread& thread, diagnosis::HostThreadView& view) {
+void SleepWchanReader::fill(const std::string& proc_root, int32_t pid, const host::TrackedThread& thread,
+                            diagnosis::HostThreadView& view) {
   if (view.state != diagnosis::ThreadState::kSleeping || thread.history().empty()) return;
   const host::ThreadSample& latest = thread.history().newest();
   const host::StateTracker& tr = thread.tracker();
   if (latest.t_ns - tr.last_progress_ns < kMinNoProgressNs) return;
-  if (fs_ != &fs) {  // descriptors belong to the file system that opened them
-    for (auto& [tid, e] : cache_) close(e);
-    fs_ = &fs;
-  }
   Entry& e = cache_[thread.tid()];
   // A new thread under a reused tid starts over (a kept descriptor would read the old one's).
   if (e.starttime != thread.sampler().starttime_ticks()) {
@@ -140,7 +136,7 @@ void SleepWchanReader::fill(host::HostFs& fs, const std::string& proc_root, int3
   }
   if (e.read_ns == 0 || e.episode != tr.last_progress_ns || latest.t_ns - e.read_ns >= kRefreshNs) {
     if (e.fd < 0) {
-      Result<int> fd = fs.open(proc_root + "/" + std::to_string(pid) + "/task/" + std::to_string(thread.tid()) + "/wchan");
+      Result<int> fd = fs_.open(proc_root + "/" + std::to_string(pid) + "/task/" + std::to_string(thread.tid()) + "/wchan");
       if (fd.ok()) {
         e.fd = *fd;
         ++opens_;
@@ -149,7 +145,7 @@ void SleepWchanReader::fill(host::HostFs& fs, const std::string& proc_root, int3
     e.wchan.clear();
     if (e.fd >= 0) {
       char buf[512];
-      Result<size_t> n = fs.read(e.fd, buf, sizeof buf - 1);
+      Result<size_t> n = fs_.read(e.fd, buf, sizeof buf - 1);
       if (n.ok()) {
         e.wchan = host::parse_wchan(std::string(buf, *n));
       } else {
@@ -176,15 +172,15 @@ void SleepWchanReader::retain_only(const std::vector<int32_t>& tids) {
   }
 }
 
-void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
-                     SleepWchanReader* wchans, diagnosis::DomainObservation& obs) {
+void fill_host_views(const host::ProcessSampler& sampler, SleepWchanReader* wchans,
+                     diagnosis::DomainObservation& obs) {
   const std::string& proc_root = sampler.options().proc_root;
   std::vector<int32_t> tids;
   for (const host::TrackedThread* t : sampler.vcpus()) {
     if (!t->present()) continue;
     auto v = to_host_thread_view(*t);
     if (!v) continue;
-    if (wchans) wchans->fill(fs, proc_root, sampler.pid(), *t, *v);
+    if (wchans) wchans->fill(proc_root, sampler.pid(), *t, *v);
     tids.push_back(t->tid());
     obs.vcpus.push_back(diagnosis::VcpuHostView{t->vcpu(), std::move(*v)});
   }
@@ -192,7 +188,7 @@ void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
     if (!t->present()) continue;
     auto v = to_host_thread_view(*t);
     if (!v) continue;
-    if (wchans) wchans->fill(fs, proc_root, sampler.pid(), *t, *v);
+    if (wchans) wchans->fill(proc_root, sampler.pid(), *t, *v);
     tids.push_back(t->tid());
     obs.other_threads.push_back(std::move(*v));
   }
@@ -328,7 +324,7 @@ bool over_budget_error(const Error& e) {
 }  // namespace
 
 DomainPipeline::DomainPipeline(Shared& shared, const libvirt::DomainInfo& info)
-    : shared_(shared), uuid_(info.uuid.empty() ? info.name : info.uuid) {
+    : shared_(shared), uuid_(info.uuid.empty() ? info.name : info.uuid), wchans_(*shared.fs) {
   pending_info_ = info;
   info_.name = info.name;
   info_.uuid = info.uuid;
@@ -1010,7 +1006,7 @@ bool DomainPipeline::tick_unguarded() {
     if (sampler_ && !sampler_->process_gone()) {
       (void)sampler_->sample_once();  // per-thread failures are recorded on the threads
       if (!sampler_->process_gone()) {
-        fill_host_views(*sampler_, *shared_.fs, &wchans_, obs);
+        fill_host_views(*sampler_, &wchans_, obs);
         have_host = true;
       }
       uint64_t errors = 0;

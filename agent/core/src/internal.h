@@ -155,7 +155,8 @@ class SleepWchanReader {
   static constexpr int64_t kMinNoProgressNs = 250'000'000;
   static constexpr int64_t kRefreshNs = 1'000'000'000;
 
-  SleepWchanReader() = default;
+  // Opens and reads the wchan files through fs, which must outlive the reader.
+  explicit SleepWchanReader(host::HostFs& fs) : fs_(fs) {}
   SleepWchanReader(const SleepWchanReader&) = delete;
   SleepWchanReader& operator=(const SleepWchanReader&) = delete;
   ~SleepWchanReader();
@@ -164,8 +165,8 @@ class SleepWchanReader {
   // thread's wchan file stays open between reads (a pread of a kept descriptor costs the kernel a
   // quarter of open + read + close: host_sampler_bench, BM_PreadProcFile vs
   // BM_OpenReadCloseProcFile): idle vCPUs and qemu's idle threads are read once a second each.
-  void fill(host::HostFs& fs, const std::string& proc_root, int32_t pid,
-            const host::TrackedThread& thread, diagnosis::HostThreadView& view);
+  void fill(const std::string& proc_root, int32_t pid, const host::TrackedThread& thread,
+            diagnosis::HostThreadView& view);
   // Forgets (and closes) the threads not listed.
   void retain_only(const std::vector<int32_t>& tids);
   uint64_t reads() const { return reads_; }
@@ -181,7 +182,7 @@ class SleepWchanReader {
   };
   void close(Entry& e);
   std::map<int32_t, Entry> cache_;
-  host::HostFs* fs_ = nullptr;  // the one fill() opened descriptors with
+  host::HostFs& fs_;
   uint64_t reads_ = 0, opens_ = 0;
 };
 
@@ -218,9 +219,10 @@ class FindingTraces {
   std::map<int, Entry> traces_;
 };
 
-// Builds the host part of a DomainObservation from a sampler (vCPUs, other threads, main loop).
-void fill_host_views(const host::ProcessSampler& sampler, host::HostFs& fs,
-                     SleepWchanReader* wchans, diagnosis::DomainObservation& obs);
+// Builds the host part of a DomainObservation from a sampler (vCPUs, other threads, main loop);
+// with `wchans`, sleeping threads without progress get their wchan.
+void fill_host_views(const host::ProcessSampler& sampler, SleepWchanReader* wchans,
+                     diagnosis::DomainObservation& obs);
 
 // One watched domain: sampler, guest kernel, tick, discovery state machine, queries.
 //

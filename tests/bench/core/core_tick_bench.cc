@@ -211,10 +211,10 @@ BENCHMARK(BM_SampleOnly)->MeasureProcessCPUTime()->UseRealTime();
 void BM_AdaptHost(benchmark::State& state) {
   SamplerRig r;
   for (int i = 0; i < 3; ++i) (void)r.s.sample_once();
-  internal::SleepWchanReader w;
+  internal::SleepWchanReader w(r.fs);
   for (auto _ : state) {
     diagnosis::DomainObservation obs;
-    internal::fill_host_views(r.s, r.fs, &w, obs);
+    internal::fill_host_views(r.s, &w, obs);
     benchmark::DoNotOptimize(obs);
   }
 }

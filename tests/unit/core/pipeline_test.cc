@@ -389,12 +389,12 @@ TEST_F(PipelineTest, SleepingThreadsWithoutProgressGetTheirWchan) {
   q.block_vcpu(3, 'S', "futex_do_wait");
   diagnosis::DomainObservation obs;
   host::ProcessSampler s(q.fs, q.mono, FakeQemu::kPid, {{3, q.vcpu_tid(3)}});
-  internal::SleepWchanReader w;
+  internal::SleepWchanReader w(q.fs);
   for (int i = 0; i < 5; ++i) {
     q.advance(100);
     ASSERT_TRUE(s.sample_once().ok());
   }
-  internal::fill_host_views(s, q.fs, &w, obs);
+  internal::fill_host_views(s, &w, obs);
   ASSERT_EQ(obs.vcpus.size(), 1u);
   EXPECT_EQ(obs.vcpus[0].thread.state, diagnosis::ThreadState::kSleeping);
   EXPECT_EQ(obs.vcpus[0].thread.wchan, "futex_do_wait");
@@ -405,7 +405,7 @@ TEST_F(PipelineTest, SleepingThreadsWithoutProgressGetTheirWchan) {
   // Rate-limited: a second fill within the second reads nothing new.
   const uint64_t reads = w.reads();
   diagnosis::DomainObservation again;
-  internal::fill_host_views(s, q.fs, &w, again);
+  internal::fill_host_views(s, &w, again);
   EXPECT_EQ(w.reads(), reads);
   EXPECT_EQ(again.vcpus[0].thread.wchan, "futex_do_wait");
 }
@@ -416,14 +416,14 @@ TEST_F(PipelineTest, SleepingThreadsWchanDescriptorIsKeptAndReopenedAfterAFailur
   q.block_vcpu(3, 'S', "futex_do_wait");
   const std::string path = "proc/" + std::to_string(FakeQemu::kPid) + "/task/" + std::to_string(q.vcpu_tid(3)) + "/wchan";
   host::ProcessSampler s(q.fs, q.mono, FakeQemu::kPid, {{3, q.vcpu_tid(3)}});
-  auto w = std::make_unique<internal::SleepWchanReader>();
+  auto w = std::make_unique<internal::SleepWchanReader>(q.fs);
   auto fill_after = [&](int ms) {
     for (int i = 0; i < ms / 100; ++i) {
       q.advance(100);
       EXPECT_TRUE(s.sample_once().ok());
     }
     diagnosis::DomainObservation obs;
-    internal::fill_host_views(s, q.fs, w.get(), obs);
+    internal::fill_host_views(s, w.get(), obs);
     return obs.vcpus.at(0).thread.wchan;
   };
   EXPECT_EQ(fill_after(500), "futex_do_wait");
