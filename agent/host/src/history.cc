@@ -12,7 +12,7 @@ namespace {
 // The fields of a ThreadSample in encoding order; bit i of a difference's mask says field i changed.
 enum Field : uint16_t {
   kT, kRun, kWait, kThrottled, kCpuTicks, kTimeslices, kVoluntary, kInvoluntary, kNrThrottled,
-  kCpu, kState, kFlags, kFieldCount
+  kCpu, kState, kFlags
 };
 
 void put_varint(std::vector<uint8_t>& out, uint64_t v) {

@@ -47,8 +47,8 @@ static_assert(sizeof(ThreadSample) == 56, "keep the history compact");
 // sample is ~6 bytes, a busy one's ~16, instead of 56 (sizeof(ThreadSample)).
 //
 // The oldest block is dropped whole once the newer ones hold `capacity` samples, so a tier holds
-// between `capacity` and `capacity + block - 1` samples (once it has seen that many). Reading
-// sample i decodes its block up to i; a one-block cache per thread makes walks over a window (what
+// between `capacity` and `capacity + block - 1` samples (once it has seen that many). Reading a
+// sample decodes its whole block; a one-block cache per thread makes walks over a window (what
 // derive_signals and history queries do) decode each block once.
 class SampleTier {
  public:
@@ -93,8 +93,8 @@ class SampleTier {
 // at full rate, and before them up to `coarse_capacity` older samples thinned to at most one per
 // `coarse_interval_ns`. Rules look at the last seconds (full rate); an operator looking at
 // minutes of history needs a point per second, not ten: 1 min at 10 Hz + 9 min at 1 Hz is 1,140
-// samples instead of 6,000. Both tiers are compact (SampleTier): ~10-20 KB per vCPU for those
-// 1,140 samples instead of 64 KB. A sample that starts a thread (kFirst) or a cgroup
+// samples instead of 6,000. Both tiers are compact (SampleTier): 17-28 KB per vCPU for those
+// 1,140 samples (idle to busy) instead of 64 KB. A sample that starts a thread (kFirst) or a cgroup
 // (kCgroupChanged) is always kept when thinning, so deltas across the older part never span a
 // restart unseen; short state flips in the thinned part are not kept. Each tier may hold up to
 // one block (SampleTier::kMaxBlock) more than its capacity; memory grows with the samples held
