@@ -286,6 +286,19 @@ FirstSeen console_watch(const tb::Guest& g, std::regex re, size_t from) {
   return FirstSeen([&g, re = std::move(re), from] { return std::regex_search(g.console(from), re); }, 10ms);
 }
 
+// Moves every guest task and IRQ onto the CPUs of `cpu_mask` (hex), then loads a test module
+// (`module_args`: path and parameters) in the background. The CPUs the module takes stop
+// answering, and anything that IPIs them hangs, insmod included; everything the control channel
+// needs (the control loop, a TLB-shootdown IPI for its mm, the virtio-serial interrupt) must stay
+// off them, or its reply would never come. The scenario's IPIs still go to every CPU.
+tb::CommandResult insmod_off_cpus(tb::Guest& g, const std::string& cpu_mask, const std::string& module_args) {
+  return g.run("for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p " + cpu_mask +
+                   " $p >/dev/null 2>&1; done; "
+                   "for f in /proc/irq/*/smp_affinity; do echo " + cpu_mask + " > $f 2>/dev/null; done; "
+                   "insmod " + module_args + " </dev/null >/dev/null 2>&1 &",
+               60s);
+}
+
 class Scenario : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -849,22 +862,14 @@ void Scenario::irqs_off_root(const std::string& tag, const std::string& kernel_p
   // guest's own first report, independent of stallmon.
   FirstSeen spin = console_watch(guest(), std::regex("stallmon-irqoff: spinning with IRQs off on CPU1"), from_console);
   FirstSeen report = console_watch(guest(), std::regex("soft lockup - CPU#[0-9]+ stuck for [0-9]+s"), from_console);
-  // In the background: once CPU 1 stops answering, anything that IPIs it hangs, insmod included.
-  // Everything the control channel needs must stay off the CPU about to spin with IRQs off: a
-  // reply handled there (the control loop scheduled on it, a TLB-shootdown IPI for the loop's mm,
-  // the virtio-serial interrupt routed to it) would never come. Move every task and IRQ to the
-  // other CPUs first; the IPIs of the scenario still go to every CPU.
   // The spinner's vCPU gets a host core. Three of the guest's four vCPUs spin here (the spinner,
   // the IPI waiter, the insmod that IPIs CPU 1) on a 2-core host: without this the host holds CPU
   // 1's vCPU back 35-64 % of the time, and the engine rightly does not call the cause the guest's
   // (measured 2026-12-05 on both kernels, load average ~3: "cause: undetermined, evaluating" for
   // 110 s). A starved vCPU is diagnosis_starved's case and the matrix's, not this one.
   ASSERT_EQ(setpriority(PRIO_PROCESS, static_cast<id_t>(guest().vcpu_tid(1)), -10), 0) << std::strerror(errno);
-  auto r = guest().run(
-      "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p d $p >/dev/null 2>&1; done; "
-      "for f in /proc/irq/*/smp_affinity; do echo d > $f 2>/dev/null; done; "
-      "insmod /irqoff.ko cpu=1 </dev/null >/dev/null 2>&1 &",
-      60s);
+  // CPU 1 (mask d: CPUs 0, 2, 3 keep the rest) spins with IRQs off from here on.
+  auto r = insmod_off_cpus(guest(), "d", "/irqoff.ko cpu=1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   auto ipi = m.log.wait(
@@ -1310,11 +1315,7 @@ void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::st
       guest(), std::regex("soft lockup - CPU#[0-9]+ stuck|rcu: INFO: .* detected stall|self-detected stall"),
       from_console);
   // Everything the control channel needs stays on CPUs 0 and 3 (mask 9): CPUs 1 and 2 are lost.
-  auto r = guest().run(
-      "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p 9 $p >/dev/null 2>&1; done; "
-      "for f in /proc/irq/*/smp_affinity; do echo 9 > $f 2>/dev/null; done; "
-      "insmod /spinhold.ko holder_cpu=1 waiter_cpu=2 </dev/null >/dev/null 2>&1 &",
-      60s);
+  auto r = insmod_off_cpus(guest(), "9", "/spinhold.ko holder_cpu=1 waiter_cpu=2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   // A root that stands for CPU1: its per-CPU finding, or the IPI stall rooted at it.
