@@ -329,6 +329,11 @@ class Scenario : public ::testing::Test {
 
   std::unique_ptr<tb::Guest> guest_;
   std::unique_ptr<tb::Guest> neighbour_;  // a second guest, watched along (seed_case1)
+  // How long seed_case1 watches the domain before it checks the libvirt log for a taint. A
+  // monitor command taints at once, so every variant's check at its end catches one; the issue-11
+  // acceptance figure (60 s of watching) is kept by the plain seed-case-1 test only, which saves
+  // the variants ~20 s each of CI time.
+  std::chrono::seconds taint_watch_{0};
 };
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
@@ -526,8 +531,9 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     EXPECT_TRUE(m.all_resolved(30s)) << "still active after the thaw:\n" << m.log.dump(from_log);
     // Issue 11: neither the monitor nor the testbed sent a monitor command, so libvirt did not
     // mark the domain (it logs "Domain id=N is tainted: custom-monitor" on the first one), after
-    // at least 60 s of monitoring (the acceptance's figure; the rest of the test takes ~40 s).
-    std::this_thread::sleep_until(watched_from + 60s);
+    // at least taint_watch_ of monitoring (60 s, the acceptance's figure, in the plain test; the
+    // rest of the test takes ~40 s).
+    std::this_thread::sleep_until(watched_from + taint_watch_);
     const std::string log = tb::read_text("/var/log/libvirt/qemu/" + guest().name() + ".log");
     EXPECT_FALSE(log.empty());
     EXPECT_EQ(log.find("custom-monitor"), std::string::npos) << "the domain was tainted:\n" << log;
@@ -556,6 +562,7 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
   o.tag = "dx-seed1";
   o.scenario = "ipi-module";
   o.watchdog_thresh = 5;
+  taint_watch_ = 60s;
   seed_case1(o);
 }
 
