@@ -216,31 +216,6 @@ std::optional<uint64_t> guest_jiffies(Kernel& k) {
   return j ? std::optional<uint64_t>(*j) : std::nullopt;
 }
 
-// A busy vcpu-only freeze of `cpu` after which the guest's time still advances. A busy freeze
-// can stop the vCPU inside the jiffies update (tick_do_update_jiffies64 holds jiffies_lock and
-// the timekeeping seqcount; any CPU may run it once jiffies stall for 5 ticks, which happens
-// often with 4 TCG vCPUs on 2 host cores, and its HPET read waits for QEMU's big lock). Then every
-// other CPU's tick spins on that lock with interrupts off: the guest is busy and silent, no CPU
-// sends an IPI and the guest's clock stands still (seen once in CI, round 6: jiffies and every
-// rq clock unchanged for 30 s after a vcpu-only freeze). That is not seed case 1: refreeze,
-// decided by the guest's jiffies, never by what the reader under test reports.
-tb::Injector freeze_keeping_guest_time(tb::Guest& g, Kernel& k, int cpu) {
-  tb::Injector f;
-  for (int attempt = 1; attempt <= 5; ++attempt) {
-    f = g.freeze_vcpu(cpu, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5});
-    if (!f.applied() || f.freeze_case() != "vcpu-only") return f;
-    const auto j0 = guest_jiffies(k);
-    usleep(300000);  // 75 ticks at HZ=250
-    const auto j1 = guest_jiffies(k);
-    if ((j0 && j1 && *j1 > *j0) || attempt == 5) return f;
-    std::cout << "freeze attempt " << attempt << ": guest time stopped (jiffies "
-              << (j1 ? std::to_string(*j1) : "unreadable") << "), refreezing" << std::endl;
-    f.release();
-    usleep(1000000);
-  }
-  return f;
-}
-
 class SnapshotGuest : public tb::GuestTest {};
 
 TEST_F(SnapshotGuest, HealthyGuestReadsCleanly) {
@@ -327,7 +302,12 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
   // (Freezing it only once halted, after moving every other task off it, left the generator
   // thread's wakeup queued on the frozen CPU and every sender idle: no IPI was ever sent.)
   {
-    tb::Injector f = freeze_keeping_guest_time(g, *in.kernel, 2);
+    // Kept only if the guest's time still advances (jiffies read straight from memory, not by
+    // the snapshot reader under test): a busy freeze that stopped CPU 2 inside the jiffies update
+    // silences the whole guest (seen once in CI, round 6: jiffies and every rq clock unchanged
+    // for 30 s), which is not seed case 1.
+    tb::Injector f = g.freeze_vcpu_keeping_guest_time(
+        2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5}, [&] { return guest_jiffies(*in.kernel); });
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;
     ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";

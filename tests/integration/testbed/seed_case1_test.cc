@@ -82,29 +82,6 @@ std::optional<uint64_t> guest_jiffies(const tb::Guest& g) {
   return j["jiffies"].get<uint64_t>();
 }
 
-// A busy vcpu-only freeze of vCPU 2 with every other vCPU running, after which the guest's time
-// still advances. A busy freeze can stop the vCPU inside the jiffies update (jiffies_lock and
-// the timekeeping write sections around an HPET read), and then every other CPU's tick spins on
-// that lock: the guest goes silent and can never report (the shape that failed this test in CI,
-// tests/testbed/README.md "TLB load and frozen lock holders"). That is not seed case 1: thaw
-// and freeze again, decided by the guest's jiffies, not by the guest's report under test.
-tb::Injector freeze_vcpu2_keeping_guest_time(tb::Guest& g) {
-  tb::Injector f;
-  for (int attempt = 1; attempt <= 5; ++attempt) {
-    f = g.freeze_vcpu(
-        2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5, .want_others_running = true});
-    if (!f.applied() || f.freeze_case() != "vcpu-only") return f;
-    const auto j0 = guest_jiffies(g);
-    const auto j1 = guest_jiffies(g);  // each read takes ~0.1-1 s: tens of ticks at HZ=250
-    if ((j0 && j1 && *j1 > *j0) || attempt == 5) return f;
-    std::cout << "freeze attempt " << attempt << ": guest time stopped (jiffies "
-              << (j1 ? std::to_string(*j1) : "unreadable") << "), refreezing" << std::endl;
-    f.release();
-    sleep(1);
-  }
-  return f;
-}
-
 void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
   std::cout << "before the freeze:\n" << generator_state(g) << std::endl;
   // Every process but the generator off CPU 2 (CPU-bound kernel threads refuse, harmlessly),
@@ -122,7 +99,11 @@ void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
   const std::string orig = tb::thread_cgroup(pid, tid, "freezer");
   const size_t from = g.console_size();
   auto t0 = std::chrono::steady_clock::now();
-  auto f = freeze_vcpu2_keeping_guest_time(g);
+  // Each freeze kept only if the guest's time still advances (see freeze_vcpu_keeping_guest_time):
+  // a freeze that silenced the whole guest is not seed case 1.
+  auto f = g.freeze_vcpu_keeping_guest_time(
+      2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5, .want_others_running = true},
+      [&] { return guest_jiffies(g); });
   ASSERT_TRUE(f.applied()) << f.error();
   std::cout << "freeze: " << f.status().dump() << std::endl;
   ASSERT_EQ(f.tid(), tid);

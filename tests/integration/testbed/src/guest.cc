@@ -9,6 +9,7 @@
 #include <iostream>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #ifndef STALLMON_TESTBED_DIR
 #error "STALLMON_TESTBED_DIR must be defined (path of tests/testbed)"
@@ -301,6 +302,25 @@ Injector Guest::freeze_thread(pid_t tid, const FreezeOptions& opts) const {
   if (opts.want_idle) args.push_back("--want-idle");
   if (opts.want_others_running) args.push_back("--want-others-running");
   return inject(args);
+}
+
+Injector Guest::freeze_vcpu_keeping_guest_time(int index, const FreezeOptions& opts,
+                                                const std::function<std::optional<uint64_t>()>& read_jiffies,
+                                                std::chrono::milliseconds settle, int tries) const {
+  Injector f;
+  for (int attempt = 1; attempt <= tries; ++attempt) {
+    f = freeze_vcpu(index, opts);
+    if (!f.applied() || f.freeze_case() != "vcpu-only") return f;
+    const auto j0 = read_jiffies();
+    std::this_thread::sleep_for(settle);
+    const auto j1 = read_jiffies();
+    if ((j0 && j1 && *j1 > *j0) || attempt == tries) return f;
+    std::cout << "freeze attempt " << attempt << ": guest time stopped (jiffies "
+              << (j1 ? std::to_string(*j1) : "unreadable") << "), refreezing" << std::endl;
+    f.release();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  return f;
 }
 
 Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {

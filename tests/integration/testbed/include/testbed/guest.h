@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -182,6 +183,16 @@ class Guest {
   // vCPUs still ran ("lock-held", the VM about to stop); see FreezeOptions to ask for one.
   Injector freeze_vcpu(int index, const FreezeOptions& opts = {}) const;
   Injector freeze_thread(pid_t tid, const FreezeOptions& opts = {}) const;
+  // A vcpu-only freeze after which the guest's time still advances. A busy freeze (when_idle 0)
+  // can stop the vCPU inside the guest's jiffies update; every other CPU's tick then spins on
+  // that lock and the whole guest goes silent (tests/testbed/README.md, "TLB load and frozen lock
+  // holders"). Each freeze is kept only if two `read_jiffies` calls `settle` apart show progress
+  // (printed and refrozen otherwise, up to `tries` freezes; the last one is kept either way).
+  // `read_jiffies` must not go through the code a test checks.
+  Injector freeze_vcpu_keeping_guest_time(int index, const FreezeOptions& opts,
+                                          const std::function<std::optional<uint64_t>()>& read_jiffies,
+                                          std::chrono::milliseconds settle = std::chrono::milliseconds(300),
+                                          int tries = 5) const;
   // throttle: cgroup cpu quota (quota_us per period_us) on one thread.
   Injector throttle_vcpu(int index, int quota_us = 5000, int period_us = 100000) const;
   // ptrace: PTRACE_SEIZE + PTRACE_INTERRUPT, only that thread stops (state t).
