@@ -88,11 +88,17 @@ class KernelAdapter final : public KernelAccess {
   }
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
-    return btf_member_layout(k_.types().raw_btf(), type, path);
+    auto m = btf_member_layout(k_.types().raw_btf(), type, path);
+    if (!m && m.error().code == ErrorCode::kNotFound && !k_.types().origin().empty())
+      return Error(ErrorCode::kNotFound, k_.types().origin() + ": no member " + std::string(type) + "." + std::string(path));
+    return m;
   }
   Result<uint64_t> type_size(std::string_view type) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
-    return btf_type_size(k_.types().raw_btf(), type);
+    auto s = btf_type_size(k_.types().raw_btf(), type);
+    if (!s && s.error().code == ErrorCode::kNotFound && !k_.types().origin().empty())
+      return Error(ErrorCode::kNotFound, k_.types().origin() + ": no type " + std::string(type));
+    return s;
   }
   Result<uint64_t> variable_size(std::string_view name) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
