@@ -40,6 +40,16 @@ struct DiscoverOptions {
   std::string system_map_path;
   // Optional BTF source instead of guest memory (raw BTF file or ELF with .BTF).
   std::string btf_path;
+  // Types for guests without BTF (type_profile.h). Types come from the first of: btf_path;
+  // profile_path (a profile file; its BUILD-ID must equal the guest's); BTF in guest memory
+  // (unless ignore_guest_btf); profile_dir/<BUILD-ID>.profile; the vmlinux with the guest's
+  // BUILD-ID under debug_dir (.build-id/xx/yyyy.debug, its DWARF read with libdw and recorded
+  // into a profile in memory). Empty strings skip a step. When none gives types, the error
+  // lists why each step failed.
+  std::string profile_path;
+  std::string profile_dir;
+  std::string debug_dir = "/usr/lib/debug";
+  bool ignore_guest_btf = false;
   // Types are needed by every reader; turn off only for symbol-only tools.
   bool load_types = true;
   // Share SymbolTable/Types between guests through a small process-wide, thread-safe cache
@@ -129,6 +139,7 @@ class Kernel {
   static Result<std::unique_ptr<Kernel>> build(std::shared_ptr<PhysicalMemory> mem, VmcoreInfo info,
                                                const DiscoverOptions& options);
   Result<void> load_types(const DiscoverOptions& options);
+  Result<std::shared_ptr<const Types>> guest_btf_types(const DiscoverOptions& options);
   std::shared_ptr<PhysicalMemory> phys_;
   VmcoreInfo info_;
   std::unique_ptr<KernelMemory> kmem_;
