@@ -128,7 +128,7 @@ struct InspectArgs {
   bool json = false;
   uint32_t printk_lines = 20;
   bool backtraces = false;
-  std::string vmlinux, btf, profile, profile_dir, debug_dir = "/usr/lib/debug";
+  std::string vmlinux, system_map, btf, profile, profile_dir, debug_dir = "/usr/lib/debug";
   bool ignore_guest_btf = false;
   uint32_t repeat = 1;
 };
@@ -142,6 +142,7 @@ int run_inspect(const InspectArgs& a) {
   if (!mem) return fail("inspect", mem.error());
   DiscoverOptions d;
   d.vmlinux_path = a.vmlinux;
+  d.system_map_path = a.system_map;
   d.btf_path = a.btf;
   d.profile_path = a.profile;
   d.profile_dir = a.profile_dir;
@@ -243,6 +244,8 @@ void add_inspect_command(CLI::App& app, std::function<int()>& run) {
               "each CPU's kernel backtrace from its stack, verified with the guest's ORC tables");
   c->add_option("--printk", a->printk_lines, "printk records to show (0: none)")->capture_default_str();
   c->add_option("--vmlinux", a->vmlinux, "vmlinux with symbols (default: kallsyms from guest memory)");
+  c->add_option("--system-map", a->system_map,
+                "System.map of the guest's kernel build, for guests whose kallsyms cannot be decoded");
   c->add_option("--btf", a->btf, "BTF file (default: BTF from guest memory)");
   c->add_option("--profile", a->profile, "type profile file (stallctl profile make) instead of the guest's BTF");
   c->add_option("--profile-dir", a->profile_dir,

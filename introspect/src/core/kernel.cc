@@ -70,6 +70,11 @@ class SharedCache {
   Lru<std::shared_ptr<const Types>> types_;
 };
 
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, const VmcoreInfo& info,
                                                         const DiscoverOptions& options, const SymbolLimits& limits) {
   SharedCache& cache = SharedCache::get();
@@ -87,12 +92,30 @@ Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, cons
     if (shared) cache.put_symbols(key, table);
     return table;
   }
-  STALLMON_TRY(GuestKallsyms g, read_guest_kallsyms(kmem, info, limits));
-  const std::string key = "kallsyms:" + g.sha256();
+  auto from_kallsyms = [&]() -> Result<std::shared_ptr<const SymbolTable>> {
+    STALLMON_TRY(GuestKallsyms g, read_guest_kallsyms(kmem, info, limits));
+    const std::string key = "kallsyms:" + g.sha256();
+    if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
+    auto syms = decode_kallsyms(g.view(), limits);
+    if (!syms.ok()) return std::move(syms).error();
+    auto table = std::make_shared<const SymbolTable>(std::move(*syms));
+    if (shared) cache.put_symbols(key, table);
+    return std::shared_ptr<const SymbolTable>(std::move(table));
+  };
+  auto guest = from_kallsyms();
+  if (guest.ok() || options.profile_dir.empty() || info.build_id.empty()) return guest;
+  // Kallsyms that cannot be decoded (an older or unusual encoding): the build's System.map kept
+  // beside its type profile, relocated like any System.map and validated like kallsyms.
+  const std::string map = options.profile_dir + "/" + lower(info.build_id) + ".System.map";
+  const std::string key = "system.map:" + map + "@" + hex(info.kernel_offset);
   if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
-  auto syms = decode_kallsyms(g.view(), limits);
-  if (!syms.ok()) return std::move(syms).error();
-  auto table = std::make_shared<const SymbolTable>(std::move(*syms));
+  auto t = SymbolTable::from_system_map(map, limits);
+  if (!t.ok()) {
+    Error e = std::move(guest).error();
+    e.message += "; and no System.map for BUILD-ID " + info.build_id + " (" + t.error().message + ")";
+    return e;
+  }
+  auto table = std::make_shared<const SymbolTable>(t->relocate(info.kernel_offset));
   if (shared) cache.put_symbols(key, table);
   return table;
 }
@@ -215,11 +238,6 @@ Result<std::shared_ptr<const Types>> Kernel::guest_btf_types(const DiscoverOptio
 }
 
 namespace {
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // A profile file for the guest whose VMCOREINFO says `build_id`: another kernel's profile would
 // give wrong offsets, so its BUILD-ID must match.

@@ -120,5 +120,31 @@ TEST_F(TypeFallback, HostDebuginfoByBuildIdIsReadWithLibdw) {
   EXPECT_NE(k2.error().message.find("is not the guest's"), std::string::npos) << k2.error().message;
 }
 
+TEST_F(TypeFallback, SystemMapBesideTheProfileWhenKallsymsCannotBeDecoded) {
+  FakeGuest g;
+  g.put_va<uint32_t>(g.symbol("kallsyms_num_syms"), 0xffffffffu);  // undecodable kallsyms
+  DiscoverOptions d = options();
+  d.ignore_guest_btf = false;
+  auto without = Kernel::discover(g.memory(), d);
+  ASSERT_FALSE(without.ok());
+  EXPECT_NE(without.error().message.find("no System.map for BUILD-ID " + g.options().build_id), std::string::npos)
+      << without.error().message;
+  {
+    // Link-time addresses, as in the build's System.map: discovery relocates by KERNELOFFSET.
+    std::ofstream f(dir_ / (g.options().build_id + ".System.map"));
+    char line[512];
+    for (const Symbol& s : g.symbols()) {
+      const uint64_t a = s.type == 'A' ? s.address : s.address - g.options().kaslr_offset;
+      std::snprintf(line, sizeof line, "%016llx %c %s\n", static_cast<unsigned long long>(a), s.type, s.name.c_str());
+      f << line;
+    }
+  }
+  clear_shared_kernel_cache();
+  auto k = Kernel::discover(g.memory(), d);
+  ASSERT_TRUE(k.ok()) << k.error().to_string();
+  EXPECT_EQ(*(*k)->symbol("_stext"), g.text_va());
+  EXPECT_EQ(*(*k)->types().member_offset("rq", "nr_running"), FakeGuest::kRqNrRunning);  // guest BTF via the map's __start_BTF
+}
+
 }  // namespace
 }  // namespace stallmon::introspect

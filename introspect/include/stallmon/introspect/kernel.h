@@ -45,7 +45,8 @@ struct DiscoverOptions {
   // (unless ignore_guest_btf); profile_dir/<BUILD-ID>.profile; the vmlinux with the guest's
   // BUILD-ID under debug_dir (.build-id/xx/yyyy.debug, its DWARF read with libdw and recorded
   // into a profile in memory). Empty strings skip a step. When none gives types, the error
-  // lists why each step failed.
+  // lists why each step failed. When the guest's kallsyms cannot be read or decoded and no
+  // vmlinux/System.map was given, profile_dir/<BUILD-ID>.System.map gives the symbols.
   std::string profile_path;
   std::string profile_dir;
   std::string debug_dir = "/usr/lib/debug";
