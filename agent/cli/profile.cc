@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "stallmon/introspect/dwarf_types.h"
+#include "stallmon/introspect/snapshot_kernel_access.h"
 #include "stallmon/introspect/type_profile.h"
 
 namespace stallmon::cli {
@@ -16,7 +17,7 @@ namespace stallmon::cli {
 namespace {
 
 struct ProfileMakeArgs {
-  std::string vmlinux, out, dir;
+  std::string vmlinux, out, dir, btf, build_id;
 };
 
 int fail_make(const Error& e) {
@@ -26,16 +27,29 @@ int fail_make(const Error& e) {
 
 int run_profile_make(const ProfileMakeArgs& a) {
   using namespace stallmon::introspect;
+  if (a.vmlinux.empty() && (a.btf.empty() || a.build_id.empty())) {
+    std::fprintf(stderr, "stallctl profile make: VMLINUX, or --btf with --build-id\n");
+    return kExitUsage;
+  }
   if (!a.out.empty() && !a.dir.empty()) {
     std::fprintf(stderr, "stallctl profile make: --out or --dir, not both\n");
     return kExitUsage;
   }
   const auto start = std::chrono::steady_clock::now();
-  auto id = elf_build_id(a.vmlinux);
+  // From BTF (a kernel that has it: a reference profile to compare with the DWARF one) the
+  // BUILD-ID comes from the command line or the BTF file's own ELF note.
+  Result<std::string> id = !a.build_id.empty() ? Result<std::string>(a.build_id) : elf_build_id(a.vmlinux);
   if (!id) return fail_make(id.error());
-  auto dwarf = open_dwarf_types(a.vmlinux);
-  if (!dwarf) return fail_make(dwarf.error());
-  auto profile = record_reader_types(**dwarf);
+  Result<std::unique_ptr<KernelAccess>> source = Error(ErrorCode::kInternal, "no source");
+  if (!a.btf.empty()) {
+    auto types = Types::from_file(a.btf);
+    if (!types) return fail_make(types.error());
+    source = make_types_access(std::move(types).value());
+  } else {
+    source = open_dwarf_types(a.vmlinux);
+  }
+  if (!source) return fail_make(source.error());
+  auto profile = record_reader_types(**source);
   if (!profile) return fail_make(profile.error());
   profile->build_id = *id;
   // What it writes must load: the same parser and BTF synthesis the daemon uses.
@@ -69,7 +83,9 @@ void add_profile_command(CLI::App& app, std::function<int()>& run) {
   p->require_subcommand(1);
   auto a = std::make_shared<ProfileMakeArgs>();
   CLI::App* m = p->add_subcommand("make", "write the type profile of a vmlinux with DWARF (keyed by its BUILD-ID)");
-  m->add_option("VMLINUX", a->vmlinux, "vmlinux with debuginfo (Debian linux-image-*-dbg, Fedora kernel-debuginfo)")->required();
+  m->add_option("VMLINUX", a->vmlinux, "vmlinux with debuginfo (Debian linux-image-*-dbg, Fedora kernel-debuginfo)");
+  m->add_option("--btf", a->btf, "record from this BTF (raw or ELF .BTF) instead of VMLINUX's DWARF");
+  m->add_option("--build-id", a->build_id, "BUILD-ID to write (default: VMLINUX's .note.gnu.build-id)");
   m->add_option("--out,-o", a->out, "output file (default: stdout)");
   m->add_option("--dir", a->dir, "write DIR/<BUILD-ID>.profile (a profile directory, the daemon's profile_dir)");
   m->callback([a, &run] { run = [a] { return run_profile_make(*a); }; });
