@@ -252,6 +252,21 @@ Result<std::shared_ptr<const Types>> profile_types(const std::string& path, cons
   return t;
 }
 
+// Where a host keeps the vmlinux of a kernel build under a debug directory: by BUILD-ID (the
+// debuginfod / Fedora layout), then by release as Debian's -dbg (boot/vmlinux-REL, which has no
+// .build-id link for vmlinux: 6.1.0-56's has links for the vDSOs only) and Fedora/Ubuntu
+// (lib/modules/REL/vmlinux) install it. The BUILD-ID is checked on each.
+std::vector<std::string> debug_vmlinux_candidates(const std::string& dir, const std::string& build_id,
+                                                  const std::string& osrelease) {
+  std::vector<std::string> out{debug_file_for_build_id(dir, lower(build_id))};
+  // OSRELEASE comes from the guest: only a plain file name component is used.
+  if (!osrelease.empty() && osrelease.size() < 128 && osrelease.find('/') == std::string::npos && osrelease[0] != '.') {
+    out.push_back(dir + "/boot/vmlinux-" + osrelease);
+    out.push_back(dir + "/lib/modules/" + osrelease + "/vmlinux");
+  }
+  return out;
+}
+
 // The readers' types recorded from a vmlinux's DWARF (host debuginfo with the guest's BUILD-ID).
 Result<std::shared_ptr<const Types>> debuginfo_types(const std::string& path, const std::string& build_id,
                                                      const std::shared_ptr<MemoryBudget>& budget) {
@@ -307,10 +322,14 @@ Result<void> Kernel::load_types(const DiscoverOptions& options) {
       else tried.push_back("profile directory: " + t.error().to_string());
     }
     if (!types_ && !options.debug_dir.empty() && !build_id.empty()) {
-      const std::string path = debug_file_for_build_id(options.debug_dir, lower(build_id));
-      auto t = cached("debuginfo:" + build_id + ":" + path, [&] { return debuginfo_types(path, build_id, options.budget); });
-      if (t.ok()) types_ = std::move(t).value();
-      else tried.push_back("host debuginfo: " + t.error().to_string());
+      for (const std::string& path : debug_vmlinux_candidates(options.debug_dir, build_id, info_.osrelease)) {
+        auto t = cached("debuginfo:" + build_id + ":" + path, [&] { return debuginfo_types(path, build_id, options.budget); });
+        if (t.ok()) {
+          types_ = std::move(t).value();
+          break;
+        }
+        tried.push_back("host debuginfo: " + t.error().to_string());
+      }
     }
     if (!types_) {
       std::string why = "no type information for BUILD-ID " + (build_id.empty() ? std::string("(none)") : build_id);

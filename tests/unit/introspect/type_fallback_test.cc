@@ -120,6 +120,27 @@ TEST_F(TypeFallback, HostDebuginfoByBuildIdIsReadWithLibdw) {
   EXPECT_NE(k2.error().message.find("is not the guest's"), std::string::npos) << k2.error().message;
 }
 
+TEST_F(TypeFallback, HostDebuginfoWhereDebiansDbgPackageInstallsIt) {
+  // linux-image-6.1.0-56-amd64-dbg: /usr/lib/debug/boot/vmlinux-6.1.0-56-amd64, no .build-id link.
+  auto id = elf_build_id(PROFILE_FIXTURE_61);
+  ASSERT_TRUE(id.ok());
+  FakeGuestOptions o;
+  o.build_id = *id;
+  FakeGuest g(o);
+  fs::create_directories(dir_ / "debug" / "boot");
+  fs::copy_file(PROFILE_FIXTURE_61, dir_ / "debug" / "boot" / ("vmlinux-" + o.osrelease));
+  auto k = Kernel::discover(g.memory(), options());
+  ASSERT_TRUE(k.ok()) << k.error().to_string();
+  EXPECT_EQ(*(*k)->types().member_offset("rq", "nr_running"), 4u);
+  // A guest's OSRELEASE never leads the search outside the debug directory.
+  clear_shared_kernel_cache();
+  o.osrelease = "../../boot";
+  FakeGuest h(o);
+  auto k2 = Kernel::discover(h.memory(), options());
+  ASSERT_FALSE(k2.ok());
+  EXPECT_EQ(k2.error().message.find("../../boot"), std::string::npos) << k2.error().message;
+}
+
 TEST_F(TypeFallback, SystemMapBesideTheProfileWhenKallsymsCannotBeDecoded) {
   FakeGuest g;
   g.put_va<uint32_t>(g.symbol("kallsyms_num_syms"), 0xffffffffu);  // undecodable kallsyms

@@ -43,8 +43,9 @@ struct DiscoverOptions {
   // Types for guests without BTF (type_profile.h). Types come from the first of: btf_path;
   // profile_path (a profile file; its BUILD-ID must equal the guest's); BTF in guest memory
   // (unless ignore_guest_btf); profile_dir/<BUILD-ID>.profile; the vmlinux with the guest's
-  // BUILD-ID under debug_dir (.build-id/xx/yyyy.debug, its DWARF read with libdw and recorded
-  // into a profile in memory). Empty strings skip a step. When none gives types, the error
+  // BUILD-ID under debug_dir (.build-id/xx/yyyy.debug, boot/vmlinux-OSRELEASE as Debian's -dbg
+  // installs it, lib/modules/OSRELEASE/vmlinux; its DWARF read with libdw and recorded into a
+  // profile in memory: ~1 s and ~220 MB peak for Debian 6.1's 633 MB vmlinux). Empty strings skip a step. When none gives types, the error
   // lists why each step failed. When the guest's kallsyms cannot be read or decoded and no
   // vmlinux/System.map was given, profile_dir/<BUILD-ID>.System.map gives the symbols.
   std::string profile_path;
