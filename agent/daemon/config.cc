@@ -227,6 +227,7 @@ const std::vector<Key>& keys() {
         {"introspection.memory_budget_mib", bounded_int(field(&C::memory_budget_mib), 8, 4096)},
         {"introspection.profile_dir", text(field(&C::profile_dir))},
         {"introspection.debug_dir", text(field(&C::debug_dir))},
+        {"introspection.ignore_guest_btf", boolean(&C::ignore_guest_btf)},
         {"state_dir", text(field(&C::state_dir))},
     };
     t.insert(t.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
@@ -454,6 +455,7 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
   m.state_dir = c.state_dir;
   m.profile_dir = c.profile_dir;
   m.debug_dir = c.debug_dir;
+  m.ignore_guest_btf = c.ignore_guest_btf;
   if (!c.domains.empty()) {
     auto patterns = c.domains;
     m.domain_filter = [patterns](const libvirt::DomainInfo& d) { return domain_selected(patterns, d.name, d.uuid); };

@@ -72,6 +72,7 @@ struct DaemonConfig {
   // then the vmlinux with that BUILD-ID under debug_dir. "" skips a step.
   std::string profile_dir;
   std::string debug_dir = "/usr/lib/debug";
+  bool ignore_guest_btf = false;  // acceptance runs: types from the profile even when the guest has BTF
   std::string state_dir = "/var/lib/stallmon";  // hints/<uuid>: where each guest's kernel was
 };
 

@@ -78,6 +78,7 @@ struct MonitorConfig {
   // by BUILD-ID, then host debuginfo by BUILD-ID. Empty: that step is skipped.
   std::string profile_dir;
   std::string debug_dir = "/usr/lib/debug";
+  bool ignore_guest_btf = false;  // types from the fallbacks even when the guest has BTF (comparisons)
   // A ready kernel is re-validated (Kernel::still_valid, a re-read of the VMCOREINFO note) this
   // often, and after every reboot/start event; invalid → discovered again.
   std::chrono::nanoseconds revalidate_interval = 10s;
