@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "stallmon/introspect/dwarf_types.h"
+#include "stallmon/introspect/isf_types.h"
 #include "stallmon/introspect/snapshot_kernel_access.h"
 #include "stallmon/introspect/type_profile.h"
 
@@ -17,7 +18,7 @@ namespace stallmon::cli {
 namespace {
 
 struct ProfileMakeArgs {
-  std::string vmlinux, out, dir, btf, build_id;
+  std::string vmlinux, out, dir, btf, isf, build_id;
 };
 
 int fail_make(const Error& e) {
@@ -27,8 +28,8 @@ int fail_make(const Error& e) {
 
 int run_profile_make(const ProfileMakeArgs& a) {
   using namespace stallmon::introspect;
-  if (a.vmlinux.empty() && (a.btf.empty() || a.build_id.empty())) {
-    std::fprintf(stderr, "stallctl profile make: VMLINUX, or --btf with --build-id\n");
+  if (a.vmlinux.empty() && ((a.btf.empty() && a.isf.empty()) || a.build_id.empty())) {
+    std::fprintf(stderr, "stallctl profile make: VMLINUX, or --btf/--isf with --build-id\n");
     return kExitUsage;
   }
   if (!a.out.empty() && !a.dir.empty()) {
@@ -41,7 +42,9 @@ int run_profile_make(const ProfileMakeArgs& a) {
   Result<std::string> id = !a.build_id.empty() ? Result<std::string>(a.build_id) : elf_build_id(a.vmlinux);
   if (!id) return fail_make(id.error());
   Result<std::unique_ptr<KernelAccess>> source = Error(ErrorCode::kInternal, "no source");
-  if (!a.btf.empty()) {
+  if (!a.isf.empty()) {
+    source = open_isf_types(a.isf);
+  } else if (!a.btf.empty()) {
     auto types = Types::from_file(a.btf);
     if (!types) return fail_make(types.error());
     source = make_types_access(std::move(types).value());
@@ -85,6 +88,7 @@ void add_profile_command(CLI::App& app, std::function<int()>& run) {
   CLI::App* m = p->add_subcommand("make", "write the type profile of a vmlinux with DWARF (keyed by its BUILD-ID)");
   m->add_option("VMLINUX", a->vmlinux, "vmlinux with debuginfo (Debian linux-image-*-dbg, Fedora kernel-debuginfo)");
   m->add_option("--btf", a->btf, "record from this BTF (raw or ELF .BTF) instead of VMLINUX's DWARF");
+  m->add_option("--isf", a->isf, "record from a Volatility 3 ISF JSON file (dwarf2json output, uncompressed)");
   m->add_option("--build-id", a->build_id, "BUILD-ID to write (default: VMLINUX's .note.gnu.build-id)");
   m->add_option("--out,-o", a->out, "output file (default: stdout)");
   m->add_option("--dir", a->dir, "write DIR/<BUILD-ID>.profile (a profile directory, the daemon's profile_dir)");
