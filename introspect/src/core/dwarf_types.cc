@@ -139,9 +139,9 @@ Found find_member(Dwarf_Die* composite, std::string_view name, uint64_t base, in
   return Found::kNo;
 }
 
-class DwarfTypes final : public KernelAccess {
+class DwarfTypes final : public TypesOnlyAccess {
  public:
-  DwarfTypes(std::string path, int fd, Dwarf* dw) : path_(std::move(path)), fd_(fd), dw_(dw) {}
+  DwarfTypes(std::string path, int fd, Dwarf* dw) : TypesOnlyAccess(path), path_(std::move(path)), fd_(fd), dw_(dw) {}
   ~DwarfTypes() override { dwarf_end(dw_); }
 
   Result<void> index() {
@@ -171,13 +171,6 @@ class DwarfTypes final : public KernelAccess {
     return Ok();
   }
 
-  Result<void> read(uint64_t va, void*, size_t) override {
-    return Error(ErrorCode::kUnsupported, path_ + ": DWARF types have no memory", va);
-  }
-  Result<uint64_t> symbol(std::string_view name) const override {
-    return Error(ErrorCode::kNotFound, path_ + ": DWARF types have no symbol " + std::string(name));
-  }
-  std::string symbolize(uint64_t) const override { return {}; }
 
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     const std::string what = std::string(type) + "." + std::string(path);

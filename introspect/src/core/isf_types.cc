@@ -35,9 +35,9 @@ std::string get_str(const json& j, std::string_view key) {
   return v && v->is_string() ? v->get<std::string>() : std::string();
 }
 
-class IsfTypes final : public KernelAccess {
+class IsfTypes final : public TypesOnlyAccess {
  public:
-  IsfTypes(json doc, std::string origin) : doc_(std::move(doc)), origin_(std::move(origin)) {}
+  IsfTypes(json doc, std::string origin) : TypesOnlyAccess(origin), doc_(std::move(doc)), origin_(std::move(origin)) {}
 
   Result<void> check() const {
     if (!get(doc_, "user_types") || !get(doc_, "base_types"))
@@ -45,13 +45,6 @@ class IsfTypes final : public KernelAccess {
     return Ok();
   }
 
-  Result<void> read(uint64_t va, void*, size_t) override {
-    return Error(ErrorCode::kUnsupported, origin_ + ": ISF types have no memory", va);
-  }
-  Result<uint64_t> symbol(std::string_view name) const override {
-    return Error(ErrorCode::kNotFound, origin_ + ": no symbol " + std::string(name));
-  }
-  std::string symbolize(uint64_t) const override { return {}; }
 
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     const std::string what = std::string(type) + "." + std::string(path);

@@ -25,16 +25,9 @@ Result<uint64_t> types_type_size(const Types& t, std::string_view type) {
   return s;
 }
 
-class TypesAccess final : public KernelAccess {
+class TypesAccess final : public TypesOnlyAccess {
  public:
-  explicit TypesAccess(std::shared_ptr<const Types> t) : t_(std::move(t)) {}
-  Result<void> read(uint64_t va, void*, size_t) override {
-    return Error(ErrorCode::kUnsupported, "types only: no memory", va);
-  }
-  Result<uint64_t> symbol(std::string_view name) const override {
-    return Error(ErrorCode::kNotFound, "types only: no symbol " + std::string(name));
-  }
-  std::string symbolize(uint64_t) const override { return {}; }
+  explicit TypesAccess(std::shared_ptr<const Types> t) : TypesOnlyAccess("BTF"), t_(std::move(t)) {}
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     return types_member(*t_, type, path);
   }
