@@ -20,7 +20,7 @@ fi
 
 build_deps=(
   build-essential cmake ninja-build pkg-config git
-  libvirt-dev libxml2-dev libelf-dev libbpf-dev zlib1g-dev libssl-dev
+  libvirt-dev libxml2-dev libelf-dev libdw-dev libbpf-dev zlib1g-dev libssl-dev
   libspdlog-dev libfmt-dev
   libgrpc++-dev libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libyaml-cpp-dev libcli11-dev libcpp-httplib-dev nlohmann-json3-dev libsystemd-dev

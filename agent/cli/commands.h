@@ -17,5 +17,6 @@ inline constexpr int kExitUsage = 2;
 void add_inspect_command(CLI::App& app, std::function<int()>& run);
 void add_dump_command(CLI::App& app, std::function<int()>& run);
 void add_ram_layout_command(CLI::App& app, std::function<int()>& run);
+void add_profile_command(CLI::App& app, std::function<int()>& run);
 
 }  // namespace stallmon::cli

@@ -128,7 +128,8 @@ struct InspectArgs {
   bool json = false;
   uint32_t printk_lines = 20;
   bool backtraces = false;
-  std::string vmlinux, btf;
+  std::string vmlinux, system_map, btf, profile, profile_dir, debug_dir = "/usr/lib/debug";
+  bool ignore_guest_btf = false;
   uint32_t repeat = 1;
 };
 
@@ -141,7 +142,12 @@ int run_inspect(const InspectArgs& a) {
   if (!mem) return fail("inspect", mem.error());
   DiscoverOptions d;
   d.vmlinux_path = a.vmlinux;
+  d.system_map_path = a.system_map;
   d.btf_path = a.btf;
+  d.profile_path = a.profile;
+  d.profile_dir = a.profile_dir;
+  d.debug_dir = a.debug_dir;
+  d.ignore_guest_btf = a.ignore_guest_btf;
   auto kernel = Kernel::discover(*mem, d);
   if (!kernel) return fail("discovering the guest kernel", kernel.error());
   auto access = make_kernel_access(**kernel);
@@ -238,7 +244,17 @@ void add_inspect_command(CLI::App& app, std::function<int()>& run) {
               "each CPU's kernel backtrace from its stack, verified with the guest's ORC tables");
   c->add_option("--printk", a->printk_lines, "printk records to show (0: none)")->capture_default_str();
   c->add_option("--vmlinux", a->vmlinux, "vmlinux with symbols (default: kallsyms from guest memory)");
+  c->add_option("--system-map", a->system_map,
+                "System.map of the guest's kernel build, for guests whose kallsyms cannot be decoded");
   c->add_option("--btf", a->btf, "BTF file (default: BTF from guest memory)");
+  c->add_option("--profile", a->profile, "type profile file (stallctl profile make) instead of the guest's BTF");
+  c->add_option("--profile-dir", a->profile_dir,
+                "directory of type profiles (<BUILD-ID>.profile), tried when the guest has no BTF");
+  c->add_option("--debug-dir", a->debug_dir,
+                "debuginfo directory searched by BUILD-ID (.build-id/xx/yyyy.debug) after the profiles ('' to skip)")
+      ->capture_default_str();
+  c->add_flag("--ignore-guest-btf", a->ignore_guest_btf,
+              "do not use the guest's BTF (compare a profile's snapshot with the BTF one)");
   c->add_option("--repeat", a->repeat, "take N snapshots")->capture_default_str();
   c->callback([a, &run] { run = [a] { return run_inspect(*a); }; });
 }

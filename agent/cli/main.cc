@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   stallmon::cli::add_inspect_command(app, run);
   stallmon::cli::add_dump_command(app, run);
   stallmon::cli::add_ram_layout_command(app, run);
+  stallmon::cli::add_profile_command(app, run);
   stallmon::server::client::register_client_commands(app, run);  // status, domains, vcpus, findings, inspect DOMAIN
   try {
     app.parse(argc, argv);

@@ -225,6 +225,9 @@ const std::vector<Key>& keys() {
         {"discovery.no_kernel_retry_max", duration(field(&C::no_kernel_retry_max))},
         {"introspection.read_deadline", duration(field(&C::read_deadline))},
         {"introspection.memory_budget_mib", bounded_int(field(&C::memory_budget_mib), 8, 4096)},
+        {"introspection.profile_dir", text(field(&C::profile_dir))},
+        {"introspection.debug_dir", text(field(&C::debug_dir))},
+        {"introspection.ignore_guest_btf", boolean(&C::ignore_guest_btf)},
         {"state_dir", text(field(&C::state_dir))},
     };
     t.insert(t.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
@@ -393,6 +396,8 @@ Result<void> validate(const DaemonConfig& c) {
     return bad("discovery.no_kernel_retry_max", "must be 1s..48h");
   }
   if (!c.state_dir.empty() && c.state_dir[0] != '/') return bad("state_dir", "must be an absolute path (or empty: keep nothing)");
+  if (!c.profile_dir.empty() && c.profile_dir[0] != '/') return bad("introspection.profile_dir", "must be an absolute path (or empty)");
+  if (!c.debug_dir.empty() && c.debug_dir[0] != '/') return bad("introspection.debug_dir", "must be an absolute path (or empty)");
   if (!c.metrics_listen.empty()) {
     if (auto a = alerting::parse_listen_address(c.metrics_listen); !a.ok()) return bad("metrics.listen", a.error().message);
   }
@@ -448,6 +453,9 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
   m.read_deadline = c.read_deadline;
   m.introspection_budget_bytes = static_cast<uint64_t>(c.memory_budget_mib) << 20;
   m.state_dir = c.state_dir;
+  m.profile_dir = c.profile_dir;
+  m.debug_dir = c.debug_dir;
+  m.ignore_guest_btf = c.ignore_guest_btf;
   if (!c.domains.empty()) {
     auto patterns = c.domains;
     m.domain_filter = [patterns](const libvirt::DomainInfo& d) { return domain_selected(patterns, d.name, d.uuid); };

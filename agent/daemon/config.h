@@ -68,6 +68,11 @@ struct DaemonConfig {
   std::chrono::nanoseconds no_kernel_retry_max{std::chrono::hours(4)};
   std::chrono::nanoseconds read_deadline{std::chrono::milliseconds(250)};
   int memory_budget_mib = 64;  // per domain: guest-sized symbols, types, tables, buffers
+  // Types for guests without BTF (introspect/README.md, "Type profiles"): <profile_dir>/<BUILD-ID>.profile,
+  // then the vmlinux with that BUILD-ID under debug_dir. "" skips a step.
+  std::string profile_dir;
+  std::string debug_dir = "/usr/lib/debug";
+  bool ignore_guest_btf = false;  // acceptance runs: types from the profile even when the guest has BTF
   std::string state_dir = "/var/lib/stallmon";  // hints/<uuid>: where each guest's kernel was
 };
 

@@ -88,6 +88,9 @@ Result<std::unique_ptr<GuestKernel>> discover_guest_kernel(const Shared& shared,
   opts.scan.hint_gpa = hint_gpa;  // only where to look first: the note is still proven
   opts.budget = gk->budget;
   opts.max_cpus = max_cpus;  // the guest's nr_cpu_ids alone is never trusted
+  opts.profile_dir = shared.config.profile_dir;
+  opts.debug_dir = shared.config.debug_dir;
+  opts.ignore_guest_btf = shared.config.ignore_guest_btf;
   auto kernel = introspect::Kernel::discover(*mem, opts);
   if (!kernel.ok()) return std::move(kernel).error();
 

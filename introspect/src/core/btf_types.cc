@@ -97,7 +97,8 @@ uint64_t Types::estimated_memory(uint64_t btf_bytes, uint64_t types) {
 }
 
 Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> bytes,
-                                                           const std::shared_ptr<MemoryBudget>& budget) {
+                                                           const std::shared_ptr<MemoryBudget>& budget,
+                                                           std::string origin) {
   silence_libbpf();
   if (bytes.size() > kMaxBtfBytes) return Error(ErrorCode::kLimit, "BTF larger than 64 MiB");
   if (bytes.size() < 24) return Error(ErrorCode::kCorrupt, "BTF too short");
@@ -107,6 +108,7 @@ Result<std::shared_ptr<const Types>> Types::from_btf_bytes(std::vector<uint8_t> 
                MemoryCharge::take(budget, "BTF types", 2 * bytes.size() + bytes.size() / 12 * 4));
   std::shared_ptr<Types> t(new Types());
   t->raw_ = std::move(bytes);
+  t->origin_ = std::move(origin);
   errno = 0;
   struct btf* b = btf__new(t->raw_.data(), static_cast<uint32_t>(t->raw_.size()));
   if (!b || libbpf_get_error(b)) {
@@ -196,7 +198,9 @@ uint32_t Types::type_count() const { return btf__type_cnt(btf_); }
 
 Result<uint32_t> Types::find_type(std::string_view name) const {
   auto it = named_.find(std::string(strip_tag(name)));
-  if (it == named_.end()) return Error(ErrorCode::kNotFound, "type " + std::string(name) + " not in BTF");
+  if (it == named_.end())
+    return Error(ErrorCode::kNotFound, origin_.empty() ? "type " + std::string(name) + " not in BTF"
+                                                       : origin_ + ": no type " + std::string(name));
   return it->second;
 }
 
@@ -334,7 +338,8 @@ Result<MemberInfo> Types::member(std::string_view type, std::string_view path) c
                                             std::to_string(detail::kMaxMemberVisits) +
                                             " members searched (anonymous members nested too widely)");
       case detail::MemberSearch::kNotFound:
-        return Error(ErrorCode::kNotFound, "no member " + std::string(path) + " in " + std::string(type));
+        return Error(ErrorCode::kNotFound, (origin_.empty() ? "" : origin_ + ": ") + "no member " + std::string(type) +
+                                               "." + std::string(path));
     }
     bits += f.bit_offset;
     cur = f.type_id;

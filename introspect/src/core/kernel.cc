@@ -2,12 +2,15 @@
 #include "stallmon/introspect/kernel.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <list>
 #include <mutex>
 #include <thread>
 
 #include "content_hash.h"
+#include "stallmon/introspect/dwarf_types.h"
+#include "stallmon/introspect/type_profile.h"
 #include "text.h"
 
 namespace stallmon::introspect {
@@ -67,6 +70,11 @@ class SharedCache {
   Lru<std::shared_ptr<const Types>> types_;
 };
 
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, const VmcoreInfo& info,
                                                         const DiscoverOptions& options, const SymbolLimits& limits) {
   SharedCache& cache = SharedCache::get();
@@ -84,12 +92,30 @@ Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, cons
     if (shared) cache.put_symbols(key, table);
     return table;
   }
-  STALLMON_TRY(GuestKallsyms g, read_guest_kallsyms(kmem, info, limits));
-  const std::string key = "kallsyms:" + g.sha256();
+  auto from_kallsyms = [&]() -> Result<std::shared_ptr<const SymbolTable>> {
+    STALLMON_TRY(GuestKallsyms g, read_guest_kallsyms(kmem, info, limits));
+    const std::string key = "kallsyms:" + g.sha256();
+    if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
+    auto syms = decode_kallsyms(g.view(), limits);
+    if (!syms.ok()) return std::move(syms).error();
+    auto table = std::make_shared<const SymbolTable>(std::move(*syms));
+    if (shared) cache.put_symbols(key, table);
+    return std::shared_ptr<const SymbolTable>(std::move(table));
+  };
+  auto guest = from_kallsyms();
+  if (guest.ok() || options.profile_dir.empty() || info.build_id.empty()) return guest;
+  // Kallsyms that cannot be decoded (an older or unusual encoding): the build's System.map kept
+  // beside its type profile, relocated like any System.map and validated like kallsyms.
+  const std::string map = options.profile_dir + "/" + lower(info.build_id) + ".System.map";
+  const std::string key = "system.map:" + map + "@" + hex(info.kernel_offset);
   if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
-  auto syms = decode_kallsyms(g.view(), limits);
-  if (!syms.ok()) return std::move(syms).error();
-  auto table = std::make_shared<const SymbolTable>(std::move(*syms));
+  auto t = SymbolTable::from_system_map(map, limits);
+  if (!t.ok()) {
+    Error e = std::move(guest).error();
+    e.message += "; and no System.map for BUILD-ID " + info.build_id + " (" + t.error().message + ")";
+    return e;
+  }
+  auto table = std::make_shared<const SymbolTable>(t->relocate(info.kernel_offset));
   if (shared) cache.put_symbols(key, table);
   return table;
 }
@@ -192,29 +218,123 @@ Result<std::unique_ptr<Kernel>> Kernel::build(std::shared_ptr<PhysicalMemory> me
   return k;
 }
 
+Result<std::shared_ptr<const Types>> Kernel::guest_btf_types(const DiscoverOptions& options) {
+  SharedCache& cache = SharedCache::get();
+  const bool shared = options.use_shared_cache;
+  STALLMON_TRY(MemoryCharge blob_charge, MemoryCharge::take(options.budget, "BTF blob", 0));
+  STALLMON_TRY(auto bytes, Types::read_guest_btf(*kmem_, *symbols_, blob_charge));
+  detail::Sha256 h;
+  h.update(bytes);
+  const std::string key = "btf:" + h.hex_digest();
+  std::shared_ptr<const Types> types = shared ? cache.types(key) : nullptr;
+  if (!types) {
+    blob_charge.reset();  // the blob moves into the Types, which from_btf_bytes charges
+    auto t = Types::from_btf_bytes(std::move(bytes), options.budget);
+    if (!t.ok()) return std::move(t).error().context("guest BTF at __start_BTF");
+    types = std::move(*t);
+    if (shared) cache.put_types(key, types);
+  }
+  return types;
+}
+
+namespace {
+
+// A profile file for the guest whose VMCOREINFO says `build_id`: another kernel's profile would
+// give wrong offsets, so its BUILD-ID must match.
+Result<std::shared_ptr<const Types>> profile_types(const std::string& path, const std::string& build_id,
+                                                   const std::shared_ptr<MemoryBudget>& budget) {
+  STALLMON_TRY(TypeProfile p, load_type_profile(path));
+  if (build_id.empty()) return Error(ErrorCode::kNotFound, path + ": the guest's VMCOREINFO has no BUILD-ID to check it against");
+  if (p.build_id != lower(build_id))
+    return Error(ErrorCode::kInvalidArgument, path + ": " + p.label() + " is for another kernel (the guest's BUILD-ID is " + build_id + ")");
+  auto t = types_from_profile(p, budget);
+  if (!t.ok()) return std::move(t).error().context(path);
+  return t;
+}
+
+// Where a host keeps the vmlinux of a kernel build under a debug directory: by BUILD-ID (the
+// debuginfod / Fedora layout), then by release as Debian's -dbg (boot/vmlinux-REL, which has no
+// .build-id link for vmlinux: 6.1.0-56's has links for the vDSOs only) and Fedora/Ubuntu
+// (lib/modules/REL/vmlinux) install it. The BUILD-ID is checked on each.
+std::vector<std::string> debug_vmlinux_candidates(const std::string& dir, const std::string& build_id,
+                                                  const std::string& osrelease) {
+  std::vector<std::string> out{debug_file_for_build_id(dir, lower(build_id))};
+  // OSRELEASE comes from the guest: only a plain file name component is used.
+  if (!osrelease.empty() && osrelease.size() < 128 && osrelease.find('/') == std::string::npos && osrelease[0] != '.') {
+    out.push_back(dir + "/boot/vmlinux-" + osrelease);
+    out.push_back(dir + "/lib/modules/" + osrelease + "/vmlinux");
+  }
+  return out;
+}
+
+// The readers' types recorded from a vmlinux's DWARF (host debuginfo with the guest's BUILD-ID).
+Result<std::shared_ptr<const Types>> debuginfo_types(const std::string& path, const std::string& build_id,
+                                                     const std::shared_ptr<MemoryBudget>& budget) {
+  STALLMON_TRY(std::string id, elf_build_id(path));
+  if (id != lower(build_id)) return Error(ErrorCode::kInvalidArgument, path + ": BUILD-ID " + id + " is not the guest's " + build_id);
+  STALLMON_TRY(auto dwarf, open_dwarf_types(path));
+  auto p = record_reader_types(*dwarf);
+  if (!p.ok()) return std::move(p).error().context(path);
+  p->build_id = id;
+  auto t = types_from_profile(*p, budget);
+  if (!t.ok()) return std::move(t).error().context(path);
+  return t;
+}
+
+}  // namespace
+
 Result<void> Kernel::load_types(const DiscoverOptions& options) {
   SharedCache& cache = SharedCache::get();
   const bool shared = options.use_shared_cache;
+  const std::string& build_id = info_.build_id;
+  // A file named by the caller decides; the fallbacks are tried in order, each failure kept.
+  auto cached = [&](const std::string& key, auto make) -> Result<std::shared_ptr<const Types>> {
+    if (auto t = shared ? cache.types(key) : nullptr) return t;
+    STALLMON_TRY(std::shared_ptr<const Types> t, make());
+    if (shared) cache.put_types(key, t);
+    return t;
+  };
   if (!options.btf_path.empty()) {
-    const std::string key = "btf-file:" + options.btf_path;
-    types_ = shared ? cache.types(key) : nullptr;
-    if (!types_) {
-      STALLMON_TRY(types_, Types::from_file(options.btf_path));
-      if (shared) cache.put_types(key, types_);
-    }
+    STALLMON_TRY(types_, cached("btf-file:" + options.btf_path, [&] { return Types::from_file(options.btf_path); }));
+  } else if (!options.profile_path.empty()) {
+    STALLMON_TRY(types_, cached("profile:" + build_id + ":" + options.profile_path,
+                                [&] { return profile_types(options.profile_path, build_id, options.budget); }));
   } else {
-    STALLMON_TRY(MemoryCharge blob_charge, MemoryCharge::take(options.budget, "BTF blob", 0));
-    STALLMON_TRY(auto bytes, Types::read_guest_btf(*kmem_, *symbols_, blob_charge));
-    detail::Sha256 h;
-    h.update(bytes);
-    const std::string key = "btf:" + h.hex_digest();
-    types_ = shared ? cache.types(key) : nullptr;
+    std::vector<std::string> tried;
+    ErrorCode code = ErrorCode::kNotFound;  // a guest BTF that is there but bad keeps its code
+    if (!options.ignore_guest_btf) {
+      auto t = guest_btf_types(options);
+      if (t.ok()) {
+        types_ = std::move(t).value();
+      } else if (t.error().code == ErrorCode::kOverBudget || t.error().code == ErrorCode::kLimit) {
+        return std::move(t).error();
+      } else {
+        code = t.error().code;
+        tried.push_back("guest BTF: " + t.error().to_string());
+      }
+    } else {
+      tried.push_back("guest BTF: ignored");
+    }
+    if (!types_ && !options.profile_dir.empty() && !build_id.empty()) {
+      const std::string path = options.profile_dir + "/" + lower(build_id) + ".profile";
+      auto t = cached("profile:" + build_id + ":" + path, [&] { return profile_types(path, build_id, options.budget); });
+      if (t.ok()) types_ = std::move(t).value();
+      else tried.push_back("profile directory: " + t.error().to_string());
+    }
+    if (!types_ && !options.debug_dir.empty() && !build_id.empty()) {
+      for (const std::string& path : debug_vmlinux_candidates(options.debug_dir, build_id, info_.osrelease)) {
+        auto t = cached("debuginfo:" + build_id + ":" + path, [&] { return debuginfo_types(path, build_id, options.budget); });
+        if (t.ok()) {
+          types_ = std::move(t).value();
+          break;
+        }
+        tried.push_back("host debuginfo: " + t.error().to_string());
+      }
+    }
     if (!types_) {
-      blob_charge.reset();  // the blob moves into the Types, which from_btf_bytes charges
-      auto t = Types::from_btf_bytes(std::move(bytes), options.budget);
-      if (!t.ok()) return std::move(t).error().context("guest BTF at __start_BTF");
-      types_ = std::move(*t);
-      if (shared) cache.put_types(key, types_);
+      std::string why = "no type information for BUILD-ID " + (build_id.empty() ? std::string("(none)") : build_id);
+      for (const std::string& t : tried) why += "; " + t;
+      return Error(code, why);
     }
   }
   STALLMON_TRY(types_charge_, MemoryCharge::take(options.budget, "kernel types", types_->memory_bytes()));

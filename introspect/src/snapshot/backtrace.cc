@@ -257,6 +257,15 @@ BacktraceReader::BacktraceReader(KernelAccess& k, BacktraceOptions o)
 
 BacktraceReader::~BacktraceReader() = default;
 
+std::optional<KthreadLayout> KthreadLayout::resolve(const KernelAccess& k) {
+  auto flags = k.member("task_struct", "flags");
+  auto kt = k.member("task_struct", "worker_private");
+  if (!kt) kt = k.member("task_struct", "set_child_tid");
+  auto fn = k.member("kthread", "threadfn");
+  if (!flags || flags->size != 4 || !kt || kt->size != 8 || !fn || fn->size != 8) return std::nullopt;
+  return KthreadLayout{flags->offset(), kt->offset(), fn->offset()};
+}
+
 Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k, BacktraceOptions options) {
   if (options.thread_size < 4096 || options.thread_size > (1u << 20) || options.thread_size % 8 != 0)
     return Error(ErrorCode::kInvalidArgument, "backtrace: thread_size " + std::to_string(options.thread_size));
@@ -284,16 +293,7 @@ Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k
   } else {
     r->modules_error_ = "module reading disabled";
   }
-  // The kthread thread-function inference: every member or none.
-  auto flags = k.member("task_struct", "flags");
-  auto kt = k.member("task_struct", "worker_private");
-  if (!kt) kt = k.member("task_struct", "set_child_tid");
-  auto fn = k.member("kthread", "threadfn");
-  if (flags && flags->size == 4 && kt && kt->size == 8 && fn && fn->size == 8) {
-    r->task_flags_ = flags->offset();
-    r->task_kthread_ = kt->offset();
-    r->kthread_threadfn_ = fn->offset();
-  }
+  r->kthread_ = KthreadLayout::resolve(k);
   return r;
 }
 
@@ -342,14 +342,14 @@ bool BacktraceReader::refresh_modules() {
 // callee of it) runs and left no return address of its own. struct kthread says which one.
 void BacktraceReader::infer_threadfn(Backtrace& bt) {
   constexpr uint32_t kPfKthread = 0x00200000;  // PF_KTHREAD
-  if (!task_flags_ || bt.verification != Verification::kOrcChain || bt.frames.empty() ||
+  if (!kthread_ || bt.verification != Verification::kOrcChain || bt.frames.empty() ||
       bt.frames[0].symbol != "kthread" || !bt.frames[0].module.empty())
     return;
   uint32_t flags = 0;
   uint64_t kthread = 0, fn = 0;
-  if (!k_.read(bt.task + *task_flags_, &flags, 4) || !(flags & kPfKthread)) return;
-  if (!k_.read(bt.task + *task_kthread_, &kthread, 8) || kthread < 0xffff800000000000ULL) return;
-  if (!k_.read(kthread + *kthread_threadfn_, &fn, 8) || !in_text(fn)) {
+  if (!k_.read(bt.task + kthread_->task_flags, &flags, 4) || !(flags & kPfKthread)) return;
+  if (!k_.read(bt.task + kthread_->task_kthread, &kthread, 8) || kthread < 0xffff800000000000ULL) return;
+  if (!k_.read(kthread + kthread_->threadfn, &fn, 8) || !in_text(fn)) {
     bt.notes.push_back("kthread's threadfn " + hex(fn) + " is not text: not inferred");
     return;
   }

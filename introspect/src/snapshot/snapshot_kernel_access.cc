@@ -11,6 +11,35 @@ namespace stallmon::introspect {
 
 namespace {
 
+// Types from a profile name it when something is missing ("profile 1a2b3c4d: no member rq.nr_running").
+Result<MemberLayout> types_member(const Types& t, std::string_view type, std::string_view path) {
+  auto m = btf_member_layout(t.raw_btf(), type, path);
+  if (!m && m.error().code == ErrorCode::kNotFound && !t.origin().empty())
+    return Error(ErrorCode::kNotFound, t.origin() + ": no member " + std::string(type) + "." + std::string(path));
+  return m;
+}
+Result<uint64_t> types_type_size(const Types& t, std::string_view type) {
+  auto s = btf_type_size(t.raw_btf(), type);
+  if (!s && s.error().code == ErrorCode::kNotFound && !t.origin().empty())
+    return Error(ErrorCode::kNotFound, t.origin() + ": no type " + std::string(type));
+  return s;
+}
+
+class TypesAccess final : public TypesOnlyAccess {
+ public:
+  explicit TypesAccess(std::shared_ptr<const Types> t) : TypesOnlyAccess("BTF"), t_(std::move(t)) {}
+  Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
+    return types_member(*t_, type, path);
+  }
+  Result<uint64_t> type_size(std::string_view type) const override { return types_type_size(*t_, type); }
+  Result<uint64_t> variable_size(std::string_view name) const override {
+    return btf_variable_size(t_->raw_btf(), name);
+  }
+
+ private:
+  std::shared_ptr<const Types> t_;
+};
+
 class KernelAdapter final : public KernelAccess {
  public:
   explicit KernelAdapter(Kernel& k) : k_(k) {}
@@ -88,11 +117,11 @@ class KernelAdapter final : public KernelAccess {
   }
   Result<MemberLayout> member(std::string_view type, std::string_view path) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
-    return btf_member_layout(k_.types().raw_btf(), type, path);
+    return types_member(k_.types(), type, path);
   }
   Result<uint64_t> type_size(std::string_view type) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
-    return btf_type_size(k_.types().raw_btf(), type);
+    return types_type_size(k_.types(), type);
   }
   Result<uint64_t> variable_size(std::string_view name) const override {
     if (!k_.has_types()) return Error(ErrorCode::kNotFound, "kernel has no types loaded");
@@ -119,5 +148,9 @@ class KernelAdapter final : public KernelAccess {
 }  // namespace
 
 std::unique_ptr<KernelAccess> make_kernel_access(Kernel& kernel) { return std::make_unique<KernelAdapter>(kernel); }
+
+std::unique_ptr<KernelAccess> make_types_access(std::shared_ptr<const Types> types) {
+  return std::make_unique<TypesAccess>(std::move(types));
+}
 
 }  // namespace stallmon::introspect

@@ -190,6 +190,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
     // A member that exists but is implausible (hostile BTF) says so; a missing one is a kernel
     // this reader does not support.
     if (m.error().code != ErrorCode::kNotFound) return std::move(m).error().context("snapshot layout");
+    // A profile's lookup names the profile ("profile 1a2b3c4d: no member rq.nr_running").
+    if (m.error().message.starts_with("profile ")) return Error(ErrorCode::kUnsupported, m.error().message);
     return Error(ErrorCode::kUnsupported, std::string("member ") + type + "." + path + " not found");
   };
 

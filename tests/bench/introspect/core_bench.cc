@@ -11,6 +11,8 @@
 #include "fake_guest.h"
 #include "stallmon/introspect/btf_types.h"
 #include "stallmon/introspect/kernel.h"
+#include "stallmon/introspect/snapshot_kernel_access.h"
+#include "stallmon/introspect/type_profile.h"
 #include "stallmon/introspect/vmcoreinfo.h"
 
 namespace stallmon::introspect {
@@ -125,6 +127,34 @@ void BM_BtfParseHostVmlinux(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * st.st_size));
 }
 BENCHMARK(BM_BtfParseHostVmlinux)->Unit(benchmark::kMillisecond);
+
+// The same kernel's types as a type profile (what the readers ask for, recorded from that BTF
+// once): parse + BTF synthesis + name index, i.e. what discovery pays instead of the BTF parse
+// for a guest without BTF. Compare with BM_BtfParseHostVmlinux in the same run.
+void BM_TypeProfileLoadHostVmlinux(benchmark::State& state) {
+  auto btf = Types::from_file("/sys/kernel/btf/vmlinux");
+  if (!btf.ok()) {
+    state.SkipWithError("no /sys/kernel/btf/vmlinux on this host");
+    return;
+  }
+  auto recorded = record_reader_types(*make_types_access(std::move(btf).value()));
+  if (!recorded.ok()) {
+    state.SkipWithError(recorded.error().message.c_str());
+    return;
+  }
+  recorded->build_id = "00112233";
+  const std::string text = format_type_profile(*recorded);
+  for (auto _ : state) {
+    auto p = parse_type_profile(text);
+    if (!p.ok()) state.SkipWithError(p.error().message.c_str());
+    auto t = types_from_profile(*p);
+    if (!t.ok()) state.SkipWithError(t.error().message.c_str());
+    benchmark::DoNotOptimize(t);
+  }
+  state.counters["profile_bytes"] = static_cast<double>(text.size());
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * text.size()));
+}
+BENCHMARK(BM_TypeProfileLoadHostVmlinux)->Unit(benchmark::kMicrosecond);
 
 void BM_MemberOffsetLookup(benchmark::State& state) {
   auto t = std::move(Types::from_btf_bytes(fake::FakeGuest::build_btf()).value());

@@ -61,7 +61,7 @@ systemd: {watchdog_max_tick_age: 1m}
 host: {thread_stats: proc}
 execution: {workers: 2}
 discovery: {max_concurrent: 2, no_kernel_retry_max: 1h}
-introspection: {read_deadline: 100ms, memory_budget_mib: 16}
+introspection: {read_deadline: 100ms, memory_budget_mib: 16, profile_dir: /srv/profiles, debug_dir: "", ignore_guest_btf: true}
 state_dir: /tmp/state
 )";
 
@@ -108,6 +108,11 @@ TEST(DaemonConfig, EveryKeyRoundTrips) {
   EXPECT_EQ(m.introspection_budget_bytes, 16ull << 20);
   EXPECT_EQ(to_monitor_config(DaemonConfig{}).introspection_budget_bytes, 64ull << 20);
   EXPECT_FALSE(parse_config("introspection: {memory_budget_mib: 4}").ok());  // below 8 MiB
+  EXPECT_EQ(m.profile_dir, "/srv/profiles");
+  EXPECT_EQ(m.debug_dir, "");
+  EXPECT_TRUE(m.ignore_guest_btf);
+  EXPECT_EQ(to_monitor_config(DaemonConfig{}).debug_dir, "/usr/lib/debug");
+  EXPECT_FALSE(validate(*parse_config("introspection: {profile_dir: profiles}")).ok());  // relative
   ASSERT_TRUE(m.domain_filter);
   libvirt::DomainInfo d;
   d.name = "web-3";

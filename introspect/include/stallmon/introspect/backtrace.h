@@ -150,6 +150,14 @@ struct ModuleLayout;
 // set_task_stack_end_magic; a deep overflow overwrites it.
 inline constexpr uint64_t kStackEndMagic = 0x57AC6E9D;
 
+// Where the kthread thread-function inference reads: task_struct.flags, the struct kthread
+// pointer (worker_private, before 5.17 set_child_tid) and kthread.threadfn. nullopt when a member
+// is absent or implausible (the inference is then off).
+struct KthreadLayout {
+  uint64_t task_flags = 0, task_kthread = 0, threadfn = 0;
+  static std::optional<KthreadLayout> resolve(const KernelAccess& k);
+};
+
 class BacktraceReader {
  public:
   // Resolves task_struct.stack, kernel text bounds (_stext.._etext) and reads the ORC tables
@@ -200,9 +208,7 @@ class BacktraceReader {
   std::string modules_error_;
   uint64_t modules_head_[2] = {0, 0};
   bool modules_read_ = false;
-  // task_struct.flags and the struct kthread pointer (worker_private, before 5.17 set_child_tid),
-  // kthread.threadfn: resolved at create; absent members disable the inference.
-  std::optional<uint64_t> task_flags_, task_kthread_, kthread_threadfn_;
+  std::optional<KthreadLayout> kthread_;  // resolved at create
 };
 
 }  // namespace stallmon::introspect

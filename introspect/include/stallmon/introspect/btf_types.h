@@ -39,8 +39,11 @@ class Types {
   // Parses raw BTF bytes (copied). kCorrupt when libbpf rejects them; kLimit above kMaxBtfBytes
   // or kMaxBtfTypes; kOverBudget when the parsed types would not fit `budget` (charged before
   // libbpf parses, given back on return: the user of the Types charges memory_bytes()).
+  // `origin` names where the types came from when that is not the guest's BTF ("profile
+  // 1a2b3c4d"): lookups that find nothing then say so in their errors.
   static Result<std::shared_ptr<const Types>> from_btf_bytes(std::vector<uint8_t> bytes,
-                                                             const std::shared_ptr<MemoryBudget>& budget = nullptr);
+                                                             const std::shared_ptr<MemoryBudget>& budget = nullptr,
+                                                             std::string origin = {});
   // A raw BTF file (/sys/kernel/btf/vmlinux) or an ELF file with a .BTF section.
   static Result<std::shared_ptr<const Types>> from_file(const std::string& path);
   // BTF in guest memory between the symbols __start_BTF and __stop_BTF.
@@ -77,12 +80,15 @@ class Types {
   uint64_t memory_bytes() const { return estimated_memory(raw_.size(), type_count()); }
   uint32_t type_count() const;
   const struct btf* raw_btf() const { return btf_; }
+  // Empty for BTF; "profile 1a2b3c4d" for types made from a type profile.
+  const std::string& origin() const { return origin_; }
 
  private:
   Types() = default;
   Result<uint32_t> find_type(std::string_view name) const;
   std::vector<uint8_t> raw_;
   struct btf* btf_ = nullptr;
+  std::string origin_;
   // Named struct/union/typedef/int/enum ids by name (struct/union preferred over typedef).
   std::unordered_map<std::string, uint32_t> named_;
   std::unordered_map<std::string, uint32_t> vars_;

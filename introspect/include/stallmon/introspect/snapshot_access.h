@@ -82,4 +82,21 @@ class KernelAccess {
   virtual void begin_snapshot() {}
 };
 
+// A KernelAccess that answers type queries only (from a DWARF, ISF or BTF file: profile
+// making): reads fail, no symbol exists. `what` names the source in those errors.
+class TypesOnlyAccess : public KernelAccess {
+ public:
+  explicit TypesOnlyAccess(std::string what) : what_(std::move(what)) {}
+  Result<void> read(uint64_t va, void*, size_t) override {
+    return Error(ErrorCode::kUnsupported, what_ + ": types only, no memory", va);
+  }
+  Result<uint64_t> symbol(std::string_view name) const override {
+    return Error(ErrorCode::kNotFound, what_ + ": types only, no symbol " + std::string(name));
+  }
+  std::string symbolize(uint64_t) const override { return {}; }
+
+ protected:
+  std::string what_;
+};
+
 }  // namespace stallmon::introspect

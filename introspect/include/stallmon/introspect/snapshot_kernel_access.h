@@ -13,4 +13,8 @@ namespace stallmon::introspect {
 // `kernel` must outlive the result and have types (has_types()).
 std::unique_ptr<KernelAccess> make_kernel_access(Kernel& kernel);
 
+// The type queries of KernelAccess answered from `types` alone (no memory, no symbols): what
+// `stallctl profile make --btf` records a profile from.
+std::unique_ptr<KernelAccess> make_types_access(std::shared_ptr<const Types> types);
+
 }  // namespace stallmon::introspect

@@ -74,6 +74,11 @@ struct MonitorConfig {
   // Where the last good VMCOREINFO location of each domain is kept (<state_dir>/hints/<uuid>)
   // and tried first on the next start. Empty: nothing is written.
   std::string state_dir;
+  // Where types come from for a guest without BTF (introspect::DiscoverOptions): type profiles
+  // by BUILD-ID, then host debuginfo by BUILD-ID. Empty: that step is skipped.
+  std::string profile_dir;
+  std::string debug_dir = "/usr/lib/debug";
+  bool ignore_guest_btf = false;  // types from the fallbacks even when the guest has BTF (comparisons)
   // A ready kernel is re-validated (Kernel::still_valid, a re-read of the VMCOREINFO note) this
   // often, and after every reboot/start event; invalid → discovered again.
   std::chrono::nanoseconds revalidate_interval = 10s;
