@@ -8,6 +8,7 @@
 
 #include "rules.h"
 #include "stallmon/diagnosis/wait_graph.h"
+#include "text.h"
 
 namespace stallmon::diagnosis {
 
@@ -19,14 +20,6 @@ using std::chrono::milliseconds;
 // SOFTLOCKUP_DELAY_REPORT (ULONG_MAX): touch_softlockup_watchdog() asked the guest to skip the
 // next report; its next hrtimer restarts the report period.
 constexpr uint64_t kSoftlockupDelayReport = ~uint64_t{0};
-
-std::string ms(Duration d) { return std::to_string(duration_cast<milliseconds>(d).count()); }
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 // "CPU0 (sh, pid 107)"
 std::string cpu_task(const GuestCpuView& c) {
@@ -76,7 +69,7 @@ Evidence runqueue_evidence(const GuestCpuView& c) {
     }
     e.text += "]";
   }
-  e.facts["cpu"] = std::to_string(c.cpu);
+  e.cpu = c.cpu;
   e.facts["current_pid"] = std::to_string(c.current_pid);
   e.facts["current_comm"] = c.current_comm;
   e.facts["idle"] = c.idle ? "1" : "0";
@@ -124,13 +117,7 @@ Evidence lock_wait_evidence(const LockWait& w) {
   Evidence e;
   e.text = "CPU" + std::to_string(w.waiter) + " spins on a spinlock (" + w.frame + ")";
   e.text += w.holder ? " held by CPU" + std::to_string(*w.holder) + " (" + w.how + ")" : "; its holder is " + w.how;
-  e.facts["lock_waiter_cpu"] = std::to_string(w.waiter);
-  e.facts["lock_frame"] = w.frame;
-  if (w.holder) e.facts["lock_holder_cpu"] = std::to_string(*w.holder);
-  std::string cands;
-  for (int c : w.candidates) cands += (cands.empty() ? "" : ",") + std::to_string(c);
-  e.facts["lock_holder_candidates"] = cands;
-  e.facts["lock_holder_inference"] = w.how;
+  e.lock_wait = LockWaitEvidence{w.waiter, w.frame, w.holder, w.candidates, w.how};
   return e;
 }
 
@@ -226,9 +213,9 @@ void rule_irqs_off(TickContext& t) {
     e.text = "CPU" + std::to_string(cpu) + ": hrtimer_interrupts " + std::to_string(*ct.hrtimer) + " unchanged for " +
              format_duration(frozen) + " while " + thread_phrase(*th) + " ran " + format_duration(ran);
     e.facts["hrtimer_interrupts"] = std::to_string(*ct.hrtimer);
-    e.facts["unchanged_ms"] = ms(frozen);
-    e.facts["host_run_ms"] = ms(ran);
-    e.facts["watchdog_period_ms"] = ms(period);
+    e.durations["unchanged"] = frozen;
+    e.durations["host_run"] = ran;
+    e.durations["watchdog_period"] = period;
     f.evidence.push_back(std::move(e));
     f.evidence.push_back(runqueue_evidence(ct.latest));
     c.signature = "irqs-off";
@@ -389,12 +376,8 @@ void rule_ipi_stall(TickContext& t) {
       e.text = (wv ? cpu_task(*wv) : "CPU" + std::to_string(r.key.waiter)) + " waits on CPU" +
                std::to_string(r.key.target) + "'s csd " + hex(r.key.csd_address) + " (" +
                (r.e->function.empty() ? "?" : r.e->function) + ") for " + format_duration(t.now - r.e->first_seen);
-      e.facts["waiter_cpu"] = std::to_string(r.key.waiter);
-      e.facts["target_cpu"] = std::to_string(r.key.target);
-      e.facts["wait_ms"] = ms(t.now - r.e->first_seen);
-      e.facts["function"] = r.e->function;
-      e.facts["csd_address"] = hex(r.key.csd_address);
-      e.facts["csd_flags"] = hex(r.e->flags);
+      e.csd_wait = CsdWaitEvidence{r.key.waiter,  r.key.target,       t.now - r.e->first_seen,
+                                   r.e->function, r.key.csd_address, r.e->flags};
       f.evidence.push_back(std::move(e));
     }
     for (const auto& [w, lw] : t.lock_waits)
@@ -405,12 +388,7 @@ void rule_ipi_stall(TickContext& t) {
     {
       Evidence roots_ev;
       roots_ev.text = "wait graph root: " + cpu_list(root.roots) + (root.cycle ? " (cycle)" : "");
-      std::string rs, ws;
-      for (int r : root.roots) rs += (rs.empty() ? "" : ",") + std::to_string(r);
-      for (int w : root.waiters) ws += (ws.empty() ? "" : ",") + std::to_string(w);
-      roots_ev.facts["roots"] = rs;
-      roots_ev.facts["waiters"] = ws;
-      roots_ev.facts["cycle"] = root.cycle ? "1" : "0";
+      roots_ev.wait_roots = WaitRootsEvidence{root.roots, root.waiters, root.cycle};
       f.evidence.push_back(std::move(roots_ev));
     }
     c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "") + " by=" + explained_by + " waiters=" +
@@ -452,7 +430,7 @@ void rule_idle_with_pending_work(TickContext& t) {
       f.summary += "; its host thread is neither blocked nor starved";
     f.summary += ". " + cause_sentence(cause, evaluating);
     f.evidence.push_back(runqueue_evidence(ct.latest));
-    f.evidence.back().facts["idle_pending_ms"] = ms(age);
+    f.evidence.back().durations["idle_pending"] = age;
     f.evidence.back().facts["snapshots"] = std::to_string(ct.idle_pending_snapshots);
     f.evidence.insert(f.evidence.end(), v.evidence.begin(), v.evidence.end());
     c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "");
@@ -555,14 +533,14 @@ void rule_softlockup(TickContext& t) {
     e.facts["guest_clock_s"] = std::to_string(now_s);
     e.facts["touch_age_s"] = std::to_string(age_s);
     e.facts["watchdog_thresh"] = std::to_string(view.watchdog_thresh);
-    if (predicted) e.facts["predicted_report_ms"] = ms(*predicted);
+    if (predicted) e.durations["predicted_report"] = *predicted;
     f.evidence.push_back(std::move(e));
     if (ct.hrtimer) {
       Evidence h;
       h.text = "CPU" + std::to_string(cpu) + ": hrtimer_interrupts " + std::to_string(*ct.hrtimer) + ", unchanged for " +
                format_duration(t.now - ct.hrtimer_since);
       h.facts["hrtimer_interrupts"] = std::to_string(*ct.hrtimer);
-      h.facts["unchanged_ms"] = ms(t.now - ct.hrtimer_since);
+      h.durations["unchanged"] = t.now - ct.hrtimer_since;
       f.evidence.push_back(std::move(h));
     }
     f.evidence.push_back(runqueue_evidence(ct.latest));
@@ -603,11 +581,11 @@ void rule_stack_overflow(TickContext& t) {
     e.text = "CPU" + std::to_string(cpu) + ": the STACK_END_MAGIC (" + hex(kStackEndMagic) + ") at the stack end of " +
              task + " was overwritten (a deep overflow or a write past the stack); seen for " +
              format_duration(t.now - s.since);
-    e.facts["cpu"] = std::to_string(cpu);
+    e.cpu = cpu;
     e.facts["pid"] = std::to_string(s.pid);
     e.facts["comm"] = s.comm;
     e.facts["stack_end_magic"] = hex(kStackEndMagic);
-    e.facts["corrupt_for_ms"] = ms(t.now - s.since);
+    e.durations["corrupt_for"] = t.now - s.since;
     f.evidence.push_back(std::move(e));
     // The task may be gone from the runqueue read of this snapshot (unreadable): its own last view.
     if (ct.latest.current_pid == s.pid && ct.latest.current_comm == s.comm) f.evidence.push_back(runqueue_evidence(ct.latest));

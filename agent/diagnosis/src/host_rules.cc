@@ -28,8 +28,7 @@ Evidence thread_evidence(const ThreadTracker& t, const std::string& text) {
   e.facts["thread"] = t.latest.name;
   e.facts["state"] = std::string(1, thread_state_letter(t.latest.state));
   e.facts["wchan"] = t.latest.wchan;
-  e.facts["no_run_progress_ms"] =
-      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t.no_progress).count());
+  e.durations["no_run_progress"] = t.no_progress;
   if (t.vcpu >= 0) e.facts["vcpu"] = std::to_string(t.vcpu);
   if (t.window) {
     e.facts["run_fraction"] = percent(t.window->run_fraction);
@@ -199,10 +198,11 @@ HostVerdict TickContext::host_verdict(int vcpu, Timestamp since) const {
   v.cause = Cause::kHostBlocked;
   v.phrase = "it was stopped by the host until " + format_duration(now - s.end) + " ago (" + s.phrase + ")";
   v.explained_by = s.id;
-  v.evidence.insert(v.evidence.begin(), Evidence{"vCPU " + std::to_string(vcpu) + ": stopped by the host from " +
-                                                     format_duration(now - s.onset) + " to " +
-                                                     format_duration(now - s.end) + " ago: " + s.phrase,
-                                                 {{"vcpu", std::to_string(vcpu)}, {"stopped_by", s.id}}, {}});
+  Evidence stop;
+  stop.text = "vCPU " + std::to_string(vcpu) + ": stopped by the host from " + format_duration(now - s.onset) + " to " +
+              format_duration(now - s.end) + " ago: " + s.phrase;
+  stop.facts = {{"vcpu", std::to_string(vcpu)}, {"stopped_by", s.id}};
+  v.evidence.insert(v.evidence.begin(), std::move(stop));
   return v;
 }
 
@@ -414,8 +414,7 @@ void rule_host_starved(TickContext& t) {
     Evidence e = thread_evidence(th, "vCPU " + std::to_string(i) + ": " + starved_phrase(th, t.config.starved_window));
     e.facts["throttled_fraction"] = percent(th.window->throttled_fraction);
     e.facts["nr_throttled_delta"] = std::to_string(th.window->throttled_count);
-    e.facts["window_ms"] =
-        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(th.window->span).count());
+    e.durations["window"] = th.window->span;
     f.evidence.push_back(std::move(e));
     c.signature = th.window->throttled_count > 0 ? "throttled" : "steal";
     t.starved_id[i] = f.id;
@@ -505,8 +504,7 @@ void rule_panic(TickContext& t) {
     Evidence text;
     text.text = "oops/panic text:";
     for (const auto& line : p.text) text.text += "\n" + line;
-    text.facts["panic_text_lines"] = std::to_string(p.text.size());
-    if (!p.message.empty()) text.facts["panic_message"] = p.message;
+    text.panic_text = PanicTextEvidence{p.text.size(), p.message};
     f.evidence.push_back(std::move(text));
   }
   // The panic text arriving (or growing) is material: an UPDATED event, same finding.

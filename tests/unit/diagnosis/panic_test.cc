@@ -260,10 +260,12 @@ TEST_F(PanicOnce, CarriesTheOopsAndPanicText) {
   EXPECT_TRUE(contains(f.summary, "panicked on CPU2: \"Kernel panic - not syncing: Fatal exception\"")) << f.summary;
   const Evidence* text = nullptr;
   for (const auto& e : f.evidence)
-    if (e.facts.count("panic_text_lines")) text = &e;
+    if (e.panic_text) text = &e;
   ASSERT_NE(text, nullptr) << "no oops/panic text in the evidence";
-  EXPECT_EQ(text->facts.at("panic_text_lines"), std::to_string(kOopsPanic.size()));
-  EXPECT_EQ(text->facts.at("panic_message"), "Kernel panic - not syncing: Fatal exception");
+  EXPECT_EQ(text->panic_text->lines, kOopsPanic.size());
+  EXPECT_EQ(text->panic_text->message, "Kernel panic - not syncing: Fatal exception");
+  EXPECT_EQ(evidence_facts(*text).at("panic_text_lines"), std::to_string(kOopsPanic.size()));
+  EXPECT_EQ(evidence_facts(*text).at("panic_message"), "Kernel panic - not syncing: Fatal exception");
   std::string expected = "oops/panic text:";
   for (const auto& l : kOopsPanic) expected += "\n" + l;
   EXPECT_EQ(text->text, expected);
