@@ -223,175 +223,227 @@ void rule_irqs_off(TickContext& t) {
   }
 }
 
+// GUEST_IPI_STALL in named steps, one finding per wait-graph root: the component's csd edges,
+// the classification of the root's cause, the guest's predicted report, the summary, and the
+// evidence chain.
+namespace {
+
+const GuestCpuView* latest_view(const GuestState& g, int cpu) {
+  auto it = g.cpus.find(cpu);
+  return it == g.cpus.end() ? nullptr : &it->second.latest;
+}
+
+bool ipi_edge_qualifies(const TickContext& t, const CsdEdgeTracker& e) {
+  return t.now - e.first_seen >= t.config.ipi_stall_min;
+}
+
+// One component of the wait graph: its root(s), the CPUs involved, and its qualifying csd edges.
+struct IpiComponent {
+  struct EdgeRef {
+    CsdEdgeKey key;
+    const CsdEdgeTracker* e;
+  };
+  const WaitRoot& root;
+  std::set<int> members;       // the roots
+  std::set<int> involved;      // the roots and their waiters
+  std::vector<EdgeRef> edges;  // oldest first
+  std::size_t first_into_root = 0;  // the oldest edge from a waiter into a root (or the oldest: a pure cycle)
+
+  const EdgeRef& first() const { return edges[first_into_root]; }
+};
+
+IpiComponent ipi_component(const TickContext& t, const WaitRoot& root) {
+  const GuestState& g = *t.d.guest;
+  IpiComponent c{root, {root.roots.begin(), root.roots.end()}, {}, {}, 0};
+  c.involved = c.members;
+  c.involved.insert(root.waiters.begin(), root.waiters.end());
+  for (const auto& [key, e] : g.edges)
+    if (ipi_edge_qualifies(t, e) && c.involved.count(key.waiter) && c.involved.count(key.target))
+      c.edges.push_back({key, &e});
+  std::sort(c.edges.begin(), c.edges.end(), [](const IpiComponent::EdgeRef& a, const IpiComponent::EdgeRef& b) {
+    return a.e->first_seen < b.e->first_seen || (a.e->first_seen == b.e->first_seen && a.key < b.key);
+  });
+  for (std::size_t i = 0; i < c.edges.size(); ++i)
+    if (c.members.count(c.edges[i].key.target) && !c.members.count(c.edges[i].key.waiter)) {
+      c.first_into_root = i;
+      break;
+    }
+  return c;
+}
+
+// Why the root does not answer.
+struct IpiRootCause {
+  Cause cause = Cause::kUnknown;
+  bool evaluating = false;
+  std::string phrase;
+  std::string explained_by;
+  std::vector<Evidence> host_evidence;  // the roots' host verdicts
+};
+
+IpiRootCause classify_ipi_root(const TickContext& t, const IpiComponent& c) {
+  const GuestState& g = *t.d.guest;
+  const WaitRoot& root = c.root;
+  IpiRootCause rc;
+  for (int r : root.roots) {
+    HostVerdict v = t.host_verdict(r);
+    rc.host_evidence.insert(rc.host_evidence.end(), v.evidence.begin(), v.evidence.end());
+    if (rc.cause == Cause::kUnknown && v.cause != Cause::kUnspecified) {
+      rc.cause = v.cause;
+      rc.phrase = v.phrase;
+      rc.explained_by = v.explained_by;
+    }
+  }
+  if (rc.cause != Cause::kUnknown || root.cycle) return rc;
+  const int r = root.roots.front();
+  const ThreadTracker* th = t.vcpu_thread(r);
+  const GuestCpuView* gv = latest_view(g, r);
+  const GuestCpuTracker* ct = g.cpus.count(r) ? &g.cpus.at(r) : nullptr;
+  // "The host runs it": over the window, and still now (a thread frozen a moment ago has a
+  // good window fraction too).
+  const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction &&
+                         !is_host_blocking(th->latest.state) && th->no_progress < t.config.host_blocked_min / 2;
+  const Timestamp wait_began = c.first().e->first_seen;
+  if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
+    rc.cause = Cause::kGuestIrqsOff;
+    rc.explained_by = it->second;
+    rc.phrase = "its " + thread_phrase(*th) + " is running, but CPU" + std::to_string(r) +
+                " has interrupts off: its timer interrupts stopped " + format_duration(t.now - ct->hrtimer_since) + " ago";
+  } else if (th != nullptr && impeded_since(*th, wait_began)) {
+    // Throttled, starvation building, or steal rising: a vCPU the host holds back answers
+    // late without its interrupts being off. Say so and let the starvation window (or the
+    // watchdog timer) decide, rather than guess.
+    rc.evaluating = true;
+    rc.phrase = impeded_phrase(*th) + "; whether that explains the wait is judged over " +
+                format_duration(t.config.starved_window + t.config.starved_sustain);
+  } else if (host_runs && gv != nullptr && !gv->idle) {
+    // A vCPU the host runs takes an IPI as soon as its interrupts are on. Not taking it for
+    // the whole wait, with no timer interrupt either, means they are off; a timer interrupt
+    // during the wait disproves that, and the CPU is merely stuck elsewhere in the guest.
+    if (ct != nullptr && ct->hrtimer && ct->hrtimer_since <= wait_began) {
+      rc.cause = Cause::kGuestIrqsOff;
+      rc.phrase = "its " + thread_phrase(*th) + " is running (" + percent(th->window->run_fraction) +
+                  " of a host CPU), yet CPU" + std::to_string(r) +
+                  " takes neither the IPI nor a timer interrupt: its interrupts are off";
+    } else {
+      rc.cause = Cause::kGuestOther;
+      rc.phrase = "its " + thread_phrase(*th) + " is running and CPU" + std::to_string(r) +
+                  " takes timer interrupts, so it is stuck elsewhere in the guest";
+    }
+  } else if (th != nullptr) {
+    rc.phrase = "its " + thread_phrase(*th) + " is in " + std::string(1, thread_state_letter(th->latest.state)) +
+                " state and neither blocked nor starved on the host";
+  }
+  return rc;
+}
+
+// The waiters spin with their watchdog starved: the guest's first word on this stall will be a
+// soft lockup on one of them (never on a root the host does not run).
+struct GuestReportPrediction {
+  std::optional<Duration> in;
+  int cpu = -1;
+};
+
+GuestReportPrediction predict_guest_report(const TickContext& t, const WaitRoot& root) {
+  const GuestState& g = *t.d.guest;
+  GuestReportPrediction p;
+  for (int w : root.waiters) {
+    const GuestCpuView* wv = latest_view(g, w);
+    if (wv == nullptr || !g.cpus.at(w).watchdog_active() || t.host_verdict(w).not_running || t.irqs_off_id.count(w))
+      continue;
+    if (auto sc = softlockup_clock(g.view, *wv); sc && (!p.in || sc->report_in < *p.in)) {
+      p.in = sc->report_in;
+      p.cpu = w;
+    }
+  }
+  return p;
+}
+
+std::string ipi_summary(const TickContext& t, const IpiComponent& c, const IpiRootCause& rc,
+                        const GuestReportPrediction& p) {
+  const GuestState& g = *t.d.guest;
+  const WaitRoot& root = c.root;
+  const CsdEdgeKey& k0 = c.first().key;
+  const CsdEdgeTracker& e0 = *c.first().e;
+  std::string summary;
+  if (root.cycle) {
+    summary = cpu_list(root.roots) + " wait on each other's cross-CPU calls (a cycle)";
+    if (!root.waiters.empty())
+      summary += "; " + cpu_list(root.waiters) + (root.waiters.size() == 1 ? " waits" : " wait") + " on them too";
+  } else {
+    const GuestCpuView* waiter_view = latest_view(g, k0.waiter);
+    summary = (waiter_view ? cpu_task(*waiter_view) : "CPU" + std::to_string(k0.waiter)) + " has waited " +
+              format_duration(t.now - e0.first_seen) + " for CPU" + std::to_string(k0.target) + " to run " +
+              (e0.function.empty() ? std::string("a function call") : e0.function);
+    std::vector<int> others;
+    for (int w : root.waiters)
+      if (w != k0.waiter) others.push_back(w);
+    if (!others.empty()) summary += "; " + cpu_list(others) + (others.size() == 1 ? " also waits" : " also wait") + " on it";
+    if (const GuestCpuView* rv = latest_view(g, root.roots.front())) summary += "; " + cpu_state_phrase(*rv);
+  }
+  if (!rc.phrase.empty()) summary += "; " + rc.phrase;
+  if (p.in && *p.in > Duration::zero())
+    summary += "; the guest will report a soft lockup on CPU" + std::to_string(p.cpu) + " in ~" + format_duration(*p.in);
+  summary += ". " + cause_sentence(rc.cause, rc.evaluating);
+  return summary;
+}
+
+// The chain: each csd wait, the lock waits inside the component, the roots' runqueues, their
+// host verdicts, and the root itself.
+std::vector<Evidence> ipi_evidence(const TickContext& t, const IpiComponent& c, const IpiRootCause& rc) {
+  const GuestState& g = *t.d.guest;
+  std::vector<Evidence> out;
+  for (const auto& r : c.edges) {
+    const GuestCpuView* wv = latest_view(g, r.key.waiter);
+    Evidence e;
+    e.text = (wv ? cpu_task(*wv) : "CPU" + std::to_string(r.key.waiter)) + " waits on CPU" +
+             std::to_string(r.key.target) + "'s csd " + hex(r.key.csd_address) + " (" +
+             (r.e->function.empty() ? "?" : r.e->function) + ") for " + format_duration(t.now - r.e->first_seen);
+    e.csd_wait = CsdWaitEvidence{r.key.waiter,  r.key.target,       t.now - r.e->first_seen,
+                                 r.e->function, r.key.csd_address, r.e->flags};
+    out.push_back(std::move(e));
+  }
+  for (const auto& [w, lw] : t.lock_waits)
+    if (lw.holder && c.involved.count(w) && c.involved.count(*lw.holder)) out.push_back(lock_wait_evidence(lw));
+  for (int r : c.root.roots)
+    if (const GuestCpuView* rv = latest_view(g, r)) out.push_back(runqueue_evidence(*rv));
+  out.insert(out.end(), rc.host_evidence.begin(), rc.host_evidence.end());
+  Evidence roots_ev;
+  roots_ev.text = "wait graph root: " + cpu_list(c.root.roots) + (c.root.cycle ? " (cycle)" : "");
+  roots_ev.wait_roots = WaitRootsEvidence{c.root.roots, c.root.waiters, c.root.cycle};
+  out.push_back(std::move(roots_ev));
+  return out;
+}
+
+}  // namespace
+
 void rule_ipi_stall(TickContext& t) {
   const GuestState& g = *t.d.guest;
   std::vector<WaitEdge> edges;
   for (const auto& [key, e] : g.edges)
-    if (t.now - e.first_seen >= t.config.ipi_stall_min) edges.push_back({key.waiter, key.target});
+    if (ipi_edge_qualifies(t, e)) edges.push_back({key.waiter, key.target});
   if (edges.empty()) return;
   // A lock waiter whose holder is known waits on it like a csd waiter on its target: a csd wait
   // on the waiter leads to the holder.
   for (const auto& [w, lw] : t.lock_waits)
     if (lw.holder) edges.push_back({w, *lw.holder});
 
-  auto cpu_view = [&](int cpu) -> const GuestCpuView* {
-    auto it = g.cpus.find(cpu);
-    return it == g.cpus.end() ? nullptr : &it->second.latest;
-  };
-
   for (const WaitRoot& root : find_wait_roots(edges)) {
-    std::set<int> members(root.roots.begin(), root.roots.end());
-    std::set<int> involved = members;
-    involved.insert(root.waiters.begin(), root.waiters.end());
-
-    // The qualifying edges of this component, oldest first.
-    struct EdgeRef {
-      CsdEdgeKey key;
-      const CsdEdgeTracker* e;
-    };
-    std::vector<EdgeRef> comp;
-    for (const auto& [key, e] : g.edges)
-      if (t.now - e.first_seen >= t.config.ipi_stall_min && involved.count(key.waiter) && involved.count(key.target))
-        comp.push_back({key, &e});
-    std::sort(comp.begin(), comp.end(), [](const EdgeRef& a, const EdgeRef& b) {
-      return a.e->first_seen < b.e->first_seen || (a.e->first_seen == b.e->first_seen && a.key < b.key);
-    });
-    const EdgeRef* first_into_root = nullptr;
-    for (const auto& r : comp)
-      if (members.count(r.key.target) && !members.count(r.key.waiter)) {
-        first_into_root = &r;
-        break;
-      }
-    if (first_into_root == nullptr) first_into_root = &comp.front();  // a pure cycle
-
-    // Classify the root's cause.
-    Cause cause = Cause::kUnknown;
-    bool evaluating = false;
-    std::string cause_phrase;
-    std::string explained_by;
-    std::vector<Evidence> host_evidence;
-    for (int r : root.roots) {
-      HostVerdict v = t.host_verdict(r);
-      host_evidence.insert(host_evidence.end(), v.evidence.begin(), v.evidence.end());
-      if (cause == Cause::kUnknown && v.cause != Cause::kUnspecified) {
-        cause = v.cause;
-        cause_phrase = v.phrase;
-        explained_by = v.explained_by;
-      }
-    }
-    if (cause == Cause::kUnknown && !root.cycle) {
-      const int r = root.roots.front();
-      const ThreadTracker* th = t.vcpu_thread(r);
-      const GuestCpuView* gv = cpu_view(r);
-      const GuestCpuTracker* ct = g.cpus.count(r) ? &g.cpus.at(r) : nullptr;
-      // "The host runs it": over the window, and still now (a thread frozen a moment ago has a
-      // good window fraction too).
-      const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction &&
-                             !is_host_blocking(th->latest.state) && th->no_progress < t.config.host_blocked_min / 2;
-      const Timestamp wait_began = first_into_root->e->first_seen;
-      if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
-        cause = Cause::kGuestIrqsOff;
-        explained_by = it->second;
-        cause_phrase = "its " + thread_phrase(*th) + " is running, but CPU" + std::to_string(r) +
-                       " has interrupts off: its timer interrupts stopped " + format_duration(t.now - ct->hrtimer_since) +
-                       " ago";
-      } else if (th != nullptr && impeded_since(*th, wait_began)) {
-        // Throttled, starvation building, or steal rising: a vCPU the host holds back answers
-        // late without its interrupts being off. Say so and let the starvation window (or the
-        // watchdog timer) decide, rather than guess.
-        evaluating = true;
-        cause_phrase = impeded_phrase(*th) + "; whether that explains the wait is judged over " +
-                       format_duration(t.config.starved_window + t.config.starved_sustain);
-      } else if (host_runs && gv != nullptr && !gv->idle) {
-        // A vCPU the host runs takes an IPI as soon as its interrupts are on. Not taking it for
-        // the whole wait, with no timer interrupt either, means they are off; a timer interrupt
-        // during the wait disproves that, and the CPU is merely stuck elsewhere in the guest.
-        if (ct != nullptr && ct->hrtimer && ct->hrtimer_since <= wait_began) {
-          cause = Cause::kGuestIrqsOff;
-          cause_phrase = "its " + thread_phrase(*th) + " is running (" + percent(th->window->run_fraction) +
-                         " of a host CPU), yet CPU" + std::to_string(r) +
-                         " takes neither the IPI nor a timer interrupt: its interrupts are off";
-        } else {
-          cause = Cause::kGuestOther;
-          cause_phrase = "its " + thread_phrase(*th) + " is running and CPU" + std::to_string(r) +
-                         " takes timer interrupts, so it is stuck elsewhere in the guest";
-        }
-      } else if (th != nullptr) {
-        cause_phrase = "its " + thread_phrase(*th) + " is in " + std::string(1, thread_state_letter(th->latest.state)) +
-                       " state and neither blocked nor starved on the host";
-      }
-    }
-
-    const GuestCpuView* waiter_view = cpu_view(first_into_root->key.waiter);
-    const CsdEdgeTracker& e0 = *first_into_root->e;
-    std::string summary;
-    if (root.cycle) {
-      summary = cpu_list(root.roots) + " wait on each other's cross-CPU calls (a cycle)";
-      if (!root.waiters.empty())
-        summary += "; " + cpu_list(root.waiters) + (root.waiters.size() == 1 ? " waits" : " wait") + " on them too";
-    } else {
-      summary = (waiter_view ? cpu_task(*waiter_view) : "CPU" + std::to_string(first_into_root->key.waiter)) +
-                " has waited " + format_duration(t.now - e0.first_seen) + " for CPU" +
-                std::to_string(first_into_root->key.target) + " to run " +
-                (e0.function.empty() ? std::string("a function call") : e0.function);
-      std::vector<int> others;
-      for (int w : root.waiters)
-        if (w != first_into_root->key.waiter) others.push_back(w);
-      if (!others.empty())
-        summary += "; " + cpu_list(others) + (others.size() == 1 ? " also waits" : " also wait") + " on it";
-      if (const GuestCpuView* rv = cpu_view(root.roots.front())) summary += "; " + cpu_state_phrase(*rv);
-    }
-    if (!cause_phrase.empty()) summary += "; " + cause_phrase;
-    // The waiters spin with their watchdog starved: the guest's first word on this stall will be
-    // a soft lockup on one of them (never on a root the host does not run).
-    std::optional<Duration> predicted;
-    int predicted_cpu = -1;
-    for (int w : root.waiters) {
-      const GuestCpuView* wv = cpu_view(w);
-      if (wv == nullptr || !g.cpus.at(w).watchdog_active() || t.host_verdict(w).not_running || t.irqs_off_id.count(w))
-        continue;
-      if (auto sc = softlockup_clock(g.view, *wv); sc && (!predicted || sc->report_in < *predicted)) {
-        predicted = sc->report_in;
-        predicted_cpu = w;
-      }
-    }
-    if (predicted && *predicted > Duration::zero())
-      summary += "; the guest will report a soft lockup on CPU" + std::to_string(predicted_cpu) + " in ~" +
-                 format_duration(*predicted);
-    summary += ". " + cause_sentence(cause, evaluating);
+    const IpiComponent comp = ipi_component(t, root);
+    const IpiRootCause rc = classify_ipi_root(t, comp);
+    const GuestReportPrediction prediction = predict_guest_report(t, root);
 
     std::string key = "root=cpu";
     for (std::size_t i = 0; i < root.roots.size(); ++i) key += (i ? "," : "") + std::to_string(root.roots[i]);
-    auto& c = t.propose(FindingKind::kGuestIpiStall, key, Severity::kCritical, cause);
+    auto& c = t.propose(FindingKind::kGuestIpiStall, key, Severity::kCritical, rc.cause);
     Finding& f = c.finding;
-    f.cpus.assign(involved.begin(), involved.end());
-    f.onset = comp.front().e->first_seen;
-    f.summary = std::move(summary);
-    f.explained_by = explained_by;
-    f.cause_evaluating = evaluating;
-    f.predicted_guest_report_in = predicted;
-    for (const auto& r : comp) {
-      const GuestCpuView* wv = cpu_view(r.key.waiter);
-      Evidence e;
-      e.text = (wv ? cpu_task(*wv) : "CPU" + std::to_string(r.key.waiter)) + " waits on CPU" +
-               std::to_string(r.key.target) + "'s csd " + hex(r.key.csd_address) + " (" +
-               (r.e->function.empty() ? "?" : r.e->function) + ") for " + format_duration(t.now - r.e->first_seen);
-      e.csd_wait = CsdWaitEvidence{r.key.waiter,  r.key.target,       t.now - r.e->first_seen,
-                                   r.e->function, r.key.csd_address, r.e->flags};
-      f.evidence.push_back(std::move(e));
-    }
-    for (const auto& [w, lw] : t.lock_waits)
-      if (lw.holder && involved.count(w) && involved.count(*lw.holder)) f.evidence.push_back(lock_wait_evidence(lw));
-    for (int r : root.roots)
-      if (const GuestCpuView* rv = cpu_view(r)) f.evidence.push_back(runqueue_evidence(*rv));
-    f.evidence.insert(f.evidence.end(), host_evidence.begin(), host_evidence.end());
-    {
-      Evidence roots_ev;
-      roots_ev.text = "wait graph root: " + cpu_list(root.roots) + (root.cycle ? " (cycle)" : "");
-      roots_ev.wait_roots = WaitRootsEvidence{root.roots, root.waiters, root.cycle};
-      f.evidence.push_back(std::move(roots_ev));
-    }
-    c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "") + " by=" + explained_by + " waiters=" +
+    f.cpus.assign(comp.involved.begin(), comp.involved.end());
+    f.onset = comp.edges.front().e->first_seen;
+    f.summary = ipi_summary(t, comp, rc, prediction);
+    f.explained_by = rc.explained_by;
+    f.cause_evaluating = rc.evaluating;
+    f.predicted_guest_report_in = prediction.in;
+    f.evidence = ipi_evidence(t, comp, rc);
+    c.signature = std::string(to_string(rc.cause)) + (rc.evaluating ? "?" : "") + " by=" + rc.explained_by + " waiters=" +
                   [&] {
                     std::string s;
                     for (int w : root.waiters) s += std::to_string(w) + ",";
@@ -399,7 +451,7 @@ void rule_ipi_stall(TickContext& t) {
                   }();
     for (int w : root.waiters) {
       auto& link = t.waiter_of[w];
-      if (link.ipi_id.empty()) link = {f.id, cause, evaluating, root.roots};
+      if (link.ipi_id.empty()) link = {f.id, rc.cause, rc.evaluating, root.roots};
     }
   }
 }
