@@ -2,8 +2,6 @@
 // Guest-side rules: what the guest kernel's own state says (csd waits, runqueues, watchdog
 // timestamps, timer interrupt counts), joined with the host verdict for each vCPU.
 #include <algorithm>
-#include <cinttypes>
-#include <cstdio>
 #include <set>
 
 #include "rules.h"
@@ -15,7 +13,6 @@ namespace stallmon::diagnosis {
 namespace {
 
 using std::chrono::duration_cast;
-using std::chrono::milliseconds;
 
 // SOFTLOCKUP_DELAY_REPORT (ULONG_MAX): touch_softlockup_watchdog() asked the guest to skip the
 // next report; its next hrtimer restarts the report period.
