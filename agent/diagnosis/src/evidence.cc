@@ -51,6 +51,7 @@ std::map<std::string, std::string> evidence_facts(const Evidence& e) {
   std::map<std::string, std::string> out = e.facts;
   for (const auto& [name, d] : e.durations) out[name + "_ms"] = ms(d);
   if (e.cpu) out["cpu"] = std::to_string(*e.cpu);
+  if (e.vcpu) out["vcpu"] = std::to_string(*e.vcpu);
   if (const auto& w = e.csd_wait) {
     out["waiter_cpu"] = std::to_string(w->waiter_cpu);
     out["target_cpu"] = std::to_string(w->target_cpu);
@@ -75,6 +76,12 @@ std::map<std::string, std::string> evidence_facts(const Evidence& e) {
   if (const auto& p = e.panic_text) {
     out["panic_text_lines"] = std::to_string(p->lines);
     if (!p->message.empty()) out["panic_message"] = p->message;
+  }
+  if (const auto& so = e.stack_overflow) {
+    out["stack_overflow"] = "1";
+    if (so->cpu) out["stack_overflow_cpu"] = std::to_string(*so->cpu);
+    if (so->pid) out["stack_overflow_pid"] = std::to_string(*so->pid);
+    if (!so->comm.empty()) out["stack_overflow_comm"] = so->comm;
   }
   return out;
 }

@@ -29,7 +29,7 @@ Evidence thread_evidence(const ThreadTracker& t, const std::string& text) {
   e.facts["state"] = std::string(1, thread_state_letter(t.latest.state));
   e.facts["wchan"] = t.latest.wchan;
   e.durations["no_run_progress"] = t.no_progress;
-  if (t.vcpu >= 0) e.facts["vcpu"] = std::to_string(t.vcpu);
+  if (t.vcpu >= 0) e.vcpu = t.vcpu;
   if (t.window) {
     e.facts["run_fraction"] = percent(t.window->run_fraction);
     e.facts["steal_fraction"] = percent(t.window->steal_fraction);
@@ -201,7 +201,8 @@ HostVerdict TickContext::host_verdict(int vcpu, Timestamp since) const {
   Evidence stop;
   stop.text = "vCPU " + std::to_string(vcpu) + ": stopped by the host from " + format_duration(now - s.onset) + " to " +
               format_duration(now - s.end) + " ago: " + s.phrase;
-  stop.facts = {{"vcpu", std::to_string(vcpu)}, {"stopped_by", s.id}};
+  stop.vcpu = vcpu;
+  stop.facts = {{"stopped_by", s.id}};
   v.evidence.insert(v.evidence.begin(), std::move(stop));
   return v;
 }
@@ -493,10 +494,8 @@ void rule_panic(TickContext& t) {
     const StackOverflowNote& n = *p.stack_overflow;
     Evidence so;
     so.text = "kernel stack overflow on " + overflow_where + ": the panic text says \"" + n.line + "\"";
-    so.facts["stack_overflow"] = "1";
-    if (overflow_cpu >= 0) so.facts["stack_overflow_cpu"] = std::to_string(overflow_cpu);
-    if (n.pid >= 0) so.facts["stack_overflow_pid"] = std::to_string(n.pid);
-    if (!n.comm.empty()) so.facts["stack_overflow_comm"] = n.comm;
+    so.stack_overflow = StackOverflowEvidence{overflow_cpu >= 0 ? std::optional<int>(overflow_cpu) : std::nullopt,
+                                              n.pid >= 0 ? std::optional<int>(n.pid) : std::nullopt, n.comm};
     f.evidence.push_back(std::move(so));
   }
   if (!p.text.empty()) {

@@ -1050,7 +1050,7 @@ TEST_F(Scenario, SchedulingWithAnOverwrittenStackEndIsAPanicNamingTheStackOverfl
       [](const Finding& x) {
         return x.kind == FindingKind::kGuestPanic &&
                std::any_of(x.evidence.begin(), x.evidence.end(),
-                           [](const diagnosis::Evidence& e) { return e.facts.count("stack_overflow") != 0; });
+                           [](const diagnosis::Evidence& e) { return e.stack_overflow.has_value(); });
       },
       90s, from_log);
   auto overflow = m.log.wait(
@@ -1071,10 +1071,10 @@ TEST_F(Scenario, SchedulingWithAnOverwrittenStackEndIsAPanicNamingTheStackOverfl
             std::string::npos)
       << f.summary;
   for (const auto& e : f.evidence) {
-    if (e.facts.count("stack_overflow") == 0) continue;
-    EXPECT_EQ(e.facts.at("stack_overflow_cpu"), "1");
-    EXPECT_EQ(e.facts.at("stack_overflow_pid"), pid);
-    EXPECT_EQ(e.facts.at("stack_overflow_comm"), "stackend/1");
+    if (!e.stack_overflow) continue;
+    EXPECT_EQ(e.stack_overflow->cpu, 1);
+    EXPECT_EQ(std::to_string(e.stack_overflow->pid.value_or(-1)), pid);
+    EXPECT_EQ(e.stack_overflow->comm, "stackend/1");
   }
   ASSERT_TRUE(overflow) << "no GUEST_STACK_OVERFLOW on CPU1 read from the panicked guest's memory";
   EXPECT_EQ(overflow->event.finding.evidence.at(0).facts.at("pid"), pid);

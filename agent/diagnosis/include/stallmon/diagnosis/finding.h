@@ -79,6 +79,13 @@ struct KernelTraceEvidence {
   Duration age{0};  // since the daemon read it, as of the finding's tick
 };
 
+// A kernel stack overflow the panic text of a GUEST_PANIC names.
+struct StackOverflowEvidence {
+  std::optional<int> cpu;  // the overflowing CPU: the oops header's, else the panicking one
+  std::optional<int> pid;  // the task, when the text names it
+  std::string comm;        // empty when the text names none
+};
+
 // The oops/panic text of a GUEST_PANIC.
 struct PanicTextEvidence {
   std::size_t lines = 0;
@@ -88,11 +95,13 @@ struct PanicTextEvidence {
 struct Evidence {
   std::string text;                          // one human-readable link of the chain
   std::optional<int> cpu;                    // the guest CPU this link is about
+  std::optional<int> vcpu;                   // the vCPU whose host thread this link is about
   std::optional<CsdWaitEvidence> csd_wait;
   std::optional<LockWaitEvidence> lock_wait;
   std::optional<WaitRootsEvidence> wait_roots;
   std::optional<KernelTraceEvidence> kernel_trace;
   std::optional<PanicTextEvidence> panic_text;
+  std::optional<StackOverflowEvidence> stack_overflow;
   // Ages and spans of this link by name ("unchanged" for an hrtimer count that stands still);
   // the API shows each as "<name>_ms".
   std::map<std::string, Duration> durations;
