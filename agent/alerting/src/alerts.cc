@@ -105,8 +105,8 @@ PostableAlert alert_from_finding(const diagnosis::Finding& f, const AlertOptions
   // A panic's own words ("Kernel panic - not syncing: Fatal exception"), whatever the evidence
   // lines above were cut to.
   for (const auto& e : f.evidence)
-    if (auto it = e.facts.find("panic_message"); it != e.facts.end())
-      a.annotations["panic_message"] = cut(utf8(it->second), options.max_annotation_bytes);
+    if (e.panic_text && !e.panic_text->message.empty())
+      a.annotations["panic_message"] = cut(utf8(e.panic_text->message), options.max_annotation_bytes);
   a.annotations["onset"] = format_rfc3339(f.onset);
   if (!f.explained_by.empty()) a.annotations["explained_by"] = utf8(f.explained_by);
   if (!f.incident_id.empty()) {

@@ -2,31 +2,21 @@
 // Guest-side rules: what the guest kernel's own state says (csd waits, runqueues, watchdog
 // timestamps, timer interrupt counts), joined with the host verdict for each vCPU.
 #include <algorithm>
-#include <cinttypes>
-#include <cstdio>
 #include <set>
 
 #include "rules.h"
 #include "stallmon/diagnosis/wait_graph.h"
+#include "text.h"
 
 namespace stallmon::diagnosis {
 
 namespace {
 
 using std::chrono::duration_cast;
-using std::chrono::milliseconds;
 
 // SOFTLOCKUP_DELAY_REPORT (ULONG_MAX): touch_softlockup_watchdog() asked the guest to skip the
 // next report; its next hrtimer restarts the report period.
 constexpr uint64_t kSoftlockupDelayReport = ~uint64_t{0};
-
-std::string ms(Duration d) { return std::to_string(duration_cast<milliseconds>(d).count()); }
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 // "CPU0 (sh, pid 107)"
 std::string cpu_task(const GuestCpuView& c) {
@@ -76,7 +66,7 @@ Evidence runqueue_evidence(const GuestCpuView& c) {
     }
     e.text += "]";
   }
-  e.facts["cpu"] = std::to_string(c.cpu);
+  e.cpu = c.cpu;
   e.facts["current_pid"] = std::to_string(c.current_pid);
   e.facts["current_comm"] = c.current_comm;
   e.facts["idle"] = c.idle ? "1" : "0";
@@ -124,13 +114,7 @@ Evidence lock_wait_evidence(const LockWait& w) {
   Evidence e;
   e.text = "CPU" + std::to_string(w.waiter) + " spins on a spinlock (" + w.frame + ")";
   e.text += w.holder ? " held by CPU" + std::to_string(*w.holder) + " (" + w.how + ")" : "; its holder is " + w.how;
-  e.facts["lock_waiter_cpu"] = std::to_string(w.waiter);
-  e.facts["lock_frame"] = w.frame;
-  if (w.holder) e.facts["lock_holder_cpu"] = std::to_string(*w.holder);
-  std::string cands;
-  for (int c : w.candidates) cands += (cands.empty() ? "" : ",") + std::to_string(c);
-  e.facts["lock_holder_candidates"] = cands;
-  e.facts["lock_holder_inference"] = w.how;
+  e.lock_wait = LockWaitEvidence{w.waiter, w.frame, w.holder, w.candidates, w.how};
   return e;
 }
 
@@ -226,9 +210,9 @@ void rule_irqs_off(TickContext& t) {
     e.text = "CPU" + std::to_string(cpu) + ": hrtimer_interrupts " + std::to_string(*ct.hrtimer) + " unchanged for " +
              format_duration(frozen) + " while " + thread_phrase(*th) + " ran " + format_duration(ran);
     e.facts["hrtimer_interrupts"] = std::to_string(*ct.hrtimer);
-    e.facts["unchanged_ms"] = ms(frozen);
-    e.facts["host_run_ms"] = ms(ran);
-    e.facts["watchdog_period_ms"] = ms(period);
+    e.durations["unchanged"] = frozen;
+    e.durations["host_run"] = ran;
+    e.durations["watchdog_period"] = period;
     f.evidence.push_back(std::move(e));
     f.evidence.push_back(runqueue_evidence(ct.latest));
     c.signature = "irqs-off";
@@ -236,184 +220,227 @@ void rule_irqs_off(TickContext& t) {
   }
 }
 
+// GUEST_IPI_STALL in named steps, one finding per wait-graph root: the component's csd edges,
+// the classification of the root's cause, the guest's predicted report, the summary, and the
+// evidence chain.
+namespace {
+
+const GuestCpuView* latest_view(const GuestState& g, int cpu) {
+  auto it = g.cpus.find(cpu);
+  return it == g.cpus.end() ? nullptr : &it->second.latest;
+}
+
+bool ipi_edge_qualifies(const TickContext& t, const CsdEdgeTracker& e) {
+  return t.now - e.first_seen >= t.config.ipi_stall_min;
+}
+
+// One component of the wait graph: its root(s), the CPUs involved, and its qualifying csd edges.
+struct IpiComponent {
+  struct EdgeRef {
+    CsdEdgeKey key;
+    const CsdEdgeTracker* e;
+  };
+  const WaitRoot& root;
+  std::set<int> members;       // the roots
+  std::set<int> involved;      // the roots and their waiters
+  std::vector<EdgeRef> edges;  // oldest first
+  std::size_t first_into_root = 0;  // the oldest edge from a waiter into a root (or the oldest: a pure cycle)
+
+  const EdgeRef& first() const { return edges[first_into_root]; }
+};
+
+IpiComponent ipi_component(const TickContext& t, const WaitRoot& root) {
+  const GuestState& g = *t.d.guest;
+  IpiComponent c{root, {root.roots.begin(), root.roots.end()}, {}, {}, 0};
+  c.involved = c.members;
+  c.involved.insert(root.waiters.begin(), root.waiters.end());
+  for (const auto& [key, e] : g.edges)
+    if (ipi_edge_qualifies(t, e) && c.involved.count(key.waiter) && c.involved.count(key.target))
+      c.edges.push_back({key, &e});
+  std::sort(c.edges.begin(), c.edges.end(), [](const IpiComponent::EdgeRef& a, const IpiComponent::EdgeRef& b) {
+    return a.e->first_seen < b.e->first_seen || (a.e->first_seen == b.e->first_seen && a.key < b.key);
+  });
+  for (std::size_t i = 0; i < c.edges.size(); ++i)
+    if (c.members.count(c.edges[i].key.target) && !c.members.count(c.edges[i].key.waiter)) {
+      c.first_into_root = i;
+      break;
+    }
+  return c;
+}
+
+// Why the root does not answer.
+struct IpiRootCause {
+  Cause cause = Cause::kUnknown;
+  bool evaluating = false;
+  std::string phrase;
+  std::string explained_by;
+  std::vector<Evidence> host_evidence;  // the roots' host verdicts
+};
+
+IpiRootCause classify_ipi_root(const TickContext& t, const IpiComponent& c) {
+  const GuestState& g = *t.d.guest;
+  const WaitRoot& root = c.root;
+  IpiRootCause rc;
+  for (int r : root.roots) {
+    HostVerdict v = t.host_verdict(r);
+    rc.host_evidence.insert(rc.host_evidence.end(), v.evidence.begin(), v.evidence.end());
+    if (rc.cause == Cause::kUnknown && v.cause != Cause::kUnspecified) {
+      rc.cause = v.cause;
+      rc.phrase = v.phrase;
+      rc.explained_by = v.explained_by;
+    }
+  }
+  if (rc.cause != Cause::kUnknown || root.cycle) return rc;
+  const int r = root.roots.front();
+  const ThreadTracker* th = t.vcpu_thread(r);
+  const GuestCpuView* gv = latest_view(g, r);
+  const GuestCpuTracker* ct = g.cpus.count(r) ? &g.cpus.at(r) : nullptr;
+  // "The host runs it": over the window, and still now (a thread frozen a moment ago has a
+  // good window fraction too).
+  const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction &&
+                         !is_host_blocking(th->latest.state) && th->no_progress < t.config.host_blocked_min / 2;
+  const Timestamp wait_began = c.first().e->first_seen;
+  if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
+    rc.cause = Cause::kGuestIrqsOff;
+    rc.explained_by = it->second;
+    rc.phrase = "its " + thread_phrase(*th) + " is running, but CPU" + std::to_string(r) +
+                " has interrupts off: its timer interrupts stopped " + format_duration(t.now - ct->hrtimer_since) + " ago";
+  } else if (th != nullptr && impeded_since(*th, wait_began)) {
+    // Throttled, starvation building, or steal rising: a vCPU the host holds back answers
+    // late without its interrupts being off. Say so and let the starvation window (or the
+    // watchdog timer) decide, rather than guess.
+    rc.evaluating = true;
+    rc.phrase = impeded_phrase(*th) + "; whether that explains the wait is judged over " +
+                format_duration(t.config.starved_window + t.config.starved_sustain);
+  } else if (host_runs && gv != nullptr && !gv->idle) {
+    // A vCPU the host runs takes an IPI as soon as its interrupts are on. Not taking it for
+    // the whole wait, with no timer interrupt either, means they are off; a timer interrupt
+    // during the wait disproves that, and the CPU is merely stuck elsewhere in the guest.
+    if (ct != nullptr && ct->hrtimer && ct->hrtimer_since <= wait_began) {
+      rc.cause = Cause::kGuestIrqsOff;
+      rc.phrase = "its " + thread_phrase(*th) + " is running (" + percent(th->window->run_fraction) +
+                  " of a host CPU), yet CPU" + std::to_string(r) +
+                  " takes neither the IPI nor a timer interrupt: its interrupts are off";
+    } else {
+      rc.cause = Cause::kGuestOther;
+      rc.phrase = "its " + thread_phrase(*th) + " is running and CPU" + std::to_string(r) +
+                  " takes timer interrupts, so it is stuck elsewhere in the guest";
+    }
+  } else if (th != nullptr) {
+    rc.phrase = "its " + thread_phrase(*th) + " is in " + std::string(1, thread_state_letter(th->latest.state)) +
+                " state and neither blocked nor starved on the host";
+  }
+  return rc;
+}
+
+// The waiters spin with their watchdog starved: the guest's first word on this stall will be a
+// soft lockup on one of them (never on a root the host does not run).
+struct GuestReportPrediction {
+  std::optional<Duration> in;
+  int cpu = -1;
+};
+
+GuestReportPrediction predict_guest_report(const TickContext& t, const WaitRoot& root) {
+  const GuestState& g = *t.d.guest;
+  GuestReportPrediction p;
+  for (int w : root.waiters) {
+    const GuestCpuView* wv = latest_view(g, w);
+    if (wv == nullptr || !g.cpus.at(w).watchdog_active() || t.host_verdict(w).not_running || t.irqs_off_id.count(w))
+      continue;
+    if (auto sc = softlockup_clock(g.view, *wv); sc && (!p.in || sc->report_in < *p.in)) {
+      p.in = sc->report_in;
+      p.cpu = w;
+    }
+  }
+  return p;
+}
+
+std::string ipi_summary(const TickContext& t, const IpiComponent& c, const IpiRootCause& rc,
+                        const GuestReportPrediction& p) {
+  const GuestState& g = *t.d.guest;
+  const WaitRoot& root = c.root;
+  const CsdEdgeKey& k0 = c.first().key;
+  const CsdEdgeTracker& e0 = *c.first().e;
+  std::string summary;
+  if (root.cycle) {
+    summary = cpu_list(root.roots) + " wait on each other's cross-CPU calls (a cycle)";
+    if (!root.waiters.empty())
+      summary += "; " + cpu_list(root.waiters) + (root.waiters.size() == 1 ? " waits" : " wait") + " on them too";
+  } else {
+    const GuestCpuView* waiter_view = latest_view(g, k0.waiter);
+    summary = (waiter_view ? cpu_task(*waiter_view) : "CPU" + std::to_string(k0.waiter)) + " has waited " +
+              format_duration(t.now - e0.first_seen) + " for CPU" + std::to_string(k0.target) + " to run " +
+              (e0.function.empty() ? std::string("a function call") : e0.function);
+    std::vector<int> others;
+    for (int w : root.waiters)
+      if (w != k0.waiter) others.push_back(w);
+    if (!others.empty()) summary += "; " + cpu_list(others) + (others.size() == 1 ? " also waits" : " also wait") + " on it";
+    if (const GuestCpuView* rv = latest_view(g, root.roots.front())) summary += "; " + cpu_state_phrase(*rv);
+  }
+  if (!rc.phrase.empty()) summary += "; " + rc.phrase;
+  if (p.in && *p.in > Duration::zero())
+    summary += "; the guest will report a soft lockup on CPU" + std::to_string(p.cpu) + " in ~" + format_duration(*p.in);
+  summary += ". " + cause_sentence(rc.cause, rc.evaluating);
+  return summary;
+}
+
+// The chain: each csd wait, the lock waits inside the component, the roots' runqueues, their
+// host verdicts, and the root itself.
+std::vector<Evidence> ipi_evidence(const TickContext& t, const IpiComponent& c, const IpiRootCause& rc) {
+  const GuestState& g = *t.d.guest;
+  std::vector<Evidence> out;
+  for (const auto& r : c.edges) {
+    const GuestCpuView* wv = latest_view(g, r.key.waiter);
+    Evidence e;
+    e.text = (wv ? cpu_task(*wv) : "CPU" + std::to_string(r.key.waiter)) + " waits on CPU" +
+             std::to_string(r.key.target) + "'s csd " + hex(r.key.csd_address) + " (" +
+             (r.e->function.empty() ? "?" : r.e->function) + ") for " + format_duration(t.now - r.e->first_seen);
+    e.csd_wait = CsdWaitEvidence{r.key.waiter,  r.key.target,       t.now - r.e->first_seen,
+                                 r.e->function, r.key.csd_address, r.e->flags};
+    out.push_back(std::move(e));
+  }
+  for (const auto& [w, lw] : t.lock_waits)
+    if (lw.holder && c.involved.count(w) && c.involved.count(*lw.holder)) out.push_back(lock_wait_evidence(lw));
+  for (int r : c.root.roots)
+    if (const GuestCpuView* rv = latest_view(g, r)) out.push_back(runqueue_evidence(*rv));
+  out.insert(out.end(), rc.host_evidence.begin(), rc.host_evidence.end());
+  Evidence roots_ev;
+  roots_ev.text = "wait graph root: " + cpu_list(c.root.roots) + (c.root.cycle ? " (cycle)" : "");
+  roots_ev.wait_roots = WaitRootsEvidence{c.root.roots, c.root.waiters, c.root.cycle};
+  out.push_back(std::move(roots_ev));
+  return out;
+}
+
+}  // namespace
+
 void rule_ipi_stall(TickContext& t) {
   const GuestState& g = *t.d.guest;
   std::vector<WaitEdge> edges;
   for (const auto& [key, e] : g.edges)
-    if (t.now - e.first_seen >= t.config.ipi_stall_min) edges.push_back({key.waiter, key.target});
+    if (ipi_edge_qualifies(t, e)) edges.push_back({key.waiter, key.target});
   if (edges.empty()) return;
   // A lock waiter whose holder is known waits on it like a csd waiter on its target: a csd wait
   // on the waiter leads to the holder.
   for (const auto& [w, lw] : t.lock_waits)
     if (lw.holder) edges.push_back({w, *lw.holder});
 
-  auto cpu_view = [&](int cpu) -> const GuestCpuView* {
-    auto it = g.cpus.find(cpu);
-    return it == g.cpus.end() ? nullptr : &it->second.latest;
-  };
-
   for (const WaitRoot& root : find_wait_roots(edges)) {
-    std::set<int> members(root.roots.begin(), root.roots.end());
-    std::set<int> involved = members;
-    involved.insert(root.waiters.begin(), root.waiters.end());
-
-    // The qualifying edges of this component, oldest first.
-    struct EdgeRef {
-      CsdEdgeKey key;
-      const CsdEdgeTracker* e;
-    };
-    std::vector<EdgeRef> comp;
-    for (const auto& [key, e] : g.edges)
-      if (t.now - e.first_seen >= t.config.ipi_stall_min && involved.count(key.waiter) && involved.count(key.target))
-        comp.push_back({key, &e});
-    std::sort(comp.begin(), comp.end(), [](const EdgeRef& a, const EdgeRef& b) {
-      return a.e->first_seen < b.e->first_seen || (a.e->first_seen == b.e->first_seen && a.key < b.key);
-    });
-    const EdgeRef* first_into_root = nullptr;
-    for (const auto& r : comp)
-      if (members.count(r.key.target) && !members.count(r.key.waiter)) {
-        first_into_root = &r;
-        break;
-      }
-    if (first_into_root == nullptr) first_into_root = &comp.front();  // a pure cycle
-
-    // Classify the root's cause.
-    Cause cause = Cause::kUnknown;
-    bool evaluating = false;
-    std::string cause_phrase;
-    std::string explained_by;
-    std::vector<Evidence> host_evidence;
-    for (int r : root.roots) {
-      HostVerdict v = t.host_verdict(r);
-      host_evidence.insert(host_evidence.end(), v.evidence.begin(), v.evidence.end());
-      if (cause == Cause::kUnknown && v.cause != Cause::kUnspecified) {
-        cause = v.cause;
-        cause_phrase = v.phrase;
-        explained_by = v.explained_by;
-      }
-    }
-    if (cause == Cause::kUnknown && !root.cycle) {
-      const int r = root.roots.front();
-      const ThreadTracker* th = t.vcpu_thread(r);
-      const GuestCpuView* gv = cpu_view(r);
-      const GuestCpuTracker* ct = g.cpus.count(r) ? &g.cpus.at(r) : nullptr;
-      // "The host runs it": over the window, and still now (a thread frozen a moment ago has a
-      // good window fraction too).
-      const bool host_runs = th != nullptr && th->window && th->window->run_fraction >= t.config.irqs_off_min_run_fraction &&
-                             !is_host_blocking(th->latest.state) && th->no_progress < t.config.host_blocked_min / 2;
-      const Timestamp wait_began = first_into_root->e->first_seen;
-      if (auto it = t.irqs_off_id.find(r); it != t.irqs_off_id.end()) {
-        cause = Cause::kGuestIrqsOff;
-        explained_by = it->second;
-        cause_phrase = "its " + thread_phrase(*th) + " is running, but CPU" + std::to_string(r) +
-                       " has interrupts off: its timer interrupts stopped " + format_duration(t.now - ct->hrtimer_since) +
-                       " ago";
-      } else if (th != nullptr && impeded_since(*th, wait_began)) {
-        // Throttled, starvation building, or steal rising: a vCPU the host holds back answers
-        // late without its interrupts being off. Say so and let the starvation window (or the
-        // watchdog timer) decide, rather than guess.
-        evaluating = true;
-        cause_phrase = impeded_phrase(*th) + "; whether that explains the wait is judged over " +
-                       format_duration(t.config.starved_window + t.config.starved_sustain);
-      } else if (host_runs && gv != nullptr && !gv->idle) {
-        // A vCPU the host runs takes an IPI as soon as its interrupts are on. Not taking it for
-        // the whole wait, with no timer interrupt either, means they are off; a timer interrupt
-        // during the wait disproves that, and the CPU is merely stuck elsewhere in the guest.
-        if (ct != nullptr && ct->hrtimer && ct->hrtimer_since <= wait_began) {
-          cause = Cause::kGuestIrqsOff;
-          cause_phrase = "its " + thread_phrase(*th) + " is running (" + percent(th->window->run_fraction) +
-                         " of a host CPU), yet CPU" + std::to_string(r) +
-                         " takes neither the IPI nor a timer interrupt: its interrupts are off";
-        } else {
-          cause = Cause::kGuestOther;
-          cause_phrase = "its " + thread_phrase(*th) + " is running and CPU" + std::to_string(r) +
-                         " takes timer interrupts, so it is stuck elsewhere in the guest";
-        }
-      } else if (th != nullptr) {
-        cause_phrase = "its " + thread_phrase(*th) + " is in " + std::string(1, thread_state_letter(th->latest.state)) +
-                       " state and neither blocked nor starved on the host";
-      }
-    }
-
-    const GuestCpuView* waiter_view = cpu_view(first_into_root->key.waiter);
-    const CsdEdgeTracker& e0 = *first_into_root->e;
-    std::string summary;
-    if (root.cycle) {
-      summary = cpu_list(root.roots) + " wait on each other's cross-CPU calls (a cycle)";
-      if (!root.waiters.empty())
-        summary += "; " + cpu_list(root.waiters) + (root.waiters.size() == 1 ? " waits" : " wait") + " on them too";
-    } else {
-      summary = (waiter_view ? cpu_task(*waiter_view) : "CPU" + std::to_string(first_into_root->key.waiter)) +
-                " has waited " + format_duration(t.now - e0.first_seen) + " for CPU" +
-                std::to_string(first_into_root->key.target) + " to run " +
-                (e0.function.empty() ? std::string("a function call") : e0.function);
-      std::vector<int> others;
-      for (int w : root.waiters)
-        if (w != first_into_root->key.waiter) others.push_back(w);
-      if (!others.empty())
-        summary += "; " + cpu_list(others) + (others.size() == 1 ? " also waits" : " also wait") + " on it";
-      if (const GuestCpuView* rv = cpu_view(root.roots.front())) summary += "; " + cpu_state_phrase(*rv);
-    }
-    if (!cause_phrase.empty()) summary += "; " + cause_phrase;
-    // The waiters spin with their watchdog starved: the guest's first word on this stall will be
-    // a soft lockup on one of them (never on a root the host does not run).
-    std::optional<Duration> predicted;
-    int predicted_cpu = -1;
-    for (int w : root.waiters) {
-      const GuestCpuView* wv = cpu_view(w);
-      if (wv == nullptr || !g.cpus.at(w).watchdog_active() || t.host_verdict(w).not_running || t.irqs_off_id.count(w))
-        continue;
-      if (auto sc = softlockup_clock(g.view, *wv); sc && (!predicted || sc->report_in < *predicted)) {
-        predicted = sc->report_in;
-        predicted_cpu = w;
-      }
-    }
-    if (predicted && *predicted > Duration::zero())
-      summary += "; the guest will report a soft lockup on CPU" + std::to_string(predicted_cpu) + " in ~" +
-                 format_duration(*predicted);
-    summary += ". " + cause_sentence(cause, evaluating);
+    const IpiComponent comp = ipi_component(t, root);
+    const IpiRootCause rc = classify_ipi_root(t, comp);
+    const GuestReportPrediction prediction = predict_guest_report(t, root);
 
     std::string key = "root=cpu";
     for (std::size_t i = 0; i < root.roots.size(); ++i) key += (i ? "," : "") + std::to_string(root.roots[i]);
-    auto& c = t.propose(FindingKind::kGuestIpiStall, key, Severity::kCritical, cause);
+    auto& c = t.propose(FindingKind::kGuestIpiStall, key, Severity::kCritical, rc.cause);
     Finding& f = c.finding;
-    f.cpus.assign(involved.begin(), involved.end());
-    f.onset = comp.front().e->first_seen;
-    f.summary = std::move(summary);
-    f.explained_by = explained_by;
-    f.cause_evaluating = evaluating;
-    f.predicted_guest_report_in = predicted;
-    for (const auto& r : comp) {
-      const GuestCpuView* wv = cpu_view(r.key.waiter);
-      Evidence e;
-      e.text = (wv ? cpu_task(*wv) : "CPU" + std::to_string(r.key.waiter)) + " waits on CPU" +
-               std::to_string(r.key.target) + "'s csd " + hex(r.key.csd_address) + " (" +
-               (r.e->function.empty() ? "?" : r.e->function) + ") for " + format_duration(t.now - r.e->first_seen);
-      e.facts["waiter_cpu"] = std::to_string(r.key.waiter);
-      e.facts["target_cpu"] = std::to_string(r.key.target);
-      e.facts["wait_ms"] = ms(t.now - r.e->first_seen);
-      e.facts["function"] = r.e->function;
-      e.facts["csd_address"] = hex(r.key.csd_address);
-      e.facts["csd_flags"] = hex(r.e->flags);
-      f.evidence.push_back(std::move(e));
-    }
-    for (const auto& [w, lw] : t.lock_waits)
-      if (lw.holder && involved.count(w) && involved.count(*lw.holder)) f.evidence.push_back(lock_wait_evidence(lw));
-    for (int r : root.roots)
-      if (const GuestCpuView* rv = cpu_view(r)) f.evidence.push_back(runqueue_evidence(*rv));
-    f.evidence.insert(f.evidence.end(), host_evidence.begin(), host_evidence.end());
-    {
-      Evidence roots_ev;
-      roots_ev.text = "wait graph root: " + cpu_list(root.roots) + (root.cycle ? " (cycle)" : "");
-      std::string rs, ws;
-      for (int r : root.roots) rs += (rs.empty() ? "" : ",") + std::to_string(r);
-      for (int w : root.waiters) ws += (ws.empty() ? "" : ",") + std::to_string(w);
-      roots_ev.facts["roots"] = rs;
-      roots_ev.facts["waiters"] = ws;
-      roots_ev.facts["cycle"] = root.cycle ? "1" : "0";
-      f.evidence.push_back(std::move(roots_ev));
-    }
-    c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "") + " by=" + explained_by + " waiters=" +
+    f.cpus.assign(comp.involved.begin(), comp.involved.end());
+    f.onset = comp.edges.front().e->first_seen;
+    f.summary = ipi_summary(t, comp, rc, prediction);
+    f.explained_by = rc.explained_by;
+    f.cause_evaluating = rc.evaluating;
+    f.predicted_guest_report_in = prediction.in;
+    f.evidence = ipi_evidence(t, comp, rc);
+    c.signature = std::string(to_string(rc.cause)) + (rc.evaluating ? "?" : "") + " by=" + rc.explained_by + " waiters=" +
                   [&] {
                     std::string s;
                     for (int w : root.waiters) s += std::to_string(w) + ",";
@@ -421,7 +448,7 @@ void rule_ipi_stall(TickContext& t) {
                   }();
     for (int w : root.waiters) {
       auto& link = t.waiter_of[w];
-      if (link.ipi_id.empty()) link = {f.id, cause, evaluating, root.roots};
+      if (link.ipi_id.empty()) link = {f.id, rc.cause, rc.evaluating, root.roots};
     }
   }
 }
@@ -452,7 +479,7 @@ void rule_idle_with_pending_work(TickContext& t) {
       f.summary += "; its host thread is neither blocked nor starved";
     f.summary += ". " + cause_sentence(cause, evaluating);
     f.evidence.push_back(runqueue_evidence(ct.latest));
-    f.evidence.back().facts["idle_pending_ms"] = ms(age);
+    f.evidence.back().durations["idle_pending"] = age;
     f.evidence.back().facts["snapshots"] = std::to_string(ct.idle_pending_snapshots);
     f.evidence.insert(f.evidence.end(), v.evidence.begin(), v.evidence.end());
     c.signature = std::string(to_string(cause)) + (evaluating ? "?" : "");
@@ -555,14 +582,14 @@ void rule_softlockup(TickContext& t) {
     e.facts["guest_clock_s"] = std::to_string(now_s);
     e.facts["touch_age_s"] = std::to_string(age_s);
     e.facts["watchdog_thresh"] = std::to_string(view.watchdog_thresh);
-    if (predicted) e.facts["predicted_report_ms"] = ms(*predicted);
+    if (predicted) e.durations["predicted_report"] = *predicted;
     f.evidence.push_back(std::move(e));
     if (ct.hrtimer) {
       Evidence h;
       h.text = "CPU" + std::to_string(cpu) + ": hrtimer_interrupts " + std::to_string(*ct.hrtimer) + ", unchanged for " +
                format_duration(t.now - ct.hrtimer_since);
       h.facts["hrtimer_interrupts"] = std::to_string(*ct.hrtimer);
-      h.facts["unchanged_ms"] = ms(t.now - ct.hrtimer_since);
+      h.durations["unchanged"] = t.now - ct.hrtimer_since;
       f.evidence.push_back(std::move(h));
     }
     f.evidence.push_back(runqueue_evidence(ct.latest));
@@ -603,11 +630,11 @@ void rule_stack_overflow(TickContext& t) {
     e.text = "CPU" + std::to_string(cpu) + ": the STACK_END_MAGIC (" + hex(kStackEndMagic) + ") at the stack end of " +
              task + " was overwritten (a deep overflow or a write past the stack); seen for " +
              format_duration(t.now - s.since);
-    e.facts["cpu"] = std::to_string(cpu);
+    e.cpu = cpu;
     e.facts["pid"] = std::to_string(s.pid);
     e.facts["comm"] = s.comm;
     e.facts["stack_end_magic"] = hex(kStackEndMagic);
-    e.facts["corrupt_for_ms"] = ms(t.now - s.since);
+    e.durations["corrupt_for"] = t.now - s.since;
     f.evidence.push_back(std::move(e));
     // The task may be gone from the runqueue read of this snapshot (unreadable): its own last view.
     if (ct.latest.current_pid == s.pid && ct.latest.current_comm == s.comm) f.evidence.push_back(runqueue_evidence(ct.latest));

@@ -28,9 +28,8 @@ Evidence thread_evidence(const ThreadTracker& t, const std::string& text) {
   e.facts["thread"] = t.latest.name;
   e.facts["state"] = std::string(1, thread_state_letter(t.latest.state));
   e.facts["wchan"] = t.latest.wchan;
-  e.facts["no_run_progress_ms"] =
-      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t.no_progress).count());
-  if (t.vcpu >= 0) e.facts["vcpu"] = std::to_string(t.vcpu);
+  e.durations["no_run_progress"] = t.no_progress;
+  if (t.vcpu >= 0) e.vcpu = t.vcpu;
   if (t.window) {
     e.facts["run_fraction"] = percent(t.window->run_fraction);
     e.facts["steal_fraction"] = percent(t.window->steal_fraction);
@@ -199,10 +198,12 @@ HostVerdict TickContext::host_verdict(int vcpu, Timestamp since) const {
   v.cause = Cause::kHostBlocked;
   v.phrase = "it was stopped by the host until " + format_duration(now - s.end) + " ago (" + s.phrase + ")";
   v.explained_by = s.id;
-  v.evidence.insert(v.evidence.begin(), Evidence{"vCPU " + std::to_string(vcpu) + ": stopped by the host from " +
-                                                     format_duration(now - s.onset) + " to " +
-                                                     format_duration(now - s.end) + " ago: " + s.phrase,
-                                                 {{"vcpu", std::to_string(vcpu)}, {"stopped_by", s.id}}, {}});
+  Evidence stop;
+  stop.text = "vCPU " + std::to_string(vcpu) + ": stopped by the host from " + format_duration(now - s.onset) + " to " +
+              format_duration(now - s.end) + " ago: " + s.phrase;
+  stop.vcpu = vcpu;
+  stop.facts = {{"stopped_by", s.id}};
+  v.evidence.insert(v.evidence.begin(), std::move(stop));
   return v;
 }
 
@@ -414,8 +415,7 @@ void rule_host_starved(TickContext& t) {
     Evidence e = thread_evidence(th, "vCPU " + std::to_string(i) + ": " + starved_phrase(th, t.config.starved_window));
     e.facts["throttled_fraction"] = percent(th.window->throttled_fraction);
     e.facts["nr_throttled_delta"] = std::to_string(th.window->throttled_count);
-    e.facts["window_ms"] =
-        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(th.window->span).count());
+    e.durations["window"] = th.window->span;
     f.evidence.push_back(std::move(e));
     c.signature = th.window->throttled_count > 0 ? "throttled" : "steal";
     t.starved_id[i] = f.id;
@@ -494,10 +494,8 @@ void rule_panic(TickContext& t) {
     const StackOverflowNote& n = *p.stack_overflow;
     Evidence so;
     so.text = "kernel stack overflow on " + overflow_where + ": the panic text says \"" + n.line + "\"";
-    so.facts["stack_overflow"] = "1";
-    if (overflow_cpu >= 0) so.facts["stack_overflow_cpu"] = std::to_string(overflow_cpu);
-    if (n.pid >= 0) so.facts["stack_overflow_pid"] = std::to_string(n.pid);
-    if (!n.comm.empty()) so.facts["stack_overflow_comm"] = n.comm;
+    so.stack_overflow = StackOverflowEvidence{overflow_cpu >= 0 ? std::optional<int>(overflow_cpu) : std::nullopt,
+                                              n.pid >= 0 ? std::optional<int>(n.pid) : std::nullopt, n.comm};
     f.evidence.push_back(std::move(so));
   }
   if (!p.text.empty()) {
@@ -505,8 +503,7 @@ void rule_panic(TickContext& t) {
     Evidence text;
     text.text = "oops/panic text:";
     for (const auto& line : p.text) text.text += "\n" + line;
-    text.facts["panic_text_lines"] = std::to_string(p.text.size());
-    if (!p.message.empty()) text.facts["panic_message"] = p.message;
+    text.panic_text = PanicTextEvidence{p.text.size(), p.message};
     f.evidence.push_back(std::move(text));
   }
   // The panic text arriving (or growing) is material: an UPDATED event, same finding.

@@ -39,29 +39,19 @@ constexpr Duration kStaleAfter = std::chrono::seconds(2);
 Evidence trace_evidence(int cpu, const KernelTrace& tr, Timestamp now) {
   Evidence e;
   const std::string name = "CPU" + std::to_string(cpu);
-  e.facts["cpu"] = std::to_string(cpu);
+  e.cpu = cpu;
+  e.kernel_trace = KernelTraceEvidence{tr, now - tr.taken_at};
   if (!tr.error.empty()) {
     e.text = name + " trace unavailable: " + tr.error;
-    e.facts["trace_error"] = tr.error;
     return e;
   }
   const std::string task = tr.comm + "/" + std::to_string(tr.pid);
   e.text = name + " trace (" + verification_phrase(tr.verification) + ", " + task;
   if (now - tr.taken_at >= kStaleAfter) e.text += ", read " + format_duration(now - tr.taken_at) + " ago";
   e.text += "): ";
-  std::string joined;
-  for (std::size_t i = 0; i < tr.frames.size(); ++i) {
-    e.text += (i ? " \u2190 " : "") + tr.frames[i];
-    joined += (i ? "\n" : "") + tr.frames[i];
-  }
+  for (std::size_t i = 0; i < tr.frames.size(); ++i) e.text += (i ? " \u2190 " : "") + tr.frames[i];
   if (tr.frames.empty()) e.text += "(no kernel frame found)";
   if (tr.truncated) e.text += " \u2190 \u2026";
-  e.facts["trace"] = joined;  // innermost first, one frame per line
-  e.facts["verification"] = to_string(tr.verification);
-  e.facts["task"] = task;
-  e.facts["frames"] = std::to_string(tr.frames.size());
-  e.facts["truncated"] = tr.truncated ? "1" : "0";
-  e.facts["age_ms"] = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - tr.taken_at).count());
   return e;
 }
 

@@ -61,17 +61,9 @@ std::map<std::pair<int, int>, int64_t> ipi_wait_ms(const std::vector<diagnosis::
   std::map<std::pair<int, int>, int64_t> out;
   for (const auto& f : findings) {
     if (f.kind != diagnosis::FindingKind::kGuestIpiStall || !f.active) continue;
-    for (const auto& e : f.evidence) {
-      auto w = e.facts.find("waiter_cpu");
-      auto t = e.facts.find("target_cpu");
-      auto ms = e.facts.find("wait_ms");
-      if (w == e.facts.end() || t == e.facts.end() || ms == e.facts.end()) continue;
-      try {
-        out[{std::stoi(w->second), std::stoi(t->second)}] = std::stoll(ms->second);
-      } catch (const std::exception&) {
-        // A fact that is not a number is the engine's bug, not a reason to fail the RPC.
-      }
-    }
+    for (const auto& e : f.evidence)
+      if (const auto& w = e.csd_wait)
+        out[{w->waiter_cpu, w->target_cpu}] = std::chrono::duration_cast<std::chrono::milliseconds>(w->age).count();
   }
   return out;
 }
@@ -149,7 +141,7 @@ void to_proto(const diagnosis::Finding& f, v1::Finding* out) {
   for (const auto& e : f.evidence) {
     auto* pe = out->add_evidence();
     pe->set_text(sanitize_utf8(e.text));
-    for (const auto& [k, v] : e.facts) (*pe->mutable_facts())[sanitize_utf8(k)] = sanitize_utf8(v);
+    for (const auto& [k, v] : diagnosis::evidence_facts(e)) (*pe->mutable_facts())[sanitize_utf8(k)] = sanitize_utf8(v);
     for (const auto& frame : e.host_stack) pe->add_host_stack(sanitize_utf8(frame));
   }
   if (f.predicted_guest_report_in) to_proto(*f.predicted_guest_report_in, out->mutable_predicted_guest_report_in());

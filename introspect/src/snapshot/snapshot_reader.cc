@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "field_set.h"
@@ -96,8 +97,22 @@ struct SnapshotReader::Layout {
   uint32_t wd_thresh_size = 4, panic_cpu_size = 4;
 
   uint64_t runqueues = 0;
-  std::optional<uint64_t> csq, cfd, wd_touch, wd_report, hr_int, hr_saved, steal;
-  uint32_t wd_size[4] = {8, 8, 8, 8};  // touch, report, hrtimer_interrupts, _saved
+  std::optional<uint64_t> csq, cfd, steal;
+
+  // A per-CPU watchdog variable: its symbol, where a CPU's value goes, and how to read it.
+  struct WatchdogField {
+    const char* symbol;
+    std::optional<uint64_t> WatchdogState::*value;
+    std::optional<uint64_t> address = std::nullopt;  // the per-cpu variable, when the kernel has it
+    uint32_t size = 8;                               // 4 or 8 bytes, from BTF
+  };
+  WatchdogField wd_touch{"watchdog_touch_ts", &WatchdogState::touch_ts};
+  WatchdogField wd_report{"watchdog_report_ts", &WatchdogState::report_ts};
+  WatchdogField hr_int{"hrtimer_interrupts", &WatchdogState::hrtimer_interrupts};
+  WatchdogField hr_saved{"hrtimer_interrupts_saved", &WatchdogState::hrtimer_interrupts_saved};
+  // In the order they are read and reported.
+  std::array<WatchdogField*, 4> watchdog_fields() { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
+  std::array<const WatchdogField*, 4> watchdog_fields() const { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
 
   FieldSet rq;
   int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1;
@@ -338,20 +353,14 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   // --- Watchdogs. Sizes from BTF: hrtimer_interrupts became an atomic_t and
   // hrtimer_interrupts_saved an int (6.6, the buddy hard-lockup detector rework); they were
   // unsigned long before, as the soft-lockup timestamps still are. ---
-  L.wd_touch = sym("watchdog_touch_ts");
-  L.wd_report = sym("watchdog_report_ts");
-  L.hr_int = sym("hrtimer_interrupts");
-  L.hr_saved = sym("hrtimer_interrupts_saved");
-  {
-    const char* names[4] = {"watchdog_touch_ts", "watchdog_report_ts", "hrtimer_interrupts", "hrtimer_interrupts_saved"};
-    for (int i = 0; i < 4; ++i) {
-      auto sz = k.variable_size(names[i]);
-      if (sz && (*sz == 4 || *sz == 8)) L.wd_size[i] = static_cast<uint32_t>(*sz);
-    }
+  for (auto* f : L.watchdog_fields()) f->address = sym(f->symbol);
+  for (auto* f : L.watchdog_fields()) {
+    auto sz = k.variable_size(f->symbol);
+    if (sz && (*sz == 4 || *sz == 8)) f->size = static_cast<uint32_t>(*sz);
   }
-  L.feat.watchdog_report_ts = L.wd_report.has_value();
-  L.feat.hrtimer_interrupts = L.hr_int.has_value();
-  if (!L.wd_touch) note("no watchdog_touch_ts (soft-lockup detector off?)");
+  L.feat.watchdog_report_ts = L.wd_report.address.has_value();
+  L.feat.hrtimer_interrupts = L.hr_int.address.has_value();
+  if (!L.wd_touch.address) note("no watchdog_touch_ts (soft-lockup detector off?)");
 
   // --- Steal time (arch/x86/kernel/kvm.c, CONFIG_KVM_GUEST). ---
   L.steal = sym("steal_time");
@@ -384,29 +393,43 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   return r;
 }
 
-GuestSnapshot SnapshotReader::take() {
-  const Layout& L = *layout_;
-  KernelAccess& k = kernel_;
-  GuestSnapshot s;
-  s.taken_at_ns = monotonic_ns();
-  k.begin_snapshot();
-  s.nr_cpu_ids = L.nr_cpu_ids;
-  s.per_cpu_offsets = L.pcpu;
-  const uint32_t n = L.ncpus;
-  s.cpus.resize(n);
-  if (n < L.nr_cpu_ids)
-    s.errors.push_back({-1, "cpus", "only the first " + std::to_string(n) + " of " + std::to_string(L.nr_cpu_ids) +
-                                        " CPUs read (max_cpus)", std::nullopt});
+namespace {
 
-  auto err = [&](int32_t cpu, std::string what, std::string msg, std::optional<uint64_t> addr = {}) {
-    s.errors.push_back(SnapshotError{cpu, std::move(what), std::move(msg), addr});
+void add_error(GuestSnapshot& s, int32_t cpu, std::string what, std::string msg, std::optional<uint64_t> addr = {}) {
+  s.errors.push_back(SnapshotError{cpu, std::move(what), std::move(msg), addr});
+}
+
+// One take(): the reads of a snapshot in batches (each one KernelAccess::read_batch), every
+// batch planned from what the previous one read. Errors are values in the snapshot.
+class SnapshotTake {
+ public:
+  SnapshotTake(const SnapshotReader::Layout& layout, KernelAccess& kernel, GuestSnapshot& snapshot)
+      : L(layout), k(kernel), s(snapshot), n(layout.ncpus), w(layout.ncpus) {
+    reqs.reserve(n * 12 + 8);
+  }
+
+  // Batch 1: globals and every CPU's fixed per-cpu objects (runqueue, call_single_queue head,
+  // cfd_data, watchdog variables, steal time).
+  void read_fixed_objects();
+  // Batch 2: each CPU's current task and its off-stack cfd cpumask.
+  void read_current_tasks_and_cfd_masks();
+  // Batches 3..: the cfd target csds, then the call_single_queue walks level by level (a queue
+  // is usually empty or one or two entries long, so this is one or two more batches).
+  void read_cfd_csds_and_queues();
+  void symbolize();
+
+ private:
+  // A CPU's per-cpu watchdog variable in flight.
+  struct WatchdogRead {
+    uint64_t value = 0;  // zeroed: a 4-byte variable reads into its low half (little endian)
+    size_t req = SIZE_MAX;
   };
-
+  // One CPU's reads in flight.
   struct Work {
     ObjectRead rq, cfd, steal, task;
     uint64_t csq_first = 0;
-    uint64_t wd[4] = {0, 0, 0, 0};
-    size_t csq_req = SIZE_MAX, wd_req[4] = {SIZE_MAX, SIZE_MAX, SIZE_MAX, SIZE_MAX};
+    size_t csq_req = SIZE_MAX;
+    std::array<WatchdogRead, 4> wd;  // as Layout::watchdog_fields()
     std::vector<uint64_t> mask_words;
     size_t mask_req = SIZE_MAX;
     // queue walk
@@ -414,15 +437,44 @@ GuestSnapshot SnapshotReader::take() {
     std::vector<uint64_t> visited;
     ObjectRead node;
   };
-  std::vector<Work> w(n);
-  std::vector<ReadRequest> reqs;
-  reqs.reserve(n * 12 + 8);
-  auto push = [&](uint64_t addr, void* buf, size_t len) {
-    reqs.push_back(ReadRequest{addr, buf, len, false});
-    return reqs.size() - 1;
+  struct TargetRead {
+    uint32_t cpu;
+    size_t index;
+    ObjectRead csd;
+  };
+  struct TaskRead {
+    uint32_t cpu;
+    size_t entry;
+    ObjectRead task;
   };
 
-  // ---- Batch 1: globals and every CPU's fixed per-cpu objects. ----
+  void err(int32_t cpu, std::string what, std::string msg, std::optional<uint64_t> addr = {}) {
+    add_error(s, cpu, std::move(what), std::move(msg), addr);
+  }
+  size_t push(uint64_t addr, void* buf, size_t len) {
+    reqs.push_back(ReadRequest{addr, buf, len, false});
+    return reqs.size() - 1;
+  }
+  bool req_ok(size_t i) const { return i != SIZE_MAX && reqs[i].ok; }
+
+  void settle_fixed_objects(uint32_t c);
+  void fill_task(TaskRef& t, const ObjectRead& o) const;
+  void plan_cfd_csds();
+  void settle_cfd_csds();
+  void plan_queue_step(uint32_t c);
+  void settle_queue_entry(uint32_t c);
+
+  const SnapshotReader::Layout& L;
+  KernelAccess& k;
+  GuestSnapshot& s;
+  const uint32_t n;
+  std::vector<Work> w;
+  std::vector<ReadRequest> reqs;
+  std::vector<TargetRead> targets;
+  std::vector<TaskRead> task_reads;
+};
+
+void SnapshotTake::read_fixed_objects() {
   std::vector<uint64_t> online((n + 63) / 64, 0);
   uint64_t jiffies = 0;
   int32_t thresh = 0, panic = 0;
@@ -431,20 +483,19 @@ GuestSnapshot SnapshotReader::take() {
   if (L.jiffies) jif_req = push(*L.jiffies, &jiffies, 8);
   if (L.wd_thresh) thr_req = push(*L.wd_thresh, &thresh, 4);
   if (L.panic_cpu) pan_req = push(*L.panic_cpu, &panic, 4);
-  const std::optional<uint64_t>* wd_syms[4] = {&L.wd_touch, &L.wd_report, &L.hr_int, &L.hr_saved};
+  const auto wd_fields = L.watchdog_fields();
   for (uint32_t c = 0; c < n; ++c) {
     const uint64_t off = L.pcpu[c];
     Work& x = w[c];
     x.rq.plan(L.rq, L.runqueues + off, reqs);
     if (L.csq) x.csq_req = push(*L.csq + off + L.llist_first_off, &x.csq_first, 8);
     if (L.cfd) x.cfd.plan(L.cfdfs, *L.cfd + off, reqs);
-    for (int i = 0; i < 4; ++i)
-      if (*wd_syms[i]) x.wd_req[i] = push(**wd_syms[i] + off, &x.wd[i], L.wd_size[i]);  // x.wd[] zeroed: LE
+    for (size_t i = 0; i < wd_fields.size(); ++i)
+      if (wd_fields[i]->address) x.wd[i].req = push(*wd_fields[i]->address + off, &x.wd[i].value, wd_fields[i]->size);
     if (L.steal) x.steal.plan(L.steal_fs, *L.steal + off, reqs);
   }
   (void)k.read_batch(reqs);
 
-  auto req_ok = [&](size_t i) { return i != SIZE_MAX && reqs[i].ok; };
   if (L.online_mask) {
     if (req_ok(online_req)) {
       for (uint32_t c = 0; c < n; ++c)
@@ -460,59 +511,67 @@ GuestSnapshot SnapshotReader::take() {
   else if (L.jiffies) err(-1, "jiffies_64", "unreadable", *L.jiffies);
   if (req_ok(thr_req)) s.watchdog_thresh = thresh;
   if (req_ok(pan_req)) s.panic_cpu = panic;
+  for (uint32_t c = 0; c < n; ++c) settle_fixed_objects(c);
+}
 
-  static const char* const kWdNames[4] = {"watchdog_touch_ts", "watchdog_report_ts", "hrtimer_interrupts",
-                                          "hrtimer_interrupts_saved"};
-  for (uint32_t c = 0; c < n; ++c) {
-    Work& x = w[c];
-    CpuSnapshot& cs = s.cpus[c];
-    const int32_t ci = static_cast<int32_t>(c);
-    cs.cpu = c;
-    cs.per_cpu_offset = L.pcpu[c];
-    x.rq.settle(reqs);
-    cs.rq.address = x.rq.base;
-    if (x.rq.ok) {
-      cs.rq.ok = true;
-      cs.rq.nr_running = static_cast<uint32_t>(x.rq.get(L.rq_nr_running));
-      cs.rq.curr.address = x.rq.get(L.rq_curr);
-      cs.rq.idle = x.rq.get(L.rq_idle);
-      cs.rq.curr_is_idle = cs.rq.curr.address == cs.rq.idle;
-      cs.rq.clock_ns = x.rq.get(L.rq_clock);
-      if (L.rq_cfs_h >= 0) cs.rq.cfs_h_nr_running = static_cast<uint32_t>(x.rq.get(L.rq_cfs_h));
-      if (L.rq_ttwu >= 0) cs.rq.ttwu_pending = static_cast<uint32_t>(x.rq.get(L.rq_ttwu));
-      s.guest_clock_ns = std::max(s.guest_clock_ns, cs.rq.clock_ns);
+void SnapshotTake::settle_fixed_objects(uint32_t c) {
+  Work& x = w[c];
+  CpuSnapshot& cs = s.cpus[c];
+  const int32_t ci = static_cast<int32_t>(c);
+  cs.cpu = c;
+  cs.per_cpu_offset = L.pcpu[c];
+  x.rq.settle(reqs);
+  cs.rq.address = x.rq.base;
+  if (x.rq.ok) {
+    cs.rq.ok = true;
+    cs.rq.nr_running = static_cast<uint32_t>(x.rq.get(L.rq_nr_running));
+    cs.rq.curr.address = x.rq.get(L.rq_curr);
+    cs.rq.idle = x.rq.get(L.rq_idle);
+    cs.rq.curr_is_idle = cs.rq.curr.address == cs.rq.idle;
+    cs.rq.clock_ns = x.rq.get(L.rq_clock);
+    if (L.rq_cfs_h >= 0) cs.rq.cfs_h_nr_running = static_cast<uint32_t>(x.rq.get(L.rq_cfs_h));
+    if (L.rq_ttwu >= 0) cs.rq.ttwu_pending = static_cast<uint32_t>(x.rq.get(L.rq_ttwu));
+    s.guest_clock_ns = std::max(s.guest_clock_ns, cs.rq.clock_ns);
+  } else {
+    err(ci, "runqueues[" + std::to_string(c) + "]", "unreadable", x.rq.bad_address);
+  }
+  if (L.csq) {
+    if (req_ok(x.csq_req)) {
+      cs.call_single_queue_ok = true;
+      x.cursor = x.csq_first;
     } else {
-      err(ci, "runqueues[" + std::to_string(c) + "]", "unreadable", x.rq.bad_address);
-    }
-    if (L.csq) {
-      if (req_ok(x.csq_req)) {
-        cs.call_single_queue_ok = true;
-        x.cursor = x.csq_first;
-      } else {
-        err(ci, "call_single_queue[" + std::to_string(c) + "]", "unreadable", reqs[x.csq_req].addr);
-      }
-    }
-    if (L.cfd) x.cfd.settle(reqs);
-    if (L.cfd && !x.cfd.ok) err(ci, "cfd_data[" + std::to_string(c) + "]", "unreadable", x.cfd.bad_address);
-    std::optional<uint64_t>* wd_out[4] = {&cs.watchdog.touch_ts, &cs.watchdog.report_ts,
-                                          &cs.watchdog.hrtimer_interrupts, &cs.watchdog.hrtimer_interrupts_saved};
-    for (int i = 0; i < 4; ++i) {
-      if (x.wd_req[i] == SIZE_MAX) continue;
-      if (reqs[x.wd_req[i]].ok) *wd_out[i] = x.wd[i];
-      else err(ci, std::string(kWdNames[i]) + "[" + std::to_string(c) + "]", "unreadable", reqs[x.wd_req[i]].addr);
-    }
-    if (L.steal) {
-      x.steal.settle(reqs);
-      if (x.steal.ok) {
-        cs.steal = StealTime{x.steal.get(L.st_steal), static_cast<uint32_t>(x.steal.get(L.st_version)),
-                             static_cast<uint8_t>(x.steal.get(L.st_preempted))};
-      } else {
-        err(ci, "steal_time[" + std::to_string(c) + "]", "unreadable", x.steal.bad_address);
-      }
+      err(ci, "call_single_queue[" + std::to_string(c) + "]", "unreadable", reqs[x.csq_req].addr);
     }
   }
+  if (L.cfd) x.cfd.settle(reqs);
+  if (L.cfd && !x.cfd.ok) err(ci, "cfd_data[" + std::to_string(c) + "]", "unreadable", x.cfd.bad_address);
+  const auto wd_fields = L.watchdog_fields();
+  for (size_t i = 0; i < wd_fields.size(); ++i) {
+    const WatchdogRead& r = x.wd[i];
+    if (r.req == SIZE_MAX) continue;
+    if (reqs[r.req].ok) cs.watchdog.*(wd_fields[i]->value) = r.value;
+    else err(ci, std::string(wd_fields[i]->symbol) + "[" + std::to_string(c) + "]", "unreadable", reqs[r.req].addr);
+  }
+  if (L.steal) {
+    x.steal.settle(reqs);
+    if (x.steal.ok) {
+      cs.steal = StealTime{x.steal.get(L.st_steal), static_cast<uint32_t>(x.steal.get(L.st_version)),
+                           static_cast<uint8_t>(x.steal.get(L.st_preempted))};
+    } else {
+      err(ci, "steal_time[" + std::to_string(c) + "]", "unreadable", x.steal.bad_address);
+    }
+  }
+}
 
-  // ---- Batch 2: current tasks and off-stack cfd cpumasks. ----
+void SnapshotTake::fill_task(TaskRef& t, const ObjectRead& o) const {
+  t.ok = true;
+  t.pid = static_cast<int32_t>(o.get(L.t_pid));
+  t.comm = snapshot_detail::guest_string(o.ptr(L.t_comm), L.task.size(L.t_comm));
+  if (L.t_state >= 0) t.state = static_cast<uint32_t>(o.get(L.t_state));
+  if (L.t_stack >= 0) t.stack = o.get(L.t_stack);
+}
+
+void SnapshotTake::read_current_tasks_and_cfd_masks() {
   reqs.clear();
   for (uint32_t c = 0; c < n; ++c) {
     Work& x = w[c];
@@ -532,13 +591,6 @@ GuestSnapshot SnapshotReader::take() {
     }
   }
   if (!reqs.empty()) (void)k.read_batch(reqs);
-  auto fill_task = [&](TaskRef& t, const ObjectRead& o) {
-    t.ok = true;
-    t.pid = static_cast<int32_t>(o.get(L.t_pid));
-    t.comm = snapshot_detail::guest_string(o.ptr(L.t_comm), L.task.size(L.t_comm));
-    if (L.t_state >= 0) t.state = static_cast<uint32_t>(o.get(L.t_state));
-    if (L.t_stack >= 0) t.stack = o.get(L.t_stack);
-  };
   for (uint32_t c = 0; c < n; ++c) {
     Work& x = w[c];
     CpuSnapshot& cs = s.cpus[c];
@@ -564,21 +616,9 @@ GuestSnapshot SnapshotReader::take() {
       }
     }
   }
+}
 
-  // ---- Batches 3..: per-target cfd csds, then the queue walks level by level (a queue is
-  // usually empty or one or two entries long, so this is one or two more batches). ----
-  struct TargetRead {
-    uint32_t cpu;
-    size_t index;
-    ObjectRead csd;
-  };
-  std::vector<TargetRead> targets;
-  struct TaskRead {
-    uint32_t cpu;
-    size_t entry;
-    ObjectRead task;
-  };
-  std::vector<TaskRead> task_reads;
+void SnapshotTake::read_cfd_csds_and_queues() {
   for (uint32_t c = 0; c < n; ++c) {
     CpuSnapshot& cs = s.cpus[c];
     if (!cs.cfd_ok) continue;
@@ -593,66 +633,13 @@ GuestSnapshot SnapshotReader::take() {
   const uint32_t max_rounds = L.opt.max_queue_entries + 2;
   for (uint32_t round = 0; round < max_rounds; ++round) {
     reqs.clear();
-    if (round == 0) {
-      for (uint32_t c = 0; c < n; ++c) {
-        CpuSnapshot& cs = s.cpus[c];
-        for (size_t i = 0; i < cs.cfd_targets.size(); ++i) {
-          CfdTarget& ct = cs.cfd_targets[i];
-          if (!is_aligned_kernel_pointer(ct.csd)) {
-            err(static_cast<int32_t>(c), "cfd csd for CPU " + std::to_string(ct.target), "not a kernel pointer", ct.csd);
-            continue;
-          }
-          targets.push_back(TargetRead{c, i, {}});
-        }
-      }
-      for (TargetRead& tr : targets) tr.csd.plan(L.csd, s.cpus[tr.cpu].cfd_targets[tr.index].csd, reqs);
-    }
+    if (round == 0) plan_cfd_csds();
     for (TaskRead& tr : task_reads) tr.task.plan(L.task, s.cpus[tr.cpu].call_single_queue[tr.entry].task.address, reqs);
-    for (uint32_t c = 0; c < n; ++c) {
-      Work& x = w[c];
-      CpuSnapshot& cs = s.cpus[c];
-      x.node.fs = nullptr;
-      if (x.cursor == 0) continue;
-      const std::string what = "call_single_queue[" + std::to_string(c) + "]";
-      if (!is_aligned_kernel_pointer(x.cursor)) {
-        err(static_cast<int32_t>(c), what, "entry pointer is not a kernel pointer", x.cursor);
-        cs.call_single_queue_truncated = true;
-        x.cursor = 0;
-        continue;
-      }
-      if (std::find(x.visited.begin(), x.visited.end(), x.cursor) != x.visited.end()) {
-        err(static_cast<int32_t>(c), what, "cycle in llist after " + std::to_string(x.visited.size()) + " entries", x.cursor);
-        cs.call_single_queue_truncated = true;
-        x.cursor = 0;
-        continue;
-      }
-      if (x.visited.size() >= L.opt.max_queue_entries) {
-        err(static_cast<int32_t>(c), what, "longer than " + std::to_string(L.opt.max_queue_entries) + " entries; truncated", x.cursor);
-        cs.call_single_queue_truncated = true;
-        x.cursor = 0;
-        continue;
-      }
-      x.visited.push_back(x.cursor);
-      x.node.plan(L.node, x.cursor, reqs);
-    }
+    for (uint32_t c = 0; c < n; ++c) plan_queue_step(c);
     if (reqs.empty()) break;
     (void)k.read_batch(reqs);
 
-    if (round == 0) {
-      for (TargetRead& tr : targets) {
-        tr.csd.settle(reqs);
-        CfdTarget& ct = s.cpus[tr.cpu].cfd_targets[tr.index];
-        if (!tr.csd.ok) {
-          err(static_cast<int32_t>(tr.cpu), "cfd csd for CPU " + std::to_string(ct.target), "unreadable", tr.csd.bad_address);
-          continue;
-        }
-        ct.ok = true;
-        ct.flags = static_cast<uint32_t>(tr.csd.get(L.c_flags));
-        ct.locked = ct.flags & kCsdFlagLock;
-        ct.type = csd_type(ct.flags, L.feat.typed_csd);
-        ct.func = tr.csd.get(L.c_func);
-      }
-    }
+    if (round == 0) settle_cfd_csds();
     for (TaskRead& tr : task_reads) {
       tr.task.settle(reqs);
       TaskRef& t = s.cpus[tr.cpu].call_single_queue[tr.entry].task;
@@ -660,51 +647,136 @@ GuestSnapshot SnapshotReader::take() {
       else err(static_cast<int32_t>(tr.cpu), "TTWU task in call_single_queue[" + std::to_string(tr.cpu) + "]", "unreadable", tr.task.bad_address);
     }
     task_reads.clear();
-    for (uint32_t c = 0; c < n; ++c) {
-      Work& x = w[c];
-      if (!x.node.fs) continue;
-      CpuSnapshot& cs = s.cpus[c];
-      x.node.settle(reqs);
-      if (!x.node.ok) {
-        err(static_cast<int32_t>(c), "call_single_queue[" + std::to_string(c) + "] entry", "unreadable", x.node.bad_address);
-        cs.call_single_queue_truncated = true;
-        x.cursor = 0;
-        continue;
-      }
-      QueueEntry e;
-      e.node = x.cursor;
-      e.flags = static_cast<uint32_t>(x.node.get(L.n_flags));
-      e.type = csd_type(e.flags, L.feat.typed_csd);
-      e.locked = e.flags & kCsdFlagLock;
-      switch (e.type) {
-        case CsdType::kTtwu:
-          e.object = L.have_task_llist ? e.node - static_cast<uint64_t>(L.task_llist_off) : 0;
-          e.task.address = e.object;
-          if (L.have_task_llist) task_reads.push_back(TaskRead{c, cs.call_single_queue.size(), {}});
-          break;
-        case CsdType::kIrqWork:
-          e.object = e.node - static_cast<uint64_t>(L.irq_llist_off);
-          if (L.have_irq) e.func = x.node.get(L.n_irq_func);
-          break;
-        default:
-          e.object = e.node - static_cast<uint64_t>(L.csd_llist_off);
-          e.func = x.node.get(L.n_func);
-          break;
-      }
-      cs.call_single_queue.push_back(std::move(e));
-      x.cursor = x.node.get(L.n_next);
-    }
+    for (uint32_t c = 0; c < n; ++c) settle_queue_entry(c);
   }
   for (uint32_t c = 0; c < n; ++c)
     if (w[c].cursor != 0) s.cpus[c].call_single_queue_truncated = true;
+}
 
-  if (L.opt.symbolize) {
-    for (CpuSnapshot& cs : s.cpus) {
-      for (QueueEntry& e : cs.call_single_queue)
-        if (e.func) e.func_name = k.symbolize(e.func);
-      for (CfdTarget& t : cs.cfd_targets)
-        if (t.func) t.func_name = k.symbolize(t.func);
+void SnapshotTake::plan_cfd_csds() {
+  for (uint32_t c = 0; c < n; ++c) {
+    CpuSnapshot& cs = s.cpus[c];
+    for (size_t i = 0; i < cs.cfd_targets.size(); ++i) {
+      CfdTarget& ct = cs.cfd_targets[i];
+      if (!is_aligned_kernel_pointer(ct.csd)) {
+        err(static_cast<int32_t>(c), "cfd csd for CPU " + std::to_string(ct.target), "not a kernel pointer", ct.csd);
+        continue;
+      }
+      targets.push_back(TargetRead{c, i, {}});
     }
+  }
+  for (TargetRead& tr : targets) tr.csd.plan(L.csd, s.cpus[tr.cpu].cfd_targets[tr.index].csd, reqs);
+}
+
+void SnapshotTake::settle_cfd_csds() {
+  for (TargetRead& tr : targets) {
+    tr.csd.settle(reqs);
+    CfdTarget& ct = s.cpus[tr.cpu].cfd_targets[tr.index];
+    if (!tr.csd.ok) {
+      err(static_cast<int32_t>(tr.cpu), "cfd csd for CPU " + std::to_string(ct.target), "unreadable", tr.csd.bad_address);
+      continue;
+    }
+    ct.ok = true;
+    ct.flags = static_cast<uint32_t>(tr.csd.get(L.c_flags));
+    ct.locked = ct.flags & kCsdFlagLock;
+    ct.type = csd_type(ct.flags, L.feat.typed_csd);
+    ct.func = tr.csd.get(L.c_func);
+  }
+}
+
+// The next entry of CPU c's queue walk, bounded (entries, cycles, pointers).
+void SnapshotTake::plan_queue_step(uint32_t c) {
+  Work& x = w[c];
+  CpuSnapshot& cs = s.cpus[c];
+  x.node.fs = nullptr;
+  if (x.cursor == 0) return;
+  const std::string what = "call_single_queue[" + std::to_string(c) + "]";
+  if (!is_aligned_kernel_pointer(x.cursor)) {
+    err(static_cast<int32_t>(c), what, "entry pointer is not a kernel pointer", x.cursor);
+    cs.call_single_queue_truncated = true;
+    x.cursor = 0;
+    return;
+  }
+  if (std::find(x.visited.begin(), x.visited.end(), x.cursor) != x.visited.end()) {
+    err(static_cast<int32_t>(c), what, "cycle in llist after " + std::to_string(x.visited.size()) + " entries", x.cursor);
+    cs.call_single_queue_truncated = true;
+    x.cursor = 0;
+    return;
+  }
+  if (x.visited.size() >= L.opt.max_queue_entries) {
+    err(static_cast<int32_t>(c), what, "longer than " + std::to_string(L.opt.max_queue_entries) + " entries; truncated", x.cursor);
+    cs.call_single_queue_truncated = true;
+    x.cursor = 0;
+    return;
+  }
+  x.visited.push_back(x.cursor);
+  x.node.plan(L.node, x.cursor, reqs);
+}
+
+void SnapshotTake::settle_queue_entry(uint32_t c) {
+  Work& x = w[c];
+  if (!x.node.fs) return;
+  CpuSnapshot& cs = s.cpus[c];
+  x.node.settle(reqs);
+  if (!x.node.ok) {
+    err(static_cast<int32_t>(c), "call_single_queue[" + std::to_string(c) + "] entry", "unreadable", x.node.bad_address);
+    cs.call_single_queue_truncated = true;
+    x.cursor = 0;
+    return;
+  }
+  QueueEntry e;
+  e.node = x.cursor;
+  e.flags = static_cast<uint32_t>(x.node.get(L.n_flags));
+  e.type = csd_type(e.flags, L.feat.typed_csd);
+  e.locked = e.flags & kCsdFlagLock;
+  switch (e.type) {
+    case CsdType::kTtwu:
+      e.object = L.have_task_llist ? e.node - static_cast<uint64_t>(L.task_llist_off) : 0;
+      e.task.address = e.object;
+      if (L.have_task_llist) task_reads.push_back(TaskRead{c, cs.call_single_queue.size(), {}});
+      break;
+    case CsdType::kIrqWork:
+      e.object = e.node - static_cast<uint64_t>(L.irq_llist_off);
+      if (L.have_irq) e.func = x.node.get(L.n_irq_func);
+      break;
+    default:
+      e.object = e.node - static_cast<uint64_t>(L.csd_llist_off);
+      e.func = x.node.get(L.n_func);
+      break;
+  }
+  cs.call_single_queue.push_back(std::move(e));
+  x.cursor = x.node.get(L.n_next);
+}
+
+void SnapshotTake::symbolize() {
+  for (CpuSnapshot& cs : s.cpus) {
+    for (QueueEntry& e : cs.call_single_queue)
+      if (e.func) e.func_name = k.symbolize(e.func);
+    for (CfdTarget& t : cs.cfd_targets)
+      if (t.func) t.func_name = k.symbolize(t.func);
+  }
+}
+
+}  // namespace
+
+GuestSnapshot SnapshotReader::take() {
+  const Layout& L = *layout_;
+  GuestSnapshot s;
+  s.taken_at_ns = monotonic_ns();
+  kernel_.begin_snapshot();
+  s.nr_cpu_ids = L.nr_cpu_ids;
+  s.per_cpu_offsets = L.pcpu;
+  const uint32_t n = L.ncpus;
+  s.cpus.resize(n);
+  if (n < L.nr_cpu_ids)
+    s.errors.push_back({-1, "cpus", "only the first " + std::to_string(n) + " of " + std::to_string(L.nr_cpu_ids) +
+                                        " CPUs read (max_cpus)", std::nullopt});
+  {
+    SnapshotTake batches(L, kernel_, s);
+    batches.read_fixed_objects();
+    batches.read_current_tasks_and_cfd_masks();
+    batches.read_cfd_csds_and_queues();
+    if (L.opt.symbolize) batches.symbolize();
   }
 
   read_stack_ends(s);
@@ -713,17 +785,17 @@ GuestSnapshot SnapshotReader::take() {
       if (!s.cpus[c].rq.curr.ok) continue;
       auto bt = backtrace_cpu(s, c);
       if (bt) s.cpus[c].backtrace = std::move(bt).value();
-      else err(static_cast<int32_t>(c), "backtrace of CPU " + std::to_string(c), bt.error().message, bt.error().address);
+      else add_error(s, static_cast<int32_t>(c), "backtrace of CPU " + std::to_string(c), bt.error().message, bt.error().address);
     }
   }
 
   if (L.printk) {
-    auto recs = snapshot_detail::read_printk(k, *L.printk, L.opt.printk_records, L.opt.printk_max_text, &s.errors);
+    auto recs = snapshot_detail::read_printk(kernel_, *L.printk, L.opt.printk_records, L.opt.printk_max_text, &s.errors);
     if (recs) {
       s.printk = std::move(recs).value();
       s.printk_read = true;
     } else {
-      err(-1, "printk", recs.error().message, recs.error().address);
+      add_error(s, -1, "printk", recs.error().message, recs.error().address);
     }
   }
   s.duration_ns = monotonic_ns() - s.taken_at_ns;

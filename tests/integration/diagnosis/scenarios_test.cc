@@ -49,20 +49,19 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 std::string roots_of(const Finding& f) {
   for (const auto& e : f.evidence) {
-    if (auto it = e.facts.find("roots"); it != e.facts.end()) return it->second;
+    if (e.wait_roots) return diagnosis::evidence_facts(e).at("roots");  // "1,2", as the API shows it
   }
   return "";
 }
 
 // The frames of `cpu`'s kernel trace in f's evidence (innermost first); empty when it has none.
+bool has_trace(const diagnosis::Evidence& e) { return e.cpu && e.kernel_trace && e.kernel_trace->trace.error.empty(); }
+
 std::vector<std::string> trace_frames(const Finding& f, int cpu) {
   std::vector<std::string> frames;
   for (const auto& e : f.evidence) {
-    auto c = e.facts.find("cpu");
-    auto t = e.facts.find("trace");
-    if (c == e.facts.end() || t == e.facts.end() || c->second != std::to_string(cpu)) continue;
-    std::istringstream in(t->second);
-    for (std::string line; std::getline(in, line);) frames.push_back(line);
+    if (!has_trace(e) || e.cpu != cpu) continue;
+    frames = e.kernel_trace->trace.frames;
     break;
   }
   return frames;
@@ -504,12 +503,12 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
       for (const auto& x : m.monitor().engine().list_findings({.domain = guest().name()})) {
         if (x.kind != FindingKind::kGuestIpiStall) continue;
         for (const auto& e : x.evidence)
-          if (e.facts.count("trace") && e.facts.at("cpu") == std::to_string(stuck_cpu)) seen.insert(e.text);
+          if (has_trace(e) && e.cpu == stuck_cpu) seen.insert(e.text);
       }
       for (const auto& t : seen) std::cout << "latest trace: " << t << std::endl;
       ASSERT_TRUE(with_wait) << "no trace of CPU" << stuck_cpu << " in the csd wait:\n" << m.log.dump(from_log);
       for (const auto& e : with_wait->event.finding.evidence)
-        if (e.facts.count("trace") && e.facts.at("cpu") == std::to_string(stuck_cpu))
+        if (has_trace(e) && e.cpu == stuck_cpu)
           std::cout << "first trace in the csd wait (" << seconds(with_wait->at - *t_freeze)
                     << " s after the freeze, " << seconds(with_wait->at - ipi->at)
                     << " s after the finding): " << e.text << std::endl;
@@ -900,10 +899,7 @@ void Scenario::irqs_off_root(const std::string& tag, const std::string& kernel_p
   auto waiters_of = [](const Finding& x) {
     std::vector<int> w;
     for (const auto& e : x.evidence)
-      if (auto it = e.facts.find("waiters"); it != e.facts.end()) {
-        std::istringstream in(it->second);
-        for (std::string c; std::getline(in, c, ',');) w.push_back(std::stoi(c));
-      }
+      if (e.wait_roots) w.insert(w.end(), e.wait_roots->waiters.begin(), e.wait_roots->waiters.end());
     return w;
   };
   auto in_csd_wait = [](const Finding& x, int cpu) {
@@ -922,7 +918,7 @@ void Scenario::irqs_off_root(const std::string& tag, const std::string& kernel_p
   std::set<std::string> shown;
   for (const auto& entry : m.log.entries(from_log))
     for (const auto& e : entry.event.finding.evidence)
-      if (e.facts.count("trace") && e.facts.count("cpu")) shown.insert("CPU" + e.facts.at("cpu") + ": " + e.text);
+      if (has_trace(e)) shown.insert("CPU" + std::to_string(*e.cpu) + ": " + e.text);
   for (const auto& t : shown) std::cout << "trace seen: " << t << std::endl;
   EXPECT_TRUE(where) << "no GUEST_IPI_STALL whose CPU1 trace shows irqoff_fn [irqoff] and whose waiters' traces "
                         "show the csd wait";
@@ -1061,7 +1057,7 @@ TEST_F(Scenario, SchedulingWithAnOverwrittenStackEndIsAPanicNamingTheStackOverfl
       [](const Finding& x) {
         return x.kind == FindingKind::kGuestPanic &&
                std::any_of(x.evidence.begin(), x.evidence.end(),
-                           [](const diagnosis::Evidence& e) { return e.facts.count("stack_overflow") != 0; });
+                           [](const diagnosis::Evidence& e) { return e.stack_overflow.has_value(); });
       },
       90s, from_log);
   auto overflow = m.log.wait(
@@ -1082,10 +1078,10 @@ TEST_F(Scenario, SchedulingWithAnOverwrittenStackEndIsAPanicNamingTheStackOverfl
             std::string::npos)
       << f.summary;
   for (const auto& e : f.evidence) {
-    if (e.facts.count("stack_overflow") == 0) continue;
-    EXPECT_EQ(e.facts.at("stack_overflow_cpu"), "1");
-    EXPECT_EQ(e.facts.at("stack_overflow_pid"), pid);
-    EXPECT_EQ(e.facts.at("stack_overflow_comm"), "stackend/1");
+    if (!e.stack_overflow) continue;
+    EXPECT_EQ(e.stack_overflow->cpu, 1);
+    EXPECT_EQ(std::to_string(e.stack_overflow->pid.value_or(-1)), pid);
+    EXPECT_EQ(e.stack_overflow->comm, "stackend/1");
   }
   ASSERT_TRUE(overflow) << "no GUEST_STACK_OVERFLOW on CPU1 read from the panicked guest's memory";
   EXPECT_EQ(overflow->event.finding.evidence.at(0).facts.at("pid"), pid);
@@ -1162,7 +1158,7 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
         if (x.kind != FindingKind::kGuestPanic) return false;
         // Wait for the version that carries the oops/panic text (issue 12 item 4).
         return std::any_of(x.evidence.begin(), x.evidence.end(),
-                           [](const diagnosis::Evidence& e) { return e.facts.count("panic_text_lines") != 0; });
+                           [](const diagnosis::Evidence& e) { return e.panic_text.has_value(); });
       },
       60s, from_log);
   std::cout << "findings:\n" << m.log.dump(from_log) << std::flush;
@@ -1179,7 +1175,7 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
   const std::string console = guest().console();
   size_t lines = 0;
   for (const auto& e : panic->event.finding.evidence) {
-    if (e.facts.count("panic_text_lines") == 0) continue;
+    if (!e.panic_text) continue;
     std::istringstream in(e.text);
     std::string line;
     std::getline(in, line);  // "oops/panic text:"
@@ -1204,15 +1200,14 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
       [pcpu](const Finding& x) {
         if (x.kind != FindingKind::kGuestPanic) return false;
         for (const auto& e : x.evidence)
-          if (e.facts.count("cpu") && e.facts.at("cpu") == std::to_string(pcpu) &&
-              (e.facts.count("trace") || e.facts.count("trace_error")))
+          if (e.cpu == pcpu && e.kernel_trace)
             return true;
         return false;
       },
       10s, from_log);
   ASSERT_TRUE(traced) << "no trace link for CPU" << pcpu << ":\n" << m.log.dump(from_log);
   for (const auto& e : traced->event.finding.evidence)
-    if (e.facts.count("cpu") && (e.facts.count("trace") || e.facts.count("trace_error")))
+    if (e.cpu && e.kernel_trace)
       std::cout << "panic CPU trace: " << e.text << std::endl;
   m.print_stats();
 }
@@ -1331,9 +1326,7 @@ void Scenario::spinlock_held_with_irqs_off(const std::string& tag, const std::st
   };
   auto names_holder = [](const Finding& x) {
     return std::any_of(x.evidence.begin(), x.evidence.end(), [](const diagnosis::Evidence& e) {
-      auto w = e.facts.find("lock_waiter_cpu");
-      auto h = e.facts.find("lock_holder_cpu");
-      return w != e.facts.end() && w->second == "2" && h != e.facts.end() && h->second == "1";
+      return e.lock_wait && e.lock_wait->waiter_cpu == 2 && e.lock_wait->holder_cpu == 1;
     });
   };
   // CPU2's own finding, a symptom in an incident rooted at CPU1 (ids are domain/KIND/key/seq:

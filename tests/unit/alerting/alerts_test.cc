@@ -19,8 +19,10 @@ diagnosis::Finding ipi_stall() {
   f.cpus = {0, 2};
   f.onset = diagnosis::Timestamp(std::chrono::seconds(1'700'000'000)) + 123ms;
   f.summary = "CPU0 has waited 1.4 s for CPU2";
-  f.evidence = {{"CPU0 waits for CPU2 (do_sync_core) for 1.4 s", {}, {}},
-                {"vCPU 2 host thread in D for 1.5 s", {}, {"__refrigerator"}}};
+  f.evidence.resize(2);
+  f.evidence[0].text = "CPU0 waits for CPU2 (do_sync_core) for 1.4 s";
+  f.evidence[1].text = "vCPU 2 host thread in D for 1.5 s";
+  f.evidence[1].host_stack = {"__refrigerator"};
   f.explained_by = "vm1/VCPU_HOST_BLOCKED/2/1";
   return f;
 }
@@ -41,9 +43,10 @@ TEST(Alerts, PanicMessageIsItsOwnAnnotation) {
   diagnosis::Finding f = ipi_stall();
   f.kind = diagnosis::FindingKind::kGuestPanic;
   EXPECT_EQ(alert_from_finding(f, {}, std::nullopt).annotations.count("panic_message"), 0u);
-  f.evidence.push_back({"oops/panic text:\nKernel panic - not syncing: Fatal exception",
-                        {{"panic_message", "Kernel panic - not syncing: Fatal exception"}, {"panic_text_lines", "1"}},
-                        {}});
+  diagnosis::Evidence text;
+  text.text = "oops/panic text:\nKernel panic - not syncing: Fatal exception";
+  text.panic_text = diagnosis::PanicTextEvidence{1, "Kernel panic - not syncing: Fatal exception"};
+  f.evidence.push_back(std::move(text));
   const auto a = alert_from_finding(f, {}, std::nullopt);
   EXPECT_EQ(a.annotations.at("panic_message"), "Kernel panic - not syncing: Fatal exception");
 }
@@ -93,7 +96,11 @@ TEST(Alerts, JsonIsPostableAlertArray) {
 TEST(Alerts, LongEvidenceIsCut) {
   auto f = ipi_stall();
   f.evidence.clear();
-  for (int i = 0; i < 20; ++i) f.evidence.push_back({std::string(500, 'x'), {}, {}});
+  for (int i = 0; i < 20; ++i) {
+    diagnosis::Evidence e;
+    e.text = std::string(500, 'x');
+    f.evidence.push_back(std::move(e));
+  }
   AlertOptions o;
   o.max_evidence_lines = 3;
   o.max_annotation_bytes = 1000;

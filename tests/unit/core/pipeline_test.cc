@@ -95,7 +95,7 @@ class PipelineTest : public ::testing::Test {
   }
   static std::string roots_of(const Finding& f) {
     for (const auto& e : f.evidence) {
-      if (auto it = e.facts.find("roots"); it != e.facts.end()) return it->second;
+      if (e.wait_roots) return diagnosis::evidence_facts(e).at("roots");  // "1,2", as the API shows it
     }
     return "";
   }
@@ -158,9 +158,7 @@ TEST_F(PipelineTest, SeedCase1FromHostSamplesAndGuestSnapshots) {
 // The evidence link carrying `cpu`'s kernel trace (or its absence), nullptr if none.
 const diagnosis::Evidence* trace_of(const Finding& f, int cpu) {
   for (const auto& e : f.evidence) {
-    auto c = e.facts.find("cpu");
-    if (c == e.facts.end() || c->second != std::to_string(cpu)) continue;
-    if (e.facts.count("trace") || e.facts.count("trace_error")) return &e;
+    if (e.cpu == cpu && e.kernel_trace) return &e;
   }
   return nullptr;
 }
@@ -187,15 +185,17 @@ TEST_F(PipelineTest, CpusOfFindingsGetKernelTracesAsEvidence) {
             0u)
       << t0->text;
   EXPECT_NE(t0->text.find("ret_from_fork+0x10/"), std::string::npos) << t0->text;
-  EXPECT_EQ(t0->facts.at("verification"), "interrupt_frame");
-  EXPECT_EQ(t0->facts.at("trace").substr(0, t0->facts.at("trace").find('\n')), "inner+0x18/0x100");
-  EXPECT_EQ(t0->facts.at("frames"), "4");
-  EXPECT_EQ(t0->facts.at("task"), "sh/107");
+  const diagnosis::KernelTrace& k0 = t0->kernel_trace->trace;
+  EXPECT_EQ(k0.verification, diagnosis::TraceVerification::kInterruptFrame);
+  ASSERT_EQ(k0.frames.size(), 4u);
+  EXPECT_EQ(k0.frames.front(), "inner+0x18/0x100");
+  EXPECT_EQ(k0.comm, "sh");
+  EXPECT_EQ(k0.pid, 107);
   // CPU2's current task is its idle task, which has no stack in this kernel: a value, not a throw.
   const diagnosis::Evidence* t2 = trace_of(ipi[0], 2);
   ASSERT_NE(t2, nullptr);
   EXPECT_EQ(t2->text.rfind("CPU2 trace unavailable: ", 0), 0u) << t2->text;
-  EXPECT_FALSE(t2->facts.at("trace_error").empty());
+  EXPECT_FALSE(t2->kernel_trace->trace.error.empty());
   EXPECT_EQ(trace_of(ipi[0], 1), nullptr);
   EXPECT_EQ(trace_of(ipi[0], 3), nullptr);
 
@@ -230,7 +230,7 @@ TEST_F(PipelineTest, CpusOfFindingsGetKernelTracesAsEvidence) {
   ipi = active(FindingKind::kGuestIpiStall);
   ASSERT_EQ(ipi.size(), 1u);
   ASSERT_NE(trace_of(ipi[0], 0), nullptr);
-  EXPECT_LT(std::stoi(trace_of(ipi[0], 0)->facts.at("age_ms")), 1000);
+  EXPECT_LT(trace_of(ipi[0], 0)->kernel_trace->age, std::chrono::seconds(1));
   EXPECT_GE(shared_->counters.kernel_trace_failures.load(), 1u);  // CPU2's
 }
 

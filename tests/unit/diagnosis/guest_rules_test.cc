@@ -89,14 +89,22 @@ TEST_F(SeedCase1, RootIsCpu2BlockedOnTheHost) {
   EXPECT_TRUE(contains(f.summary, "the guest will report a soft lockup on CPU0 in ~")) << f.summary;
   // Evidence chain: the csd wait, CPU2's runqueue, the host thread with its stack, the root.
   ASSERT_GE(f.evidence.size(), 4u);
-  EXPECT_EQ(f.evidence[0].facts.at("waiter_cpu"), "0");
-  EXPECT_EQ(f.evidence[0].facts.at("target_cpu"), "2");
-  EXPECT_EQ(f.evidence[0].facts.at("function"), "do_sync_core");
-  EXPECT_EQ(f.evidence[0].facts.at("wait_ms"), "2900");
+  ASSERT_TRUE(f.evidence[0].csd_wait.has_value());
+  EXPECT_EQ(f.evidence[0].csd_wait->waiter_cpu, 0);
+  EXPECT_EQ(f.evidence[0].csd_wait->target_cpu, 2);
+  EXPECT_EQ(f.evidence[0].csd_wait->function, "do_sync_core");
+  EXPECT_EQ(f.evidence[0].csd_wait->age, 2900ms);
+  // The API's form keeps its keys (evidence_facts: the one place typed evidence becomes text).
+  const auto api = evidence_facts(f.evidence[0]);
+  EXPECT_EQ(api.at("waiter_cpu"), "0");
+  EXPECT_EQ(api.at("target_cpu"), "2");
+  EXPECT_EQ(api.at("function"), "do_sync_core");
+  EXPECT_EQ(api.at("wait_ms"), "2900");
+  EXPECT_EQ(evidence_facts(f.evidence.back()).at("roots"), "2");
   EXPECT_TRUE(contains(f.evidence[1].text, "call_single_queue: [SYNC do_sync_core from CPU0, TTWU sh/131 from CPU1]"))
       << f.evidence[1].text;
   EXPECT_EQ(f.evidence[2].host_stack, kFrozenStack);
-  EXPECT_EQ(f.evidence.back().facts.at("roots"), "2");
+  EXPECT_EQ(f.evidence.back().wait_roots->roots, (std::vector<int>{2}));
 
   // CPU2: idle with work it never runs.
   const Finding* idle = find(all, FindingKind::kGuestIdleWithPendingWork, 2);
@@ -238,8 +246,8 @@ TEST(SeedCase4, RootIsTheCpuWithInterruptsOff) {
   ASSERT_EQ(ipi.size(), 1u);
   EXPECT_EQ(*opened_at(sim, FindingKind::kGuestIpiStall) - wait_began, 600ms);
   EXPECT_EQ(ipi[0].cpus, (std::vector<int>{0, 1, 2, 3}));
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("roots"), "1");
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("waiters"), "0,2,3");
+  EXPECT_EQ(ipi[0].evidence.back().wait_roots->roots, (std::vector<int>{1}));
+  EXPECT_EQ(ipi[0].evidence.back().wait_roots->waiters, (std::vector<int>{0, 2, 3}));
   // Inferred before the hard evidence: the host runs it, yet it takes neither IPI nor timer.
   EXPECT_EQ(ipi[0].cause, Cause::kGuestIrqsOff);
   EXPECT_TRUE(contains(ipi[0].summary, "CPU2 and CPU3 also wait on it")) << ipi[0].summary;
@@ -312,8 +320,8 @@ TEST(IpiStall, CycleIsOneFindingNamingBothCpus) {
   auto ipi = sim.active(FindingKind::kGuestIpiStall);
   ASSERT_EQ(ipi.size(), 1u);
   EXPECT_EQ(ipi[0].cpus, (std::vector<int>{0, 1, 2}));
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("roots"), "1,2");
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("cycle"), "1");
+  EXPECT_EQ(ipi[0].evidence.back().wait_roots->roots, (std::vector<int>{1, 2}));
+  EXPECT_TRUE(ipi[0].evidence.back().wait_roots->cycle);
   EXPECT_TRUE(contains(ipi[0].summary, "CPU1 and CPU2 wait on each other's cross-CPU calls (a cycle)")) << ipi[0].summary;
   EXPECT_TRUE(contains(ipi[0].summary, "CPU0 waits on them too")) << ipi[0].summary;
 }
@@ -327,8 +335,8 @@ TEST(IpiStall, ChainNamesTheEndOfTheChainAndOneFindingPerRoot) {
   sim.run(1s);
   auto ipi = sim.active(FindingKind::kGuestIpiStall);
   ASSERT_EQ(ipi.size(), 1u);
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("roots"), "2");
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("waiters"), "0,3");
+  EXPECT_EQ(ipi[0].evidence.back().wait_roots->roots, (std::vector<int>{2}));
+  EXPECT_EQ(ipi[0].evidence.back().wait_roots->waiters, (std::vector<int>{0, 3}));
   // A waiter joining later updates the same finding.
   const std::string id = ipi[0].id;
   sim.csd_wait(1, 2, "g");
@@ -336,7 +344,7 @@ TEST(IpiStall, ChainNamesTheEndOfTheChainAndOneFindingPerRoot) {
   ipi = sim.active(FindingKind::kGuestIpiStall);
   ASSERT_EQ(ipi.size(), 1u);
   EXPECT_EQ(ipi[0].id, id);
-  EXPECT_EQ(ipi[0].evidence.back().facts.at("waiters"), "0,1,3");
+  EXPECT_EQ(ipi[0].evidence.back().wait_roots->waiters, (std::vector<int>{0, 1, 3}));
   EXPECT_EQ(sim.count(FindingEvent::Type::kOpened, FindingKind::kGuestIpiStall), 1);
 }
 

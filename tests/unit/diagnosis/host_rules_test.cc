@@ -40,6 +40,9 @@ TEST(HostBlocked, OpensAtThresholdNotBefore) {
   EXPECT_EQ(f[0].evidence[0].host_stack, kFrozenStack);
   EXPECT_EQ(f[0].evidence[0].facts.at("state"), "D");
   EXPECT_EQ(f[0].evidence[0].facts.at("wchan"), "__refrigerator");
+  EXPECT_EQ(f[0].evidence[0].vcpu, 2);
+  EXPECT_EQ(evidence_facts(f[0].evidence[0]).at("vcpu"), "2");
+  EXPECT_EQ(evidence_facts(f[0].evidence[0]).at("no_run_progress_ms"), "500");
 }
 
 TEST(HostBlocked, OneFindingUpdatedNotRepeatedThenResolved) {

@@ -41,7 +41,7 @@ TEST(Incident, ThrottledVcpuUnderIpiLoadIsOneStarvationIncident) {
   EXPECT_EQ(sim.count(FindingEvent::Type::kOpened, FindingKind::kGuestIpiStall), 1);
   EXPECT_EQ(sim.count(FindingEvent::Type::kResolved, FindingKind::kGuestIpiStall), 0);
   const auto ipi = sim.active(FindingKind::kGuestIpiStall).at(0);
-  EXPECT_EQ(ipi.evidence.back().facts.at("roots"), "3");
+  EXPECT_EQ(ipi.evidence.back().wait_roots->roots, (std::vector<int>{3}));
   EXPECT_GE(ipi.recurrences, 4u) << "six waits on CPU3 in 12 s, one finding";
   EXPECT_TRUE(contains(ipi.summary, "It has recurred")) << ipi.summary;
   EXPECT_EQ(ipi.incident_id, starved.id);

@@ -15,9 +15,7 @@ namespace {
 
 const Evidence* trace_of(const Finding& f, int cpu) {
   for (const auto& e : f.evidence) {
-    auto c = e.facts.find("cpu");
-    if (c != e.facts.end() && c->second == std::to_string(cpu) && (e.facts.count("trace") || e.facts.count("trace_error")))
-      return &e;
+    if (e.cpu == cpu && e.kernel_trace) return &e;
   }
   return nullptr;
 }
@@ -74,13 +72,25 @@ TEST_F(Traces, OneLinkPerCpuOfTheFindingInnermostFirstBounded) {
             0u)
       << t0->text;
   EXPECT_EQ(t0->text.substr(t0->text.size() - std::string(" \u2190 \u2026").size()), " \u2190 \u2026");
-  EXPECT_EQ(t0->facts.at("frames"), "16");
-  EXPECT_EQ(t0->facts.at("truncated"), "1");
-  EXPECT_EQ(t0->facts.at("verification"), "interrupt_frame");
-  EXPECT_EQ(t0->facts.at("trace").substr(0, t0->facts.at("trace").find('\n')), "smp_call_function_many_cond+0xf1/0x330");
+  const KernelTrace& k0 = t0->kernel_trace->trace;
+  EXPECT_EQ(k0.frames.size(), 16u);
+  EXPECT_TRUE(k0.truncated);
+  EXPECT_EQ(k0.verification, TraceVerification::kInterruptFrame);
+  EXPECT_EQ(k0.frames.front(), "smp_call_function_many_cond+0xf1/0x330");
+  // The API's form of the same link (evidence_facts: the one place it becomes text).
+  const auto api = evidence_facts(*t0);
+  EXPECT_EQ(api.at("cpu"), "0");
+  EXPECT_EQ(api.at("frames"), "16");
+  EXPECT_EQ(api.at("truncated"), "1");
+  EXPECT_EQ(api.at("verification"), "interrupt_frame");
+  EXPECT_EQ(api.at("task"), "sh/107");
+  EXPECT_EQ(api.at("trace").substr(0, api.at("trace").find('\n')), "smp_call_function_many_cond+0xf1/0x330");
+  EXPECT_EQ(std::count(api.at("trace").begin(), api.at("trace").end(), '\n'), 15);
   const Evidence* t2 = trace_of(f, 2);
   ASSERT_NE(t2, nullptr);
   EXPECT_EQ(t2->text, "CPU2 trace unavailable: backtrace: stack of task 0xffff888003a40000: unmapped");
+  EXPECT_EQ(evidence_facts(*t2),
+            (std::map<std::string, std::string>{{"cpu", "2"}, {"trace_error", "backtrace: stack of task 0xffff888003a40000: unmapped"}}));
   EXPECT_EQ(trace_of(f, 1), nullptr);
   // The traces come after the links the rule wrote (consumers that show the first few keep them).
   EXPECT_EQ(&f.evidence.back(), t2);

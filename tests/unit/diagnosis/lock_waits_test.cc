@@ -201,7 +201,7 @@ class SpinlockSim : public ::testing::Test {
   }
   static const Evidence* lock_evidence(const Finding& f) {
     for (const auto& e : f.evidence)
-      if (e.facts.count("lock_waiter_cpu")) return &e;
+      if (e.lock_wait) return &e;
     return nullptr;
   }
   Sim sim;
@@ -223,9 +223,13 @@ TEST_F(SpinlockSim, HolderIsTheRootAndTheWaiterItsSymptom) {
   for (const Finding* f : {h, w}) {
     const Evidence* e = lock_evidence(*f);
     ASSERT_NE(e, nullptr) << f->id;
-    EXPECT_EQ(e->facts.at("lock_waiter_cpu"), "2");
-    EXPECT_EQ(e->facts.at("lock_holder_cpu"), "1");
-    EXPECT_EQ(e->facts.at("lock_frame"), "_raw_spin_lock_irqsave+0x39/0x50");
+    EXPECT_EQ(e->lock_wait->waiter_cpu, 2);
+    EXPECT_EQ(e->lock_wait->holder_cpu, 1);
+    EXPECT_EQ(e->lock_wait->frame, "_raw_spin_lock_irqsave+0x39/0x50");
+    const auto api = evidence_facts(*e);
+    EXPECT_EQ(api.at("lock_waiter_cpu"), "2");
+    EXPECT_EQ(api.at("lock_holder_cpu"), "1");
+    EXPECT_EQ(api.at("lock_frame"), "_raw_spin_lock_irqsave+0x39/0x50");
     EXPECT_TRUE(contains(e->text, "CPU2 spins on a spinlock (_raw_spin_lock_irqsave+0x39/0x50) held by CPU1 (inferred"))
         << e->text;
   }
@@ -258,8 +262,10 @@ TEST_F(SpinlockSim, TwoCandidateHoldersAreNoEdge) {
   EXPECT_TRUE(w->is_incident_root());
   const Evidence* e = lock_evidence(*w);
   ASSERT_NE(e, nullptr) << "the waiter is still listed";
-  EXPECT_EQ(e->facts.count("lock_holder_cpu"), 0u);
-  EXPECT_EQ(e->facts.at("lock_holder_candidates"), "1,3");
+  EXPECT_FALSE(e->lock_wait->holder_cpu);
+  EXPECT_EQ(e->lock_wait->holder_candidates, (std::vector<int>{1, 3}));
+  EXPECT_EQ(evidence_facts(*e).count("lock_holder_cpu"), 0u);
+  EXPECT_EQ(evidence_facts(*e).at("lock_holder_candidates"), "1,3");
   EXPECT_TRUE(contains(e->text, "its holder is not determined: CPU1, CPU3 could each hold it")) << e->text;
   EXPECT_EQ(lock_evidence(*find(all, FindingKind::kGuestIrqsOff, 1)), nullptr);
 }
@@ -274,7 +280,7 @@ TEST_F(SpinlockSim, HolderTraceThatErrsIsNoEdge) {
   ASSERT_NE(w, nullptr);
   EXPECT_TRUE(w->is_incident_root()) << w->explained_by;
   ASSERT_NE(lock_evidence(*w), nullptr);
-  EXPECT_EQ(lock_evidence(*w)->facts.count("lock_holder_cpu"), 0u);
+  EXPECT_FALSE(lock_evidence(*w)->lock_wait->holder_cpu);
 }
 
 TEST_F(SpinlockSim, AWaiterTraceThatErrsIsNoLockWait) {
@@ -299,13 +305,13 @@ TEST_F(SpinlockSim, ACsdWaitOnTheWaiterLeadsToTheHolder) {
   ASSERT_EQ(ipi.size(), 1u);
   const Evidence* roots = nullptr;
   for (const auto& e : ipi[0].evidence)
-    if (e.facts.count("roots")) roots = &e;
+    if (e.wait_roots) roots = &e;
   ASSERT_NE(roots, nullptr);
-  EXPECT_EQ(roots->facts.at("roots"), "1");
-  EXPECT_EQ(roots->facts.at("waiters"), "0,2");
+  EXPECT_EQ(roots->wait_roots->roots, (std::vector<int>{1}));
+  EXPECT_EQ(roots->wait_roots->waiters, (std::vector<int>{0, 2}));
   EXPECT_EQ(ipi[0].cpus, (std::vector<int>{0, 1, 2}));
   ASSERT_NE(lock_evidence(ipi[0]), nullptr);
-  EXPECT_EQ(lock_evidence(ipi[0])->facts.at("lock_holder_cpu"), "1");
+  EXPECT_EQ(lock_evidence(ipi[0])->lock_wait->holder_cpu, 1);
 }
 
 }  // namespace

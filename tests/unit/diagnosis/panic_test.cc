@@ -260,10 +260,12 @@ TEST_F(PanicOnce, CarriesTheOopsAndPanicText) {
   EXPECT_TRUE(contains(f.summary, "panicked on CPU2: \"Kernel panic - not syncing: Fatal exception\"")) << f.summary;
   const Evidence* text = nullptr;
   for (const auto& e : f.evidence)
-    if (e.facts.count("panic_text_lines")) text = &e;
+    if (e.panic_text) text = &e;
   ASSERT_NE(text, nullptr) << "no oops/panic text in the evidence";
-  EXPECT_EQ(text->facts.at("panic_text_lines"), std::to_string(kOopsPanic.size()));
-  EXPECT_EQ(text->facts.at("panic_message"), "Kernel panic - not syncing: Fatal exception");
+  EXPECT_EQ(text->panic_text->lines, kOopsPanic.size());
+  EXPECT_EQ(text->panic_text->message, "Kernel panic - not syncing: Fatal exception");
+  EXPECT_EQ(evidence_facts(*text).at("panic_text_lines"), std::to_string(kOopsPanic.size()));
+  EXPECT_EQ(evidence_facts(*text).at("panic_message"), "Kernel panic - not syncing: Fatal exception");
   std::string expected = "oops/panic text:";
   for (const auto& l : kOopsPanic) expected += "\n" + l;
   EXPECT_EQ(text->text, expected);
@@ -359,7 +361,7 @@ const std::vector<std::string> kGuardPagePanic = {
 
 const Evidence* stack_overflow_evidence(const Finding& f) {
   for (const auto& e : f.evidence)
-    if (e.facts.count("stack_overflow")) return &e;
+    if (e.stack_overflow) return &e;
   return nullptr;
 }
 
@@ -377,9 +379,14 @@ TEST_F(PanicOnce, CorruptedStackEndInTheSchedulerIsAStackOverflowOnItsCpu) {
   EXPECT_EQ(e->text,
             "kernel stack overflow on CPU1 (stackend/1, pid 212): the panic text says \"Kernel panic - not syncing: "
             "corrupted stack end detected inside scheduler\"");
-  EXPECT_EQ(e->facts.at("stack_overflow_cpu"), "1");
-  EXPECT_EQ(e->facts.at("stack_overflow_pid"), "212");
-  EXPECT_EQ(e->facts.at("stack_overflow_comm"), "stackend/1");
+  EXPECT_EQ(e->stack_overflow->cpu, 1);
+  EXPECT_EQ(e->stack_overflow->pid, 212);
+  EXPECT_EQ(e->stack_overflow->comm, "stackend/1");
+  const auto api = evidence_facts(*e);
+  EXPECT_EQ(api.at("stack_overflow"), "1");
+  EXPECT_EQ(api.at("stack_overflow_cpu"), "1");
+  EXPECT_EQ(api.at("stack_overflow_pid"), "212");
+  EXPECT_EQ(api.at("stack_overflow_comm"), "stackend/1");
 }
 
 // The overflowing CPU comes from the oops header (CPU3) rather than panic_cpu when they differ
@@ -394,7 +401,7 @@ TEST_F(PanicOnce, GuardPageHitIsAStackOverflowOnTheOopsingCpu) {
   const Evidence* e = stack_overflow_evidence(f);
   ASSERT_NE(e, nullptr) << "no stack overflow evidence";
   EXPECT_TRUE(contains(e->text, "\"BUG: TASK stack guard page was hit at ffffb0c1c0a17ff8")) << e->text;
-  EXPECT_EQ(e->facts.at("stack_overflow_cpu"), "3");
+  EXPECT_EQ(e->stack_overflow->cpu, 3);
 }
 
 // Older kernels: die("kernel stack overflow (double-fault)"), no oops header in the tail read.
@@ -408,8 +415,10 @@ TEST_F(PanicOnce, DoubleFaultWordingWithoutAHeaderUsesThePanicCpu) {
   EXPECT_TRUE(contains(f.summary, "A kernel stack overflow on CPU0.")) << f.summary;
   const Evidence* e = stack_overflow_evidence(f);
   ASSERT_NE(e, nullptr);
-  EXPECT_EQ(e->facts.at("stack_overflow_cpu"), "0");
-  EXPECT_EQ(e->facts.count("stack_overflow_pid"), 0u);
+  EXPECT_EQ(e->stack_overflow->cpu, 0);
+  EXPECT_FALSE(e->stack_overflow->pid);
+  EXPECT_EQ(evidence_facts(*e).count("stack_overflow_pid"), 0u);
+  EXPECT_EQ(evidence_facts(*e).count("stack_overflow_comm"), 0u);
 }
 
 TEST_F(PanicOnce, AnOrdinaryPanicNamesNoStackOverflow) {

@@ -49,7 +49,7 @@ TEST_F(StackOverflow, RaisedAtTheSecondSnapshotNamingTheCpuAndTheTask) {
   EXPECT_TRUE(contains(e.text, "STACK_END_MAGIC (0x57ac6e9d) at the stack end of stackend/1 (pid 212) was overwritten"))
       << e.text;
   EXPECT_TRUE(contains(e.text, "a deep overflow or a write past the stack")) << e.text;
-  EXPECT_EQ(e.facts.at("cpu"), "1");
+  EXPECT_EQ(e.cpu, 1);
   EXPECT_EQ(e.facts.at("pid"), "212");
   EXPECT_EQ(e.facts.at("comm"), "stackend/1");
 }

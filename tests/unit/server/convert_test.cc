@@ -44,7 +44,7 @@ TEST(ConvertFinding, EveryFieldIsCopied) {
   f.cause_evaluating = true;
   diagnosis::Evidence e;
   e.text = "CPU0 waits on CPU2's csd for 1.4 s";
-  e.facts = {{"waiter_cpu", "0"}, {"target_cpu", "2"}, {"wait_ms", "1400"}};
+  e.csd_wait = diagnosis::CsdWaitEvidence{0, 2, std::chrono::milliseconds(1400), "do_sync_core", 0xffff88803ec2a8c0, 0x11};
   e.host_stack = {"__refrigerator", "get_signal"};
   f.evidence.push_back(e);
 
@@ -77,7 +77,14 @@ TEST(ConvertFinding, EveryFieldIsCopied) {
   ASSERT_EQ(root.symptom_ids_size(), 2);
   EXPECT_EQ(root.symptom_ids(1), "demo/VCPU_HOST_BLOCKED/vcpu1/2");
   ASSERT_EQ(p.evidence_size(), 1);
+  // The typed wait edge reaches the API under the keys it always had.
+  EXPECT_EQ(p.evidence(0).facts().at("waiter_cpu"), "0");
+  EXPECT_EQ(p.evidence(0).facts().at("target_cpu"), "2");
   EXPECT_EQ(p.evidence(0).facts().at("wait_ms"), "1400");
+  EXPECT_EQ(p.evidence(0).facts().at("function"), "do_sync_core");
+  EXPECT_EQ(p.evidence(0).facts().at("csd_address"), "0xffff88803ec2a8c0");
+  EXPECT_EQ(p.evidence(0).facts().at("csd_flags"), "0x11");
+  EXPECT_EQ(p.evidence(0).facts().size(), 6u);
   EXPECT_EQ(p.evidence(0).host_stack(0), "__refrigerator");
 }
 
@@ -88,16 +95,25 @@ TEST(ConvertFinding, KernelTraceEvidenceIsCopiedVerbatim) {
   diagnosis::Evidence e;
   e.text = "CPU0 trace (interrupt frame, orc-verified, ipigen/121): smp_call_function_many_cond+0xf1/0x330 \u2190 "
            "on_each_cpu_cond_mask+0x20/0x40";
-  e.facts = {{"cpu", "0"},
-             {"trace", "smp_call_function_many_cond+0xf1/0x330\non_each_cpu_cond_mask+0x20/0x40"},
-             {"verification", "interrupt_frame"}};
+  e.cpu = 0;
+  diagnosis::KernelTrace tr;
+  tr.frames = {"smp_call_function_many_cond+0xf1/0x330", "on_each_cpu_cond_mask+0x20/0x40"};
+  tr.verification = diagnosis::TraceVerification::kInterruptFrame;
+  tr.pid = 121;
+  tr.comm = "ipigen";
+  e.kernel_trace = diagnosis::KernelTraceEvidence{tr, std::chrono::milliseconds(300)};
   f.evidence.push_back(e);
   v1::Finding p;
   to_proto(f, &p);
   ASSERT_EQ(p.evidence_size(), 1);
   EXPECT_EQ(p.evidence(0).text(), e.text);
-  EXPECT_EQ(p.evidence(0).facts().at("trace"), e.facts.at("trace"));
+  EXPECT_EQ(p.evidence(0).facts().at("cpu"), "0");
+  EXPECT_EQ(p.evidence(0).facts().at("trace"), "smp_call_function_many_cond+0xf1/0x330\non_each_cpu_cond_mask+0x20/0x40");
   EXPECT_EQ(p.evidence(0).facts().at("verification"), "interrupt_frame");
+  EXPECT_EQ(p.evidence(0).facts().at("task"), "ipigen/121");
+  EXPECT_EQ(p.evidence(0).facts().at("frames"), "2");
+  EXPECT_EQ(p.evidence(0).facts().at("truncated"), "0");
+  EXPECT_EQ(p.evidence(0).facts().at("age_ms"), "300");
 }
 
 TEST(ConvertFinding, ResolvedAndUnpredicted) {
@@ -324,7 +340,7 @@ TEST(ConvertInspect, WaitGraphQueuesPrintkAndErrors) {
   x.printk_records = 5;
   auto f = make_finding("demo/GUEST_IPI_STALL/2/1", "demo", diagnosis::FindingKind::kGuestIpiStall);
   diagnosis::Evidence e;
-  e.facts = {{"waiter_cpu", "0"}, {"target_cpu", "2"}, {"wait_ms", "1400"}};
+  e.csd_wait = diagnosis::CsdWaitEvidence{0, 2, std::chrono::milliseconds(1400), "", 0, 0};
   f.evidence.push_back(e);
   x.active_findings.push_back(f);
   x.wall_now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'010));

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "stallmon/diagnosis/observation.h"
 #include "stallmon/diagnosis/time.h"
 
 namespace stallmon::diagnosis {
@@ -42,11 +43,76 @@ enum class Cause {
 };
 const char* to_string(Cause c);
 
+// Typed evidence: what consumers (the gRPC adapter's wait graph, alerts, tests) read as values.
+// evidence_facts() renders them, with `facts`, into the API's string map: the one place they
+// become text.
+
+// A csd wait: CPU waiter_cpu spins in csd_lock_wait() until CPU target_cpu runs `function`.
+struct CsdWaitEvidence {
+  int waiter_cpu = -1;
+  int target_cpu = -1;
+  Duration age{0};       // how long the wait has been seen (a lower bound)
+  std::string function;  // the called function's symbol; empty if unknown
+  uint64_t csd_address = 0;
+  uint64_t csd_flags = 0;
+};
+
+// A CPU spinning in a spinlock slow path, and what is known of the lock's holder.
+struct LockWaitEvidence {
+  int waiter_cpu = -1;
+  std::string frame;                   // the slow-path frame of the waiter's kernel trace
+  std::optional<int> holder_cpu;       // when it could be inferred
+  std::vector<int> holder_candidates;  // the CPUs that could hold it, sorted
+  std::string inference;               // how the holder was (or could not be) inferred
+};
+
+// The root(s) of a wait graph component and the CPUs that wait on them.
+struct WaitRootsEvidence {
+  std::vector<int> roots;    // sorted
+  std::vector<int> waiters;  // every CPU whose waits lead to the roots
+  bool cycle = false;        // the roots wait on each other
+};
+
+// A guest CPU's kernel trace (its CPU is Evidence::cpu): the frames, or the error.
+struct KernelTraceEvidence {
+  KernelTrace trace;
+  Duration age{0};  // since the daemon read it, as of the finding's tick
+};
+
+// A kernel stack overflow the panic text of a GUEST_PANIC names.
+struct StackOverflowEvidence {
+  std::optional<int> cpu;  // the overflowing CPU: the oops header's, else the panicking one
+  std::optional<int> pid;  // the task, when the text names it
+  std::string comm;        // empty when the text names none
+};
+
+// The oops/panic text of a GUEST_PANIC.
+struct PanicTextEvidence {
+  std::size_t lines = 0;
+  std::string message;  // "Kernel panic - not syncing: ..."; empty if the text has none
+};
+
 struct Evidence {
   std::string text;                          // one human-readable link of the chain
-  std::map<std::string, std::string> facts;  // the same link, structured
+  std::optional<int> cpu;                    // the guest CPU this link is about
+  std::optional<int> vcpu;                   // the vCPU whose host thread this link is about
+  std::optional<CsdWaitEvidence> csd_wait;
+  std::optional<LockWaitEvidence> lock_wait;
+  std::optional<WaitRootsEvidence> wait_roots;
+  std::optional<KernelTraceEvidence> kernel_trace;
+  std::optional<PanicTextEvidence> panic_text;
+  std::optional<StackOverflowEvidence> stack_overflow;
+  // Ages and spans of this link by name ("unchanged" for an hrtimer count that stands still);
+  // the API shows each as "<name>_ms".
+  std::map<std::string, Duration> durations;
+  // The link's other facts (counters, names, flags), already in their API form.
+  std::map<std::string, std::string> facts;
   std::vector<std::string> host_stack;       // innermost first
 };
+
+// The link's facts as the API shows them (stallmon.v1.Evidence.facts): `facts` with the typed
+// fields rendered under their stable keys ("waiter_cpu", "wait_ms", "trace", ...).
+std::map<std::string, std::string> evidence_facts(const Evidence& e);
 
 struct Finding {
   std::string id;  // stable for the life of the condition; a recurrence gets a new id
