@@ -110,7 +110,7 @@ if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ] || [ "$tier
       || rc=1
   else
     STALLMON_TESTBED_HEALTH_LOG="$health_log" \
-    STALLMON_HEALTHY_SECONDS="${STALLMON_HEALTHY_SECONDS:-90}" \
+    STALLMON_HEALTHY_SECONDS="${STALLMON_HEALTHY_SECONDS:-60}" \
       ctest --test-dir "$build" -L integration -j 1 --output-on-failure --no-tests=error \
       --timeout 900 || rc=1
   fi

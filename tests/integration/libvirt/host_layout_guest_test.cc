@@ -124,8 +124,10 @@ TEST_F(HostLayoutGuests, LayoutWithoutMonitorMatchesQmpAndLeavesNoTaint) {
   ASSERT_TRUE(with_dimm);
   EXPECT_EQ(with_dimm->ram_layout->back().name, "memdimm0") << dump(*with_dimm->ram_layout);
 
-  // 60 s of monitoring (periodic re-derivation every 2 s), then: no taint anywhere.
-  std::this_thread::sleep_for(60s);
+  // 20 s of monitoring (ten periodic re-derivations, 2 s apart), then: no taint anywhere. A
+  // monitor command taints at once; the acceptance's 60 s of watching is kept by
+  // diagnosis_seed_case1 (this wait was 60 s until round 7, trimmed for CI time).
+  std::this_thread::sleep_for(20s);
   for (const auto& c : kConfigs) {
     std::string name = domain_name(c);
     std::string log = tb::read_text("/var/log/libvirt/qemu/" + name + ".log");
