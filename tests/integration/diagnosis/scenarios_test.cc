@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
+#include <filesystem>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -333,6 +334,7 @@ class Scenario : public ::testing::Test {
   // acceptance figure (60 s of watching) is kept by the plain seed-case-1 test only, which saves
   // the variants ~20 s each of CI time.
   std::chrono::seconds taint_watch_{0};
+  core::MonitorConfig monitor_config_{};  // the monitor seed_case1 starts
 };
 
 bool has_cpus(const Finding& f, std::vector<int> cpus) { return f.cpus == cpus; }
@@ -386,7 +388,7 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     before_monitor();
     if (HasFatalFailure()) return;
   }
-  Monitored m(guest(), {}, neighbour_.get());
+  Monitored m(guest(), monitor_config_, neighbour_.get());
   const auto watched_from = Clock::now();
   ASSERT_TRUE(m.ready(120s));
   if (neighbour_) {
@@ -562,6 +564,25 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
   o.scenario = "ipi-module";
   o.watchdog_thresh = 5;
   taint_watch_ = 60s;
+  seed_case1(o);
+}
+
+// Issue 13: the same with the guest's BTF ignored and no host debuginfo, the types only from a
+// profile made from Debian's -dbg vmlinux (`stallctl profile make`) in STALLMON_PROFILE_DIR: the
+// monitor is ready only if discovery took the profile. On demand (label `ondemand`): the -dbg
+// package is ~860 MB; tests/integration/introspect/profile_acceptance.sh fetches it.
+TEST_F(Scenario, SeedCase1WithGuestBtfIgnoredAndTypesFromAProfile) {
+  const char* dir = std::getenv("STALLMON_PROFILE_DIR");
+  ASSERT_TRUE(dir && *dir) << "set STALLMON_PROFILE_DIR to a directory holding <BUILD-ID>.profile of the 6.1 guest "
+                              "kernel (stallctl profile make vmlinux-6.1.0-57-amd64 --dir DIR)";
+  ASSERT_FALSE(std::filesystem::is_empty(dir)) << dir;
+  monitor_config_.ignore_guest_btf = true;
+  monitor_config_.profile_dir = dir;
+  monitor_config_.debug_dir = "";
+  tb::GuestOptions o;
+  o.tag = "dx-profile";
+  o.scenario = "ipi-module";
+  o.watchdog_thresh = 5;
   seed_case1(o);
 }
 
