@@ -61,6 +61,23 @@ fi
 build="${STALLMON_BUILD_DIR:-$root/build/release}"
 asan_build="${STALLMON_ASAN_BUILD_DIR:-$root/build/asan}"
 
+# The guest kits (kernel packages downloaded, test modules built against their headers) are
+# fetched in the background while the code compiles: mostly network and dpkg, ~1 min a kernel.
+kits_pid=""
+kits_log=""
+if [ "$tier" = all ] || [ "$tier" = integration ] || [ "$tier" = soak ]; then
+  kits_log="$(mktemp /tmp/stallmon-kits.XXXXXX)"
+  (
+    set -e
+    python3 "$root/tests/testbed/testbed.py" kit
+    grep -v '^#' "$root/tests/testbed/integration-kernels" | while read -r k; do
+      [ -n "$k" ] && python3 "$root/tests/testbed/testbed.py" kit --kernel "$k"
+    done
+  ) > "$kits_log" 2>&1 &
+  kits_pid=$!
+  trap '[ -z "$kits_pid" ] || kill "$kits_pid" 2>/dev/null || true; rm -f "$kits_log"' EXIT
+fi
+
 if [ "$tier" != asan ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON
   cmake --build "$build" -j "$jobs"
@@ -95,9 +112,17 @@ if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
 fi
 if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ] || [ "$tier" = soak ]; }; then
   # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
-  # Bring up libvirt and build the guest kit once, before the tests race to do it.
+  # Bring up libvirt; the guest kits were started in the background above.
   python3 "$root/tests/testbed/testbed.py" libvirt-up
-  python3 "$root/tests/testbed/testbed.py" kit
+  t_kits=$(date +%s)
+  if ! wait "$kits_pid"; then
+    # A kit that could not be built here is built (or fails with its reason) by the first test
+    # that boots its kernel.
+    echo "guest kits: not all built ahead:" >&2
+    tail -20 "$kits_log" >&2
+  fi
+  kits_pid=""
+  echo "guest kits ready ($(( $(date +%s) - t_kits )) s waited for them)"
   # No reruns: a failed test fails the run. The fixture's boot-health gate (every guest CPU's
   # timer interrupts advance, no Oops on the console, before any fault) replaces an unhealthy
   # guest instead; each replacement is logged here and counted below.
