@@ -7,6 +7,11 @@
 //   irq_work and task_struct.wake_entry, typed by CSD_TYPE_* in u_flags. For a while csd kept
 //   `flags` in an anonymous struct beside `node` (hence the "flags" fallbacks). Before 5.8,
 //   csd = { llist; func; info; flags } and remote wakeups used rq->wake_list.
+// - kernel/smp.c before 3.14 ("kernel: use lockless list for smp_call_function_single"): the
+//   per-cpu call_single_queue was struct call_single_queue { struct list_head list;
+//   raw_spinlock_t lock; } and csd = struct call_single_data { struct list_head list; func;
+//   info; u16 flags; } (include/linux/smp.h, 3.10 as in CentOS 7): a circular list whose end is
+//   the head itself, detected by csd.list being a struct where later kernels have an llist.
 // - kernel/smp.c (5.13, "smp: Add extended csd lock debugging"): call_function_data.csd (a
 //   percpu csd) became call_function_data.pcpu (a percpu struct cfd_percpu { csd; ... }); the
 //   extended debugging was removed again later (6.12 has .csd: seen on Debian 6.12.117).
@@ -120,7 +125,11 @@ struct SnapshotReader::Layout {
   FieldSet task;
   int t_pid = -1, t_comm = -1, t_state = -1, t_stack = -1;
 
-  uint64_t llist_first_off = 0;  // llist_head.first
+  // The queue head's first-entry pointer: llist_head.first, or list_head.next of
+  // call_single_queue.list (csq_list: a circular list, ended by the head itself).
+  uint64_t llist_first_off = 0;
+  bool csq_list = false;
+  uint64_t csq_list_off = 0;  // offsetof(call_single_queue, list): the address entries link back to
 
   // A call_single_queue entry, relative to its llist_node.
   FieldSet node;
@@ -275,8 +284,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   // --- call_single_queue entries. ---
   L.csq = sym("call_single_queue");
   if (L.csq) {
-    auto first = k.member("llist_head", "first");
-    auto next = k.member("llist_node", "next");
+    std::optional<MemberLayout> first = first_member("llist_head", {"first"});
+    std::optional<MemberLayout> next = first_member("llist_node", {"next"});
     L.feat.typed_csd = k.type_size("__call_single_node").ok();
     auto csd_llist = first_member("__call_single_data", {"node.llist", "llist"});
     auto csd_flags = first_member("__call_single_data", {"node.u_flags", "node.flags", "flags"});
@@ -285,6 +294,22 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
       csd_llist = first_member("call_single_data", {"llist"});
       csd_flags = first_member("call_single_data", {"flags"});
       csd_func = first_member("call_single_data", {"func"});
+    }
+    if (!csd_llist) {
+      // Before 3.14: csd.list and call_single_queue.list are struct list_heads (the kernel
+      // still has llist types, for rq->wake_list, so their presence proves nothing).
+      auto csd_list = first_member("call_single_data", {"list"});
+      auto head = first_member("call_single_queue", {"list"});
+      auto lnext = k.member("list_head", "next");
+      if (csd_list && head && lnext && csd_list->kind == MemberLayout::Kind::kStruct &&
+          head->kind == MemberLayout::Kind::kStruct && lnext->kind == MemberLayout::Kind::kPointer) {
+        L.csq_list = true;
+        L.csq_list_off = head->offset();
+        L.feat.csq_list_head = true;
+        csd_llist = csd_list;
+        first = MemberLayout{head->bit_offset + lnext->bit_offset, 0, 8, MemberLayout::Kind::kPointer};
+        next = *lnext;
+      }
     }
     if (!first || !next || !csd_llist || !csd_flags || !csd_func) {
       note("call_single_queue: csd/llist layout not understood; queue not read");
@@ -434,6 +459,7 @@ class SnapshotTake {
     size_t mask_req = SIZE_MAX;
     // queue walk
     uint64_t cursor = 0;
+    uint64_t list_head = 0;  // a list_head queue's head: the walk's end
     std::vector<uint64_t> visited;
     ObjectRead node;
   };
@@ -518,8 +544,9 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
   Work& x = w[c];
   CpuSnapshot& cs = s.cpus[c];
   const int32_t ci = static_cast<int32_t>(c);
+  const uint64_t off = L.pcpu[c];
   cs.cpu = c;
-  cs.per_cpu_offset = L.pcpu[c];
+  cs.per_cpu_offset = off;
   x.rq.settle(reqs);
   cs.rq.address = x.rq.base;
   if (x.rq.ok) {
@@ -539,6 +566,10 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
     if (req_ok(x.csq_req)) {
       cs.call_single_queue_ok = true;
       x.cursor = x.csq_first;
+      if (L.csq_list) {
+        x.list_head = *L.csq + off + L.csq_list_off;
+        if (x.cursor == x.list_head) x.cursor = 0;  // empty: head.next == &head
+      }
     } else {
       err(ci, "call_single_queue[" + std::to_string(c) + "]", "unreadable", reqs[x.csq_req].addr);
     }
@@ -698,7 +729,7 @@ void SnapshotTake::plan_queue_step(uint32_t c) {
     return;
   }
   if (std::find(x.visited.begin(), x.visited.end(), x.cursor) != x.visited.end()) {
-    err(static_cast<int32_t>(c), what, "cycle in llist after " + std::to_string(x.visited.size()) + " entries", x.cursor);
+    err(static_cast<int32_t>(c), what, std::string(L.csq_list ? "cycle in list" : "cycle in llist") + " after " + std::to_string(x.visited.size()) + " entries", x.cursor);
     cs.call_single_queue_truncated = true;
     x.cursor = 0;
     return;
@@ -744,8 +775,18 @@ void SnapshotTake::settle_queue_entry(uint32_t c) {
       e.func = x.node.get(L.n_func);
       break;
   }
+  const uint64_t node = e.node;
   cs.call_single_queue.push_back(std::move(e));
   x.cursor = x.node.get(L.n_next);
+  if (L.csq_list) {
+    if (x.cursor == x.list_head) {
+      x.cursor = 0;  // back at the head: the end of a circular list
+    } else if (x.cursor == 0) {
+      // A list_head is never NULL-terminated: a torn or corrupt list.
+      err(static_cast<int32_t>(c), "call_single_queue[" + std::to_string(c) + "]", "NULL next in list_head", node);
+      cs.call_single_queue_truncated = true;
+    }
+  }
 }
 
 void SnapshotTake::symbolize() {

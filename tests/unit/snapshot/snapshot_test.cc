@@ -280,6 +280,116 @@ TEST(SnapshotReader, LegacyLayoutWithoutCallSingleNode) {
   EXPECT_FALSE(c3.watchdog.report_ts);
 }
 
+// Seed case 1 as it happened on CentOS 7 (3.10): CPU0 (sh) waits in smp_call_function_many for
+// CPU2, whose call_single_queue (a list_head then) holds CPU0's locked csd and an async one.
+TEST(SnapshotReader, Linux310ListHeadQueue) {
+  SyntheticKernel k(4, SyntheticKernel::Layout::kLinux310);
+  const uint64_t fn = k.func("do_sync_core"), other_fn = k.func("nohz_full_kick_work_func");
+  const uint64_t sh = k.task(107, "sh");
+  uint64_t idle = 0;
+  (void)k.read(k.percpu("runqueues", 0) + k.off("rq", "idle"), &idle, 8);
+  k.set_rq(0, sh, idle, 5, 5, 0, 200'000'000'000ULL);
+  k.set_cfd_mask(0, {1, 2, 3});
+  k.set_csd(k.cfd_csd(0, 1), 0x0, fn);  // done: csd_unlock cleared CSD_FLAG_LOCK
+  k.set_csd(k.cfd_csd(0, 3), 0x0, fn);
+  k.set_csd(k.cfd_csd(0, 2), 0x1, fn);  // CSD_FLAG_LOCK: not run yet
+  const uint64_t async = k.csd(0x0, other_fn);
+  k.set_queue(2, {k.csd_node(k.cfd_csd(0, 2)), k.csd_node(async)});
+  auto reader = make_reader(k);
+  ASSERT_TRUE(reader);
+  EXPECT_TRUE(reader->features().csq_list_head);
+  EXPECT_FALSE(reader->features().typed_csd);
+  EXPECT_FALSE(reader->features().cfd_pcpu);
+  EXPECT_FALSE(reader->features().cfd_mask_offstack);
+  EXPECT_FALSE(reader->features().task_state_new);
+  GuestSnapshot s = reader->take();
+  EXPECT_TRUE(s.errors.empty()) << format_snapshot(s);
+  EXPECT_EQ(s.online_cpus, (std::vector<uint32_t>{0, 1, 2, 3}));  // from cpu_online_bits
+  EXPECT_FALSE(s.panic_cpu);
+  const CpuSnapshot& c0 = s.cpus[0];
+  EXPECT_EQ(c0.rq.curr.comm, "sh");
+  EXPECT_EQ(c0.cfd_mask, (std::vector<uint32_t>{1, 2, 3}));
+  ASSERT_EQ(c0.cfd_targets.size(), 3u);
+  EXPECT_FALSE(c0.cfd_targets[0].locked);
+  EXPECT_TRUE(c0.cfd_targets[1].locked);
+  EXPECT_EQ(c0.cfd_targets[1].csd, k.cfd_csd(0, 2));
+  EXPECT_EQ(c0.cfd_targets[1].type, CsdType::kLegacy);
+  EXPECT_EQ(c0.cfd_targets[1].func_name, "do_sync_core");
+  const CpuSnapshot& c2 = s.cpus[2];
+  EXPECT_TRUE(c2.call_single_queue_ok);
+  EXPECT_FALSE(c2.call_single_queue_truncated);
+  ASSERT_EQ(c2.call_single_queue.size(), 2u);
+  EXPECT_EQ(c2.call_single_queue[0].object, k.cfd_csd(0, 2));
+  EXPECT_TRUE(c2.call_single_queue[0].locked);
+  EXPECT_EQ(c2.call_single_queue[0].func_name, "do_sync_core");
+  EXPECT_EQ(c2.call_single_queue[1].object, async);
+  EXPECT_FALSE(c2.call_single_queue[1].locked);
+  EXPECT_EQ(c2.call_single_queue[1].func_name, "nohz_full_kick_work_func");
+  EXPECT_EQ(c2.call_single_queue[1].type, CsdType::kLegacy);
+  // Empty queues (head.next == &head) are empty, not one entry that is the head.
+  for (uint32_t c : {0u, 1u, 3u}) {
+    EXPECT_TRUE(s.cpus[c].call_single_queue_ok);
+    EXPECT_TRUE(s.cpus[c].call_single_queue.empty()) << c;
+  }
+}
+
+TEST(SnapshotReader, Linux310HostileListsAreBounded) {
+  SyntheticKernel k(4, SyntheticKernel::Layout::kLinux310);
+  const uint64_t fn = k.func("f");
+  std::vector<uint64_t> a;
+  for (int i = 0; i < 4; ++i) a.push_back(k.csd_node(k.csd(0x1, fn)));
+  // CPU0: a cycle that never comes back to the head.
+  k.set_queue(0, {a[0], a[1]});
+  k.mem.put<uint64_t>(a[1] + k.off("list_head", "next"), a[0]);
+  // CPU1: a NULL next (list_heads are never NULL-terminated).
+  k.set_queue(1, {a[2]});
+  k.mem.put<uint64_t>(a[2] + k.off("list_head", "next"), 0);
+  // CPU2: next points into unmapped memory.
+  k.set_queue(2, {a[3]});
+  k.mem.put<uint64_t>(a[3] + k.off("list_head", "next"), 0xffffc90000001000ULL);
+  // CPU3: a long, well-formed list beyond max_queue_entries.
+  std::vector<uint64_t> many;
+  for (int i = 0; i < 20; ++i) many.push_back(k.csd_node(k.csd(0x0, fn)));
+  k.set_queue(3, many);
+  SnapshotOptions o;
+  o.max_queue_entries = 8;
+  auto reader = make_reader(k, o);
+  ASSERT_TRUE(reader);
+  GuestSnapshot s = reader->take();
+  EXPECT_EQ(s.cpus[0].call_single_queue.size(), 2u);
+  EXPECT_TRUE(s.cpus[0].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 0, "cycle in list"));
+  EXPECT_EQ(s.cpus[1].call_single_queue.size(), 1u);
+  EXPECT_TRUE(s.cpus[1].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 1, "NULL next"));
+  EXPECT_EQ(s.cpus[2].call_single_queue.size(), 1u);
+  EXPECT_TRUE(s.cpus[2].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 2, "unreadable"));
+  EXPECT_EQ(s.cpus[3].call_single_queue.size(), 8u);
+  EXPECT_TRUE(s.cpus[3].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 3, "longer than 8"));
+  // Garbage everywhere: bounded, and never a crash.
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    SyntheticKernel g(4, SyntheticKernel::Layout::kLinux310);
+    auto r = make_reader(g);
+    ASSERT_TRUE(r);
+    g.mem.scribble(seed);
+    GuestSnapshot gs = r->take();
+    for (const CpuSnapshot& c : gs.cpus) EXPECT_LE(c.call_single_queue.size(), r->options().max_queue_entries);
+    EXPECT_TRUE(nlohmann::json::accept(snapshot_to_json_string(gs)));
+  }
+}
+
+// The llist layouts are not mistaken for the list_head one (and the reverse).
+TEST(SnapshotReader, QueueFormIsDetectedByMemberTypes) {
+  SyntheticKernel legacy(2, SyntheticKernel::Layout::kLegacy);
+  EXPECT_FALSE(make_reader(legacy)->features().csq_list_head);
+  SyntheticKernel v61(2, SyntheticKernel::Layout::kLinux61);
+  EXPECT_FALSE(make_reader(v61)->features().csq_list_head);
+  SyntheticKernel v310(2, SyntheticKernel::Layout::kLinux310);
+  EXPECT_TRUE(make_reader(v310)->features().csq_list_head);
+}
+
 TEST(SnapshotReader, VariableSizesFromTypeInfo) {
   // 6.6+: hrtimer_interrupts is an atomic_t, hrtimer_interrupts_saved an int. The bytes after
   // them belong to other variables and must not leak into the values.

@@ -34,10 +34,11 @@ SyntheticKernel::SyntheticKernel(uint32_t n, Layout l) : layout(l), ncpus(n) {
   mem.map(kHeap, kHeapSize);
   for (uint32_t c = 0; c < n; ++c) mem.map(pcpu(c), kPercpuSize);
   syms_["nr_cpu_ids"] = kImage + 0x100;
-  syms_["__cpu_online_mask"] = kImage + 0x200;
+  // cpu_online_bits was renamed __cpu_online_mask in 4.5 (kernel/cpu.c).
+  syms_[l == Layout::kLinux310 ? "cpu_online_bits" : "__cpu_online_mask"] = kImage + 0x200;
   syms_["jiffies_64"] = kImage + 0x300;
   syms_["watchdog_thresh"] = kImage + 0x308;
-  syms_["panic_cpu"] = kImage + 0x310;
+  if (l != Layout::kLinux310) syms_["panic_cpu"] = kImage + 0x310;  // kernel/panic.c, 4.5+
   syms_["__per_cpu_offset"] = kImage + 0x1000;
   syms_["runqueues"] = 0x1000;
   syms_["call_single_queue"] = 0x3000;
@@ -69,6 +70,7 @@ SyntheticKernel::SyntheticKernel(uint32_t n, Layout l) : layout(l), ncpus(n) {
     } else {
       mem.put<uint64_t>(cfd + off("call_function_data", "csd"), pcpu_csds + c * 0x100);
     }
+    if (l == Layout::kLinux310) set_queue(c, {});  // INIT_LIST_HEAD in call_function_init()
     mem.put<uint64_t>(percpu("watchdog_touch_ts", c), 100 + c);
     if (l == Layout::kLinux61) mem.put<uint64_t>(percpu("watchdog_report_ts", c), 100 + c);
     mem.put<uint64_t>(percpu("hrtimer_interrupts", c), 21);
@@ -127,12 +129,38 @@ void SyntheticKernel::build_btf() {
     b.field("cpumask", cpumask_var_t, 64);
     b.field("cpumask_ipi", cpumask_var_t, 128);
   } else {
-    // 4.14..5.7: struct __call_single_data { llist; func; info; unsigned int flags; }.
-    const int csd = b.add_struct("__call_single_data", 32);
-    b.field("llist", llist_node, 0);
-    b.field("func", voidp, 64);
-    b.field("info", voidp, 128);
-    b.field("flags", u32, 192);
+    int csd = -1;
+    if (layout == Layout::kLinux310) {
+      // Linux 3.10 (CentOS 7's base), include/linux/list.h, include/linux/smp.h, kernel/smp.c:
+      //   struct call_single_data { struct list_head list; smp_call_func_t func; void *info; u16 flags; };
+      //   struct call_single_queue { struct list_head list; raw_spinlock_t lock; };  (per-cpu)
+      // The llist types exist too (rq->wake_list), unused by the queue until 3.14.
+      const int list_p = b.ptr_to_next();
+      const int list = b.add_struct("list_head", 16);
+      b.field("next", list_p, 0);
+      b.field("prev", list_p, 64);
+      csd = b.add_struct("call_single_data", 40);
+      b.field("list", list, 0);
+      b.field("func", voidp, 128);
+      b.field("info", voidp, 192);
+      b.field("flags", u16, 256);
+      const int raw_spinlock = b.add_struct("raw_spinlock", 4);
+      b.field("raw_lock", u32, 0);
+      const int raw_spinlock_t = btf__add_typedef(btf_, "raw_spinlock_t", raw_spinlock);
+      b.add_struct("call_single_queue", 24);
+      b.field("list", list, 0);
+      b.field("lock", raw_spinlock_t, 128);
+    } else {
+      // 4.14..5.7: struct __call_single_data { llist; func; info; unsigned int flags; }.
+      csd = b.add_struct("__call_single_data", 32);
+      b.field("llist", llist_node, 0);
+      b.field("func", voidp, 64);
+      b.field("info", voidp, 128);
+      b.field("flags", u32, 192);
+    }
+    // Both (kernel/smp.c, 3.10..5.12): struct call_function_data { struct call_single_data
+    // __percpu *csd; cpumask_var_t cpumask; cpumask_var_t cpumask_ipi; } (per-cpu cfd_data),
+    // here without CONFIG_CPUMASK_OFFSTACK.
     const int csd_p = b.ptr(csd);
     const int bits = btf__add_array(btf_, u32, ul, 1);
     const int cpumask = b.add_struct("cpumask", 8);
@@ -243,25 +271,47 @@ void SyntheticKernel::set_rq(uint32_t cpu, uint64_t curr, uint64_t idle, uint32_
 }
 
 uint64_t SyntheticKernel::csd(uint32_t flags, uint64_t func_addr) {
-  uint64_t c = alloc(32);
+  uint64_t c = alloc(btf_type_size(btf_, csd_type()).value());
   set_csd(c, flags, func_addr);
   return c;
 }
 
 void SyntheticKernel::set_csd(uint64_t c, uint32_t flags, uint64_t func_addr) {
   if (layout == Layout::kLinux61) mem.put<uint32_t>(c + off("__call_single_data", "node.u_flags"), flags);
+  else if (layout == Layout::kLinux310) mem.put<uint16_t>(c + off(csd_type(), "flags"), static_cast<uint16_t>(flags));
   else mem.put<uint32_t>(c + off("__call_single_data", "flags"), flags);
-  mem.put<uint64_t>(c + off("__call_single_data", "func"), func_addr);
+  mem.put<uint64_t>(c + off(csd_type(), "func"), func_addr);
 }
 
 uint64_t SyntheticKernel::csd_node(uint64_t c) const {
-  return c + (layout == Layout::kLinux61 ? off("__call_single_data", "node.llist") : off("__call_single_data", "llist"));
+  switch (layout) {
+    case Layout::kLinux61: return c + off("__call_single_data", "node.llist");
+    case Layout::kLegacy: return c + off("__call_single_data", "llist");
+    case Layout::kLinux310: return c + off("call_single_data", "list");
+  }
+  return 0;
 }
 
 uint64_t SyntheticKernel::task_node(uint64_t t) const { return t + off("task_struct", "wake_entry.llist"); }
 
+uint64_t SyntheticKernel::queue_head(uint32_t cpu) const {
+  if (layout == Layout::kLinux310) return percpu("call_single_queue", cpu) + off("call_single_queue", "list");
+  return percpu("call_single_queue", cpu) + off("llist_head", "first");
+}
+
 void SyntheticKernel::set_queue(uint32_t cpu, const std::vector<uint64_t>& nodes) {
-  mem.put<uint64_t>(percpu("call_single_queue", cpu) + off("llist_head", "first"), nodes.empty() ? 0 : nodes[0]);
+  const uint64_t head = queue_head(cpu);
+  if (layout == Layout::kLinux310) {
+    // list_add_tail() in order: head <-> nodes[0] <-> ... <-> nodes[n-1] <-> head.
+    std::vector<uint64_t> ring{head};
+    ring.insert(ring.end(), nodes.begin(), nodes.end());
+    for (size_t i = 0; i < ring.size(); ++i) {
+      mem.put<uint64_t>(ring[i] + off("list_head", "next"), ring[(i + 1) % ring.size()]);
+      mem.put<uint64_t>(ring[i] + off("list_head", "prev"), ring[(i + ring.size() - 1) % ring.size()]);
+    }
+    return;
+  }
+  mem.put<uint64_t>(head, nodes.empty() ? 0 : nodes[0]);
   for (size_t i = 0; i < nodes.size(); ++i)
     mem.put<uint64_t>(nodes[i] + off("llist_node", "next"), i + 1 < nodes.size() ? nodes[i + 1] : 0);
 }

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // A synthetic guest kernel for the snapshot readers' unit tests: sparse "kernel virtual" memory,
 // a symbol table, and real BTF built with libbpf's writer API (btf__add_struct/btf__add_field),
-// so the readers resolve every offset exactly as on a real guest. Two layouts: a 6.1-like one
-// (__call_single_node, cfd_percpu, off-stack cpumasks, __state, ttwu_pending) and a 4.x-like
-// one (csd {llist; func; info; flags}, cfd->csd, inline cpumask, task->state).
+// so the readers resolve every offset exactly as on a real guest. Three layouts: a 6.1-like one
+// (__call_single_node, cfd_percpu, off-stack cpumasks, __state, ttwu_pending), a 4.x-like one
+// (csd {llist; func; info; flags}, cfd->csd, inline cpumask, task->state) and a 3.10-like one
+// (CentOS 7, where seed case 1 happened: call_single_queue a list_head + lock, csd {list_head
+// list; func; info; u16 flags}, cfd->csd, cpu_online_bits, no panic_cpu), each built from the
+// definitions in those kernels' sources (cited where the BTF is built).
 #pragma once
 
 #include <bpf/btf.h>
@@ -66,7 +69,7 @@ class SparseMemory {
 
 class SyntheticKernel final : public KernelAccess {
  public:
-  enum class Layout { kLinux61, kLegacy };
+  enum class Layout { kLinux61, kLegacy, kLinux310 };
   // Per-cpu symbols are offsets; CPU c's copy lives at offset + per_cpu_offset(c).
   static constexpr uint64_t kPercpuBase = 0xffff888010000000ULL;
   static constexpr uint64_t kPercpuStride = 0x100000;
@@ -150,7 +153,9 @@ class SyntheticKernel final : public KernelAccess {
   uint64_t csd(uint32_t flags, uint64_t func_addr);
   uint64_t csd_node(uint64_t csd_addr) const;
   uint64_t task_node(uint64_t task_addr) const;
-  // Links nodes into cpu's call_single_queue in this order (last next = 0).
+  // Links nodes into cpu's call_single_queue in this order (an llist ending in 0, or for
+  // kLinux310 a circular list_head through the queue's head).
+  uint64_t queue_head(uint32_t cpu) const;  // the address the queue's first pointer lives at
   void set_queue(uint32_t cpu, const std::vector<uint64_t>& nodes);
   // cfd_data of `cpu`: its mask and, for each CPU, the per-target csd's flags/func.
   void set_cfd_mask(uint32_t cpu, const std::vector<uint32_t>& targets);
@@ -170,6 +175,8 @@ class SyntheticKernel final : public KernelAccess {
   mutable uint64_t reads = 0;
   uint64_t batches = 0;
   struct btf* btf() const { return btf_; }
+  // The csd struct's name: call_single_data before 4.14, __call_single_data after.
+  const char* csd_type() const { return layout == Layout::kLinux310 ? "call_single_data" : "__call_single_data"; }
 
  private:
   void build_btf();

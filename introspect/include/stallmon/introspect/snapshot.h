@@ -175,6 +175,7 @@ struct SnapshotOptions {
 // Which optional kernel features the layout found (for diagnostics and tests).
 struct SnapshotFeatures {
   bool typed_csd = false;          // __call_single_node with CSD_TYPE_* (5.8+)
+  bool csq_list_head = false;      // call_single_queue is a list_head + lock (before 3.14)
   bool cfd_pcpu = false;           // call_function_data.pcpu (5.13 until ~6.2) vs .csd
   bool cfd_mask_offstack = false;  // cpumask_var_t is a pointer (CONFIG_CPUMASK_OFFSTACK)
   bool ttwu_pending = false;
