@@ -106,12 +106,18 @@ struct SnapshotReader::Layout {
 
   // A per-CPU watchdog variable: its symbol, where a CPU's value goes, and how to read it.
   struct WatchdogField {
-    const char* symbol;
+    const char* symbol;  // the name found (the current one when none is)
     std::optional<uint64_t> WatchdogState::*value;
+    std::vector<const char*> older = {};             // earlier names of the same variable
     std::optional<uint64_t> address = std::nullopt;  // the per-cpu variable, when the kernel has it
     uint32_t size = 8;                               // 4 or 8 bytes, from BTF
   };
-  WatchdogField wd_touch{"watchdog_touch_ts", &WatchdogState::touch_ts};
+  // The soft-lockup touch timestamp (seconds: cpu_clock >> 30 in every version, 0 = just
+  // touched) was touch_timestamp in kernel/softlockup.c (2.6.32, seed case 2's kernel),
+  // softlockup_touch_ts in its last versions, then watchdog_touch_ts in kernel/watchdog.c
+  // (2.6.36+, and RHEL 6's backport). softlockup.c's threshold, softlockup_thresh, was the whole
+  // timeout (watchdog_thresh is half of it) and is not read.
+  WatchdogField wd_touch{"watchdog_touch_ts", &WatchdogState::touch_ts, {"softlockup_touch_ts", "touch_timestamp"}};
   WatchdogField wd_report{"watchdog_report_ts", &WatchdogState::report_ts};
   WatchdogField hr_int{"hrtimer_interrupts", &WatchdogState::hrtimer_interrupts};
   WatchdogField hr_saved{"hrtimer_interrupts_saved", &WatchdogState::hrtimer_interrupts_saved};
@@ -378,7 +384,13 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   // --- Watchdogs. Sizes from BTF: hrtimer_interrupts became an atomic_t and
   // hrtimer_interrupts_saved an int (6.6, the buddy hard-lockup detector rework); they were
   // unsigned long before, as the soft-lockup timestamps still are. ---
-  for (auto* f : L.watchdog_fields()) f->address = sym(f->symbol);
+  for (auto* f : L.watchdog_fields()) {
+    f->address = sym(f->symbol);
+    for (const char* name : f->older) {
+      if (f->address) break;
+      if ((f->address = sym(name))) f->symbol = name;
+    }
+  }
   for (auto* f : L.watchdog_fields()) {
     auto sz = k.variable_size(f->symbol);
     if (sz && (*sz == 4 || *sz == 8)) f->size = static_cast<uint32_t>(*sz);

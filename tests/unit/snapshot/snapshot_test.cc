@@ -390,6 +390,24 @@ TEST(SnapshotReader, QueueFormIsDetectedByMemberTypes) {
   EXPECT_TRUE(make_reader(v310)->features().csq_list_head);
 }
 
+// kernel/softlockup.c before 2.6.36 named the touch timestamp touch_timestamp (2.6.32) and
+// later softlockup_touch_ts; the value means the same (seconds).
+TEST(SnapshotReader, WatchdogTouchTimestampUnderOlderNames) {
+  for (const char* name : {"softlockup_touch_ts", "touch_timestamp"}) {
+    SyntheticKernel k(2, SyntheticKernel::Layout::kLinux310);
+    const uint64_t addr = *k.symbol("watchdog_touch_ts");
+    k.remove_symbol("watchdog_touch_ts");
+    k.add_symbol(name, addr);
+    auto reader = make_reader(k);
+    ASSERT_TRUE(reader);
+    GuestSnapshot s = reader->take();
+    EXPECT_EQ(s.cpus[1].watchdog.touch_ts, 101u) << name;
+  }
+  SyntheticKernel none(1, SyntheticKernel::Layout::kLinux310);
+  none.remove_symbol("watchdog_touch_ts");
+  EXPECT_FALSE(make_reader(none)->take().cpus[0].watchdog.touch_ts);
+}
+
 TEST(SnapshotReader, VariableSizesFromTypeInfo) {
   // 6.6+: hrtimer_interrupts is an atomic_t, hrtimer_interrupts_saved an int. The bytes after
   // them belong to other variables and must not leak into the values.
