@@ -182,7 +182,11 @@ uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
                      q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
   uint64_t per_pair = L.cfd ? sizeof(CfdTarget) + L.csd.buf_len() + kPerObject + kPerRequest : 0;
   uint64_t printk = 0;
-  if (L.printk) {
+  if (L.printk && L.printk->log_buf) {
+    // The whole log_buf, then the kept records (text capped) and the walk's ring of offsets.
+    printk = L.printk->log_buf->max_bytes + 64 * kPerRequest +
+             uint64_t{L.opt.printk_records} * (sizeof(PrintkRecord) + uint64_t{L.opt.printk_max_text} + 4);
+  } else if (L.printk) {
     printk = (uint64_t{L.opt.printk_records} + 4) *
              (sizeof(PrintkRecord) + 3 * kPerObject + L.printk->desc.buf_len() + L.printk->info.buf_len() + 8 +
               2 * uint64_t{L.opt.printk_max_text} + 3 * kPerRequest);
@@ -420,7 +424,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
     auto p = snapshot_detail::resolve_printk_layout(k);
     if (p) {
       L.printk = std::move(p).value();
-      L.feat.printk_ringbuffer = true;
+      L.feat.printk_ringbuffer = !L.printk->log_buf;
+      L.feat.printk_log_buf = L.printk->log_buf.has_value();
     } else {
       note("printk: " + p.error().message);
     }

@@ -563,6 +563,127 @@ TEST(Printk, TextCapAndSnapshotIntegration) {
   EXPECT_NE(format_snapshot(s).find("soft lockup"), std::string::npos);
 }
 
+// log_buf before 5.10: struct log records (3.10) and struct printk_log with caller_id (5.1..5.9
+// with CONFIG_PRINTK_CALLER; a 20-byte header), wrapped many times over.
+TEST(Printk, LogBufTailOnOlderKernels) {
+  for (auto layout : {SyntheticKernel::Layout::kLinux310, SyntheticKernel::Layout::kLegacy}) {
+    SyntheticKernel k(1, layout);
+    k.init_log_buf(1024);
+    std::vector<std::string> all;
+    for (int i = 0; i < 200; ++i) {
+      all.push_back("msg " + std::to_string(i) + std::string(static_cast<size_t>(i % 37), '.'));
+      EXPECT_EQ(k.log_printk(all.back(), 1000ULL * i, static_cast<uint8_t>(i % 8)), static_cast<uint64_t>(i));
+    }
+    std::vector<SnapshotError> errs;
+    auto tail = read_printk_tail(k, 4, 1024, &errs);
+    ASSERT_TRUE(tail.ok()) << tail.error().to_string();
+    EXPECT_TRUE(errs.empty()) << errs[0].message;
+    ASSERT_EQ(tail->size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+      const PrintkRecord& r = (*tail)[i];
+      EXPECT_EQ(r.seq, 196 + i);
+      EXPECT_EQ(r.text, all[r.seq]);
+      EXPECT_EQ(r.ts_nsec, 1000 * r.seq);
+      EXPECT_EQ(r.level, r.seq % 8);
+      EXPECT_EQ(r.flags, 2);
+      EXPECT_FALSE(r.text_truncated);
+    }
+    // Everything still in the buffer: contiguous seqs ending at the newest, texts intact.
+    auto every = read_printk_tail(k, 1000, 1024);
+    ASSERT_TRUE(every.ok());
+    ASSERT_GE(every->size(), 10u);
+    EXPECT_LT(every->size(), 200u);
+    for (size_t i = 0; i < every->size(); ++i) {
+      EXPECT_EQ((*every)[i].seq, 200 - every->size() + i);
+      EXPECT_EQ((*every)[i].text, all[(*every)[i].seq]);
+    }
+    // Through the snapshot reader, with the text cap.
+    SnapshotOptions o;
+    o.printk_records = 2;
+    o.printk_max_text = 5;
+    auto reader = make_reader(k, o);
+    ASSERT_TRUE(reader);
+    EXPECT_TRUE(reader->features().printk_log_buf);
+    EXPECT_FALSE(reader->features().printk_ringbuffer);
+    GuestSnapshot s = reader->take();
+    ASSERT_TRUE(s.printk_read);
+    ASSERT_EQ(s.printk.size(), 2u);
+    EXPECT_EQ(s.printk[1].text, "msg 1");
+    EXPECT_TRUE(s.printk[1].text_truncated);
+  }
+}
+
+TEST(Printk, LogBufHostileInputIsBounded) {
+  SyntheticKernel k(1, SyntheticKernel::Layout::kLinux310);
+  k.init_log_buf(512);
+  for (int i = 0; i < 6; ++i) k.log_printk("record " + std::to_string(i), 1);
+  const uint64_t buf = k.log_buf_addr();
+  const uint32_t hdr = k.log_record_header();
+  const uint64_t len_off = k.off("log", "len"), text_len_off = k.off("log", "text_len");
+  auto u32_at = [&](const char* sym) {
+    uint32_t v = 0;
+    (void)k.read(*k.symbol(sym), &v, 4);
+    return v;
+  };
+  const uint32_t first = u32_at("log_first_idx");
+  uint16_t first_len = 0;
+  (void)k.read(buf + first + len_off, &first_len, 2);
+  // Record 1's text_len beyond its record: truncated to what the record holds.
+  k.mem.put<uint16_t>(buf + first + first_len + text_len_off, 400);
+  // Record 3's length below the header size: the walk stops there, keeping records 0..2.
+  uint32_t idx = first;
+  for (int i = 0; i < 3; ++i) {
+    uint16_t l = 0;
+    (void)k.read(buf + idx + len_off, &l, 2);
+    idx += l;
+  }
+  k.mem.put<uint16_t>(buf + idx + len_off, static_cast<uint16_t>(hdr - 1));
+  std::vector<SnapshotError> errs;
+  auto r = read_printk_tail(k, 10, 1024, &errs);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_EQ(r->size(), 3u);
+  EXPECT_TRUE((*r)[1].text_truncated);
+  EXPECT_EQ((*r)[2].text, "record 2");
+  ASSERT_FALSE(errs.empty());
+  EXPECT_NE(errs[0].message.find("out of range"), std::string::npos) << errs[0].message;
+  // A zero-length record at 0 (a wrap marker that would loop forever) stops the walk.
+  k.mem.put<uint16_t>(buf + idx + len_off, 0);
+  k.mem.put<uint16_t>(buf + len_off, 0);
+  errs.clear();
+  r = read_printk_tail(k, 10, 1024, &errs);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(errs.empty());
+  // Indices outside the buffer, a buffer longer than at layout time, garbage pointers: errors.
+  k.mem.put<uint32_t>(*k.symbol("log_first_idx"), 512);
+  EXPECT_EQ(read_printk_tail(k, 10, 1024).error().code, ErrorCode::kCorrupt);
+  k.mem.put<uint32_t>(*k.symbol("log_first_idx"), first);
+  auto reader = make_reader(k);
+  k.mem.put<uint32_t>(*k.symbol("log_buf_len"), 1 << 20);
+  GuestSnapshot s = reader->take();
+  EXPECT_FALSE(s.printk_read);
+  EXPECT_TRUE(has_error(s, -1, "log_buf_len"));
+  k.mem.put<uint32_t>(*k.symbol("log_buf_len"), 512);
+  k.mem.put<uint64_t>(*k.symbol("log_buf"), 0x1234);
+  EXPECT_EQ(read_printk_tail(k, 10, 1024).error().code, ErrorCode::kCorrupt);
+  // A log_buf_len above what is read per snapshot disables printk, not the snapshot.
+  k.mem.put<uint32_t>(*k.symbol("log_buf_len"), (4u << 20) + 1);
+  auto big = make_reader(k);
+  ASSERT_TRUE(big);
+  EXPECT_FALSE(big->features().printk_log_buf);
+  // Garbage everywhere: bounded.
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    SyntheticKernel g(1, SyntheticKernel::Layout::kLegacy);
+    g.init_log_buf(2048);
+    for (int i = 0; i < 50; ++i) g.log_printk("x" + std::to_string(i), 1);
+    g.mem.scribble(seed);
+    auto t = read_printk_tail(g, 16, 64);
+    if (t.ok()) {
+      EXPECT_LE(t->size(), 16u);
+      for (const PrintkRecord& p : *t) EXPECT_LE(p.text.size(), 64u);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // BTF layouts and output
 

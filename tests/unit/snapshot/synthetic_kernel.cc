@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "synthetic_kernel.h"
 
+#include <algorithm>
+
 namespace stallmon::introspect::testing {
 
 namespace {
@@ -171,6 +173,23 @@ void SyntheticKernel::build_btf() {
     b.field("csd", csd_p, 0);
     b.field("cpumask", cpumask_var_t, 64);
     b.field("cpumask_ipi", cpumask_var_t, 128);
+  }
+
+  if (layout != Layout::kLinux61) {
+    // printk records before the 5.10 ring buffer: struct log in kernel/printk.c (3.10), renamed
+    // struct printk_log in 3.11 (kernel/printk/printk.c), with u32 caller_id under
+    // CONFIG_PRINTK_CALLER from 5.1 and __packed __aligned(4): 16 and 20 bytes. The 4.x-like
+    // layout carries caller_id so that the two header sizes are both exercised.
+    const bool v310 = layout == Layout::kLinux310;
+    b.add_struct(v310 ? "log" : "printk_log", v310 ? 16 : 20);
+    b.field("ts_nsec", u64, 0);
+    b.field("len", u16, 64);
+    b.field("text_len", u16, 80);
+    b.field("dict_len", u16, 96);
+    b.field("facility", u8, 112);
+    b.field("flags", u8, 120, 5);
+    b.field("level", u8, 125, 3);
+    if (!v310) b.field("caller_id", u32, 128);
   }
 
   const int task_p = b.ptr_to_next();
@@ -390,6 +409,74 @@ uint64_t SyntheticKernel::printk(const std::string& text, uint64_t ts_nsec, uint
   mem.put<uint8_t>(inf + off("printk_info", "flags"), static_cast<uint8_t>(2 | (level << 5)));  // LOG_NEWLINE
   mem.put<int64_t>(prb_ + off("printk_ringbuffer", "desc_ring.head_id"), static_cast<int64_t>(id));
   mem.put<int64_t>(prb_ + off("printk_ringbuffer", "desc_ring.tail_id"), static_cast<int64_t>(live_.front().first));
+  return seq;
+}
+
+uint32_t SyntheticKernel::log_record_header() const {
+  return static_cast<uint32_t>(btf_type_size(btf_, layout == Layout::kLinux310 ? "log" : "printk_log").value());
+}
+
+void SyntheticKernel::init_log_buf(uint32_t len) {
+  lb_len_ = len;
+  lb_buf_ = alloc(len);
+  syms_["log_buf"] = kImage + 0x500;
+  syms_["log_buf_len"] = kImage + 0x508;
+  syms_["log_first_idx"] = kImage + 0x510;
+  syms_["log_next_idx"] = kImage + 0x518;
+  syms_["log_first_seq"] = kImage + 0x520;
+  syms_["log_next_seq"] = kImage + 0x528;
+  mem.put<uint64_t>(kImage + 0x500, lb_buf_);
+  mem.put<uint32_t>(kImage + 0x508, len);
+  lb_publish();
+}
+
+void SyntheticKernel::lb_publish() {
+  mem.put<uint32_t>(kImage + 0x510, lb_first_idx_);
+  mem.put<uint32_t>(kImage + 0x518, lb_next_idx_);
+  mem.put<uint64_t>(kImage + 0x520, lb_first_seq_);
+  mem.put<uint64_t>(kImage + 0x528, lb_next_seq_);
+}
+
+// log_next() of kernel/printk.c (3.10): a zero length sends the reader to the record at 0.
+uint32_t SyntheticKernel::lb_next(uint32_t idx) {
+  const char* type = layout == Layout::kLinux310 ? "log" : "printk_log";
+  uint16_t len = 0;
+  (void)read(lb_buf_ + idx + off(type, "len"), &len, 2);
+  if (len != 0) return idx + len;
+  (void)read(lb_buf_ + off(type, "len"), &len, 2);  // wrap marker: the record after the one at 0
+  return len;
+}
+
+// log_store() of kernel/printk.c (3.10), LOG_ALIGN 4 (x86: efficient unaligned access).
+uint64_t SyntheticKernel::log_printk(const std::string& text, uint64_t ts_nsec, uint8_t level) {
+  const char* type = layout == Layout::kLinux310 ? "log" : "printk_log";
+  const uint32_t hdr = log_record_header();
+  uint32_t size = hdr + static_cast<uint32_t>(text.size());
+  size += (0u - size) & 3u;
+  while (lb_first_seq_ < lb_next_seq_) {
+    const uint32_t free = lb_next_idx_ > lb_first_idx_ ? std::max(lb_len_ - lb_next_idx_, lb_first_idx_)
+                                                       : lb_first_idx_ - lb_next_idx_;
+    if (free > size + hdr) break;
+    lb_first_idx_ = lb_next(lb_first_idx_);  // drop the oldest record
+    ++lb_first_seq_;
+  }
+  if (lb_next_idx_ + size + hdr >= lb_len_) {
+    std::vector<uint8_t> zero(hdr, 0);
+    mem.write(lb_buf_ + lb_next_idx_, zero.data(), hdr);  // the wrap marker
+    lb_next_idx_ = 0;
+  }
+  const uint64_t m = lb_buf_ + lb_next_idx_;
+  std::vector<uint8_t> zero(size, 0);
+  mem.write(m, zero.data(), size);
+  mem.write(m + hdr, text.data(), text.size());
+  mem.put<uint64_t>(m + off(type, "ts_nsec"), ts_nsec);
+  mem.put<uint16_t>(m + off(type, "len"), static_cast<uint16_t>(size));
+  mem.put<uint16_t>(m + off(type, "text_len"), static_cast<uint16_t>(text.size()));
+  mem.put<uint8_t>(m + off(type, "facility"), 0);
+  mem.put<uint8_t>(m + off(type, "flags"), static_cast<uint8_t>(2 | (level << 5)));  // LOG_NEWLINE
+  lb_next_idx_ += size;
+  const uint64_t seq = lb_next_seq_++;
+  lb_publish();
   return seq;
 }
 

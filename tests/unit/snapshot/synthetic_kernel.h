@@ -168,6 +168,13 @@ class SyntheticKernel final : public KernelAccess {
   // wrapping included). Returns its seq.
   uint64_t printk(const std::string& text, uint64_t ts_nsec, uint8_t level = 6);
   uint64_t printk_desc_addr(uint64_t id) const;
+  // printk before 5.10 (kLegacy, kLinux310): log_buf of `len` bytes and its globals.
+  void init_log_buf(uint32_t len);
+  // Appends a record like log_store() (old records dropped for room, a zero-length header
+  // where the next record does not fit before the end). Returns its seq.
+  uint64_t log_printk(const std::string& text, uint64_t ts_nsec, uint8_t level = 6);
+  uint64_t log_buf_addr() const { return lb_buf_; }
+  uint32_t log_record_header() const;  // sizeof(struct log) / sizeof(struct printk_log)
 
   SparseMemory mem;
   const Layout layout;
@@ -189,6 +196,11 @@ class SyntheticKernel final : public KernelAccess {
   uint32_t count_bits_ = 0, size_bits_ = 0;
   uint64_t next_id_ = 0, next_seq_ = 0, head_lpos_ = 0, tail_id_ = 0;
   std::vector<std::pair<uint64_t, uint64_t>> live_;  // (id, begin lpos) of records with data
+  // log_buf state
+  uint64_t lb_buf_ = 0, lb_first_seq_ = 0, lb_next_seq_ = 0;
+  uint32_t lb_len_ = 0, lb_first_idx_ = 0, lb_next_idx_ = 0;
+  uint32_t lb_next(uint32_t idx);
+  void lb_publish();
 };
 
 }  // namespace stallmon::introspect::testing

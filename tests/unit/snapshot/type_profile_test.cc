@@ -104,6 +104,9 @@ TEST(TypeProfile, RecordsExactlyWhatTheReadersAskAndTheFeatureTheKernelHas) {
     EXPECT_EQ(has_member(p, "call_single_queue", "list"), v310);
     EXPECT_EQ(has_member(p, "call_single_data", "list"), v310);
     EXPECT_EQ(has_member(p, "list_head", "next"), v310);
+    // printk's record header before 5.10 (struct log in 3.10, struct printk_log after).
+    EXPECT_EQ(has_member(p, "log", "len"), v310);
+    EXPECT_EQ(has_member(p, "printk_log", "len"), layout == SyntheticKernel::Layout::kLegacy);
     // Nothing the readers never ask for (the synthetic BTF has more members).
     const ProfileType* rq = p.find_type("rq");
     ASSERT_NE(rq, nullptr);

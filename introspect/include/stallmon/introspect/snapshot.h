@@ -183,6 +183,7 @@ struct SnapshotFeatures {
   bool hrtimer_interrupts = false;
   bool steal_time = false;
   bool printk_ringbuffer = false;  // lockless prb (5.10+)
+  bool printk_log_buf = false;     // log_buf of struct printk_log records (before 5.10)
   bool task_state_new = false;     // task_struct.__state (5.14+)
   bool task_stack = false;         // task_struct.stack (stack-end magic, backtraces)
 };
@@ -229,7 +230,8 @@ class SnapshotReader {
 // Reads the tail of the printk ring buffer (struct printk_ringbuffer, 5.10+) on its own: the
 // newest `max_records` finalized/committed records, oldest first. Reused descriptors and
 // wrapped data blocks are handled; a record whose descriptor was reused while being read is
-// dropped. Errors about individual records go to `errors`.
+// dropped. Errors about individual records go to `errors`. Kernels without `prb` (before
+// 5.10) are read from log_buf: the whole buffer (at most 4 MiB) and its record chain.
 Result<std::vector<PrintkRecord>> read_printk_tail(KernelAccess& kernel, uint32_t max_records,
                                                    uint32_t max_text,
                                                    std::vector<SnapshotError>* errors = nullptr);
