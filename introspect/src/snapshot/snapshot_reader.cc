@@ -17,9 +17,10 @@
 //   extended debugging was removed again later (6.12 has .csd: seen on Debian 6.12.117).
 // - cpumask_var_t is a pointer with CONFIG_CPUMASK_OFFSTACK, an inline array otherwise.
 // - task_struct.state became __state (5.14, "sched: Change task_struct::state").
-// - rq->ttwu_pending (5.8, "sched: Add rq::ttwu_pending"); watchdog_report_ts (5.14, split from
-//   watchdog_touch_ts); hrtimer_interrupts only with the hard-lockup detector; steal_time only
-//   with CONFIG_KVM_GUEST (and zero unless the host enabled it: TCG never does).
+// - rq->ttwu_pending (5.8, "sched: Add rq::ttwu_pending"; before it, a non-empty
+//   rq->wake_list); watchdog_report_ts (5.14, split from watchdog_touch_ts); hrtimer_interrupts
+//   only with the hard-lockup detector; steal_time only with CONFIG_KVM_GUEST (and zero unless
+//   the host enabled it: TCG never does).
 #include <time.h>
 
 #include <algorithm>
@@ -126,7 +127,7 @@ struct SnapshotReader::Layout {
   std::array<const WatchdogField*, 4> watchdog_fields() const { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
 
   FieldSet rq;
-  int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1;
+  int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1, rq_wake_list = -1;
 
   FieldSet task;
   int t_pid = -1, t_comm = -1, t_state = -1, t_stack = -1;
@@ -270,6 +271,12 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   if (auto m = k.member("rq", "ttwu_pending")) {
     L.rq_ttwu = L.rq.add(*m);
     L.feat.ttwu_pending = true;
+  } else if (auto w = k.member("rq", "wake_list.first"); w && w->kind == MemberLayout::Kind::kPointer) {
+    // 3.0..5.7 (kernel/sched/sched.h): remote wakeups waited on rq->wake_list, an llist of
+    // task_struct.wake_entry, not on call_single_queue; a non-empty list is what ttwu_pending
+    // says later ("sched: Replace rq::wake_list", 5.8).
+    L.rq_wake_list = L.rq.add(*w);
+    L.feat.rq_wake_list = true;
   }
   L.rq.finalize();
 
@@ -575,6 +582,7 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
     cs.rq.clock_ns = x.rq.get(L.rq_clock);
     if (L.rq_cfs_h >= 0) cs.rq.cfs_h_nr_running = static_cast<uint32_t>(x.rq.get(L.rq_cfs_h));
     if (L.rq_ttwu >= 0) cs.rq.ttwu_pending = static_cast<uint32_t>(x.rq.get(L.rq_ttwu));
+    if (L.rq_wake_list >= 0) cs.rq.ttwu_pending = x.rq.get(L.rq_wake_list) != 0 ? 1u : 0u;
     s.guest_clock_ns = std::max(s.guest_clock_ns, cs.rq.clock_ns);
   } else {
     err(ci, "runqueues[" + std::to_string(c) + "]", "unreadable", x.rq.bad_address);

@@ -170,6 +170,7 @@ void PipelineTest::seed_case1_diagnosed() {
   ASSERT_TRUE(d.vcpus[2].guest);
   EXPECT_TRUE(d.vcpus[2].guest->rq.curr_is_idle);
   EXPECT_EQ(d.vcpus[2].guest->call_single_queue.size(), 2u);
+  EXPECT_EQ(d.vcpus[2].guest->rq.ttwu_pending, 1u);  // rq->ttwu_pending, or rq->wake_list before 5.8
   ASSERT_TRUE(d.vcpus[0].guest);
   EXPECT_EQ(d.vcpus[0].guest->rq.curr.comm, "sh");
   EXPECT_EQ(shared_->counters.snapshots.load(), h.snapshots);

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Seed case 1 in a synthetic guest kernel (the snapshot tests' SyntheticKernel), shared by the
 // core's unit tests and its tick benchmark: CPU0 (sh, pid 107) waits for CPU2's do_sync_core csd;
-// CPU2 is idle with that csd and a second piece of work queued that it never runs: on 6.1 a
-// remote wakeup (TTWU), on the older layouts (where remote wakeups went to rq->wake_list, not
-// this queue) an asynchronous csd. The csd flags are each layout's own: 6.1 CSD_FLAG_LOCK |
+// CPU2 is idle with that csd and a second piece of work queued that it never runs, and a
+// remote wakeup pending: on 6.1 a TTWU entry in the same queue, on the older layouts an
+// asynchronous csd there and the wakeup on rq->wake_list (where 3.0..5.7 kept them). The csd flags are each layout's own: 6.1 CSD_FLAG_LOCK |
 // CSD_TYPE_SYNC (include/linux/smp_types.h), 4.x CSD_FLAG_LOCK | CSD_FLAG_SYNCHRONOUS
 // (kernel/smp.c, 4.14..5.7), 3.10 CSD_FLAG_LOCK alone (kernel/smp.c, 3.10).
 #pragma once
@@ -36,6 +36,7 @@ inline void build_seed_case1(introspect::testing::SyntheticKernel& k) {
   } else {
     const uint64_t async = k.csd(done, k.func("nohz_full_kick_work_func"));
     k.set_queue(2, {k.csd_node(k.cfd_csd(0, 2)), k.csd_node(async)});
+    k.set_wake_list(2, {k.task(131, "sh")});
   }
 }
 

@@ -270,7 +270,8 @@ TEST(SnapshotReader, LegacyLayoutWithoutCallSingleNode) {
   const CpuSnapshot& c3 = s.cpus[3];
   EXPECT_TRUE(c3.rq.curr_is_idle);
   EXPECT_EQ(c3.rq.nr_running, 2u);
-  EXPECT_FALSE(c3.rq.ttwu_pending);
+  EXPECT_TRUE(reader->features().rq_wake_list);
+  EXPECT_EQ(c3.rq.ttwu_pending, 0u);  // from rq->wake_list: empty
   EXPECT_TRUE(c3.rq.curr.state.has_value());
   ASSERT_EQ(c3.call_single_queue.size(), 2u);
   EXPECT_EQ(c3.call_single_queue[0].object, k.cfd_csd(2, 3));
@@ -295,9 +296,12 @@ TEST(SnapshotReader, Linux310ListHeadQueue) {
   k.set_csd(k.cfd_csd(0, 2), 0x1, fn);  // CSD_FLAG_LOCK: not run yet
   const uint64_t async = k.csd(0x0, other_fn);
   k.set_queue(2, {k.csd_node(k.cfd_csd(0, 2)), k.csd_node(async)});
+  k.set_wake_list(2, {k.task(131, "sh"), k.task(132, "sh")});  // remote wakeups pending (3.0..5.7)
   auto reader = make_reader(k);
   ASSERT_TRUE(reader);
   EXPECT_TRUE(reader->features().csq_list_head);
+  EXPECT_TRUE(reader->features().rq_wake_list);
+  EXPECT_FALSE(reader->features().ttwu_pending);
   EXPECT_FALSE(reader->features().typed_csd);
   EXPECT_FALSE(reader->features().cfd_pcpu);
   EXPECT_FALSE(reader->features().cfd_mask_offstack);
@@ -326,6 +330,8 @@ TEST(SnapshotReader, Linux310ListHeadQueue) {
   EXPECT_FALSE(c2.call_single_queue[1].locked);
   EXPECT_EQ(c2.call_single_queue[1].func_name, "nohz_full_kick_work_func");
   EXPECT_EQ(c2.call_single_queue[1].type, CsdType::kLegacy);
+  EXPECT_EQ(c2.rq.ttwu_pending, 1u);
+  EXPECT_EQ(s.cpus[1].rq.ttwu_pending, 0u);
   // Empty queues (head.next == &head) are empty, not one entry that is the head.
   for (uint32_t c : {0u, 1u, 3u}) {
     EXPECT_TRUE(s.cpus[c].call_single_queue_ok);

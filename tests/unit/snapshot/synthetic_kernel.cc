@@ -97,7 +97,7 @@ void SyntheticKernel::build_btf() {
   const int llist_node_p = b.ptr_to_next();
   const int llist_node = b.add_struct("llist_node", 8);
   b.field("next", llist_node_p, 0);
-  b.add_struct("llist_head", 8);
+  const int llist_head = b.add_struct("llist_head", 8);
   b.field("first", llist_node_p, 0);
 
   int csn = -1;
@@ -201,6 +201,7 @@ void SyntheticKernel::build_btf() {
     b.field("wake_entry", csn, 8 * 512);
   } else {
     b.field("state", sl, 8 * 16);
+    b.field("wake_entry", llist_node, 8 * 512);  // struct llist_node (3.0..5.7)
   }
   b.field("pid", s32, 8 * 1200);
   b.field("comm", comm, 8 * 1500);
@@ -220,6 +221,7 @@ void SyntheticKernel::build_btf() {
   b.field("stop", task_p, 8 * 2416);
   b.field("clock", u64, 8 * 2560);
   if (layout == Layout::kLinux61) b.field("ttwu_pending", u32, 8 * 3000);
+  else b.field("wake_list", llist_head, 8 * 3000);  // kernel/sched/sched.h, 3.0..5.7
 
   if (layout == Layout::kLinux61) {
     b.add_struct("kvm_steal_time", 64);
@@ -311,7 +313,16 @@ uint64_t SyntheticKernel::csd_node(uint64_t c) const {
   return 0;
 }
 
-uint64_t SyntheticKernel::task_node(uint64_t t) const { return t + off("task_struct", "wake_entry.llist"); }
+uint64_t SyntheticKernel::task_node(uint64_t t) const {
+  return t + off("task_struct", layout == Layout::kLinux61 ? "wake_entry.llist" : "wake_entry");
+}
+
+void SyntheticKernel::set_wake_list(uint32_t cpu, const std::vector<uint64_t>& tasks) {
+  const uint64_t head = percpu("runqueues", cpu) + off("rq", "wake_list.first");
+  mem.put<uint64_t>(head, tasks.empty() ? 0 : task_node(tasks[0]));
+  for (size_t i = 0; i < tasks.size(); ++i)
+    mem.put<uint64_t>(task_node(tasks[i]), i + 1 < tasks.size() ? task_node(tasks[i + 1]) : 0);
+}
 
 uint64_t SyntheticKernel::queue_head(uint32_t cpu) const {
   if (layout == Layout::kLinux310) return percpu("call_single_queue", cpu) + off("call_single_queue", "list");

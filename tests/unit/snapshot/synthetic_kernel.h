@@ -153,6 +153,8 @@ class SyntheticKernel final : public KernelAccess {
   uint64_t csd(uint32_t flags, uint64_t func_addr);
   uint64_t csd_node(uint64_t csd_addr) const;
   uint64_t task_node(uint64_t task_addr) const;
+  // Before 5.8 (kLegacy, kLinux310): remote wakeups of `tasks` pending on cpu's rq->wake_list.
+  void set_wake_list(uint32_t cpu, const std::vector<uint64_t>& tasks);
   // Links nodes into cpu's call_single_queue in this order (an llist ending in 0, or for
   // kLinux310 a circular list_head through the queue's head).
   uint64_t queue_head(uint32_t cpu) const;  // the address the queue's first pointer lives at

@@ -112,7 +112,8 @@ TEST(TypeProfile, RecordsExactlyWhatTheReadersAskAndTheFeatureTheKernelHas) {
     ASSERT_NE(rq, nullptr);
     for (const ProfileMember& m : rq->members)
       EXPECT_TRUE(m.path == "nr_running" || m.path == "curr" || m.path == "idle" || m.path == "clock" ||
-                  m.path == "cfs.h_nr_running" || m.path == "cfs.h_nr_queued" || m.path == "ttwu_pending")
+                  m.path == "cfs.h_nr_running" || m.path == "cfs.h_nr_queued" || m.path == "ttwu_pending" ||
+                  m.path == "wake_list.first")
           << m.path;
   }
 }

@@ -85,7 +85,8 @@ struct RunqueueState {
   bool curr_is_idle = false;   // rq->curr == rq->idle
   uint32_t nr_running = 0;
   uint32_t cfs_h_nr_running = 0;
-  std::optional<uint32_t> ttwu_pending;  // rq->ttwu_pending (5.8+)
+  // rq->ttwu_pending (5.8+); 3.0..5.7: 1 when rq->wake_list holds remote wakeups, else 0.
+  std::optional<uint32_t> ttwu_pending;
   uint64_t clock_ns = 0;       // rq->clock
 };
 
@@ -179,6 +180,7 @@ struct SnapshotFeatures {
   bool cfd_pcpu = false;           // call_function_data.pcpu (5.13 until ~6.2) vs .csd
   bool cfd_mask_offstack = false;  // cpumask_var_t is a pointer (CONFIG_CPUMASK_OFFSTACK)
   bool ttwu_pending = false;
+  bool rq_wake_list = false;       // rq->wake_list (3.0..5.7) stands for ttwu_pending
   bool watchdog_report_ts = false;
   bool hrtimer_interrupts = false;
   bool steal_time = false;
