@@ -132,6 +132,12 @@ int main(int argc, char** argv) {
     append(in, uint32_t{4 * 4 + 5});  // the ring header
     append(in, uint64_t{0x7fffffffffffffffull});
     put(root / "printk", "ring_header", in);
+    // The 3.10 guest's log_buf (fuzz_printk.cc, 17 targets): selector 0x809 is target 0 (its
+    // globals) at offset 8, log_buf_len: far above the buffer.
+    std::vector<uint8_t> len;
+    append(len, uint32_t{0x809});
+    append(len, uint64_t{0xffffffff00100000ull});
+    put(root / "printk", "log_buf_len", len);
   }
   // ORC backtracer (orc_input.h): the fixture's chain in both formats, without its interrupt
   // frame, and a stack of self-chaining return addresses.

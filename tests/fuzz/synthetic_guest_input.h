@@ -17,6 +17,31 @@ namespace stallmon::introspect::fuzz {
 
 using testing::SyntheticKernel;
 
+// Applies the input's records to `k` (each overwrites the u64 at targets[sel % n] plus an
+// aligned offset below 4 KiB, remembering what it overwrote), calls `read(k)`, then restores.
+template <typename Read>
+void with_records(SyntheticKernel& k, const std::vector<uint64_t>& targets, const uint8_t* data, size_t size,
+                  Read&& read) {
+  struct Saved {
+    uint64_t addr, old;
+  };
+  std::vector<Saved> saved;
+  for (size_t i = 0; i + 12 <= size && saved.size() < 64; i += 12) {
+    uint32_t sel;
+    uint64_t value;
+    std::memcpy(&sel, data + i, 4);
+    std::memcpy(&value, data + i + 4, 8);
+    const uint64_t addr = targets[sel % targets.size()] + ((sel >> 8) % 4096 & ~7u);
+    uint64_t old = 0;
+    if (k.read(addr, &old, 8).ok()) {
+      saved.push_back({addr, old});
+      k.mem.put<uint64_t>(addr, value);
+    }
+  }
+  read(k);
+  for (auto it = saved.rbegin(); it != saved.rend(); ++it) k.mem.put<uint64_t>(it->addr, it->old);
+}
+
 class SyntheticGuest {
  public:
   static constexpr uint32_t kCpus = 4;
@@ -54,27 +79,10 @@ class SyntheticGuest {
     targets_.push_back(*k.symbol("nr_cpu_ids"));
   }
 
-  // Applies the records (remembering what they overwrote), calls `read`, then restores.
+  // Applies the records to the objects above, calls `read`, then restores.
   template <typename Read>
   void with_input(const uint8_t* data, size_t size, Read&& read) {
-    struct Saved {
-      uint64_t addr, old;
-    };
-    std::vector<Saved> saved;
-    for (size_t i = 0; i + 12 <= size && saved.size() < 64; i += 12) {
-      uint32_t sel;
-      uint64_t value;
-      std::memcpy(&sel, data + i, 4);
-      std::memcpy(&value, data + i + 4, 8);
-      const uint64_t addr = targets_[sel % targets_.size()] + ((sel >> 8) % 4096 & ~7u);
-      uint64_t old = 0;
-      if (k.read(addr, &old, 8).ok()) {
-        saved.push_back({addr, old});
-        k.mem.put<uint64_t>(addr, value);
-      }
-    }
-    read(k);
-    for (auto it = saved.rbegin(); it != saved.rend(); ++it) k.mem.put<uint64_t>(it->addr, it->old);
+    with_records(k, targets_, data, size, read);
   }
 
   SyntheticKernel k;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The lockless printk ring buffer (kernel/printk/printk_ringbuffer.[ch], since 5.10; before that
-// the kernel kept `log_buf` with struct printk_log records, which is not handled here).
+// The lockless printk ring buffer (kernel/printk/printk_ringbuffer.[ch], since 5.10) and, when
+// the kernel has no `prb`, the log_buf it replaced (see read_log_buf below).
 //
 // A descriptor ring (count = 1 << count_bits) of struct prb_desc { state_var; text_blk_lpos },
 // a parallel array of struct printk_info, and a text data ring (1 << size_bits bytes) of blocks
@@ -35,6 +35,13 @@ void note(std::vector<SnapshotError>* errors, std::string what, std::string msg,
   if (errors) errors->push_back(SnapshotError{-1, std::move(what), std::move(msg), addr});
 }
 
+// A record's text length cut to what its storage holds and to max_text; `truncated` says so.
+uint64_t text_length(uint64_t len, uint64_t avail, uint32_t max_text, bool& truncated) {
+  const uint64_t n = std::min<uint64_t>({len, avail, max_text});
+  if (n < len) truncated = true;
+  return n;
+}
+
 std::string printk_text(const uint8_t* p, size_t n) {
   std::string s;
   s.reserve(n);
@@ -49,10 +56,153 @@ std::string printk_text(const uint8_t* p, size_t n) {
 
 }  // namespace
 
+// log_buf before 5.10. The record header, kernel/printk.c in 3.10 (struct log) and
+// kernel/printk/printk.c 3.11..5.9 (renamed struct printk_log in 3.11, caller_id added in 5.1):
+//   struct printk_log { u64 ts_nsec; u16 len; u16 text_len; u16 dict_len; u8 facility;
+//                       u8 flags:5; u8 level:3; [u32 caller_id;] };
+// Globals: char *log_buf; u32 log_buf_len; u32 log_first_idx, log_next_idx; u64 log_first_seq.
+Result<LogBufLayout> resolve_log_buf(KernelAccess& k) {
+  LogBufLayout l;
+  auto buf = k.symbol("log_buf");
+  if (!buf) return Error(ErrorCode::kNotFound, "neither prb (printk ring buffer, 5.10+) nor log_buf found");
+  l.log_buf = *buf;
+  std::string missing;
+  auto need_sym = [&](const char* name, uint64_t& out) {
+    auto a = k.symbol(name);
+    if (a) out = *a;
+    else missing += std::string(missing.empty() ? "" : ", ") + name;
+  };
+  need_sym("log_buf_len", l.log_buf_len);
+  need_sym("log_first_idx", l.first_idx);
+  need_sym("log_next_idx", l.next_idx);
+  if (auto seq = k.symbol("log_first_seq")) l.first_seq = *seq;
+  const char* type = k.type_size("printk_log").ok() ? "printk_log" : "log";
+  auto need_member = [&](const char* path, MemberLayout& out) {
+    auto m = k.member(type, path);
+    if (m) out = *m;
+    else missing += std::string(missing.empty() ? "" : ", ") + type + "." + path;
+  };
+  need_member("ts_nsec", l.ts_nsec);
+  need_member("len", l.len);
+  need_member("text_len", l.text_len);
+  need_member("facility", l.facility);
+  need_member("flags", l.flags);
+  need_member("level", l.level);
+  if (!missing.empty()) return Error(ErrorCode::kUnsupported, "printk log_buf layout: missing " + missing);
+  STALLMON_TRY(uint64_t header, k.type_size(type));
+  // Every member inside the header, the header a plausible size (16 or 24 bytes in practice).
+  bool inside = header >= 8 && header <= 64;
+  for (const MemberLayout* m : {&l.ts_nsec, &l.len, &l.text_len, &l.facility, &l.flags, &l.level})
+    inside = inside && m->size <= 8 && m->offset() + m->size <= header;
+  if (!inside) return Error(ErrorCode::kCorrupt, std::string("printk log_buf: implausible struct ") + type);
+  l.header_size = static_cast<uint32_t>(header);
+  uint32_t len = 0;
+  if (auto r = k.read(l.log_buf_len, &len, sizeof len); !r) return std::move(r).error().context("reading log_buf_len");
+  if (len > kMaxLogBufBytes)
+    return Error(ErrorCode::kLimit, "log_buf_len " + std::to_string(len) + " above the " +
+                                        std::to_string(kMaxLogBufBytes >> 20) + " MiB read per snapshot");
+  l.max_bytes = len;
+  return l;
+}
+
+namespace {
+
+// A header field of the record at `rec` (header_size bytes available).
+uint64_t header_field(const uint8_t* rec, const MemberLayout& m) {
+  uint64_t v = load_le(rec + m.offset(), m.is_bitfield() ? (static_cast<uint32_t>(m.bit_offset % 8) + m.bit_size + 7) / 8 : m.size);
+  if (m.is_bitfield()) {
+    v >>= m.bit_offset % 8;
+    if (m.bit_size < 64) v &= (1ULL << m.bit_size) - 1;
+  }
+  return v;
+}
+
+// The newest records of log_buf: the whole buffer in one read (bounded by max_bytes), then the
+// chain walked from log_first_idx to log_next_idx like log_next() does, every length checked,
+// at most one wrap, at most one record per header_size bytes. A live guest may be writing
+// while we read: a record that does not chain stops the walk with an error, and what was
+// walked before it is kept.
+Result<std::vector<PrintkRecord>> read_log_buf(KernelAccess& k, const LogBufLayout& l, uint32_t max_records,
+                                               uint32_t max_text, std::vector<SnapshotError>* errors) {
+  std::vector<PrintkRecord> out;
+  if (max_records == 0) return out;
+  uint64_t buf = 0, first_seq = 0;
+  uint32_t len = 0, first = 0, next = 0;
+  std::vector<ReadRequest> reqs{{l.log_buf, &buf, 8, false}, {l.log_buf_len, &len, 4, false},
+                                {l.first_idx, &first, 4, false}, {l.next_idx, &next, 4, false}};
+  if (l.first_seq) reqs.push_back({*l.first_seq, &first_seq, 8, false});
+  (void)k.read_batch(reqs);
+  for (size_t i = 0; i < 4; ++i)
+    if (!reqs[i].ok) return Error(ErrorCode::kUnmapped, "reading the log_buf globals", reqs[i].addr);
+  const bool have_seq = l.first_seq && reqs[4].ok;
+  if (!is_kernel_pointer(buf)) return Error(ErrorCode::kCorrupt, "log_buf is not a kernel pointer", buf);
+  if (len > l.max_bytes || len < l.header_size)
+    return Error(ErrorCode::kCorrupt, "log_buf_len " + std::to_string(len) + " out of range (at most " +
+                                          std::to_string(l.max_bytes) + ")", l.log_buf_len);
+  if (first >= len || next >= len)
+    return Error(ErrorCode::kCorrupt, "log_first_idx " + std::to_string(first) + " / log_next_idx " +
+                                          std::to_string(next) + " outside log_buf", l.first_idx);
+  std::vector<uint8_t> bytes(len);
+  if (auto r = k.read(buf, bytes.data(), bytes.size()); !r) return std::move(r).error().context("reading log_buf");
+
+  // Walk, keeping the offsets of the newest max_records records (a ring of positions).
+  std::vector<uint32_t> ring(max_records);
+  uint64_t count = 0;
+  uint32_t idx = first, wraps = 0;
+  const uint64_t max_steps = len / l.header_size + 1;
+  auto fail = [&](const std::string& msg) { note(errors, "printk log_buf record at " + std::to_string(idx), msg, buf + idx); };
+  for (uint64_t step = 0; idx != next; ++step) {
+    if (step > max_steps) {
+      fail("more records than log_buf can hold");
+      break;
+    }
+    if (idx == len || (idx + l.header_size <= len && header_field(&bytes[idx], l.len) == 0)) {
+      if (idx == 0 || ++wraps > 1) {  // an empty record at 0, or a second wrap: no progress
+        fail("zero-length record does not wrap");
+        break;
+      }
+      idx = 0;  // log_next(): a zero length means the next record is at the start
+      continue;
+    }
+    if (idx + l.header_size > len) {
+      fail("record header past the end of log_buf");
+      break;
+    }
+    const uint64_t rec_len = header_field(&bytes[idx], l.len);
+    if (rec_len < l.header_size || idx + rec_len > len) {
+      fail("record length " + std::to_string(rec_len) + " out of range");
+      break;
+    }
+    ring[count % max_records] = idx;
+    ++count;
+    idx += static_cast<uint32_t>(rec_len);
+  }
+  const uint64_t kept = std::min<uint64_t>(count, max_records);
+  for (uint64_t i = count - kept; i < count; ++i) {
+    const uint8_t* rec = &bytes[ring[i % max_records]];
+    const uint64_t rec_len = header_field(rec, l.len);
+    PrintkRecord r;
+    r.seq = (have_seq ? first_seq : 0) + i;
+    r.ts_nsec = header_field(rec, l.ts_nsec);
+    r.level = static_cast<uint8_t>(header_field(rec, l.level));
+    r.facility = static_cast<uint8_t>(header_field(rec, l.facility));
+    r.flags = static_cast<uint8_t>(header_field(rec, l.flags));
+    const uint64_t text = text_length(header_field(rec, l.text_len), rec_len - l.header_size, max_text, r.text_truncated);
+    r.text = printk_text(rec + l.header_size, text);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace
+
 Result<PrintkLayout> resolve_printk_layout(KernelAccess& k) {
   PrintkLayout l;
   auto prb = k.symbol("prb");
-  if (!prb) return Error(ErrorCode::kNotFound, "symbol prb (lockless printk ring buffer, 5.10+) not found");
+  if (!prb) {
+    STALLMON_TRY(l.log_buf, resolve_log_buf(k));
+    return l;
+  }
   l.prb_ptr_addr = *prb;
   std::string missing;
   const char* rb = "printk_ringbuffer";
@@ -87,6 +237,7 @@ Result<PrintkLayout> resolve_printk_layout(KernelAccess& k) {
 
 Result<std::vector<PrintkRecord>> read_printk(KernelAccess& k, const PrintkLayout& l, uint32_t max_records,
                                               uint32_t max_text, std::vector<SnapshotError>* errors) {
+  if (l.log_buf) return read_log_buf(k, *l.log_buf, max_records, max_text, errors);
   std::vector<PrintkRecord> out;
   if (max_records == 0) return out;
   uint64_t rb_addr = 0;
@@ -175,16 +326,7 @@ Result<std::vector<PrintkRecord>> read_printk(KernelAccess& k, const PrintkLayou
       note(errors, "printk record " + std::to_string(c.id), "text block size out of range", data + off);
       continue;
     }
-    uint64_t avail = size - 8;
-    uint64_t len = c.text_len;
-    if (len > avail) {
-      len = avail;
-      c.truncated = true;
-    }
-    if (len > max_text) {
-      len = max_text;
-      c.truncated = true;
-    }
+    const uint64_t len = text_length(c.text_len, size - 8, max_text, c.truncated);
     c.text_len = static_cast<uint32_t>(len);
     c.block.assign(8 + len, 0);
     c.block_req = reqs.size();

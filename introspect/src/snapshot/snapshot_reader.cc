@@ -7,14 +7,20 @@
 //   irq_work and task_struct.wake_entry, typed by CSD_TYPE_* in u_flags. For a while csd kept
 //   `flags` in an anonymous struct beside `node` (hence the "flags" fallbacks). Before 5.8,
 //   csd = { llist; func; info; flags } and remote wakeups used rq->wake_list.
+// - kernel/smp.c before 3.14 ("kernel: use lockless list for smp_call_function_single"): the
+//   per-cpu call_single_queue was struct call_single_queue { struct list_head list;
+//   raw_spinlock_t lock; } and csd = struct call_single_data { struct list_head list; func;
+//   info; u16 flags; } (include/linux/smp.h, 3.10 as in CentOS 7): a circular list whose end is
+//   the head itself, detected by csd.list being a struct where later kernels have an llist.
 // - kernel/smp.c (5.13, "smp: Add extended csd lock debugging"): call_function_data.csd (a
 //   percpu csd) became call_function_data.pcpu (a percpu struct cfd_percpu { csd; ... }); the
 //   extended debugging was removed again later (6.12 has .csd: seen on Debian 6.12.117).
 // - cpumask_var_t is a pointer with CONFIG_CPUMASK_OFFSTACK, an inline array otherwise.
 // - task_struct.state became __state (5.14, "sched: Change task_struct::state").
-// - rq->ttwu_pending (5.8, "sched: Add rq::ttwu_pending"); watchdog_report_ts (5.14, split from
-//   watchdog_touch_ts); hrtimer_interrupts only with the hard-lockup detector; steal_time only
-//   with CONFIG_KVM_GUEST (and zero unless the host enabled it: TCG never does).
+// - rq->ttwu_pending (5.8, "sched: Add rq::ttwu_pending"; before it, a non-empty
+//   rq->wake_list); watchdog_report_ts (5.14, split from watchdog_touch_ts); hrtimer_interrupts
+//   only with the hard-lockup detector; steal_time only with CONFIG_KVM_GUEST (and zero unless
+//   the host enabled it: TCG never does).
 #include <time.h>
 
 #include <algorithm>
@@ -101,12 +107,18 @@ struct SnapshotReader::Layout {
 
   // A per-CPU watchdog variable: its symbol, where a CPU's value goes, and how to read it.
   struct WatchdogField {
-    const char* symbol;
+    const char* symbol;  // the name found (the current one when none is)
     std::optional<uint64_t> WatchdogState::*value;
+    std::vector<const char*> older = {};             // earlier names of the same variable
     std::optional<uint64_t> address = std::nullopt;  // the per-cpu variable, when the kernel has it
     uint32_t size = 8;                               // 4 or 8 bytes, from BTF
   };
-  WatchdogField wd_touch{"watchdog_touch_ts", &WatchdogState::touch_ts};
+  // The soft-lockup touch timestamp (seconds: cpu_clock >> 30 in every version, 0 = just
+  // touched) was touch_timestamp in kernel/softlockup.c (2.6.32, seed case 2's kernel),
+  // softlockup_touch_ts in its last versions, then watchdog_touch_ts in kernel/watchdog.c
+  // (2.6.36+, and RHEL 6's backport). softlockup.c's threshold, softlockup_thresh, was the whole
+  // timeout (watchdog_thresh is half of it) and is not read.
+  WatchdogField wd_touch{"watchdog_touch_ts", &WatchdogState::touch_ts, {"softlockup_touch_ts", "touch_timestamp"}};
   WatchdogField wd_report{"watchdog_report_ts", &WatchdogState::report_ts};
   WatchdogField hr_int{"hrtimer_interrupts", &WatchdogState::hrtimer_interrupts};
   WatchdogField hr_saved{"hrtimer_interrupts_saved", &WatchdogState::hrtimer_interrupts_saved};
@@ -115,12 +127,16 @@ struct SnapshotReader::Layout {
   std::array<const WatchdogField*, 4> watchdog_fields() const { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
 
   FieldSet rq;
-  int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1;
+  int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1, rq_wake_list = -1;
 
   FieldSet task;
   int t_pid = -1, t_comm = -1, t_state = -1, t_stack = -1;
 
-  uint64_t llist_first_off = 0;  // llist_head.first
+  // The queue head's first-entry pointer: llist_head.first, or list_head.next of
+  // call_single_queue.list (csq_list: a circular list, ended by the head itself).
+  uint64_t llist_first_off = 0;
+  bool csq_list = false;
+  uint64_t csq_list_off = 0;  // offsetof(call_single_queue, list): the address entries link back to
 
   // A call_single_queue entry, relative to its llist_node.
   FieldSet node;
@@ -167,7 +183,11 @@ uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
                      q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
   uint64_t per_pair = L.cfd ? sizeof(CfdTarget) + L.csd.buf_len() + kPerObject + kPerRequest : 0;
   uint64_t printk = 0;
-  if (L.printk) {
+  if (L.printk && L.printk->log_buf) {
+    // The whole log_buf, then the kept records (text capped) and the walk's ring of offsets.
+    printk = L.printk->log_buf->max_bytes + 64 * kPerRequest +
+             uint64_t{L.opt.printk_records} * (sizeof(PrintkRecord) + uint64_t{L.opt.printk_max_text} + 4);
+  } else if (L.printk) {
     printk = (uint64_t{L.opt.printk_records} + 4) *
              (sizeof(PrintkRecord) + 3 * kPerObject + L.printk->desc.buf_len() + L.printk->info.buf_len() + 8 +
               2 * uint64_t{L.opt.printk_max_text} + 3 * kPerRequest);
@@ -251,6 +271,12 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   if (auto m = k.member("rq", "ttwu_pending")) {
     L.rq_ttwu = L.rq.add(*m);
     L.feat.ttwu_pending = true;
+  } else if (auto w = k.member("rq", "wake_list.first"); w && w->kind == MemberLayout::Kind::kPointer) {
+    // 3.0..5.7 (kernel/sched/sched.h): remote wakeups waited on rq->wake_list, an llist of
+    // task_struct.wake_entry, not on call_single_queue; a non-empty list is what ttwu_pending
+    // says later ("sched: Replace rq::wake_list", 5.8).
+    L.rq_wake_list = L.rq.add(*w);
+    L.feat.rq_wake_list = true;
   }
   L.rq.finalize();
 
@@ -275,8 +301,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   // --- call_single_queue entries. ---
   L.csq = sym("call_single_queue");
   if (L.csq) {
-    auto first = k.member("llist_head", "first");
-    auto next = k.member("llist_node", "next");
+    std::optional<MemberLayout> first = first_member("llist_head", {"first"});
+    std::optional<MemberLayout> next = first_member("llist_node", {"next"});
     L.feat.typed_csd = k.type_size("__call_single_node").ok();
     auto csd_llist = first_member("__call_single_data", {"node.llist", "llist"});
     auto csd_flags = first_member("__call_single_data", {"node.u_flags", "node.flags", "flags"});
@@ -285,6 +311,22 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
       csd_llist = first_member("call_single_data", {"llist"});
       csd_flags = first_member("call_single_data", {"flags"});
       csd_func = first_member("call_single_data", {"func"});
+    }
+    if (!csd_llist) {
+      // Before 3.14: csd.list and call_single_queue.list are struct list_heads (the kernel
+      // still has llist types, for rq->wake_list, so their presence proves nothing).
+      auto csd_list = first_member("call_single_data", {"list"});
+      auto head = first_member("call_single_queue", {"list"});
+      auto lnext = k.member("list_head", "next");
+      if (csd_list && head && lnext && csd_list->kind == MemberLayout::Kind::kStruct &&
+          head->kind == MemberLayout::Kind::kStruct && lnext->kind == MemberLayout::Kind::kPointer) {
+        L.csq_list = true;
+        L.csq_list_off = head->offset();
+        L.feat.csq_list_head = true;
+        csd_llist = csd_list;
+        first = MemberLayout{head->bit_offset + lnext->bit_offset, 0, 8, MemberLayout::Kind::kPointer};
+        next = *lnext;
+      }
     }
     if (!first || !next || !csd_llist || !csd_flags || !csd_func) {
       note("call_single_queue: csd/llist layout not understood; queue not read");
@@ -353,7 +395,13 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   // --- Watchdogs. Sizes from BTF: hrtimer_interrupts became an atomic_t and
   // hrtimer_interrupts_saved an int (6.6, the buddy hard-lockup detector rework); they were
   // unsigned long before, as the soft-lockup timestamps still are. ---
-  for (auto* f : L.watchdog_fields()) f->address = sym(f->symbol);
+  for (auto* f : L.watchdog_fields()) {
+    f->address = sym(f->symbol);
+    for (const char* name : f->older) {
+      if (f->address) break;
+      if ((f->address = sym(name))) f->symbol = name;
+    }
+  }
   for (auto* f : L.watchdog_fields()) {
     auto sz = k.variable_size(f->symbol);
     if (sz && (*sz == 4 || *sz == 8)) f->size = static_cast<uint32_t>(*sz);
@@ -383,7 +431,8 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
     auto p = snapshot_detail::resolve_printk_layout(k);
     if (p) {
       L.printk = std::move(p).value();
-      L.feat.printk_ringbuffer = true;
+      L.feat.printk_ringbuffer = !L.printk->log_buf;
+      L.feat.printk_log_buf = L.printk->log_buf.has_value();
     } else {
       note("printk: " + p.error().message);
     }
@@ -434,6 +483,7 @@ class SnapshotTake {
     size_t mask_req = SIZE_MAX;
     // queue walk
     uint64_t cursor = 0;
+    uint64_t list_head = 0;  // a list_head queue's head: the walk's end
     std::vector<uint64_t> visited;
     ObjectRead node;
   };
@@ -518,8 +568,9 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
   Work& x = w[c];
   CpuSnapshot& cs = s.cpus[c];
   const int32_t ci = static_cast<int32_t>(c);
+  const uint64_t off = L.pcpu[c];
   cs.cpu = c;
-  cs.per_cpu_offset = L.pcpu[c];
+  cs.per_cpu_offset = off;
   x.rq.settle(reqs);
   cs.rq.address = x.rq.base;
   if (x.rq.ok) {
@@ -531,6 +582,7 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
     cs.rq.clock_ns = x.rq.get(L.rq_clock);
     if (L.rq_cfs_h >= 0) cs.rq.cfs_h_nr_running = static_cast<uint32_t>(x.rq.get(L.rq_cfs_h));
     if (L.rq_ttwu >= 0) cs.rq.ttwu_pending = static_cast<uint32_t>(x.rq.get(L.rq_ttwu));
+    if (L.rq_wake_list >= 0) cs.rq.ttwu_pending = x.rq.get(L.rq_wake_list) != 0 ? 1u : 0u;
     s.guest_clock_ns = std::max(s.guest_clock_ns, cs.rq.clock_ns);
   } else {
     err(ci, "runqueues[" + std::to_string(c) + "]", "unreadable", x.rq.bad_address);
@@ -539,6 +591,10 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
     if (req_ok(x.csq_req)) {
       cs.call_single_queue_ok = true;
       x.cursor = x.csq_first;
+      if (L.csq_list) {
+        x.list_head = *L.csq + off + L.csq_list_off;
+        if (x.cursor == x.list_head) x.cursor = 0;  // empty: head.next == &head
+      }
     } else {
       err(ci, "call_single_queue[" + std::to_string(c) + "]", "unreadable", reqs[x.csq_req].addr);
     }
@@ -698,7 +754,7 @@ void SnapshotTake::plan_queue_step(uint32_t c) {
     return;
   }
   if (std::find(x.visited.begin(), x.visited.end(), x.cursor) != x.visited.end()) {
-    err(static_cast<int32_t>(c), what, "cycle in llist after " + std::to_string(x.visited.size()) + " entries", x.cursor);
+    err(static_cast<int32_t>(c), what, std::string(L.csq_list ? "cycle in list" : "cycle in llist") + " after " + std::to_string(x.visited.size()) + " entries", x.cursor);
     cs.call_single_queue_truncated = true;
     x.cursor = 0;
     return;
@@ -744,8 +800,18 @@ void SnapshotTake::settle_queue_entry(uint32_t c) {
       e.func = x.node.get(L.n_func);
       break;
   }
+  const uint64_t node = e.node;
   cs.call_single_queue.push_back(std::move(e));
   x.cursor = x.node.get(L.n_next);
+  if (L.csq_list) {
+    if (x.cursor == x.list_head) {
+      x.cursor = 0;  // back at the head: the end of a circular list
+    } else if (x.cursor == 0) {
+      // A list_head is never NULL-terminated: a torn or corrupt list.
+      err(static_cast<int32_t>(c), "call_single_queue[" + std::to_string(c) + "]", "NULL next in list_head", node);
+      cs.call_single_queue_truncated = true;
+    }
+  }
 }
 
 void SnapshotTake::symbolize() {

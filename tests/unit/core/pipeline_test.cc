@@ -47,7 +47,7 @@ class PipelineTest : public ::testing::Test {
       EXPECT_FALSE(ram.empty());
       if (throw_in_discovery) throw std::bad_alloc();
       if (fail_discovery) return Error(ErrorCode::kNotFound, "VMCOREINFO note not found");
-      auto sk = std::make_unique<SyntheticKernel>(4, SyntheticKernel::Layout::kLinux61);
+      auto sk = std::make_unique<SyntheticKernel>(4, layout);
       std::optional<introspect::testing::OrcStack> orc;
       if (with_stack) orc.emplace(*sk);  // before seed case 1, which puts its own tasks on the CPUs
       if (seed_case1) build_seed_case1(*sk);
@@ -59,8 +59,10 @@ class PipelineTest : public ::testing::Test {
         sk->mem.put<uint64_t>(curr + sk->off("task_struct", "stack"), orc->stack);
         if (with_orc_tables) orc->install_orc(true);
       }
-      sk->init_printk(6, 12);
-      sk->printk("Linux version 6.1.0-test", 1000);
+      if (layout == SyntheticKernel::Layout::kLinux61) {
+        sk->init_printk(6, 12);
+        sk->printk("Linux version 6.1.0-test", 1000);
+      }
       auto gk = std::make_unique<internal::GuestKernel>();
       auto r = introspect::SnapshotReader::create(*sk, shared_->config.snapshot);
       if (!r.ok()) return std::move(r).error();
@@ -86,6 +88,7 @@ class PipelineTest : public ::testing::Test {
       p.tick();
     }
   }
+  void seed_case1_diagnosed();  // end to end, asserting every finding (below)
   std::vector<Finding> active(FindingKind k) {
     std::vector<Finding> out;
     for (auto& f : engine_->active_findings()) {
@@ -111,12 +114,29 @@ class PipelineTest : public ::testing::Test {
   bool fail_discovery = false;
   bool throw_in_discovery = false;
   bool seed_case1 = true;
+  SyntheticKernel::Layout layout = SyntheticKernel::Layout::kLinux61;
   bool with_stack = false;       // CPU0's task gets a kernel stack with a known call chain...
   bool with_orc_tables = true;   // ...and the kernel its ORC tables
   SyntheticKernel* kernel = nullptr;
 };
 
-TEST_F(PipelineTest, SeedCase1FromHostSamplesAndGuestSnapshots) {
+TEST_F(PipelineTest, SeedCase1FromHostSamplesAndGuestSnapshots) { seed_case1_diagnosed(); }
+
+// Issue 13: the same diagnosis on the layouts of the kernels seed case 1 really ran on (3.10,
+// CentOS 7) and of 4.14..5.7: list_head or untyped llist queues, cfd->csd, inline cpumasks.
+TEST_F(PipelineTest, SeedCase1OnA310Layout) {
+  layout = SyntheticKernel::Layout::kLinux310;
+  seed_case1_diagnosed();
+}
+
+TEST_F(PipelineTest, SeedCase1OnA4xLayout) {
+  layout = SyntheticKernel::Layout::kLegacy;
+  seed_case1_diagnosed();
+}
+
+// Seed case 1 end to end on the fixture's kernel layout: CPU2's vCPU thread blocked on the
+// host, CPU0 waiting for its csd, CPU2 idle with work queued.
+void PipelineTest::seed_case1_diagnosed() {
   auto p = make();
   run(*p, 3);
   ASSERT_EQ(discoveries, 1);
@@ -150,6 +170,7 @@ TEST_F(PipelineTest, SeedCase1FromHostSamplesAndGuestSnapshots) {
   ASSERT_TRUE(d.vcpus[2].guest);
   EXPECT_TRUE(d.vcpus[2].guest->rq.curr_is_idle);
   EXPECT_EQ(d.vcpus[2].guest->call_single_queue.size(), 2u);
+  EXPECT_EQ(d.vcpus[2].guest->rq.ttwu_pending, 1u);  // rq->ttwu_pending, or rq->wake_list before 5.8
   ASSERT_TRUE(d.vcpus[0].guest);
   EXPECT_EQ(d.vcpus[0].guest->rq.curr.comm, "sh");
   EXPECT_EQ(shared_->counters.snapshots.load(), h.snapshots);

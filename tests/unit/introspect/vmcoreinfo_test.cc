@@ -50,6 +50,40 @@ TEST(ParseVmcoreinfo, SwapperPgDirAloneIsEnough) {
   EXPECT_EQ(r->kernel_offset, 0u);
 }
 
+// What a 3.10 x86-64 kernel (CentOS 7's base, before KASLR) writes: kernel/kexec.c
+// crash_save_vmcoreinfo_init() and arch/x86/kernel/machine_kexec_64.c
+// arch_crash_save_vmcoreinfo() of v3.10. No KERNELOFFSET (came with x86 KASLR), no BUILD-ID (5.9),
+// no NUMBER(phys_base) (SYMBOL(phys_base) is the variable's address, not its value), and the
+// top-level page table as init_level4_pgt (renamed init_top_pgt in 4.13) and swapper_pg_dir.
+TEST(ParseVmcoreinfo, Linux310WithoutKernelOffset) {
+  auto r = parse_vmcoreinfo(
+      "OSRELEASE=3.10.0-1160.el7.x86_64\n"
+      "PAGESIZE=4096\n"
+      "SYMBOL(init_uts_ns)=ffffffff81a8b480\n"
+      "SYMBOL(node_online_map)=ffffffff81b4b9c0\n"
+      "SYMBOL(swapper_pg_dir)=ffffffff8180e000\n"
+      "SYMBOL(_stext)=ffffffff81000000\n"
+      "SYMBOL(log_buf)=ffffffff81c2e8a0\n"
+      "SYMBOL(log_buf_len)=ffffffff81c2e89c\n"
+      "SYMBOL(log_first_idx)=ffffffff821b1ab8\n"
+      "SYMBOL(log_next_idx)=ffffffff821b1ab0\n"
+      "SIZE(log)=16\n"
+      "OFFSET(log.ts_nsec)=0\n"
+      "OFFSET(log.len)=8\n"
+      "OFFSET(log.text_len)=10\n"
+      "SYMBOL(phys_base)=ffffffff81a0f010\n"
+      "SYMBOL(init_level4_pgt)=ffffffff8180e000\n"
+      "CRASHTIME=1733385600\n");
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->kernel_offset, 0u);
+  EXPECT_EQ(r->phys_base, 0);
+  EXPECT_TRUE(r->build_id.empty());
+  EXPECT_EQ(r->top_pgt_va, 0xffffffff8180e000u);
+  EXPECT_FALSE(r->pgtable_l5);
+  EXPECT_EQ(*r->size("log"), 16u);
+  EXPECT_EQ(*r->symbol("log_first_idx"), 0xffffffff821b1ab8u);
+}
+
 TEST(ParseVmcoreinfo, RejectsMalformed) {
   EXPECT_EQ(parse_vmcoreinfo("").error().code, ErrorCode::kCorrupt);
   EXPECT_EQ(parse_vmcoreinfo("PAGESIZE=4096\nSYMBOL(init_top_pgt)=1\n").error().code, ErrorCode::kCorrupt);

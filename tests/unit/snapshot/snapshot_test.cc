@@ -270,7 +270,8 @@ TEST(SnapshotReader, LegacyLayoutWithoutCallSingleNode) {
   const CpuSnapshot& c3 = s.cpus[3];
   EXPECT_TRUE(c3.rq.curr_is_idle);
   EXPECT_EQ(c3.rq.nr_running, 2u);
-  EXPECT_FALSE(c3.rq.ttwu_pending);
+  EXPECT_TRUE(reader->features().rq_wake_list);
+  EXPECT_EQ(c3.rq.ttwu_pending, 0u);  // from rq->wake_list: empty
   EXPECT_TRUE(c3.rq.curr.state.has_value());
   ASSERT_EQ(c3.call_single_queue.size(), 2u);
   EXPECT_EQ(c3.call_single_queue[0].object, k.cfd_csd(2, 3));
@@ -278,6 +279,139 @@ TEST(SnapshotReader, LegacyLayoutWithoutCallSingleNode) {
   EXPECT_TRUE(c3.call_single_queue[0].locked);
   EXPECT_FALSE(c3.steal);
   EXPECT_FALSE(c3.watchdog.report_ts);
+}
+
+// Seed case 1 as it happened on CentOS 7 (3.10): CPU0 (sh) waits in smp_call_function_many for
+// CPU2, whose call_single_queue (a list_head then) holds CPU0's locked csd and an async one.
+TEST(SnapshotReader, Linux310ListHeadQueue) {
+  SyntheticKernel k(4, SyntheticKernel::Layout::kLinux310);
+  const uint64_t fn = k.func("do_sync_core"), other_fn = k.func("nohz_full_kick_work_func");
+  const uint64_t sh = k.task(107, "sh");
+  uint64_t idle = 0;
+  (void)k.read(k.percpu("runqueues", 0) + k.off("rq", "idle"), &idle, 8);
+  k.set_rq(0, sh, idle, 5, 5, 0, 200'000'000'000ULL);
+  k.set_cfd_mask(0, {1, 2, 3});
+  k.set_csd(k.cfd_csd(0, 1), 0x0, fn);  // done: csd_unlock cleared CSD_FLAG_LOCK
+  k.set_csd(k.cfd_csd(0, 3), 0x0, fn);
+  k.set_csd(k.cfd_csd(0, 2), 0x1, fn);  // CSD_FLAG_LOCK: not run yet
+  const uint64_t async = k.csd(0x0, other_fn);
+  k.set_queue(2, {k.csd_node(k.cfd_csd(0, 2)), k.csd_node(async)});
+  k.set_wake_list(2, {k.task(131, "sh"), k.task(132, "sh")});  // remote wakeups pending (3.0..5.7)
+  auto reader = make_reader(k);
+  ASSERT_TRUE(reader);
+  EXPECT_TRUE(reader->features().csq_list_head);
+  EXPECT_TRUE(reader->features().rq_wake_list);
+  EXPECT_FALSE(reader->features().ttwu_pending);
+  EXPECT_FALSE(reader->features().typed_csd);
+  EXPECT_FALSE(reader->features().cfd_pcpu);
+  EXPECT_FALSE(reader->features().cfd_mask_offstack);
+  EXPECT_FALSE(reader->features().task_state_new);
+  GuestSnapshot s = reader->take();
+  EXPECT_TRUE(s.errors.empty()) << format_snapshot(s);
+  EXPECT_EQ(s.online_cpus, (std::vector<uint32_t>{0, 1, 2, 3}));  // from cpu_online_bits
+  EXPECT_FALSE(s.panic_cpu);
+  const CpuSnapshot& c0 = s.cpus[0];
+  EXPECT_EQ(c0.rq.curr.comm, "sh");
+  EXPECT_EQ(c0.cfd_mask, (std::vector<uint32_t>{1, 2, 3}));
+  ASSERT_EQ(c0.cfd_targets.size(), 3u);
+  EXPECT_FALSE(c0.cfd_targets[0].locked);
+  EXPECT_TRUE(c0.cfd_targets[1].locked);
+  EXPECT_EQ(c0.cfd_targets[1].csd, k.cfd_csd(0, 2));
+  EXPECT_EQ(c0.cfd_targets[1].type, CsdType::kLegacy);
+  EXPECT_EQ(c0.cfd_targets[1].func_name, "do_sync_core");
+  const CpuSnapshot& c2 = s.cpus[2];
+  EXPECT_TRUE(c2.call_single_queue_ok);
+  EXPECT_FALSE(c2.call_single_queue_truncated);
+  ASSERT_EQ(c2.call_single_queue.size(), 2u);
+  EXPECT_EQ(c2.call_single_queue[0].object, k.cfd_csd(0, 2));
+  EXPECT_TRUE(c2.call_single_queue[0].locked);
+  EXPECT_EQ(c2.call_single_queue[0].func_name, "do_sync_core");
+  EXPECT_EQ(c2.call_single_queue[1].object, async);
+  EXPECT_FALSE(c2.call_single_queue[1].locked);
+  EXPECT_EQ(c2.call_single_queue[1].func_name, "nohz_full_kick_work_func");
+  EXPECT_EQ(c2.call_single_queue[1].type, CsdType::kLegacy);
+  EXPECT_EQ(c2.rq.ttwu_pending, 1u);
+  EXPECT_EQ(s.cpus[1].rq.ttwu_pending, 0u);
+  // Empty queues (head.next == &head) are empty, not one entry that is the head.
+  for (uint32_t c : {0u, 1u, 3u}) {
+    EXPECT_TRUE(s.cpus[c].call_single_queue_ok);
+    EXPECT_TRUE(s.cpus[c].call_single_queue.empty()) << c;
+  }
+}
+
+TEST(SnapshotReader, Linux310HostileListsAreBounded) {
+  SyntheticKernel k(4, SyntheticKernel::Layout::kLinux310);
+  const uint64_t fn = k.func("f");
+  std::vector<uint64_t> a;
+  for (int i = 0; i < 4; ++i) a.push_back(k.csd_node(k.csd(0x1, fn)));
+  // CPU0: a cycle that never comes back to the head.
+  k.set_queue(0, {a[0], a[1]});
+  k.mem.put<uint64_t>(a[1] + k.off("list_head", "next"), a[0]);
+  // CPU1: a NULL next (list_heads are never NULL-terminated).
+  k.set_queue(1, {a[2]});
+  k.mem.put<uint64_t>(a[2] + k.off("list_head", "next"), 0);
+  // CPU2: next points into unmapped memory.
+  k.set_queue(2, {a[3]});
+  k.mem.put<uint64_t>(a[3] + k.off("list_head", "next"), 0xffffc90000001000ULL);
+  // CPU3: a long, well-formed list beyond max_queue_entries.
+  std::vector<uint64_t> many;
+  for (int i = 0; i < 20; ++i) many.push_back(k.csd_node(k.csd(0x0, fn)));
+  k.set_queue(3, many);
+  SnapshotOptions o;
+  o.max_queue_entries = 8;
+  auto reader = make_reader(k, o);
+  ASSERT_TRUE(reader);
+  GuestSnapshot s = reader->take();
+  EXPECT_EQ(s.cpus[0].call_single_queue.size(), 2u);
+  EXPECT_TRUE(s.cpus[0].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 0, "cycle in list"));
+  EXPECT_EQ(s.cpus[1].call_single_queue.size(), 1u);
+  EXPECT_TRUE(s.cpus[1].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 1, "NULL next"));
+  EXPECT_EQ(s.cpus[2].call_single_queue.size(), 1u);
+  EXPECT_TRUE(s.cpus[2].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 2, "unreadable"));
+  EXPECT_EQ(s.cpus[3].call_single_queue.size(), 8u);
+  EXPECT_TRUE(s.cpus[3].call_single_queue_truncated);
+  EXPECT_TRUE(has_error(s, 3, "longer than 8"));
+  // Garbage everywhere: bounded, and never a crash.
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    SyntheticKernel g(4, SyntheticKernel::Layout::kLinux310);
+    auto r = make_reader(g);
+    ASSERT_TRUE(r);
+    g.mem.scribble(seed);
+    GuestSnapshot gs = r->take();
+    for (const CpuSnapshot& c : gs.cpus) EXPECT_LE(c.call_single_queue.size(), r->options().max_queue_entries);
+    EXPECT_TRUE(nlohmann::json::accept(snapshot_to_json_string(gs)));
+  }
+}
+
+// The llist layouts are not mistaken for the list_head one (and the reverse).
+TEST(SnapshotReader, QueueFormIsDetectedByMemberTypes) {
+  SyntheticKernel legacy(2, SyntheticKernel::Layout::kLegacy);
+  EXPECT_FALSE(make_reader(legacy)->features().csq_list_head);
+  SyntheticKernel v61(2, SyntheticKernel::Layout::kLinux61);
+  EXPECT_FALSE(make_reader(v61)->features().csq_list_head);
+  SyntheticKernel v310(2, SyntheticKernel::Layout::kLinux310);
+  EXPECT_TRUE(make_reader(v310)->features().csq_list_head);
+}
+
+// kernel/softlockup.c before 2.6.36 named the touch timestamp touch_timestamp (2.6.32) and
+// later softlockup_touch_ts; the value means the same (seconds).
+TEST(SnapshotReader, WatchdogTouchTimestampUnderOlderNames) {
+  for (const char* name : {"softlockup_touch_ts", "touch_timestamp"}) {
+    SyntheticKernel k(2, SyntheticKernel::Layout::kLinux310);
+    const uint64_t addr = *k.symbol("watchdog_touch_ts");
+    k.remove_symbol("watchdog_touch_ts");
+    k.add_symbol(name, addr);
+    auto reader = make_reader(k);
+    ASSERT_TRUE(reader);
+    GuestSnapshot s = reader->take();
+    EXPECT_EQ(s.cpus[1].watchdog.touch_ts, 101u) << name;
+  }
+  SyntheticKernel none(1, SyntheticKernel::Layout::kLinux310);
+  none.remove_symbol("watchdog_touch_ts");
+  EXPECT_FALSE(make_reader(none)->take().cpus[0].watchdog.touch_ts);
 }
 
 TEST(SnapshotReader, VariableSizesFromTypeInfo) {
@@ -433,6 +567,127 @@ TEST(Printk, TextCapAndSnapshotIntegration) {
   EXPECT_TRUE(s.printk[0].text_truncated);
   EXPECT_EQ(s.printk[1].level, 0);
   EXPECT_NE(format_snapshot(s).find("soft lockup"), std::string::npos);
+}
+
+// log_buf before 5.10: struct log records (3.10) and struct printk_log with caller_id (5.1..5.9
+// with CONFIG_PRINTK_CALLER; a 20-byte header), wrapped many times over.
+TEST(Printk, LogBufTailOnOlderKernels) {
+  for (auto layout : {SyntheticKernel::Layout::kLinux310, SyntheticKernel::Layout::kLegacy}) {
+    SyntheticKernel k(1, layout);
+    k.init_log_buf(1024);
+    std::vector<std::string> all;
+    for (int i = 0; i < 200; ++i) {
+      all.push_back("msg " + std::to_string(i) + std::string(static_cast<size_t>(i % 37), '.'));
+      EXPECT_EQ(k.log_printk(all.back(), 1000ULL * i, static_cast<uint8_t>(i % 8)), static_cast<uint64_t>(i));
+    }
+    std::vector<SnapshotError> errs;
+    auto tail = read_printk_tail(k, 4, 1024, &errs);
+    ASSERT_TRUE(tail.ok()) << tail.error().to_string();
+    EXPECT_TRUE(errs.empty()) << errs[0].message;
+    ASSERT_EQ(tail->size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+      const PrintkRecord& r = (*tail)[i];
+      EXPECT_EQ(r.seq, 196 + i);
+      EXPECT_EQ(r.text, all[r.seq]);
+      EXPECT_EQ(r.ts_nsec, 1000 * r.seq);
+      EXPECT_EQ(r.level, r.seq % 8);
+      EXPECT_EQ(r.flags, 2);
+      EXPECT_FALSE(r.text_truncated);
+    }
+    // Everything still in the buffer: contiguous seqs ending at the newest, texts intact.
+    auto every = read_printk_tail(k, 1000, 1024);
+    ASSERT_TRUE(every.ok());
+    ASSERT_GE(every->size(), 10u);
+    EXPECT_LT(every->size(), 200u);
+    for (size_t i = 0; i < every->size(); ++i) {
+      EXPECT_EQ((*every)[i].seq, 200 - every->size() + i);
+      EXPECT_EQ((*every)[i].text, all[(*every)[i].seq]);
+    }
+    // Through the snapshot reader, with the text cap.
+    SnapshotOptions o;
+    o.printk_records = 2;
+    o.printk_max_text = 5;
+    auto reader = make_reader(k, o);
+    ASSERT_TRUE(reader);
+    EXPECT_TRUE(reader->features().printk_log_buf);
+    EXPECT_FALSE(reader->features().printk_ringbuffer);
+    GuestSnapshot s = reader->take();
+    ASSERT_TRUE(s.printk_read);
+    ASSERT_EQ(s.printk.size(), 2u);
+    EXPECT_EQ(s.printk[1].text, "msg 1");
+    EXPECT_TRUE(s.printk[1].text_truncated);
+  }
+}
+
+TEST(Printk, LogBufHostileInputIsBounded) {
+  SyntheticKernel k(1, SyntheticKernel::Layout::kLinux310);
+  k.init_log_buf(512);
+  for (int i = 0; i < 6; ++i) k.log_printk("record " + std::to_string(i), 1);
+  const uint64_t buf = k.log_buf_addr();
+  const uint32_t hdr = k.log_record_header();
+  const uint64_t len_off = k.off("log", "len"), text_len_off = k.off("log", "text_len");
+  auto u32_at = [&](const char* sym) {
+    uint32_t v = 0;
+    (void)k.read(*k.symbol(sym), &v, 4);
+    return v;
+  };
+  const uint32_t first = u32_at("log_first_idx");
+  uint16_t first_len = 0;
+  (void)k.read(buf + first + len_off, &first_len, 2);
+  // Record 1's text_len beyond its record: truncated to what the record holds.
+  k.mem.put<uint16_t>(buf + first + first_len + text_len_off, 400);
+  // Record 3's length below the header size: the walk stops there, keeping records 0..2.
+  uint32_t idx = first;
+  for (int i = 0; i < 3; ++i) {
+    uint16_t l = 0;
+    (void)k.read(buf + idx + len_off, &l, 2);
+    idx += l;
+  }
+  k.mem.put<uint16_t>(buf + idx + len_off, static_cast<uint16_t>(hdr - 1));
+  std::vector<SnapshotError> errs;
+  auto r = read_printk_tail(k, 10, 1024, &errs);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_EQ(r->size(), 3u);
+  EXPECT_TRUE((*r)[1].text_truncated);
+  EXPECT_EQ((*r)[2].text, "record 2");
+  ASSERT_FALSE(errs.empty());
+  EXPECT_NE(errs[0].message.find("out of range"), std::string::npos) << errs[0].message;
+  // A zero-length record at 0 (a wrap marker that would loop forever) stops the walk.
+  k.mem.put<uint16_t>(buf + idx + len_off, 0);
+  k.mem.put<uint16_t>(buf + len_off, 0);
+  errs.clear();
+  r = read_printk_tail(k, 10, 1024, &errs);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(errs.empty());
+  // Indices outside the buffer, a buffer longer than at layout time, garbage pointers: errors.
+  k.mem.put<uint32_t>(*k.symbol("log_first_idx"), 512);
+  EXPECT_EQ(read_printk_tail(k, 10, 1024).error().code, ErrorCode::kCorrupt);
+  k.mem.put<uint32_t>(*k.symbol("log_first_idx"), first);
+  auto reader = make_reader(k);
+  k.mem.put<uint32_t>(*k.symbol("log_buf_len"), 1 << 20);
+  GuestSnapshot s = reader->take();
+  EXPECT_FALSE(s.printk_read);
+  EXPECT_TRUE(has_error(s, -1, "log_buf_len"));
+  k.mem.put<uint32_t>(*k.symbol("log_buf_len"), 512);
+  k.mem.put<uint64_t>(*k.symbol("log_buf"), 0x1234);
+  EXPECT_EQ(read_printk_tail(k, 10, 1024).error().code, ErrorCode::kCorrupt);
+  // A log_buf_len above what is read per snapshot disables printk, not the snapshot.
+  k.mem.put<uint32_t>(*k.symbol("log_buf_len"), (4u << 20) + 1);
+  auto big = make_reader(k);
+  ASSERT_TRUE(big);
+  EXPECT_FALSE(big->features().printk_log_buf);
+  // Garbage everywhere: bounded.
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    SyntheticKernel g(1, SyntheticKernel::Layout::kLegacy);
+    g.init_log_buf(2048);
+    for (int i = 0; i < 50; ++i) g.log_printk("x" + std::to_string(i), 1);
+    g.mem.scribble(seed);
+    auto t = read_printk_tail(g, 16, 64);
+    if (t.ok()) {
+      EXPECT_LE(t->size(), 16u);
+      for (const PrintkRecord& p : *t) EXPECT_LE(p.text.size(), 64u);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

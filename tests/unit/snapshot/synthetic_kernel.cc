@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "synthetic_kernel.h"
 
+#include <algorithm>
+
 namespace stallmon::introspect::testing {
 
 namespace {
@@ -34,10 +36,11 @@ SyntheticKernel::SyntheticKernel(uint32_t n, Layout l) : layout(l), ncpus(n) {
   mem.map(kHeap, kHeapSize);
   for (uint32_t c = 0; c < n; ++c) mem.map(pcpu(c), kPercpuSize);
   syms_["nr_cpu_ids"] = kImage + 0x100;
-  syms_["__cpu_online_mask"] = kImage + 0x200;
+  // cpu_online_bits was renamed __cpu_online_mask in 4.5 (kernel/cpu.c).
+  syms_[l == Layout::kLinux310 ? "cpu_online_bits" : "__cpu_online_mask"] = kImage + 0x200;
   syms_["jiffies_64"] = kImage + 0x300;
   syms_["watchdog_thresh"] = kImage + 0x308;
-  syms_["panic_cpu"] = kImage + 0x310;
+  if (l != Layout::kLinux310) syms_["panic_cpu"] = kImage + 0x310;  // kernel/panic.c, 4.5+
   syms_["__per_cpu_offset"] = kImage + 0x1000;
   syms_["runqueues"] = 0x1000;
   syms_["call_single_queue"] = 0x3000;
@@ -69,6 +72,7 @@ SyntheticKernel::SyntheticKernel(uint32_t n, Layout l) : layout(l), ncpus(n) {
     } else {
       mem.put<uint64_t>(cfd + off("call_function_data", "csd"), pcpu_csds + c * 0x100);
     }
+    if (l == Layout::kLinux310) set_queue(c, {});  // INIT_LIST_HEAD in call_function_init()
     mem.put<uint64_t>(percpu("watchdog_touch_ts", c), 100 + c);
     if (l == Layout::kLinux61) mem.put<uint64_t>(percpu("watchdog_report_ts", c), 100 + c);
     mem.put<uint64_t>(percpu("hrtimer_interrupts", c), 21);
@@ -93,7 +97,7 @@ void SyntheticKernel::build_btf() {
   const int llist_node_p = b.ptr_to_next();
   const int llist_node = b.add_struct("llist_node", 8);
   b.field("next", llist_node_p, 0);
-  b.add_struct("llist_head", 8);
+  const int llist_head = b.add_struct("llist_head", 8);
   b.field("first", llist_node_p, 0);
 
   int csn = -1;
@@ -127,12 +131,38 @@ void SyntheticKernel::build_btf() {
     b.field("cpumask", cpumask_var_t, 64);
     b.field("cpumask_ipi", cpumask_var_t, 128);
   } else {
-    // 4.14..5.7: struct __call_single_data { llist; func; info; unsigned int flags; }.
-    const int csd = b.add_struct("__call_single_data", 32);
-    b.field("llist", llist_node, 0);
-    b.field("func", voidp, 64);
-    b.field("info", voidp, 128);
-    b.field("flags", u32, 192);
+    int csd = -1;
+    if (layout == Layout::kLinux310) {
+      // Linux 3.10 (CentOS 7's base), include/linux/list.h, include/linux/smp.h, kernel/smp.c:
+      //   struct call_single_data { struct list_head list; smp_call_func_t func; void *info; u16 flags; };
+      //   struct call_single_queue { struct list_head list; raw_spinlock_t lock; };  (per-cpu)
+      // The llist types exist too (rq->wake_list), unused by the queue until 3.14.
+      const int list_p = b.ptr_to_next();
+      const int list = b.add_struct("list_head", 16);
+      b.field("next", list_p, 0);
+      b.field("prev", list_p, 64);
+      csd = b.add_struct("call_single_data", 40);
+      b.field("list", list, 0);
+      b.field("func", voidp, 128);
+      b.field("info", voidp, 192);
+      b.field("flags", u16, 256);
+      const int raw_spinlock = b.add_struct("raw_spinlock", 4);
+      b.field("raw_lock", u32, 0);
+      const int raw_spinlock_t = btf__add_typedef(btf_, "raw_spinlock_t", raw_spinlock);
+      b.add_struct("call_single_queue", 24);
+      b.field("list", list, 0);
+      b.field("lock", raw_spinlock_t, 128);
+    } else {
+      // 4.14..5.7: struct __call_single_data { llist; func; info; unsigned int flags; }.
+      csd = b.add_struct("__call_single_data", 32);
+      b.field("llist", llist_node, 0);
+      b.field("func", voidp, 64);
+      b.field("info", voidp, 128);
+      b.field("flags", u32, 192);
+    }
+    // Both (kernel/smp.c, 3.10..5.12): struct call_function_data { struct call_single_data
+    // __percpu *csd; cpumask_var_t cpumask; cpumask_var_t cpumask_ipi; } (per-cpu cfd_data),
+    // here without CONFIG_CPUMASK_OFFSTACK.
     const int csd_p = b.ptr(csd);
     const int bits = btf__add_array(btf_, u32, ul, 1);
     const int cpumask = b.add_struct("cpumask", 8);
@@ -145,6 +175,23 @@ void SyntheticKernel::build_btf() {
     b.field("cpumask_ipi", cpumask_var_t, 128);
   }
 
+  if (layout != Layout::kLinux61) {
+    // printk records before the 5.10 ring buffer: struct log in kernel/printk.c (3.10), renamed
+    // struct printk_log in 3.11 (kernel/printk/printk.c), with u32 caller_id under
+    // CONFIG_PRINTK_CALLER from 5.1 and __packed __aligned(4): 16 and 20 bytes. The 4.x-like
+    // layout carries caller_id so that the two header sizes are both exercised.
+    const bool v310 = layout == Layout::kLinux310;
+    b.add_struct(v310 ? "log" : "printk_log", v310 ? 16 : 20);
+    b.field("ts_nsec", u64, 0);
+    b.field("len", u16, 64);
+    b.field("text_len", u16, 80);
+    b.field("dict_len", u16, 96);
+    b.field("facility", u8, 112);
+    b.field("flags", u8, 120, 5);
+    b.field("level", u8, 125, 3);
+    if (!v310) b.field("caller_id", u32, 128);
+  }
+
   const int task_p = b.ptr_to_next();
   b.add_struct("task_struct", 2048);
   b.field("thread_info", u64, 0);
@@ -154,6 +201,7 @@ void SyntheticKernel::build_btf() {
     b.field("wake_entry", csn, 8 * 512);
   } else {
     b.field("state", sl, 8 * 16);
+    b.field("wake_entry", llist_node, 8 * 512);  // struct llist_node (3.0..5.7)
   }
   b.field("pid", s32, 8 * 1200);
   b.field("comm", comm, 8 * 1500);
@@ -173,6 +221,7 @@ void SyntheticKernel::build_btf() {
   b.field("stop", task_p, 8 * 2416);
   b.field("clock", u64, 8 * 2560);
   if (layout == Layout::kLinux61) b.field("ttwu_pending", u32, 8 * 3000);
+  else b.field("wake_list", llist_head, 8 * 3000);  // kernel/sched/sched.h, 3.0..5.7
 
   if (layout == Layout::kLinux61) {
     b.add_struct("kvm_steal_time", 64);
@@ -243,25 +292,56 @@ void SyntheticKernel::set_rq(uint32_t cpu, uint64_t curr, uint64_t idle, uint32_
 }
 
 uint64_t SyntheticKernel::csd(uint32_t flags, uint64_t func_addr) {
-  uint64_t c = alloc(32);
+  uint64_t c = alloc(btf_type_size(btf_, csd_type()).value());
   set_csd(c, flags, func_addr);
   return c;
 }
 
 void SyntheticKernel::set_csd(uint64_t c, uint32_t flags, uint64_t func_addr) {
   if (layout == Layout::kLinux61) mem.put<uint32_t>(c + off("__call_single_data", "node.u_flags"), flags);
+  else if (layout == Layout::kLinux310) mem.put<uint16_t>(c + off(csd_type(), "flags"), static_cast<uint16_t>(flags));
   else mem.put<uint32_t>(c + off("__call_single_data", "flags"), flags);
-  mem.put<uint64_t>(c + off("__call_single_data", "func"), func_addr);
+  mem.put<uint64_t>(c + off(csd_type(), "func"), func_addr);
 }
 
 uint64_t SyntheticKernel::csd_node(uint64_t c) const {
-  return c + (layout == Layout::kLinux61 ? off("__call_single_data", "node.llist") : off("__call_single_data", "llist"));
+  switch (layout) {
+    case Layout::kLinux61: return c + off("__call_single_data", "node.llist");
+    case Layout::kLegacy: return c + off("__call_single_data", "llist");
+    case Layout::kLinux310: return c + off("call_single_data", "list");
+  }
+  return 0;
 }
 
-uint64_t SyntheticKernel::task_node(uint64_t t) const { return t + off("task_struct", "wake_entry.llist"); }
+uint64_t SyntheticKernel::task_node(uint64_t t) const {
+  return t + off("task_struct", layout == Layout::kLinux61 ? "wake_entry.llist" : "wake_entry");
+}
+
+void SyntheticKernel::set_wake_list(uint32_t cpu, const std::vector<uint64_t>& tasks) {
+  const uint64_t head = percpu("runqueues", cpu) + off("rq", "wake_list.first");
+  mem.put<uint64_t>(head, tasks.empty() ? 0 : task_node(tasks[0]));
+  for (size_t i = 0; i < tasks.size(); ++i)
+    mem.put<uint64_t>(task_node(tasks[i]), i + 1 < tasks.size() ? task_node(tasks[i + 1]) : 0);
+}
+
+uint64_t SyntheticKernel::queue_head(uint32_t cpu) const {
+  if (layout == Layout::kLinux310) return percpu("call_single_queue", cpu) + off("call_single_queue", "list");
+  return percpu("call_single_queue", cpu) + off("llist_head", "first");
+}
 
 void SyntheticKernel::set_queue(uint32_t cpu, const std::vector<uint64_t>& nodes) {
-  mem.put<uint64_t>(percpu("call_single_queue", cpu) + off("llist_head", "first"), nodes.empty() ? 0 : nodes[0]);
+  const uint64_t head = queue_head(cpu);
+  if (layout == Layout::kLinux310) {
+    // list_add_tail() in order: head <-> nodes[0] <-> ... <-> nodes[n-1] <-> head.
+    std::vector<uint64_t> ring{head};
+    ring.insert(ring.end(), nodes.begin(), nodes.end());
+    for (size_t i = 0; i < ring.size(); ++i) {
+      mem.put<uint64_t>(ring[i] + off("list_head", "next"), ring[(i + 1) % ring.size()]);
+      mem.put<uint64_t>(ring[i] + off("list_head", "prev"), ring[(i + ring.size() - 1) % ring.size()]);
+    }
+    return;
+  }
+  mem.put<uint64_t>(head, nodes.empty() ? 0 : nodes[0]);
   for (size_t i = 0; i < nodes.size(); ++i)
     mem.put<uint64_t>(nodes[i] + off("llist_node", "next"), i + 1 < nodes.size() ? nodes[i + 1] : 0);
 }
@@ -340,6 +420,74 @@ uint64_t SyntheticKernel::printk(const std::string& text, uint64_t ts_nsec, uint
   mem.put<uint8_t>(inf + off("printk_info", "flags"), static_cast<uint8_t>(2 | (level << 5)));  // LOG_NEWLINE
   mem.put<int64_t>(prb_ + off("printk_ringbuffer", "desc_ring.head_id"), static_cast<int64_t>(id));
   mem.put<int64_t>(prb_ + off("printk_ringbuffer", "desc_ring.tail_id"), static_cast<int64_t>(live_.front().first));
+  return seq;
+}
+
+uint32_t SyntheticKernel::log_record_header() const {
+  return static_cast<uint32_t>(btf_type_size(btf_, layout == Layout::kLinux310 ? "log" : "printk_log").value());
+}
+
+void SyntheticKernel::init_log_buf(uint32_t len) {
+  lb_len_ = len;
+  lb_buf_ = alloc(len);
+  syms_["log_buf"] = kImage + 0x500;
+  syms_["log_buf_len"] = kImage + 0x508;
+  syms_["log_first_idx"] = kImage + 0x510;
+  syms_["log_next_idx"] = kImage + 0x518;
+  syms_["log_first_seq"] = kImage + 0x520;
+  syms_["log_next_seq"] = kImage + 0x528;
+  mem.put<uint64_t>(kImage + 0x500, lb_buf_);
+  mem.put<uint32_t>(kImage + 0x508, len);
+  lb_publish();
+}
+
+void SyntheticKernel::lb_publish() {
+  mem.put<uint32_t>(kImage + 0x510, lb_first_idx_);
+  mem.put<uint32_t>(kImage + 0x518, lb_next_idx_);
+  mem.put<uint64_t>(kImage + 0x520, lb_first_seq_);
+  mem.put<uint64_t>(kImage + 0x528, lb_next_seq_);
+}
+
+// log_next() of kernel/printk.c (3.10): a zero length sends the reader to the record at 0.
+uint32_t SyntheticKernel::lb_next(uint32_t idx) {
+  const char* type = layout == Layout::kLinux310 ? "log" : "printk_log";
+  uint16_t len = 0;
+  (void)read(lb_buf_ + idx + off(type, "len"), &len, 2);
+  if (len != 0) return idx + len;
+  (void)read(lb_buf_ + off(type, "len"), &len, 2);  // wrap marker: the record after the one at 0
+  return len;
+}
+
+// log_store() of kernel/printk.c (3.10), LOG_ALIGN 4 (x86: efficient unaligned access).
+uint64_t SyntheticKernel::log_printk(const std::string& text, uint64_t ts_nsec, uint8_t level) {
+  const char* type = layout == Layout::kLinux310 ? "log" : "printk_log";
+  const uint32_t hdr = log_record_header();
+  uint32_t size = hdr + static_cast<uint32_t>(text.size());
+  size += (0u - size) & 3u;
+  while (lb_first_seq_ < lb_next_seq_) {
+    const uint32_t free = lb_next_idx_ > lb_first_idx_ ? std::max(lb_len_ - lb_next_idx_, lb_first_idx_)
+                                                       : lb_first_idx_ - lb_next_idx_;
+    if (free > size + hdr) break;
+    lb_first_idx_ = lb_next(lb_first_idx_);  // drop the oldest record
+    ++lb_first_seq_;
+  }
+  if (lb_next_idx_ + size + hdr >= lb_len_) {
+    std::vector<uint8_t> zero(hdr, 0);
+    mem.write(lb_buf_ + lb_next_idx_, zero.data(), hdr);  // the wrap marker
+    lb_next_idx_ = 0;
+  }
+  const uint64_t m = lb_buf_ + lb_next_idx_;
+  std::vector<uint8_t> zero(size, 0);
+  mem.write(m, zero.data(), size);
+  mem.write(m + hdr, text.data(), text.size());
+  mem.put<uint64_t>(m + off(type, "ts_nsec"), ts_nsec);
+  mem.put<uint16_t>(m + off(type, "len"), static_cast<uint16_t>(size));
+  mem.put<uint16_t>(m + off(type, "text_len"), static_cast<uint16_t>(text.size()));
+  mem.put<uint8_t>(m + off(type, "facility"), 0);
+  mem.put<uint8_t>(m + off(type, "flags"), static_cast<uint8_t>(2 | (level << 5)));  // LOG_NEWLINE
+  lb_next_idx_ += size;
+  const uint64_t seq = lb_next_seq_++;
+  lb_publish();
   return seq;
 }
 

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // A synthetic guest kernel for the snapshot readers' unit tests: sparse "kernel virtual" memory,
 // a symbol table, and real BTF built with libbpf's writer API (btf__add_struct/btf__add_field),
-// so the readers resolve every offset exactly as on a real guest. Two layouts: a 6.1-like one
-// (__call_single_node, cfd_percpu, off-stack cpumasks, __state, ttwu_pending) and a 4.x-like
-// one (csd {llist; func; info; flags}, cfd->csd, inline cpumask, task->state).
+// so the readers resolve every offset exactly as on a real guest. Three layouts: a 6.1-like one
+// (__call_single_node, cfd_percpu, off-stack cpumasks, __state, ttwu_pending), a 4.x-like one
+// (csd {llist; func; info; flags}, cfd->csd, inline cpumask, task->state) and a 3.10-like one
+// (CentOS 7, where seed case 1 happened: call_single_queue a list_head + lock, csd {list_head
+// list; func; info; u16 flags}, cfd->csd, cpu_online_bits, no panic_cpu), each built from the
+// definitions in those kernels' sources (cited where the BTF is built).
 #pragma once
 
 #include <bpf/btf.h>
@@ -66,7 +69,7 @@ class SparseMemory {
 
 class SyntheticKernel final : public KernelAccess {
  public:
-  enum class Layout { kLinux61, kLegacy };
+  enum class Layout { kLinux61, kLegacy, kLinux310 };
   // Per-cpu symbols are offsets; CPU c's copy lives at offset + per_cpu_offset(c).
   static constexpr uint64_t kPercpuBase = 0xffff888010000000ULL;
   static constexpr uint64_t kPercpuStride = 0x100000;
@@ -150,7 +153,11 @@ class SyntheticKernel final : public KernelAccess {
   uint64_t csd(uint32_t flags, uint64_t func_addr);
   uint64_t csd_node(uint64_t csd_addr) const;
   uint64_t task_node(uint64_t task_addr) const;
-  // Links nodes into cpu's call_single_queue in this order (last next = 0).
+  // Before 5.8 (kLegacy, kLinux310): remote wakeups of `tasks` pending on cpu's rq->wake_list.
+  void set_wake_list(uint32_t cpu, const std::vector<uint64_t>& tasks);
+  // Links nodes into cpu's call_single_queue in this order (an llist ending in 0, or for
+  // kLinux310 a circular list_head through the queue's head).
+  uint64_t queue_head(uint32_t cpu) const;  // the address the queue's first pointer lives at
   void set_queue(uint32_t cpu, const std::vector<uint64_t>& nodes);
   // cfd_data of `cpu`: its mask and, for each CPU, the per-target csd's flags/func.
   void set_cfd_mask(uint32_t cpu, const std::vector<uint32_t>& targets);
@@ -163,6 +170,13 @@ class SyntheticKernel final : public KernelAccess {
   // wrapping included). Returns its seq.
   uint64_t printk(const std::string& text, uint64_t ts_nsec, uint8_t level = 6);
   uint64_t printk_desc_addr(uint64_t id) const;
+  // printk before 5.10 (kLegacy, kLinux310): log_buf of `len` bytes and its globals.
+  void init_log_buf(uint32_t len);
+  // Appends a record like log_store() (old records dropped for room, a zero-length header
+  // where the next record does not fit before the end). Returns its seq.
+  uint64_t log_printk(const std::string& text, uint64_t ts_nsec, uint8_t level = 6);
+  uint64_t log_buf_addr() const { return lb_buf_; }
+  uint32_t log_record_header() const;  // sizeof(struct log) / sizeof(struct printk_log)
 
   SparseMemory mem;
   const Layout layout;
@@ -170,6 +184,8 @@ class SyntheticKernel final : public KernelAccess {
   mutable uint64_t reads = 0;
   uint64_t batches = 0;
   struct btf* btf() const { return btf_; }
+  // The csd struct's name: call_single_data before 4.14, __call_single_data after.
+  const char* csd_type() const { return layout == Layout::kLinux310 ? "call_single_data" : "__call_single_data"; }
 
  private:
   void build_btf();
@@ -182,6 +198,11 @@ class SyntheticKernel final : public KernelAccess {
   uint32_t count_bits_ = 0, size_bits_ = 0;
   uint64_t next_id_ = 0, next_seq_ = 0, head_lpos_ = 0, tail_id_ = 0;
   std::vector<std::pair<uint64_t, uint64_t>> live_;  // (id, begin lpos) of records with data
+  // log_buf state
+  uint64_t lb_buf_ = 0, lb_first_seq_ = 0, lb_next_seq_ = 0;
+  uint32_t lb_len_ = 0, lb_first_idx_ = 0, lb_next_idx_ = 0;
+  uint32_t lb_next(uint32_t idx);
+  void lb_publish();
 };
 
 }  // namespace stallmon::introspect::testing

@@ -87,7 +87,7 @@ bool has_member(const TypeProfile& p, std::string_view type, std::string_view pa
 }
 
 TEST(TypeProfile, RecordsExactlyWhatTheReadersAskAndTheFeatureTheKernelHas) {
-  for (auto layout : {SyntheticKernel::Layout::kLinux61, SyntheticKernel::Layout::kLegacy}) {
+  for (auto layout : {SyntheticKernel::Layout::kLinux61, SyntheticKernel::Layout::kLegacy, SyntheticKernel::Layout::kLinux310}) {
     SyntheticKernel k(2, layout);
     TypeProfile p = recorded(k);
     EXPECT_TRUE(has_member(p, "rq", "nr_running"));
@@ -99,18 +99,27 @@ TEST(TypeProfile, RecordsExactlyWhatTheReadersAskAndTheFeatureTheKernelHas) {
     EXPECT_EQ(has_member(p, "call_function_data", "csd"), !v61);
     EXPECT_EQ(has_member(p, "task_struct", "__state"), v61);
     EXPECT_EQ(has_member(p, "task_struct", "state"), !v61);
+    // 3.10's list_head queue: its head and csd members, found by their types.
+    const bool v310 = layout == SyntheticKernel::Layout::kLinux310;
+    EXPECT_EQ(has_member(p, "call_single_queue", "list"), v310);
+    EXPECT_EQ(has_member(p, "call_single_data", "list"), v310);
+    EXPECT_EQ(has_member(p, "list_head", "next"), v310);
+    // printk's record header before 5.10 (struct log in 3.10, struct printk_log after).
+    EXPECT_EQ(has_member(p, "log", "len"), v310);
+    EXPECT_EQ(has_member(p, "printk_log", "len"), layout == SyntheticKernel::Layout::kLegacy);
     // Nothing the readers never ask for (the synthetic BTF has more members).
     const ProfileType* rq = p.find_type("rq");
     ASSERT_NE(rq, nullptr);
     for (const ProfileMember& m : rq->members)
       EXPECT_TRUE(m.path == "nr_running" || m.path == "curr" || m.path == "idle" || m.path == "clock" ||
-                  m.path == "cfs.h_nr_running" || m.path == "cfs.h_nr_queued" || m.path == "ttwu_pending")
+                  m.path == "cfs.h_nr_running" || m.path == "cfs.h_nr_queued" || m.path == "ttwu_pending" ||
+                  m.path == "wake_list.first")
           << m.path;
   }
 }
 
 TEST(TypeProfile, TextRoundTripsAndTypesAnswerAsTheBtfDid) {
-  for (auto layout : {SyntheticKernel::Layout::kLinux61, SyntheticKernel::Layout::kLegacy}) {
+  for (auto layout : {SyntheticKernel::Layout::kLinux61, SyntheticKernel::Layout::kLegacy, SyntheticKernel::Layout::kLinux310}) {
     SyntheticKernel k(2, layout);
     TypeProfile p = recorded(k);
     const std::string text = format_type_profile(p);

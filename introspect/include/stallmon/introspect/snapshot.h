@@ -85,7 +85,8 @@ struct RunqueueState {
   bool curr_is_idle = false;   // rq->curr == rq->idle
   uint32_t nr_running = 0;
   uint32_t cfs_h_nr_running = 0;
-  std::optional<uint32_t> ttwu_pending;  // rq->ttwu_pending (5.8+)
+  // rq->ttwu_pending (5.8+); 3.0..5.7: 1 when rq->wake_list holds remote wakeups, else 0.
+  std::optional<uint32_t> ttwu_pending;
   uint64_t clock_ns = 0;       // rq->clock
 };
 
@@ -175,13 +176,16 @@ struct SnapshotOptions {
 // Which optional kernel features the layout found (for diagnostics and tests).
 struct SnapshotFeatures {
   bool typed_csd = false;          // __call_single_node with CSD_TYPE_* (5.8+)
+  bool csq_list_head = false;      // call_single_queue is a list_head + lock (before 3.14)
   bool cfd_pcpu = false;           // call_function_data.pcpu (5.13 until ~6.2) vs .csd
   bool cfd_mask_offstack = false;  // cpumask_var_t is a pointer (CONFIG_CPUMASK_OFFSTACK)
   bool ttwu_pending = false;
+  bool rq_wake_list = false;       // rq->wake_list (3.0..5.7) stands for ttwu_pending
   bool watchdog_report_ts = false;
   bool hrtimer_interrupts = false;
   bool steal_time = false;
   bool printk_ringbuffer = false;  // lockless prb (5.10+)
+  bool printk_log_buf = false;     // log_buf of struct printk_log records (before 5.10)
   bool task_state_new = false;     // task_struct.__state (5.14+)
   bool task_stack = false;         // task_struct.stack (stack-end magic, backtraces)
 };
@@ -228,7 +232,8 @@ class SnapshotReader {
 // Reads the tail of the printk ring buffer (struct printk_ringbuffer, 5.10+) on its own: the
 // newest `max_records` finalized/committed records, oldest first. Reused descriptors and
 // wrapped data blocks are handled; a record whose descriptor was reused while being read is
-// dropped. Errors about individual records go to `errors`.
+// dropped. Errors about individual records go to `errors`. Kernels without `prb` (before
+// 5.10) are read from log_buf: the whole buffer (at most 4 MiB) and its record chain.
 Result<std::vector<PrintkRecord>> read_printk_tail(KernelAccess& kernel, uint32_t max_records,
                                                    uint32_t max_text,
                                                    std::vector<SnapshotError>* errors = nullptr);
