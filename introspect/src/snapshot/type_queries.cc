@@ -84,6 +84,7 @@ Result<TypeProfile> record_reader_types(const KernelAccess& source) {
   (void)OrcFormat::from_btf(r);
   (void)ModuleLayout::resolve(r);
   (void)KthreadLayout::resolve(r);
+  (void)IrqStackLayout::resolve(r);
   (void)snapshot_detail::resolve_printk_layout(r);
   // A reader that cannot plan without a member (rq.nr_running) says so when the profile is
   // used, naming the member; recording what exists is still right.
