@@ -413,9 +413,7 @@ Result<StackBytes> BacktraceReader::read_task_stack(uint64_t task, MemoryCharge&
 // hardirq_stack_ptr (the word there is where call_on_irqstack saves the previous RSP), and
 // dumpstack_64.c in_irq_stack takes the stack as the IRQ_STACK_SIZE bytes below top. The
 // in-use flag is read first (one byte), the pointer and the stack only when it is set: a CPU
-// off its hardirq stack leaves stale frames there. The flag, the pointer and the stack are
-// three reads of a running CPU: a CPU that leaves the stack between them gives a stale chain,
-// or none (then the task stack's trace, noted).
+// off its hardirq stack leaves stale frames there; and again after the stack.
 std::optional<StackBytes> BacktraceReader::read_irq_stack(uint64_t per_cpu_offset, MemoryCharge& charge,
                                                           std::string& note) {
   if (!irq_) return std::nullopt;
@@ -445,6 +443,14 @@ std::optional<StackBytes> BacktraceReader::read_irq_stack(uint64_t per_cpu_offse
   StackBytes out{top - opt_.thread_size, std::vector<uint8_t>(opt_.thread_size)};
   if (!k_.read(out.base, out.bytes.data(), out.bytes.size())) {
     note = "on the hardirq stack, but it is unreadable at " + hex(out.base);
+    return std::nullopt;
+  }
+  // A handler's frames stay on the stack after it returns and still chain: a CPU that left the
+  // stack while it was read would show an interrupt it no longer serves. So the flag must still
+  // be set after the read (a CPU that left and came back serves a new interrupt: its frames are
+  // the newest, as for any read of a running CPU).
+  if (!k_.read(per_cpu_offset + irq_->inuse, &inuse, 1) || inuse == 0) {
+    note = "left the hardirq stack while it was read: the task stack's trace";
     return std::nullopt;
   }
   return out;
@@ -686,6 +692,7 @@ Backtrace BacktraceReader::backtrace_stacks(uint64_t task, const StackBytes& tas
       const Verification mark = i == 0 ? first : Verification::kOrcChain;
       Frame f = make_frame(c.frames[i].ip, c.frames[i].slot, mark);
       f.stack = v.regions[static_cast<size_t>(c.frames[i].region)].kind;
+      f.interrupted = c.frames[i].signal;
       bt.frames.push_back(std::move(f));
     }
     bt.truncated = c.truncated;

@@ -320,6 +320,7 @@ TEST_F(BacktraceTest, OnTheHardirqStackTheChainStartsThereAndGoesOnOntoTheTaskSt
   EXPECT_EQ(bt->frames[2].format(), "irq_entry+0x10/0x100");
   EXPECT_EQ(bt->frames[3].format(), "inner+0x18/0x100");  // the pt_regs the interrupt left, on the way
   for (const Frame& f : bt->frames) EXPECT_EQ(f.verification, Verification::kOrcChain) << f.format();
+  for (size_t i = 0; i < bt->frames.size(); ++i) EXPECT_EQ(bt->frames[i].interrupted, i == 3) << i;
   EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
   // A trace of the task alone (no CPU) does not read the hardirq stack.
   auto task_only = (*r)->backtrace_task(g.task);

@@ -123,6 +123,7 @@ struct Frame {
   std::string module;         // empty: vmlinux
   Verification verification = Verification::kScannedUnverified;
   StackKind stack = StackKind::kTask;  // where the function's frame is (its SP's stack)
+  bool interrupted = false;  // address is the RIP of a saved interrupt frame, not a return address
   // "function+0xoff/0xlen [module]" (or the hex address when unknown); an inferred kthread
   // thread function ends in " (kthread threadfn, inferred)", a frame on the hardirq stack in
   // " (irq stack)".
