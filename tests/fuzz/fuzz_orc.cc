@@ -15,10 +15,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!r.ok()) return 0;
   auto bt = (*r)->backtrace_task(guest.g.task);
   if (!bt.ok()) return 0;
-  if (bt->frames.size() > o.max_frames) __builtin_trap();
-  for (const Frame& f : bt->frames) {
-    if (!(*r)->in_text(f.address) && f.verification != Verification::kScannedUnverified) __builtin_trap();
-    (void)f.format();
+  auto check = [&](const Backtrace& b) {
+    if (b.frames.size() > o.max_frames) __builtin_trap();
+    for (const Frame& f : b.frames) {
+      if (!(*r)->in_text(f.address) && f.verification != Verification::kScannedUnverified) __builtin_trap();
+      (void)f.format();
+    }
+  };
+  check(*bt);
+  // The same bytes as a hardirq stack too (a fuzzed word naming an address there reads the
+  // input again): chains between two stacks, the direction rule and the stack's exit.
+  StackBytes stack{fuzz::OrcStack::kStack, std::vector<uint8_t>(fuzz::OrcStack::kStackSize)};
+  if (!guest.k.read(stack.base, stack.bytes.data(), stack.bytes.size())) return 0;
+  const StackBytes irq{fuzz::OrcStack::kIrqStack, stack.bytes};
+  const Backtrace both = (*r)->backtrace_stacks(guest.g.task, stack, &irq);
+  check(both);
+  // A chain never goes back onto the hardirq stack, and only a trace that starts there has
+  // frames on it.
+  bool left = !both.irq_stack;
+  for (const Frame& f : both.frames) {
+    if (f.stack == StackKind::kIrq && left) __builtin_trap();
+    if (f.stack == StackKind::kTask) left = true;
   }
   return 0;
 }

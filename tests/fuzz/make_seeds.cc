@@ -150,6 +150,19 @@ int main(int argc, char** argv) {
     o.g.fill_stack_with(o.g.f_loop + 4);
     put(root / "orc", "self_chaining", fuzz::encode_orc_input(o.g, false));
   }
+  // The fixture's hardirq stack (its 40 top bytes, copied to the same place at the top of the
+  // task stack, which is empty there): fuzz_orc unwinds its bytes as both stacks, and chains go
+  // from the hardirq copy onto the task stack (the innermost one through the copy of irq_entry's
+  // interrupt frame; irq_switch's SP_INDIRECT hint is in the table too).
+  {
+    fuzz::OrcGuest o;
+    o.g.build_irq_stack();
+    std::vector<uint8_t> top(40);
+    const uint64_t from = o.g.irq_tos - 32;
+    (void)o.k.read(from, top.data(), top.size());
+    o.k.mem.write(fuzz::OrcStack::kStack + (from - fuzz::OrcStack::kIrqStack), top.data(), top.size());
+    put(root / "orc", "irq_and_task", fuzz::encode_orc_input(o.g, false));
+  }
   // Loaded modules (module_input.h): the fixture's module in both struct module layouts, and one
   // whose list link points back at itself.
   for (bool v61 : {false, true}) {

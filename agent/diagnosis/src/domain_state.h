@@ -67,8 +67,20 @@ struct StackEndCorruption {
   int snapshots = 1;  // consecutive snapshots that read it overwritten (for this task)
 };
 
+// The current task's kernel trace over consecutive trace reads (traces.cc): the outer frames
+// every one of them shared. Only verified traces count: a stack scan's stale frames stay the
+// same from one read to the next, so their sameness confirms nothing.
+struct TraceHistory {
+  int pid = 0;
+  Timestamp taken_at{};             // the last read counted (a trace handed in again counts once)
+  bool truncated = false;           // the reads' frames were cut (then all of them were)
+  std::vector<std::string> stable;  // the frames common to all `reads` reads, innermost first
+  int reads = 1;                    // consecutive reads of this task's trace that showed `stable`
+};
+
 struct GuestCpuTracker {
   GuestCpuView latest;
+  std::optional<TraceHistory> trace_history;
   std::optional<StackEndCorruption> stack_end;
   std::optional<Timestamp> idle_pending_since;
   int idle_pending_snapshots = 0;

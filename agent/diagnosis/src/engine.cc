@@ -242,6 +242,7 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
       tr.watchdog_seen_running = true;
     tr.prev_touch_ts = cv.watchdog_touch_ts;
     update_stack_end(tr, cv, now);
+    update_trace_history(tr, cv);
     tr.latest = cv;
     cpus[cv.cpu] = std::move(tr);
   }
@@ -418,7 +419,7 @@ struct DiagnosisEngine::Impl {
       store.relink(k, incident[id], symptoms[id], now, out);
     }
     for (Candidate& c : candidates) {
-      attach_kernel_traces(d.guest ? &d.guest->view : nullptr, now, c);
+      attach_kernel_traces(d.guest ? &*d.guest : nullptr, now, c);
       store.upsert(c.condition_key, std::move(c.finding), c.signature, now, config.update_min_interval, out);
     }
   }

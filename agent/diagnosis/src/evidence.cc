@@ -43,6 +43,10 @@ void add_trace(const KernelTraceEvidence& k, std::map<std::string, std::string>&
   out["frames"] = std::to_string(tr.frames.size());
   out["truncated"] = tr.truncated ? "1" : "0";
   out["age_ms"] = ms(k.age);
+  // The outermost `stable_frames` lines of `trace` were shared by `stable_snapshots` consecutive
+  // verified reads of this task's trace; "0" and "0": nothing confirmed yet.
+  out["stable_frames"] = std::to_string(k.stable_frames);
+  out["stable_snapshots"] = std::to_string(k.stable_snapshots);
 }
 
 }  // namespace

@@ -54,9 +54,16 @@ std::optional<std::string> spinlock_wait_frame(const KernelTrace& trace) {
   // An unverified scan lists every text address on the stack, stale ones first: its innermost
   // frame says nothing about where the CPU is now.
   if (!trace.error.empty() || trace.verification == TraceVerification::kUnverified) return std::nullopt;
-  std::size_t i = 0;
-  while (i < trace.frames.size() && i < kMaxHelpers && in(kSpinHelpers, function_of(trace.frames[i]))) ++i;
-  if (i < trace.frames.size() && in(kSpinlockPath, function_of(trace.frames[i]))) return trace.frames[i];
+  auto from = [&](std::size_t i) -> std::optional<std::string> {
+    const std::size_t first = i;
+    while (i < trace.frames.size() && i - first < kMaxHelpers && in(kSpinHelpers, function_of(trace.frames[i]))) ++i;
+    if (i < trace.frames.size() && in(kSpinlockPath, function_of(trace.frames[i]))) return trace.frames[i];
+    return std::nullopt;
+  };
+  if (auto f = from(0)) return f;  // spinning where it is (an IRQ handler's spinlock included)
+  // Read while serving an interrupt on the hardirq stack: the interrupt returns to where it came
+  // in, so that is where the CPU spins (as for an interrupt frame on the task stack).
+  if (trace.irq_frames > 0 && trace.interrupted && *trace.interrupted >= trace.irq_frames) return from(*trace.interrupted);
   return std::nullopt;
 }
 

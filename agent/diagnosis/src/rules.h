@@ -107,9 +107,14 @@ void link_lock_waits(TickContext& t);
 // CPU is offline, or the touch is unset / 0 / in the future.
 std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestCpuView& cpu);
 
-// One Evidence link per CPU of the candidate with a kernel trace in `view` (the domain's last
-// guest view), for the kinds that carry traces; a trace appearing is a material change.
-void attach_kernel_traces(const GuestView* view, Timestamp now, Candidate& c);
+// One Evidence link per CPU of the candidate with a kernel trace in the domain's last guest view
+// (`guest`, null before any), for the kinds that carry traces, saying how many consecutive reads
+// confirmed its outer frames (TraceHistory); a trace appearing is a material change.
+void attach_kernel_traces(const GuestState* guest, Timestamp now, Candidate& c);
+// Compares the CPU's new trace (if this snapshot's view hands in a new read) with the earlier
+// ones: the outer frames they share stay confirmed; another task, an error, an unverified trace,
+// no trace, or no shared outer frame starts over.
+void update_trace_history(GuestCpuTracker& tr, const GuestCpuView& cv);
 
 // Text helpers shared by the rules.
 std::string cpu_list(const std::vector<int>& cpus);  // "CPU0, CPU1 and CPU3"

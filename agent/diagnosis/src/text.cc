@@ -46,6 +46,8 @@ GuestView sanitize_guest_view(const GuestView& in) {
         t.frames.resize(kMaxTraceFrames);
         t.truncated = true;
       }
+      t.irq_frames = std::min(t.irq_frames, t.frames.size());
+      if (t.interrupted && *t.interrupted >= t.frames.size()) t.interrupted.reset();
       for (auto& f : t.frames) f = sanitize_text(f, 256);
       t.comm = sanitize_text(t.comm, 64);
       t.error = sanitize_text(t.error, 512);

@@ -5,8 +5,9 @@
 // the current ip (ip - 1 for a return address, which may sit right after the last instruction
 // of a function ending in a call) gives the previous frame's SP (the CFA) from SP or BP, and
 // the frame type says what sits there: CALL, a return address at CFA - 8; REGS, a full
-// struct pt_regs at the CFA; REGS_PARTIAL, an iret frame at the CFA. Only the task's own stack
-// is read: a chain that leaves it (an IRQ-stack switch) stops there.
+// struct pt_regs at the CFA; REGS_PARTIAL, an iret frame at the CFA. The task's own stack is
+// read, and the CPU's hardirq stack when the CPU is on it (backtrace_cpu_task): a chain may
+// leave the hardirq stack for the task stack, never the other way (see StackView).
 #include "stallmon/introspect/backtrace.h"
 
 #include <algorithm>
@@ -30,19 +31,38 @@ std::string hex(uint64_t v) {
   return b;
 }
 
-// A read-only view of the stack bytes: every word read is bounds-checked.
-struct StackView {
+// A read-only view of the stacks read, innermost first (the hardirq stack, then the task's):
+// every word read is bounds-checked. The order is the only direction a chain may take between
+// them, as arch/x86/kernel/dumpstack_64.c get_stack_info allows it: an interrupt switches from
+// the task stack to the hardirq stack (call_on_irqstack, arch/x86/include/asm/irq_stack.h), so
+// unwinding leaves the hardirq stack for the task's through the previous stack pointer saved
+// at the top of the hardirq stack, never the other way.
+struct StackRegion {
   uint64_t base = 0;
   const std::vector<uint8_t>* bytes = nullptr;
-  bool inside(uint64_t a, uint64_t len = 8) const {
-    return a >= base && len <= bytes->size() && a - base <= bytes->size() - len;
+  StackKind kind = StackKind::kTask;
+};
+struct StackView {
+  std::vector<StackRegion> regions;
+  // The region holding [a, a + len), -1 when none. len 0: a stack pointer, which may equal the
+  // top of its stack (nothing left on it).
+  int region_of(uint64_t a, uint64_t len = 8) const {
+    for (size_t i = 0; i < regions.size(); ++i) {
+      const StackRegion& r = regions[i];
+      if (a >= r.base && len <= r.bytes->size() && a - r.base <= r.bytes->size() - len) return static_cast<int>(i);
+    }
+    return -1;
   }
+  bool inside(uint64_t a, uint64_t len = 8) const { return region_of(a, len) >= 0; }
   std::optional<uint64_t> word(uint64_t a) const {
-    if (!inside(a)) return std::nullopt;
+    const int i = region_of(a);
+    if (i < 0) return std::nullopt;
     uint64_t v;
-    std::memcpy(&v, bytes->data() + (a - base), 8);
+    std::memcpy(&v, regions[i].bytes->data() + (a - regions[i].base), 8);
     return v;
   }
+  // The top of the task stack (the last region): where registers saved on entry from user mode sit.
+  uint64_t task_top() const { return regions.back().base + regions.back().bytes->size(); }
 };
 
 struct UnwindState {
@@ -50,6 +70,7 @@ struct UnwindState {
   bool bp_known = false;
   bool signal = false;  // ip is an interrupted RIP, not a return address
   uint64_t slot = 0;    // where ip was read (0 for pt_regs)
+  int region = 0;       // StackView region of sp
 };
 
 enum class Step { kNext, kEnd, kFail };
@@ -81,6 +102,7 @@ std::string Frame::format() const {
   std::string s = symbol.empty() ? hex(address) : symbol + "+" + hex(offset) + (size ? "/" + hex(size) : "");
   if (!module.empty()) s += " [" + module + "]";
   if (verification == Verification::kInferredThreadfn) s += " (kthread threadfn, inferred)";
+  if (stack == StackKind::kIrq) s += " (irq stack)";
   return s;
 }
 
@@ -266,6 +288,23 @@ std::optional<KthreadLayout> KthreadLayout::resolve(const KernelAccess& k) {
   return KthreadLayout{flags->offset(), kt->offset(), fn->offset()};
 }
 
+std::optional<IrqStackLayout> IrqStackLayout::resolve(const KernelAccess& k) {
+  // 6.2 - 6.14: both in per-cpu struct pcpu_hot (arch/x86/include/asm/current.h). Asked first
+  // (no kernel has both forms) so that a type profile records the members (type_queries.cc).
+  auto mp = k.member("pcpu_hot", "hardirq_stack_ptr");
+  auto mi = k.member("pcpu_hot", "hardirq_stack_inuse");
+  auto hot = k.symbol("pcpu_hot");
+  if (hot && mp && mi && mp->size == 8 && mi->size == 1 && !mi->is_bitfield())
+    return IrqStackLayout{*hot + mp->offset(), *hot + mi->offset()};
+  // The per-cpu variables (5.12 - 6.1: DECLARE_PER_CPU in arch/x86/include/asm/irq_stack.h and
+  // processor.h; 6.15+ back as cache-hot per-cpu variables).
+  auto ptr = k.symbol("hardirq_stack_ptr");
+  auto inuse = k.symbol("hardirq_stack_inuse");
+  if (ptr && inuse) return IrqStackLayout{*ptr, *inuse};
+  // Before 5.12 the flag was irq_count (-1: off the stack): not read, the task stack only.
+  return std::nullopt;
+}
+
 Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k, BacktraceOptions options) {
   if (options.thread_size < 4096 || options.thread_size > (1u << 20) || options.thread_size % 8 != 0)
     return Error(ErrorCode::kInvalidArgument, "backtrace: thread_size " + std::to_string(options.thread_size));
@@ -294,6 +333,7 @@ Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k
     r->modules_error_ = "module reading disabled";
   }
   r->kthread_ = KthreadLayout::resolve(k);
+  r->irq_ = IrqStackLayout::resolve(k);
   return r;
 }
 
@@ -356,20 +396,89 @@ void BacktraceReader::infer_threadfn(Backtrace& bt) {
   bt.frames.insert(bt.frames.begin(), make_frame(fn, 0, Verification::kInferredThreadfn));
 }
 
-Result<Backtrace> BacktraceReader::backtrace_task(uint64_t task) {
+Result<StackBytes> BacktraceReader::read_task_stack(uint64_t task, MemoryCharge& charge) {
   uint64_t stack = 0;
   auto rd = k_.read(task + stack_member_, &stack, 8);
   if (!rd) return std::move(rd).error().context("backtrace: task_struct.stack of " + hex(task));
   if (stack % opt_.thread_size != 0 && stack % 4096 != 0)
     return Error(ErrorCode::kCorrupt, "backtrace: task " + hex(task) + " stack " + hex(stack) + " is not page aligned", stack);
-  STALLMON_TRY(MemoryCharge c, MemoryCharge::take(opt_.orc.budget, "backtrace stack", opt_.thread_size));
-  std::vector<uint8_t> bytes(opt_.thread_size);
-  auto r = k_.read(stack, bytes.data(), bytes.size());
+  STALLMON_TRY(charge, MemoryCharge::take(opt_.orc.budget, "backtrace stack", opt_.thread_size));
+  StackBytes out{stack, std::vector<uint8_t>(opt_.thread_size)};
+  auto r = k_.read(stack, out.bytes.data(), out.bytes.size());
   if (!r) return std::move(r).error().context("backtrace: stack of task " + hex(task));
-  refresh_modules();
-  Backtrace bt = backtrace_stack(task, stack, bytes);
+  return out;
+}
+
+// arch/x86/kernel/irq_64.c map_irq_stack stores the hardirq stack's top - 8 in
+// hardirq_stack_ptr (the word there is where call_on_irqstack saves the previous RSP), and
+// dumpstack_64.c in_irq_stack takes the stack as the IRQ_STACK_SIZE bytes below top. The
+// in-use flag is read first (one byte), the pointer and the stack only when it is set: a CPU
+// off its hardirq stack leaves stale frames there; and again after the stack.
+std::optional<StackBytes> BacktraceReader::read_irq_stack(uint64_t per_cpu_offset, MemoryCharge& charge,
+                                                          std::string& note) {
+  if (!irq_) return std::nullopt;
+  uint8_t inuse = 0;
+  if (!k_.read(per_cpu_offset + irq_->inuse, &inuse, 1)) {
+    note = "hardirq_stack_inuse unreadable: the hardirq stack is not read";
+    return std::nullopt;
+  }
+  if (inuse == 0) return std::nullopt;
+  uint64_t ptr = 0;
+  if (!k_.read(per_cpu_offset + irq_->stack_ptr, &ptr, 8)) {
+    note = "on the hardirq stack, but hardirq_stack_ptr is unreadable";
+    return std::nullopt;
+  }
+  // vmap'd pages (or the page-aligned per-cpu backing store before 5.x): top is page aligned.
+  const uint64_t top = ptr + 8;
+  if (ptr < 0xffff800000000000ULL || top % 4096 != 0 || top < opt_.thread_size) {
+    note = "on the hardirq stack, but hardirq_stack_ptr " + hex(ptr) + " is implausible";
+    return std::nullopt;
+  }
+  auto c = MemoryCharge::take(opt_.orc.budget, "backtrace stack", opt_.thread_size);
+  if (!c) {
+    note = "on the hardirq stack, not read: " + c.error().to_string();
+    return std::nullopt;
+  }
+  charge = std::move(c).value();
+  StackBytes out{top - opt_.thread_size, std::vector<uint8_t>(opt_.thread_size)};
+  if (!k_.read(out.base, out.bytes.data(), out.bytes.size())) {
+    note = "on the hardirq stack, but it is unreadable at " + hex(out.base);
+    return std::nullopt;
+  }
+  // A handler's frames stay on the stack after it returns and still chain: a CPU that left the
+  // stack while it was read would show an interrupt it no longer serves. So the flag must still
+  // be set after the read (a CPU that left and came back serves a new interrupt: its frames are
+  // the newest, as for any read of a running CPU).
+  if (!k_.read(per_cpu_offset + irq_->inuse, &inuse, 1) || inuse == 0) {
+    note = "left the hardirq stack while it was read: the task stack's trace";
+    return std::nullopt;
+  }
+  return out;
+}
+
+void BacktraceReader::finish(Backtrace& bt) {
   if (!modules_error_.empty() && module_layout_) bt.notes.push_back("modules unavailable: " + modules_error_);
   infer_threadfn(bt);
+}
+
+Result<Backtrace> BacktraceReader::backtrace_task(uint64_t task) {
+  MemoryCharge c;
+  STALLMON_TRY(StackBytes stack, read_task_stack(task, c));
+  refresh_modules();
+  Backtrace bt = backtrace_stacks(task, stack, nullptr);
+  finish(bt);
+  return bt;
+}
+
+Result<Backtrace> BacktraceReader::backtrace_cpu_task(uint64_t task, uint64_t per_cpu_offset) {
+  MemoryCharge c, ci;
+  STALLMON_TRY(StackBytes stack, read_task_stack(task, c));
+  std::string note;
+  std::optional<StackBytes> irq = read_irq_stack(per_cpu_offset, ci, note);
+  refresh_modules();
+  Backtrace bt = backtrace_stacks(task, stack, irq ? &*irq : nullptr);
+  if (!note.empty()) bt.notes.insert(bt.notes.begin(), note);
+  finish(bt);
   return bt;
 }
 
@@ -448,7 +557,7 @@ Step orc_step(const BacktraceReader& r, const StackView& v, UnwindState& s, std:
     case OrcType::kCall: {
       auto ra = v.word(cfa - 8);
       if (!ra) {
-        why = "return address of " + hex(s.ip) + " outside the task stack (CFA " + hex(cfa) + ")";
+        why = "return address of " + hex(s.ip) + " outside the stacks read (CFA " + hex(cfa) + ")";
         return Step::kFail;
       }
       n.ip = *ra;
@@ -461,13 +570,13 @@ Step orc_step(const BacktraceReader& r, const StackView& v, UnwindState& s, std:
       auto ip = v.word(cfa + 8 * kRegsIp), cs = v.word(cfa + 8 * kRegsCs), sp = v.word(cfa + 8 * kRegsSp),
            bp = v.word(cfa + 8 * kRegsBp);
       if (!ip || !cs || !sp || !bp) {
-        why = "pt_regs of " + hex(s.ip) + " outside the task stack";
+        why = "pt_regs of " + hex(s.ip) + " outside the stacks read";
         return Step::kFail;
       }
       if ((*cs & 3) != 0) {
         // Entered from user mode: the outermost kernel frame, whose registers sit at the very top
         // of the stack (task_pt_regs). Anywhere else they are stale bytes, not an end.
-        if (v.inside(cfa + 8 * kPtRegsWords, 0) && cfa + 8 * kPtRegsWords == v.base + v.bytes->size()) return Step::kEnd;
+        if (cfa + 8 * kPtRegsWords == v.task_top()) return Step::kEnd;
         why = "user-mode registers of " + hex(s.ip) + " not at the top of the stack";
         return Step::kFail;
       }
@@ -481,7 +590,7 @@ Step orc_step(const BacktraceReader& r, const StackView& v, UnwindState& s, std:
     case OrcType::kRegsPartial: {
       auto ip = v.word(cfa), cs = v.word(cfa + 8), sp = v.word(cfa + 24);
       if (!ip || !cs || !sp) {
-        why = "iret frame of " + hex(s.ip) + " outside the task stack";
+        why = "iret frame of " + hex(s.ip) + " outside the stacks read";
         return Step::kFail;
       }
       if ((*cs & 3) != 0) return Step::kEnd;
@@ -509,9 +618,17 @@ Step orc_step(const BacktraceReader& r, const StackView& v, UnwindState& s, std:
       default: n.bp_known = false; break;
     }
   }
-  // The stack grows down: every caller frame is strictly above its callee (this also ends any
-  // loop a hostile stack builds).
-  if (n.sp <= s.sp) {
+  // The stack grows down: on one stack every caller frame is strictly above its callee; between
+  // stacks a chain only moves outward (StackView), so each stack is walked at most once. Both
+  // end any loop a hostile stack builds. An SP on no stack read counts as the current one (its
+  // next read fails).
+  const int region = v.region_of(n.sp, 0);
+  n.region = region < 0 ? s.region : region;
+  if (n.region < s.region) {
+    why = "caller SP " + hex(n.sp) + " goes back onto the hardirq stack at " + hex(s.ip);
+    return Step::kFail;
+  }
+  if (n.region == s.region && n.sp <= s.sp) {
     why = "caller SP " + hex(n.sp) + " not above " + hex(s.sp) + " at " + hex(s.ip);
     return Step::kFail;
   }
@@ -559,23 +676,24 @@ bool chain_accepted(const Chain& c) { return c.frames.size() >= 2; }
 }  // namespace
 
 Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const std::vector<uint8_t>& stack) const {
+  return backtrace_stacks(task, StackBytes{base, stack}, nullptr);
+}
+
+Backtrace BacktraceReader::backtrace_stacks(uint64_t task, const StackBytes& task_stack, const StackBytes* irq) const {
   Backtrace bt;
   bt.task = task;
-  bt.stack_base = base;
-  bt.stack_size = stack.size();
-  StackView v{base, &stack};
-  // The scans below index words i < nwords only: read them without the StackView's checks,
-  // which stay for the addresses the guest's frames name.
-  const uint64_t nwords = stack.size() / 8;
-  auto w = [&](uint64_t i) {
-    uint64_t x;
-    std::memcpy(&x, stack.data() + 8 * i, 8);
-    return x;
-  };
+  bt.stack_base = task_stack.base;
+  bt.stack_size = task_stack.bytes.size();
+  StackView v;
+  if (irq != nullptr) v.regions.push_back(StackRegion{irq->base, &irq->bytes, StackKind::kIrq});
+  v.regions.push_back(StackRegion{task_stack.base, &task_stack.bytes, StackKind::kTask});
   auto emit = [&](const Chain& c, Verification first) {
     for (size_t i = 0; i < c.frames.size(); ++i) {
       const Verification mark = i == 0 ? first : Verification::kOrcChain;
-      bt.frames.push_back(make_frame(c.frames[i].ip, c.frames[i].slot, mark));
+      Frame f = make_frame(c.frames[i].ip, c.frames[i].slot, mark);
+      f.stack = v.regions[static_cast<size_t>(c.frames[i].region)].kind;
+      f.interrupted = c.frames[i].signal;
+      bt.frames.push_back(std::move(f));
     }
     bt.truncated = c.truncated;
     if (!c.ended && !c.why.empty()) bt.notes.push_back("chain stopped: " + c.why);
@@ -590,66 +708,100 @@ Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const s
     if (bt.notes.size() < kMaxNotes) bt.notes.push_back(std::move(n));
   };
 
-  // 1. Saved kernel interrupt frames, outermost first: an interrupt frame above the live stack
-  //    pointer is live; below it, the newest one is where the CPU spins between interrupts.
-  std::optional<std::pair<uint64_t, Chain>> partial;
-  for (uint64_t j = nwords >= kPtRegsWords ? nwords - kPtRegsWords + 1 : 0; j-- > 0;) {
-    if (w(j + kRegsCs) != kKernelCs) continue;  // the cheapest test first: almost every j fails it
-    const uint64_t ip = w(j + kRegsIp), cs = w(j + kRegsCs), flags = w(j + kRegsFlags), sp = w(j + kRegsSp),
-                   ss = w(j + kRegsSs);
-    const uint64_t end = base + 8 * (j + kPtRegsWords);
-    // The CPU aligns RSP to 16 bytes before pushing the iret frame: the interrupted SP is just
-    // above the frame, or 8 bytes further.
-    if (cs != kKernelCs || !in_text(ip) || (flags & 2) == 0 || (flags >> 22) != 0 || (ss != 0 && ss != kKernelDs) ||
-        (sp != end && sp != end + 8))
-      continue;
-    UnwindState s{ip, sp, w(j + kRegsBp), true, true, 0};
-    Chain c = orc_chain(v, s, opt_.max_frames, *this);
-    if (!chain_accepted(c)) {
-      note("interrupt frame at " + hex(base + 8 * j) + " (RIP " + make_frame(ip, 0, Verification::kPtRegs).format() +
-           ") does not chain: " + c.why);
-      continue;
-    }
-    if (!c.ended && !c.truncated) {
-      if (!partial) partial.emplace(base + 8 * j, std::move(c));
-      continue;
-    }
-    partial.emplace(base + 8 * j, std::move(c));
-    break;
-  }
-  if (partial) {
-    bt.pt_regs = partial->first;
-    emit(partial->second, Verification::kPtRegs);
-    bt.verification = Verification::kPtRegs;
-    return bt;
-  }
+  // Methods (1) and (2) with their starting points on stack `r`; the chains may go on outward.
+  // A chain that starts on the hardirq stack must leave it (or hit the frame limit): the stack
+  // has no outermost frame of its own, the live chain always returns to the task stack through
+  // the RSP saved at its top.
+  auto accepted_from = [&](const Chain& c, int r) {
+    return chain_accepted(c) && (r == static_cast<int>(v.regions.size()) - 1 || c.truncated || c.frames.back().region > r);
+  };
+  auto verified_from = [&](int r) -> bool {
+    const uint64_t base = v.regions[static_cast<size_t>(r)].base;
+    const std::vector<uint8_t>& stack = *v.regions[static_cast<size_t>(r)].bytes;
+    // The scans below index words i < nwords only: read them without the StackView's checks,
+    // which stay for the addresses the guest's frames name.
+    const uint64_t nwords = stack.size() / 8;
+    auto w = [&](uint64_t i) {
+      uint64_t x;
+      std::memcpy(&x, stack.data() + 8 * i, 8);
+      return x;
+    };
 
-  // 2. The innermost return address that starts a consistent ORC chain.
-  std::optional<Chain> first;
-  for (uint64_t i = 0; i < nwords; ++i) {
-    const uint64_t ip = w(i);
-    if (!in_text(ip)) continue;
-    UnwindState s{ip, base + 8 * i + 8, 0, false, false, base + 8 * i};
-    Chain c = orc_chain(v, s, opt_.max_frames, *this);
-    if (!chain_accepted(c)) continue;
-    const bool complete = c.ended || c.truncated;
-    if (!first || complete) first = std::move(c);
-    if (complete) break;
-  }
-  if (first) {
-    emit(*first, Verification::kOrcChain);
-    bt.verification = Verification::kOrcChain;
-    return bt;
-  }
+    // 1. Saved kernel interrupt frames, outermost first: an interrupt frame above the live stack
+    //    pointer is live; below it, the newest one is where the CPU spins between interrupts.
+    std::optional<std::pair<uint64_t, Chain>> partial;
+    for (uint64_t j = nwords >= kPtRegsWords ? nwords - kPtRegsWords + 1 : 0; j-- > 0;) {
+      if (w(j + kRegsCs) != kKernelCs) continue;  // the cheapest test first: almost every j fails it
+      const uint64_t ip = w(j + kRegsIp), cs = w(j + kRegsCs), flags = w(j + kRegsFlags), sp = w(j + kRegsSp),
+                     ss = w(j + kRegsSs);
+      const uint64_t end = base + 8 * (j + kPtRegsWords);
+      // The CPU aligns RSP to 16 bytes before pushing the iret frame: the interrupted SP is just
+      // above the frame, or 8 bytes further.
+      if (cs != kKernelCs || !in_text(ip) || (flags & 2) == 0 || (flags >> 22) != 0 || (ss != 0 && ss != kKernelDs) ||
+          (sp != end && sp != end + 8))
+        continue;
+      UnwindState s{ip, sp, w(j + kRegsBp), true, true, 0, r};
+      Chain c = orc_chain(v, s, opt_.max_frames, *this);
+      if (!accepted_from(c, r)) {
+        note("interrupt frame at " + hex(base + 8 * j) + " (RIP " + make_frame(ip, 0, Verification::kPtRegs).format() +
+             ") does not chain: " + c.why);
+        continue;
+      }
+      if (!c.ended && !c.truncated) {
+        if (!partial) partial.emplace(base + 8 * j, std::move(c));
+        continue;
+      }
+      partial.emplace(base + 8 * j, std::move(c));
+      break;
+    }
+    if (partial) {
+      bt.pt_regs = partial->first;
+      emit(partial->second, Verification::kPtRegs);
+      bt.verification = Verification::kPtRegs;
+      return true;
+    }
 
-  // 3. Nothing verifies: every kernel text address on the stack, innermost first.
-  for (uint64_t i = 0; i < nwords; ++i) {
-    if (!in_text(w(i))) continue;
+    // 2. The innermost return address that starts a consistent ORC chain.
+    std::optional<Chain> first;
+    for (uint64_t i = 0; i < nwords; ++i) {
+      const uint64_t ip = w(i);
+      if (!in_text(ip)) continue;
+      UnwindState s{ip, base + 8 * i + 8, 0, false, false, base + 8 * i, r};
+      Chain c = orc_chain(v, s, opt_.max_frames, *this);
+      if (!accepted_from(c, r)) continue;
+      const bool complete = c.ended || c.truncated;
+      if (!first || complete) first = std::move(c);
+      if (complete) break;
+    }
+    if (first) {
+      emit(*first, Verification::kOrcChain);
+      bt.verification = Verification::kOrcChain;
+      return true;
+    }
+    return false;
+  };
+
+  // The CPU is on its hardirq stack: the live frames are there (its pt_regs, if it came from
+  // kernel mode, is on the task stack, which holds the interrupted context's callers).
+  if (irq != nullptr) {
+    if (verified_from(0)) {
+      bt.irq_stack = irq->base;
+      return bt;
+    }
+    note("on the hardirq stack at " + hex(irq->base) + ", but no verified chain starts there: the task stack's trace");
+  }
+  if (verified_from(static_cast<int>(v.regions.size()) - 1)) return bt;
+
+  // 3. Nothing verifies: every kernel text address on the task stack, innermost first.
+  for (uint64_t i = 0; i < task_stack.bytes.size() / 8; ++i) {
+    uint64_t x;
+    std::memcpy(&x, task_stack.bytes.data() + 8 * i, 8);
+    if (!in_text(x)) continue;
     if (bt.frames.size() >= opt_.max_frames) {
       bt.truncated = true;
       break;
     }
-    bt.frames.push_back(make_frame(w(i), base + 8 * i, Verification::kScannedUnverified));
+    bt.frames.push_back(make_frame(x, task_stack.base + 8 * i, Verification::kScannedUnverified));
   }
   note("no ORC-consistent chain on the stack");
   bt.verification = Verification::kScannedUnverified;

@@ -144,6 +144,7 @@ std::string format_snapshot(const GuestSnapshot& s, const SnapshotFormatOptions&
     appendf(out, "\nCPU%u backtrace of %s (%s, stack %s", c.cpu, task_str(c.rq.curr).c_str(), to_string(b.verification),
             hex(b.stack_base).c_str());
     if (b.pt_regs) appendf(out, ", interrupt frame at %s", hex(*b.pt_regs).c_str());
+    if (b.irq_stack) appendf(out, ", from the hardirq stack at %s", hex(*b.irq_stack).c_str());
     out += "):\n";
     for (size_t i = 0; i < b.frames.size(); ++i) {
       const Frame& f = b.frames[i];
@@ -201,12 +202,14 @@ nlohmann::json backtrace_json(const Backtrace& b) {
     }
     if (!f.module.empty()) fj["module"] = f.module;
     if (f.stack_slot) fj["stack_slot"] = hex(f.stack_slot);
+    if (f.stack == StackKind::kIrq) fj["stack"] = "irq";
     frames.push_back(std::move(fj));
   }
   nlohmann::json j = {{"task", hex(b.task)},       {"stack_base", hex(b.stack_base)}, {"stack_size", b.stack_size},
                       {"verification", to_string(b.verification)}, {"frames", frames}, {"truncated", b.truncated},
                       {"notes", b.notes}};
   if (b.pt_regs) j["pt_regs"] = hex(*b.pt_regs);
+  if (b.irq_stack) j["irq_stack"] = hex(*b.irq_stack);
   return j;
 }
 

@@ -908,7 +908,8 @@ Result<Backtrace> SnapshotReader::backtrace_cpu(const GuestSnapshot& s, uint32_t
     }
   }
   if (!backtracer_) return *backtracer_error_;
-  return backtracer_->backtrace_task(s.cpus[cpu].rq.curr.address);
+  // With the CPU's per-cpu offset: a CPU on its hardirq stack has that stack read too.
+  return backtracer_->backtrace_cpu_task(s.cpus[cpu].rq.curr.address, s.cpus[cpu].per_cpu_offset);
 }
 
 Result<std::vector<PrintkRecord>> read_printk_tail(KernelAccess& kernel, uint32_t max_records, uint32_t max_text,

@@ -100,16 +100,22 @@ introspect::GuestSnapshot snapshot_with_sh_on_cpu1() {
   return s;
 }
 
-TEST(KernelTraceAdapter, FramesInnermostFirstBoundedAndVerification) {
+// An ORC-verified trace of `n` frames f0+0x10/0x100, f1+0x10/0x100, ...
+introspect::Backtrace orc_trace(int n) {
   introspect::Backtrace bt;
   bt.verification = introspect::Verification::kOrcChain;
-  for (int i = 0; i < 20; ++i) {
+  for (int i = 0; i < n; ++i) {
     introspect::Frame f;
     f.symbol = "f" + std::to_string(i);
     f.offset = 0x10;
     f.size = 0x100;
     bt.frames.push_back(f);
   }
+  return bt;
+}
+
+TEST(KernelTraceAdapter, FramesInnermostFirstBoundedAndVerification) {
+  introspect::Backtrace bt = orc_trace(20);
   const diagnosis::Timestamp at{std::chrono::seconds(5)};
   auto t = to_kernel_trace(Result<introspect::Backtrace>(bt), snapshot_with_sh_on_cpu1(), 1, at, 16);
   EXPECT_TRUE(t.error.empty());
@@ -125,6 +131,30 @@ TEST(KernelTraceAdapter, FramesInnermostFirstBoundedAndVerification) {
   t = to_kernel_trace(Result<introspect::Backtrace>(bt), snapshot_with_sh_on_cpu1(), 1, at, 16);
   EXPECT_EQ(t.verification, diagnosis::TraceVerification::kInterruptFrame);
   EXPECT_FALSE(t.truncated);
+}
+
+// A trace that starts on the hardirq stack: its frames there, then where the interrupt came in.
+TEST(KernelTraceAdapter, HardirqFramesAndWhereTheInterruptCameIn) {
+  introspect::Backtrace bt = orc_trace(6);
+  for (int i = 0; i < 6; ++i) {
+    bt.frames[i].stack = i < 2 ? introspect::StackKind::kIrq : introspect::StackKind::kTask;
+    bt.frames[i].interrupted = i == 3 || i == 5;
+  }
+  bt.irq_stack = 0xffffc90000020000ULL;
+  auto t = to_kernel_trace(Result<introspect::Backtrace>(bt), snapshot_with_sh_on_cpu1(), 1, {}, 16);
+  EXPECT_EQ(t.irq_frames, 2u);
+  EXPECT_EQ(t.interrupted, std::optional<std::size_t>(3));
+  EXPECT_EQ(t.frames[0], "f0+0x10/0x100 (irq stack)");
+  // Cut before it: not known.
+  t = to_kernel_trace(Result<introspect::Backtrace>(bt), snapshot_with_sh_on_cpu1(), 1, {}, 3);
+  EXPECT_EQ(t.irq_frames, 2u);
+  EXPECT_FALSE(t.interrupted.has_value());
+  // The task stack alone: neither.
+  for (auto& f : bt.frames) f.stack = introspect::StackKind::kTask;
+  bt.irq_stack.reset();
+  t = to_kernel_trace(Result<introspect::Backtrace>(bt), snapshot_with_sh_on_cpu1(), 1, {}, 16);
+  EXPECT_EQ(t.irq_frames, 0u);
+  EXPECT_FALSE(t.interrupted.has_value());
 }
 
 TEST(KernelTraceAdapter, AFailedBacktraceIsATraceThatSaysWhy) {

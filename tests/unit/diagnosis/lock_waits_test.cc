@@ -49,6 +49,28 @@ TEST(SpinlockWaitFrame, InnermostFrameInTheLockPath) {
             "do_raw_spin_lock+0x6a/0xc0");
 }
 
+// Read while the CPU served an interrupt on its hardirq stack: the interrupt returns to where it
+// came in, and that is where the CPU spins; a spinlock taken in the handler itself is innermost.
+TEST(SpinlockWaitFrame, ThroughAnInterruptServedOnTheHardirqStack) {
+  KernelTrace t = trace({"hrtimer_interrupt+0x10e/0x240 (irq stack)", "sysvec_apic_timer_interrupt+0x8f/0xb0 (irq stack)",
+                         "asm_sysvec_apic_timer_interrupt+0x1a/0x20", "native_queued_spin_lock_slowpath+0x6e/0x2c0",
+                         "_raw_spin_lock+0x29/0x30", "d_alloc_parallel+0x1a0/0x4e0"});
+  EXPECT_FALSE(spinlock_wait_frame(t)) << "without knowing where the interrupt came in";
+  t.irq_frames = 2;
+  t.interrupted = 3;
+  EXPECT_EQ(spinlock_wait_frame(t), "native_queued_spin_lock_slowpath+0x6e/0x2c0");
+  // Where it came in is no lock path: no lock wait (a lock entry further out is one it returned from).
+  t.frames[3] = "console_unlock+0x1a/0x30";
+  EXPECT_FALSE(spinlock_wait_frame(t));
+  // The handler spins on a lock itself.
+  KernelTrace h = trace({"_raw_spin_lock+0x29/0x30 (irq stack)", "handle_edge_irq+0x20/0x200 (irq stack)",
+                         "__common_interrupt+0x40/0xb0 (irq stack)", "common_interrupt+0x80/0xa0 (irq stack)",
+                         "asm_common_interrupt+0x26/0x40", "default_idle+0x10/0x20"});
+  h.irq_frames = 4;
+  h.interrupted = 5;
+  EXPECT_EQ(spinlock_wait_frame(h), "_raw_spin_lock+0x29/0x30 (irq stack)");
+}
+
 TEST(SpinlockWaitFrame, NotALockWait) {
   EXPECT_FALSE(spinlock_wait_frame(trace(kHolderFrames)));
   // A lock entry deeper than the innermost frame: the CPU returned from it (stale, or it holds it).

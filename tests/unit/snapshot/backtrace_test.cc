@@ -289,5 +289,160 @@ TEST_F(BacktraceTest, BacktraceCpuRetriesAfterTheBudgetFreesUpButNotAfterAMissin
   EXPECT_EQ(bt->frames.front().symbol, "inner");
 }
 
+// Issue 12 item 1, IRQ stacks: a CPU on its hardirq stack has its live frames there; the chain
+// goes on onto the task stack through the RSP saved at the top of the hardirq stack.
+std::vector<StackKind> stacks(const Backtrace& b) {
+  std::vector<StackKind> v;
+  for (const Frame& f : b.frames) v.push_back(f.stack);
+  return v;
+}
+
+const std::vector<std::string> kFromIrq = {"irq_handler", "irq_switch", "irq_entry", "inner",
+                                           "middle",      "outer",      "ret_from_fork"};
+
+TEST_F(BacktraceTest, OnTheHardirqStackTheChainStartsThereAndGoesOnOntoTheTaskStack) {
+  g.build_irq_stack();
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_TRUE((*r)->irq_stack_layout().has_value());
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kFromIrq);
+  // irq_switch returns to the hardirq stack's top (the kernel's own dumps print it inside <IRQ>).
+  using K = StackKind;
+  EXPECT_EQ(stacks(*bt), (std::vector<K>{K::kIrq, K::kIrq, K::kTask, K::kTask, K::kTask, K::kTask, K::kTask}));
+  EXPECT_EQ(bt->irq_stack, std::optional<uint64_t>(OrcStack::kIrqStack));
+  EXPECT_EQ(bt->verification, Verification::kOrcChain);
+  EXPECT_FALSE(bt->pt_regs.has_value());
+  EXPECT_EQ(bt->frames[0].format(), "irq_handler+0x18/0x100 (irq stack)");
+  EXPECT_EQ(bt->frames[0].stack_slot, g.irq_slot_handler);
+  EXPECT_EQ(bt->frames[2].format(), "irq_entry+0x10/0x100");
+  EXPECT_EQ(bt->frames[3].format(), "inner+0x18/0x100");  // the pt_regs the interrupt left, on the way
+  for (const Frame& f : bt->frames) EXPECT_EQ(f.verification, Verification::kOrcChain) << f.format();
+  for (size_t i = 0; i < bt->frames.size(); ++i) EXPECT_EQ(bt->frames[i].interrupted, i == 3) << i;
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+  // A trace of the task alone (no CPU) does not read the hardirq stack.
+  auto task_only = (*r)->backtrace_task(g.task);
+  ASSERT_TRUE(task_only.ok());
+  EXPECT_EQ(names(*task_only), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+  EXPECT_FALSE(task_only->irq_stack.has_value());
+
+  // The snapshot reader asks with the CPU's per-cpu offset.
+  auto reader = SnapshotReader::create(k, SnapshotOptions{});
+  ASSERT_TRUE(reader.ok()) << reader.error().to_string();
+  GuestSnapshot s = (*reader)->take();
+  auto viacpu = (*reader)->backtrace_cpu(s, 0);
+  ASSERT_TRUE(viacpu.ok()) << viacpu.error().to_string();
+  EXPECT_EQ(names(*viacpu), kFromIrq);
+  s.cpus[0].backtrace = *viacpu;
+  auto j = snapshot_to_json(s)["cpus"][0]["backtrace"];
+  EXPECT_EQ(j["irq_stack"], "0xffffc90000020000");
+  EXPECT_EQ(j["frames"][0]["stack"], "irq");
+  EXPECT_FALSE(j["frames"][2].contains("stack"));
+}
+
+TEST_F(BacktraceTest, OffTheHardirqStackOnlyTheTaskStackIsRead) {
+  g.build_irq_stack();
+  g.install_orc(false);
+  k.mem.put<uint8_t>(g.irq_inuse_at, 0);  // returned from the interrupt: stale frames stay there
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+  EXPECT_EQ(bt->verification, Verification::kPtRegs);
+  EXPECT_FALSE(bt->irq_stack.has_value());
+  EXPECT_TRUE(bt->notes.empty());
+}
+
+TEST_F(BacktraceTest, HardirqStackOfLinux62PlusInPcpuHot) {
+  g.build_irq_stack(/*pcpu_hot=*/true);
+  g.install_orc(true);  // and the 6.1 ORC format: the two detections are independent
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_TRUE((*r)->irq_stack_layout().has_value());
+  EXPECT_EQ((*r)->irq_stack_layout()->stack_ptr, 0x3420u);
+  EXPECT_EQ((*r)->irq_stack_layout()->inuse, 0x3428u);
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kFromIrq);
+}
+
+TEST_F(BacktraceTest, WithoutTheHardirqStackSymbolsTheTaskStackOnly) {
+  g.build_irq_stack();
+  g.install_orc(false);
+  k.remove_symbol("hardirq_stack_inuse");  // before 5.12: irq_count, not read
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_FALSE((*r)->irq_stack_layout().has_value());
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"}));
+}
+
+TEST_F(BacktraceTest, HostileHardirqStacksFallBackToTheTaskStackSayingWhy) {
+  g.build_irq_stack();
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto expect_task_trace = [&](const std::string& note) {
+    auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+    ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+    EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"})) << note;
+    EXPECT_FALSE(bt->irq_stack.has_value());
+    ASSERT_FALSE(bt->notes.empty()) << note;
+    EXPECT_NE(bt->notes[0].find(note), std::string::npos) << bt->notes[0];
+  };
+  // The saved RSP points back into the hardirq stack, below the frame (a loop).
+  k.mem.put<uint64_t>(g.irq_tos, g.irq_tos - 64);
+  expect_task_trace("no verified chain starts there");
+  // ...or above the top of the task stack's frames into nowhere.
+  k.mem.put<uint64_t>(g.irq_tos, 0xffffc900dead0000ULL);
+  expect_task_trace("no verified chain starts there");
+  k.mem.put<uint64_t>(g.irq_tos, g.pt_regs - 16);
+  // A pointer that is no stack top.
+  k.mem.put<uint64_t>(g.irq_ptr_at, g.irq_tos + 0x100);
+  expect_task_trace("implausible");
+  // A stack that is not mapped.
+  k.mem.put<uint64_t>(g.irq_ptr_at, 0xffffc90000f00000ULL - 8);
+  expect_task_trace("unreadable");
+  k.mem.put<uint64_t>(g.irq_ptr_at, g.irq_tos);
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), kFromIrq);
+}
+
+TEST_F(BacktraceTest, AChainNeverGoesFromTheTaskStackOntoTheHardirqStack) {
+  g.build_irq_stack();
+  g.install_orc(false);
+  // The task stack: no interrupt frame and no complete chain (ret_from_fork's slot is gone), so
+  // its innermost chain of 2 frames wins; the innermost return address (into irq_switch, whose
+  // SP_INDIRECT hint reads its CFA from the stack) names a CFA on the hardirq stack, where
+  // irq_handler's return address sits.
+  g.clear_pt_regs();
+  k.mem.put<uint64_t>(g.slot_entry, 0);
+  const uint64_t slot = g.stack + 0x200;
+  k.mem.put<uint64_t>(slot, g.f_irq_switch + 0x20);
+  k.mem.put<uint64_t>(slot + 8, g.irq_slot_handler - 8);
+  std::vector<uint8_t> task(OrcStack::kStackSize), irq(OrcStack::kStackSize);
+  ASSERT_TRUE(k.read(g.stack, task.data(), task.size()).ok());
+  ASSERT_TRUE(k.read(OrcStack::kIrqStack, irq.data(), irq.size()).ok());
+  // On the hardirq stack nothing chains onto the task stack (its top is cleared).
+  std::fill(irq.end() - 16, irq.end(), uint8_t{0});
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  const StackBytes irq_stack{OrcStack::kIrqStack, irq};
+  Backtrace bt = (*r)->backtrace_stacks(g.task, StackBytes{g.stack, task}, &irq_stack);
+  EXPECT_EQ(names(bt), (std::vector<std::string>{"middle", "outer"}));
+  for (const Frame& f : bt.frames) EXPECT_EQ(f.stack, StackKind::kTask) << f.format();
+  EXPECT_FALSE(bt.irq_stack.has_value());
+  ASSERT_FALSE(bt.notes.empty());
+  EXPECT_NE(bt.notes[0].find("no verified chain starts there"), std::string::npos) << bt.notes[0];
+  // Without the hardirq stack's bytes the same (its words are not there to read).
+  bt = (*r)->backtrace_stacks(g.task, StackBytes{g.stack, task}, nullptr);
+  EXPECT_EQ(names(bt), (std::vector<std::string>{"middle", "outer"}));
+}
+
 }  // namespace
 }  // namespace stallmon::introspect

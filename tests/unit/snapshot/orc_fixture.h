@@ -113,6 +113,53 @@ struct OrcStack {
     k.mem.put<uint64_t>(sp_inner - 16, f_stale + 0x8);
   }
 
+  // The CPU took an interrupt while `inner` ran (the pt_regs above, on the task stack) and is
+  // still on its hardirq stack, as arch/x86's entry code lays it out: the entry stub (irq_entry,
+  // a REGS hint after its call) called irq_switch on the task stack (common_interrupt), which
+  // saved its RSP at the top of the hardirq stack and called irq_handler there
+  // (call_on_irqstack: its return address has an SP_INDIRECT hint); irq_handler called a
+  // function that spins and calls nothing (no return address of its own). CPU 0's per-cpu
+  // hardirq_stack_ptr (top - 8) and hardirq_stack_inuse say so: as per-cpu variables (6.1), or
+  // as members of per-cpu struct pcpu_hot (6.2+) when `pcpu_hot`. Call before install_orc.
+  static constexpr uint64_t kIrqStack = 0xffffc90000020000ULL;
+  void build_irq_stack(bool pcpu_hot = false) {
+    using E = OrcEntry;
+    f_irq_entry = k.func("irq_entry");
+    f_irq_switch = k.func("irq_switch");
+    f_irq_handler = k.func("irq_handler");
+    table.push_back({f_irq_entry, E{0, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kRegs, false}});
+    table.push_back({f_irq_switch, E{16, 0, kOrcRegSpIndirect, kOrcRegUndefined, OrcType::kCall, false}});
+    table.push_back({f_irq_handler, E{24, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
+    k.mem.map(kIrqStack, kStackSize);
+    std::vector<uint8_t> zero(kStackSize, 0);
+    k.mem.write(kIrqStack, zero.data(), zero.size());
+    irq_tos = kIrqStack + kStackSize - 8;
+    k.mem.put<uint64_t>(pt_regs - 8, f_irq_entry + 0x10);     // the stub's call to irq_switch
+    k.mem.put<uint64_t>(irq_tos, pt_regs - 16);               // movq %rsp, (tos)
+    k.mem.put<uint64_t>(irq_tos - 8, f_irq_switch + 0x20);    // call on the hardirq stack
+    irq_slot_handler = irq_tos - 32;                          // irq_handler's CFA is SP + 24
+    k.mem.put<uint64_t>(irq_slot_handler, f_irq_handler + 0x18);
+    if (pcpu_hot) {
+      struct btf* b = k.btf();
+      const int ul = btf__add_int(b, "unsigned long", 8, 0);
+      const int bl = btf__add_int(b, "_Bool", 1, BTF_INT_BOOL);
+      btf__add_struct(b, "pcpu_hot", 64);
+      btf__add_field(b, "current_task", ul, 0, 0);
+      btf__add_field(b, "hardirq_stack_ptr", ul, 0x20 * 8, 0);
+      btf__add_field(b, "hardirq_stack_inuse", bl, 0x28 * 8, 0);
+      k.add_symbol("pcpu_hot", 0x3400);
+      irq_ptr_at = k.percpu("pcpu_hot", 0) + 0x20;
+      irq_inuse_at = k.percpu("pcpu_hot", 0) + 0x28;
+    } else {
+      k.add_symbol("hardirq_stack_ptr", 0x3300);
+      k.add_symbol("hardirq_stack_inuse", 0x3308);
+      irq_ptr_at = k.percpu("hardirq_stack_ptr", 0);
+      irq_inuse_at = k.percpu("hardirq_stack_inuse", 0);
+    }
+    k.mem.put<uint64_t>(irq_ptr_at, irq_tos);
+    k.mem.put<uint8_t>(irq_inuse_at, 1);
+  }
+
   void fill_stack_with(uint64_t value) {
     for (uint64_t a = kStack + 8; a < kStack + kStackSize; a += 8) k.mem.put<uint64_t>(a, value);
   }
@@ -156,6 +203,8 @@ struct OrcStack {
   std::vector<std::pair<uint64_t, OrcEntry>> table;
   uint64_t task = 0, stack = kStack;
   uint64_t slot_entry = 0, slot_outer = 0, slot_middle = 0, sp_inner = 0, pt_regs = 0, stale_slot = 0;
+  uint64_t f_irq_entry = 0, f_irq_switch = 0, f_irq_handler = 0;
+  uint64_t irq_tos = 0, irq_slot_handler = 0, irq_ptr_at = 0, irq_inuse_at = 0;
 };
 
 }  // namespace stallmon::introspect::testing

@@ -3,9 +3,10 @@
 // registers. The task's kernel stack is read, candidate return addresses (kernel text) are
 // verified with the kernel's own ORC unwind tables (read from guest memory, found through
 // kallsyms), and saved interrupt frames (pt_regs) give the interrupted RIP of a CPU that takes
-// interrupts. Limits (see introspect/README.md, "Backtraces"): the stack is read while the CPU
-// runs, so the innermost live function is only seen when an interrupt frame is on the stack,
-// and frames below the live one are stale.
+// interrupts. A CPU that is on its hardirq stack (serving an interrupt or a softirq) has that
+// stack read too, the chain continuing onto the task stack. Limits (see introspect/README.md,
+// "Backtraces"): the stack is read while the CPU runs, so the innermost live function is only
+// seen when an interrupt frame is on the stack, and frames below the live one are stale.
 #pragma once
 
 #include <cstdint>
@@ -111,6 +112,9 @@ enum class Verification : uint8_t {
 };
 const char* to_string(Verification v);
 
+// The stack a frame runs on.
+enum class StackKind : uint8_t { kTask, kIrq };
+
 struct Frame {
   uint64_t address = 0;       // return address (or interrupted RIP)
   uint64_t stack_slot = 0;    // where on the stack it was found (0: from pt_regs.ip)
@@ -118,8 +122,11 @@ struct Frame {
   uint64_t offset = 0, size = 0;
   std::string module;         // empty: vmlinux
   Verification verification = Verification::kScannedUnverified;
+  StackKind stack = StackKind::kTask;  // where the function's frame is (its SP's stack)
+  bool interrupted = false;  // address is the RIP of a saved interrupt frame, not a return address
   // "function+0xoff/0xlen [module]" (or the hex address when unknown); an inferred kthread
-  // thread function ends in " (kthread threadfn, inferred)".
+  // thread function ends in " (kthread threadfn, inferred)", a frame on the hardirq stack in
+  // " (irq stack)".
   std::string format() const;
 };
 
@@ -131,6 +138,8 @@ struct Backtrace {
   // innermost return address that starts an ORC chain, or neither (every text address listed).
   Verification verification = Verification::kScannedUnverified;
   std::optional<uint64_t> pt_regs;  // address of the interrupt frame the trace starts from
+  // The base of the CPU's hardirq stack when the trace starts on it (backtrace_cpu_task).
+  std::optional<uint64_t> irq_stack;
   bool truncated = false;           // max_frames hit
   std::vector<std::string> notes;   // why a chain stopped, what was skipped
 };
@@ -158,6 +167,24 @@ struct KthreadLayout {
   static std::optional<KthreadLayout> resolve(const KernelAccess& k);
 };
 
+// The per-CPU hardirq stack of x86_64 (arch/x86/kernel/irq_64.c): the per-cpu offsets of its
+// pointer (map_irq_stack stores the top of the stack - 8 there) and of the flag that says the
+// CPU is on it (set around call_on_irqstack, hardirqs and softirqs alike). By feature: the
+// per-cpu variables hardirq_stack_ptr and hardirq_stack_inuse (5.12 - 6.1, again 6.15+), else
+// the members of per-cpu struct pcpu_hot (6.2 - 6.14). nullopt without either (then a CPU's
+// trace is its task stack's only).
+struct IrqStackLayout {
+  uint64_t stack_ptr = 0;  // per-cpu offset of the pointer
+  uint64_t inuse = 0;      // per-cpu offset of the bool
+  static std::optional<IrqStackLayout> resolve(const KernelAccess& k);
+};
+
+// One stack's bytes as read from the guest: `bytes` from `base`.
+struct StackBytes {
+  uint64_t base = 0;
+  std::vector<uint8_t> bytes;
+};
+
 class BacktraceReader {
  public:
   // Resolves task_struct.stack, kernel text bounds (_stext.._etext) and reads the ORC tables
@@ -172,8 +199,16 @@ class BacktraceReader {
   // A kthread whose innermost verified frame is kthread() gets its thread function as an
   // inferred innermost frame (Verification::kInferredThreadfn).
   Result<Backtrace> backtrace_task(uint64_t task);
+  // The backtrace of `task`, current on the CPU whose per-cpu offset is `per_cpu_offset`: as
+  // backtrace_task, and when the CPU's hardirq_stack_inuse is set, its hardirq stack is read
+  // too (thread_size bytes: IRQ_STACK_SIZE is THREAD_SIZE on x86_64) and the trace starts there
+  // if a verified chain does, continuing onto the task stack; otherwise as backtrace_task, noted.
+  Result<Backtrace> backtrace_cpu_task(uint64_t task, uint64_t per_cpu_offset);
   // Same on stack bytes already read (tests, fuzzing): `stack` holds thread_size bytes from `base`.
   Backtrace backtrace_stack(uint64_t task, uint64_t base, const std::vector<uint8_t>& stack) const;
+  // With the hardirq stack the CPU is on (`irq`, null: none), innermost, then the task's.
+  Backtrace backtrace_stacks(uint64_t task, const StackBytes& task_stack, const StackBytes* irq) const;
+  const std::optional<IrqStackLayout>& irq_stack_layout() const { return irq_; }
 
   const OrcTable& orc() const { return orc_; }
   // Loaded modules as last read (empty before the first backtrace_task, or without modules).
@@ -194,6 +229,10 @@ class BacktraceReader {
  private:
   BacktraceReader(KernelAccess& k, BacktraceOptions o);
   Frame make_frame(uint64_t address, uint64_t slot, Verification v) const;
+  Result<StackBytes> read_task_stack(uint64_t task, MemoryCharge& charge);
+  // The CPU's hardirq stack if it is on it; nullopt (and why in `note`, if not simply idle) otherwise.
+  std::optional<StackBytes> read_irq_stack(uint64_t per_cpu_offset, MemoryCharge& charge, std::string& note);
+  void finish(Backtrace& bt);
   bool in_module_text(uint64_t ip) const;
   void infer_threadfn(Backtrace& bt);
   KernelAccess& k_;
@@ -209,6 +248,7 @@ class BacktraceReader {
   uint64_t modules_head_[2] = {0, 0};
   bool modules_read_ = false;
   std::optional<KthreadLayout> kthread_;  // resolved at create
+  std::optional<IrqStackLayout> irq_;     // resolved at create
 };
 
 }  // namespace stallmon::introspect

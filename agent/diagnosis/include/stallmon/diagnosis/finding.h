@@ -77,6 +77,14 @@ struct WaitRootsEvidence {
 struct KernelTraceEvidence {
   KernelTrace trace;
   Duration age{0};  // since the daemon read it, as of the finding's tick
+  // Confirmed across successive snapshots: the outermost `stable_frames` frames of `trace` were
+  // the outer frames of every one of the `stable_snapshots` consecutive trace reads of the same
+  // task (this one included), all verified (ORC chain or interrupt frame). 0 and 0 when nothing
+  // is confirmed: the first read, another task, an unverified trace or an error, or no outer
+  // frame shared with the previous read. Says the chain is consistent, not that the CPU has not
+  // moved (the innermost frames may change between reads); the verification mark is unchanged.
+  std::size_t stable_frames = 0;
+  int stable_snapshots = 0;
 };
 
 // A kernel stack overflow the panic text of a GUEST_PANIC names.
