@@ -49,13 +49,14 @@ using Clock = std::chrono::steady_clock;
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Guest kernels besides the testbed's default (Debian 12's 6.1). Issue 13: seed case 1 is
-// diagnosed on the RT and cloud flavors of 6.1 and 6.12 by running the seed-case-1 variants
-// (i440fx, DIMM, forged notes, forged BUILD-ID) on them, at no extra guest boot. Keep
-// tests/testbed/integration-kernels in step (deploy/test.sh builds their kits ahead).
+// diagnosed on the cloud flavors of 6.1 and 6.12 by running two seed-case-1 variants (i440fx,
+// forged BUILD-ID) on them, at no extra guest boot. The RT flavors are not here yet: on 6.1-rt
+// the seed-case-1 freeze produced neither an IPI wait nor the guest's own soft lockup, and a
+// 6.12-rt guest oopsed at boot (int3 in text being patched, TCG) before the boot-health gate
+// could replace it (tests/testbed/README.md). Keep tests/testbed/integration-kernels in step
+// (deploy/test.sh builds their kits ahead).
 constexpr const char* kKernel612 = "linux-image-6.12.117+deb12-amd64";
-constexpr const char* kKernel61Rt = "linux-image-rt-amd64";
 constexpr const char* kKernel61Cloud = "linux-image-cloud-amd64";
-constexpr const char* kKernel612Rt = "linux-image-6.12.118+deb12-rt-amd64";
 constexpr const char* kKernel612Cloud = "linux-image-6.12.118+deb12-cloud-amd64";
 
 std::string roots_of(const Finding& f) {
@@ -612,12 +613,11 @@ TEST_F(Scenario, SeedCase1OnAnI440fxGuestWithRamAbove4GiB) {
 }
 
 // Issue 11: the same on a guest with a hotplugged DIMM (256 MiB into a q35 guest started with
-// room for it, attached before the monitor starts and onlined by the guest), on the 6.1 RT kernel: the layout the
+// room for it, attached before the monitor starts and onlined by the guest): the layout the
 // monitor derives without a monitor command has the DIMM at its base, and the diagnosis holds.
 TEST_F(Scenario, SeedCase1OnAGuestWithAHotpluggedDimm) {
   tb::GuestOptions o;
   o.tag = "dx-dimm";
-  o.kernel_package = kKernel61Rt;
   o.scenario = "ipi-module";
   o.watchdog_thresh = 5;
   o.max_memory_mib = 2048;
@@ -646,12 +646,10 @@ TEST_F(Scenario, SeedCase1OnAGuestWithAHotpluggedDimm) {
 
 // Issue 10: the guest's root planted 40 forged VMCOREINFO notes (another KASLR slide, another
 // BUILD-ID, another phys_base, every field right plus one line) before the monitor started.
-// The monitor must find the real kernel and diagnose seed case 1 exactly as on a clean guest
-// (here Debian's 6.12 RT kernel).
+// The monitor must find the real kernel and diagnose seed case 1 exactly as on a clean guest.
 TEST_F(Scenario, SeedCase1OnAGuestThatPlantedForgedVmcoreinfoNotes) {
   tb::GuestOptions o;
   o.tag = "dx-forged";
-  o.kernel_package = kKernel612Rt;
   o.scenario = "notespray,ipi-module";
   o.watchdog_thresh = 5;
   seed_case1(o, "/run/tb/notespray.out");
