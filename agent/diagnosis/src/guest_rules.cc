@@ -185,6 +185,10 @@ void rule_irqs_off(TickContext& t) {
   const auto window = duration_cast<Duration>(period * t.config.irqs_off_periods);
   for (const auto& [cpu, ct] : g.cpus) {
     if (!ct.latest.online || !ct.watchdog_active() || !ct.hrtimer || !ct.run_at_hrtimer_since) continue;
+    // A count of 0: the watchdog hrtimer has never fired on this CPU since boot (a kernel seconds
+    // into its boot, before the lockup detector starts it, as after a warm reboot): standing still
+    // proves nothing yet.
+    if (*ct.hrtimer == 0) continue;
     const ThreadTracker* th = t.vcpu_thread(cpu);
     if (th == nullptr || th->blocked) continue;
     const Duration frozen = t.now - ct.hrtimer_since;

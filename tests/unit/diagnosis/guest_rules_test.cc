@@ -296,6 +296,25 @@ TEST(IrqsOff, HrtimerStandingStillWithoutHostRunTimeIsNotIrqsOff) {
   EXPECT_TRUE(sim.active(FindingKind::kGuestIrqsOff).empty());
 }
 
+// Seen after a warm reboot on a real guest: the new kernel, seconds into its boot, is already
+// read while its lockup detector has not started the watchdog hrtimer (count 0 on every CPU).
+TEST(IrqsOff, CountThatNeverStartedIsNotIrqsOff) {
+  Sim sim(2);
+  for (auto& c : sim.cpus) {
+    c.view.hrtimer_interrupts = 0;
+    c.view.watchdog_active = true;  // what the reader says of a watchdog-enabled kernel
+    c.timer_on = false;
+  }
+  sim.vcpus[0].run(0.9);
+  sim.run(30s);
+  EXPECT_TRUE(sim.active(FindingKind::kGuestIrqsOff).empty());
+  // Once the timer has fired, the same standing count with run time is interrupts off.
+  sim.cpus[0].view.hrtimer_interrupts = 1;
+  sim.run_task(0, "spin", 50);
+  sim.run(30s);
+  EXPECT_EQ(sim.active(FindingKind::kGuestIrqsOff).size(), 1u);
+}
+
 TEST(IrqsOff, WindowFollowsWatchdogThresh) {
   Sim sim(2);
   sim.guest.watchdog_thresh = 5;  // period 2 s: judge after 5 s
