@@ -160,6 +160,10 @@ struct DomainState {
   ConsoleLog console;  // this boot's console as seen across snapshots
   bool suspect = false;
   std::map<int, HostStop> last_host_stop;  // by vCPU index
+  // This run's first tick and first guest snapshot of the domain: where the re-evaluation of
+  // findings restored from a previous run starts (DiagnosisConfig::restored_reevaluate_within).
+  std::optional<Timestamp> first_tick_at;
+  std::optional<Timestamp> first_guest_tick_at;
 };
 
 }  // namespace stallmon::diagnosis

@@ -29,6 +29,31 @@ bool same_cause(const Finding& held, const Finding& now) {
   return held.cause == now.cause || held.cause_evaluating || now.cause_evaluating;
 }
 
+// How long after the domain's first tick (first guest snapshot, for a guest kind) this run's
+// fresh trackers need before the kind's rule can propose a condition that still holds: its
+// threshold, with a second sample to spare. A restored finding not proposed by then has ended.
+// GUEST_IRQS_OFF waits 2.5 watchdog periods of the guest (its watchdog_thresh is not known
+// here): the configured cap, restored_reevaluate_within.
+Duration reevaluate_window(FindingKind k, const DiagnosisConfig& c) {
+  const Duration two_snapshots = 2 * c.baseline_snapshot_interval;
+  Duration w = c.restored_reevaluate_within;
+  switch (k) {
+    case FindingKind::kVcpuHostBlocked:
+    case FindingKind::kVmWideStall: w = 2 * c.host_blocked_min; break;
+    case FindingKind::kVcpuHostStarved: w = c.starved_window + c.starved_sustain + std::chrono::seconds(1); break;
+    case FindingKind::kHostMonitorUnresponsive: w = std::chrono::seconds(1); break;
+    case FindingKind::kGuestIpiStall: w = 2 * c.ipi_stall_min + two_snapshots; break;
+    case FindingKind::kGuestIdleWithPendingWork: w = 2 * c.idle_pending_min + two_snapshots; break;
+    case FindingKind::kGuestSoftlockupImminent:
+    case FindingKind::kGuestSoftlockup:
+    case FindingKind::kGuestPanic:
+    case FindingKind::kGuestStackOverflow: w = two_snapshots; break;
+    case FindingKind::kGuestIrqsOff:
+    case FindingKind::kUnspecified: break;
+  }
+  return std::min(w, c.restored_reevaluate_within);
+}
+
 std::string domain_key(const DomainIdentity& id) { return id.uuid.empty() ? id.name : id.uuid; }
 
 std::optional<WindowStats> window_stats(const std::deque<HostSamplePoint>& samples, Timestamp now, Duration window) {
@@ -282,6 +307,7 @@ struct DiagnosisEngine::Impl {
   FindingStore store;
   std::map<std::string, DomainState> domains;
   FindingListener* listener = nullptr;
+  std::optional<Timestamp> restored_at;  // restore() was called then
 
   DomainState* find(const std::string& domain) {
     if (auto it = domains.find(domain); it != domains.end()) return &it->second;
@@ -374,6 +400,22 @@ struct DiagnosisEngine::Impl {
     for (const auto& k : store.active_keys(d.key + "|")) {
       if (proposed.count(k)) continue;
       const Finding* f = store.active(k);
+      if (store.unconfirmed(k)) {
+        // A finding of the previous run that no rule has proposed yet: kept while this run's
+        // fresh trackers may still confirm it (a guest kind from the first guest snapshot on),
+        // resolved when the window passes or the guest's boot ends.
+        const bool guest = is_guest_kind(f->kind);
+        const auto from = guest ? d.first_guest_tick_at : d.first_tick_at;
+        const bool waiting = from ? now - *from < reevaluate_window(f->kind, config)
+                                  : now - d.first_tick_at.value_or(now) < config.restored_domain_wait;
+        if (waiting && !(guest && new_boot)) {
+          kept.push_back(k);
+          survivors[f->id] = f;
+        } else {
+          store.resolve(k, now, out);
+        }
+        continue;
+      }
       // Guest findings stand until a snapshot (or a new boot) says otherwise.
       if (!guest_tick && !new_boot && is_guest_kind(f->kind)) {
         kept.push_back(k);
@@ -429,6 +471,8 @@ struct DiagnosisEngine::Impl {
     const std::string key = domain_key(obs.domain);
     DomainState& d = domains[key];
     d.key = key;
+    if (!d.first_tick_at) d.first_tick_at = now;
+    if (obs.guest && !d.first_guest_tick_at) d.first_guest_tick_at = now;
     d.identity = obs.domain;
     std::vector<FindingEvent> out;
 
@@ -633,6 +677,32 @@ std::size_t DiagnosisEngine::resolved_history_size() const {
 std::size_t DiagnosisEngine::event_log_size() const {
   std::lock_guard lock(impl_->mu);
   return impl_->store.event_log_size();
+}
+
+Result<void> DiagnosisEngine::restore(RestoredFindings restored) {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->store.used() || !impl_->domains.empty())
+    return Error(ErrorCode::kInvalidArgument, "restore: the engine has already seen findings");
+  impl_->store.restore(std::move(restored));
+  impl_->restored_at = impl_->clock.now();
+  return {};
+}
+
+std::vector<FindingEvent> DiagnosisEngine::expire_restored() {
+  std::lock_guard lock(impl_->mu);
+  std::vector<FindingEvent> out;
+  if (!impl_->restored_at) return out;
+  const Timestamp now = impl_->clock.now();
+  if (now - *impl_->restored_at < impl_->config.restored_domain_wait) return out;
+  for (const auto& key : impl_->store.unconfirmed_keys()) {
+    // Domains that tick decide their own in observe(); this is for the ones that never came.
+    const std::string domain = key.substr(0, key.find('|'));
+    if (impl_->domains.count(domain)) continue;
+    impl_->store.resolve(key, now, out);
+  }
+  impl_->store.end_tick();
+  impl_->deliver(out);
+  return out;
 }
 
 void DiagnosisEngine::set_listener(FindingListener* listener) {

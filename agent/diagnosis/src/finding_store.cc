@@ -20,11 +20,13 @@ const Finding* FindingStore::active(const std::string& condition_key) const {
   return it == active_.end() ? nullptr : &it->second.finding;
 }
 
-void FindingStore::emit(FindingEvent::Type type, const Finding& f, std::vector<FindingEvent>& out) {
+void FindingStore::emit(FindingEvent::Type type, const Finding& f, const std::string& condition_key,
+                        std::vector<FindingEvent>& out) {
   FindingEvent ev;
   ev.type = type;
   ev.revision = ++revision_;
   ev.finding = f;
+  ev.condition_key = condition_key;
   events_.push_back(ev);
   while (events_.size() > max_events_) events_.pop_front();
   out.push_back(std::move(ev));
@@ -43,7 +45,7 @@ void FindingStore::upsert(const std::string& condition_key, Finding finding, con
     finding.duration = now - finding.onset;
     Active a{finding, signature, now};
     active_.emplace(condition_key, a);
-    emit(FindingEvent::Type::kOpened, finding, out);
+    emit(FindingEvent::Type::kOpened, finding, condition_key, out);
     return;
   }
   Active& a = it->second;
@@ -66,12 +68,15 @@ void FindingStore::upsert(const std::string& condition_key, Finding finding, con
   finding.last_update = now;
   finding.active = true;
   finding.duration = now - finding.onset;
-  const bool material = recurred || signature != a.signature;
+  // A restored finding confirmed by this run's rules: continued, and said so (material).
+  const bool confirmed = a.unconfirmed;
+  a.unconfirmed = false;
+  const bool material = recurred || confirmed || signature != a.signature;
   a.finding = std::move(finding);
   a.signature = signature;
   if (material || now - a.last_emitted >= refresh) {
     a.last_emitted = now;
-    emit(FindingEvent::Type::kUpdated, a.finding, out);
+    emit(FindingEvent::Type::kUpdated, a.finding, condition_key, out);
   }
 }
 
@@ -85,7 +90,7 @@ void FindingStore::resolve(const std::string& condition_key, Timestamp now, std:
   f.resolved_at = at.value_or(now);
   // Duration of the condition as last confirmed, not up to the tick that noticed it was gone.
   f.duration = f.last_update - f.onset;
-  emit(FindingEvent::Type::kResolved, f, out);
+  emit(FindingEvent::Type::kResolved, f, condition_key, out);
   resolved_.push_back(std::move(f));
   while (resolved_.size() > max_history_) resolved_.pop_front();
 }
@@ -109,7 +114,7 @@ void FindingStore::relink(const std::string& condition_key, const std::string& i
   f.incident_id = incident_id;
   f.symptom_ids = symptom_ids;
   it->second.last_emitted = now;
-  emit(FindingEvent::Type::kUpdated, f, out);
+  emit(FindingEvent::Type::kUpdated, f, condition_key, out);
 }
 
 const Finding* FindingStore::resolved_by_id(const std::string& id) const {
@@ -131,6 +136,36 @@ std::vector<Finding> FindingStore::all_active() const {
   v.reserve(active_.size());
   for (const auto& [key, a] : active_) v.push_back(a.finding);
   return v;
+}
+
+void FindingStore::restore(RestoredFindings r) {
+  revision_ = r.revision;
+  next_seq_ = std::max(next_seq_, r.next_seq);
+  for (auto& f : r.resolved) resolved_.push_back(std::move(f));
+  while (resolved_.size() > max_history_) resolved_.pop_front();
+  for (auto& ev : r.events)
+    if (ev.revision <= revision_) events_.push_back(std::move(ev));
+  while (events_.size() > max_events_) events_.pop_front();
+  for (auto& a : r.active) {
+    if (a.condition_key.empty() || active_.count(a.condition_key)) continue;
+    a.finding.active = true;
+    a.finding.resolved_at.reset();
+    Active entry{std::move(a.finding), std::string(), {}, std::nullopt, true};
+    entry.last_emitted = entry.finding.last_update;
+    active_.emplace(a.condition_key, std::move(entry));
+  }
+}
+
+bool FindingStore::unconfirmed(const std::string& condition_key) const {
+  auto it = active_.find(condition_key);
+  return it != active_.end() && it->second.unconfirmed;
+}
+
+std::vector<std::string> FindingStore::unconfirmed_keys() const {
+  std::vector<std::string> keys;
+  for (const auto& [key, a] : active_)
+    if (a.unconfirmed) keys.push_back(key);
+  return keys;
 }
 
 EventsSince FindingStore::events_since(uint64_t after) const {

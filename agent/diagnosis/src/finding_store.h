@@ -58,14 +58,23 @@ class FindingStore {
   std::size_t event_log_size() const { return events_.size(); }
   void end_tick() { reserved_.clear(); }
 
+  // The previous run's findings (DiagnosisEngine::restore). Only on an unused store.
+  void restore(RestoredFindings r);
+  // Restored active findings not yet proposed by a rule since the restart (upsert confirms one).
+  bool unconfirmed(const std::string& condition_key) const;
+  std::vector<std::string> unconfirmed_keys() const;
+  bool used() const { return revision_ != 0 || !active_.empty() || !resolved_.empty(); }
+
  private:
   struct Active {
     Finding finding;
     std::string signature;
     Timestamp last_emitted{};
     std::optional<Timestamp> absent_since;
+    bool unconfirmed = false;  // restored, not proposed since
   };
-  void emit(FindingEvent::Type type, const Finding& f, std::vector<FindingEvent>& out);
+  void emit(FindingEvent::Type type, const Finding& f, const std::string& condition_key,
+            std::vector<FindingEvent>& out);
 
   std::size_t max_history_;
   std::size_t max_events_;

@@ -91,6 +91,19 @@ struct DiagnosisConfig {
   Duration update_min_interval = 1s;
   std::size_t max_resolved_history = 1000;  // resolved findings kept for ListFindings
   std::size_t max_event_log = 10000;        // events kept for WatchFindings resume
+
+  // --- Findings of a previous run (DiagnosisEngine::restore) ------------------------------
+  // A restored active finding is not trusted: it is continued (same id) if a rule proposes its
+  // condition soon enough after the domain's first tick of this run (its first guest snapshot,
+  // for a guest kind), else resolved then. Soon enough: the kind's own threshold with a sample
+  // to spare (1 s for VCPU_HOST_BLOCKED, 6 s for VCPU_HOST_STARVED's window + sustain, two
+  // snapshots for a soft lockup; engine.cc, reevaluate_window), at most this long - which is
+  // what GUEST_IRQS_OFF gets: 2.5 watchdog periods of a guest whose threshold the engine does
+  // not know in advance (10 s at watchdog_thresh 10, 30 s at 30).
+  Duration restored_reevaluate_within = 30s;
+  // A restored finding of a domain that never ticks this long after the restore (the guest was
+  // shut down while the daemon was away) is resolved by expire_restored().
+  Duration restored_domain_wait = 2min;
 };
 
 }  // namespace stallmon::diagnosis

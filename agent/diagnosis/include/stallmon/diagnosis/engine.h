@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "stallmon/base/result.h"
 #include "stallmon/diagnosis/config.h"
 #include "stallmon/diagnosis/finding.h"
 #include "stallmon/diagnosis/observation.h"
@@ -62,6 +63,19 @@ struct GuestCpuAges {
   Timestamp snapshot_at{};  // when the snapshot these ages come from was taken (host clock)
 };
 
+// What a previous run of the daemon left (agent/store loads it): the engine continues from it.
+struct RestoredFindings {
+  struct Active {
+    std::string condition_key;  // FindingEvent::condition_key of its last event
+    Finding finding;
+  };
+  std::vector<Finding> resolved;     // oldest first; the newest max_resolved_history are kept
+  std::vector<Active> active;        // re-evaluated, see DiagnosisConfig::restored_*
+  std::vector<FindingEvent> events;  // a contiguous run of revisions ending at `revision`, oldest first
+  uint64_t revision = 0;             // the last revision the previous run issued
+  uint64_t next_seq = 1;             // above every finding id's sequence number issued so far
+};
+
 class DiagnosisEngine {
  public:
   DiagnosisEngine(DiagnosisConfig config, const Clock& clock);
@@ -94,6 +108,16 @@ class DiagnosisEngine {
   uint64_t revision() const;
   std::size_t resolved_history_size() const;
   std::size_t event_log_size() const;
+
+  // Before the first observe(): the previous run's findings. Resolved ones are listed again;
+  // revisions go on from `revision` (events_since() serves the restored events); ids never
+  // repeat. Each active one stays active, unconfirmed, until its domain's first evaluation
+  // decides: continued with the same id (an UPDATED event) when a rule proposes its condition
+  // within restored_reevaluate_within, else resolved. Restoring over a used engine: kInvalidArgument.
+  Result<void> restore(RestoredFindings restored);
+  // Resolves the restored findings of domains that have not ticked within restored_domain_wait
+  // of the restore (the daemon calls it periodically). Returns the events (also delivered).
+  std::vector<FindingEvent> expire_restored();
 
   void set_listener(FindingListener* listener);  // nullptr to detach
   const DiagnosisConfig& config() const;

@@ -171,6 +171,9 @@ struct FindingEvent {
   Type type = Type::kUnspecified;
   uint64_t revision = 0;  // strictly increasing over the engine's life, starting at 1
   Finding finding;        // the finding as of this event
+  // The engine's key of the condition ("<domain key>|<KIND>|<rule key>"): what a persistent
+  // store keeps so that a restored active finding is continued under it. Not in the API.
+  std::string condition_key;
 };
 const char* to_string(FindingEvent::Type t);
 
