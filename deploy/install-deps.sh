@@ -24,6 +24,7 @@ build_deps=(
   libspdlog-dev libfmt-dev
   libgrpc++-dev libgrpc-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libyaml-cpp-dev libcli11-dev libcpp-httplib-dev nlohmann-json3-dev libsystemd-dev
+  libsqlite3-dev   # the persistent finding store (agent/store)
   libgtest-dev libgmock-dev libbenchmark-dev
   # The BPF task-iterator sampler: clang -target bpf, llvm-strip, bpftool (vmlinux.h and the
   # skeleton). Without them the build compiles the BPF sampler out and uses /proc.
