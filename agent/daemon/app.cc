@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <random>
 #include <set>
 
@@ -123,6 +124,81 @@ StepResult create_monitor(App& app) {
   return StepResult::next();
 }
 
+// The store's counters on /metrics (stallmon_store_*).
+class StoreMetrics final : public alerting::MetricsContributor {
+ public:
+  explicit StoreMetrics(const store::FindingDb& db) : db_(db) {}
+  void write_metrics(alerting::ExpositionWriter& w) const override {
+    const auto s = db_.stats();
+    w.family("stallmon_store_events_written_total", alerting::MetricType::kCounter,
+             "Finding events committed to the finding store.");
+    w.sample({}, static_cast<double>(s.events_written));
+    w.family("stallmon_store_events_dropped_total", alerting::MetricType::kCounter,
+             "Finding events never stored: the writer's queue was full (a slow disk) or a transaction failed.");
+    w.sample({}, static_cast<double>(s.events_dropped + s.write_errors));
+    w.family("stallmon_store_queue_length", alerting::MetricType::kGauge, "Finding events waiting for the store's writer.");
+    w.sample({}, static_cast<double>(s.queue_length));
+    w.family("stallmon_store_bytes", alerting::MetricType::kGauge,
+             "Database pages in use, as of the last retention pass (store.max_size_mib bounds it).");
+    w.sample({}, static_cast<double>(s.bytes_used));
+  }
+
+ private:
+  const store::FindingDb& db_;
+};
+
+// After the monitor, before anything can tick or serve: the previous run's findings go into the
+// engine (revisions and ids go on), and the store listens from here on. A store that cannot be
+// opened or read is logged and the daemon runs without persistence.
+StepResult open_store(App& app) {
+  if (app.options.once) return StepResult::next();
+  const std::string path = store_path(app.config);
+  if (path.empty()) {
+    spdlog::info("finding store: off ({}); findings live in memory only",
+                 app.config.store_enabled ? "no state_dir" : "store.enabled is false");
+    return StepResult::next();
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(app.config.state_dir, ec);  // systemd's StateDirectory= made it 0755
+  store::StoreOptions so;
+  so.path = path;
+  so.max_age = app.config.store_max_age;
+  so.max_bytes = static_cast<uint64_t>(app.config.store_max_size_mib) << 20;
+  auto db = store::FindingDb::open(so, app.store_clock);
+  if (!db.ok()) {
+    spdlog::error("finding store: {}; running without persistence", db.error().to_string());
+    return StepResult::next();
+  }
+  const auto& dc = app.monitor->engine().config();
+  auto loaded = (*db)->load(dc.max_resolved_history, dc.max_event_log);
+  if (!loaded.ok()) {
+    spdlog::error("finding store {}: {}; running without persistence", path, loaded.error().to_string());
+    return StepResult::next();
+  }
+  if (loaded->rows_skipped > 0) spdlog::warn("finding store {}: {} rows did not decode and were skipped", path, loaded->rows_skipped);
+  const auto& f = loaded->findings;
+  spdlog::info("finding store {}: {} resolved, {} active (re-evaluated at their domain's first ticks), {} events, revision {}; {}",
+               path, f.resolved.size(), f.active.size(), f.events.size(), f.revision,
+               loaded->resumable ? "WatchFindings clients resume across this restart"
+                                 : "WatchFindings clients resynchronise (" + loaded->why_not_resumable + ")");
+  if (auto r = app.monitor->engine().restore(std::move(loaded->findings)); !r.ok()) {
+    spdlog::error("finding store {}: {}; running without persistence", path, r.error().to_string());
+    return StepResult::next();
+  }
+  app.store = std::move(*db);
+  app.incarnation = app.store->incarnation();
+  app.monitor->add_finding_listener(app.store.get());
+  app.store->start();
+  // Runs after the gRPC server stopped: the monitor stops first, so that the store has every
+  // event of this run before it marks the file cleanly closed ("stop monitor" is then a no-op).
+  app.at_shutdown("close finding store", [&app] {
+    app.monitor->stop();
+    app.monitor->remove_finding_listener(app.store.get());
+    app.store->stop();
+  });
+  return StepResult::next();
+}
+
 // Before the watcher: the API (health, GetAgentInfo) answers while libvirt is still connecting,
 // and a second daemon fails here, before touching libvirt.
 StepResult start_server(App& app) {
@@ -169,6 +245,10 @@ StepResult start_alerting(App& app) {
   auto svc = alerting::start(*app.monitor, ac);
   if (!svc.ok()) return StepResult::exit(1, svc.error().to_string());
   app.alerting = std::move(svc.value());
+  if (app.store) {
+    app.store_metrics = std::make_unique<StoreMetrics>(*app.store);
+    app.alerting->collector().add_contributor(app.store_metrics.get());
+  }
   // Stops after the watcher (no more ticks) and before the monitor it reads.
   app.at_shutdown("stop metrics and alerting", [&app] { app.alerting->stop(); });
   if (!ac.metrics_listen.empty()) {
@@ -240,8 +320,15 @@ void reload(App& app) {
     return;
   }
   auto plan = plan_reload(app.config, *c);
-  if (std::find(plan.applied.begin(), plan.applied.end(), "logging.level") != plan.applied.end()) {
+  auto applies = [&](const char* key) { return std::find(plan.applied.begin(), plan.applied.end(), key) != plan.applied.end(); };
+  if (applies("logging.level")) {
     if (auto r = set_log_level(c->log_level); r.ok()) app.config.log_level = c->log_level;
+  }
+  if (applies("store.max_age") || applies("store.max_size_mib")) {
+    app.config.store_max_age = c->store_max_age;
+    app.config.store_max_size_mib = c->store_max_size_mib;
+    // Enforced from the writer's next retention pass on (at most 5 min later).
+    if (app.store) app.store->set_retention(c->store_max_age, static_cast<uint64_t>(c->store_max_size_mib) << 20);
   }
   app.set_effective_config(to_yaml(app.config));
   spdlog::info("SIGHUP: reloaded {}{}{}", source.empty() ? "(no config file)" : source,
@@ -263,6 +350,8 @@ StepResult run_until_signal(App& app) {
   if (keepalive) period = std::min(period, std::max(milliseconds(10), std::chrono::duration_cast<milliseconds>(*keepalive)));
   auto last_keepalive = steady_clock::time_point{};
   bool serving = true;
+  uint64_t store_lost = 0;  // store events dropped or failed, as last logged
+  auto store_logged = steady_clock::time_point{};
   std::set<std::string> watched;
   for (;;) {
     timespec ts{static_cast<time_t>(period.count() / 1000), static_cast<long>((period.count() % 1000) * 1'000'000)};
@@ -273,6 +362,18 @@ StepResult run_until_signal(App& app) {
       return StepResult::exit(0);
     }
     if (sig == SIGHUP) reload(app);
+    // Restored findings of domains that never came back (shut down while we were away).
+    (void)app.monitor->engine().expire_restored();
+    if (app.store) {
+      const auto st = app.store->stats();
+      // Logged when it grows, at most once a minute (a slow disk drops continuously).
+      if (st.events_dropped + st.write_errors != store_lost && steady_clock::now() - store_logged >= std::chrono::minutes(1)) {
+        store_lost = st.events_dropped + st.write_errors;
+        store_logged = steady_clock::now();
+        spdlog::warn("finding store: {} events not stored so far ({} dropped from a full queue, {} in failed writes{}{})",
+                     store_lost, st.events_dropped, st.write_errors, st.last_error.empty() ? "" : ": ", st.last_error);
+      }
+    }
 
     auto domains = app.monitor->domains();
     std::string why;
@@ -383,6 +484,7 @@ const std::vector<Step>& startup_steps() {
       {"raise limits", raise_limits},
       {"block signals", block_signals},
       {"create monitor", create_monitor},
+      {"open finding store", open_store},
       {"start gRPC server", start_server},
       {"start metrics and alerting", start_alerting},
       {"start libvirt watcher", start_watcher},

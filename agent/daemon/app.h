@@ -22,6 +22,7 @@
 #include "stallmon/libvirt/domain_watcher.h"
 #include "stallmon/server/backend.h"
 #include "stallmon/server/server.h"
+#include "stallmon/store/finding_db.h"
 #include "systemd.h"
 
 namespace stallmon::daemon {
@@ -57,6 +58,11 @@ struct App {
   bool logging_ready = false;
 
   std::unique_ptr<core::StallMonitor> monitor;
+  // The persistent finding store (store.*); null when off or unusable (the daemon runs on
+  // without it). Its clock dates retention.
+  diagnosis::SteadyWallClock store_clock;
+  std::unique_ptr<store::FindingDb> store;
+  std::unique_ptr<alerting::MetricsContributor> store_metrics;  // outlives the collector
   std::unique_ptr<libvirt::DomainWatcher> watcher;
   std::unique_ptr<server::MonitorBackend> backend;
   std::unique_ptr<server::GrpcServer> server;

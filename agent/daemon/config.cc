@@ -229,6 +229,10 @@ const std::vector<Key>& keys() {
         {"introspection.debug_dir", text(field(&C::debug_dir))},
         {"introspection.ignore_guest_btf", boolean(&C::ignore_guest_btf)},
         {"state_dir", text(field(&C::state_dir))},
+        // --- the finding store (agent/store): retention re-applied on reload ---
+        {"store.enabled", boolean(&C::store_enabled)},
+        {"store.max_age", duration(field(&C::store_max_age)), true},
+        {"store.max_size_mib", bounded_int(field(&C::store_max_size_mib), 1, 1 << 20), true},
     };
     t.insert(t.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
     return t;
@@ -396,6 +400,9 @@ Result<void> validate(const DaemonConfig& c) {
     return bad("discovery.no_kernel_retry_max", "must be 1s..48h");
   }
   if (!c.state_dir.empty() && c.state_dir[0] != '/') return bad("state_dir", "must be an absolute path (or empty: keep nothing)");
+  if (c.store_max_age < std::chrono::hours(1) || c.store_max_age > std::chrono::hours(24 * 3660)) {
+    return bad("store.max_age", "must be 1h..87840h (ten years)");
+  }
   if (!c.profile_dir.empty() && c.profile_dir[0] != '/') return bad("introspection.profile_dir", "must be an absolute path (or empty)");
   if (!c.debug_dir.empty() && c.debug_dir[0] != '/') return bad("introspection.debug_dir", "must be an absolute path (or empty)");
   if (!c.metrics_listen.empty()) {
@@ -419,6 +426,11 @@ Result<void> validate(const DaemonConfig& c) {
   }
   if (auto r = server::check_limits(c.server); !r.ok()) return r.error();
   return {};
+}
+
+std::string store_path(const DaemonConfig& c) {
+  if (!c.store_enabled || c.state_dir.empty()) return "";
+  return c.state_dir + "/findings.db";
 }
 
 bool domain_selected(const std::vector<std::string>& patterns, const std::string& name, const std::string& uuid) {

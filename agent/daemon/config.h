@@ -74,7 +74,15 @@ struct DaemonConfig {
   std::string debug_dir = "/usr/lib/debug";
   bool ignore_guest_btf = false;  // acceptance runs: types from the profile even when the guest has BTF
   std::string state_dir = "/var/lib/stallmon";  // hints/<uuid>: where each guest's kernel was
+  // The persistent finding store (agent/store/README.md): state_dir/findings.db. Retention by
+  // age and by size (pages in use), applied at start and every 5 min; a reload applies both.
+  bool store_enabled = true;
+  std::chrono::nanoseconds store_max_age{std::chrono::hours(24 * 14)};
+  int store_max_size_mib = 256;
 };
+
+// state_dir/findings.db, or "" when the store is off (store.enabled false or no state_dir).
+std::string store_path(const DaemonConfig& config);
 
 // Loads `path` over `base` (keys absent from the file keep base's value). Unknown keys are an
 // error: a typo must not silently leave a default in place. kNotFound if the file is missing.

@@ -63,6 +63,7 @@ execution: {workers: 2}
 discovery: {max_concurrent: 2, no_kernel_retry_max: 1h}
 introspection: {read_deadline: 100ms, memory_budget_mib: 16, profile_dir: /srv/profiles, debug_dir: "", ignore_guest_btf: true}
 state_dir: /tmp/state
+store: {enabled: false, max_age: 24h, max_size_mib: 32}
 )";
 
 TEST(DaemonConfig, EveryKeyRoundTrips) {
@@ -92,6 +93,13 @@ TEST(DaemonConfig, EveryKeyRoundTrips) {
   EXPECT_EQ(c->log_target, "journald");
   EXPECT_EQ(c->watchdog_max_tick_age, 60s);
   EXPECT_EQ(c->thread_stats, "proc");
+  EXPECT_FALSE(c->store_enabled);
+  EXPECT_EQ(c->store_max_age, 24h);
+  EXPECT_EQ(c->store_max_size_mib, 32);
+  EXPECT_EQ(store_path(*c), "");
+  EXPECT_EQ(store_path(DaemonConfig{}), "/var/lib/stallmon/findings.db");
+  EXPECT_FALSE(parse_config("store: {max_size_mib: 0}").ok());
+  EXPECT_FALSE(validate(*parse_config("store: {max_age: 10m}")).ok()) << "at least an hour";
   EXPECT_TRUE(validate(*c).ok());
   auto again = parse_config(to_yaml(*c));
   ASSERT_TRUE(again.ok()) << again.error().to_string();
@@ -332,7 +340,8 @@ std::vector<std::string> leaf_keys(const std::string& yaml) {
 }
 
 // One table drives parsing, printing and the reload plan: a configuration that differs from the
-// defaults in every key has every key in the plan, exactly once, and only the log level applied.
+// defaults in every key has every key in the plan, exactly once, and only the log level and the
+// store's retention applied.
 TEST(DaemonConfig, ReloadPlanNamesEveryChangedKeyFromTheSameTable) {
   const char* every = kEveryKeyChanged;
   auto c = parse_config(every);
@@ -340,7 +349,7 @@ TEST(DaemonConfig, ReloadPlanNamesEveryChangedKeyFromTheSameTable) {
   const auto all = leaf_keys(to_yaml(DaemonConfig{}));
   EXPECT_EQ(leaf_keys(to_yaml(*c)), all);
   auto plan = plan_reload(DaemonConfig{}, *c);
-  EXPECT_EQ(plan.applied, std::vector<std::string>{"logging.level"});
+  EXPECT_EQ(plan.applied, (std::vector<std::string>{"logging.level", "store.max_age", "store.max_size_mib"}));
   std::vector<std::string> named = plan.applied;
   named.insert(named.end(), plan.restart_needed.begin(), plan.restart_needed.end());
   std::sort(named.begin(), named.end());
