@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "stallmon/store/finding_db.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <random>
@@ -163,6 +165,11 @@ Result<std::unique_ptr<FindingDb>> FindingDb::open(StoreOptions options, const d
   if (options.path.empty()) return Error(ErrorCode::kInvalidArgument, "finding store: no path");
   if (options.queue_max == 0 || options.batch_max == 0 || options.flush_interval <= diagnosis::Duration::zero())
     return Error(ErrorCode::kInvalidArgument, "finding store: queue_max, batch_max and flush_interval must be positive");
+  // A new store is created 0600: it holds what the API serves on a 0660 socket (guest task
+  // names, console text), and SQLite gives its WAL the database file's mode.
+  if (int fd = ::open(options.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600); fd >= 0) {
+    ::close(fd);
+  }
   sqlite3* raw = nullptr;
   // No symlink in place of the file (the state directory is root's; a link there is not ours).
   const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW;

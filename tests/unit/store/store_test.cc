@@ -33,7 +33,9 @@ bool store_resolved(const StoreOptions& o, const diagnosis::Clock& clock, const 
   if (!db) return false;
   uint64_t rev = 0;
   for (const auto& id : ids) {
-    db->on_finding_event(event(T::kResolved, ++rev, finding(id, FindingKind::kVcpuHostBlocked, clock.now() + static_cast<int64_t>(rev) * 1s, false), id));
+    ++rev;
+    const Timestamp at = clock.now() + static_cast<int64_t>(rev) * 1s;
+    db->on_finding_event(event(T::kResolved, rev, finding(id, FindingKind::kVcpuHostBlocked, at, false), id));
   }
   db->stop();
   return db->stats().events_written == ids.size();
@@ -166,6 +168,9 @@ TEST(FindingDbTest, FindingsAndEventsRoundTripAcrossACleanRestart) {
     auto db = open_ok(options(dir), clock);
     ASSERT_TRUE(db);
     incarnation = db->incarnation();
+    EXPECT_EQ(std::filesystem::status(dir.file("findings.db")).permissions(),
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)
+        << "guest-sourced text: not world-readable";
     auto loaded = db->load(1000, 10000);
     ASSERT_TRUE(loaded.ok());
     EXPECT_FALSE(loaded->resumable) << "a new file has nothing to resume";
@@ -312,8 +317,8 @@ TEST(FindingDbTest, RetentionRunsAtOpen) {
   TempDir dir;
   diagnosis::ManualClock clock;
   StoreOptions o = options(dir);
-  ASSERT_TRUE(store_resolved(o, clock, {"vm1/A/1"}));
-  clock.advance(o.max_age + 1s);
+  ASSERT_TRUE(store_resolved(o, clock, {"vm1/A/1"}));  // resolved 1 s from now
+  clock.advance(o.max_age + 2s);
   auto db = open_ok(o, clock);
   ASSERT_TRUE(db);
   auto loaded = db->load(10, 10);
