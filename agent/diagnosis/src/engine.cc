@@ -33,7 +33,8 @@ bool same_cause(const Finding& held, const Finding& now) {
 // fresh trackers need before the kind's rule can propose a condition that still holds: its
 // threshold, with a second sample to spare. A restored finding not proposed by then has ended.
 // GUEST_IRQS_OFF waits 2.5 watchdog periods of the guest (its watchdog_thresh is not known
-// here): the configured cap, restored_reevaluate_within.
+// here) and HOST_MONITOR_UNRESPONSIVE a monitor call's deadline: the configured cap,
+// restored_reevaluate_within.
 Duration reevaluate_window(FindingKind k, const DiagnosisConfig& c) {
   const Duration two_snapshots = 2 * c.baseline_snapshot_interval;
   Duration w = c.restored_reevaluate_within;
@@ -41,13 +42,15 @@ Duration reevaluate_window(FindingKind k, const DiagnosisConfig& c) {
     case FindingKind::kVcpuHostBlocked:
     case FindingKind::kVmWideStall: w = 2 * c.host_blocked_min; break;
     case FindingKind::kVcpuHostStarved: w = c.starved_window + c.starved_sustain + std::chrono::seconds(1); break;
-    case FindingKind::kHostMonitorUnresponsive: w = std::chrono::seconds(1); break;
     case FindingKind::kGuestIpiStall: w = 2 * c.ipi_stall_min + two_snapshots; break;
     case FindingKind::kGuestIdleWithPendingWork: w = 2 * c.idle_pending_min + two_snapshots; break;
     case FindingKind::kGuestSoftlockupImminent:
     case FindingKind::kGuestSoftlockup:
     case FindingKind::kGuestPanic:
     case FindingKind::kGuestStackOverflow: w = two_snapshots; break;
+    // Known only once a monitor call misses the watcher's deadline (libvirt.monitor_timeout,
+    // 3 s by default, not the engine's to know).
+    case FindingKind::kHostMonitorUnresponsive:
     case FindingKind::kGuestIrqsOff:
     case FindingKind::kUnspecified: break;
   }

@@ -197,6 +197,36 @@ TEST(RestartTest, FindingsOfADomainThatNeverComesBackExpire) {
   stop(r);
 }
 
+TEST(RestartTest, AGuestFindingWaitsForTheFirstGuestSnapshot) {
+  TempDir dir;
+  const std::string path = dir.file("findings.db");
+  std::string id;
+  Timestamp stopped_at;
+  {
+    DaemonRun r = start(path, Timestamp(std::chrono::seconds(1'700'000'000)));
+    r.sim->cpus[1].touch_on = false;  // CPU1's watchdog thread never runs
+    ASSERT_NE(r.sim->run_until_open(FindingKind::kGuestSoftlockupImminent), diagnosis::Duration::max());
+    id = r.sim->active(FindingKind::kGuestSoftlockupImminent).at(0).id;
+    stopped_at = r.sim->clock.now();
+    stop(r);
+  }
+  DaemonRun r = start(path, stopped_at + 5s);
+  Sim& sim = *r.sim;
+  // Introspection is not ready in the new run yet: no snapshot, so nothing can judge it.
+  sim.edit_snapshot = [](diagnosis::GuestView&) { return false; };
+  sim.run(20s);
+  ASSERT_EQ(sim.active(FindingKind::kGuestSoftlockupImminent).size(), 1u);
+  EXPECT_TRUE(of(sim.events, id).empty());
+  // Snapshots again, of a guest whose watchdog runs: resolved within two snapshots.
+  sim.edit_snapshot = nullptr;
+  const Timestamp first_snapshot = sim.clock.now() + diagnosis::testing::kTick;
+  ASSERT_NE(sim.run_until(T::kResolved, FindingKind::kGuestSoftlockupImminent, 10s), diagnosis::Duration::max());
+  const auto events = of(sim.events, id);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_LE(*events[0].finding.resolved_at - first_snapshot, 2 * sim.engine.config().baseline_snapshot_interval);
+  stop(r);
+}
+
 TEST(RestartTest, RestoreOnlyIntoAFreshEngine) {
   Sim sim(2);
   sim.vcpus[1].block(ThreadState::kDiskSleep, "__refrigerator", kFrozen);
