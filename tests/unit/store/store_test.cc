@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <string>
 
 #include "codec.h"
 #include "store_fixture.h"
@@ -157,6 +158,24 @@ TEST(StoreCodec, MalformedTextIsAnErrorValue) {
   auto r = decode_finding(body);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("cpus"), std::string::npos) << r.error().message;
+}
+
+TEST(StoreCodec, TheFuzzSeedsDecodeAsIntended) {
+  // tests/fuzz/corpus/finding_codec: the full seed reaches every field, the others are refused.
+  const std::string dir = std::string(STALLMON_SOURCE_DIR) + "/tests/fuzz/corpus/finding_codec/";
+  auto read = [&](const char* name) {
+    std::ifstream in(dir + name, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  auto full = decode_finding(read("full.json"));
+  ASSERT_TRUE(full.ok()) << full.error().to_string();
+  ASSERT_EQ(full->evidence.size(), 1u);
+  EXPECT_TRUE(full->evidence[0].csd_wait && full->evidence[0].lock_wait && full->evidence[0].kernel_trace &&
+              full->evidence[0].stack_overflow && full->evidence[0].panic_text && full->evidence[0].wait_roots);
+  EXPECT_EQ(full->evidence[0].csd_wait->csd_address, 0xffff8a20df5384e0ull);
+  EXPECT_TRUE(decode_finding(read("minimal.json")).ok());
+  EXPECT_FALSE(decode_finding(read("wrong_type.json")).ok());
+  EXPECT_FALSE(decode_finding(read("garbage.txt")).ok());
 }
 
 TEST(FindingDbTest, FindingsAndEventsRoundTripAcrossACleanRestart) {
