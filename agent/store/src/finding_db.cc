@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
+#include <vector>
 
 #include "codec.h"
 
@@ -290,9 +292,15 @@ Result<LoadedFindings> FindingDb::load(std::size_t max_resolved, std::size_t max
     std::reverse(r.resolved.begin(), r.resolved.end());
   }
   {
-    Stmt s(db_, "SELECT condition_key, body FROM findings WHERE active = 1 ORDER BY at_ns LIMIT ?1");
+    // Newest first: one condition has one active finding, but a dropped RESOLVED event can
+    // leave an older one of the same condition active in the file. The newest is restored; the
+    // older ones are closed here as of their last confirmation (else they would stay "active"
+    // in the file for ever, out of retention's reach).
+    Stmt s(db_, "SELECT condition_key, body FROM findings WHERE active = 1 ORDER BY revision DESC LIMIT ?1");
     if (!s.ok()) return sql_error(db_, "load active findings");
     s.bind(1, static_cast<int64_t>(kMaxActiveLoaded));
+    std::set<std::string> keys;
+    std::vector<Finding> superseded;
     int rc;
     while ((rc = s.step()) == SQLITE_ROW) {
       std::string key = bounded(s.text(0), kMaxText);
@@ -302,9 +310,31 @@ Result<LoadedFindings> FindingDb::load(std::size_t max_resolved, std::size_t max
         continue;
       }
       note_id(f->id);
+      if (!keys.insert(key).second) {
+        superseded.push_back(std::move(*f));
+        continue;
+      }
       r.active.push_back({std::move(key), std::move(*f)});
     }
     if (rc != SQLITE_DONE) return sql_error(db_, "load active findings");
+    std::reverse(r.active.begin(), r.active.end());
+    for (Finding& f : superseded) {
+      f.active = false;
+      f.resolved_at = f.last_update;
+      f.duration = f.last_update - f.onset;
+      Stmt u(db_, "UPDATE findings SET active = 0, at_ns = ?1, body = ?2 WHERE id = ?3");
+      if (!u.ok()) return sql_error(db_, "close superseded finding");
+      u.bind(1, event_time(f));
+      u.bind(2, encode_finding(f));
+      u.bind(3, f.id);
+      if (u.step() != SQLITE_DONE) return sql_error(db_, "close superseded finding " + f.id);
+      r.resolved.push_back(std::move(f));
+    }
+    if (!superseded.empty()) {
+      std::stable_sort(r.resolved.begin(), r.resolved.end(),
+                       [](const Finding& a, const Finding& b) { return event_time(a) < event_time(b); });
+      if (r.resolved.size() > max_resolved) r.resolved.erase(r.resolved.begin(), r.resolved.end() - static_cast<std::ptrdiff_t>(max_resolved));
+    }
   }
   uint64_t top = 0;
   {

@@ -263,6 +263,34 @@ TEST(FindingDbTest, ADroppedEventMakesTheNextStartResync) {
   ASSERT_EQ(loaded->findings.active.size(), 1u) << "the newest state of the finding was kept";
 }
 
+TEST(FindingDbTest, ALostResolveLeavesTheNewestFindingOfAConditionActive) {
+  TempDir dir;
+  diagnosis::ManualClock clock;
+  const Timestamp t0 = clock.now();
+  {
+    auto db = open_ok(options(dir), clock);
+    ASSERT_TRUE(db);
+    // A's RESOLVED (revision 2) never reached the file (a full queue); B reopened the condition.
+    db->on_finding_event(event(T::kOpened, 1, finding("vm1/K/1", FindingKind::kVcpuHostBlocked, t0), "key"));
+    db->on_finding_event(event(T::kOpened, 3, finding("vm1/K/2", FindingKind::kVcpuHostBlocked, t0 + 5s), "key"));
+    db->stop();
+  }
+  for (int start = 0; start < 2; ++start) {
+    auto db = open_ok(options(dir), clock);
+    ASSERT_TRUE(db);
+    auto loaded = db->load(10, 10);
+    ASSERT_TRUE(loaded.ok()) << loaded.error().to_string();
+    const auto& r = loaded->findings;
+    ASSERT_EQ(r.active.size(), 1u) << "start " << start;
+    EXPECT_EQ(r.active[0].finding.id, "vm1/K/2");
+    ASSERT_EQ(r.resolved.size(), 1u) << "start " << start;
+    EXPECT_EQ(r.resolved[0].id, "vm1/K/1");
+    EXPECT_EQ(r.resolved[0].resolved_at, t0) << "closed as of its last confirmation";
+    EXPECT_EQ(loaded->rows_skipped, 0u);
+    db->stop();
+  }
+}
+
 TEST(FindingDbTest, RetentionByAgeKeepsActiveFindings) {
   TempDir dir;
   diagnosis::ManualClock clock;
