@@ -164,12 +164,13 @@ StepResult open_store(App& app) {
   so.path = path;
   so.max_age = app.config.store_max_age;
   so.max_bytes = static_cast<uint64_t>(app.config.store_max_size_mib) << 20;
+  const auto& dc = app.monitor->engine().config();
+  so.max_events = dc.max_event_log;  // what a restart can serve
   auto db = store::FindingDb::open(so, app.store_clock);
   if (!db.ok()) {
     spdlog::error("finding store: {}; running without persistence", db.error().to_string());
     return StepResult::next();
   }
-  const auto& dc = app.monitor->engine().config();
   auto loaded = (*db)->load(dc.max_resolved_history, dc.max_event_log);
   if (!loaded.ok()) {
     spdlog::error("finding store {}: {}; running without persistence", path, loaded.error().to_string());

@@ -499,6 +499,8 @@ Result<void> FindingDb::enforce_retention() {
     STALLMON_TRY_VOID(exec(db_, "BEGIN IMMEDIATE"));
     STALLMON_TRY_VOID(run("DELETE FROM events WHERE at_ns < " + std::to_string(cutoff)));
     STALLMON_TRY_VOID(run("DELETE FROM findings WHERE active = 0 AND at_ns < " + std::to_string(cutoff)));
+    STALLMON_TRY_VOID(run("DELETE FROM events WHERE revision <= (SELECT max(revision) FROM events) - " +
+                          std::to_string(options_.max_events)));
     STALLMON_TRY_VOID(exec(db_, "COMMIT"));
     // Over the size: the oldest tenth of the events and resolved findings at a time (by time,
     // so the event log keeps a contiguous newest part), until the pages in use fit.

@@ -360,6 +360,24 @@ TEST(FindingDbTest, RetentionBySizeDropsTheOldestFirst) {
   EXPECT_EQ(sql_text(o.path, "PRAGMA integrity_check"), "ok");
 }
 
+TEST(FindingDbTest, OnlyTheEventsARestartCanServeAreKept) {
+  TempDir dir;
+  diagnosis::ManualClock clock;
+  StoreOptions o = options(dir);
+  o.max_events = 5;
+  auto db = open_ok(o, clock);
+  ASSERT_TRUE(db);
+  for (uint64_t rev = 1; rev <= 20; ++rev)
+    db->on_finding_event(event(T::kUpdated, rev, finding("vm1/A/1", FindingKind::kVcpuHostBlocked, clock.now()), "a"));
+  ASSERT_TRUE(db->flush().ok());
+  ASSERT_TRUE(db->enforce_retention().ok());
+  auto loaded = db->load(10, 100);
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_EQ(loaded->findings.events.size(), 5u);
+  EXPECT_EQ(loaded->findings.events.front().revision, 16u);
+  EXPECT_EQ(loaded->findings.active.size(), 1u) << "the finding itself stays";
+}
+
 TEST(FindingDbTest, RetentionRunsAtOpen) {
   TempDir dir;
   diagnosis::ManualClock clock;

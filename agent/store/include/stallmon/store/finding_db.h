@@ -43,6 +43,10 @@ struct StoreOptions {
   diagnosis::Duration max_age = std::chrono::hours(24 * 14);
   uint64_t max_bytes = 256ull << 20;
   diagnosis::Duration retention_interval = std::chrono::minutes(5);
+  // Events kept, the newest: what a restart can serve to WatchFindings (the engine's
+  // max_event_log). Older events repeat what the findings rows keep (an UPDATED a second per
+  // active finding would otherwise fill max_bytes with one long incident's ages).
+  std::size_t max_events = 10000;
   std::size_t queue_max = 20000;  // events waiting for the writer (~2 s of a 100-domain storm)
   diagnosis::Duration flush_interval = std::chrono::seconds(1);
   std::size_t batch_max = 2000;  // a commit as soon as this many are queued
