@@ -349,4 +349,209 @@ Result<Finding> decode_finding(std::string_view body) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Incident bundles. Points are arrays, not objects: a bundle holds thousands of them.
+
+namespace {
+
+json encode_snapshot(const diagnosis::IncidentSnapshot& s) {
+  json cpus = json::array();
+  for (std::size_t i = 0; i < s.cpus.size() && i < kMaxIds; ++i) {
+    const auto& c = s.cpus[i];
+    json cj = {{"cpu", c.cpu}, {"online", c.online}, {"idle", c.idle}, {"pid", c.pid},
+               {"comm", bounded(c.comm, kMaxName)}, {"nr_running", c.nr_running},
+               {"queued_calls", c.queued_calls}, {"csd_targets", ints(c.csd_targets)}};
+    if (c.watchdog_age) cj["watchdog_age"] = ns(*c.watchdog_age);
+    cpus.push_back(std::move(cj));
+  }
+  return {{"at", ns(s.at)}, {"running_clock_ns", s.running_clock_ns}, {"watchdog_thresh", s.watchdog_thresh},
+          {"panic_cpu", s.panic_cpu}, {"cpus", std::move(cpus)}, {"troubled_cpus", s.troubled_cpus},
+          {"max_watchdog_age", ns(s.max_watchdog_age)}};
+}
+
+diagnosis::IncidentSnapshot decode_snapshot(const json& j) {
+  if (!j.is_object()) throw Malformed{"a snapshot is not an object"};
+  diagnosis::IncidentSnapshot s;
+  s.at = time_of(number<int64_t>(j, "at"));
+  s.running_clock_ns = number<uint64_t>(j, "running_clock_ns");
+  s.watchdog_thresh = number<int>(j, "watchdog_thresh");
+  s.panic_cpu = number<int>(j, "panic_cpu");
+  for (const json& c : list(j, "cpus", kMaxIds)) {
+    if (!c.is_object()) throw Malformed{"a snapshot CPU is not an object"};
+    diagnosis::IncidentCpuSummary cs;
+    cs.cpu = number<int>(c, "cpu");
+    cs.online = boolean(c, "online");
+    cs.idle = boolean(c, "idle");
+    cs.pid = number<int>(c, "pid");
+    cs.comm = text(c, "comm", kMaxName);
+    cs.nr_running = number<uint32_t>(c, "nr_running");
+    cs.queued_calls = number<uint32_t>(c, "queued_calls");
+    cs.csd_targets = int_list(c, "csd_targets");
+    if (auto a = opt_number<int64_t>(c, "watchdog_age")) cs.watchdog_age = Duration(*a);
+    s.cpus.push_back(std::move(cs));
+  }
+  s.troubled_cpus = number<int>(j, "troubled_cpus");
+  s.max_watchdog_age = Duration(number<int64_t>(j, "max_watchdog_age"));
+  return s;
+}
+
+const json& tuple(const json& j, std::size_t n, const char* what) {
+  if (!j.is_array() || j.size() != n) throw Malformed{std::string("a ") + what + " is not a list of " + std::to_string(n)};
+  for (const json& e : j)
+    if (!e.is_number_integer()) throw Malformed{std::string("a ") + what + " holds a non-integer"};
+  return j;
+}
+
+}  // namespace
+
+Result<std::string> encode_incident(const diagnosis::IncidentBundle& b) {
+  try {
+    json j;
+    j["finding"] = json::parse(encode_finding(b.finding));
+    j["window_start"] = ns(b.window_start);
+    if (b.window_end) j["window_end"] = ns(*b.window_end);
+    json vcpus = json::array();
+    for (std::size_t i = 0; i < b.vcpus.size() && i < kMaxIds; ++i) {
+      const auto& l = b.vcpus[i];
+      json pts = json::array();
+      for (std::size_t k = 0; k < l.points.size() && k < kMaxIncidentPoints; ++k) {
+        const auto& p = l.points[k];
+        pts.push_back({ns(p.at), static_cast<int>(p.state), ns(p.run_time), ns(p.run_delay)});
+      }
+      vcpus.push_back({{"vcpu", l.vcpu}, {"tid", l.tid}, {"points", std::move(pts)}});
+    }
+    j["vcpus"] = std::move(vcpus);
+    json guest = json::array();
+    for (std::size_t i = 0; i < b.guest_cpus.size() && i < kMaxIds; ++i) {
+      const auto& l = b.guest_cpus[i];
+      json pts = json::array();
+      for (std::size_t k = 0; k < l.points.size() && k < kMaxIncidentPoints; ++k) {
+        const auto& p = l.points[k];
+        pts.push_back({ns(p.at), p.online ? 1 : 0, p.idle ? 1 : 0, p.csd_target,
+                       p.watchdog_age ? ns(*p.watchdog_age) : int64_t{-1}});
+      }
+      guest.push_back({{"cpu", l.cpu}, {"points", std::move(pts)}});
+    }
+    j["guest_cpus"] = std::move(guest);
+    if (b.at_onset) j["at_onset"] = encode_snapshot(*b.at_onset);
+    if (b.at_worst) j["at_worst"] = encode_snapshot(*b.at_worst);
+    j["printk_tail"] = strings(b.printk_tail, kMaxPrintk, kMaxName);
+    json stacks = json::array();
+    for (std::size_t i = 0; i < b.host_stacks.size() && i < kMaxIds; ++i) {
+      const auto& h = b.host_stacks[i];
+      stacks.push_back({{"tid", h.tid}, {"vcpu", h.vcpu}, {"name", bounded(h.name, kMaxName)},
+                        {"state", static_cast<int>(h.state)}, {"wchan", bounded(h.wchan, kMaxName)},
+                        {"frames", strings(h.frames, kMaxList, kMaxName)}, {"first_seen", ns(h.first_seen)},
+                        {"last_seen", ns(h.last_seen)}});
+    }
+    j["host_stacks"] = std::move(stacks);
+    json related = json::array();
+    for (std::size_t i = 0; i < b.related.size() && i < kMaxIds; ++i) {
+      const auto& r = b.related[i];
+      json rj = {{"id", bounded(r.id, kMaxName)}, {"kind", static_cast<int>(r.kind)},
+                 {"severity", static_cast<int>(r.severity)}, {"onset", ns(r.onset)}, {"cpus", ints(r.cpus)},
+                 {"summary", bounded(r.summary, kMaxText)}};
+      if (r.resolved_at) rj["resolved_at"] = ns(*r.resolved_at);
+      related.push_back(std::move(rj));
+    }
+    j["related"] = std::move(related);
+    j["stride"] = ns(b.stride);
+    const auto& d = b.dropped;
+    j["dropped"] = {d.vcpu_points, d.guest_points, d.lanes, d.host_stacks, d.printk_lines, d.related};
+    std::string out = j.dump();
+    if (out.size() > kMaxIncidentBody) {
+      return Error(ErrorCode::kLimit, "incident " + b.finding.id + ": " + std::to_string(out.size()) +
+                                          " bytes encoded, over " + std::to_string(kMaxIncidentBody));
+    }
+    return out;
+  } catch (const json::exception& e) {
+    return Error(ErrorCode::kInternal, std::string("encoding incident ") + b.finding.id + ": " + e.what());
+  }
+}
+
+Result<diagnosis::IncidentBundle> decode_incident(std::string_view body) {
+  if (body.size() > kMaxIncidentBody) {
+    return Error(ErrorCode::kCorrupt, "incident row of " + std::to_string(body.size()) + " bytes, over " +
+                                          std::to_string(kMaxIncidentBody));
+  }
+  try {
+    const json j = json::parse(body);
+    if (!j.is_object()) throw Malformed{"not an object"};
+    diagnosis::IncidentBundle b;
+    auto f = decode_finding(object(j, "finding").dump());
+    if (!f.ok()) throw Malformed{"finding: " + f.error().message};
+    b.finding = std::move(f).value();
+    b.window_start = time_of(number<int64_t>(j, "window_start"));
+    if (auto e = opt_number<int64_t>(j, "window_end")) b.window_end = time_of(*e);
+    for (const json& l : list(j, "vcpus", kMaxIds)) {
+      if (!l.is_object()) throw Malformed{"a vCPU lane is not an object"};
+      diagnosis::IncidentVcpuLane lane;
+      lane.vcpu = number<int>(l, "vcpu");
+      lane.tid = number<int>(l, "tid");
+      for (const json& p : list(l, "points", kMaxIncidentPoints)) {
+        tuple(p, 4, "vCPU point");
+        const int state = p[1].get<int>();
+        if (state < 0 || state > static_cast<int>(diagnosis::ThreadState::kDead)) throw Malformed{"a thread state is out of range"};
+        lane.points.push_back({time_of(p[0].get<int64_t>()), static_cast<diagnosis::ThreadState>(state),
+                               Duration(p[2].get<int64_t>()), Duration(p[3].get<int64_t>())});
+      }
+      b.vcpus.push_back(std::move(lane));
+    }
+    for (const json& l : list(j, "guest_cpus", kMaxIds)) {
+      if (!l.is_object()) throw Malformed{"a guest lane is not an object"};
+      diagnosis::IncidentGuestLane lane;
+      lane.cpu = number<int>(l, "cpu");
+      for (const json& p : list(l, "points", kMaxIncidentPoints)) {
+        tuple(p, 5, "guest point");
+        diagnosis::IncidentGuestPoint g;
+        g.at = time_of(p[0].get<int64_t>());
+        g.online = p[1].get<int64_t>() != 0;
+        g.idle = p[2].get<int64_t>() != 0;
+        g.csd_target = p[3].get<int>();
+        if (const int64_t a = p[4].get<int64_t>(); a >= 0) g.watchdog_age = Duration(a);
+        lane.points.push_back(g);
+      }
+      b.guest_cpus.push_back(std::move(lane));
+    }
+    if (j.contains("at_onset")) b.at_onset = decode_snapshot(j["at_onset"]);
+    if (j.contains("at_worst")) b.at_worst = decode_snapshot(j["at_worst"]);
+    b.printk_tail = text_list(j, "printk_tail", kMaxPrintk, kMaxName);
+    for (const json& h : list(j, "host_stacks", kMaxIds)) {
+      if (!h.is_object()) throw Malformed{"a host stack is not an object"};
+      diagnosis::IncidentHostStack s;
+      s.tid = number<int>(h, "tid");
+      s.vcpu = number<int>(h, "vcpu");
+      s.name = text(h, "name", kMaxName);
+      s.state = enumerated<diagnosis::ThreadState>(h, "state", static_cast<int>(diagnosis::ThreadState::kDead));
+      s.wchan = text(h, "wchan", kMaxName);
+      s.frames = text_list(h, "frames", kMaxList, kMaxName);
+      s.first_seen = time_of(number<int64_t>(h, "first_seen"));
+      s.last_seen = time_of(number<int64_t>(h, "last_seen"));
+      b.host_stacks.push_back(std::move(s));
+    }
+    for (const json& r : list(j, "related", kMaxIds)) {
+      if (!r.is_object()) throw Malformed{"a related finding is not an object"};
+      diagnosis::IncidentFindingRef x;
+      x.id = text(r, "id", kMaxName);
+      x.kind = enumerated<diagnosis::FindingKind>(r, "kind", static_cast<int>(diagnosis::FindingKind::kGuestStackOverflow));
+      x.severity = enumerated<diagnosis::Severity>(r, "severity", static_cast<int>(diagnosis::Severity::kCritical));
+      x.onset = time_of(number<int64_t>(r, "onset"));
+      if (auto t = opt_number<int64_t>(r, "resolved_at")) x.resolved_at = time_of(*t);
+      x.cpus = int_list(r, "cpus");
+      x.summary = text(r, "summary", kMaxText);
+      b.related.push_back(std::move(x));
+    }
+    b.stride = Duration(number<int64_t>(j, "stride"));
+    const json& d = tuple(list(j, "dropped", 6), 6, "dropped count");
+    b.dropped = {d[0].get<uint64_t>(), d[1].get<uint64_t>(), d[2].get<uint64_t>(),
+                 d[3].get<uint64_t>(), d[4].get<uint64_t>(), d[5].get<uint64_t>()};
+    b.bytes = diagnosis::estimate_bytes(b);
+    return b;
+  } catch (const Malformed& m) {
+    return Error(ErrorCode::kCorrupt, "incident row: " + m.why);
+  } catch (const json::exception& e) {
+    return Error(ErrorCode::kCorrupt, std::string("incident row: ") + e.what());
+  }
+}
+
 }  // namespace stallmon::store

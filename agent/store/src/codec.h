@@ -11,6 +11,7 @@
 
 #include "stallmon/base/result.h"
 #include "stallmon/diagnosis/finding.h"
+#include "stallmon/diagnosis/incident_bundle.h"
 
 namespace stallmon::store {
 
@@ -25,6 +26,16 @@ inline constexpr std::size_t kMaxBody = 64 * 1024;   // one encoded finding
 std::string encode_finding(const diagnosis::Finding& f);
 // kCorrupt (with what was wrong) for text that is not such JSON or is over a bound.
 Result<diagnosis::Finding> decode_finding(std::string_view text);
+
+// Incident bundles (the recorder bounds them by IncidentLimits; these bounds are the file's).
+inline constexpr std::size_t kMaxIncidentPoints = 200000;       // per lane
+inline constexpr std::size_t kMaxPrintk = 1000;                 // console lines
+inline constexpr std::size_t kMaxIncidentBody = 16 * 1024 * 1024;  // one encoded bundle
+
+// JSON of at most kMaxIncidentBody bytes (kLimit beyond: the caller counts it as dropped).
+Result<std::string> encode_incident(const diagnosis::IncidentBundle& b);
+// kCorrupt for text that is not such JSON or is over a bound.
+Result<diagnosis::IncidentBundle> decode_incident(std::string_view text);
 
 // Valid UTF-8 of at most `max` bytes, cut at a character boundary.
 std::string bounded(std::string_view s, std::size_t max);

@@ -45,6 +45,20 @@ CREATE TABLE events (
 CREATE INDEX events_by_time ON events (at_ns);
 )sql";
 
+// Added to schema version 1 (an older file gains it at open; an older stallmond ignores it):
+// the incident bundle of a critical finding, its newest state. at_ns: the window's end, or the
+// finding's last update while open. Deleted with its finding.
+const char* const kIncidentSchema = R"sql(
+CREATE TABLE IF NOT EXISTS incidents (
+  finding_id TEXT PRIMARY KEY,
+  complete INTEGER NOT NULL,
+  at_ns INTEGER NOT NULL,
+  body TEXT NOT NULL);
+)sql";
+
+// A bundle goes with its finding (retention of the findings is the bundles' retention).
+const char* const kOrphanIncidents = "DELETE FROM incidents WHERE finding_id NOT IN (SELECT id FROM findings)";
+
 Error sql_error(sqlite3* db, const std::string& what) {
   const int code = sqlite3_errcode(db);
   const ErrorCode ec = (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) ? ErrorCode::kCorrupt : ErrorCode::kIo;
@@ -231,6 +245,7 @@ Result<std::unique_ptr<FindingDb>> FindingDb::open(StoreOptions options, const d
   if (fresh) {
     if (auto r = exec(db, std::string("BEGIN;") + kSchema + "COMMIT;"); !r.ok()) return fail(r.error());
   }
+  if (auto r = exec(db, kIncidentSchema); !r.ok()) return fail(r.error());
 
   // Whether the previous run closed cleanly with every event written; then its revisions and
   // incarnation go on. The mark is cleared at once: a crash from here on is unclean.
@@ -454,12 +469,27 @@ Result<void> FindingDb::write_batch(std::deque<FindingEvent>& batch) {
 
 Result<void> FindingDb::flush() {
   std::deque<FindingEvent> batch;
+  std::map<std::string, std::shared_ptr<const diagnosis::IncidentBundle>> incidents;
   {
     std::lock_guard l(mu_);
     batch.swap(queue_);
+    incidents.swap(incidents_);
+    incident_order_.clear();
   }
-  if (batch.empty()) return {};
-  auto r = write_batch(batch);
+  // Findings first: a bundle's row is deleted by retention once its finding's row is gone.
+  auto r = batch.empty() ? Result<void>() : write_batch(batch);
+  if (!incidents.empty()) {
+    auto w = write_incidents(incidents);
+    std::lock_guard l(mu_);
+    if (w.ok()) {
+      stats_.incidents_written += *w;
+      stats_.incidents_dropped += incidents.size() - *w;
+    } else {
+      stats_.incidents_dropped += incidents.size();
+      stats_.last_error = w.error().message;
+    }
+  }
+  if (batch.empty()) return r;
   std::lock_guard l(mu_);
   if (r.ok()) {
     stats_.events_written += batch.size();
@@ -470,6 +500,97 @@ Result<void> FindingDb::flush() {
     lost_ = true;
   }
   return r;
+}
+
+void FindingDb::on_incident(std::shared_ptr<const diagnosis::IncidentBundle> bundle) {
+  if (!bundle) return;
+  std::lock_guard l(mu_);
+  if (stopped_ || stopping_) {
+    ++stats_.incidents_dropped;
+    return;
+  }
+  const std::string id = bundle->finding.id;
+  auto it = incidents_.find(id);
+  if (it != incidents_.end()) {
+    it->second = std::move(bundle);  // the newer state replaces the waiting one
+    return;
+  }
+  if (incidents_.size() >= std::max<std::size_t>(1, options_.incident_queue_max)) {
+    incidents_.erase(incident_order_.front());
+    incident_order_.pop_front();
+    ++stats_.incidents_dropped;
+  }
+  incidents_.emplace(id, std::move(bundle));
+  incident_order_.push_back(id);
+}
+
+Result<uint64_t> FindingDb::write_incidents(
+    const std::map<std::string, std::shared_ptr<const diagnosis::IncidentBundle>>& batch) {
+  // Encoded before the transaction: the database lock is held for the writes only.
+  std::vector<std::pair<const diagnosis::IncidentBundle*, std::string>> rows;
+  for (const auto& [id, b] : batch) {
+    auto text = encode_incident(*b);
+    if (text.ok()) rows.emplace_back(b.get(), std::move(text).value());
+  }
+  std::lock_guard dl(db_mu_);
+  if (db_ == nullptr) return Error(ErrorCode::kInvalidArgument, "finding store is closed");
+  auto tx = [&]() -> Result<void> {
+    STALLMON_TRY_VOID(exec(db_, "BEGIN IMMEDIATE"));
+    Stmt s(db_, "INSERT INTO incidents (finding_id, complete, at_ns, body) VALUES (?1, ?2, ?3, ?4) "
+                "ON CONFLICT (finding_id) DO UPDATE SET complete = excluded.complete, at_ns = excluded.at_ns, "
+                "body = excluded.body");
+    if (!s.ok()) return sql_error(db_, "prepare incident upsert");
+    for (const auto& [b, text] : rows) {
+      s.bind(1, bounded(b->finding.id, kMaxName));
+      s.bind(2, b->complete() ? 1 : 0);
+      s.bind(3, b->window_end.value_or(b->finding.last_update).time_since_epoch().count());
+      s.bind(4, text);
+      if (s.step() != SQLITE_DONE) return sql_error(db_, "upsert incident " + b->finding.id);
+      s.reset();
+    }
+    return exec(db_, "COMMIT");
+  }();
+  if (!tx.ok()) {
+    (void)exec(db_, "ROLLBACK");
+    return tx.error();
+  }
+  return static_cast<uint64_t>(rows.size());
+}
+
+Result<std::vector<diagnosis::IncidentBundle>> FindingDb::load_open_incidents(std::size_t max, std::size_t* skipped) {
+  std::lock_guard dl(db_mu_);
+  if (db_ == nullptr) return Error(ErrorCode::kInvalidArgument, "finding store is closed");
+  std::vector<diagnosis::IncidentBundle> out;
+  // Only bundles whose finding is still active in the file: the others cannot be continued.
+  Stmt s(db_, "SELECT i.body FROM incidents i JOIN findings f ON f.id = i.finding_id "
+              "WHERE i.complete = 0 AND f.active = 1 ORDER BY i.at_ns DESC LIMIT ?1");
+  if (!s.ok()) return sql_error(db_, "load open incidents");
+  s.bind(1, static_cast<int64_t>(std::min<std::size_t>(max, INT64_MAX)));
+  int rc;
+  while ((rc = s.step()) == SQLITE_ROW) {
+    auto b = decode_incident(s.text(0));
+    if (!b.ok() || b->complete()) {
+      if (skipped) ++*skipped;
+      continue;
+    }
+    out.push_back(std::move(b).value());
+  }
+  if (rc != SQLITE_DONE) return sql_error(db_, "load open incidents");
+  return out;
+}
+
+Result<diagnosis::IncidentBundle> FindingDb::incident(const std::string& finding_id) {
+  std::lock_guard dl(db_mu_);
+  if (db_ == nullptr) return Error(ErrorCode::kInvalidArgument, "finding store is closed");
+  Stmt s(db_, "SELECT body FROM incidents WHERE finding_id = ?1");
+  if (!s.ok()) return sql_error(db_, "read incident");
+  s.bind(1, finding_id);
+  const int rc = s.step();
+  if (rc == SQLITE_DONE) return Error(ErrorCode::kNotFound, "no incident bundle of finding " + finding_id + " in the store");
+  if (rc != SQLITE_ROW) return sql_error(db_, "read incident " + finding_id);
+  auto b = decode_incident(s.text(0));
+  if (!b.ok()) return std::move(b).error().context("incident of finding " + finding_id);
+  return b;
 }
 
 Result<void> FindingDb::enforce_retention() {
@@ -501,6 +622,7 @@ Result<void> FindingDb::enforce_retention() {
     STALLMON_TRY_VOID(run("DELETE FROM findings WHERE active = 0 AND at_ns < " + std::to_string(cutoff)));
     STALLMON_TRY_VOID(run("DELETE FROM events WHERE revision <= (SELECT max(revision) FROM events) - " +
                           std::to_string(options_.max_events)));
+    STALLMON_TRY_VOID(run(kOrphanIncidents));
     STALLMON_TRY_VOID(exec(db_, "COMMIT"));
     // Over the size: the oldest tenth of the events and resolved findings at a time (by time,
     // so the event log keeps a contiguous newest part), until the pages in use fit.
@@ -517,6 +639,7 @@ Result<void> FindingDb::enforce_retention() {
       STALLMON_TRY_VOID(exec(db_, "BEGIN IMMEDIATE"));
       STALLMON_TRY_VOID(run("DELETE FROM events WHERE at_ns <= " + std::to_string(upto)));
       STALLMON_TRY_VOID(run("DELETE FROM findings WHERE active = 0 AND at_ns <= " + std::to_string(upto)));
+      STALLMON_TRY_VOID(run(kOrphanIncidents));
       STALLMON_TRY_VOID(exec(db_, "COMMIT"));
       // Freed pages go back to the file system (auto_vacuum = INCREMENTAL).
       STALLMON_TRY_VOID(exec(db_, "PRAGMA incremental_vacuum"));

@@ -23,13 +23,16 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "stallmon/base/result.h"
 #include "stallmon/diagnosis/engine.h"
+#include "stallmon/diagnosis/incident_recorder.h"
 
 struct sqlite3;
 
@@ -50,6 +53,10 @@ struct StoreOptions {
   std::size_t queue_max = 20000;  // events waiting for the writer (~2 s of a 100-domain storm)
   diagnosis::Duration flush_interval = std::chrono::seconds(1);
   std::size_t batch_max = 2000;  // a commit as soon as this many are queued
+  // Incident bundles waiting for the writer: the newest state of each (by finding id). Over it,
+  // the oldest waiting one is dropped and counted (the recorder hands it again within its
+  // persist interval, or at its resolution).
+  std::size_t incident_queue_max = 64;
 };
 
 struct LoadedFindings {
@@ -68,12 +75,14 @@ struct StoreStats {
   uint64_t batches = 0;
   uint64_t write_errors = 0;    // failed transactions (their events are lost and counted here)
   uint64_t retention_deleted = 0;  // rows removed by retention
+  uint64_t incidents_written = 0;  // bundle states committed
+  uint64_t incidents_dropped = 0;  // queue full, or a bundle over kMaxIncidentBody encoded
   std::size_t queue_length = 0;
   uint64_t bytes_used = 0;      // database pages in use, as of the last retention pass
   std::string last_error;
 };
 
-class FindingDb final : public diagnosis::FindingListener {
+class FindingDb final : public diagnosis::FindingListener, public diagnosis::IncidentSink {
  public:
   // Opens or creates the file (its directory must exist), checks that it is this store's
   // schema (a foreign or corrupt file is kCorrupt and left untouched), enables WAL and
@@ -90,6 +99,14 @@ class FindingDb final : public diagnosis::FindingListener {
   uint64_t incarnation() const { return incarnation_; }
 
   void on_finding_event(const diagnosis::FindingEvent& event) override;
+  // Incident bundles (the recorder's sink): queued like events, one row per finding, deleted
+  // with their finding by retention.
+  void on_incident(std::shared_ptr<const diagnosis::IncidentBundle> bundle) override;
+  // The bundles of findings still open in the file (for IncidentRecorder::restore), at most
+  // `max`; rows that do not decode are skipped and counted in *skipped.
+  Result<std::vector<diagnosis::IncidentBundle>> load_open_incidents(std::size_t max, std::size_t* skipped = nullptr);
+  // One stored bundle: kNotFound if none (never recorded, or gone with its finding).
+  Result<diagnosis::IncidentBundle> incident(const std::string& finding_id);
 
   void start();                // the writer thread; without it, flush() writes
   Result<void> flush();        // commits what is queued now (tests; the writer does it itself)
@@ -107,6 +124,8 @@ class FindingDb final : public diagnosis::FindingListener {
   FindingDb(StoreOptions options, const diagnosis::Clock& clock, sqlite3* db);
   void writer_loop();
   Result<void> write_batch(std::deque<diagnosis::FindingEvent>& batch);
+  // Returns how many were committed; the ones that could not be encoded are counted dropped.
+  Result<uint64_t> write_incidents(const std::map<std::string, std::shared_ptr<const diagnosis::IncidentBundle>>& batch);
 
   StoreOptions options_;
   const diagnosis::Clock& clock_;
@@ -120,6 +139,8 @@ class FindingDb final : public diagnosis::FindingListener {
   mutable std::mutex mu_;      // the queue, stats, retention settings
   std::condition_variable cv_;
   std::deque<diagnosis::FindingEvent> queue_;
+  std::map<std::string, std::shared_ptr<const diagnosis::IncidentBundle>> incidents_;  // by finding id
+  std::deque<std::string> incident_order_;  // arrival order of incidents_'s keys
   bool stopping_ = false;
   bool stopped_ = false;
   bool lost_ = false;          // an event of this run never reached the file
