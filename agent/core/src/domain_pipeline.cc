@@ -1047,7 +1047,12 @@ bool DomainPipeline::tick_unguarded() {
     bool changed = false;
     {
       std::lock_guard<std::mutex> l(observe_mu_);
-      if (!retired_) changed = !shared_.engine->observe(obs).empty();
+      if (!retired_) {
+        changed = !shared_.engine->observe(obs).empty();
+        if (shared_.incidents != nullptr) {
+          shared_.incidents->on_observation(obs, now, [this](Timestamp since) { return incident_lookback(since); });
+        }
+      }
     }
     // Findings change only with events (opened, resolved, or updated: a CPU set change is a
     // material update): the CPUs to trace are re-read from the engine then, not every tick.
@@ -1266,6 +1271,29 @@ DomainDetail DomainPipeline::detail() const {
     d.guest = std::move(g);
   }
   return d;
+}
+
+std::vector<diagnosis::IncidentVcpuLane> DomainPipeline::incident_lookback(Timestamp since) const {
+  std::vector<diagnosis::IncidentVcpuLane> lanes;
+  std::lock_guard<std::mutex> l(mu_);
+  if (!sampler_) return lanes;
+  for (const host::TrackedThread* t : sampler_->vcpus()) {
+    if (lanes.size() >= shared_.config.incidents.max_lanes) break;
+    diagnosis::IncidentVcpuLane lane;
+    lane.vcpu = t->vcpu();
+    lane.tid = t->tid();
+    const host::SampleRing& ring = t->history();
+    for (size_t i = 0; i < ring.size(); ++i) {
+      const host::ThreadSample& s = ring.at(i);
+      const Timestamp at = shared_.engine_time(s.t_ns);
+      if (at < since) continue;
+      lane.points.push_back(diagnosis::IncidentVcpuPoint{at, diagnosis::thread_state_from_letter(s.state),
+                                                        Duration(static_cast<int64_t>(s.run_ns)),
+                                                        Duration(static_cast<int64_t>(s.wait_ns))});
+    }
+    lanes.push_back(std::move(lane));
+  }
+  return lanes;
 }
 
 Result<VcpuHistory> DomainPipeline::history(int32_t vcpu, std::chrono::nanoseconds window) const {

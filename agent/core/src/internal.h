@@ -80,6 +80,8 @@ struct Shared {
   host::ThreadStatSource* stat_source = nullptr;
   ClockMapping mono_to_engine;
   diagnosis::DiagnosisEngine* engine = nullptr;
+  // Fed each observation after the engine's (the monitor owns it).
+  diagnosis::IncidentRecorder* incidents = nullptr;
   Histogram tick_latency;
   Histogram snapshot_latency;
   Counters counters;
@@ -329,6 +331,9 @@ class DomainPipeline : public std::enable_shared_from_this<DomainPipeline> {
   bool read_due_traces(const introspect::GuestSnapshot& snap);
   bool serve_inspect_requests();
   void set_health(const std::function<void(IntrospectionHealth&)>& f);
+  // The sampler's vCPU rings since `since`, for a bundle opened this tick (the recorder's
+  // Lookback). Bounded by the rings (SamplerOptions::vcpu_history) and max_lanes.
+  std::vector<diagnosis::IncidentVcpuLane> incident_lookback(Timestamp since) const;
 
   Shared& shared_;
   const std::string uuid_;

@@ -127,6 +127,11 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
     engine = std::make_unique<diagnosis::DiagnosisEngine>(shared.config.diagnosis, *shared.clock);
     engine->set_listener(this);
     shared.engine = engine.get();
+    // The recorder hears the fan-out first: the store, a listener too, then sees a finding
+    // after its bundle opened.
+    incidents = std::make_unique<diagnosis::IncidentRecorder>(shared.config.incidents);
+    listeners.push_back(incidents.get());
+    shared.incidents = incidents.get();
     started_at = shared.clock->now();
     if (shared.config.threads) {
       workers = shared.config.workers != 0 ? shared.config.workers : default_workers();
@@ -220,6 +225,7 @@ class StallMonitor::Impl final : public diagnosis::FindingListener {
 
   std::mutex listeners_mu;
   std::vector<diagnosis::FindingListener*> listeners;
+  std::unique_ptr<diagnosis::IncidentRecorder> incidents;
 };
 
 StallMonitor::StallMonitor(MonitorConfig config, MonitorDependencies deps)
@@ -255,7 +261,10 @@ void StallMonitor::on_domain_updated(const libvirt::DomainInfo& domain) {
   if (impl_->tick_pool) internal::post_tick(impl_->shared, created, impl_->shared.mono->now_ns());
 }
 
-void StallMonitor::on_domain_gone(const libvirt::DomainInfo& last) { impl_->remove(Impl::key_of(last)); }
+void StallMonitor::on_domain_gone(const libvirt::DomainInfo& last) {
+  impl_->remove(Impl::key_of(last));
+  impl_->incidents->forget_domain(diagnosis::DomainIdentity{last.name, last.uuid});
+}
 
 void StallMonitor::on_domains_synced(const std::vector<libvirt::DomainInfo>& domains) {
   // A domain we watch that the full listing no longer has went away while we were not told
@@ -314,6 +323,9 @@ Result<InspectResult> StallMonitor::inspect(std::string_view name_or_uuid,
   if (!p) return not_watched(name_or_uuid);
   return p->inspect(timeout);
 }
+
+diagnosis::IncidentRecorder& StallMonitor::incidents() { return *impl_->incidents; }
+const diagnosis::IncidentRecorder& StallMonitor::incidents() const { return *impl_->incidents; }
 
 diagnosis::DiagnosisEngine& StallMonitor::engine() { return *impl_->engine; }
 const diagnosis::DiagnosisEngine& StallMonitor::engine() const { return *impl_->engine; }

@@ -90,6 +90,41 @@ TEST_F(StallMonitorTest, WatchesADomainAndAnswersQueries) {
   EXPECT_EQ(m->inspect("nope", std::chrono::milliseconds(10)).error().code, ErrorCode::kNotFound);
 }
 
+// Issue 14 item 2: the pipeline feeds the incident recorder; its lanes before the onset come
+// from the sampler's vCPU rings, its host stacks from the blocked thread's detail.
+TEST_F(StallMonitorTest, ACriticalFindingGetsAnIncidentBundleFromThePipelinesHistory) {
+  MonitorConfig c;
+  c.incidents.lookback = std::chrono::seconds(2);
+  auto m = make(c);
+  m->on_domain_updated(q.info());
+  run(*m, 50);  // 5 s of history in the rings
+  q.block_vcpu(2);
+  run(*m, 15);
+  auto active = m->engine().active_findings("vm1");
+  ASSERT_EQ(active.size(), 1u);
+  const auto& f = active[0];
+  ASSERT_EQ(f.severity, diagnosis::Severity::kCritical);
+  auto b = m->incidents().get(f.id);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_FALSE(b->complete());
+  EXPECT_EQ(b->window_start, f.onset - std::chrono::seconds(2));
+  ASSERT_EQ(b->vcpus.size(), 4u);
+  const auto& lane = b->vcpus[2];
+  EXPECT_EQ(lane.tid, q.vcpu_tid(2));
+  ASSERT_GE(lane.points.size(), 25u) << "2 s before the onset and the time since, at 10 Hz";
+  EXPECT_GE(lane.points.front().at, b->window_start);
+  EXPECT_LE(lane.points.front().at - b->window_start, std::chrono::milliseconds(100)) << "from the sampler's ring";
+  EXPECT_EQ(lane.points.front().state, diagnosis::ThreadState::kRunning);
+  EXPECT_EQ(lane.points.back().state, diagnosis::ThreadState::kDiskSleep);
+  ASSERT_FALSE(b->host_stacks.empty());
+  EXPECT_EQ(b->host_stacks[0].vcpu, 2);
+  EXPECT_EQ(b->host_stacks[0].wchan, "__refrigerator");
+  m->on_domain_gone(q.info());
+  b = m->incidents().get(f.id);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_TRUE(b->complete()) << "the domain went: its finding resolved, its bundle closed";
+}
+
 TEST_F(StallMonitorTest, FrozenVcpuBecomesAFindingForEveryListenerAndResolvesWhenTheDomainGoes) {
   auto m = make();
   Recorder a, b;

@@ -12,6 +12,7 @@
 
 #include "stallmon/base/result.h"
 #include "stallmon/diagnosis/config.h"
+#include "stallmon/diagnosis/incident_bundle.h"
 #include "stallmon/host/sampler.h"
 #include "stallmon/introspect/memory_budget.h"
 #include "stallmon/introspect/physical_memory.h"
@@ -34,6 +35,8 @@ struct MonitorConfig {
   std::chrono::nanoseconds baseline_snapshot_interval = 100ms;
   diagnosis::DiagnosisConfig diagnosis;
   host::SamplerOptions sampler;
+  // Incident bundles of critical findings (StallMonitor::incidents()): bounds and lookback.
+  diagnosis::IncidentLimits incidents;
 
   // --- Guest introspection ----------------------------------------------------------------
   // Off: no guest memory is read; only host-side findings (blocked, starved, monitor, VM-wide,

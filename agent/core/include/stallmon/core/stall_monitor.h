@@ -40,6 +40,7 @@
 #include "stallmon/base/result.h"
 #include "stallmon/core/monitor_config.h"
 #include "stallmon/diagnosis/engine.h"
+#include "stallmon/diagnosis/incident_recorder.h"
 #include "stallmon/diagnosis/time.h"
 #include "stallmon/host/clock.h"
 #include "stallmon/host/history.h"
@@ -312,6 +313,11 @@ class StallMonitor final : public libvirt::DomainObserver {
   // remove_finding_listener() returns once no call to that listener is in progress.
   void add_finding_listener(diagnosis::FindingListener* listener);
   void remove_finding_listener(diagnosis::FindingListener* listener);
+
+  // Incident bundles of critical findings: fed by every domain's tick (after observe) and by
+  // the finding fan-out; get() a bundle by finding id, set_sink() to persist them.
+  diagnosis::IncidentRecorder& incidents();
+  const diagnosis::IncidentRecorder& incidents() const;
 
   AgentStats stats() const;
   const MonitorConfig& config() const;
