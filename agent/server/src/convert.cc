@@ -432,4 +432,106 @@ void to_proto(const introspect::GuestSnapshot& s, const InspectExtras& x, v1::In
   if (x.include_json) out->set_snapshot_json(introspect::snapshot_to_json_string(s, 2));
 }
 
+namespace {
+
+// The indexes of `n` points to send when at most `max` may go: all, or evenly spaced with the
+// first and the last.
+std::vector<size_t> thinned(size_t n, size_t max) {
+  std::vector<size_t> idx;
+  if (max == 0 || n <= max) {
+    for (size_t i = 0; i < n; ++i) idx.push_back(i);
+    return idx;
+  }
+  if (max == 1) return {n - 1};
+  for (size_t k = 0; k < max; ++k) idx.push_back(k * (n - 1) / (max - 1));
+  return idx;
+}
+
+void snapshot_to_proto(const diagnosis::IncidentSnapshot& s, v1::IncidentSnapshot* out) {
+  to_proto(s.at, out->mutable_at());
+  out->set_guest_clock_ns(s.running_clock_ns);
+  out->set_watchdog_thresh(s.watchdog_thresh);
+  out->set_panic_cpu(s.panic_cpu);
+  out->set_troubled_cpus(s.troubled_cpus);
+  for (const auto& c : s.cpus) {
+    auto* p = out->add_cpus();
+    p->set_cpu(c.cpu);
+    p->set_online(c.online);
+    p->set_idle(c.idle);
+    p->set_current_pid(c.pid);
+    p->set_current_comm(sanitize_utf8(c.comm));
+    p->set_nr_running(c.nr_running);
+    p->set_call_single_queue_len(c.queued_calls);
+    for (int t : c.csd_targets) p->add_waiting_on(t);
+    if (c.watchdog_age) to_proto(*c.watchdog_age, p->mutable_watchdog_age());
+  }
+}
+
+}  // namespace
+
+void to_proto(const diagnosis::IncidentBundle& b, size_t max_points, v1::Incident* out) {
+  to_proto(b.finding, out->mutable_finding());
+  to_proto(b.window_start, out->mutable_window_start());
+  if (b.window_end) to_proto(*b.window_end, out->mutable_window_end());
+  out->set_complete(b.complete());
+  for (const auto& l : b.vcpus) {
+    auto* lane = out->add_vcpus();
+    lane->set_vcpu(l.vcpu);
+    lane->set_host_tid(l.tid);
+    for (size_t i : thinned(l.points.size(), max_points)) {
+      const auto& p = l.points[i];
+      auto* q = lane->add_points();
+      to_proto(p.at, q->mutable_at());
+      q->set_state(static_cast<v1::ThreadState>(p.state));
+      to_proto(p.run_time, q->mutable_run_time());
+      to_proto(p.run_delay, q->mutable_run_delay());
+    }
+  }
+  for (const auto& l : b.guest_cpus) {
+    auto* lane = out->add_guest_cpus();
+    lane->set_cpu(l.cpu);
+    for (size_t i : thinned(l.points.size(), max_points)) {
+      const auto& p = l.points[i];
+      auto* q = lane->add_points();
+      to_proto(p.at, q->mutable_at());
+      q->set_online(p.online);
+      q->set_idle(p.idle);
+      q->set_csd_target(p.csd_target);
+      if (p.watchdog_age) to_proto(*p.watchdog_age, q->mutable_watchdog_age());
+    }
+  }
+  if (b.at_onset) snapshot_to_proto(*b.at_onset, out->mutable_at_onset());
+  if (b.at_worst) snapshot_to_proto(*b.at_worst, out->mutable_at_worst());
+  for (const auto& line : b.printk_tail) out->add_printk_tail(sanitize_utf8(line));
+  for (const auto& h : b.host_stacks) {
+    auto* p = out->add_host_stacks();
+    p->set_tid(h.tid);
+    p->set_vcpu(h.vcpu);
+    p->set_name(sanitize_utf8(h.name));
+    p->set_state(static_cast<v1::ThreadState>(h.state));
+    p->set_wchan(sanitize_utf8(h.wchan));
+    for (const auto& f : h.frames) p->add_frames(sanitize_utf8(f));
+    to_proto(h.first_seen, p->mutable_first_seen());
+    to_proto(h.last_seen, p->mutable_last_seen());
+  }
+  for (const auto& r : b.related) {
+    auto* p = out->add_related();
+    p->set_id(sanitize_utf8(r.id));
+    p->set_kind(to_proto(r.kind));
+    p->set_severity(to_proto(r.severity));
+    to_proto(r.onset, p->mutable_onset());
+    if (r.resolved_at) to_proto(*r.resolved_at, p->mutable_resolved_at());
+    for (int c : r.cpus) p->add_cpus(c);
+    p->set_summary(sanitize_utf8(r.summary));
+  }
+  to_proto(b.stride, out->mutable_stride());
+  auto* d = out->mutable_dropped();
+  d->set_vcpu_points(b.dropped.vcpu_points);
+  d->set_guest_points(b.dropped.guest_points);
+  d->set_lanes(b.dropped.lanes);
+  d->set_host_stacks(b.dropped.host_stacks);
+  d->set_printk_lines(b.dropped.printk_lines);
+  d->set_related(b.dropped.related);
+}
+
 }  // namespace stallmon::server

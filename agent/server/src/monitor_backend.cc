@@ -61,4 +61,21 @@ void MonitorBackend::remove_finding_listener(diagnosis::FindingListener* listene
   monitor_.remove_finding_listener(listener);
 }
 
+Result<diagnosis::IncidentBundle> Backend::incident(const std::string& finding_id) const {
+  return Error(ErrorCode::kNotFound, "no incident bundle of finding " + finding_id);
+}
+
+Result<diagnosis::IncidentBundle> MonitorBackend::incident(const std::string& finding_id) const {
+  if (auto b = monitor_.incidents().get(finding_id)) return std::move(*b);
+  if (!incident_store_) {
+    return Error(ErrorCode::kNotFound, "no incident bundle of finding " + finding_id +
+                                           " in memory (only critical findings have one; no finding store)");
+  }
+  return incident_store_(finding_id);
+}
+
+void MonitorBackend::set_incident_store(std::function<Result<diagnosis::IncidentBundle>(const std::string&)> lookup) {
+  incident_store_ = std::move(lookup);
+}
+
 }  // namespace stallmon::server

@@ -293,4 +293,14 @@ grpc::Status StallmonService::InspectDomain(grpc::ServerContext* ctx, const v1::
   return grpc::Status::OK;
 }
 
+grpc::Status StallmonService::GetIncident(grpc::ServerContext*, const v1::GetIncidentRequest* req,
+                                          v1::Incident* resp) {
+  IncidentParams p;
+  if (auto st = parse(*req, &p); !st.ok()) return st;
+  auto b = backend_.incident(p.finding_id);
+  if (!b.ok()) return to_grpc_status(b.error());
+  to_proto(*b, p.max_points, resp);
+  return grpc::Status::OK;
+}
+
 }  // namespace stallmon::server

@@ -124,6 +124,22 @@ grpc::Status parse(const v1::WatchFindingsRequest& req, WatchParams* out) {
   return grpc::Status::OK;
 }
 
+grpc::Status parse(const v1::GetIncidentRequest& req, IncidentParams* out) {
+  const std::string& id = req.finding_id();
+  if (id.empty()) return invalid("finding_id", "required (a finding id, as ListFindings shows it)");
+  if (id.size() > kMaxFindingIdBytes) return invalid("finding_id", "longer than " + std::to_string(kMaxFindingIdBytes) + " bytes");
+  for (unsigned char c : id) {
+    if (c < 0x20 || c == 0x7f) return invalid("finding_id", "contains a control character");
+  }
+  if (sanitize_utf8(id) != id) return invalid("finding_id", "not valid UTF-8");
+  if (req.max_points() < 0 || req.max_points() > kMaxIncidentPoints) {
+    return invalid("max_points", "must be 0 (all) to " + std::to_string(kMaxIncidentPoints));
+  }
+  out->finding_id = id;
+  out->max_points = static_cast<size_t>(req.max_points());
+  return grpc::Status::OK;
+}
+
 grpc::Status parse(const v1::InspectDomainRequest& req, InspectParams* out) {
   if (auto st = check_domain(req.domain(), "domain", true); !st.ok()) return st;
   out->domain = req.domain();

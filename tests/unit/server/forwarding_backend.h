@@ -27,6 +27,7 @@ class ForwardingBackend : public Backend {
   uint64_t revision() const override { return real_.revision(); }
   void add_finding_listener(diagnosis::FindingListener* l) override { real_.add_finding_listener(l); }
   void remove_finding_listener(diagnosis::FindingListener* l) override { real_.remove_finding_listener(l); }
+  Result<diagnosis::IncidentBundle> incident(const std::string& id) const override { return real_.incident(id); }
 
  private:
   Backend& real_;

@@ -322,6 +322,45 @@ TEST_F(ServiceTest, InspectPassesTheTimeoutBoundedByTheClientDeadline) {
   EXPECT_GE(t[1], 1ms);
 }
 
+// Issue 14 item 2: GetIncident serves the bundle the monitor keeps for a critical finding.
+TEST_F(ServiceTest, GetIncidentServesTheBundleOfACriticalFinding) {
+  start();
+  agent_.block(demo_, 1);
+  const auto active = agent_.monitor.engine().active_findings("demo");
+  ASSERT_EQ(active.size(), 1u);
+  v1::GetIncidentRequest req;
+  req.set_finding_id(active[0].id);
+  v1::Incident r;
+  auto st = stub_->GetIncident(ctx().get(), req, &r);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(r.finding().id(), active[0].id);
+  EXPECT_FALSE(r.complete());
+  EXPECT_FALSE(r.has_window_end());
+  ASSERT_EQ(static_cast<size_t>(r.vcpus_size()), agent_.monitor.domain("demo")->vcpus.size());
+  EXPECT_GT(r.vcpus(1).points_size(), 3);
+  EXPECT_EQ(r.vcpus(1).points(r.vcpus(1).points_size() - 1).state(), v1::THREAD_STATE_DISK_SLEEP);
+  // Thinned on request: the first and the last point kept.
+  req.set_max_points(2);
+  v1::Incident thin;
+  ASSERT_TRUE(stub_->GetIncident(ctx().get(), req, &thin).ok());
+  ASSERT_EQ(thin.vcpus(1).points_size(), 2);
+  EXPECT_EQ(thin.vcpus(1).points(0).at().seconds(), r.vcpus(1).points(0).at().seconds());
+  EXPECT_EQ(thin.vcpus(1).points(1).state(), v1::THREAD_STATE_DISK_SLEEP);
+
+  req.set_finding_id("demo/VCPU_HOST_BLOCKED/vcpu9/99");
+  req.set_max_points(0);
+  EXPECT_EQ(stub_->GetIncident(ctx().get(), req, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  for (const std::string& bad : {std::string(), std::string(513, 'x'), std::string("a\nb")}) {
+    req.set_finding_id(bad);
+    st = stub_->GetIncident(ctx().get(), req, &r);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_NE(st.error_message().find("finding_id"), std::string::npos) << st.error_message();
+  }
+  req.set_finding_id(active[0].id);
+  req.set_max_points(-1);
+  EXPECT_EQ(stub_->GetIncident(ctx().get(), req, &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServiceTest, ListFindingsAreTheEnginesFilteredAndOrdered) {
   start();
   agent_.block(demo_, 1);  // demo: VCPU_HOST_BLOCKED, resolved below

@@ -62,6 +62,9 @@ class Backend {
   // only record and wake (the WatchFindings streams re-read events_since themselves).
   virtual void add_finding_listener(diagnosis::FindingListener* listener) = 0;
   virtual void remove_finding_listener(diagnosis::FindingListener* listener) = 0;
+  // The incident bundle of a finding (memory, then the store): kNotFound when there is none.
+  // Not pure: a backend without bundles (the tests' canned ones) answers kNotFound.
+  virtual Result<diagnosis::IncidentBundle> incident(const std::string& finding_id) const;
 };
 
 // The Backend of the daemon: queries go to the StallMonitor (and the watcher for the libvirt
@@ -85,11 +88,16 @@ class MonitorBackend final : public Backend {
   uint64_t revision() const override;
   void add_finding_listener(diagnosis::FindingListener* listener) override;
   void remove_finding_listener(diagnosis::FindingListener* listener) override;
+  Result<diagnosis::IncidentBundle> incident(const std::string& finding_id) const override;
+  // Where bundles evicted from memory are read from (the finding store); unset: memory only.
+  // Set before serving.
+  void set_incident_store(std::function<Result<diagnosis::IncidentBundle>(const std::string&)> lookup);
 
  private:
   core::StallMonitor& monitor_;
   const libvirt::DomainWatcher* watcher_;
   std::function<AgentStatus()> status_;
+  std::function<Result<diagnosis::IncidentBundle>(const std::string&)> incident_store_;
 };
 
 }  // namespace stallmon::server

@@ -34,6 +34,9 @@ v1::Cause to_proto(diagnosis::Cause c);
 v1::FindingEvent::Type to_proto(diagnosis::FindingEvent::Type t);
 void to_proto(const diagnosis::Finding& f, v1::Finding* out);
 void to_proto(const diagnosis::FindingEvent& e, uint64_t incarnation, v1::FindingEvent* out);
+// An incident bundle; each lane evenly thinned to max_points (0: all), keeping its first and
+// last point. Guest-derived strings are made valid UTF-8.
+void to_proto(const diagnosis::IncidentBundle& b, size_t max_points, v1::Incident* out);
 
 // --- host threads ------------------------------------------------------------------------------
 v1::ThreadState thread_state_from_letter(char letter);

@@ -51,6 +51,8 @@ class StallmonService final : public v1::Stallmon::Service {
                              grpc::ServerWriter<v1::FindingEvent>* writer) override;
   grpc::Status InspectDomain(grpc::ServerContext* ctx, const v1::InspectDomainRequest* req,
                              v1::InspectDomainResponse* resp) override;
+  grpc::Status GetIncident(grpc::ServerContext* ctx, const v1::GetIncidentRequest* req,
+                           v1::Incident* resp) override;
 
   int active_watchers() const { return watchers_.load(); }
   int inspect_calls() const { return inspects_.calls(); }  // InspectDomain calls being served

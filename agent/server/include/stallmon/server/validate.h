@@ -31,6 +31,8 @@ inline constexpr int kDefaultPrintkRecords = 20;
 inline constexpr int kMaxPrintkRecords = 1000;
 inline constexpr std::chrono::seconds kDefaultInspectTimeout{5};
 inline constexpr std::chrono::seconds kMaxInspectTimeout{60};
+inline constexpr size_t kMaxFindingIdBytes = 512;
+inline constexpr int kMaxIncidentPoints = 100000;
 
 // A domain given by name or uuid: non-empty (unless optional), at most 256 bytes, valid UTF-8,
 // no control characters. `field` names it in the error.
@@ -69,5 +71,11 @@ struct InspectParams {
   bool include_json = false;
 };
 grpc::Status parse(const v1::InspectDomainRequest& req, InspectParams* out);
+
+struct IncidentParams {
+  std::string finding_id;
+  size_t max_points = 0;  // per lane; 0: all
+};
+grpc::Status parse(const v1::GetIncidentRequest& req, IncidentParams* out);
 
 }  // namespace stallmon::server
