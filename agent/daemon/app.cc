@@ -141,6 +141,12 @@ class StoreMetrics final : public alerting::MetricsContributor {
     w.family("stallmon_store_bytes", alerting::MetricType::kGauge,
              "Database pages in use, as of the last retention pass (store.max_size_mib bounds it).");
     w.sample({}, static_cast<double>(s.bytes_used));
+    w.family("stallmon_store_incidents_written_total", alerting::MetricType::kCounter,
+             "Incident bundle states committed to the finding store.");
+    w.sample({}, static_cast<double>(s.incidents_written));
+    w.family("stallmon_store_incidents_dropped_total", alerting::MetricType::kCounter,
+             "Incident bundle states never stored: the queue was full, the bundle too big, or a transaction failed.");
+    w.sample({}, static_cast<double>(s.incidents_dropped));
   }
 
  private:
@@ -188,6 +194,16 @@ StepResult open_store(App& app) {
   }
   app.store = std::move(*db);
   app.incarnation = app.store->incarnation();
+  // Bundles of findings still active continue (restored before the first event).
+  std::size_t skipped = 0;
+  auto bundles = app.store->load_open_incidents(static_cast<std::size_t>(app.config.incidents_max_bundles), &skipped);
+  if (bundles.ok()) {
+    if (skipped > 0) spdlog::warn("finding store {}: {} incident bundles did not decode and were skipped", path, skipped);
+    app.monitor->incidents().restore(std::move(bundles).value());
+  } else {
+    spdlog::warn("finding store {}: incident bundles not restored: {}", path, bundles.error().to_string());
+  }
+  app.monitor->incidents().set_sink(app.store.get());
   app.monitor->add_finding_listener(app.store.get());
   app.store->start();
   // Runs after the gRPC server stopped: the monitor stops first, so that the store has every
@@ -195,6 +211,9 @@ StepResult open_store(App& app) {
   app.at_shutdown("close finding store", [&app] {
     app.monitor->stop();
     app.monitor->remove_finding_listener(app.store.get());
+    // The open bundles as they are now: the next run continues them.
+    app.monitor->incidents().emit_open();
+    app.monitor->incidents().set_sink(nullptr);
     app.store->stop();
   });
   return StepResult::next();
@@ -218,6 +237,10 @@ StepResult start_server(App& app) {
     s.sampling_alive = sampling_alive(monitor->domains(), std::chrono::system_clock::now(), max_age, &why);
     return s;
   });
+  if (app.store) {
+    // Bundles evicted from memory are read back from the store (the server stops before it).
+    app.backend->set_incident_store([&app](const std::string& id) { return app.store->incident(id); });
+  }
   app.server = std::make_unique<server::GrpcServer>(*app.backend, app.config.server, app.incarnation);
   auto r = app.server->start();
   if (!r.ok()) return StepResult::exit(1, r.error().message);

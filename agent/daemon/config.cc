@@ -233,6 +233,11 @@ const std::vector<Key>& keys() {
         {"store.enabled", boolean(&C::store_enabled)},
         {"store.max_age", duration(field(&C::store_max_age)), true},
         {"store.max_size_mib", bounded_int(field(&C::store_max_size_mib), 1, 1 << 20), true},
+        // --- incident bundles (agent/diagnosis/incident_recorder.h) ---
+        {"incidents.enabled", boolean(&C::incidents_enabled)},
+        {"incidents.lookback", duration(field(&C::incidents_lookback))},
+        {"incidents.max_bundle_kib", bounded_int(field(&C::incidents_max_bundle_kib), 16, 16384)},
+        {"incidents.max_bundles", bounded_int(field(&C::incidents_max_bundles), 1, 1024)},
     };
     t.insert(t.end(), std::make_move_iterator(rest.begin()), std::make_move_iterator(rest.end()));
     return t;
@@ -400,6 +405,11 @@ Result<void> validate(const DaemonConfig& c) {
     return bad("discovery.no_kernel_retry_max", "must be 1s..48h");
   }
   if (!c.state_dir.empty() && c.state_dir[0] != '/') return bad("state_dir", "must be an absolute path (or empty: keep nothing)");
+  // The vCPU rings hold sampling.history (at 1 Hz past history_full_resolution): a longer
+  // lookback would find nothing there.
+  if (c.incidents_lookback < std::chrono::seconds(1) || c.incidents_lookback > c.history) {
+    return bad("incidents.lookback", "must be 1s..sampling.history");
+  }
   if (c.store_max_age < std::chrono::hours(1) || c.store_max_age > std::chrono::hours(24 * 3660)) {
     return bad("store.max_age", "must be 1h..87840h (ten years)");
   }
@@ -468,6 +478,10 @@ core::MonitorConfig to_monitor_config(const DaemonConfig& c) {
   m.profile_dir = c.profile_dir;
   m.debug_dir = c.debug_dir;
   m.ignore_guest_btf = c.ignore_guest_btf;
+  m.incidents.enabled = c.incidents_enabled;
+  m.incidents.lookback = c.incidents_lookback;
+  m.incidents.max_bundle_bytes = static_cast<size_t>(c.incidents_max_bundle_kib) << 10;
+  m.incidents.max_bundles = static_cast<size_t>(c.incidents_max_bundles);
   if (!c.domains.empty()) {
     auto patterns = c.domains;
     m.domain_filter = [patterns](const libvirt::DomainInfo& d) { return domain_selected(patterns, d.name, d.uuid); };

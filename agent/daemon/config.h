@@ -79,6 +79,12 @@ struct DaemonConfig {
   bool store_enabled = true;
   std::chrono::nanoseconds store_max_age{std::chrono::hours(24 * 14)};
   int store_max_size_mib = 256;
+  // Incident bundles of critical findings (agent/diagnosis/README.md, "Incident bundles"):
+  // history from `lookback` before onset to resolution, bounded per bundle and in number.
+  bool incidents_enabled = true;
+  std::chrono::nanoseconds incidents_lookback{std::chrono::seconds(60)};
+  int incidents_max_bundle_kib = 256;
+  int incidents_max_bundles = 32;
 };
 
 // state_dir/findings.db, or "" when the store is off (store.enabled false or no state_dir).

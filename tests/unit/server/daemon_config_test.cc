@@ -64,6 +64,7 @@ discovery: {max_concurrent: 2, no_kernel_retry_max: 1h}
 introspection: {read_deadline: 100ms, memory_budget_mib: 16, profile_dir: /srv/profiles, debug_dir: "", ignore_guest_btf: true}
 state_dir: /tmp/state
 store: {enabled: false, max_age: 24h, max_size_mib: 32}
+incidents: {enabled: false, lookback: 30s, max_bundle_kib: 64, max_bundles: 8}
 )";
 
 TEST(DaemonConfig, EveryKeyRoundTrips) {
@@ -100,6 +101,12 @@ TEST(DaemonConfig, EveryKeyRoundTrips) {
   EXPECT_EQ(store_path(DaemonConfig{}), "/var/lib/stallmon/findings.db");
   EXPECT_FALSE(parse_config("store: {max_size_mib: 0}").ok());
   EXPECT_FALSE(validate(*parse_config("store: {max_age: 10m}")).ok()) << "at least an hour";
+  EXPECT_FALSE(c->incidents_enabled);
+  EXPECT_EQ(c->incidents_lookback, 30s);
+  EXPECT_EQ(to_monitor_config(*c).incidents.max_bundle_bytes, 64u << 10);
+  EXPECT_EQ(to_monitor_config(*c).incidents.max_bundles, 8u);
+  EXPECT_FALSE(parse_config("incidents: {max_bundles: 0}").ok());
+  EXPECT_FALSE(validate(*parse_config("incidents: {lookback: 11m}")).ok()) << "longer than sampling.history";
   EXPECT_TRUE(validate(*c).ok());
   auto again = parse_config(to_yaml(*c));
   ASSERT_TRUE(again.ok()) << again.error().to_string();
