@@ -9,6 +9,7 @@
 
 #include "connection.h"
 #include "format.h"
+#include "incident_html.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "stallmon/server/client_commands.h"
 #include "stallmon/v1/stallmon.grpc.pb.h"
@@ -203,6 +204,37 @@ int run_inspect(const InspectArgs& a) {
   return kExitOk;
 }
 
+struct IncidentArgs {
+  ConnectOptions conn;
+  std::string id;
+  bool json = false;
+  int max_points = 0;
+  std::string html;
+};
+
+int run_incident(const IncidentArgs& a) {
+  int rc = 0;
+  auto c = open_connection(a.conn, &rc);
+  if (!c) return rc;
+  v1::GetIncidentRequest req;
+  req.set_finding_id(a.id);
+  req.set_max_points(a.max_points);
+  v1::Incident r;
+  auto st = v1::Stallmon::NewStub(c->channel)->GetIncident(make_context(a.conn).get(), req, &r);
+  if (!st.ok()) return report("incident " + a.id, st, *c);
+  if (!a.html.empty()) {
+    auto w = write_incident_html(r, a.html);
+    if (!w.ok()) {
+      std::fprintf(stderr, "stallctl: incident %s: %s\n", a.id.c_str(), w.error().to_string().c_str());
+      return kExitFailure;
+    }
+    out("wrote " + a.html + "\n");
+    return kExitOk;
+  }
+  out(a.json ? to_json(r) : format_incident(r));
+  return kExitOk;
+}
+
 }  // namespace
 
 void register_client_commands(CLI::App& app, std::function<int()>& run) {
@@ -242,6 +274,17 @@ void register_client_commands(CLI::App& app, std::function<int()>& run) {
     add_connect_options(c, a->conn);
     c->add_flag("--json", a->json, "JSON instead of a table (--watch: one event per line)");
     c->callback([a, &run] { run = [a] { return run_findings(*a); }; });
+  }
+  {
+    auto a = std::make_shared<IncidentArgs>();
+    auto* c = app.add_subcommand("incident", "the incident bundle of a critical finding: history, snapshots, stacks");
+    c->add_option("ID", a->id, "finding id (as `stallctl findings` shows it)")->required();
+    c->add_option("--max-points", a->max_points, "samples per lane, evenly thinned (default: all)")
+        ->check(CLI::Range(0, 100000));
+    c->add_option("--html", a->html, "write a self-contained HTML report with a timeline to this file");
+    add_connect_options(c, a->conn);
+    c->add_flag("--json", a->json, "JSON instead of text");
+    c->callback([a, &run] { run = [a] { return run_incident(*a); }; });
   }
   {
     // `inspect DOMAIN` asks the daemon; the local inspect (--core, --qemu-pid, --domain) stays as

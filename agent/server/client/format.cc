@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <ctime>
 #include <map>
+#include <set>
 #include <sstream>
+#include <tuple>
 
 namespace stallmon::server::client {
 namespace {
@@ -374,6 +376,138 @@ std::string to_json(const google::protobuf::Message& m, bool indent) {
   if (!st.ok()) return "{\"error\": \"cannot convert to JSON\"}";
   if (indent && (out.empty() || out.back() != '\n')) out += "\n";
   return out;
+}
+
+namespace {
+
+std::string state_letter(v1::ThreadState s) {
+  switch (s) {
+    case v1::THREAD_STATE_RUNNING: return "R";
+    case v1::THREAD_STATE_SLEEPING: return "S";
+    case v1::THREAD_STATE_DISK_SLEEP: return "D";
+    case v1::THREAD_STATE_STOPPED: return "T";
+    case v1::THREAD_STATE_TRACING_STOP: return "t";
+    case v1::THREAD_STATE_ZOMBIE: return "Z";
+    case v1::THREAD_STATE_IDLE: return "I";
+    case v1::THREAD_STATE_DEAD: return "X";
+    default: return "?";
+  }
+}
+
+int64_t nanos(const google::protobuf::Timestamp& t) { return t.seconds() * 1'000'000'000 + t.nanos(); }
+
+// How long a lane's points show a state: each point stands until the next one.
+std::string state_spans(const v1::IncidentVcpuLane& l) {
+  std::map<std::string, int64_t> ns;
+  for (int i = 0; i + 1 < l.points_size(); ++i) {
+    ns[state_letter(l.points(i).state())] += nanos(l.points(i + 1).at()) - nanos(l.points(i).at());
+  }
+  std::string out;
+  for (const auto& [s, n] : ns) {
+    if (n <= 0) continue;
+    out += (out.empty() ? "" : " ") + s + " " + human_duration(std::chrono::nanoseconds(n));
+  }
+  return out.empty() ? "-" : out;
+}
+
+std::string snapshot_table(const v1::IncidentSnapshot& s) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& c : s.cpus()) {
+    std::string curr = c.current_comm().empty() ? "?" : c.current_comm();
+    if (c.current_pid() > 0) curr += "/" + std::to_string(c.current_pid());
+    rows.push_back({std::to_string(c.cpu()), c.online() ? "yes" : "no", curr, c.idle() ? "yes" : "no",
+                    std::to_string(c.nr_running()), std::to_string(c.call_single_queue_len()),
+                    join_ints(c.waiting_on()), c.has_watchdog_age() ? human_duration(c.watchdog_age()) : "-"});
+  }
+  return format_table({"CPU", "ONLINE", "CURRENT", "IDLE", "NR_RUN", "QUEUED", "WAITS ON", "WATCHDOG AGE"}, rows);
+}
+
+}  // namespace
+
+std::string format_incident(const v1::Incident& r) {
+  std::ostringstream o;
+  const auto& f = r.finding();
+  o << "incident of " << f.id() << " (" << v1::FindingKind_Name(f.kind()) << ", " << severity_name(f.severity())
+    << ") on " << or_dash(f.domain()) << "\n";
+  o << "window " << human_time(r.window_start()) << " .. "
+    << (r.has_window_end() ? human_time(r.window_end()) + " UTC (resolved)" : std::string("now (active)")) << "\n";
+  o << "onset " << human_time(f.onset()) << " UTC, lasted " << human_duration(f.duration()) << "\n";
+  if (!f.summary().empty()) o << f.summary() << "\n";
+
+  o << "\nvCPU threads (host):\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& l : r.vcpus()) {
+    rows.push_back({std::to_string(l.vcpu()), std::to_string(l.host_tid()), std::to_string(l.points_size()),
+                    state_spans(l)});
+  }
+  o << format_table({"VCPU", "TID", "SAMPLES", "STATES"}, rows);
+
+  o << "\nguest CPUs:\n";
+  rows.clear();
+  for (const auto& l : r.guest_cpus()) {
+    std::set<int> targets;
+    int idle = 0, offline = 0;
+    google::protobuf::Duration worst;
+    int64_t worst_ns = -1;
+    for (const auto& p : l.points()) {
+      if (p.csd_target() >= 0) targets.insert(p.csd_target());
+      idle += p.idle() ? 1 : 0;
+      offline += p.online() ? 0 : 1;
+      if (p.has_watchdog_age()) {
+        const int64_t n = p.watchdog_age().seconds() * 1'000'000'000 + p.watchdog_age().nanos();
+        if (n > worst_ns) {
+          worst_ns = n;
+          worst = p.watchdog_age();
+        }
+      }
+    }
+    std::string waits;
+    for (int t : targets) waits += (waits.empty() ? "CPU" : ",CPU") + std::to_string(t);
+    rows.push_back({std::to_string(l.cpu()), std::to_string(l.points_size()), std::to_string(idle),
+                    std::to_string(offline), or_dash(waits), worst_ns >= 0 ? human_duration(worst) : "-"});
+  }
+  o << format_table({"CPU", "SNAPSHOTS", "IDLE", "OFFLINE", "WAITED ON", "MAX WATCHDOG AGE"}, rows);
+
+  for (const auto& [title, snap, has] :
+       {std::tuple<const char*, const v1::IncidentSnapshot*, bool>{"at onset", &r.at_onset(), r.has_at_onset()},
+        {"at the worst point", &r.at_worst(), r.has_at_worst()}}) {
+    if (!has) continue;
+    o << "\nguest snapshot " << title << " (" << human_time(snap->at()) << " UTC, " << snap->troubled_cpus()
+      << " CPUs in trouble" << (snap->panic_cpu() >= 0 ? ", PANIC on CPU " + std::to_string(snap->panic_cpu()) : "")
+      << "):\n"
+      << snapshot_table(*snap);
+  }
+
+  if (r.host_stacks_size() > 0) {
+    o << "\nhost stacks of blocked threads:\n";
+    for (const auto& h : r.host_stacks()) {
+      o << "  " << h.tid() << " " << or_dash(h.name()) << " (" << state_letter(h.state())
+        << (h.vcpu() >= 0 ? ", vCPU " + std::to_string(h.vcpu()) : "") << ", wchan " << or_dash(h.wchan())
+        << ", seen " << human_time(h.first_seen()) << " .. " << human_time(h.last_seen()) << ")\n";
+      for (const auto& fr : h.frames()) o << "      " << fr << "\n";
+    }
+  }
+  if (r.related_size() > 0) {
+    o << "\nfindings of the domain in the window:\n";
+    rows.clear();
+    for (const auto& x : r.related()) {
+      rows.push_back({x.id(), severity_name(x.severity()), human_time(x.onset()),
+                      x.has_resolved_at() ? human_time(x.resolved_at()) : "active"});
+    }
+    o << format_table({"ID", "SEVERITY", "ONSET", "RESOLVED"}, rows);
+  }
+  if (r.printk_tail_size() > 0) {
+    o << "\nprintk tail:\n";
+    for (const auto& line : r.printk_tail()) o << "  " << line << "\n";
+  }
+  const auto& d = r.dropped();
+  if (d.vcpu_points() + d.guest_points() + d.lanes() + d.host_stacks() + d.printk_lines() + d.related() > 0) {
+    o << "\ndropped by the daemon's bounds: " << d.vcpu_points() << " vCPU samples, " << d.guest_points()
+      << " guest samples (kept one per " << human_duration(r.stride()) << "), " << d.lanes() << " lanes, "
+      << d.host_stacks() << " host stacks, " << d.printk_lines() << " printk lines, " << d.related()
+      << " findings\n";
+  }
+  return o.str();
 }
 
 }  // namespace stallmon::server::client

@@ -33,6 +33,10 @@ std::string format_findings(const v1::ListFindingsResponse& r, bool evidence, Cl
 // One line per event for `findings --watch`.
 std::string format_event(const v1::FindingEvent& e);
 std::string format_inspect(const v1::InspectDomainResponse& r);
+// `stallctl incident ID`: the finding, its window, one line per vCPU lane and guest CPU lane
+// (what each went through), the snapshots at onset and at the worst point, the host stacks, the
+// related findings, the printk tail and what the daemon's bounds dropped.
+std::string format_incident(const v1::Incident& r);
 
 // proto3 JSON (field names as in the .proto), one object; pretty when `indent`.
 std::string to_json(const google::protobuf::Message& m, bool indent = true);
