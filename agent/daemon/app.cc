@@ -153,6 +153,33 @@ class StoreMetrics final : public alerting::MetricsContributor {
   const store::FindingDb& db_;
 };
 
+// The incident recorder's counters on /metrics (stallmon_incident_*): what its bounds cost.
+class IncidentMetrics final : public alerting::MetricsContributor {
+ public:
+  explicit IncidentMetrics(const diagnosis::IncidentRecorder& rec) : rec_(rec) {}
+  void write_metrics(alerting::ExpositionWriter& w) const override {
+    const auto s = rec_.stats();
+    w.family("stallmon_incident_bundles_opened_total", alerting::MetricType::kCounter,
+             "Incident bundles opened (one per critical finding).");
+    w.sample({}, static_cast<double>(s.bundles_opened));
+    w.family("stallmon_incident_bundles_refused_total", alerting::MetricType::kCounter,
+             "Critical findings without a bundle: incidents.max_bundles were open at once.");
+    w.sample({}, static_cast<double>(s.bundles_refused));
+    w.family("stallmon_incident_bundles_evicted_total", alerting::MetricType::kCounter,
+             "Completed bundles dropped from memory for room (the finding store keeps them).");
+    w.sample({}, static_cast<double>(s.bundles_evicted));
+    w.family("stallmon_incident_thinnings_total", alerting::MetricType::kCounter,
+             "Times a bundle's lanes were halved to stay within incidents.max_bundle_kib.");
+    w.sample({}, static_cast<double>(s.thinnings));
+    w.family("stallmon_incident_bytes", alerting::MetricType::kGauge,
+             "Estimated memory of the bundles held and the recorder's guest rings.");
+    w.sample({}, static_cast<double>(s.bytes));
+  }
+
+ private:
+  const diagnosis::IncidentRecorder& rec_;
+};
+
 // After the monitor, before anything can tick or serve: the previous run's findings go into the
 // engine (revisions and ids go on), and the store listens from here on. A store that cannot be
 // opened or read is logged and the daemon runs without persistence.
@@ -273,6 +300,8 @@ StepResult start_alerting(App& app) {
     app.store_metrics = std::make_unique<StoreMetrics>(*app.store);
     app.alerting->collector().add_contributor(app.store_metrics.get());
   }
+  app.incident_metrics = std::make_unique<IncidentMetrics>(app.monitor->incidents());
+  app.alerting->collector().add_contributor(app.incident_metrics.get());
   // Stops after the watcher (no more ticks) and before the monitor it reads.
   app.at_shutdown("stop metrics and alerting", [&app] { app.alerting->stop(); });
   if (!ac.metrics_listen.empty()) {

@@ -63,6 +63,7 @@ struct App {
   diagnosis::SteadyWallClock store_clock;
   std::unique_ptr<store::FindingDb> store;
   std::unique_ptr<alerting::MetricsContributor> store_metrics;  // outlives the collector
+  std::unique_ptr<alerting::MetricsContributor> incident_metrics;  // likewise
   std::unique_ptr<libvirt::DomainWatcher> watcher;
   std::unique_ptr<server::MonitorBackend> backend;
   std::unique_ptr<server::GrpcServer> server;
