@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "fault_scenarios.h"
+#include "incident_feed.h"
 #include "stallmon/diagnosis/incident_recorder.h"
 
 namespace stallmon::diagnosis::testing {
@@ -25,46 +26,6 @@ struct Sink : IncidentSink {
   std::map<std::string, std::shared_ptr<const IncidentBundle>> last;
 };
 
-// The sampler's vCPU rings, as the pipeline's lookback reads them: every tick's vCPU views.
-struct HostRing {
-  std::map<int, IncidentVcpuLane> lanes;
-  void add(const DomainObservation& obs, Timestamp at) {
-    for (const auto& v : obs.vcpus) {
-      auto& l = lanes[v.index];
-      l.vcpu = v.index;
-      l.tid = v.thread.tid;
-      l.points.push_back({at, v.thread.state, v.thread.run_time, v.thread.run_delay});
-    }
-  }
-  IncidentRecorder::Lookback lookback() {
-    return [this](Timestamp since) {
-      std::vector<IncidentVcpuLane> out;
-      for (const auto& [i, l] : lanes) {
-        IncidentVcpuLane c{l.vcpu, l.tid, {}};
-        for (const auto& p : l.points)
-          if (p.at >= since) c.points.push_back(p);
-        out.push_back(std::move(c));
-      }
-      return out;
-    };
-  }
-};
-
-// The observation Sim::tick() built on its last tick: the state it reads does not change
-// until the next tick's workload step (snapshots every tick, none edited).
-DomainObservation last_observation(const Sim& sim) {
-  DomainObservation obs;
-  obs.domain = sim.domain;
-  for (std::size_t i = 0; i < sim.vcpus.size(); ++i) obs.vcpus.push_back({static_cast<int>(i), sim.vcpus[i].view});
-  obs.other_threads.push_back(sim.main.view);
-  for (const auto& t : sim.others) obs.other_threads.push_back(t.view);
-  obs.main_loop_tid = sim.main.view.tid;
-  GuestView g = sim.guest;
-  for (const auto& c : sim.cpus) g.cpus.push_back(c.view);
-  obs.guest = std::move(g);
-  return obs;
-}
-
 // Seed case (b): the qemu process SIGSTOPped for 6 s while CPU0 waits on CPU1's flush.
 TEST(IncidentBundle, SigstopKeepsHistoryFromBeforeOnsetToResolution) {
   Sim sim(4);
@@ -74,20 +35,8 @@ TEST(IncidentBundle, SigstopKeepsHistoryFromBeforeOnsetToResolution) {
   Sink sink;
   rec.set_sink(&sink);
   sim.engine.set_listener(&rec);
-  HostRing ring;
-  // The pipeline hands the recorder each observation after the engine's; here, at the start of
-  // the next tick, before the workload's step changes anything.
-  auto feed = [&] {
-    if (sim.ticks == 0) return;
-    const DomainObservation obs = last_observation(sim);
-    ring.add(obs, sim.clock.now());
-    rec.on_observation(obs, sim.clock.now(), ring.lookback());
-  };
-  auto step = sim.before_tick;
-  sim.before_tick = [&] {
-    feed();
-    step();
-  };
+  // The pipeline hands the recorder each observation after the engine's.
+  IncidentFeed feed(sim, rec);
   sim.run(70s);
   ASSERT_EQ(rec.stats().bundles_opened, 0u) << "a healthy guest has no critical finding";
 
@@ -97,7 +46,7 @@ TEST(IncidentBundle, SigstopKeepsHistoryFromBeforeOnsetToResolution) {
   load.sigcont();
   const Timestamp continued_at = sim.clock.now();
   sim.run(5s);
-  feed();
+  feed.feed();
 
   // Every critical finding of the stop has a bundle, complete once the finding resolved.
   std::vector<Finding> critical;
@@ -180,7 +129,6 @@ TEST(IncidentBundle, SigstopKeepsHistoryFromBeforeOnsetToResolution) {
   sim.run(2s);
   EXPECT_EQ(rec.get(vm->id)->vcpus[0].points.size(), before);
   sim.engine.set_listener(nullptr);
-  sim.before_tick = step;
 }
 
 // Hand-made findings and observations for the rule-by-rule tests.
