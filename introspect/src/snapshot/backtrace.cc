@@ -420,12 +420,18 @@ Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k
   r->kthread_ = KthreadLayout::resolve(k);
   r->irq_ = IrqStackLayout::resolve(k);
   // The NMI stack needs both: nmi_state says when the CPU is on it, the layout where it is.
-  if (auto st = k.symbol("nmi_state")) r->nmi_state_ = *st;
+  // nmi_state is a per-cpu enum (4 bytes): a BTF variable of another size is not that one.
+  std::string nmi_error = "no nmi_state symbol";
+  if (auto st = k.symbol("nmi_state")) {
+    auto size = k.variable_size("nmi_state");
+    if (!size || *size == 4) r->nmi_state_ = *st;
+    else nmi_error = "nmi_state is " + std::to_string(*size) + " bytes in BTF, not an enum";
+  }
   auto exc = ExceptionStackLayout::resolve(k);
   if (exc) r->exc_ = std::move(exc).value();
   else r->exc_error_ = exc.error().message;
   if (!r->nmi_state_)
-    r->exc_error_ = "exception stacks: no nmi_state symbol" + (r->exc_error_.empty() ? "" : "; " + r->exc_error_);
+    r->exc_error_ = "exception stacks: " + nmi_error + (r->exc_error_.empty() ? "" : "; " + r->exc_error_);
   return r;
 }
 

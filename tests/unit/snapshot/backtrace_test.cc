@@ -689,6 +689,16 @@ TEST_F(BacktraceTest, WithoutTheExceptionStackTypeAnNmiIsNotedAndWithoutNmiState
   ASSERT_TRUE(bt.ok()) << bt.error().to_string();
   EXPECT_EQ(names(*bt), kTaskOnly);
   EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+  // A variable of that name that is no enum (BTF says 8 bytes): not read either.
+  k.add_symbol("nmi_state", 0x3608);
+  k.var_sizes["nmi_state"] = 8;
+  r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_NE((*r)->exception_stacks_error().find("nmi_state is 8 bytes in BTF"), std::string::npos)
+      << (*r)->exception_stacks_error();
+  bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
 }
 
 TEST(ExceptionStackLayoutTest, LayoutsNoKernelHasAreRefused) {
