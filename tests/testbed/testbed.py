@@ -736,6 +736,13 @@ def read_console(name):
         return ""
 
 
+class GuestBootUnhealthy(TestbedError):
+    """The guest kernel failed its own boot (it vanished: panic, triple fault; or it timed out
+    with an Oops/BUG/panic on its console) before the ready marker, before any fault and without
+    stallmon: the same verdict as the boot-health gate, which replaces such a guest. A boot that
+    merely times out with a clean console stays a plain error (a host or testbed problem)."""
+
+
 def wait_ready(name, timeout=120, t0=None, marker=READY_MARKER):
     t0 = time.monotonic() if t0 is None else t0
     deadline = t0 + timeout
@@ -743,12 +750,15 @@ def wait_ready(name, timeout=120, t0=None, marker=READY_MARKER):
         if marker in read_console(name):
             return round(time.monotonic() - t0, 2)
         if time.monotonic() > deadline:
-            tail = read_console(name)[-2000:]
-            raise TestbedError("domain %s: no %r on the console within %ss; console tail:\n%s"
-                               % (name, marker, timeout, tail))
+            text = read_console(name)
+            faults = console_faults(text)
+            kind = GuestBootUnhealthy if faults else TestbedError
+            raise kind("domain %s: no %r on the console within %ss%s; console tail:\n%s"
+                       % (name, marker, timeout,
+                          ", console faults: %s" % faults if faults else "", text[-2000:]))
         if int(time.monotonic() * 10) % 20 == 0 and domain_state(name) is None:
-            raise TestbedError("domain %s vanished while booting; console tail:\n%s"
-                               % (name, read_console(name)[-2000:]))
+            raise GuestBootUnhealthy("domain %s vanished while booting; console tail:\n%s"
+                                     % (name, read_console(name)[-2000:]))
         time.sleep(0.2)
 
 
@@ -1736,6 +1746,10 @@ def main(argv=None):
         elif args.cmd == "boot-survey":
             return boot_survey(args)
         return 0
+    except GuestBootUnhealthy as e:
+        # Exit status 3: Guest::boot (tests/integration/testbed) replaces the guest, counted.
+        log(str(e))
+        return 3
     except TestbedError as e:
         log(str(e))
         return 255

@@ -114,6 +114,7 @@ diagnosis::GuestView to_guest_view(const introspect::GuestSnapshot& snap) {
     v.watchdog_report_ts = c.watchdog.report_ts;
     v.hrtimer_interrupts = c.watchdog.hrtimer_interrupts;
     v.hrtimer_interrupts_saved = c.watchdog.hrtimer_interrupts_saved;
+    v.call_ipis = c.call_ipis;
     v.stack_end_corrupt = c.stack_end_corrupt;
     g.cpus.push_back(std::move(v));
   }

@@ -196,6 +196,18 @@ void update_stack_end(GuestCpuTracker& tr, const GuestCpuView& cv, Timestamp now
   }
 }
 
+// Whether `cpu` took a function-call IPI between two snapshots: both read its count and it
+// moved. Unknown (no count in either) is "no": the wait goes on aging as before.
+bool took_call_ipi(const GuestView& before, const GuestView& now, int cpu) {
+  auto count = [cpu](const GuestView& g) -> std::optional<uint64_t> {
+    for (const GuestCpuView& v : g.cpus)
+      if (v.cpu == cpu) return v.call_ipis;
+    return std::nullopt;
+  };
+  const auto a = count(before), b = count(now);
+  return a && b && *a != *b;
+}
+
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
   // The guest clock went back: a reboot the libvirt events did not tell us about (or a new
   // guest under the same name). Nothing of the old boot's CPU state carries over.
@@ -248,14 +260,18 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
   }
 
   // csd waits: the same (waiter, target, csd) locked with the same function in consecutive
-  // snapshots is one wait, aged from the first of them (a lower bound of its true age).
+  // snapshots is one wait, aged from the first of them, unless the target took a function-call
+  // IPI in between: it then ran its whole queue, this csd included, and a busy sender (which
+  // reuses its per-CPU csd for every call: TLB shootdowns) locked it again for a new call.
+  // Without the target's IPI count, successive short waits can look like one long one.
   std::map<CsdEdgeKey, CsdEdgeTracker> edges;
   for (const GuestCpuView& cv : g.cpus)
     for (const CsdRequest& r : cv.cfd_requests) {
       if (!r.locked || r.target_cpu < 0 || r.target_cpu == cv.cpu) continue;
       CsdEdgeKey key{cv.cpu, r.target_cpu, r.csd_address};
       CsdEdgeTracker e{now, r.function, r.flags};
-      if (auto it = gs.edges.find(key); it != gs.edges.end() && it->second.function == r.function)
+      if (auto it = gs.edges.find(key);
+          it != gs.edges.end() && it->second.function == r.function && !took_call_ipi(gs.view, g, r.target_cpu))
         e.first_seen = it->second.first_seen;
       edges[key] = e;
     }

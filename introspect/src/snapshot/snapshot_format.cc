@@ -286,6 +286,7 @@ nlohmann::json snapshot_to_json(const GuestSnapshot& s) {
     if (c.watchdog.hrtimer_interrupts) wd["hrtimer_interrupts"] = *c.watchdog.hrtimer_interrupts;
     if (c.watchdog.hrtimer_interrupts_saved) wd["hrtimer_interrupts_saved"] = *c.watchdog.hrtimer_interrupts_saved;
     cj["watchdog"] = wd;
+    if (c.call_ipis) cj["call_ipis"] = *c.call_ipis;
     if (c.steal) cj["steal_time"] = {{"steal_ns", c.steal->steal_ns}, {"version", c.steal->version}, {"preempted", c.steal->preempted}};
     if (c.stack_end_corrupt) cj["stack_end_corrupt"] = *c.stack_end_corrupt;
     if (c.backtrace) cj["backtrace"] = backtrace_json(*c.backtrace);

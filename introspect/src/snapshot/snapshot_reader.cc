@@ -156,6 +156,9 @@ struct SnapshotReader::Layout {
   FieldSet steal_fs;
   int st_steal = -1, st_version = -1, st_preempted = -1;
 
+  std::optional<uint64_t> call_ipis;  // per-cpu irq_stat + offsetof(irq_cpustat_t, irq_call_count)
+  uint32_t call_ipis_size = 4;
+
   std::optional<snapshot_detail::PrintkLayout> printk;
 
   uint64_t take_bytes = 0;
@@ -177,7 +180,7 @@ namespace {
 uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
   constexpr uint64_t kPerObject = 128, kPerRequest = sizeof(ReadRequest);
   const uint64_t n = L.ncpus, q = L.opt.max_queue_entries;
-  uint64_t per_cpu = 1024 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
+  uint64_t per_cpu = 1024 + 8 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
                      L.task.buf_len() + L.node.buf_len() + L.mask_bytes + 16 * kPerRequest +
                      /* stack-end word */ 8 + 4 + kPerRequest +
                      q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
@@ -427,6 +430,18 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
     }
   }
 
+  // --- Function-call IPIs taken (arch/x86/include/asm/hardirq.h irq_cpustat_t, per-cpu
+  // irq_stat; inc_irq_stat(irq_call_count) in sysvec_call_function{,_single}). ---
+  if (auto a = sym("irq_stat")) {
+    auto m = k.member("irq_cpustat_t", "irq_call_count");
+    if (m && (m->size == 4 || m->size == 8)) {
+      L.call_ipis = *a + m->offset();
+      L.call_ipis_size = m->size;
+      L.feat.irq_call_count = true;
+    }
+  }
+  if (!L.call_ipis) note("no irq_stat.irq_call_count: csd waits are aged without the target's IPI count");
+
   if (options.read_printk) {
     auto p = snapshot_detail::resolve_printk_layout(k);
     if (p) {
@@ -476,6 +491,8 @@ class SnapshotTake {
   // One CPU's reads in flight.
   struct Work {
     ObjectRead rq, cfd, steal, task;
+    uint64_t call_ipis = 0;  // zeroed: a 4-byte counter reads into its low half
+    size_t call_ipis_req = SIZE_MAX;
     uint64_t csq_first = 0;
     size_t csq_req = SIZE_MAX;
     std::array<WatchdogRead, 4> wd;  // as Layout::watchdog_fields()
@@ -543,6 +560,7 @@ void SnapshotTake::read_fixed_objects() {
     for (size_t i = 0; i < wd_fields.size(); ++i)
       if (wd_fields[i]->address) x.wd[i].req = push(*wd_fields[i]->address + off, &x.wd[i].value, wd_fields[i]->size);
     if (L.steal) x.steal.plan(L.steal_fs, *L.steal + off, reqs);
+    if (L.call_ipis) x.call_ipis_req = push(*L.call_ipis + off, &x.call_ipis, L.call_ipis_size);
   }
   (void)k.read_batch(reqs);
 
@@ -616,6 +634,10 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
     } else {
       err(ci, "steal_time[" + std::to_string(c) + "]", "unreadable", x.steal.bad_address);
     }
+  }
+  if (x.call_ipis_req != SIZE_MAX) {
+    if (reqs[x.call_ipis_req].ok) cs.call_ipis = x.call_ipis;
+    else err(ci, "irq_stat[" + std::to_string(c) + "].irq_call_count", "unreadable", reqs[x.call_ipis_req].addr);
   }
 }
 

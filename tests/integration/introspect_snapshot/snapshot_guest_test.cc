@@ -260,6 +260,22 @@ TEST_F(SnapshotGuest, HealthyGuestReadsCleanly) {
     EXPECT_TRUE(c.steal.has_value());  // CONFIG_KVM_GUEST: the variable exists (zero under TCG)
   }
   EXPECT_GT(b.guest_clock_ns, 0u);
+
+  // Function-call IPIs per CPU, against the guest's own count: /proc/interrupts "CAL" prints
+  // irq_stat.irq_call_count, so it lies between a snapshot taken before and one taken after.
+  ASSERT_TRUE(in.reader->features().irq_call_count);
+  auto cal = g.run("grep 'CAL:' /proc/interrupts");
+  GuestSnapshot after = in.reader->take();
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  std::istringstream line(cal.out.substr(cal.out.find(':') + 1));
+  for (uint32_t c = 0; c < 4; ++c) {
+    uint64_t guest_count = 0;
+    ASSERT_TRUE(line >> guest_count) << cal.out;
+    ASSERT_TRUE(b.cpus[c].call_ipis && after.cpus[c].call_ipis) << c;
+    EXPECT_LE(*b.cpus[c].call_ipis, guest_count) << "CPU" << c << ": " << cal.out;
+    EXPECT_GE(*after.cpus[c].call_ipis, guest_count) << "CPU" << c << ": " << cal.out;
+  }
+  std::cout << "function-call IPIs: guest " << cal.out;
 }
 
 TEST_F(SnapshotGuest, StallctlInspectDomainJsonAndTable) {

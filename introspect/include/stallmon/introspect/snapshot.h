@@ -116,6 +116,11 @@ struct CpuSnapshot {
   bool cfd_ok = false;
   WatchdogState watchdog;
   std::optional<StealTime> steal;  // only when the kernel has steal_time (KVM_GUEST)
+  // The function-call IPIs this CPU has taken (x86 irq_stat.irq_call_count, both the
+  // CALL_FUNCTION and CALL_FUNCTION_SINGLE vectors): each one runs the CPU's whole
+  // call_single_queue, so a csd still locked after the count moved is a new request, not the
+  // same wait. Unset on kernels without it.
+  std::optional<uint64_t> call_ipis;
   // The current task's STACK_END_MAGIC (at task->stack) overwritten: its kernel stack
   // overflowed (or was written past its end). Unset when the word could not be read.
   std::optional<bool> stack_end_corrupt;
@@ -184,6 +189,7 @@ struct SnapshotFeatures {
   bool watchdog_report_ts = false;
   bool hrtimer_interrupts = false;
   bool steal_time = false;
+  bool irq_call_count = false;     // irq_cpustat_t.irq_call_count (x86 SMP)
   bool printk_ringbuffer = false;  // lockless prb (5.10+)
   bool printk_log_buf = false;     // log_buf of struct printk_log records (before 5.10)
   bool task_state_new = false;     // task_struct.__state (5.14+)

@@ -163,31 +163,45 @@ std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
   // Leftovers of earlier runs that were killed: faults, cgroups, orphaned domains.
   run_testbed({"cleanup"}, 120s, false);
   for (int replacement = 0;; ++replacement) {
-    std::unique_ptr<Guest> g = boot_once(o);
-    if (!o.health_gate || o.no_kernel) return g;  // no kernel: no timer interrupts to check
-    // Testbed health, decided before any fault and without stallmon: every guest CPU's timer
-    // interrupts advance and the console shows no Oops/BUG/panic. A guest that fails is replaced
-    // (a bounded number of times); this never reruns an assertion of a test.
-    ProcessResult r = run_testbed({"health", g->name_}, 120s, false);
-    auto h = nlohmann::json::parse(first_line(r.out), nullptr, false);
-    if (!h.is_discarded() && h.value("ok", false)) {
-      g->health_ = h;
-      return g;
+    // Testbed health, decided before any fault and without stallmon: the kernel boots (it does
+    // not vanish, or hang with an Oops on its console, before the ready marker), every guest
+    // CPU's timer interrupts advance and the console shows no Oops/BUG/panic. A guest that fails
+    // is replaced (a bounded number of times); this never reruns an assertion of a test.
+    std::string why;
+    std::unique_ptr<Guest> g = boot_once(o, &why);
+    if (g) {
+      if (!o.health_gate || o.no_kernel) return g;  // no kernel: no timer interrupts to check
+      ProcessResult r = run_testbed({"health", g->name_}, 120s, false);
+      auto h = nlohmann::json::parse(first_line(r.out), nullptr, false);
+      if (!h.is_discarded() && h.value("ok", false)) {
+        g->health_ = h;
+        return g;
+      }
+      why = h.is_discarded() ? "health check failed: " + tail(r.err, 2000) : h.dump();
+      if (replacement >= o.max_replacements) {
+        throw TestbedError("test guest " + g->name_ + " failed the boot-health gate " +
+                           std::to_string(replacement + 1) + " times; last: " + why +
+                           "\nconsole tail:\n" + tail(g->console(), 3000));
+      }
+      record_replacement(g->name_, why);
+      g.reset();  // destroys the domain; the next one may reuse its name
+      continue;
     }
-    std::string why = h.is_discarded() ? "health check failed: " + tail(r.err, 2000) : h.dump();
     if (replacement >= o.max_replacements) {
-      throw TestbedError("test guest " + g->name_ + " failed the boot-health gate " +
-                         std::to_string(replacement + 1) + " times; last: " + why +
-                         "\nconsole tail:\n" + tail(g->console(), 3000));
+      throw TestbedError("test guest " + guest_name(o) + " failed the boot-health gate " +
+                         std::to_string(replacement + 1) + " times; last: " + why);
     }
-    record_replacement(g->name_, why);
-    g.reset();  // destroys the domain; the next one may reuse its name
+    record_replacement(guest_name(o), why);
   }
 }
 
-std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o) {
+std::string Guest::guest_name(const GuestOptions& o) {
+  return "stallmon-tb-" + o.tag + "-" + std::to_string(getpid());
+}
+
+std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o, std::string* boot_unhealthy) {
   std::unique_ptr<Guest> g(new Guest());
-  g->name_ = "stallmon-tb-" + o.tag + "-" + std::to_string(getpid());
+  g->name_ = guest_name(o);
   std::vector<std::string> args = {"start",       g->name_,
                                    "--vcpus",     std::to_string(o.vcpus),
                                    "--memory",    std::to_string(o.memory_mib),
@@ -210,6 +224,11 @@ std::unique_ptr<Guest> Guest::boot_once(const GuestOptions& o) {
   ProcessResult r = run_testbed(args, timeout, false);
   if (r.timed_out || r.exit_code != 0) {
     run_testbed({"destroy", g->name_}, 120s, false);
+    // Exit status 3 (testbed.py GuestBootUnhealthy): the guest kernel failed its own boot.
+    if (!r.timed_out && r.exit_code == 3 && o.health_gate && !o.no_kernel) {
+      *boot_unhealthy = "the guest failed its boot: " + tail(r.err, 2000);
+      return nullptr;
+    }
     throw TestbedError("cannot boot test guest " + g->name_ + ": " + tail(r.err, 6000));
   }
   g->info_ = nlohmann::json::parse(first_line(r.out));

@@ -125,6 +125,10 @@ struct GuestCpuView {
   std::optional<uint64_t> watchdog_report_ts;  // 5.13+; absent on older kernels
   std::optional<uint64_t> hrtimer_interrupts;
   std::optional<uint64_t> hrtimer_interrupts_saved;
+  // Function-call IPIs this CPU has taken (x86 irq_stat.irq_call_count); unset when unknown.
+  // Each one runs the CPU's whole call_single_queue: the engine ends a csd wait on this CPU
+  // when the count moves (a busy sender reuses its csd, so "locked again" is a new call).
+  std::optional<uint64_t> call_ipis;
   // Whether the watchdog runs on this CPU (watchdog enabled and the CPU in watchdog_cpumask),
   // if the reader knows. When unset the engine infers it: only a CPU whose hrtimer_interrupts
   // or touch timestamp it has seen move is judged by the watchdog rules, because a CPU without

@@ -77,9 +77,11 @@ struct GuestOptions {
   // channel, no ready marker, no boot-health gate; the vCPU threads exist.
   bool no_kernel = false;
   std::chrono::seconds boot_timeout = 180s;
-  // Boot-health gate (testbed.py health): after ready, every guest CPU's local timer interrupts
-  // must advance and the console must show no Oops/BUG/panic, else the guest is destroyed and
-  // booted again, at most max_replacements times (counted: replaced_guests()).
+  // Boot-health gate: the kernel must boot (a guest that vanishes, or times out with an Oops on
+  // its console, before the ready marker fails it: testbed.py exit status 3); after ready
+  // (testbed.py health) every guest CPU's local timer interrupts must advance and the console
+  // must show no Oops/BUG/panic. A guest that fails is destroyed and booted again, at most
+  // max_replacements times (counted: replaced_guests()).
   bool health_gate = true;
   int max_replacements = 2;
 };
@@ -203,7 +205,10 @@ class Guest {
 
  private:
   Guest() = default;
-  static std::unique_ptr<Guest> boot_once(const GuestOptions& opts);
+  // nullptr (with *boot_unhealthy saying why) when the guest kernel failed its own boot and
+  // the gate applies; throws TestbedError for anything else.
+  static std::unique_ptr<Guest> boot_once(const GuestOptions& opts, std::string* boot_unhealthy);
+  static std::string guest_name(const GuestOptions& opts);
   Injector inject(const std::vector<std::string>& args) const;
   std::string name_, console_path_, run_dir_;
   pid_t qemu_pid_ = -1;
