@@ -67,9 +67,7 @@ bool in(const std::string_view (&table)[N], std::string_view fn) {
 }  // namespace
 
 std::optional<LockFrame> lock_wait_frame(const KernelTrace& trace) {
-  // An unverified scan lists every text address on the stack, stale ones first: its innermost
-  // frame says nothing about where the CPU is now.
-  if (!trace.error.empty() || trace.verification == TraceVerification::kUnverified) return std::nullopt;
+  if (!trace.verified()) return std::nullopt;
   // The frame at `i`, after at most kMaxHelpers of `helpers`, when it is one of `path`.
   auto match = [&](std::size_t i, auto& helpers, auto& path) -> std::optional<std::string> {
     const std::size_t first = i;
@@ -91,8 +89,7 @@ std::optional<LockFrame> lock_wait_frame(const KernelTrace& trace) {
 }
 
 bool serves_interrupt(const KernelTrace& trace) {
-  return trace.error.empty() && trace.verification != TraceVerification::kUnverified &&
-         (trace.irq_frames > 0 || trace.interrupted.has_value());
+  return trace.verified() && (trace.irq_frames > 0 || trace.interrupted.has_value());
 }
 
 std::vector<LockWait> infer_lock_waits(const std::vector<LockCpu>& cpus, Duration slack) {
@@ -146,8 +143,7 @@ std::vector<LockWait> infer_lock_waits(const std::vector<LockCpu>& cpus, Duratio
     }
     const int h = w.candidates.front();
     const LockCpu& hc = *std::find_if(cpus.begin(), cpus.end(), [&](const LockCpu& c) { return c.cpu == h; });
-    if (!unknown.empty() || hc.trace == nullptr || !hc.trace->error.empty() ||
-        hc.trace->verification == TraceVerification::kUnverified) {
+    if (!unknown.empty() || hc.trace == nullptr || !hc.trace->verified()) {
       w.how = "not determined: CPU" + std::to_string(h) + " is the only other stuck CPU, but " +
               (unknown.empty() ? "its trace could not be read or verified" : "its watchdog does not run") +
               ", so whether it waits on a lock itself is unknown";

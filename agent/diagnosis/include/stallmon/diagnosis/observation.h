@@ -108,6 +108,10 @@ struct KernelTrace {
   // the kept frames reach it. 0 and unset for a trace of the task stack alone.
   std::size_t irq_frames = 0;
   std::optional<std::size_t> interrupted;
+
+  // Taken, and its frames chained by ORC or an interrupt frame: an unverified scan lists every
+  // text address the stack holds, stale ones first, so its frames say nothing of where the CPU is.
+  bool verified() const { return error.empty() && verification != TraceVerification::kUnverified; }
 };
 
 struct GuestCpuView {
