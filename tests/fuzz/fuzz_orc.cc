@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // libFuzzer entry: the ORC table reader (counts, format detection, sortedness) and the
-// backtracer's stack scan and ORC chains over a fuzzed table and stack: never a crash, a hang,
-// more than max_frames frames, or a verified frame outside kernel text.
+// backtracer's stack scan and ORC chains over a fuzzed table and stack (as the task's, hardirq
+// and NMI stacks): never a crash, a hang, more than max_frames frames, or a verified frame
+// outside kernel text.
 #include "orc_input.h"
 #include "stallmon/introspect/backtrace.h"
 
@@ -37,5 +38,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (f.stack == StackKind::kIrq && left) __builtin_trap();
     if (f.stack == StackKind::kTask) left = true;
   }
+  // And as an NMI stack in front of both (a fuzzed word naming an address in the cpu_entry_area
+  // reads the input a third time): the chain only moves outward, NMI -> hardirq -> task, and
+  // only a trace that starts on the NMI stack has frames there.
+  const StackBytes nmi{fuzz::OrcStack::kNmiStack, stack.bytes, StackKind::kNmi};
+  const Backtrace all = (*r)->backtrace_stacks(guest.g.task, stack, &irq, std::span<const StackBytes>(&nmi, 1));
+  check(all);
+  auto rank = [](StackKind k) { return k == StackKind::kTask ? 2 : k == StackKind::kIrq ? 1 : 0; };
+  int outer = 0;
+  for (const Frame& f : all.frames) {
+    if (rank(f.stack) < outer || (f.stack == StackKind::kNmi && !all.exception_stack)) __builtin_trap();
+    outer = rank(f.stack);
+  }
+  if (all.exception_stack && all.irq_stack) __builtin_trap();
   return 0;
 }

@@ -145,9 +145,13 @@ diagnosis::KernelTrace to_kernel_trace(const Result<introspect::Backtrace>& back
   t.frames.reserve(n);
   for (size_t i = 0; i < n; ++i) t.frames.push_back(bt.frames[i].format());
   t.truncated = bt.truncated || bt.frames.size() > n;
-  // Started on the hardirq stack: its frames, then (the interrupt frame the chain passed) where
-  // the interrupt came in.
-  while (t.irq_frames < n && bt.frames[t.irq_frames].stack == introspect::StackKind::kIrq) ++t.irq_frames;
+  // Started on the hardirq stack or an exception stack (NMI): that stack's frames, then (the
+  // interrupt frame the chain passed) where the interrupt came in: for an NMI that came in on
+  // the hardirq stack, the interrupt handler it stopped (the hard-lockup detector's NMI finds
+  // the CPU where it is stuck).
+  const introspect::StackKind first = n > 0 ? bt.frames[0].stack : introspect::StackKind::kTask;
+  while (t.irq_frames < n && first != introspect::StackKind::kTask && bt.frames[t.irq_frames].stack == first)
+    ++t.irq_frames;
   if (t.irq_frames > 0)
     for (size_t i = t.irq_frames; i < n && !t.interrupted; ++i)
       if (bt.frames[i].interrupted) t.interrupted = i;

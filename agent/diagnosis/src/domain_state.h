@@ -90,6 +90,7 @@ struct GuestCpuTracker {
   std::optional<uint64_t> prev_touch_ts;
   bool touch_growing = false;  // touch_ts unchanged since the previous snapshot
   bool watchdog_seen_running = false;  // hrtimer_interrupts or touch_ts seen to change
+  bool took_call_ipi = false;          // its function-call IPI count moved since the last snapshot
   // The reader's watchdog_active if given, else watchdog_seen_running.
   bool watchdog_active() const { return latest.watchdog_active.value_or(watchdog_seen_running); }
 };

@@ -224,18 +224,6 @@ void update_stack_end(GuestCpuTracker& tr, const GuestCpuView& cv, Timestamp now
   }
 }
 
-// Whether `cpu` took a function-call IPI between two snapshots: both read its count and it
-// moved. Unknown (no count in either) is "no": the wait goes on aging as before.
-bool took_call_ipi(const GuestView& before, const GuestView& now, int cpu) {
-  auto count = [cpu](const GuestView& g) -> std::optional<uint64_t> {
-    for (const GuestCpuView& v : g.cpus)
-      if (v.cpu == cpu) return v.call_ipis;
-    return std::nullopt;
-  };
-  const auto a = count(before), b = count(now);
-  return a && b && *a != *b;
-}
-
 void update_guest(DomainState& d, const GuestView& g, Timestamp now, const DiagnosisConfig& c) {
   // The guest clock went back: a reboot the libvirt events did not tell us about (or a new
   // guest under the same name). Nothing of the old boot's CPU state carries over.
@@ -283,6 +271,8 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
     tr.prev_touch_ts = cv.watchdog_touch_ts;
     update_stack_end(tr, cv, now);
     update_trace_history(tr, cv);
+    // Unknown (no count in either snapshot) is "no": a wait on this CPU goes on aging.
+    tr.took_call_ipi = tr.latest.call_ipis && cv.call_ipis && *tr.latest.call_ipis != *cv.call_ipis;
     tr.latest = cv;
     cpus[cv.cpu] = std::move(tr);
   }
@@ -298,8 +288,9 @@ void update_guest(DomainState& d, const GuestView& g, Timestamp now, const Diagn
       if (!r.locked || r.target_cpu < 0 || r.target_cpu == cv.cpu) continue;
       CsdEdgeKey key{cv.cpu, r.target_cpu, r.csd_address};
       CsdEdgeTracker e{now, r.function, r.flags};
-      if (auto it = gs.edges.find(key);
-          it != gs.edges.end() && it->second.function == r.function && !took_call_ipi(gs.view, g, r.target_cpu))
+      const auto target = cpus.find(r.target_cpu);
+      const bool target_took_ipi = target != cpus.end() && target->second.took_call_ipi;
+      if (auto it = gs.edges.find(key); it != gs.edges.end() && it->second.function == r.function && !target_took_ipi)
         e.first_seen = it->second.first_seen;
       edges[key] = e;
     }

@@ -112,7 +112,7 @@ std::optional<SoftlockupClock> softlockup_clock(const GuestView& view, const Gue
 // "CPU2 spins on a spinlock (_raw_spin_lock_irqsave+0x39/0x50) held by CPU1 (inferred: ...)"
 Evidence lock_wait_evidence(const LockWait& w) {
   Evidence e;
-  e.text = "CPU" + std::to_string(w.waiter) + " spins on a spinlock (" + w.frame + ")";
+  e.text = "CPU" + std::to_string(w.waiter) + " spins on " + w.lock + " (" + w.frame + ")";
   e.text += w.holder ? " held by CPU" + std::to_string(*w.holder) + " (" + w.how + ")" : "; its holder is " + w.how;
   e.lock_wait = LockWaitEvidence{w.waiter, w.frame, w.holder, w.candidates, w.how};
   return e;
@@ -169,9 +169,10 @@ void find_lock_waits(TickContext& t) {
     c.csd_waiting = csd_waiters.count(cpu) > 0;
     c.cpu = cpu;
     c.online = ct.latest.online;
-    c.idle = ct.latest.idle;
-    if (ct.watchdog_active()) c.touch_age = softlockup_touch_age(g.view, ct.latest);
     c.trace = trace_of(g.view, cpu);
+    // An idle CPU serving an interrupt may hold a lock (timekeeping's, from its tick).
+    c.idle = ct.latest.idle && !(c.trace && serves_interrupt(*c.trace));
+    if (ct.watchdog_active()) c.touch_age = softlockup_touch_age(g.view, ct.latest);
     cpus.push_back(c);
   }
   for (LockWait& w : infer_lock_waits(cpus, lock_slack(g.view))) t.lock_waits[w.waiter] = std::move(w);
@@ -685,7 +686,7 @@ void link_lock_waits(TickContext& t) {
       if (holder != nullptr && f.explained_by.empty()) {
         f.explained_by = holder_id;
         f.onset = std::max(f.onset, holder->finding.onset);  // a symptom starts no earlier than its cause
-        f.summary += " It spins on a spinlock that CPU" + std::to_string(*lw.holder) + " holds (see " +
+        f.summary += " It spins on " + lw.lock + " that CPU" + std::to_string(*lw.holder) + " holds (see " +
                      to_string(holder->finding.kind) + " on CPU" + std::to_string(*lw.holder) + ").";
         c.signature += " by=" + holder_id;
       }

@@ -13,16 +13,28 @@
 
 namespace stallmon::diagnosis {
 
-// The frame of `trace` that shows its CPU spinning for a spinlock ("_raw_spin_lock_irqsave+0x3a/
-// 0x60"), or nullopt: a trace that errs, is an unverified stack scan (its innermost frames may be
-// stale), or whose innermost frames are not the lock's contended path.
-std::optional<std::string> spinlock_wait_frame(const KernelTrace& trace);
+// Where a trace spins for a lock, and which lock.
+struct LockFrame {
+  std::string frame;  // "_raw_spin_lock_irqsave+0x3a/0x60"
+  std::string lock;   // "a spinlock", "the timekeeping seqcount (tk_core.seq)"
+};
+
+// The frame of `trace` that shows its CPU spinning for a lock: a spinlock's contended path, or a
+// timekeeping read retrying while a writer holds tk_core.seq (and timekeeper_lock). Nullopt for
+// a trace that errs, is an unverified stack scan (its innermost frames may be stale), or whose
+// innermost frames are not such a path. Only a stuck CPU's trace is asked: a healthy CPU passes
+// through these frames all the time.
+std::optional<LockFrame> lock_wait_frame(const KernelTrace& trace);
+
+// The CPU serves an interrupt (on the hardirq stack, or through an interrupt frame on its task
+// stack): even with the idle task current it may hold a lock, e.g. timekeeping's from the tick.
+bool serves_interrupt(const KernelTrace& trace);
 
 // What the engine knows of one guest CPU that could be involved in a lock wait.
 struct LockCpu {
   int cpu = -1;
   bool online = true;
-  bool idle = false;  // the idle task runs: it holds no spinlock
+  bool idle = false;  // the idle task runs, outside any interrupt: it holds no lock
   // It waits for another CPU to run its IPI (a csd wait in the wait graph): its stall is that
   // wait's, so it is no candidate (see infer_lock_waits).
   bool csd_waiting = false;
@@ -35,6 +47,7 @@ struct LockCpu {
 struct LockWait {
   int waiter = -1;
   std::string frame;           // the lock frame of its trace
+  std::string lock;            // which lock (LockFrame::lock)
   std::optional<int> holder;   // set only when exactly one candidate is left and its trace is read
   std::vector<int> candidates; // CPUs that may hold the lock, sorted
   std::string how;             // how the holder was inferred, or why it was not

@@ -40,7 +40,7 @@ constexpr Duration kStaleAfter = std::chrono::seconds(2);
 // unverified scan lists whatever text addresses the stack holds, stale ones included, and those
 // stay put from one read to the next.
 bool confirmable(const KernelTrace& t) {
-  return t.error.empty() && t.verification != TraceVerification::kUnverified && !t.frames.empty();
+  return t.verified() && !t.frames.empty();
 }
 
 Evidence trace_evidence(int cpu, const KernelTrace& tr, const TraceHistory* h, Timestamp now) {

@@ -6,8 +6,9 @@
 // of a function ending in a call) gives the previous frame's SP (the CFA) from SP or BP, and
 // the frame type says what sits there: CALL, a return address at CFA - 8; REGS, a full
 // struct pt_regs at the CFA; REGS_PARTIAL, an iret frame at the CFA. The task's own stack is
-// read, and the CPU's hardirq stack when the CPU is on it (backtrace_cpu_task): a chain may
-// leave the hardirq stack for the task stack, never the other way (see StackView).
+// read, the CPU's hardirq stack when the CPU is on it, and its NMI stack when it is in an NMI
+// handler (backtrace_cpu_task): a chain may leave an exception stack for the hardirq or task
+// stack, and the hardirq stack for the task stack, never the other way (see StackView).
 #include "stallmon/introspect/backtrace.h"
 
 #include <algorithm>
@@ -24,6 +25,15 @@ constexpr uint64_t kKernelDs = 0x18;      // __KERNEL_DS (ss of a kernel interru
 constexpr uint64_t kPtRegsWords = 21;     // struct pt_regs on x86_64 (r15 .. ss)
 constexpr uint64_t kRegsBp = 4, kRegsIp = 16, kRegsCs = 17, kRegsFlags = 18, kRegsSp = 19, kRegsSs = 20;
 constexpr uint64_t kReadChunk = 64 << 10;
+constexpr uint64_t kPage = 4096;
+// The cpu_entry_area: one P4D from CPU_ENTRY_AREA_BASE (arch/x86/include/asm/pgtable_64_types.h,
+// CPU_ENTRY_AREA_PGD -4 << P4D_SHIFT 39) in 4- and 5-level paging alike
+// (Documentation/arch/x86/x86_64/mm.rst: "cpu_entry_area mapping", 0.5 TB). Every CPU's
+// exception stacks lie in it, page aligned (cea_map_stack maps them page by page).
+constexpr uint64_t kCeaBase = 0xfffffe0000000000ULL, kCeaEnd = kCeaBase + (1ULL << 39);
+// An exception stack is EXCEPTION_STKSZ (8 KiB; 16 KiB with KASAN) in every kernel that has
+// struct cea_exception_stacks; a member much larger is no kernel's.
+constexpr uint64_t kMaxExceptionStack = 64 << 10;
 
 std::string hex(uint64_t v) {
   char b[24];
@@ -31,12 +41,15 @@ std::string hex(uint64_t v) {
   return b;
 }
 
-// A read-only view of the stacks read, innermost first (the hardirq stack, then the task's):
-// every word read is bounds-checked. The order is the only direction a chain may take between
-// them, as arch/x86/kernel/dumpstack_64.c get_stack_info allows it: an interrupt switches from
-// the task stack to the hardirq stack (call_on_irqstack, arch/x86/include/asm/irq_stack.h), so
-// unwinding leaves the hardirq stack for the task's through the previous stack pointer saved
-// at the top of the hardirq stack, never the other way.
+// A read-only view of the stacks read, innermost first (exception stacks, the hardirq stack,
+// then the task's): every word read is bounds-checked. The order is the only direction a chain
+// may take between them, as arch/x86/kernel/dumpstack_64.c get_stack_info allows it: an
+// interrupt switches from the task stack to the hardirq stack (call_on_irqstack,
+// arch/x86/include/asm/irq_stack.h), so unwinding leaves the hardirq stack for the task's
+// through the previous stack pointer saved at the top of the hardirq stack, never the other
+// way; an NMI (#DB, #MC) switches to its IST stack from whatever stack the CPU was on, so
+// unwinding leaves it through the pt_regs its entry code saved there, for an outer stack (an
+// exception stack it interrupted, as the NMI's saved frame says, then hardirq, then task).
 struct StackRegion {
   uint64_t base = 0;
   const std::vector<uint8_t>* bytes = nullptr;
@@ -88,6 +101,27 @@ const char* to_string(OrcType t) {
   return "?";
 }
 
+namespace {
+struct StackNames {
+  StackKind kind;
+  const char* id;    // JSON
+  const char* name;  // arch/x86/kernel/dumpstack_64.c stack_type_name / exception_stack_names
+};
+constexpr StackNames kStackNames[] = {
+    {StackKind::kTask, "task", "task"}, {StackKind::kIrq, "irq", "hardirq"}, {StackKind::kDf, "df", "#DF"},
+    {StackKind::kNmi, "nmi", "NMI"},    {StackKind::kDb, "db", "#DB"},       {StackKind::kMce, "mc", "#MC"},
+    {StackKind::kVc, "vc", "#VC"},      {StackKind::kVc2, "vc2", "#VC2"},
+};
+const StackNames& names_of(StackKind k) {
+  for (const StackNames& n : kStackNames)
+    if (n.kind == k) return n;
+  return kStackNames[0];
+}
+}  // namespace
+
+const char* to_string(StackKind k) { return names_of(k).id; }
+const char* stack_name(StackKind k) { return names_of(k).name; }
+
 const char* to_string(Verification v) {
   switch (v) {
     case Verification::kOrcChain: return "orc_chain";
@@ -103,6 +137,7 @@ std::string Frame::format() const {
   if (!module.empty()) s += " [" + module + "]";
   if (verification == Verification::kInferredThreadfn) s += " (kthread threadfn, inferred)";
   if (stack == StackKind::kIrq) s += " (irq stack)";
+  else if (stack != StackKind::kTask) s += std::string(" (") + stack_name(stack) + " stack)";
   return s;
 }
 
@@ -305,6 +340,56 @@ std::optional<IrqStackLayout> IrqStackLayout::resolve(const KernelAccess& k) {
   return std::nullopt;
 }
 
+const ExceptionStackLayout::Stack* ExceptionStackLayout::find(StackKind k) const {
+  for (const Stack& s : stacks)
+    if (s.kind == k) return &s;
+  return nullptr;
+}
+
+Result<ExceptionStackLayout> ExceptionStackLayout::resolve(const KernelAccess& k) {
+  auto ptr = k.symbol("cea_exception_stacks");
+  if (!ptr) return std::move(ptr).error().context("exception stacks");
+  auto size = k.type_size("cea_exception_stacks");
+  if (!size) return std::move(size).error().context("exception stacks");
+  if (*size == 0 || *size % kPage != 0)
+    return Error(ErrorCode::kCorrupt, "exception stacks: struct cea_exception_stacks is " + std::to_string(*size) +
+                                          " bytes, not whole pages");
+  ExceptionStackLayout L;
+  L.stacks_ptr = *ptr;
+  L.struct_size = *size;
+  // ESTACKS_MEMBERS (arch/x86/include/asm/cpu_entry_area.h): each stack with the guard page
+  // below it; #VC and #VC2 since 5.10 (SEV-ES; mapped only in such guests), none before that.
+  static constexpr struct {
+    const char* stack;
+    const char* guard;
+    StackKind kind;
+  } kMembers[] = {{"DF_stack", "DF_stack_guard", StackKind::kDf},    {"NMI_stack", "NMI_stack_guard", StackKind::kNmi},
+                  {"DB_stack", "DB_stack_guard", StackKind::kDb},    {"MCE_stack", "MCE_stack_guard", StackKind::kMce},
+                  {"VC_stack", "VC_stack_guard", StackKind::kVc},    {"VC2_stack", "VC2_stack_guard", StackKind::kVc2}};
+  for (const auto& m : kMembers) {
+    auto st = k.member("cea_exception_stacks", m.stack);
+    if (!st) {
+      if (st.error().code == ErrorCode::kNotFound) continue;
+      return std::move(st).error().context("exception stacks");
+    }
+    if (st->size == 0) continue;  // an optional stack configured out
+    const std::string what = std::string("exception stacks: cea_exception_stacks.") + m.stack;
+    if (st->kind != MemberLayout::Kind::kArray || st->offset() % kPage != 0 || st->size % kPage != 0 ||
+        st->size > kMaxExceptionStack)
+      return Error(ErrorCode::kCorrupt, what + " (offset " + std::to_string(st->offset()) + ", " +
+                                            std::to_string(st->size) + " bytes) is not page-aligned pages of at most " +
+                                            std::to_string(kMaxExceptionStack));
+    // The guard page, when the type names one, ends where the stack begins (the layout the
+    // overflow checks of dumpstack_64.c rely on); anything else is a type no kernel has.
+    if (auto g = k.member("cea_exception_stacks", m.guard); g && g->offset() + g->size != st->offset())
+      return Error(ErrorCode::kCorrupt, what + " does not start where " + m.guard + " ends");
+    L.stacks.push_back(Stack{m.kind, st->offset(), st->size});
+  }
+  if (!L.find(StackKind::kNmi))
+    return Error(ErrorCode::kNotFound, "exception stacks: no NMI_stack in struct cea_exception_stacks");
+  return L;
+}
+
 Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k, BacktraceOptions options) {
   if (options.thread_size < 4096 || options.thread_size > (1u << 20) || options.thread_size % 8 != 0)
     return Error(ErrorCode::kInvalidArgument, "backtrace: thread_size " + std::to_string(options.thread_size));
@@ -334,6 +419,19 @@ Result<std::unique_ptr<BacktraceReader>> BacktraceReader::create(KernelAccess& k
   }
   r->kthread_ = KthreadLayout::resolve(k);
   r->irq_ = IrqStackLayout::resolve(k);
+  // The NMI stack needs both: nmi_state says when the CPU is on it, the layout where it is.
+  // nmi_state is a per-cpu enum (4 bytes): a BTF variable of another size is not that one.
+  std::string nmi_error = "no nmi_state symbol";
+  if (auto st = k.symbol("nmi_state")) {
+    auto size = k.variable_size("nmi_state");
+    if (!size || *size == 4) r->nmi_state_ = *st;
+    else nmi_error = "nmi_state is " + std::to_string(*size) + " bytes in BTF, not an enum";
+  }
+  auto exc = ExceptionStackLayout::resolve(k);
+  if (exc) r->exc_ = std::move(exc).value();
+  else r->exc_error_ = exc.error().message;
+  if (!r->nmi_state_)
+    r->exc_error_ = "exception stacks: " + nmi_error + (r->exc_error_.empty() ? "" : "; " + r->exc_error_);
   return r;
 }
 
@@ -456,6 +554,95 @@ std::optional<StackBytes> BacktraceReader::read_irq_stack(uint64_t per_cpu_offse
   return out;
 }
 
+Result<StackBytes> BacktraceReader::read_exception_stack(uint64_t estacks, const ExceptionStackLayout::Stack& s,
+                                                        std::vector<MemoryCharge>& charges) {
+  STALLMON_TRY(MemoryCharge c, MemoryCharge::take(opt_.orc.budget, "backtrace stack", s.size));
+  StackBytes out{estacks + s.offset, std::vector<uint8_t>(s.size), s.kind};
+  auto r = k_.read(out.base, out.bytes.data(), out.bytes.size());
+  if (!r) return std::move(r).error().context(std::string(stack_name(s.kind)) + " stack at " + hex(out.base));
+  charges.push_back(std::move(c));
+  return out;
+}
+
+// arch/x86/kernel/nmi.c: exc_nmi sets the per-cpu nmi_state to NMI_EXECUTING (1) on entry and
+// counts it back to NMI_NOT_RUNNING (0) on its way out (NMI_LATCHED, 2: an NMI that came in
+// meanwhile, rerun before it leaves). No other exception stack has such a signal (see
+// introspect/README.md, "Backtraces"). The entry code (arch/x86/entry/entry_64.S, asm_exc_nmi)
+// calls exc_nmi on the NMI stack for an NMI from kernel mode, and on the task stack for one
+// from user mode; the top 5 words of the NMI stack are the frame the CPU pushed as the NMI came
+// in (RIP, CS, RFLAGS, RSP, SS), so its CS says which. Its RSP says which stack the NMI
+// interrupted: another exception stack of the CPU (a #DB or #MC handler) is read as well.
+std::vector<StackBytes> BacktraceReader::read_exception_stacks(uint64_t per_cpu_offset,
+                                                               std::vector<MemoryCharge>& charges, std::string& note) {
+  std::vector<StackBytes> out;
+  if (!nmi_state_) return out;  // no signal at all: exception_stacks_error() says so
+  auto state = [&]() -> std::optional<uint32_t> {
+    uint32_t v = 0;
+    if (!k_.read(per_cpu_offset + *nmi_state_, &v, 4)) return std::nullopt;
+    return v;
+  };
+  auto st = state();
+  if (!st) {
+    note = "nmi_state unreadable: the NMI stack is not read";
+    return out;
+  }
+  if (*st == 0) return out;
+  if (*st > 2) {
+    note = "nmi_state " + std::to_string(*st) + " is no NMI state: the NMI stack is not read";
+    return out;
+  }
+  if (!exc_) {
+    note = "in an NMI handler, but its stack is not read: " + exc_error_;
+    return out;
+  }
+  uint64_t estacks = 0;
+  if (!k_.read(per_cpu_offset + exc_->stacks_ptr, &estacks, 8)) {
+    note = "in an NMI handler, but cea_exception_stacks is unreadable: the NMI stack is not read";
+    return out;
+  }
+  if (estacks % kPage != 0 || estacks < kCeaBase || estacks > kCeaEnd - exc_->struct_size) {
+    note = "in an NMI handler, but cea_exception_stacks " + hex(estacks) +
+           " is implausible (not a page of the cpu_entry_area): the NMI stack is not read";
+    return out;
+  }
+  auto nmi = read_exception_stack(estacks, *exc_->find(StackKind::kNmi), charges);
+  if (!nmi) {
+    note = "in an NMI handler, but its stack is not read: " + nmi.error().to_string();
+    return out;
+  }
+  uint64_t hw[5];  // rip, cs, rflags, rsp, ss
+  std::memcpy(hw, nmi->bytes.data() + nmi->bytes.size() - sizeof hw, sizeof hw);
+  if ((hw[1] & 3) != 0) {
+    note = "in an NMI from user mode: its handler runs on the task stack";
+    return out;
+  }
+  if (hw[1] != kKernelCs) {
+    note = "in an NMI handler, but the frame at the top of the NMI stack has CS " + hex(hw[1]) +
+           ": the NMI stack is not read";
+    return out;
+  }
+  const uint64_t nmi_base = nmi->base;
+  out.push_back(std::move(nmi).value());
+  // The CPU pushed that RSP itself: an exception stack it names was in use below the NMI.
+  for (const ExceptionStackLayout::Stack& s : exc_->stacks) {
+    const uint64_t lo = estacks + s.offset;
+    if (s.kind == StackKind::kNmi || hw[3] <= lo || hw[3] > lo + s.size) continue;
+    auto inner = read_exception_stack(estacks, s, charges);
+    if (inner) out.push_back(std::move(inner).value());
+    else note = "the NMI interrupted a " + std::string(stack_name(s.kind)) + " handler, whose stack is not read: " +
+                inner.error().to_string();
+    break;
+  }
+  // A handler's frames stay on the stack after it returns and still chain: a CPU that left the
+  // NMI handler while its stack was read would be shown in an NMI it no longer serves.
+  st = state();
+  if (!st || *st == 0) {
+    out.clear();
+    note = "left the NMI handler while its stack at " + hex(nmi_base) + " was read: not shown on it";
+  }
+  return out;
+}
+
 void BacktraceReader::finish(Backtrace& bt) {
   if (!modules_error_.empty() && module_layout_) bt.notes.push_back("modules unavailable: " + modules_error_);
   infer_threadfn(bt);
@@ -472,12 +659,15 @@ Result<Backtrace> BacktraceReader::backtrace_task(uint64_t task) {
 
 Result<Backtrace> BacktraceReader::backtrace_cpu_task(uint64_t task, uint64_t per_cpu_offset) {
   MemoryCharge c, ci;
+  std::vector<MemoryCharge> ce;
   STALLMON_TRY(StackBytes stack, read_task_stack(task, c));
-  std::string note;
+  std::string note, exc_note;
+  const std::vector<StackBytes> exc = read_exception_stacks(per_cpu_offset, ce, exc_note);
   std::optional<StackBytes> irq = read_irq_stack(per_cpu_offset, ci, note);
   refresh_modules();
-  Backtrace bt = backtrace_stacks(task, stack, irq ? &*irq : nullptr);
+  Backtrace bt = backtrace_stacks(task, stack, irq ? &*irq : nullptr, exc);
   if (!note.empty()) bt.notes.insert(bt.notes.begin(), note);
+  if (!exc_note.empty()) bt.notes.insert(bt.notes.begin(), exc_note);
   finish(bt);
   return bt;
 }
@@ -625,7 +815,8 @@ Step orc_step(const BacktraceReader& r, const StackView& v, UnwindState& s, std:
   const int region = v.region_of(n.sp, 0);
   n.region = region < 0 ? s.region : region;
   if (n.region < s.region) {
-    why = "caller SP " + hex(n.sp) + " goes back onto the hardirq stack at " + hex(s.ip);
+    why = "caller SP " + hex(n.sp) + " goes back onto the " +
+          stack_name(v.regions[static_cast<size_t>(n.region)].kind) + " stack at " + hex(s.ip);
     return Step::kFail;
   }
   if (n.region == s.region && n.sp <= s.sp) {
@@ -679,12 +870,14 @@ Backtrace BacktraceReader::backtrace_stack(uint64_t task, uint64_t base, const s
   return backtrace_stacks(task, StackBytes{base, stack}, nullptr);
 }
 
-Backtrace BacktraceReader::backtrace_stacks(uint64_t task, const StackBytes& task_stack, const StackBytes* irq) const {
+Backtrace BacktraceReader::backtrace_stacks(uint64_t task, const StackBytes& task_stack, const StackBytes* irq,
+                                            std::span<const StackBytes> exceptions) const {
   Backtrace bt;
   bt.task = task;
   bt.stack_base = task_stack.base;
   bt.stack_size = task_stack.bytes.size();
   StackView v;
+  for (const StackBytes& e : exceptions) v.regions.push_back(StackRegion{e.base, &e.bytes, e.kind});
   if (irq != nullptr) v.regions.push_back(StackRegion{irq->base, &irq->bytes, StackKind::kIrq});
   v.regions.push_back(StackRegion{task_stack.base, &task_stack.bytes, StackKind::kTask});
   auto emit = [&](const Chain& c, Verification first) {
@@ -709,9 +902,9 @@ Backtrace BacktraceReader::backtrace_stacks(uint64_t task, const StackBytes& tas
   };
 
   // Methods (1) and (2) with their starting points on stack `r`; the chains may go on outward.
-  // A chain that starts on the hardirq stack must leave it (or hit the frame limit): the stack
-  // has no outermost frame of its own, the live chain always returns to the task stack through
-  // the RSP saved at its top.
+  // A chain that starts on an inner stack must leave it (or hit the frame limit): the stack has
+  // no outermost frame of its own, the live chain always returns to an outer stack (through
+  // the RSP saved at the top of the hardirq stack, the pt_regs at the top of an exception stack).
   auto accepted_from = [&](const Chain& c, int r) {
     return chain_accepted(c) && (r == static_cast<int>(v.regions.size()) - 1 || c.truncated || c.frames.back().region > r);
   };
@@ -781,16 +974,20 @@ Backtrace BacktraceReader::backtrace_stacks(uint64_t task, const StackBytes& tas
     return false;
   };
 
-  // The CPU is on its hardirq stack: the live frames are there (its pt_regs, if it came from
-  // kernel mode, is on the task stack, which holds the interrupted context's callers).
-  if (irq != nullptr) {
-    if (verified_from(0)) {
-      bt.irq_stack = irq->base;
+  // The CPU is on an inner stack, innermost first: the live frames are there (the hardirq
+  // stack's interrupt frame, if it came from kernel mode, is on the task stack; an exception
+  // stack's is at its own top, naming the stack it interrupted, which holds its callers).
+  const int task_region = static_cast<int>(v.regions.size()) - 1;
+  for (int r = 0; r < task_region; ++r) {
+    const StackRegion& in = v.regions[static_cast<size_t>(r)];
+    if (verified_from(r)) {
+      (in.kind == StackKind::kIrq ? bt.irq_stack : bt.exception_stack) = in.base;
       return bt;
     }
-    note("on the hardirq stack at " + hex(irq->base) + ", but no verified chain starts there: the task stack's trace");
+    note("on the " + std::string(stack_name(in.kind)) + " stack at " + hex(in.base) +
+         ", but no verified chain starts there" + (r + 1 == task_region ? ": the task stack's trace" : ""));
   }
-  if (verified_from(static_cast<int>(v.regions.size()) - 1)) return bt;
+  if (verified_from(task_region)) return bt;
 
   // 3. Nothing verifies: every kernel text address on the task stack, innermost first.
   for (uint64_t i = 0; i < task_stack.bytes.size() / 8; ++i) {

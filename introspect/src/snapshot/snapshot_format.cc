@@ -145,6 +145,8 @@ std::string format_snapshot(const GuestSnapshot& s, const SnapshotFormatOptions&
             hex(b.stack_base).c_str());
     if (b.pt_regs) appendf(out, ", interrupt frame at %s", hex(*b.pt_regs).c_str());
     if (b.irq_stack) appendf(out, ", from the hardirq stack at %s", hex(*b.irq_stack).c_str());
+    if (b.exception_stack && !b.frames.empty())
+      appendf(out, ", from the %s stack at %s", stack_name(b.frames[0].stack), hex(*b.exception_stack).c_str());
     out += "):\n";
     for (size_t i = 0; i < b.frames.size(); ++i) {
       const Frame& f = b.frames[i];
@@ -202,7 +204,7 @@ nlohmann::json backtrace_json(const Backtrace& b) {
     }
     if (!f.module.empty()) fj["module"] = f.module;
     if (f.stack_slot) fj["stack_slot"] = hex(f.stack_slot);
-    if (f.stack == StackKind::kIrq) fj["stack"] = "irq";
+    if (f.stack != StackKind::kTask) fj["stack"] = to_string(f.stack);
     frames.push_back(std::move(fj));
   }
   nlohmann::json j = {{"task", hex(b.task)},       {"stack_base", hex(b.stack_base)}, {"stack_size", b.stack_size},
@@ -210,6 +212,7 @@ nlohmann::json backtrace_json(const Backtrace& b) {
                       {"notes", b.notes}};
   if (b.pt_regs) j["pt_regs"] = hex(*b.pt_regs);
   if (b.irq_stack) j["irq_stack"] = hex(*b.irq_stack);
+  if (b.exception_stack) j["exception_stack"] = hex(*b.exception_stack);
   return j;
 }
 

@@ -105,12 +105,13 @@ struct SnapshotReader::Layout {
   uint64_t runqueues = 0;
   std::optional<uint64_t> csq, cfd, steal;
 
-  // A per-CPU watchdog variable: its symbol, where a CPU's value goes, and how to read it.
-  struct WatchdogField {
-    const char* symbol;  // the name found (the current one when none is)
-    std::optional<uint64_t> WatchdogState::*value;
+  // A per-CPU scalar (a 4- or 8-byte per-cpu variable, or a member of one): where it is, how
+  // wide, and where a CPU's value goes in its CpuSnapshot. All are read in the first batch.
+  struct PerCpuScalar {
+    const char* name;  // the symbol found (the current one when none is), or symbol.member
+    std::optional<uint64_t>& (*value)(CpuSnapshot&);
     std::vector<const char*> older = {};             // earlier names of the same variable
-    std::optional<uint64_t> address = std::nullopt;  // the per-cpu variable, when the kernel has it
+    std::optional<uint64_t> address = std::nullopt;  // its per-cpu address, when the kernel has it
     uint32_t size = 8;                               // 4 or 8 bytes, from BTF
   };
   // The soft-lockup touch timestamp (seconds: cpu_clock >> 30 in every version, 0 = just
@@ -118,13 +119,20 @@ struct SnapshotReader::Layout {
   // softlockup_touch_ts in its last versions, then watchdog_touch_ts in kernel/watchdog.c
   // (2.6.36+, and RHEL 6's backport). softlockup.c's threshold, softlockup_thresh, was the whole
   // timeout (watchdog_thresh is half of it) and is not read.
-  WatchdogField wd_touch{"watchdog_touch_ts", &WatchdogState::touch_ts, {"softlockup_touch_ts", "touch_timestamp"}};
-  WatchdogField wd_report{"watchdog_report_ts", &WatchdogState::report_ts};
-  WatchdogField hr_int{"hrtimer_interrupts", &WatchdogState::hrtimer_interrupts};
-  WatchdogField hr_saved{"hrtimer_interrupts_saved", &WatchdogState::hrtimer_interrupts_saved};
-  // In the order they are read and reported.
-  std::array<WatchdogField*, 4> watchdog_fields() { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
-  std::array<const WatchdogField*, 4> watchdog_fields() const { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
+  PerCpuScalar wd_touch{"watchdog_touch_ts", [](CpuSnapshot& c) -> auto& { return c.watchdog.touch_ts; },
+                        {"softlockup_touch_ts", "touch_timestamp"}};
+  PerCpuScalar wd_report{"watchdog_report_ts", [](CpuSnapshot& c) -> auto& { return c.watchdog.report_ts; }};
+  PerCpuScalar hr_int{"hrtimer_interrupts", [](CpuSnapshot& c) -> auto& { return c.watchdog.hrtimer_interrupts; }};
+  PerCpuScalar hr_saved{"hrtimer_interrupts_saved",
+                        [](CpuSnapshot& c) -> auto& { return c.watchdog.hrtimer_interrupts_saved; }};
+  std::array<PerCpuScalar*, 4> watchdog_fields() { return {&wd_touch, &wd_report, &hr_int, &hr_saved}; }
+  // The function-call IPIs a CPU has taken: irq_stat + offsetof(irq_cpustat_t, irq_call_count).
+  PerCpuScalar call_ipis{"irq_stat.irq_call_count", [](CpuSnapshot& c) -> auto& { return c.call_ipis; }};
+  // Every per-CPU scalar, in the order they are read and reported.
+  static constexpr size_t kPerCpuScalars = 5;
+  std::array<const PerCpuScalar*, kPerCpuScalars> per_cpu_scalars() const {
+    return {&wd_touch, &wd_report, &hr_int, &hr_saved, &call_ipis};
+  }
 
   FieldSet rq;
   int rq_nr_running = -1, rq_curr = -1, rq_idle = -1, rq_clock = -1, rq_cfs_h = -1, rq_ttwu = -1, rq_wake_list = -1;
@@ -156,9 +164,6 @@ struct SnapshotReader::Layout {
   FieldSet steal_fs;
   int st_steal = -1, st_version = -1, st_preempted = -1;
 
-  std::optional<uint64_t> call_ipis;  // per-cpu irq_stat + offsetof(irq_cpustat_t, irq_call_count)
-  uint32_t call_ipis_size = 4;
-
   std::optional<snapshot_detail::PrintkLayout> printk;
 
   uint64_t take_bytes = 0;
@@ -180,7 +185,7 @@ namespace {
 uint64_t take_memory_bound(const SnapshotReader::Layout& L) {
   constexpr uint64_t kPerObject = 128, kPerRequest = sizeof(ReadRequest);
   const uint64_t n = L.ncpus, q = L.opt.max_queue_entries;
-  uint64_t per_cpu = 1024 + 8 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
+  uint64_t per_cpu = 1024 + /* per-CPU scalars: value, request index */ L.kPerCpuScalars * 16 + sizeof(CpuSnapshot) + L.rq.buf_len() + L.cfdfs.buf_len() + L.steal_fs.buf_len() +
                      L.task.buf_len() + L.node.buf_len() + L.mask_bytes + 16 * kPerRequest +
                      /* stack-end word */ 8 + 4 + kPerRequest +
                      q * (8 + sizeof(QueueEntry) + L.task.buf_len() + kPerObject + 2 * kPerRequest);
@@ -399,14 +404,14 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   // hrtimer_interrupts_saved an int (6.6, the buddy hard-lockup detector rework); they were
   // unsigned long before, as the soft-lockup timestamps still are. ---
   for (auto* f : L.watchdog_fields()) {
-    f->address = sym(f->symbol);
+    f->address = sym(f->name);
     for (const char* name : f->older) {
       if (f->address) break;
-      if ((f->address = sym(name))) f->symbol = name;
+      if ((f->address = sym(name))) f->name = name;
     }
   }
   for (auto* f : L.watchdog_fields()) {
-    auto sz = k.variable_size(f->symbol);
+    auto sz = k.variable_size(f->name);
     if (sz && (*sz == 4 || *sz == 8)) f->size = static_cast<uint32_t>(*sz);
   }
   L.feat.watchdog_report_ts = L.wd_report.address.has_value();
@@ -435,12 +440,12 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::create(KernelAccess& k, 
   if (auto a = sym("irq_stat")) {
     auto m = k.member("irq_cpustat_t", "irq_call_count");
     if (m && (m->size == 4 || m->size == 8)) {
-      L.call_ipis = *a + m->offset();
-      L.call_ipis_size = m->size;
+      L.call_ipis.address = *a + m->offset();
+      L.call_ipis.size = m->size;
       L.feat.irq_call_count = true;
     }
   }
-  if (!L.call_ipis) note("no irq_stat.irq_call_count: csd waits are aged without the target's IPI count");
+  if (!L.call_ipis.address) note("no irq_stat.irq_call_count: csd waits are aged without the target's IPI count");
 
   if (options.read_printk) {
     auto p = snapshot_detail::resolve_printk_layout(k);
@@ -483,19 +488,17 @@ class SnapshotTake {
   void symbolize();
 
  private:
-  // A CPU's per-cpu watchdog variable in flight.
-  struct WatchdogRead {
+  // A CPU's per-cpu scalar in flight.
+  struct ScalarRead {
     uint64_t value = 0;  // zeroed: a 4-byte variable reads into its low half (little endian)
     size_t req = SIZE_MAX;
   };
   // One CPU's reads in flight.
   struct Work {
     ObjectRead rq, cfd, steal, task;
-    uint64_t call_ipis = 0;  // zeroed: a 4-byte counter reads into its low half
-    size_t call_ipis_req = SIZE_MAX;
     uint64_t csq_first = 0;
     size_t csq_req = SIZE_MAX;
-    std::array<WatchdogRead, 4> wd;  // as Layout::watchdog_fields()
+    std::array<ScalarRead, SnapshotReader::Layout::kPerCpuScalars> scalars;  // as Layout::per_cpu_scalars()
     std::vector<uint64_t> mask_words;
     size_t mask_req = SIZE_MAX;
     // queue walk
@@ -550,17 +553,16 @@ void SnapshotTake::read_fixed_objects() {
   if (L.jiffies) jif_req = push(*L.jiffies, &jiffies, 8);
   if (L.wd_thresh) thr_req = push(*L.wd_thresh, &thresh, 4);
   if (L.panic_cpu) pan_req = push(*L.panic_cpu, &panic, 4);
-  const auto wd_fields = L.watchdog_fields();
+  const auto scalars = L.per_cpu_scalars();
   for (uint32_t c = 0; c < n; ++c) {
     const uint64_t off = L.pcpu[c];
     Work& x = w[c];
     x.rq.plan(L.rq, L.runqueues + off, reqs);
     if (L.csq) x.csq_req = push(*L.csq + off + L.llist_first_off, &x.csq_first, 8);
     if (L.cfd) x.cfd.plan(L.cfdfs, *L.cfd + off, reqs);
-    for (size_t i = 0; i < wd_fields.size(); ++i)
-      if (wd_fields[i]->address) x.wd[i].req = push(*wd_fields[i]->address + off, &x.wd[i].value, wd_fields[i]->size);
+    for (size_t i = 0; i < scalars.size(); ++i)
+      if (scalars[i]->address) x.scalars[i].req = push(*scalars[i]->address + off, &x.scalars[i].value, scalars[i]->size);
     if (L.steal) x.steal.plan(L.steal_fs, *L.steal + off, reqs);
-    if (L.call_ipis) x.call_ipis_req = push(*L.call_ipis + off, &x.call_ipis, L.call_ipis_size);
   }
   (void)k.read_batch(reqs);
 
@@ -619,12 +621,12 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
   }
   if (L.cfd) x.cfd.settle(reqs);
   if (L.cfd && !x.cfd.ok) err(ci, "cfd_data[" + std::to_string(c) + "]", "unreadable", x.cfd.bad_address);
-  const auto wd_fields = L.watchdog_fields();
-  for (size_t i = 0; i < wd_fields.size(); ++i) {
-    const WatchdogRead& r = x.wd[i];
+  const auto scalars = L.per_cpu_scalars();
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    const ScalarRead& r = x.scalars[i];
     if (r.req == SIZE_MAX) continue;
-    if (reqs[r.req].ok) cs.watchdog.*(wd_fields[i]->value) = r.value;
-    else err(ci, std::string(wd_fields[i]->symbol) + "[" + std::to_string(c) + "]", "unreadable", reqs[r.req].addr);
+    if (reqs[r.req].ok) scalars[i]->value(cs) = r.value;
+    else err(ci, std::string(scalars[i]->name) + "[" + std::to_string(c) + "]", "unreadable", reqs[r.req].addr);
   }
   if (L.steal) {
     x.steal.settle(reqs);
@@ -634,10 +636,6 @@ void SnapshotTake::settle_fixed_objects(uint32_t c) {
     } else {
       err(ci, "steal_time[" + std::to_string(c) + "]", "unreadable", x.steal.bad_address);
     }
-  }
-  if (x.call_ipis_req != SIZE_MAX) {
-    if (reqs[x.call_ipis_req].ok) cs.call_ipis = x.call_ipis;
-    else err(ci, "irq_stat[" + std::to_string(c) + "].irq_call_count", "unreadable", reqs[x.call_ipis_req].addr);
   }
 }
 

@@ -85,6 +85,7 @@ Result<TypeProfile> record_reader_types(const KernelAccess& source) {
   (void)ModuleLayout::resolve(r);
   (void)KthreadLayout::resolve(r);
   (void)IrqStackLayout::resolve(r);
+  (void)ExceptionStackLayout::resolve(r);
   (void)snapshot_detail::resolve_printk_layout(r);
   // Every symbol exists here, prb included: ask for log_buf's record type too (before 5.10).
   (void)snapshot_detail::resolve_log_buf(r);

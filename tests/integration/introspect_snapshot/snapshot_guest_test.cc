@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Acceptance of the snapshot readers on a real Debian 6.1 guest (4 vCPUs, TCG) in the testbed:
+// Acceptance of the snapshot readers on a real Debian 6.1 guest (4 vCPUs, TCG; _612: 6.12), testbed:
 //  - a healthy guest reads cleanly;
 //  - printk: the newest records read from guest memory equal the newest kernel lines of the
 //    guest's own console (ttyS0 log file);
@@ -8,7 +8,10 @@
 //    locked csd (LOCK|SYNC, do_sync_core) targeting CPU2, and CPU2 runs its idle task while its
 //    call_single_queue holds that csd and a TTWU wakeup, ttwu_pending set;
 //  - an ELF core written in that state (qemu SIGSTOPped, never `virsh dump`) gives the same
-//    answer through ElfCoreMemory.
+//    answer through ElfCoreMemory;
+//  - a CPU held in an NMI handler (kmod/nmihog.c, sysrq-l's NMI) is traced from its NMI stack on
+//    to the stack the NMI interrupted; the CPUs that returned from the same NMI are not (last:
+//    it stops the TLB load).
 // One binary, one shared guest: tests run in file order.
 #include <signal.h>
 #include <stdlib.h>
@@ -473,6 +476,169 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
     }
     expect_printk_matches_console(g, in, 20);
   }
+}
+
+// What is wrong with `bt` as the trace of a CPU held in nmihog's NMI handler, "" if nothing: it
+// starts on the NMI stack (exception_stack set, frames[0] there), the NMI frames come first and
+// hold the module's spinner and handler (symbolized with the module's name) and the kernel's
+// NMI entry path, all verified, and the trace goes on past them to the stack the NMI came in
+// on, starting at the RIP the NMI interrupted.
+std::string nmi_trace_mismatch(const Backtrace& bt) {
+  std::ostringstream why;
+  if (!bt.exception_stack) why << "no exception_stack; ";
+  if (bt.frames.empty()) return why.str() + "no frames";
+  if (bt.frames[0].stack != StackKind::kNmi)
+    why << "frame 0 is on the " << stack_name(bt.frames[0].stack) << " stack; ";
+  size_t k = 0;
+  while (k < bt.frames.size() && bt.frames[k].stack == StackKind::kNmi) ++k;
+  for (size_t i = k; i < bt.frames.size(); ++i)
+    if (bt.frames[i].stack == StackKind::kNmi)
+      why << "frame " << i << " on the NMI stack after frame " << k << " left it; ";
+  if (k == bt.frames.size()) {
+    why << "the trace does not leave the NMI stack; ";
+  } else {
+    // Reached in the same ORC chain through the pt_regs the NMI entry saved (a REGS hint): a
+    // chain frame (kOrcChain; only a trace's first frame carries the method's mark) that is the
+    // interrupted RIP, not a return address.
+    const Frame& f = bt.frames[k];
+    if (!f.interrupted || f.verification != Verification::kOrcChain || f.symbol.empty())
+      why << "the first frame past the NMI stack (" << f.format() << ", "
+          << to_string(f.verification)
+          << ") is not the interrupted RIP from the NMI's saved registers; ";
+  }
+  // The spinner and its handler, and the kernel's NMI path: exc_nmi (called by the entry code),
+  // default_do_nmi, nmi_handle (which calls the handlers). A GCC clone or split counts as its
+  // function: 6.1 showed nmi_handle.part.0 and nmihog_handler.cold (the armed path, after an
+  // unlikely test).
+  auto is = [](const Frame& f, const std::string& fn) {
+    return f.symbol == fn ||
+           (f.symbol.size() > fn.size() && f.symbol.compare(0, fn.size(), fn) == 0 &&
+            f.symbol[fn.size()] == '.');
+  };
+  const std::vector<std::pair<std::string, std::string>> want = {{"nmihog_spin", "nmihog"},
+                                                                 {"nmihog_handler", "nmihog"},
+                                                                 {"nmi_handle", ""},
+                                                                 {"default_do_nmi", ""},
+                                                                 {"exc_nmi", ""}};
+  for (const auto& [fn, mod] : want) {
+    bool seen = false;
+    for (size_t i = 0; i < k; ++i)
+      if (is(bt.frames[i], fn) && bt.frames[i].module == mod &&
+          (bt.frames[i].verification == Verification::kOrcChain ||
+           bt.frames[i].verification == Verification::kPtRegs))
+        seen = true;
+    if (!seen)
+      why << "no verified " << fn << (mod.empty() ? "" : " [" + mod + "]") << " on the NMI stack; ";
+  }
+  return why.str();
+}
+
+std::string format_trace(const Backtrace& bt) {
+  std::ostringstream o;
+  o << "  (" << to_string(bt.verification);
+  if (bt.exception_stack)
+    o << ", exception stack at 0x" << std::hex << *bt.exception_stack << std::dec;
+  o << ")\n";
+  for (const Frame& f : bt.frames)
+    o << "  " << f.format() << " " << to_string(f.verification)
+      << (f.interrupted ? " (interrupted RIP)" : "") << "\n";
+  for (const auto& n : bt.notes) o << "  note: " << n << "\n";
+  return o.str();
+}
+
+// Issue 12, exception stacks, on a real kernel: CPU 1 held inside an NMI handler
+// (tests/testbed/kmod/nmihog.c: the NMI of `echo l > /proc/sysrq-trigger`, which every CPU but
+// the writer's takes) is traced from its NMI stack (found through nmi_state and
+// cea_exception_stacks) on to the stack the NMI interrupted, while the CPUs that took the same
+// NMI and returned are not shown on theirs. Whether CPU 1 is in the handler comes from the
+// module's own sysfs answer, not from guest memory. Runs last: it stops the TLB load.
+TEST_F(SnapshotGuest, NmiHandlerTraceStartsOnTheNmiStack) {
+  auto& g = guest();
+  Inspector& in = live(g);
+  constexpr uint32_t kCpu = 1;
+  // The TLB load's senders would wait for CPU 1 with preemption off and hold every other CPU
+  // (and the control loop) for the whole spin: stopped. Every process off CPU 1, so that the
+  // control loop's shell is not the one the NMI holds (CPU-bound kernel threads refuse).
+  auto prep = g.run(
+      "for d in /proc/[0-9]*; do "
+      "[ \"$(cat $d/comm 2>/dev/null)\" = ipiload ] && kill -9 ${d#/proc/}; done; "
+      "insmod /nmihog.ko cpu=1 seconds=15 || exit 1; "
+      "for d in /proc/[0-9]*; do taskset -p -c 0,2,3 ${d#/proc/} >/dev/null 2>&1; done; "
+      "cat /sys/module/nmihog/parameters/spinning",
+      60s);
+  ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
+  ASSERT_EQ(prep.out, "-1\n");
+  const size_t from = g.console_size();
+  // sysrq-l from CPU 0 (the writer's own CPU takes no NMI); the write returns once every CPU's
+  // backtrace handler answered, before ours spins on CPU 1. Then wait, in the guest, until CPU 1
+  // is the one CPU inside the handler.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto wait = g.run(
+      "rm -f /tmp/nmihog.sysrq; "
+      "taskset -c 0 sh -c 'echo l > /proc/sysrq-trigger; touch /tmp/nmihog.sysrq' "
+      "</dev/null >/dev/null 2>&1 & "
+      "P=/sys/module/nmihog/parameters; i=0; while [ $i -lt 80 ]; do "
+      "[ \"$(cat $P/spinning)\" = 1 ] && [ \"$(cat $P/inside)\" = 1 ] && "
+      "[ -e /tmp/nmihog.sysrq ] && exit 0; "
+      "sleep 0.1; i=$((i + 1)); done; "
+      "echo \"spinning $(cat $P/spinning) inside $(cat $P/inside) spins $(cat $P/spins)\"; exit 1",
+      60s);
+  ASSERT_EQ(wait.exit_code, 0) << "CPU 1 not seen in the NMI handler: " << wait.out << wait.err
+                               << g.console(from);
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  // Three reads, each on its own snapshot, all while CPU 1 spins (15 s).
+  std::vector<Backtrace> traces;
+  GuestSnapshot s;
+  for (int i = 0; i < 3; ++i) {
+    if (i) usleep(300000);
+    s = in.reader->take();
+    auto r = in.reader->backtrace_cpu(s, kCpu);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    traces.push_back(std::move(r).value());
+  }
+  // The other CPUs took the same NMI and returned from it.
+  std::vector<std::pair<uint32_t, Backtrace>> others;
+  for (uint32_t c = 0; c < s.cpus.size(); ++c) {
+    if (c == kCpu) continue;
+    auto r = in.reader->backtrace_cpu(s, c);
+    ASSERT_TRUE(r.ok()) << "CPU" << c << ": " << r.error().to_string();
+    others.emplace_back(c, std::move(r).value());
+  }
+  const double read_at =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto still = g.run("cat /sys/module/nmihog/parameters/spinning", 60s);
+  std::cout << "CPU1 in the handler " << waited << " s after sysrq-l, traces read by " << read_at
+            << " s; CPU1 current " << s.cpus[kCpu].rq.curr.comm
+            << ", spinning after the reads: " << still.out;
+  for (size_t i = 0; i < traces.size(); ++i)
+    std::cout << "CPU1 trace " << i << ":\n" << format_trace(traces[i]);
+  ASSERT_EQ(still.out, "1\n") << "the spin ended before the traces were read: they cannot show it";
+  for (size_t i = 0; i < traces.size(); ++i)
+    EXPECT_EQ(nmi_trace_mismatch(traces[i]), "") << "trace " << i;
+  for (const auto& [c, o] : others) {
+    EXPECT_FALSE(o.exception_stack.has_value()) << "CPU" << c << ":\n" << format_trace(o);
+    for (const Frame& f : o.frames)
+      EXPECT_NE(f.stack, StackKind::kNmi) << "CPU" << c << ": " << f.format();
+  }
+
+  // After the spin: CPU 1 is off its NMI stack again (its frames stay there and still chain).
+  auto done = g.run(
+      "P=/sys/module/nmihog/parameters; i=0; while [ $i -lt 300 ]; do "
+      "[ \"$(cat $P/spins)\" = 1 ] && [ \"$(cat $P/inside)\" = 0 ] && exit 0; sleep 0.1; i=$((i + "
+      "1)); done; exit 1",
+      90s);
+  ASSERT_EQ(done.exit_code, 0) << "the spin did not end";
+  GuestSnapshot after = in.reader->take();
+  auto r = in.reader->backtrace_cpu(after, kCpu);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_FALSE(r->exception_stack.has_value()) << format_trace(*r);
+  for (const Frame& f : r->frames) EXPECT_NE(f.stack, StackKind::kNmi) << f.format();
+  EXPECT_TRUE(g.wait_console(std::regex("stallmon-nmihog: CPU1 returns from its NMI handler after"),
+                             30s, from));
+  auto rm = g.run("rmmod nmihog", 60s);
+  EXPECT_EQ(rm.exit_code, 0) << rm.err;
 }
 
 }  // namespace

@@ -157,6 +157,24 @@ TEST(KernelTraceAdapter, HardirqFramesAndWhereTheInterruptCameIn) {
   EXPECT_FALSE(t.interrupted.has_value());
 }
 
+// A trace that starts on the NMI stack, the NMI having come in on the hardirq stack: the NMI's
+// frames, then where the NMI came in (the interrupt handler it stopped).
+TEST(KernelTraceAdapter, NmiFramesAndWhereTheNmiCameIn) {
+  introspect::Backtrace bt = orc_trace(6);
+  using K = introspect::StackKind;
+  const K kinds[6] = {K::kNmi, K::kNmi, K::kIrq, K::kIrq, K::kTask, K::kTask};
+  for (int i = 0; i < 6; ++i) {
+    bt.frames[i].stack = kinds[i];
+    bt.frames[i].interrupted = i == 2 || i == 4;
+  }
+  bt.exception_stack = 0xfffffe0000017000ULL;
+  auto t = to_kernel_trace(Result<introspect::Backtrace>(bt), snapshot_with_sh_on_cpu1(), 1, {}, 16);
+  EXPECT_EQ(t.irq_frames, 2u);
+  EXPECT_EQ(t.interrupted, std::optional<std::size_t>(2));
+  EXPECT_EQ(t.frames[0], "f0+0x10/0x100 (NMI stack)");
+  EXPECT_EQ(t.frames[2], "f2+0x10/0x100 (irq stack)");
+}
+
 TEST(KernelTraceAdapter, AFailedBacktraceIsATraceThatSaysWhy) {
   auto t = to_kernel_trace(Result<introspect::Backtrace>(Error(ErrorCode::kOverBudget, "ORC tables over budget")),
                            snapshot_with_sh_on_cpu1(), 1, {}, 16);

@@ -22,6 +22,13 @@ KernelTrace trace(std::vector<std::string> frames, TraceVerification v = TraceVe
   return t;
 }
 
+// The spinlock frame of a trace (lock_wait_frame's, when the lock is a spinlock).
+std::optional<std::string> spinlock_wait_frame(const KernelTrace& t) {
+  auto f = lock_wait_frame(t);
+  if (f && f->lock == "a spinlock") return f->frame;
+  return std::nullopt;
+}
+
 // What the live 6.1 guest showed for spinhold.ko's CPUs (with module frames). The holder's
 // innermost frames are stale - the printk it called before taking the lock - yet chain into its
 // live ones: nothing about the lock it holds shows.
@@ -334,6 +341,132 @@ TEST_F(SpinlockSim, ACsdWaitOnTheWaiterLeadsToTheHolder) {
   EXPECT_EQ(ipi[0].cpus, (std::vector<int>{0, 1, 2}));
   ASSERT_NE(lock_evidence(ipi[0]), nullptr);
   EXPECT_EQ(lock_evidence(ipi[0])->lock_wait->holder_cpu, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timekeeping (found by CI: alerting_prometheus_test, 2026-12-05). The host froze vCPU2 while its
+// CPU, idle, served its tick and updated the time (tk_core.seq held for writing); CPU0, woken
+// from idle by its timer, then retried ktime_get for 33 s with interrupts off: a second root
+// alert, "cause: guest", for what the host's freeze did.
+const std::vector<std::string> kTimeReaderFrames = {
+    "ktime_get+0x3b/0xa0 (irq stack)", "tick_irq_enter+0x31/0xb0 (irq stack)",
+    "sysvec_apic_timer_interrupt+0x61/0x90 (irq stack)", "asm_sysvec_apic_timer_interrupt+0x16/0x20",
+    "native_safe_halt+0xb/0x10", "default_idle_call+0x38/0xf0", "do_idle+0x206/0x2b0"};
+const std::vector<std::string> kTimeWriterFrames = {
+    "timekeeping_advance+0x2b5/0x5d0 (irq stack)", "tick_do_update_jiffies64+0xa3/0xf0 (irq stack)",
+    "tick_irq_enter+0x6f/0xb0 (irq stack)", "sysvec_apic_timer_interrupt+0x61/0x90 (irq stack)",
+    "asm_sysvec_apic_timer_interrupt+0x16/0x20", "native_safe_halt+0xb/0x10", "default_idle_call+0x38/0xf0",
+    "do_idle+0x206/0x2b0"};
+
+KernelTrace irq_trace(std::vector<std::string> frames, std::size_t irq_frames) {
+  KernelTrace t = trace(std::move(frames));
+  t.irq_frames = irq_frames;
+  t.interrupted = irq_frames + 1;  // native_safe_halt, past the entry stub
+  t.pid = 0;
+  t.comm = "swapper";
+  return t;
+}
+
+TEST(LockWaitFrame, ATimekeepingReadRetriesOnTheSeqcount) {
+  auto f = lock_wait_frame(irq_trace(kTimeReaderFrames, 3));
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->frame, "ktime_get+0x3b/0xa0 (irq stack)");
+  EXPECT_EQ(f->lock, "the timekeeping seqcount (tk_core.seq)");
+  // Inside the clocksource read it calls in its loop.
+  f = lock_wait_frame(trace({"read_tsc+0x9/0x20", "ktime_get_update_offsets_now+0x5a/0x110", "hrtimer_interrupt+0x7e/0x230"}));
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->frame, "ktime_get_update_offsets_now+0x5a/0x110");
+  // A clocksource read alone, or the writer, is no wait.
+  EXPECT_FALSE(lock_wait_frame(trace({"read_tsc+0x9/0x20", "clocksource_watchdog+0x8a/0x2e0"})));
+  EXPECT_FALSE(lock_wait_frame(irq_trace(kTimeWriterFrames, 4)));
+}
+
+TEST(ServesInterrupt, FromTheIrqStackOrAnInterruptFrame) {
+  EXPECT_TRUE(serves_interrupt(irq_trace(kTimeWriterFrames, 4)));
+  KernelTrace on_task_stack = trace({"timekeeping_advance+0x2b5/0x5d0", "native_safe_halt+0xb/0x10"});
+  on_task_stack.interrupted = 1;
+  EXPECT_TRUE(serves_interrupt(on_task_stack));
+  EXPECT_FALSE(serves_interrupt(trace({"native_safe_halt+0xb/0x10", "default_idle_call+0x38/0xf0"})));
+  KernelTrace unverified = irq_trace(kTimeWriterFrames, 4);
+  unverified.verification = TraceVerification::kUnverified;
+  EXPECT_FALSE(serves_interrupt(unverified)) << "an unverified scan's frames may be stale";
+}
+
+// The engine, in CI's shape: vCPU2 frozen by the host while CPU2 updates the time from its tick;
+// CPU0 (idle, woken by its timer) retries ktime_get with interrupts off from a second later.
+class TimekeepingSim : public ::testing::Test {
+ protected:
+  TimekeepingSim() : sim(4) {
+    sim.guest.watchdog_thresh = 5;
+    sim.run(5s);
+    sim.vcpus[2].block(ThreadState::kDiskSleep, "__refrigerator", {"__refrigerator", "get_signal"});
+    sim.cpus[2].timer_on = sim.cpus[2].touch_on = false;
+    sim.run(1s);
+    sim.vcpus[0].run(0.6);
+    sim.cpus[0].timer_on = sim.cpus[0].touch_on = false;
+    sim.cpus[0].view.kernel_trace = irq_trace(kTimeReaderFrames, 3);
+  }
+  std::optional<Finding> only(FindingKind kind, int cpu) {
+    std::optional<Finding> out;
+    for (const auto& f : sim.engine.active_findings())
+      if (f.kind == kind && f.cpus == std::vector<int>{cpu}) {
+        EXPECT_FALSE(out) << "two " << to_string(kind) << " on CPU" << cpu;
+        out = f;
+      }
+    return out;
+  }
+  std::vector<Finding> roots() {
+    std::vector<Finding> r;
+    for (const auto& f : sim.engine.active_findings())
+      if (f.is_incident_root()) r.push_back(f);
+    return r;
+  }
+  Sim sim;
+};
+
+TEST_F(TimekeepingSim, TheReaderIsASymptomOfTheFrozenWriter) {
+  sim.cpus[2].view.kernel_trace = irq_trace(kTimeWriterFrames, 4);
+  sim.run(20s);
+  const auto blocked = only(FindingKind::kVcpuHostBlocked, 2);
+  ASSERT_TRUE(blocked);
+  const auto reader = only(FindingKind::kGuestIrqsOff, 0);
+  ASSERT_TRUE(reader);
+  EXPECT_EQ(reader->incident_id, blocked->id);
+  EXPECT_FALSE(reader->is_incident_root());
+  EXPECT_TRUE(contains(reader->summary, "It spins on the timekeeping seqcount (tk_core.seq) that CPU2 holds"))
+      << reader->summary;
+  const auto r = roots();
+  ASSERT_EQ(r.size(), 1u) << "one fault, one root";
+  EXPECT_EQ(r[0].id, blocked->id);
+}
+
+TEST_F(TimekeepingSim, ACsdWaitOnTheReaderBelongsToTheFrozenWritersIncident) {
+  // CPU1 sends CPU0 a TLB shootdown: CPU0, retrying ktime_get with interrupts off, cannot take it.
+  sim.cpus[2].view.kernel_trace = irq_trace(kTimeWriterFrames, 4);
+  sim.run_task(1, "ipiload", 301);
+  sim.csd_wait(1, 0, "flush_tlb_func");
+  sim.cpus[1].touch_on = false;
+  sim.run(20s);
+  const auto blocked = only(FindingKind::kVcpuHostBlocked, 2);
+  ASSERT_TRUE(blocked);
+  auto ipi = sim.active(FindingKind::kGuestIpiStall);
+  ASSERT_EQ(ipi.size(), 1u);
+  EXPECT_EQ(ipi[0].incident_id, blocked->id) << ipi[0].summary;
+  const auto r = roots();
+  ASSERT_EQ(r.size(), 1u) << "one fault, one root";
+  EXPECT_EQ(r[0].id, blocked->id);
+  EXPECT_NE(std::find(r[0].symptom_ids.begin(), r[0].symptom_ids.end(), ipi[0].id), r[0].symptom_ids.end())
+      << "the IPI stall is listed on the root (the alert summarises it)";
+}
+
+TEST_F(TimekeepingSim, ControlAnIdleWriterOutsideAnInterruptHoldsNothing) {
+  // CPU2 frozen in its idle loop (no interrupt): it holds no lock, so CPU0's stall stays its own.
+  sim.cpus[2].view.kernel_trace = trace({"native_safe_halt+0xb/0x10", "default_idle_call+0x38/0xf0", "do_idle+0x206/0x2b0"});
+  sim.run(20s);
+  const auto reader = only(FindingKind::kGuestIrqsOff, 0);
+  ASSERT_TRUE(reader);
+  EXPECT_TRUE(reader->is_incident_root());
+  EXPECT_EQ(roots().size(), 2u);
 }
 
 }  // namespace

@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <functional>
+#include <initializer_list>
 
 #include "orc_fixture.h"
 #include "stallmon/introspect/snapshot.h"
+#include "stallmon/introspect/snapshot_format.h"
 #include "stallmon/introspect/snapshot_json.h"
 #include "synthetic_kernel.h"
 
@@ -24,6 +27,8 @@ std::vector<std::string> names(const Backtrace& b) {
   return v;
 }
 
+const std::vector<std::string> kTaskOnly = {"inner", "middle", "outer", "ret_from_fork"};
+
 class BacktraceTest : public ::testing::Test {
  protected:
   SyntheticKernel k{2, SyntheticKernel::Layout::kLinux61};
@@ -33,6 +38,27 @@ class BacktraceTest : public ::testing::Test {
     auto r = BacktraceReader::create(k);
     if (!r) return std::move(r).error();
     return (*r)->backtrace_task(g.task);
+  }
+  // CPU 0's trace is the task stack's alone (no inner stack), its first note saying why.
+  void expect_task_trace(BacktraceReader& r, const std::string& note) {
+    auto bt = r.backtrace_cpu_task(g.task, k.pcpu(0));
+    ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+    EXPECT_EQ(names(*bt), kTaskOnly) << note;
+    EXPECT_FALSE(bt->irq_stack.has_value()) << note;
+    EXPECT_FALSE(bt->exception_stack.has_value()) << note;
+    ASSERT_FALSE(bt->notes.empty()) << note;
+    EXPECT_NE(bt->notes[0].find(note), std::string::npos) << bt->notes[0];
+  }
+  // A snapshot with CPU 0's trace as the snapshot reader takes it (with the CPU's per-cpu offset).
+  GuestSnapshot snapshot_with_cpu0_trace() {
+    auto reader = SnapshotReader::create(k, SnapshotOptions{});
+    EXPECT_TRUE(reader.ok()) << reader.error().to_string();
+    if (!reader.ok()) return {};
+    GuestSnapshot s = (*reader)->take();
+    auto bt = (*reader)->backtrace_cpu(s, 0);
+    EXPECT_TRUE(bt.ok()) << bt.error().to_string();
+    if (bt.ok()) s.cpus[0].backtrace = std::move(bt).value();
+    return s;
   }
 };
 
@@ -329,13 +355,9 @@ TEST_F(BacktraceTest, OnTheHardirqStackTheChainStartsThereAndGoesOnOntoTheTaskSt
   EXPECT_FALSE(task_only->irq_stack.has_value());
 
   // The snapshot reader asks with the CPU's per-cpu offset.
-  auto reader = SnapshotReader::create(k, SnapshotOptions{});
-  ASSERT_TRUE(reader.ok()) << reader.error().to_string();
-  GuestSnapshot s = (*reader)->take();
-  auto viacpu = (*reader)->backtrace_cpu(s, 0);
-  ASSERT_TRUE(viacpu.ok()) << viacpu.error().to_string();
-  EXPECT_EQ(names(*viacpu), kFromIrq);
-  s.cpus[0].backtrace = *viacpu;
+  GuestSnapshot s = snapshot_with_cpu0_trace();
+  ASSERT_TRUE(s.cpus[0].backtrace.has_value());
+  EXPECT_EQ(names(*s.cpus[0].backtrace), kFromIrq);
   auto j = snapshot_to_json(s)["cpus"][0]["backtrace"];
   EXPECT_EQ(j["irq_stack"], "0xffffc90000020000");
   EXPECT_EQ(j["frames"][0]["stack"], "irq");
@@ -386,27 +408,19 @@ TEST_F(BacktraceTest, HostileHardirqStacksFallBackToTheTaskStackSayingWhy) {
   g.install_orc(false);
   auto r = BacktraceReader::create(k);
   ASSERT_TRUE(r.ok()) << r.error().to_string();
-  auto expect_task_trace = [&](const std::string& note) {
-    auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
-    ASSERT_TRUE(bt.ok()) << bt.error().to_string();
-    EXPECT_EQ(names(*bt), (std::vector<std::string>{"inner", "middle", "outer", "ret_from_fork"})) << note;
-    EXPECT_FALSE(bt->irq_stack.has_value());
-    ASSERT_FALSE(bt->notes.empty()) << note;
-    EXPECT_NE(bt->notes[0].find(note), std::string::npos) << bt->notes[0];
-  };
   // The saved RSP points back into the hardirq stack, below the frame (a loop).
   k.mem.put<uint64_t>(g.irq_tos, g.irq_tos - 64);
-  expect_task_trace("no verified chain starts there");
+  expect_task_trace(**r, "no verified chain starts there");
   // ...or above the top of the task stack's frames into nowhere.
   k.mem.put<uint64_t>(g.irq_tos, 0xffffc900dead0000ULL);
-  expect_task_trace("no verified chain starts there");
+  expect_task_trace(**r, "no verified chain starts there");
   k.mem.put<uint64_t>(g.irq_tos, g.pt_regs - 16);
   // A pointer that is no stack top.
   k.mem.put<uint64_t>(g.irq_ptr_at, g.irq_tos + 0x100);
-  expect_task_trace("implausible");
+  expect_task_trace(**r, "implausible");
   // A stack that is not mapped.
   k.mem.put<uint64_t>(g.irq_ptr_at, 0xffffc90000f00000ULL - 8);
-  expect_task_trace("unreadable");
+  expect_task_trace(**r, "unreadable");
   k.mem.put<uint64_t>(g.irq_ptr_at, g.irq_tos);
   auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
   ASSERT_TRUE(bt.ok());
@@ -442,6 +456,267 @@ TEST_F(BacktraceTest, AChainNeverGoesFromTheTaskStackOntoTheHardirqStack) {
   // Without the hardirq stack's bytes the same (its words are not there to read).
   bt = (*r)->backtrace_stacks(g.task, StackBytes{g.stack, task}, nullptr);
   EXPECT_EQ(names(bt), (std::vector<std::string>{"middle", "outer"}));
+}
+
+// Issue 12 item 1, exception stacks: a CPU in an NMI handler has its live frames on its NMI
+// stack; the chain goes on through the pt_regs the NMI entry saved there to where it came in.
+const std::vector<std::string> kFromNmi = {"nmi_handler", "nmi_entry", "inner", "middle", "outer", "ret_from_fork"};
+TEST_F(BacktraceTest, InAnNmiHandlerTheChainStartsOnTheNmiStackAndGoesOnWhereTheNmiCameIn) {
+  g.build_nmi_stack();
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_TRUE((*r)->exception_stack_layout().has_value()) << (*r)->exception_stacks_error();
+  EXPECT_TRUE((*r)->exception_stacks_error().empty()) << (*r)->exception_stacks_error();
+  const ExceptionStackLayout& L = *(*r)->exception_stack_layout();
+  EXPECT_EQ(L.struct_size, 0x13000u);
+  EXPECT_EQ(L.stacks.size(), 6u);  // #DF NMI #DB #MC #VC #VC2, as 6.12's BTF has them
+  ASSERT_NE(L.find(StackKind::kNmi), nullptr);
+  EXPECT_EQ(L.find(StackKind::kNmi)->offset, 0x4000u);
+  EXPECT_EQ(L.find(StackKind::kNmi)->size, 8192u);
+  EXPECT_EQ(L.find(StackKind::kDb)->offset, 0x7000u);
+
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kFromNmi);
+  using K = StackKind;
+  EXPECT_EQ(stacks(*bt), (std::vector<K>{K::kNmi, K::kNmi, K::kTask, K::kTask, K::kTask, K::kTask}));
+  EXPECT_EQ(bt->exception_stack, std::optional<uint64_t>(OrcStack::kNmiStack));
+  EXPECT_FALSE(bt->irq_stack.has_value());
+  EXPECT_EQ(bt->verification, Verification::kOrcChain);
+  EXPECT_EQ(bt->frames[0].format(), "nmi_handler+0x18/0x100 (NMI stack)");
+  EXPECT_EQ(bt->frames[0].stack_slot, g.nmi_slot_handler);
+  EXPECT_EQ(bt->frames[1].format(), "nmi_entry+0x10/0x100 (NMI stack)");
+  EXPECT_EQ(bt->frames[2].format(), "inner+0x18/0x100");  // where the NMI came in
+  for (size_t i = 0; i < bt->frames.size(); ++i) EXPECT_EQ(bt->frames[i].interrupted, i == 2) << i;
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+  // A trace of the task alone does not read the NMI stack.
+  auto task_only = (*r)->backtrace_task(g.task);
+  ASSERT_TRUE(task_only.ok());
+  EXPECT_EQ(names(*task_only), kTaskOnly);
+
+  // Through the snapshot reader, and as JSON.
+  GuestSnapshot s = snapshot_with_cpu0_trace();
+  ASSERT_TRUE(s.cpus[0].backtrace.has_value());
+  EXPECT_EQ(names(*s.cpus[0].backtrace), kFromNmi);
+  auto j = snapshot_to_json(s)["cpus"][0]["backtrace"];
+  EXPECT_EQ(j["exception_stack"], "0xfffffe0000017000");
+  EXPECT_FALSE(j.contains("irq_stack"));
+  EXPECT_EQ(j["frames"][0]["stack"], "nmi");
+  EXPECT_FALSE(j["frames"][2].contains("stack"));
+  EXPECT_NE(format_snapshot(s, {}).find("from the NMI stack at 0xfffffe0000017000"), std::string::npos);
+
+  // The NMI returned (nmi_state NMI_NOT_RUNNING): its frames stay on the stack, not shown.
+  k.mem.put<uint32_t>(g.nmi_state_at, 0);
+  bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kTaskOnly);
+  EXPECT_FALSE(bt->exception_stack.has_value());
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+  // NMI_LATCHED: a second NMI waits for the first, which still runs.
+  k.mem.put<uint32_t>(g.nmi_state_at, 2);
+  bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kFromNmi);
+}
+
+TEST_F(BacktraceTest, AnNmiThatCameInOnTheHardirqStackGoesOnThroughItOntoTheTaskStack) {
+  g.build_irq_stack();
+  g.build_nmi_stack();
+  g.set_nmi_interrupted(g.f_irq_handler + 0x20, g.irq_slot_handler + 8);  // irq_handler's SP
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"nmi_handler", "nmi_entry", "irq_handler", "irq_switch", "irq_entry",
+                                                  "inner", "middle", "outer", "ret_from_fork"}));
+  using K = StackKind;
+  EXPECT_EQ(stacks(*bt), (std::vector<K>{K::kNmi, K::kNmi, K::kIrq, K::kIrq, K::kTask, K::kTask, K::kTask, K::kTask,
+                                         K::kTask}));
+  for (size_t i = 0; i < bt->frames.size(); ++i) EXPECT_EQ(bt->frames[i].interrupted, i == 2 || i == 5) << i;
+  EXPECT_EQ(bt->exception_stack, std::optional<uint64_t>(OrcStack::kNmiStack));
+  EXPECT_FALSE(bt->irq_stack.has_value());  // the trace starts on the NMI stack
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+}
+
+TEST_F(BacktraceTest, AnNmiThatCameInOnTheDebugStackHasThatStackReadToo) {
+  g.build_nmi_stack();
+  g.build_db_under_nmi();
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), (std::vector<std::string>{"nmi_handler", "nmi_entry", "db_handler", "db_entry", "inner",
+                                                  "middle", "outer", "ret_from_fork"}));
+  using K = StackKind;
+  EXPECT_EQ(stacks(*bt), (std::vector<K>{K::kNmi, K::kNmi, K::kDb, K::kDb, K::kTask, K::kTask, K::kTask, K::kTask}));
+  EXPECT_EQ(bt->frames[2].format(), "db_handler+0x20/0x100 (#DB stack)");
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+}
+
+TEST_F(BacktraceTest, AnNmiInterruptingAnUnreadableDebugStackFallsBackSayingWhy) {
+  g.build_nmi_stack();
+  g.f_db_handler = k.func("db_handler");
+  g.table.push_back({g.f_db_handler, OrcEntry{24, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
+  g.set_nmi_interrupted(g.f_db_handler + 0x20, OrcStack::kDbStack + 0x1000);  // the #DB stack is not mapped
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kTaskOnly);
+  EXPECT_FALSE(bt->exception_stack.has_value());
+  ASSERT_GE(bt->notes.size(), 2u);
+  EXPECT_NE(bt->notes[0].find("interrupted a #DB handler, whose stack is not read"), std::string::npos) << bt->notes[0];
+  EXPECT_NE(bt->notes[1].find("on the NMI stack at 0xfffffe0000017000, but no verified chain starts there"),
+            std::string::npos)
+      << bt->notes[1];
+}
+
+// Forwards to the synthetic kernel, calling `after` after each read: a CPU that moves on while
+// its stacks are read.
+class RacingKernel final : public KernelAccess {
+ public:
+  RacingKernel(SyntheticKernel& k, std::function<void(uint64_t, size_t)> after) : k_(k), after_(std::move(after)) {}
+  Result<void> read(uint64_t va, void* buf, size_t len) override {
+    auto r = k_.read(va, buf, len);
+    after_(va, len);
+    return r;
+  }
+  Result<uint64_t> symbol(std::string_view name) const override { return k_.symbol(name); }
+  std::string symbolize(uint64_t a) const override { return k_.symbolize(a); }
+  std::optional<SymbolSpan> symbol_at(uint64_t a) const override { return k_.symbol_at(a); }
+  Result<MemberLayout> member(std::string_view t, std::string_view p) const override { return k_.member(t, p); }
+  Result<uint64_t> type_size(std::string_view t) const override { return k_.type_size(t); }
+
+ private:
+  SyntheticKernel& k_;
+  std::function<void(uint64_t, size_t)> after_;
+};
+
+TEST_F(BacktraceTest, ACpuThatLeavesTheNmiHandlerWhileItsStackIsReadIsNotShownInIt) {
+  g.build_nmi_stack();
+  g.install_orc(false);
+  RacingKernel racing(k, [&](uint64_t va, size_t len) {
+    if (va == OrcStack::kNmiStack && len == OrcStack::kExcStackSize) k.mem.put<uint32_t>(g.nmi_state_at, 0);
+  });
+  auto r = BacktraceReader::create(racing);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kTaskOnly);
+  EXPECT_FALSE(bt->exception_stack.has_value());
+  for (const Frame& f : bt->frames) EXPECT_EQ(f.stack, StackKind::kTask) << f.format();
+  ASSERT_FALSE(bt->notes.empty());
+  EXPECT_NE(bt->notes[0].find("left the NMI handler while its stack at 0xfffffe0000017000 was read"), std::string::npos)
+      << bt->notes[0];
+}
+
+TEST_F(BacktraceTest, HostileNmiStatesAndPointersFallBackToTheTaskStackSayingWhy) {
+  g.build_nmi_stack();
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  k.mem.put<uint32_t>(g.nmi_state_at, 7);
+  expect_task_trace(**r, "nmi_state 7 is no NMI state");
+  k.mem.put<uint32_t>(g.nmi_state_at, 1);
+  // cea_exception_stacks outside the cpu_entry_area, not page aligned, or running past its end.
+  for (uint64_t p : std::initializer_list<uint64_t>{SyntheticKernel::kPercpuBase, OrcStack::kEstacks + 8,
+                                                    0xfffffe8000000000ULL - 0x1000, ~0ULL & ~0xfffULL}) {
+    k.mem.put<uint64_t>(g.estacks_at, p);
+    expect_task_trace(**r, "is implausible (not a page of the cpu_entry_area)");
+  }
+  k.mem.put<uint64_t>(g.estacks_at, OrcStack::kEstacks + 0x100000);  // not mapped
+  expect_task_trace(**r, "in an NMI handler, but its stack is not read");
+  k.mem.put<uint64_t>(g.estacks_at, OrcStack::kEstacks);
+  // From user mode the handler runs on the task stack (its frames are the task stack's).
+  g.set_nmi_interrupted(0x401000, 0x7ffc0000, 0x33);
+  expect_task_trace(**r, "in an NMI from user mode");
+  g.set_nmi_interrupted(g.f_inner + 0x18, g.sp_inner, 0x20);
+  expect_task_trace(**r, "has CS 0x20");
+  // The saved RSP points back into the NMI stack below its frames (a loop), or onto a stack not
+  // read (the hardirq stack, whose flag is clear): no chain leaves the NMI stack.
+  for (uint64_t sp : {g.nmi_slot_handler - 64, OrcStack::kIrqStack + 0x1000}) {
+    g.set_nmi_interrupted(g.f_inner + 0x18, sp);
+    expect_task_trace(**r, "on the NMI stack at 0xfffffe0000017000, but no verified chain starts there");
+  }
+  g.set_nmi_interrupted(g.f_inner + 0x18, g.sp_inner);
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok());
+  EXPECT_EQ(names(*bt), kFromNmi);
+
+  // The NMI stack is charged to the budget like the others: over it, not read (noted).
+  BacktraceOptions o;
+  o.orc.budget = std::make_shared<MemoryBudget>("vm", 4 << 20);
+  auto rb = BacktraceReader::create(k, o);
+  ASSERT_TRUE(rb.ok()) << rb.error().to_string();
+  const uint64_t before = o.orc.budget->used();
+  auto held = MemoryCharge::take(o.orc.budget, "someone else", o.orc.budget->limit() - before - OrcStack::kStackSize);
+  ASSERT_TRUE(held.ok());
+  bt = (*rb)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kTaskOnly);
+  ASSERT_FALSE(bt->notes.empty());
+  EXPECT_NE(bt->notes[0].find("its stack is not read"), std::string::npos) << bt->notes[0];
+  held->reset();
+  EXPECT_EQ(o.orc.budget->used(), before);
+}
+
+TEST_F(BacktraceTest, WithoutTheExceptionStackTypeAnNmiIsNotedAndWithoutNmiStateNothingIsRead) {
+  g.build_nmi_stack(/*btf=*/false);  // a kernel without struct cea_exception_stacks in BTF
+  g.install_orc(false);
+  auto r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_FALSE((*r)->exception_stack_layout().has_value());
+  EXPECT_NE((*r)->exception_stacks_error().find("cea_exception_stacks"), std::string::npos)
+      << (*r)->exception_stacks_error();
+  auto bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kTaskOnly);
+  ASSERT_EQ(bt->notes.size(), 1u);
+  EXPECT_NE(bt->notes[0].find("in an NMI handler, but its stack is not read: exception stacks"), std::string::npos)
+      << bt->notes[0];
+
+  // No nmi_state symbol: nothing says when the CPU is on the NMI stack; the reader says why.
+  k.remove_symbol("nmi_state");
+  r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_NE((*r)->exception_stacks_error().find("no nmi_state symbol"), std::string::npos)
+      << (*r)->exception_stacks_error();
+  bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_EQ(names(*bt), kTaskOnly);
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+  // A variable of that name that is no enum (BTF says 8 bytes): not read either.
+  k.add_symbol("nmi_state", 0x3608);
+  k.var_sizes["nmi_state"] = 8;
+  r = BacktraceReader::create(k);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_NE((*r)->exception_stacks_error().find("nmi_state is 8 bytes in BTF"), std::string::npos)
+      << (*r)->exception_stacks_error();
+  bt = (*r)->backtrace_cpu_task(g.task, k.pcpu(0));
+  ASSERT_TRUE(bt.ok()) << bt.error().to_string();
+  EXPECT_TRUE(bt->notes.empty()) << bt->notes[0];
+}
+
+TEST(ExceptionStackLayoutTest, LayoutsNoKernelHasAreRefused) {
+  SyntheticKernel k{1, SyntheticKernel::Layout::kLinux61};
+  k.add_symbol("cea_exception_stacks", 0x3600);
+  auto missing = ExceptionStackLayout::resolve(k);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  struct btf* b = k.btf();
+  const int ch = btf__add_int(b, "char", 1, BTF_INT_SIGNED);
+  const int idx = btf__add_int(b, "__ARRAY_SIZE_TYPE__", 4, 0);
+  const int odd = btf__add_array(b, idx, ch, 100);
+  btf__add_struct(b, "cea_exception_stacks", 0x2000);
+  btf__add_field(b, "NMI_stack", odd, 0, 0);
+  auto bad = ExceptionStackLayout::resolve(k);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::kCorrupt);
+  EXPECT_NE(bad.error().message.find("cea_exception_stacks.NMI_stack"), std::string::npos) << bad.error().message;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -160,6 +161,82 @@ struct OrcStack {
     k.mem.put<uint8_t>(irq_inuse_at, 1);
   }
 
+  // The CPU is in an NMI handler that came in from kernel mode, as arch/x86/entry/entry_64.S
+  // asm_exc_nmi lays out the NMI stack: at its top the frame the CPU pushed (RIP, CS, RFLAGS,
+  // RSP, SS), below it the saved RDX, "NMI executing", the "iret" and "outermost" copies of that
+  // frame, the last being the tail of the pt_regs the entry code built; then its call to
+  // nmi_handler (exc_nmi: the return address into nmi_entry has a REGS hint), which called a
+  // function that spins (no return address of its own). By default the NMI interrupted `inner`
+  // (the task stack's live frame); set_nmi_interrupted says otherwise. CPU 0's nmi_state says
+  // NMI_EXECUTING, its cea_exception_stacks points at kEstacks, whose struct is in BTF as 6.12
+  // has it (guard pages, unmapped here; #VC stacks, unmapped too; without `btf`, not there: a
+  // kernel without BTF for it). Call before install_orc.
+  static constexpr uint64_t kEstacks = 0xfffffe0000013000ULL;  // in the cpu_entry_area
+  static constexpr uint64_t kExcStackSize = 8192;
+  static constexpr uint64_t kNmiStack = kEstacks + 0x4000;     // after DF's guard, DF, NMI's guard
+  static constexpr uint64_t kDbStack = kEstacks + 0x7000;
+  void build_nmi_stack(bool btf = true) {
+    using E = OrcEntry;
+    f_nmi_entry = k.func("nmi_entry");
+    f_nmi_handler = k.func("nmi_handler");
+    table.push_back({f_nmi_entry, E{0, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kRegs, false}});
+    table.push_back({f_nmi_handler, E{24, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
+    if (btf) add_cea_btf();
+    k.add_symbol("cea_exception_stacks", 0x3600);
+    k.add_symbol("nmi_state", 0x3608);
+    estacks_at = k.percpu("cea_exception_stacks", 0);
+    nmi_state_at = k.percpu("nmi_state", 0);
+    k.mem.put<uint64_t>(estacks_at, kEstacks);
+    k.mem.put<uint32_t>(nmi_state_at, 1);
+    k.mem.map(kNmiStack, kExcStackSize);
+    const uint64_t top = kNmiStack + kExcStackSize;
+    k.mem.put<uint64_t>(top - 56, 1);                  // "NMI executing"
+    nmi_regs = top - 264;                              // pt_regs: its ip..ss are the "outermost" copy
+    k.mem.put<uint64_t>(nmi_regs + 8 * 15, ~0ULL);     // orig_ax
+    k.mem.put<uint64_t>(nmi_regs - 8, f_nmi_entry + 0x10);
+    nmi_slot_handler = nmi_regs - 32;                  // nmi_handler's CFA is SP + 24
+    k.mem.put<uint64_t>(nmi_slot_handler, f_nmi_handler + 0x18);
+    set_nmi_interrupted(f_inner + 0x18, sp_inner);
+  }
+  // Where the NMI came in: the CPU's frame at the top of the NMI stack and its two copies.
+  void set_nmi_interrupted(uint64_t ip, uint64_t sp, uint64_t cs = 0x10) {
+    const uint64_t top = kNmiStack + kExcStackSize;
+    const uint64_t frame[5] = {ip, cs, 0x46, sp, 0x18};
+    for (uint64_t at : {top - 40, top - 96, nmi_regs + 8 * 16}) k.mem.write(at, frame, sizeof frame);
+  }
+  // The NMI came in while db_handler (exc_debug, called by the #DB entry code db_entry, a REGS
+  // hint) ran on the #DB stack, the #DB having come in while `inner` ran: on the #DB stack the
+  // CPU's frame is the tail of the pt_regs right below the top. Call before install_orc.
+  void build_db_under_nmi() {
+    using E = OrcEntry;
+    f_db_entry = k.func("db_entry");
+    f_db_handler = k.func("db_handler");
+    table.push_back({f_db_entry, E{0, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kRegs, false}});
+    table.push_back({f_db_handler, E{24, 0, kOrcRegSp, kOrcRegUndefined, OrcType::kCall, false}});
+    k.mem.map(kDbStack, kExcStackSize);
+    const uint64_t regs = kDbStack + kExcStackSize - kPtRegsSize;
+    const uint64_t frame[5] = {f_inner + 0x18, 0x10, 0x46, sp_inner, 0x18};
+    k.mem.write(regs + 8 * 16, frame, sizeof frame);
+    k.mem.put<uint64_t>(regs - 8, f_db_entry + 0x10);
+    set_nmi_interrupted(f_db_handler + 0x20, regs - 24);  // db_handler's SP (CFA - 24)
+  }
+  // struct cea_exception_stacks as ESTACKS_MEMBERS(PAGE_SIZE, EXCEPTION_STKSZ) lays it out.
+  void add_cea_btf() {
+    struct btf* b = k.btf();
+    const int ch = btf__add_int(b, "char", 1, BTF_INT_SIGNED);
+    const int idx = btf__add_int(b, "__ARRAY_SIZE_TYPE__", 4, 0);
+    const int guard = btf__add_array(b, idx, ch, 4096);
+    const int stk = btf__add_array(b, idx, ch, static_cast<uint32_t>(kExcStackSize));
+    btf__add_struct(b, "cea_exception_stacks", 0x13000);
+    uint32_t bits = 0;
+    for (const char* n : {"DF", "NMI", "DB", "MCE", "VC", "VC2"}) {
+      btf__add_field(b, (std::string(n) + "_stack_guard").c_str(), guard, bits, 0);
+      btf__add_field(b, (std::string(n) + "_stack").c_str(), stk, bits + 4096 * 8, 0);
+      bits += static_cast<uint32_t>(4096 + kExcStackSize) * 8;
+    }
+    btf__add_field(b, "IST_top_guard", guard, bits, 0);
+  }
+
   void fill_stack_with(uint64_t value) {
     for (uint64_t a = kStack + 8; a < kStack + kStackSize; a += 8) k.mem.put<uint64_t>(a, value);
   }
@@ -205,6 +282,8 @@ struct OrcStack {
   uint64_t slot_entry = 0, slot_outer = 0, slot_middle = 0, sp_inner = 0, pt_regs = 0, stale_slot = 0;
   uint64_t f_irq_entry = 0, f_irq_switch = 0, f_irq_handler = 0;
   uint64_t irq_tos = 0, irq_slot_handler = 0, irq_ptr_at = 0, irq_inuse_at = 0;
+  uint64_t f_nmi_entry = 0, f_nmi_handler = 0, f_db_entry = 0, f_db_handler = 0;
+  uint64_t estacks_at = 0, nmi_state_at = 0, nmi_regs = 0, nmi_slot_handler = 0;
 };
 
 }  // namespace stallmon::introspect::testing

@@ -4,7 +4,9 @@
 // verified with the kernel's own ORC unwind tables (read from guest memory, found through
 // kallsyms), and saved interrupt frames (pt_regs) give the interrupted RIP of a CPU that takes
 // interrupts. A CPU that is on its hardirq stack (serving an interrupt or a softirq) has that
-// stack read too, the chain continuing onto the task stack. Limits (see introspect/README.md,
+// stack read too, the chain continuing onto the task stack; one in an NMI handler (from kernel
+// mode) has its NMI stack read, the chain continuing through the NMI's saved registers onto the
+// stack it interrupted. Limits (see introspect/README.md,
 // "Backtraces"): the stack is read while the CPU runs, so the innermost live function is only
 // seen when an interrupt frame is on the stack, and frames below the live one are stale.
 #pragma once
@@ -12,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -112,8 +115,13 @@ enum class Verification : uint8_t {
 };
 const char* to_string(Verification v);
 
-// The stack a frame runs on.
-enum class StackKind : uint8_t { kTask, kIrq };
+// The stack a frame runs on: the task's, the CPU's hardirq stack, or one of its x86_64 exception
+// (IST) stacks in the cpu_entry_area (#DF, NMI, #DB, #MC, #VC, #VC2).
+enum class StackKind : uint8_t { kTask, kIrq, kDf, kNmi, kDb, kMce, kVc, kVc2 };
+// "task", "irq", "df", "nmi", "db", "mc", "vc", "vc2" (JSON).
+const char* to_string(StackKind k);
+// As the kernel's own dumps name it: "task", "hardirq", "#DF", "NMI", "#DB", "#MC", "#VC", "#VC2".
+const char* stack_name(StackKind k);
 
 struct Frame {
   uint64_t address = 0;       // return address (or interrupted RIP)
@@ -126,7 +134,7 @@ struct Frame {
   bool interrupted = false;  // address is the RIP of a saved interrupt frame, not a return address
   // "function+0xoff/0xlen [module]" (or the hex address when unknown); an inferred kthread
   // thread function ends in " (kthread threadfn, inferred)", a frame on the hardirq stack in
-  // " (irq stack)".
+  // " (irq stack)", one on an exception stack in " (NMI stack)" (" (#DB stack)", ...).
   std::string format() const;
 };
 
@@ -140,6 +148,8 @@ struct Backtrace {
   std::optional<uint64_t> pt_regs;  // address of the interrupt frame the trace starts from
   // The base of the CPU's hardirq stack when the trace starts on it (backtrace_cpu_task).
   std::optional<uint64_t> irq_stack;
+  // The base of the exception stack the trace starts on (its kind: frames[0].stack).
+  std::optional<uint64_t> exception_stack;
   bool truncated = false;           // max_frames hit
   std::vector<std::string> notes;   // why a chain stopped, what was skipped
 };
@@ -179,10 +189,29 @@ struct IrqStackLayout {
   static std::optional<IrqStackLayout> resolve(const KernelAccess& k);
 };
 
-// One stack's bytes as read from the guest: `bytes` from `base`.
+// The x86_64 per-CPU exception stacks (arch/x86/include/asm/cpu_entry_area.h): the per-cpu
+// pointer `cea_exception_stacks` to the CPU's struct cea_exception_stacks in the cpu_entry_area,
+// whose members <X>_stack give each stack's offset and size (a guard page <X>_stack_guard below
+// each). By feature: kNotFound without the pointer or the type (before 5.2 the stacks were a
+// per-cpu array, not read), kCorrupt for a layout no kernel has.
+struct ExceptionStackLayout {
+  struct Stack {
+    StackKind kind = StackKind::kNmi;
+    uint64_t offset = 0, size = 0;  // in struct cea_exception_stacks: page aligned, whole pages
+  };
+  uint64_t stacks_ptr = 0;   // per-cpu offset of the pointer
+  uint64_t struct_size = 0;  // sizeof(struct cea_exception_stacks)
+  std::vector<Stack> stacks; // those the type has (the NMI's always), in its order
+  const Stack* find(StackKind k) const;
+  static Result<ExceptionStackLayout> resolve(const KernelAccess& k);
+};
+
+// One stack's bytes as read from the guest: `bytes` from `base`. `kind` names an exception
+// stack (backtrace_stacks' `exceptions`); the task and hardirq stacks are named by position.
 struct StackBytes {
   uint64_t base = 0;
   std::vector<uint8_t> bytes;
+  StackKind kind = StackKind::kTask;
 };
 
 class BacktraceReader {
@@ -203,12 +232,22 @@ class BacktraceReader {
   // backtrace_task, and when the CPU's hardirq_stack_inuse is set, its hardirq stack is read
   // too (thread_size bytes: IRQ_STACK_SIZE is THREAD_SIZE on x86_64) and the trace starts there
   // if a verified chain does, continuing onto the task stack; otherwise as backtrace_task, noted.
+  // When the CPU's nmi_state (arch/x86/kernel/nmi.c, set by exc_nmi while it runs) says it is
+  // in an NMI handler that came from kernel mode, its NMI stack is read as well (and the
+  // exception stack that NMI interrupted, when the NMI's saved frame names one), and the trace
+  // starts there if a verified chain does.
   Result<Backtrace> backtrace_cpu_task(uint64_t task, uint64_t per_cpu_offset);
   // Same on stack bytes already read (tests, fuzzing): `stack` holds thread_size bytes from `base`.
   Backtrace backtrace_stack(uint64_t task, uint64_t base, const std::vector<uint8_t>& stack) const;
-  // With the hardirq stack the CPU is on (`irq`, null: none), innermost, then the task's.
-  Backtrace backtrace_stacks(uint64_t task, const StackBytes& task_stack, const StackBytes* irq) const;
+  // With the exception stacks the CPU is on (`exceptions`, innermost first, each with its kind)
+  // and the hardirq stack (`irq`, null: none), then the task's: a chain only moves outward.
+  Backtrace backtrace_stacks(uint64_t task, const StackBytes& task_stack, const StackBytes* irq,
+                             std::span<const StackBytes> exceptions = {}) const;
   const std::optional<IrqStackLayout>& irq_stack_layout() const { return irq_; }
+  const std::optional<ExceptionStackLayout>& exception_stack_layout() const { return exc_; }
+  // Why the exception stacks are not read: no nmi_state, no cea_exception_stacks or no BTF type
+  // (ExceptionStackLayout::resolve's error); empty when they are.
+  const std::string& exception_stacks_error() const { return exc_error_; }
 
   const OrcTable& orc() const { return orc_; }
   // Loaded modules as last read (empty before the first backtrace_task, or without modules).
@@ -232,6 +271,13 @@ class BacktraceReader {
   Result<StackBytes> read_task_stack(uint64_t task, MemoryCharge& charge);
   // The CPU's hardirq stack if it is on it; nullopt (and why in `note`, if not simply idle) otherwise.
   std::optional<StackBytes> read_irq_stack(uint64_t per_cpu_offset, MemoryCharge& charge, std::string& note);
+  // The CPU's NMI stack if it is in an NMI handler on it, and the exception stack the NMI came in
+  // on (if any), innermost first; empty (and why in `note`, if not simply outside an NMI) otherwise.
+  std::vector<StackBytes> read_exception_stacks(uint64_t per_cpu_offset, std::vector<MemoryCharge>& charges,
+                                                std::string& note);
+  // One exception stack of the CPU whose struct cea_exception_stacks is at `estacks`.
+  Result<StackBytes> read_exception_stack(uint64_t estacks, const ExceptionStackLayout::Stack& s,
+                                          std::vector<MemoryCharge>& charges);
   void finish(Backtrace& bt);
   bool in_module_text(uint64_t ip) const;
   void infer_threadfn(Backtrace& bt);
@@ -249,6 +295,9 @@ class BacktraceReader {
   bool modules_read_ = false;
   std::optional<KthreadLayout> kthread_;  // resolved at create
   std::optional<IrqStackLayout> irq_;     // resolved at create
+  std::optional<ExceptionStackLayout> exc_;  // resolved at create
+  std::string exc_error_;
+  std::optional<uint64_t> nmi_state_;     // per-cpu offset of nmi_state (arch/x86/kernel/nmi.c)
 };
 
 }  // namespace stallmon::introspect

@@ -167,9 +167,8 @@ std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
     // not vanish, or hang with an Oops on its console, before the ready marker), every guest
     // CPU's timer interrupts advance and the console shows no Oops/BUG/panic. A guest that fails
     // is replaced (a bounded number of times); this never reruns an assertion of a test.
-    std::string why;
-    std::unique_ptr<Guest> g = boot_once(o, &why);
-    if (g) {
+    std::string why, console;  // a failed boot's `why` carries its console tail already
+    if (std::unique_ptr<Guest> g = boot_once(o, &why)) {
       if (!o.health_gate || o.no_kernel) return g;  // no kernel: no timer interrupts to check
       ProcessResult r = run_testbed({"health", g->name_}, 120s, false);
       auto h = nlohmann::json::parse(first_line(r.out), nullptr, false);
@@ -178,18 +177,11 @@ std::unique_ptr<Guest> Guest::boot(const GuestOptions& o) {
         return g;
       }
       why = h.is_discarded() ? "health check failed: " + tail(r.err, 2000) : h.dump();
-      if (replacement >= o.max_replacements) {
-        throw TestbedError("test guest " + g->name_ + " failed the boot-health gate " +
-                           std::to_string(replacement + 1) + " times; last: " + why +
-                           "\nconsole tail:\n" + tail(g->console(), 3000));
-      }
-      record_replacement(g->name_, why);
-      g.reset();  // destroys the domain; the next one may reuse its name
-      continue;
-    }
+      console = "\nconsole tail:\n" + tail(g->console(), 3000);
+    }  // the domain is destroyed here; the next one may reuse its name
     if (replacement >= o.max_replacements) {
       throw TestbedError("test guest " + guest_name(o) + " failed the boot-health gate " +
-                         std::to_string(replacement + 1) + " times; last: " + why);
+                         std::to_string(replacement + 1) + " times; last: " + why + console);
     }
     record_replacement(guest_name(o), why);
   }

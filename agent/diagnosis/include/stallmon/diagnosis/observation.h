@@ -101,12 +101,17 @@ struct KernelTrace {
   std::string comm;
   Timestamp taken_at{};
   std::string error;                // non-empty: no trace, and why
-  // The CPU was serving an interrupt or a softirq on its hardirq stack when read: the innermost
-  // `irq_frames` frames run there ("... (irq stack)"), and frames[*interrupted] is where the
+  // The CPU was serving an interrupt or a softirq on its hardirq stack, or an NMI on its NMI
+  // stack, when read: the innermost `irq_frames` frames run there ("... (irq stack)",
+  // "... (NMI stack)"), and frames[*interrupted] is where the
   // interrupt came in (the interrupted RIP, from the interrupt frame the chain passed), when
   // the kept frames reach it. 0 and unset for a trace of the task stack alone.
   std::size_t irq_frames = 0;
   std::optional<std::size_t> interrupted;
+
+  // Taken, and its frames chained by ORC or an interrupt frame: an unverified scan lists every
+  // text address the stack holds, stale ones first, so its frames say nothing of where the CPU is.
+  bool verified() const { return error.empty() && verification != TraceVerification::kUnverified; }
 };
 
 struct GuestCpuView {
