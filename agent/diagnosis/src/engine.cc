@@ -32,10 +32,15 @@ bool same_cause(const Finding& held, const Finding& now) {
 // How long after the domain's first tick (first guest snapshot, for a guest kind) this run's
 // fresh trackers need before the kind's rule can propose a condition that still holds: its
 // threshold, with a second sample to spare. A restored finding not proposed by then has ended.
-// GUEST_IRQS_OFF waits 2.5 watchdog periods of the guest (its watchdog_thresh is not known
-// here) and HOST_MONITOR_UNRESPONSIVE a monitor call's deadline: the configured cap,
-// restored_reevaluate_within.
-Duration reevaluate_window(FindingKind k, const DiagnosisConfig& c) {
+// The soft-lockup rules speak about a stale touch only once they saw the CPU's watchdog timer
+// run (hrtimer_interrupts moving: once per watchdog period of the guest, 4 s at the default
+// watchdog_thresh of 10; seen on a real guest restarted mid-lockup: resolved after two
+// snapshots, reopened 1.2 s later): while the CPU's touch is stale and its timer not yet seen,
+// a period more (from the last snapshot, `guest`; null before any). A fresh touch ends it.
+// GUEST_IRQS_OFF waits 2.5 watchdog periods and HOST_MONITOR_UNRESPONSIVE a monitor call's
+// deadline (not the engine's to know): the configured cap, restored_reevaluate_within.
+Duration reevaluate_window(const Finding& f, const DiagnosisConfig& c, const GuestState* guest) {
+  const FindingKind k = f.kind;
   const Duration two_snapshots = 2 * c.baseline_snapshot_interval;
   Duration w = c.restored_reevaluate_within;
   switch (k) {
@@ -45,7 +50,15 @@ Duration reevaluate_window(FindingKind k, const DiagnosisConfig& c) {
     case FindingKind::kGuestIpiStall: w = 2 * c.ipi_stall_min + two_snapshots; break;
     case FindingKind::kGuestIdleWithPendingWork: w = 2 * c.idle_pending_min + two_snapshots; break;
     case FindingKind::kGuestSoftlockupImminent:
-    case FindingKind::kGuestSoftlockup:
+    case FindingKind::kGuestSoftlockup: {
+      w = two_snapshots;
+      if (guest == nullptr || guest->view.watchdog_thresh <= 0 || f.cpus.empty()) break;
+      const auto ct = guest->cpus.find(f.cpus.front());
+      if (ct == guest->cpus.end() || ct->second.watchdog_active()) break;
+      const auto age = softlockup_touch_age(guest->view, ct->second.latest);
+      if (age && *age > healthy_touch_max(guest->view)) w += watchdog_period(guest->view);
+      break;
+    }
     case FindingKind::kGuestPanic:
     case FindingKind::kGuestStackOverflow: w = two_snapshots; break;
     // Known only once a monitor call misses the watcher's deadline (libvirt.monitor_timeout,
@@ -416,7 +429,7 @@ struct DiagnosisEngine::Impl {
         // resolved when the window passes or the guest's boot ends.
         const bool guest = is_guest_kind(f->kind);
         const auto from = guest ? d.first_guest_tick_at : d.first_tick_at;
-        const bool waiting = from ? now - *from < reevaluate_window(f->kind, config)
+        const bool waiting = from ? now - *from < reevaluate_window(*f, config, d.guest ? &*d.guest : nullptr)
                                   : now - d.first_tick_at.value_or(now) < config.restored_domain_wait;
         if (waiting && !(guest && new_boot)) {
           kept.push_back(k);

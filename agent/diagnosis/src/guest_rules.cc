@@ -118,12 +118,14 @@ Evidence lock_wait_evidence(const LockWait& w) {
   return e;
 }
 
+}  // namespace
+
 Duration watchdog_period(const GuestView& g) {
   // set_sample_period(): sample_period = 2 * watchdog_thresh * NSEC_PER_SEC / NUM_SAMPLE_PERIODS (5).
   return std::chrono::milliseconds(400) * g.watchdog_thresh;
 }
 
-}  // namespace
+Duration healthy_touch_max(const GuestView& g) { return watchdog_period(g) * 3 / 2 + Duration(1ll << 30); }
 
 std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestCpuView& cpu) {
   const auto sc = softlockup_clock(view, cpu);
@@ -497,7 +499,7 @@ void rule_softlockup(TickContext& t) {
   // A healthy touch is up to one watchdog period old, plus the 1-s granularity of the guest's
   // timestamps: at small watchdog_thresh that exceeds 50% of the limit, so never call a touch
   // imminent below 1.5 periods + 1 guest second.
-  const double healthy_max_ns = 1.5 * static_cast<double>(watchdog_period(view).count()) + double(1ull << 30);
+  const double healthy_max_ns = static_cast<double>(healthy_touch_max(view).count());
   for (const auto& [cpu, ct] : g.cpus) {
     if (!ct.watchdog_active()) continue;
     const auto sc = softlockup_clock(view, ct.latest);

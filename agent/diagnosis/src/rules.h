@@ -107,6 +107,13 @@ void link_lock_waits(TickContext& t);
 // CPU is offline, or the touch is unset / 0 / in the future.
 std::optional<Duration> softlockup_touch_age(const GuestView& view, const GuestCpuView& cpu);
 
+// The guest watchdog's hrtimer period: how often hrtimer_interrupts moves on a CPU whose timer
+// runs (0 when the watchdog is off).
+Duration watchdog_period(const GuestView& g);
+// The oldest touch of a healthy CPU: a watchdog period and a half plus the 1-s granularity of
+// the guest's touch timestamps. Older is a stale touch (the soft-lockup rules' floor).
+Duration healthy_touch_max(const GuestView& g);
+
 // One Evidence link per CPU of the candidate with a kernel trace in the domain's last guest view
 // (`guest`, null before any), for the kinds that carry traces, saying how many consecutive reads
 // confirmed its outer frames (TraceHistory); a trace appearing is a material change.

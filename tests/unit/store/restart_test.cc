@@ -227,6 +227,47 @@ TEST(RestartTest, AGuestFindingWaitsForTheFirstGuestSnapshot) {
   stop(r);
 }
 
+// Seen on a real guest (seed case 1 across a restart): a soft lockup that still builds up must
+// continue its GUEST_SOFTLOCKUP_IMMINENT, not resolve it and open another a second later.
+TEST(RestartTest, AWatchdogStillStaleContinuesItsImminentFinding) {
+  TempDir dir;
+  const std::string path = dir.file("findings.db");
+  std::string id;
+  Timestamp stopped_at;
+  uint64_t clock_ns = 0, touch = 0;
+  {
+    DaemonRun r = start(path, Timestamp(std::chrono::seconds(1'700'000'000)));
+    r.sim->cpus[1].touch_on = false;  // CPU1's watchdog thread never runs
+    ASSERT_NE(r.sim->run_until_open(FindingKind::kGuestSoftlockupImminent), diagnosis::Duration::max());
+    id = r.sim->active(FindingKind::kGuestSoftlockupImminent).at(0).id;
+    stopped_at = r.sim->clock.now();
+    clock_ns = r.sim->guest.running_clock_ns;
+    touch = *r.sim->cpus[1].view.watchdog_touch_ts;
+    stop(r);
+  }
+  // The same guest half a second later: its clock ran on, CPU1's touch did not.
+  DaemonRun r = start(path, stopped_at + 500ms);
+  Sim& sim = *r.sim;
+  // A real guest's hrtimer count is there from the first snapshot on, and the watchdog timer
+  // (every period, 4 s here) has just fired: the next count change is a period away.
+  const uint64_t period_ns = static_cast<uint64_t>(sim.period().count());
+  sim.guest.running_clock_ns = std::max<uint64_t>(clock_ns + (500ull << 20), (clock_ns / period_ns + 1) * period_ns + 1);
+  for (auto& c : sim.cpus) {
+    c.view.watchdog_touch_ts = sim.guest.running_clock_ns >> 30;
+    c.view.hrtimer_interrupts = 1000;
+  }
+  sim.cpus[1].view.watchdog_touch_ts = touch;
+  sim.cpus[1].touch_on = false;
+  // Past the period, the timer seen and the rule speaking again.
+  sim.run(2 * sim.period());
+  EXPECT_EQ(sim.count(T::kResolved, FindingKind::kGuestSoftlockupImminent), 0);
+  EXPECT_EQ(sim.count(T::kOpened, FindingKind::kGuestSoftlockupImminent), 0);
+  const auto active = sim.active(FindingKind::kGuestSoftlockupImminent);
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].id, id);
+  stop(r);
+}
+
 TEST(RestartTest, RestoreOnlyIntoAFreshEngine) {
   Sim sim(2);
   sim.vcpus[1].block(ThreadState::kDiskSleep, "__refrigerator", kFrozen);
