@@ -107,7 +107,7 @@ svg text { font-size: 11px; font-family: monospace; }
 .st-r { fill: #4caf50; } .st-s { fill: #cfd8dc; } .st-d { fill: #e53935; } .st-t { fill: #fb8c00; }
 .st-x { fill: #9e9e9e; }
 .g-run { fill: #81c784; } .g-idle { fill: #eceff1; } .g-off { fill: #616161; }
-.wait { fill: #8e24aa; fill-opacity: 0.35; }
+.wait { fill: #8e24aa; fill-opacity: 0.6; }
 .csd-wait { stroke: #8e24aa; stroke-width: 1.5; }
 .wd { fill: none; stroke: #1e88e5; stroke-width: 1; }
 .onset { stroke: #d32f2f; stroke-dasharray: 4 3; } .resolution { stroke: #388e3c; stroke-dasharray: 4 3; }
@@ -123,6 +123,15 @@ std::string timeline(const v1::Incident& r) {
     if (l.points_size() > 0) end = std::max(end, nanos(l.points(l.points_size() - 1).at()));
   for (const auto& l : r.guest_cpus())
     if (l.points_size() > 0) end = std::max(end, nanos(l.points(l.points_size() - 1).at()));
+  // The axis starts at the first sample when the lookback is not all there (a daemon that had
+  // just started, or a bundle restored after a restart): an empty minute would squeeze the
+  // incident into a sliver of the picture.
+  int64_t first = end;
+  for (const auto& l : r.vcpus())
+    if (l.points_size() > 0) first = std::min(first, nanos(l.points(0).at()));
+  for (const auto& l : r.guest_cpus())
+    if (l.points_size() > 0) first = std::min(first, nanos(l.points(0).at()));
+  sc.t0 = std::max(sc.t0, std::min(first, end - 1'000'000'000));
   sc.t1 = std::max(end, sc.t0 + 1'000'000'000);
 
   const int lanes = r.vcpus_size() + r.guest_cpus_size();
@@ -142,8 +151,13 @@ std::string timeline(const v1::Incident& r) {
       break;
     }
   const int64_t onset = nanos(r.finding().onset());
-  for (double s = 0; s <= span_s && s / step < 100; s += step) {
-    const int64_t t = sc.t0 + static_cast<int64_t>(s * 1e9);
+  // Ticks at whole steps from the onset (0 s is the onset).
+  const int64_t step_ns = static_cast<int64_t>(step * 1e9);
+  const int64_t from_onset = sc.t0 - onset;
+  const int64_t k0 = from_onset / step_ns - (from_onset % step_ns < 0 ? 1 : 0);  // floor
+  for (int64_t k = k0, n = 0; onset + k * step_ns <= sc.t1 && n < 100; ++k, ++n) {
+    const int64_t t = onset + k * step_ns;
+    if (t < sc.t0) continue;
     const double x = sc.x(t);
     o << "<line class=\"axis\" x1=\"" << num(x) << "\" y1=\"" << num(kTop - 6) << "\" x2=\"" << num(x) << "\" y2=\""
       << num(height - 20) << "\" stroke-opacity=\"0.3\"/>\n<text x=\"" << num(x) << "\" y=\"" << num(kTop - 10)

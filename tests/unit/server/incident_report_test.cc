@@ -187,6 +187,31 @@ TEST(IncidentHtml, HasALanePerVcpuAndGuestCpuAndArrowsForCsdWaits) {
   EXPECT_GT(std::stod(m[2]), std::stod(m[1]));
 }
 
+// A daemon that started just before the onset holds no lookback: the axis starts at the first
+// sample (seen on a real guest: a 60-s empty window squeezed the incident into a tenth of the
+// picture), and its ticks stay at whole seconds from the onset.
+TEST(IncidentHtml, TheAxisStartsAtTheFirstSampleWhenTheLookbackIsShort) {
+  v1::Incident r = seed_case();
+  for (auto* lanes : {r.mutable_vcpus()}) {
+    for (auto& l : *lanes) l.mutable_points()->DeleteSubrange(0, 58);  // from 58 s on
+  }
+  for (auto& l : *r.mutable_guest_cpus()) l.mutable_points()->DeleteSubrange(0, 58);
+  const std::string html = render_incident_html(r);
+  EXPECT_EQ(xml_problem(html), "");
+  EXPECT_EQ(html.find(">-60s<"), std::string::npos) << "the empty lookback is drawn";
+  EXPECT_NE(html.find(">-2s<"), std::string::npos);
+  EXPECT_NE(html.find(">0s<"), std::string::npos);
+  // vCPU 2's D span (60..66.5 s of a 58..66.5 s axis) fills most of the 1000-px axis.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(html, m, std::regex("<rect class=\"st-d\" x=\"[0-9.]+\" y=\"[0-9.]+\" width=\"([0-9.]+)\"")));
+  EXPECT_GT(std::stod(m[1]), 600.0);
+  // The full lookback keeps the whole window: the same span is a tenth of it.
+  const std::string full = render_incident_html(seed_case());
+  ASSERT_TRUE(std::regex_search(full, m, std::regex("<rect class=\"st-d\" x=\"[0-9.]+\" y=\"[0-9.]+\" width=\"([0-9.]+)\"")));
+  EXPECT_LT(std::stod(m[1]), 150.0);
+  EXPECT_NE(full.find(">-60s<"), std::string::npos);
+}
+
 TEST(IncidentHtml, AnEmptyOrActiveBundleStillRenders) {
   v1::Incident r;
   r.mutable_finding()->set_id("x");
