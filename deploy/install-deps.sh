@@ -41,6 +41,7 @@ test_deps=(
   prometheus prometheus-alertmanager
   python3 curl iproute2 procps psmisc openssl
   help2man lintian debootstrap   # deploy/package.sh (man pages, lint) and tests/package
+  chromium   # renders `stallctl incident --html` reports headless (tests/integration/server)
 )
 
 pkgs=("${build_deps[@]}" "${runtime_deps[@]}")
