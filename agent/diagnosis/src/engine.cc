@@ -671,7 +671,9 @@ std::vector<GuestCpuAges> DiagnosisEngine::guest_cpu_ages(const std::string& dom
     out.push_back(a);
   }
   for (const auto& [key, edge] : g.edges) {
-    auto it = std::find_if(out.begin(), out.end(), [&](const GuestCpuAges& a) { return a.cpu == key.waiter; });
+    // A copy for the lambda: Debian 12's clang 14 cannot capture a structured binding.
+    const int waiter = key.waiter;
+    auto it = std::find_if(out.begin(), out.end(), [waiter](const GuestCpuAges& a) { return a.cpu == waiter; });
     if (it == out.end()) continue;
     const Duration age = g.at - edge.first_seen;
     if (!it->csd_wait_age || age > *it->csd_wait_age) {
