@@ -7,6 +7,10 @@ target_compile_options(stallmon_compile_options INTERFACE -Wall -Wextra -Wshadow
 if(STALLMON_WERROR)
   target_compile_options(stallmon_compile_options INTERFACE -Werror)
 endif()
+if(NOT STALLMON_DEBUG_INFO)
+  # After the build type's -g on the command line: the last -g option wins.
+  add_compile_options(-g0)
+endif()
 if(STALLMON_SANITIZE)
   # Applied globally so that every object (tests, benchmarks, generated code) agrees on the ABI.
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
