@@ -50,14 +50,14 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 // Guest kernels besides the testbed's default (Debian 12's 6.1). Issue 13: seed case 1 is
 // diagnosed on the cloud flavors of 6.1 and 6.12 by running two seed-case-1 variants (i440fx,
-// forged BUILD-ID) on them, at no extra guest boot. The RT flavors are not here yet: on 6.1-rt
-// the seed-case-1 freeze produced neither an IPI wait nor the guest's own soft lockup, and a
-// 6.12-rt guest oopsed at boot (int3 in text being patched, TCG) before the boot-health gate
-// could replace it (tests/testbed/README.md). Keep tests/testbed/integration-kernels in step
+// forged BUILD-ID) on them, at no extra guest boot; 6.1-rt has a test of its own
+// (SeedCase1OnThePreemptRtKernel). 6.12-rt is not here: a guest oopsed at boot (int3 in text
+// being patched, TCG; tests/testbed/README.md). Keep tests/testbed/integration-kernels in step
 // (deploy/test.sh builds their kits ahead).
 constexpr const char* kKernel612 = "linux-image-6.12.117+deb12-amd64";
 constexpr const char* kKernel61Cloud = "linux-image-cloud-amd64";
 constexpr const char* kKernel612Cloud = "linux-image-6.12.118+deb12-cloud-amd64";
+constexpr const char* kKernel61Rt = "linux-image-rt-amd64";
 
 std::string roots_of(const Finding& f) {
   for (const auto& e : f.evidence) {
@@ -576,6 +576,58 @@ TEST_F(Scenario, SeedCase1FrozenVcpuIsAHostCausedIpiStallLongBeforeTheGuestRepor
   o.watchdog_thresh = 5;
   taint_watch_ = 60s;
   seed_case1(o);
+}
+
+// Issue 13: seed case 1 on Debian's 6.1 PREEMPT_RT kernel. The guest's own report cannot be
+// the yardstick there: its soft lockup reaches the ring buffer (read by stallctl 14 s after the
+// freeze) but not the console, whose printer thread does not run while CPU0 spins with
+// preemption off, and the guest's userspace (the testbed's control channel) stops answering too
+// (3 of 3 runs, 2026-12-05). The diagnosis is asserted as on the default kernel: the IPI stall
+// rooted at the frozen CPU with cause host within 2 s, CPU0 the waiter, all resolved at the thaw.
+TEST_F(Scenario, SeedCase1OnThePreemptRtKernel) {
+  tb::GuestOptions o;
+  o.tag = "dx-rt";
+  o.kernel_package = kKernel61Rt;
+  o.scenario = "ipi-module";
+  o.watchdog_thresh = 5;
+  ASSERT_TRUE(boot(o));
+  Monitored m(guest(), monitor_config_, nullptr);
+  ASSERT_TRUE(m.ready(120s));
+  std::this_thread::sleep_for(3s);
+  EXPECT_TRUE(m.active().empty()) << "findings before any fault:\n" << m.log.dump();
+  const size_t from_log = m.log.size();
+  const size_t from_console = guest().console_size();
+  FirstSeen frozen = state_watch(guest().qemu_pid(), guest().vcpu_tid(2), 'D');
+  auto f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
+  ASSERT_TRUE(f.applied()) << f.error();
+  ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
+  ASSERT_TRUE(f.status().value("frozen_idle", false)) << "vCPU 2 never seen halted before a freeze";
+  auto t_freeze = frozen.wait(5s);
+  ASSERT_TRUE(t_freeze) << "vCPU 2's thread never showed D";
+  auto ipi = m.log.wait(
+      [](const Finding& x) {
+        return x.kind == FindingKind::kGuestIpiStall && roots_of(x) == "2" && x.cause == Cause::kHostBlocked &&
+               has_cpus(x, {0, 2});
+      },
+      30s, from_log);
+  auto blocked = m.log.wait(
+      [](const Finding& x) { return x.kind == FindingKind::kVcpuHostBlocked && has_cpus(x, {2}); }, 30s, from_log);
+  // What the guest's console shows meanwhile (printed, not asserted: it is the kernel's business).
+  auto console_report = guest().wait_console(std::regex("soft lockup - CPU#[0-9]+ stuck for [0-9]+s"), 20s, from_console);
+  std::cout << "findings after the freeze:\n" << m.log.dump(from_log) << std::flush;
+  ASSERT_TRUE(ipi) << "no GUEST_IPI_STALL of CPU0 rooted at CPU2 with cause host-blocked";
+  ASSERT_TRUE(blocked) << "no VCPU_HOST_BLOCKED on vCPU 2";
+  const double to_ipi = seconds(ipi->at - *t_freeze);
+  std::cout << "DETECTION LATENCY (freeze -> GUEST_IPI_STALL): " << to_ipi << " s; the guest's console "
+            << (console_report ? "reported \"" + *console_report + "\"" : std::string("reported nothing in 20 s"))
+            << std::endl;
+  RecordProperty("seconds_to_ipi_stall", std::to_string(to_ipi));
+  EXPECT_LE(to_ipi, 2.0);
+  EXPECT_LE(seconds(blocked->at - *t_freeze), 2.0);
+  auto undo = f.release();
+  EXPECT_TRUE(undo.value("ok", false)) << undo.dump();
+  EXPECT_TRUE(m.all_resolved(30s)) << "still active after the thaw:\n" << m.log.dump(from_log);
+  m.print_stats();
 }
 
 // Issue 13: the same with the guest's BTF ignored and no host debuginfo, the types only from a
