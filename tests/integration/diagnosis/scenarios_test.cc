@@ -331,6 +331,10 @@ class Scenario : public ::testing::Test {
   tb::Guest& guest() { return *guest_; }
   void seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from = {},
                   const std::function<void()>& before_monitor = {});
+  // Seed case 1's fault: vCPU 2 frozen while halted, the rest of the VM running (both decided by
+  // the injector from host thread states; it retries until it has them). `t_freeze`: when its
+  // thread was first seen in D.
+  void freeze_idle_vcpu2(tb::Injector& f, std::optional<Clock::time_point>& t_freeze);
   // stackend.ko mode=spin twice on CPU1: GUEST_STACK_OVERFLOW each time (issue 12 item 3).
   void stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package);
   // spinhold.ko: CPU1 holds a spinlock with IRQs off, CPU2 contends (issue 12 item 2).
@@ -392,6 +396,17 @@ uint64_t process_ticks(pid_t pid) {
 // The freeze waits for vCPU 2 to halt (want_idle) and for the rest of the VM to keep running
 // (want_case), both decided by the injector from host thread states. `expect_build_id`: the
 // BUILD-ID the monitor must have found (the real kernel's), when the guest planted forgeries.
+void Scenario::freeze_idle_vcpu2(tb::Injector& f, std::optional<Clock::time_point>& t_freeze) {
+  FirstSeen frozen = state_watch(guest().qemu_pid(), guest().vcpu_tid(2), 'D');
+  f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
+  ASSERT_TRUE(f.applied()) << f.error();
+  std::cout << "freeze: " << f.status().dump() << std::endl;
+  ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
+  ASSERT_TRUE(f.status().value("frozen_idle", false)) << "vCPU 2 never seen halted before a freeze";
+  t_freeze = frozen.wait(5s);
+  ASSERT_TRUE(t_freeze) << "vCPU 2's thread never showed D";
+}
+
 void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from,
                           const std::function<void()>& before_monitor) {
   ASSERT_TRUE(boot(o));
@@ -418,18 +433,13 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
   std::this_thread::sleep_for(3s);
   EXPECT_TRUE(m.active().empty()) << "findings before any fault:\n" << m.log.dump();
 
-  const pid_t pid = guest().qemu_pid(), tid = guest().vcpu_tid(2);
   {
     const size_t from_log = m.log.size();
     const size_t from_console = guest().console_size();
-    FirstSeen frozen = state_watch(pid, tid, 'D');
-    auto f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
-    ASSERT_TRUE(f.applied()) << f.error();
-    std::cout << "freeze: " << f.status().dump() << std::endl;
-    ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
-    ASSERT_TRUE(f.status().value("frozen_idle", false)) << "vCPU 2 never seen halted before a freeze";
-    auto t_freeze = frozen.wait(5s);
-    ASSERT_TRUE(t_freeze) << "vCPU 2's thread never showed D";
+    tb::Injector f;
+    std::optional<Clock::time_point> t_freeze;
+    freeze_idle_vcpu2(f, t_freeze);
+    if (HasFatalFailure()) return;
 
     auto ipi = m.log.wait(
         [](const Finding& x) {
@@ -597,13 +607,10 @@ TEST_F(Scenario, SeedCase1OnThePreemptRtKernel) {
   EXPECT_TRUE(m.active().empty()) << "findings before any fault:\n" << m.log.dump();
   const size_t from_log = m.log.size();
   const size_t from_console = guest().console_size();
-  FirstSeen frozen = state_watch(guest().qemu_pid(), guest().vcpu_tid(2), 'D');
-  auto f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
-  ASSERT_TRUE(f.applied()) << f.error();
-  ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";
-  ASSERT_TRUE(f.status().value("frozen_idle", false)) << "vCPU 2 never seen halted before a freeze";
-  auto t_freeze = frozen.wait(5s);
-  ASSERT_TRUE(t_freeze) << "vCPU 2's thread never showed D";
+  tb::Injector f;
+  std::optional<Clock::time_point> t_freeze;
+  freeze_idle_vcpu2(f, t_freeze);
+  if (HasFatalFailure()) return;
   auto ipi = m.log.wait(
       [](const Finding& x) {
         return x.kind == FindingKind::kGuestIpiStall && roots_of(x) == "2" && x.cause == Cause::kHostBlocked &&
