@@ -272,7 +272,8 @@ void StallMonitor::on_domains_synced(const std::vector<libvirt::DomainInfo>& dom
   std::vector<std::string> gone;
   {
     std::lock_guard<std::mutex> l(impl_->mu);
-    for (const auto& [key, p] : impl_->domains) {
+    for (const auto& entry : impl_->domains) {
+      const std::string& key = entry.first;  // clang 14 cannot capture a structured binding
       const bool listed = std::any_of(domains.begin(), domains.end(),
                                       [&](const libvirt::DomainInfo& d) { return Impl::key_of(d) == key; });
       if (!listed) gone.push_back(key);

@@ -59,7 +59,6 @@ ThreadSampler::ThreadSampler(HostFs& fs, const SamplerOptions& opts, int32_t pid
                              bool want_cgroup)
     : fs_(fs),
       opts_(opts),
-      pid_(pid),
       tid_(tid),
       dir_(opts.proc_root + "/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/"),
       want_cgroup_(want_cgroup) {}

@@ -120,7 +120,7 @@ class ThreadSampler {
 
   HostFs& fs_;
   const SamplerOptions& opts_;
-  int32_t pid_, tid_;
+  int32_t tid_;
   std::string dir_;  // proc/PID/task/TID/
   bool want_cgroup_;
   int stat_fd_ = -1, schedstat_fd_ = -1, status_fd_ = -1, cgroup_fd_ = -1;
