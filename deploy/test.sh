@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds stallmon and runs its tests: the unit tier (hermetic, fast), the unit tier again under
-# AddressSanitizer + UndefinedBehaviorSanitizer with leak checking (its own build), then the
-# integration tier (real QEMU guests under libvirt; needs root). This is the README's test command
-# and what CI runs. `all` runs the tiers cheapest first and stops at the first failed tier.
-# The fuzz tier (not part of `all`; .ci/run runs a short sample of it) builds the parsers'
-# libFuzzer targets with clang in build/fuzz and runs each for STALLMON_FUZZ_SECONDS (default 20).
+# Builds stallmon and runs its tests: the unit tier (hermetic, fast), the integration tier (real
+# QEMU guests under libvirt; needs root), and the unit tier again under AddressSanitizer +
+# UndefinedBehaviorSanitizer with leak checking (its own clang build, compiled at idle priority
+# while the other two tiers run). This is the README's test command and what CI runs. `all`
+# stops at the first failed tier.
+# The fuzz tier (not part of `all`; .ci/run runs a short sample of it from the asan tree) builds
+# the parsers' libFuzzer targets with clang in build/fuzz (or STALLMON_FUZZ_BUILD_DIR) and runs
+# each for STALLMON_FUZZ_SECONDS (default 20).
 # The soak tier (on demand, not part of `all`) watches the healthy busy guest for
 # STALLMON_SOAK_SECONDS (default 600); `all` and `integration` run a bounded sample of it
 # (STALLMON_HEALTHY_SECONDS, default 60) so that CI stays within its time budget.
@@ -16,6 +18,7 @@
 # Usage: deploy/test.sh [unit|asan|integration|all|fuzz|soak|matrix]   (default: all)
 # Environment: STALLMON_BUILD_DIR (default build/release), STALLMON_ASAN_BUILD_DIR (default
 # build/asan), STALLMON_JOBS (default: nproc), STALLMON_FUZZ_SECONDS (default 20),
+# STALLMON_FUZZ_BUILD_DIR (default: configure build/fuzz; e.g. build/asan to reuse that tree),
 # STALLMON_SOAK_SECONDS (default 600, at most 3600: the test's CTest timeout is 4200 s),
 # STALLMON_HEALTHY_SECONDS (default 60), STALLMON_DEBUG_INFO (default ON; OFF builds the
 # release tree without debug info, as .ci/run does: about half of its compile time).
@@ -28,13 +31,24 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="${STALLMON_JOBS:-$(nproc)}"
 
 if [ "$tier" = fuzz ]; then
-  # Every target and everything it links instrumented for libFuzzer, with ASan+UBSan.
-  fuzz_build="$root/build/fuzz"
+  # Every target and everything it links instrumented for libFuzzer, with ASan+UBSan: by default
+  # its own -O2 tree (build/fuzz: several times the executions per second of the -O0 asan tree,
+  # for long runs). STALLMON_FUZZ_BUILD_DIR=build/asan reuses the asan preset's tree, which builds
+  # the same targets at -O0 (CI's short sample: no third compile of the tree).
   seconds="${STALLMON_FUZZ_SECONDS:-20}"
-  cmake -S "$root" -B "$fuzz_build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON \
-    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DSTALLMON_SANITIZE=ON -DSTALLMON_FUZZ=ON \
-    -DSTALLMON_BUILD_BENCHMARKS=OFF \
-    -DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link -DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link
+  if [ -n "${STALLMON_FUZZ_BUILD_DIR:-}" ]; then
+    fuzz_build="$STALLMON_FUZZ_BUILD_DIR"
+    if ! grep -q '^STALLMON_FUZZ:BOOL=ON' "$fuzz_build/CMakeCache.txt" 2>/dev/null; then
+      echo "$fuzz_build is not a tree configured with STALLMON_FUZZ=ON (the asan preset is)" >&2
+      exit 2
+    fi
+  else
+    fuzz_build="$root/build/fuzz"
+    cmake -S "$root" -B "$fuzz_build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON \
+      -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DSTALLMON_SANITIZE=ON -DSTALLMON_FUZZ=ON \
+      -DSTALLMON_BUILD_BENCHMARKS=OFF \
+      -DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link -DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link
+  fi
   cmake --build "$fuzz_build" -j "$jobs" --target fuzz_all
   rc=0
   work="$(mktemp -d)"
@@ -76,8 +90,15 @@ if [ "$tier" = all ] || [ "$tier" = integration ] || [ "$tier" = soak ]; then
     done
   ) > "$kits_log" 2>&1 &
   kits_pid=$!
-  trap '[ -z "$kits_pid" ] || kill "$kits_pid" 2>/dev/null || true; rm -f "$kits_log"' EXIT
 fi
+asan_pid=""
+asan_log=""
+cleanup() {
+  [ -z "$kits_pid" ] || kill "$kits_pid" 2>/dev/null || true
+  [ -z "$asan_pid" ] || kill -- "-$asan_pid" 2>/dev/null || true
+  rm -f "$kits_log" "$asan_log"
+}
+trap cleanup EXIT
 
 if [ "$tier" != asan ]; then
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTALLMON_WERROR=ON \
@@ -93,6 +114,19 @@ if [ "$tier" = matrix ]; then
     ${STALLMON_MATRIX_ARGS:---kernels 6.1,6.12,6.1-rt,6.1-cloud,6.12-rt,6.12-cloud}
 fi
 
+# `all`: the asan tree compiles at SCHED_IDLE while the unit and integration tiers run. The real
+# guests leave ~30 % of the cores idle (boots, waits), and an idle-class task gives a CPU back the
+# moment anything else wants it (a waking vCPU thread preempts it at once: no run delay the tests
+# could see). What is left when the integration tier ends finishes at normal priority; the asan
+# unit tier runs after it. In its own session so that all of it can be re-prioritised or killed.
+if [ "$tier" = all ]; then
+  asan_log="$(mktemp /tmp/stallmon-asan-build.XXXXXX)"
+  setsid chrt --idle 0 bash -c 'cmake --preset asan -S "$1" -B "$2" -DSTALLMON_WERROR=ON &&
+    cmake --build "$2" -j "$3"' asan-build "$root" "$asan_build" "$jobs" > "$asan_log" 2>&1 &
+  asan_pid=$!
+  asan_t0=$(date +%s)
+fi
+
 rc=0
 if [ "$tier" = unit ] || [ "$tier" = all ]; then
   ctest --test-dir "$build" -L unit -j "$jobs" --output-on-failure --no-tests=error --timeout 120 \
@@ -100,17 +134,6 @@ if [ "$tier" = unit ] || [ "$tier" = all ]; then
   # The Debian package from this build (deploy/package.sh: install, strip, man pages, lintian;
   # ~40 s), checked without installing it (tests/package/package_test.sh has the other stages).
   STALLMON_PACKAGE_BUILD_DIR="$build" "$root/tests/package/package_test.sh" deb || rc=1
-fi
-if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
-  # The CMakePresets.json "asan" preset: -O1, sanitizers on every object, no benchmarks and no
-  # real-guest tests, so only what the unit tier runs is built. Any report fails the test:
-  # UBSan halts (-fno-sanitize-recover), ASan and LSan exit non-zero.
-  cmake --preset asan -S "$root" -B "$asan_build" -DSTALLMON_WERROR=ON
-  cmake --build "$asan_build" -j "$jobs"
-  ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1" \
-  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-    ctest --test-dir "$asan_build" -L unit -j "$jobs" --output-on-failure --no-tests=error \
-    --timeout 300 || rc=1
 fi
 if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ] || [ "$tier" = soak ]; }; then
   # Real guests: one at a time (2 cores, TCG), each test binary boots and shares its own guest.
@@ -145,5 +168,31 @@ if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ] || [ "$tier
   echo "integration: $(( $(date +%s) - t0 )) s; guests replaced by the boot-health gate: $replaced"
   [ "$replaced" -eq 0 ] || cat "$health_log"
   rm -f "$health_log"
+fi
+if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
+  # The CMakePresets.json "asan" preset: clang at -O0, sanitizers (and libFuzzer's coverage) on
+  # every object, no benchmarks and no real-guest tests, so only what the unit tier runs is built
+  # (the fuzz targets replay their seeds in it). Any report fails the test:
+  # UBSan halts (-fno-sanitize-recover), ASan and LSan exit non-zero.
+  if [ -n "$asan_pid" ]; then
+    # Whatever still compiles gets normal priority (ninja's later children inherit it).
+    for p in $(pgrep -g "$asan_pid" 2>/dev/null); do chrt --other -p 0 "$p" 2>/dev/null || true; done
+    echo "asan build: $(( $(date +%s) - asan_t0 )) s in the background so far, finishing"
+    if ! wait "$asan_pid"; then
+      asan_pid=""
+      tail -80 "$asan_log" >&2
+      echo "asan build failed" >&2
+      exit 1
+    fi
+    asan_pid=""
+    echo "asan build: done $(( $(date +%s) - asan_t0 )) s after it started"
+  else
+    cmake --preset asan -S "$root" -B "$asan_build" -DSTALLMON_WERROR=ON
+    cmake --build "$asan_build" -j "$jobs"
+  fi
+  ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    ctest --test-dir "$asan_build" -L unit -j "$jobs" --output-on-failure --no-tests=error \
+    --timeout 300 || rc=1
 fi
 exit "$rc"
