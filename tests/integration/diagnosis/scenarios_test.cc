@@ -502,6 +502,13 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     // own report names (the RIP of its soft-lockup dump; our trace starts there only when the
     // newest interrupt frame on the stack is the timer's, which a spinning CPU gets every tick).
     {
+      // The report's first line is what was waited for above; its register dump follows a few
+      // lines later, which a TCG guest may still be printing.
+      for (const auto until = Clock::now() + 20s; Clock::now() < until; std::this_thread::sleep_for(100ms)) {
+        const std::string c = guest().console(from_console);
+        const size_t r = c.find("RIP: 0010:", c.find("soft lockup - CPU#"));
+        if (r != std::string::npos && c.find('\n', r) != std::string::npos) break;
+      }
       const std::string con = guest().console(from_console);
       std::smatch sm;
       ASSERT_TRUE(std::regex_search(con, sm, std::regex("soft lockup - CPU#([0-9]+) stuck"))) << con;
@@ -1265,7 +1272,19 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
   // The panic text comes from the guest's printk buffer: each line is on its serial console too.
   // (Not every record of the buffer is: the tail before the panic may hold pr_debug records
   // below the console loglevel, e.g. "  with environment:" from boot, so only the panic's own
-  // lines are compared.)
+  // lines are compared.) stallmon reads the buffer in guest memory, where the text is whole the
+  // moment it is written; the console gets it at the serial port's pace: wait (the guest's own
+  // progress, not stallmon's) until its last line is there too.
+  std::string last_line;
+  for (const auto& e : panic->event.finding.evidence) {
+    if (!e.panic_text) continue;
+    std::istringstream in(e.text);
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) last_line = line.substr(0, 60);
+  }
+  for (const auto until = Clock::now() + 20s;
+       Clock::now() < until && guest().console().find(last_line) == std::string::npos;)
+    std::this_thread::sleep_for(100ms);
   const std::string console = guest().console();
   size_t lines = 0;
   for (const auto& e : panic->event.finding.evidence) {

@@ -24,6 +24,7 @@
 #include <optional>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "subprocess.h"  // stallctl's run_command
 #include "stallmon/introspect/backtrace.h"
@@ -465,8 +466,17 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
       std::cout << "no soft lockup reported before the thaw (TCG guest time runs slow)" << std::endl;
     // The guest's own report of the waiter (when its clock got that far) names the function
     // our trace starts in.
-    const std::string con = g.console();
     const std::string tag = "soft lockup - CPU#" + std::to_string(waiter) + " ";
+    // A report's register dump follows its first line a few lines later, which a TCG guest may
+    // still be printing.
+    for (const auto until = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < until;
+         std::this_thread::sleep_for(100ms)) {
+      const std::string c = g.console();
+      const size_t at = c.find(tag);
+      const size_t r = at == std::string::npos ? at : c.find("RIP: 0010:", at);
+      if (at == std::string::npos || (r != std::string::npos && c.find('\n', r) != std::string::npos)) break;
+    }
+    const std::string con = g.console();
     if (auto at = con.find(tag); at != std::string::npos && wait_seen) {
       auto rip = con.find("RIP: 0010:", at);
       ASSERT_NE(rip, std::string::npos);
