@@ -22,6 +22,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -30,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "stallmon/alerting/alerting.h"
+#include "stallmon/diagnosis/finding.h"
 #include "stallmon/core/stall_monitor.h"
 #include "stallmon/introspect/ram_layout.h"
 #include "stallmon/libvirt/domain_watcher.h"
@@ -160,6 +163,11 @@ class Webhook {
     thread_.join();
   }
   int port() const { return port_; }
+  // Every notification so far, oldest first.
+  std::vector<json> bodies() {
+    std::lock_guard l(mu_);
+    return bodies_;
+  }
   // Whether a notification with `status` carried an alert whose labels satisfy pred.
   template <class Pred>
   bool saw(const std::string& status, Pred pred) {
@@ -182,60 +190,83 @@ class Webhook {
 
 class AlertingStack : public tb::GuestTest {};
 
+// stallmon's side of the stack on the shared guest: the monitor over the real libvirt layer and
+// its alerting service (/metrics on a free loopback port, pushing to `alertmanager_url` with
+// `host_label` as every alert's host). error() says why it did not start.
+class Agent {
+ public:
+  Agent(const std::string& domain, const std::string& alertmanager_url, const std::string& host_label) {
+    core::MonitorConfig mc;
+    mc.domain_filter = [domain](const libvirt::DomainInfo& d) { return d.name == domain; };
+    monitor_ = std::make_unique<core::StallMonitor>(mc);
+    libvirt::WatcherOptions wo;
+    wo.ram_layout_resolver = [](const introspect::HmpCommand& hmp) {
+      return introspect::resolve_ram_layout(hmp);
+    };
+    watcher_ = std::make_unique<libvirt::DomainWatcher>(wo);
+    monitor_->attach(*watcher_);
+    AlertingConfig ac;
+    ac.metrics_listen = "127.0.0.1:0";
+    ac.alertmanager_urls = {alertmanager_url};
+    ac.pusher.alert.host = host_label;
+    ac.pusher.resend_interval = 2s;
+    // Long enough that an alert leaving Alertmanager's active list within seconds of the end of a
+    // fault can only be the pushed resolution, not the expiry of its last endsAt.
+    ac.pusher.ends_at_margin = 5min;
+    auto svc = start(*monitor_, ac);
+    if (!svc.ok()) {
+      error_ = svc.error().to_string();
+      return;
+    }
+    svc_ = std::move(*svc);
+    if (auto r = watcher_->start(); !r.ok()) error_ = r.error().to_string();
+  }
+  ~Agent() {
+    if (svc_) svc_->stop();
+    watcher_->stop();
+    monitor_->stop();
+  }
+  const std::string& error() const { return error_; }
+  core::StallMonitor& monitor() { return *monitor_; }
+  AlertingService& service() { return *svc_; }
+
+ private:
+  std::unique_ptr<core::StallMonitor> monitor_;
+  std::unique_ptr<libvirt::DomainWatcher> watcher_;
+  std::unique_ptr<AlertingService> svc_;
+  std::string error_;
+};
+
+// Prometheus's and Alertmanager's data and configuration for one test, removed at the end.
+struct ScratchDir {
+  fs::path path;
+  explicit ScratchDir(const std::string& tag)
+      : path(fs::temp_directory_path() / ("stallmon-" + tag + "-" + std::to_string(getpid()))) {
+    fs::create_directories(path / "prometheus");
+    fs::create_directories(path / "alertmanager");
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
 TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndResolution) {
   auto& g = guest();
   const std::string name = g.name();
 
   // --- stallmon: monitor + alerting over the real libvirt layer ----------------------------
-  core::MonitorConfig mc;
-  mc.domain_filter = [name](const libvirt::DomainInfo& d) { return d.name == name; };
-  core::StallMonitor monitor(mc);
-  libvirt::WatcherOptions wo;
-  wo.ram_layout_resolver = [](const introspect::HmpCommand& hmp) {
-    return introspect::resolve_ram_layout(hmp);
-  };
-  libvirt::DomainWatcher watcher(wo);
-  monitor.attach(watcher);
-
-  const fs::path dir = fs::temp_directory_path() / ("stallmon-alerting-" + std::to_string(getpid()));
-  fs::create_directories(dir / "prometheus");
-  fs::create_directories(dir / "alertmanager");
-  struct Cleanup {
-    fs::path d;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(d, ec);
-    }
-  } cleanup{dir};
-
+  const ScratchDir scratch("alerting");
+  const fs::path& dir = scratch.path;
   Webhook hook;
   const int am_port = free_loopback_port();
   const int prom_port = free_loopback_port();
   ASSERT_GT(am_port, 0);
   ASSERT_GT(prom_port, 0);
-
-  AlertingConfig ac;
-  ac.metrics_listen = "127.0.0.1:0";
-  ac.alertmanager_urls = {"http://127.0.0.1:" + std::to_string(am_port)};
-  ac.pusher.alert.host = "testhost";
-  ac.pusher.resend_interval = 2s;
-  // Long enough that an alert leaving Alertmanager's active list within seconds of the thaw
-  // can only be the pushed resolution, not the expiry of its last endsAt.
-  ac.pusher.ends_at_margin = 5min;
-  auto svc = start(monitor, ac);
-  ASSERT_TRUE(svc.ok()) << svc.error().to_string();
-  const int metrics_port = (*svc)->metrics_port();
-  ASSERT_TRUE(watcher.start().ok());
-  struct StopAll {
-    libvirt::DomainWatcher& w;
-    core::StallMonitor& m;
-    AlertingService& s;
-    ~StopAll() {
-      s.stop();
-      w.stop();
-      m.stop();
-    }
-  } stop_all{watcher, monitor, **svc};
+  Agent agent(name, "http://127.0.0.1:" + std::to_string(am_port), "testhost");
+  ASSERT_EQ(agent.error(), "");
+  core::StallMonitor& monitor = agent.monitor();
+  const int metrics_port = agent.service().metrics_port();
 
   // --- Alertmanager --------------------------------------------------------------------------
   {
@@ -426,11 +457,224 @@ TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndReso
       << "no resolved notification from alertmanager for " << id;
 
   // The pusher's own counters show successful POSTs and no drops.
-  auto* p = (*svc)->pusher();
+  auto* p = agent.service().pusher();
   ASSERT_NE(p, nullptr);
   const auto st = p->stats();
   EXPECT_GT(st.targets.at(0).posts_ok, 0u);
   EXPECT_EQ(st.events_dropped, 0u);
+  EXPECT_TRUE(alertmanager.running()) << alertmanager.log_tail();
+  EXPECT_TRUE(prometheus.running()) << prometheus.log_tail();
+}
+
+// A shipped configuration file with test-only substitutions, each of which must match: when the
+// shipped file changes shape the test says so instead of silently testing something else.
+std::string shipped_with(const fs::path& file, const std::vector<std::pair<std::string, std::string>>& subs,
+                         std::string* unmatched) {
+  std::ifstream in(file);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (text.empty()) *unmatched += "cannot read " + file.string() + "; ";
+  for (const auto& [from, to] : subs) {
+    const auto at = text.find(from);
+    if (at == std::string::npos) {
+      *unmatched += "'" + from + "' not in " + file.filename().string() + "; ";
+      continue;
+    }
+    text.replace(at, from.size(), to);
+  }
+  return text;
+}
+
+// Issue 15's acceptance "one fault, one alert", through the shipped alerting configuration: the
+// shipped Prometheus example (its host relabelling, the shipped rules, alerts sent to
+// Alertmanager) and the shipped Alertmanager example (routes, grouping and inhibit rules as
+// shipped; only the receivers point at this test's webhook, the intervals are seconds, and
+// group_interval is 2 s so that any second page for the guest arrives within the test). Two
+// faults, one after the other on the shared guest:
+//   - vCPU 1's thread throttled to 5 ms per 100 ms for 12 s while the guest keeps that CPU busy:
+//     one incident, root VCPU_HOST_STARVED on CPU 1, cause host-starved;
+//   - the whole qemu stopped (SIGSTOP) for 6 s: one incident, root VM_WIDE_STALL, cause
+//     host-blocked (its vCPUs' blocks, the IPI waits and the guest's stale watchdogs after the
+//     stop are its symptoms).
+// Each must reach the webhook as exactly one alert (the incident's root): Prometheus's own rule
+// alerts on the same guest and any symptom are inhibited, before, during and after the fault.
+TEST_F(AlertingStack, ThrottleAndSigstopEachPageOnceThroughTheShippedConfiguration) {
+  auto& g = guest();
+  const std::string name = g.name();
+
+  const ScratchDir scratch("pages");
+  const fs::path& dir = scratch.path;
+  Webhook hook;
+  const int am_port = free_loopback_port();
+  const int prom_port = free_loopback_port();
+  ASSERT_GT(am_port, 0);
+  ASSERT_GT(prom_port, 0);
+  // The host label: what the shipped Prometheus relabelling derives from the scrape address.
+  // The inhibit rules match stallmond's alerts to Prometheus's on it.
+  Agent agent(name, "http://127.0.0.1:" + std::to_string(am_port), "127.0.0.1");
+  ASSERT_EQ(agent.error(), "");
+  core::StallMonitor& monitor = agent.monitor();
+  const int metrics_port = agent.service().metrics_port();
+
+  std::string unmatched;
+  const std::string hook_url = "http://127.0.0.1:" + std::to_string(hook.port()) + "/hook";
+  {
+    std::ofstream am(dir / "alertmanager.yml");
+    am << shipped_with(STALLMON_ALERTMANAGER_EXAMPLE,
+                       {{"group_interval: 1m", "group_interval: 2s"},
+                        {"http://127.0.0.1:5001/hypervisor", hook_url},
+                        {"http://127.0.0.1:5001/guests", hook_url}},
+                       &unmatched);
+  }
+  {
+    std::ofstream p(dir / "prometheus.yml");
+    p << shipped_with(STALLMON_PROMETHEUS_EXAMPLE,
+                      {{"scrape_interval: 15s", "scrape_interval: 1s"},
+                       {"evaluation_interval: 15s", "evaluation_interval: 1s"},
+                       {"/etc/prometheus/stallmon-rules.yml", STALLMON_RULES_FILE},
+                       {R"(["am1.example.net:9093", "am2.example.net:9093", "am3.example.net:9093"])",
+                        "[\"127.0.0.1:" + std::to_string(am_port) + "\"]"},
+                       {"scrape_interval: 5s", "scrape_interval: 1s"},
+                       {"scrape_timeout: 4s", "scrape_timeout: 1s"},
+                       {R"(["hv1.example.net:9910", "hv2.example.net:9910"])",
+                        "[\"127.0.0.1:" + std::to_string(metrics_port) + "\"]"}},
+                      &unmatched);
+  }
+  ASSERT_TRUE(unmatched.empty()) << unmatched;
+  Service alertmanager({"prometheus-alertmanager", "--config.file=" + (dir / "alertmanager.yml").string(),
+                        "--storage.path=" + (dir / "alertmanager").string(),
+                        "--web.listen-address=127.0.0.1:" + std::to_string(am_port),
+                        "--cluster.listen-address=", "--log.level=warn"},
+                       dir / "alertmanager.log");
+  Service prometheus({"prometheus", "--config.file=" + (dir / "prometheus.yml").string(),
+                      "--storage.tsdb.path=" + (dir / "prometheus").string(),
+                      "--web.listen-address=127.0.0.1:" + std::to_string(prom_port),
+                      "--log.level=warn"},
+                     dir / "prometheus.log");
+
+  ASSERT_TRUE(eventually([&] { return get_json(am_port, "/api/v2/status").has_value(); }, 30s))
+      << "alertmanager did not come up:\n" << alertmanager.log_tail();
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = get_json(prom_port, "/api/v1/query?query=up%7Bjob%3D%22stallmon%22%7D");
+        if (!r) return false;
+        for (const auto& s : (*r)["data"]["result"]) {
+          if (s["value"][1] == "1" && s["metric"].value("host", "") == "127.0.0.1") return true;
+        }
+        return false;
+      },
+      60s))
+      << "prometheus never scraped stallmond (with the host label):\n" << prometheus.log_tail();
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto h = monitor.wait_introspection(name, 1000ms);
+        return h.ok() && h->ok();
+      },
+      120s))
+      << "introspection never became ready";
+  std::this_thread::sleep_for(3s);
+  ASSERT_TRUE(monitor.engine().active_findings(name).empty()) << "findings before any fault";
+
+  const auto is_ours = [&](const json& labels) { return labels.value("domain", "") == name; };
+  const auto am_ours = [&] {
+    std::vector<json> out;
+    for (const auto& a : get_json(am_port, "/api/v2/alerts").value_or(json::array()))
+      if (is_ours(a["labels"])) out.push_back(a);
+    return out;
+  };
+  const auto prom_firing_ours = [&] {
+    size_t n = 0;
+    if (auto r = get_json(prom_port, "/api/v1/alerts")) {
+      for (const auto& a : (*r)["data"]["alerts"])
+        if (is_ours(a["labels"]) && a.value("state", "") == "firing") ++n;
+    }
+    return n;
+  };
+
+  // One fault: apply, hold, undo; then wait until stallmond, Prometheus and Alertmanager have
+  // all let go of the guest, and a little more for a late page (group_wait 5 s, group_interval
+  // 2 s). Checks the incident roots the engine opened and the alerts the webhook received.
+  const auto one_fault = [&](const std::string& what, const std::function<tb::Injector()>& apply,
+                             std::chrono::seconds hold, const std::string& want_kind,
+                             const std::string& want_cause, int want_cpu) {
+    SCOPED_TRACE(what);
+    const auto since = std::chrono::time_point_cast<diagnosis::Duration>(std::chrono::system_clock::now());
+    const size_t pages_before = hook.bodies().size();
+    const auto t0 = Clock::now();
+    const auto at = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+    tb::Injector f = apply();
+    ASSERT_TRUE(f.applied()) << f.error();
+    std::cout << what << ": applied " << f.status().dump() << std::endl;
+    std::optional<double> pushed_at;
+    const auto t_undo = Clock::now() + hold;
+    while (Clock::now() < t_undo) {
+      if (!pushed_at) {
+        for (const auto& a : am_ours())
+          if (a["labels"].value("source", "") == "stallmond") pushed_at = at();
+      }
+      std::this_thread::sleep_for(200ms);
+    }
+    f.release();
+    std::cout << what << ": undone after " << at() << " s; stallmond's first alert in alertmanager after "
+              << (pushed_at ? std::to_string(*pushed_at) + " s" : std::string("-")) << std::endl;
+    EXPECT_TRUE(eventually(
+        [&] {
+          return monitor.engine().active_findings(name).empty() && prom_firing_ours() == 0 &&
+                 am_ours().empty();
+        },
+        90s))
+        << "still active after the fault: engine " << monitor.engine().active_findings(name).size()
+        << " findings, prometheus " << prom_firing_ours() << " firing, alertmanager " << json(am_ours()).dump();
+    std::this_thread::sleep_for(8s);
+
+    diagnosis::FindingQuery q;
+    q.domain = name;
+    q.since = since;
+    std::vector<diagnosis::Finding> roots;
+    for (auto& fd : monitor.engine().list_findings(q)) {
+      std::cout << "  " << diagnosis::to_string(fd.kind) << " [" << diagnosis::to_string(fd.cause)
+                << (fd.cause_evaluating ? "?" : "") << "] cpus";
+      for (int c : fd.cpus) std::cout << " " << c;
+      std::cout << (fd.is_incident_root() ? " ROOT" : " symptom of " + fd.incident_id) << " recurrences "
+                << fd.recurrences << " id " << fd.id << std::endl;
+      if (fd.is_incident_root()) roots.push_back(fd);
+    }
+    ASSERT_EQ(roots.size(), 1u) << "one fault, one incident";
+    EXPECT_EQ(diagnosis::to_string(roots[0].kind), want_kind);
+    EXPECT_EQ(diagnosis::to_string(roots[0].cause), want_cause);
+    if (want_cpu >= 0) {
+      EXPECT_EQ(roots[0].cpus, std::vector<int>{want_cpu});
+    }
+
+    // The pages: every distinct alert about this guest the webhook was notified of as firing.
+    std::set<std::string> firing;
+    std::string shown;
+    const auto bodies = hook.bodies();
+    for (size_t i = pages_before; i < bodies.size(); ++i) {
+      for (const auto& a : bodies[i].value("alerts", json::array())) {
+        if (!is_ours(a["labels"])) continue;
+        shown += "  " + a.value("status", "") + " " + a["labels"].dump() + "\n";
+        if (a.value("status", "") == "firing") firing.insert(a["labels"].dump());
+      }
+    }
+    std::cout << what << ": " << bodies.size() - pages_before << " notifications, " << firing.size()
+              << " distinct firing alert(s) for the guest:\n" << shown;
+    ASSERT_EQ(firing.size(), 1u) << "one fault, one page";
+    const json page = json::parse(*firing.begin());
+    EXPECT_EQ(page.value("source", ""), "stallmond");
+    EXPECT_EQ(page.value("incident_role", ""), "root");
+    EXPECT_EQ(page.value("kind", ""), want_kind);
+    EXPECT_EQ(page.value("finding_id", ""), roots[0].id);
+  };
+
+  // The throttle starves a vCPU only while it wants to run: a busy loop on guest CPU 1.
+  const auto busy = g.run("tb-load start 1", 30s);
+  ASSERT_EQ(busy.exit_code, 0) << busy.err;
+  one_fault("throttle of vCPU 1 to 5 %", [&] { return g.throttle_vcpu(1); }, 12s, "VCPU_HOST_STARVED",
+            "CAUSE_HOST_STARVED", 1);
+  const auto idle = g.run("tb-load stop", 30s);
+  EXPECT_EQ(idle.exit_code, 0) << idle.err;
+  one_fault("SIGSTOP of qemu", [&] { return g.sigstop(); }, 6s, "VM_WIDE_STALL", "CAUSE_HOST_BLOCKED", -1);
+
   EXPECT_TRUE(alertmanager.running()) << alertmanager.log_tail();
   EXPECT_TRUE(prometheus.running()) << prometheus.log_tail();
 }
