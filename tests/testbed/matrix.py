@@ -44,6 +44,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TESTBED = [sys.executable, os.path.join(HERE, "testbed.py")]
+# vCPUs per guest (--vcpus). A guest whose every vCPU is busy (the irqoff and healthy cells' IPI
+# load) waits for a host CPU about (vCPUs - host cores) / vCPUs of the time by itself: on a
+# 2-core host 4 busy vCPUs make those cells void; 2 vCPUs show them.
 VCPUS = 4
 FAULT_SECONDS = 20        # long enough for the guest's own soft-lockup report (thresh 5: ~11 s)
 HEALTHY_SECONDS = 60
@@ -392,15 +395,20 @@ def one_run(fault, kernel, cpu, daemon_paths, idx):
 
 
 def main():
+    global VCPUS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faults", default=",".join(FAULTS))
     ap.add_argument("--kernels", default="6.1,6.12")
     ap.add_argument("--runs-per-cell", type=int, default=1)
+    ap.add_argument("--vcpus", type=int, default=VCPUS, help="vCPUs per guest (default %(default)s)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--stallmond", default=os.path.join(ROOT, "build/release/agent/daemon/stallmond"))
     ap.add_argument("--stallctl", default=os.path.join(ROOT, "build/release/agent/cli/stallctl"))
     a = ap.parse_args()
+    if a.vcpus < 2:
+        ap.error("--vcpus: at least 2 (a fault needs a CPU that is not faulted)")
+    VCPUS = a.vcpus
     seed = a.seed if a.seed is not None else int(time.time())
     rng = random.Random(seed)
     faults = [f for f in a.faults.split(",") if f]
@@ -424,8 +432,8 @@ def main():
                                                     row["why"], row["steal"]))
                 rows.append(row)
     voids = [r for r in rows if r["void"]]
-    lines = ["Seed %d, %s, %d runs: %d passed, %d failed, %d void (host starved the guest)." % (
-        seed, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), len(rows),
+    lines = ["Seed %d, %s, %d-vCPU guests on %d host CPUs, %d runs: %d passed, %d failed, %d void (host starved the guest)." % (
+        seed, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), VCPUS, os.cpu_count() or 0, len(rows),
         sum(r["ok"] and not r["void"] for r in rows), sum(not r["ok"] and not r["void"] for r in rows), len(voids)), "",
              "| kernel | fault | CPU | host load | vCPU steal | result | detection | guest's own report | detail |",
              "|---|---|---|---|---|---|---|---|---|"]
