@@ -108,7 +108,7 @@ svg text { font-size: 11px; font-family: monospace; }
 .st-x { fill: #9e9e9e; }
 .g-run { fill: #81c784; } .g-idle { fill: #eceff1; } .g-off { fill: #616161; }
 .wait { fill: #8e24aa; fill-opacity: 0.6; }
-.csd-wait { stroke: #8e24aa; stroke-width: 1.5; }
+.csd-wait { stroke: #8e24aa; stroke-width: 2; }
 .wd { fill: none; stroke: #1e88e5; stroke-width: 1; }
 .onset { stroke: #d32f2f; stroke-dasharray: 4 3; } .resolution { stroke: #388e3c; stroke-dasharray: 4 3; }
 .axis { stroke: #999; }
