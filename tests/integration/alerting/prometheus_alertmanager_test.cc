@@ -26,6 +26,7 @@
 #include <sstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <httplib.h>
@@ -251,6 +252,50 @@ struct ScratchDir {
   }
 };
 
+// Prometheus and Alertmanager for one test: free loopback ports picked up front (the
+// configuration files name them); started as children from prometheus.yml and alertmanager.yml
+// once the test has written them into `dir`, with their data and logs there too.
+class Backends {
+ public:
+  const int am_port = free_loopback_port();
+  const int prom_port = free_loopback_port();
+
+  void start(const fs::path& dir) {
+    alertmanager_.emplace(std::vector<std::string>{"prometheus-alertmanager",
+                                                   "--config.file=" + (dir / "alertmanager.yml").string(),
+                                                   "--storage.path=" + (dir / "alertmanager").string(),
+                                                   "--web.listen-address=127.0.0.1:" + std::to_string(am_port),
+                                                   "--cluster.listen-address=", "--log.level=warn"},
+                          dir / "alertmanager.log");
+    prometheus_.emplace(std::vector<std::string>{"prometheus", "--config.file=" + (dir / "prometheus.yml").string(),
+                                                 "--storage.tsdb.path=" + (dir / "prometheus").string(),
+                                                 "--web.listen-address=127.0.0.1:" + std::to_string(prom_port),
+                                                 "--log.level=warn"},
+                        dir / "prometheus.log");
+  }
+  Service& alertmanager() { return *alertmanager_; }
+  Service& prometheus() { return *prometheus_; }
+  bool alertmanager_up() const { return get_json(am_port, "/api/v2/status").has_value(); }
+  // Prometheus has scraped stallmond: up == 1 for the stallmon job (with that `host` label,
+  // unless it is empty).
+  bool scraped(const std::string& host = "") const {
+    auto r = get_json(prom_port, "/api/v1/query?query=up%7Bjob%3D%22stallmon%22%7D");
+    if (!r) return false;
+    for (const auto& series : (*r)["data"]["result"]) {
+      if (series["value"][1] == "1" && (host.empty() || series["metric"].value("host", "") == host)) return true;
+    }
+    return false;
+  }
+
+ private:
+  std::optional<Service> alertmanager_, prometheus_;
+};
+
+bool introspection_ready(core::StallMonitor& monitor, const std::string& domain) {
+  auto h = monitor.wait_introspection(domain, 1000ms);
+  return h.ok() && h->ok();
+}
+
 TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndResolution) {
   auto& g = guest();
   const std::string name = g.name();
@@ -259,8 +304,8 @@ TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndReso
   const ScratchDir scratch("alerting");
   const fs::path& dir = scratch.path;
   Webhook hook;
-  const int am_port = free_loopback_port();
-  const int prom_port = free_loopback_port();
+  Backends backends;
+  const int am_port = backends.am_port, prom_port = backends.prom_port;
   ASSERT_GT(am_port, 0);
   ASSERT_GT(prom_port, 0);
   Agent agent(name, "http://127.0.0.1:" + std::to_string(am_port), "testhost");
@@ -283,11 +328,6 @@ TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndReso
           "      - url: http://127.0.0.1:" << hook.port() << "/hook\n"
           "        send_resolved: true\n";
   }
-  Service alertmanager({"prometheus-alertmanager", "--config.file=" + (dir / "alertmanager.yml").string(),
-                        "--storage.path=" + (dir / "alertmanager").string(),
-                        "--web.listen-address=127.0.0.1:" + std::to_string(am_port),
-                        "--cluster.listen-address=", "--log.level=warn"},
-                       dir / "alertmanager.log");
 
   // --- Prometheus ------------------------------------------------------------------------------
   {
@@ -303,34 +343,18 @@ TEST_F(AlertingStack, PrometheusRuleFiresAndAlertmanagerGetsPushedFindingAndReso
          "    static_configs:\n"
          "      - targets: ['127.0.0.1:" << metrics_port << "']\n";
   }
-  Service prometheus({"prometheus", "--config.file=" + (dir / "prometheus.yml").string(),
-                      "--storage.tsdb.path=" + (dir / "prometheus").string(),
-                      "--web.listen-address=127.0.0.1:" + std::to_string(prom_port),
-                      "--log.level=warn"},
-                     dir / "prometheus.log");
+  backends.start(dir);
+  Service& alertmanager = backends.alertmanager();
+  Service& prometheus = backends.prometheus();
 
-  ASSERT_TRUE(eventually([&] { return get_json(am_port, "/api/v2/status").has_value(); }, 30s))
+  ASSERT_TRUE(eventually([&] { return backends.alertmanager_up(); }, 30s))
       << "alertmanager did not come up:\n" << alertmanager.log_tail();
   // The scrape works: up == 1 for our target, and a stallmon_ series arrived with our domain.
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto r = get_json(prom_port, "/api/v1/query?query=up%7Bjob%3D%22stallmon%22%7D");
-        if (!r) return false;
-        for (const auto& s : (*r)["data"]["result"]) {
-          if (s["value"][1] == "1") return true;
-        }
-        return false;
-      },
-      60s))
+  ASSERT_TRUE(eventually([&] { return backends.scraped(); }, 60s))
       << "prometheus never scraped stallmond:\n" << prometheus.log_tail();
 
   // Introspection ready (the IPI stall is a guest-side finding).
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto h = monitor.wait_introspection(name, 1000ms);
-        return h.ok() && h->ok();
-      },
-      120s))
+  ASSERT_TRUE(eventually([&] { return introspection_ready(monitor, name); }, 120s))
       << "introspection never became ready";
   std::this_thread::sleep_for(3s);
   EXPECT_TRUE(monitor.engine().active_findings(name).empty()) << "findings before any fault";
@@ -504,8 +528,8 @@ TEST_F(AlertingStack, ThrottleAndSigstopEachPageOnceThroughTheShippedConfigurati
   const ScratchDir scratch("pages");
   const fs::path& dir = scratch.path;
   Webhook hook;
-  const int am_port = free_loopback_port();
-  const int prom_port = free_loopback_port();
+  Backends backends;
+  const int am_port = backends.am_port, prom_port = backends.prom_port;
   ASSERT_GT(am_port, 0);
   ASSERT_GT(prom_port, 0);
   // The host label: what the shipped Prometheus relabelling derives from the scrape address.
@@ -540,36 +564,15 @@ TEST_F(AlertingStack, ThrottleAndSigstopEachPageOnceThroughTheShippedConfigurati
                       &unmatched);
   }
   ASSERT_TRUE(unmatched.empty()) << unmatched;
-  Service alertmanager({"prometheus-alertmanager", "--config.file=" + (dir / "alertmanager.yml").string(),
-                        "--storage.path=" + (dir / "alertmanager").string(),
-                        "--web.listen-address=127.0.0.1:" + std::to_string(am_port),
-                        "--cluster.listen-address=", "--log.level=warn"},
-                       dir / "alertmanager.log");
-  Service prometheus({"prometheus", "--config.file=" + (dir / "prometheus.yml").string(),
-                      "--storage.tsdb.path=" + (dir / "prometheus").string(),
-                      "--web.listen-address=127.0.0.1:" + std::to_string(prom_port),
-                      "--log.level=warn"},
-                     dir / "prometheus.log");
+  backends.start(dir);
+  Service& alertmanager = backends.alertmanager();
+  Service& prometheus = backends.prometheus();
 
-  ASSERT_TRUE(eventually([&] { return get_json(am_port, "/api/v2/status").has_value(); }, 30s))
+  ASSERT_TRUE(eventually([&] { return backends.alertmanager_up(); }, 30s))
       << "alertmanager did not come up:\n" << alertmanager.log_tail();
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto r = get_json(prom_port, "/api/v1/query?query=up%7Bjob%3D%22stallmon%22%7D");
-        if (!r) return false;
-        for (const auto& s : (*r)["data"]["result"]) {
-          if (s["value"][1] == "1" && s["metric"].value("host", "") == "127.0.0.1") return true;
-        }
-        return false;
-      },
-      60s))
+  ASSERT_TRUE(eventually([&] { return backends.scraped("127.0.0.1"); }, 60s))
       << "prometheus never scraped stallmond (with the host label):\n" << prometheus.log_tail();
-  ASSERT_TRUE(eventually(
-      [&] {
-        auto h = monitor.wait_introspection(name, 1000ms);
-        return h.ok() && h->ok();
-      },
-      120s))
+  ASSERT_TRUE(eventually([&] { return introspection_ready(monitor, name); }, 120s))
       << "introspection never became ready";
   std::this_thread::sleep_for(3s);
   ASSERT_TRUE(monitor.engine().active_findings(name).empty()) << "findings before any fault";
