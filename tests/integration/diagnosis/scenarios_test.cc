@@ -504,11 +504,12 @@ void Scenario::seed_case1(tb::GuestOptions o, const std::string& expect_build_id
     {
       // The report's first line is what was waited for above; its register dump follows a few
       // lines later, which a TCG guest may still be printing.
-      for (const auto until = Clock::now() + 20s; Clock::now() < until; std::this_thread::sleep_for(100ms)) {
-        const std::string c = guest().console(from_console);
-        const size_t r = c.find("RIP: 0010:", c.find("soft lockup - CPU#"));
-        if (r != std::string::npos && c.find('\n', r) != std::string::npos) break;
-      }
+      guest().wait_console_until(
+          [](const std::string& c) {
+            const size_t r = c.find("RIP: 0010:", c.find("soft lockup - CPU#"));
+            return r != std::string::npos && c.find('\n', r) != std::string::npos;
+          },
+          20s, from_console);
       const std::string con = guest().console(from_console);
       std::smatch sm;
       ASSERT_TRUE(std::regex_search(con, sm, std::regex("soft lockup - CPU#([0-9]+) stuck"))) << con;
@@ -1282,9 +1283,7 @@ TEST_F(Scenario, SysrqCrashIsAGuestPanicWithTheConsoleTail) {  // ...and its pan
     for (std::string line; std::getline(in, line);)
       if (!line.empty()) last_line = line.substr(0, 60);
   }
-  for (const auto until = Clock::now() + 20s;
-       Clock::now() < until && guest().console().find(last_line) == std::string::npos;)
-    std::this_thread::sleep_for(100ms);
+  guest().wait_console_until([&](const std::string& c) { return c.find(last_line) != std::string::npos; }, 20s);
   const std::string console = guest().console();
   size_t lines = 0;
   for (const auto& e : panic->event.finding.evidence) {

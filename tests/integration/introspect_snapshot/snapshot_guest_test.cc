@@ -24,7 +24,6 @@
 #include <optional>
 #include <regex>
 #include <sstream>
-#include <thread>
 
 #include "subprocess.h"  // stallctl's run_command
 #include "stallmon/introspect/backtrace.h"
@@ -469,13 +468,13 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
     const std::string tag = "soft lockup - CPU#" + std::to_string(waiter) + " ";
     // A report's register dump follows its first line a few lines later, which a TCG guest may
     // still be printing.
-    for (const auto until = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < until;
-         std::this_thread::sleep_for(100ms)) {
-      const std::string c = g.console();
-      const size_t at = c.find(tag);
-      const size_t r = at == std::string::npos ? at : c.find("RIP: 0010:", at);
-      if (at == std::string::npos || (r != std::string::npos && c.find('\n', r) != std::string::npos)) break;
-    }
+    g.wait_console_until(
+        [&](const std::string& c) {
+          const size_t at = c.find(tag);
+          const size_t r = at == std::string::npos ? at : c.find("RIP: 0010:", at);
+          return at == std::string::npos || (r != std::string::npos && c.find('\n', r) != std::string::npos);
+        },
+        20s);
     const std::string con = g.console();
     if (auto at = con.find(tag); at != std::string::npos && wait_seen) {
       auto rip = con.find("RIP: 0010:", at);

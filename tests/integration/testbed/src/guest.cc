@@ -264,12 +264,24 @@ size_t Guest::console_size() const {
 std::optional<std::string> Guest::wait_console(const std::regex& re,
                                                std::chrono::milliseconds timeout,
                                                size_t from) const {
+  std::optional<std::string> match;
+  wait_console_until(
+      [&](const std::string& text) {
+        std::smatch m;
+        if (!std::regex_search(text, m, re)) return false;
+        match = m.str();
+        return true;
+      },
+      timeout, from);
+  return match;
+}
+
+bool Guest::wait_console_until(const std::function<bool(const std::string&)>& done,
+                               std::chrono::milliseconds timeout, size_t from) const {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    std::string text = console(from);
-    std::smatch m;
-    if (std::regex_search(text, m, re)) return m.str();
-    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    if (done(console(from))) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
     usleep(250000);
   }
 }

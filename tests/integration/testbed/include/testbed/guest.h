@@ -170,6 +170,10 @@ class Guest {
   // Waits until the console text after `from` matches re; returns the match or nullopt.
   std::optional<std::string> wait_console(const std::regex& re, std::chrono::milliseconds timeout,
                                           size_t from = 0) const;
+  // Waits until `done` holds for the console text after `from` (for conditions a regex would
+  // have to scan the whole log for, e.g. "this line, then that one after it"); whether it did.
+  bool wait_console_until(const std::function<bool(const std::string&)>& done, std::chrono::milliseconds timeout,
+                          size_t from = 0) const;
 
   // Runs a shell command (sh) in the guest over its control channel. Throws TestbedError when
   // the channel fails or times out; a non-zero exit of the command itself is in exit_code.
