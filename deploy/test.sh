@@ -119,10 +119,16 @@ fi
 # moment anything else wants it (a waking vCPU thread preempts it at once: no run delay the tests
 # could see). What is left when the integration tier ends finishes at normal priority; the asan
 # unit tier runs after it. In its own session so that all of it can be re-prioritised or killed.
+# The CMakePresets.json "asan" preset: clang at -O0, sanitizers (and libFuzzer's coverage) on
+# every object, no benchmarks and no real-guest tests, so only what the unit tier runs is built
+# (the fuzz targets replay their seeds in it).
+build_asan() {
+  cmake --preset asan -S "$root" -B "$asan_build" -DSTALLMON_WERROR=ON && cmake --build "$asan_build" -j "$jobs"
+}
 if [ "$tier" = all ]; then
   asan_log="$(mktemp /tmp/stallmon-asan-build.XXXXXX)"
-  setsid chrt --idle 0 bash -c 'cmake --preset asan -S "$1" -B "$2" -DSTALLMON_WERROR=ON &&
-    cmake --build "$2" -j "$3"' asan-build "$root" "$asan_build" "$jobs" > "$asan_log" 2>&1 &
+  export -f build_asan
+  root="$root" asan_build="$asan_build" jobs="$jobs" setsid chrt --idle 0 bash -c build_asan > "$asan_log" 2>&1 &
   asan_pid=$!
   asan_t0=$(date +%s)
 fi
@@ -170,10 +176,7 @@ if [ "$rc" = 0 ] && { [ "$tier" = integration ] || [ "$tier" = all ] || [ "$tier
   rm -f "$health_log"
 fi
 if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
-  # The CMakePresets.json "asan" preset: clang at -O0, sanitizers (and libFuzzer's coverage) on
-  # every object, no benchmarks and no real-guest tests, so only what the unit tier runs is built
-  # (the fuzz targets replay their seeds in it). Any report fails the test:
-  # UBSan halts (-fno-sanitize-recover), ASan and LSan exit non-zero.
+  # Any report fails the test: UBSan halts (-fno-sanitize-recover), ASan and LSan exit non-zero.
   if [ -n "$asan_pid" ]; then
     # Whatever still compiles gets normal priority (ninja's later children inherit it).
     for p in $(pgrep -g "$asan_pid" 2>/dev/null); do chrt --other -p 0 "$p" 2>/dev/null || true; done
@@ -187,8 +190,7 @@ if [ "$rc" = 0 ] && { [ "$tier" = asan ] || [ "$tier" = all ]; }; then
     asan_pid=""
     echo "asan build: done $(( $(date +%s) - asan_t0 )) s after it started"
   else
-    cmake --preset asan -S "$root" -B "$asan_build" -DSTALLMON_WERROR=ON
-    cmake --build "$asan_build" -j "$jobs"
+    build_asan
   fi
   ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
