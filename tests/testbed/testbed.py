@@ -124,30 +124,24 @@ def resolve_kernel_package(name):
         name = "linux-image-" + name
     memo = os.path.join(cache_root(), "resolved-packages.json")
     stamp = apt_lists_stamp()
-    if stamp:
-        try:
-            with open(memo) as f:
-                known = json.load(f)
-            if known.get("apt_lists") == stamp and isinstance(known.get(name), str):
-                return known[name]
-        except (OSError, ValueError, AttributeError):
-            pass
+    if not stamp:
+        return resolve_kernel_package_uncached(name)
+    try:
+        with open(memo) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = None
+    if not isinstance(known, dict) or known.get("apt_lists") != stamp:
+        known = {"apt_lists": stamp}  # apt's lists changed: nothing remembered holds
+    if isinstance(known.get(name), str):
+        return known[name]
     pkg = resolve_kernel_package_uncached(name)
-    if stamp:
-        try:
-            with open(memo) as f:
-                known = json.load(f)
-            if not isinstance(known, dict) or known.get("apt_lists") != stamp:
-                known = {}
-        except (OSError, ValueError):
-            known = {}
-        known["apt_lists"] = stamp
-        known[name] = pkg
-        os.makedirs(os.path.dirname(memo), exist_ok=True)
-        tmp = "%s.%d" % (memo, os.getpid())
-        with open(tmp, "w") as f:
-            json.dump(known, f, sort_keys=True)
-        os.replace(tmp, memo)  # atomic: concurrent starts read the old or the new file
+    known[name] = pkg
+    os.makedirs(os.path.dirname(memo), exist_ok=True)
+    tmp = "%s.%d" % (memo, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(known, f, sort_keys=True)
+    os.replace(tmp, memo)  # atomic: concurrent starts read the old or the new file
     return pkg
 
 
