@@ -336,8 +336,16 @@ TEST_F(SnapshotGuest, SeedCase1LiveAndFromImage) {
     // the snapshot reader under test): a busy freeze that stopped CPU 2 inside the jiffies update
     // silences the whole guest (seen once in CI, round 6: jiffies and every rq clock unchanged
     // for 30 s), which is not seed case 1.
+    //
+    // Every process but the generator is moved off CPU 2 first (as in testbed_seed_case1_test):
+    // a CI run froze CPU 2 while it ran a busybox applet of the control loop ("exe": busybox
+    // re-executes /proc/self/exe; not of the generator's mm, so never sent a shootdown); CPU 1
+    // then spun with interrupts off, CPU 0 and 3 waited on CPU 1, and no CPU waited on CPU 2
+    // (round 12's submission CI).
+    ASSERT_TRUE(g.leave_cpu_to(2, "ipiload"));
     tb::Injector f = g.freeze_vcpu_keeping_guest_time(
-        2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5}, [&] { return guest_jiffies(*in.kernel); });
+        2, {.when_idle = 0ms, .want_case = "vcpu-only", .attempts = 5, .want_others_running = true},
+        [&] { return guest_jiffies(*in.kernel); });
     ASSERT_TRUE(f.applied()) << f.error();
     std::cout << "freeze: " << f.status().dump() << std::endl;
     ASSERT_EQ(f.freeze_case(), "vcpu-only") << "every freeze caught QEMU's big lock";

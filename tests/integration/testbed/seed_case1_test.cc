@@ -84,16 +84,12 @@ std::optional<uint64_t> guest_jiffies(const tb::Guest& g) {
 
 void freeze_vcpu2_and_expect_lockup(tb::Guest& g, const std::string& caller) {
   std::cout << "before the freeze:\n" << generator_state(g) << std::endl;
-  // Every process but the generator off CPU 2 (CPU-bound kernel threads refuse, harmlessly),
-  // then a quiet pause: CPU 2 is frozen while running its generator thread, not the control
-  // loop's shell (seen: the membarrier variant froze CPU 2 with the previous guest command's
-  // processes on it; CPU 2 then ran no thread of ipiload's mm, so no membarrier IPI was sent to
-  // it, and the control loop, waiting for its child, never answered again).
-  auto pin = g.run("for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = ipiload ] || "
-                   "taskset -p -c 0,1,3 ${d#/proc/} >/dev/null 2>&1; done; true",
-                   60s);
-  ASSERT_EQ(pin.exit_code, 0) << pin.err;
-  sleep(2);
+  // Every process but the generator off CPU 2, then a quiet pause: CPU 2 is frozen while running
+  // its generator thread, not the control loop's shell (seen: the membarrier variant froze CPU 2
+  // with the previous guest command's processes on it; CPU 2 then ran no thread of ipiload's mm,
+  // so no membarrier IPI was sent to it, and the control loop, waiting for its child, never
+  // answered again).
+  ASSERT_TRUE(g.leave_cpu_to(2, "ipiload"));
   const pid_t pid = g.qemu_pid();
   const pid_t tid = g.vcpu_tid(2);
   const std::string orig = tb::thread_cgroup(pid, tid, "freezer");

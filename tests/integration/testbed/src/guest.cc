@@ -346,6 +346,21 @@ Injector Guest::freeze_vcpu_keeping_guest_time(int index, const FreezeOptions& o
   return f;
 }
 
+bool Guest::leave_cpu_to(int cpu, const std::string& comm, std::chrono::milliseconds settle) const {
+  std::string others;
+  for (int c = 0; c < vcpu_count(); ++c) {
+    if (c == cpu) continue;
+    others += (others.empty() ? "" : ",") + std::to_string(c);
+  }
+  if (others.empty()) return false;
+  auto r = run("for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = " + comm + " ] || "
+               "taskset -p -c " + others + " ${d#/proc/} >/dev/null 2>&1; done; true",
+               std::chrono::seconds(60));
+  if (r.exit_code != 0) return false;
+  std::this_thread::sleep_for(settle);
+  return true;
+}
+
 Injector Guest::throttle_vcpu(int index, int quota_us, int period_us) const {
   return inject({"throttle", "--pid", std::to_string(qemu_pid_), "--tid",
                  std::to_string(vcpu_tid(index)), "--quota-us", std::to_string(quota_us),

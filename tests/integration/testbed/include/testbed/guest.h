@@ -182,6 +182,14 @@ class Guest {
   CommandResult run(const std::string& command, std::chrono::milliseconds timeout = 60s,
                     const std::string& channel = "auto") const;
 
+  // Moves every guest process not named `comm` off guest CPU `cpu` (CPU-bound kernel threads
+  // refuse, harmlessly), then pauses `settle` so what ran there is switched out: a busy freeze of
+  // that vCPU then stops a thread of `comm`, not the previous guest command's shell (whose mm
+  // TLB shootdowns and membarrier skip, so no IPI would ever wait on the frozen CPU).
+  // Throws TestbedError as run() does; false if the guest command failed.
+  bool leave_cpu_to(int cpu, const std::string& comm,
+                    std::chrono::milliseconds settle = std::chrono::seconds(2)) const;
+
   // Fault injectors on this guest's qemu threads.
   // freeze: cgroup freezer (v1: state D). The status's freeze_case() says whether the rest of
   // the VM keeps running ("vcpu-only") or the thread was caught holding QEMU's big lock and the
