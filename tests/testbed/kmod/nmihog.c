@@ -16,8 +16,9 @@
  *   /sys/module/nmihog/parameters/spinning  the CPU spinning in the handler now, or -1
  *   /sys/module/nmihog/parameters/inside    how many CPUs are inside this handler now
  *   /sys/module/nmihog/parameters/spins     spins finished (0 or 1)
+ *   /sys/module/nmihog/parameters/steps, clock_anomalies   of the last spin (see nmihog_spin)
  * Console (from NMI context: in the ring buffer at once, on the console once flushed):
- * "stallmon-nmihog: CPU1 spinning in its NMI handler for 15 s", "... returns ... after N ms".
+ * "stallmon-nmihog: CPU1 spinning in its NMI handler for 15 s", "... returns ... after N ms (S steps, A clock anomalies)".
  *
  * The spin touches the soft-lockup watchdog (the guest's own report is not what a test looks
  * at) and stays under the RCU stall timeout (21 s): interrupts, IPIs and RCU quiescent states
@@ -59,23 +60,45 @@ static atomic_t armed = ATOMIC_INIT(1);
 /*
  * Not inlined, and spending its time in a callee (mdelay), so that its own return address is on
  * the NMI stack while it runs: a backtrace read from memory sees a function that calls nothing
- * only through its callers. Bounded twice: by the NMI-safe monotonic clock, and by a count of
- * 1 ms delays (in case that clock stood still).
+ * only through its callers.
+ *
+ * The time spent is summed step by step from the NMI-safe monotonic clock, and a step that is not
+ * a plausible length for one mdelay(1) (backwards, which unsigned arithmetic turns into a leap,
+ * or over a second) counts as 1 ms and as a clock anomaly. Bounded also by a count of steps, in
+ * case that clock stood still: 20,000 a second, since under TCG mdelay(1) is far shorter than
+ * 1 ms and varies by boot with the guest's TSC calibration (15-s spins took 18,509 and 52,626
+ * steps in two 6.12 guests). The former bound, 2,000 a second, is the likely reason a CI run's
+ * 15-s spin was over within 0.6 s (the end message now tells a short delay from a clock leap).
  */
+static unsigned long steps;
+module_param(steps, ulong, 0444);
+MODULE_PARM_DESC(steps, "1-ms steps of the last spin");
+static unsigned int clock_anomalies;
+module_param(clock_anomalies, uint, 0444);
+MODULE_PARM_DESC(clock_anomalies, "clock steps of the last spin that went backwards or leapt over 1 s");
+
 static noinline u64 nmihog_spin(unsigned int secs)
 {
-	const u64 start = ktime_get_mono_fast_ns();
-	u64 now = start;
+	const u64 limit = (u64)secs * NSEC_PER_SEC;
+	u64 prev = ktime_get_mono_fast_ns(), elapsed = 0;
 	unsigned long n;
 
-	for (n = 0; n < secs * 2000UL; n++) {
-		now = ktime_get_mono_fast_ns();
-		if (now - start >= (u64)secs * NSEC_PER_SEC)
-			break;
+	for (n = 0; n < secs * 20000UL && elapsed < limit; n++) {
+		u64 now, step;
+
 		touch_softlockup_watchdog();
 		mdelay(1);
+		now = ktime_get_mono_fast_ns();
+		step = now - prev;
+		if (step > NSEC_PER_SEC) {
+			WRITE_ONCE(clock_anomalies, clock_anomalies + 1);
+			step = NSEC_PER_MSEC;
+		}
+		elapsed += step;
+		prev = now;
 	}
-	return now - start;
+	WRITE_ONCE(steps, n);
+	return elapsed;
 }
 
 static int nmihog_handler(unsigned int type, struct pt_regs *regs)
@@ -92,7 +115,8 @@ static int nmihog_handler(unsigned int type, struct pt_regs *regs)
 	ns = nmihog_spin(seconds);
 	WRITE_ONCE(spinning, -1);
 	WRITE_ONCE(spins, spins + 1);
-	pr_info("stallmon-nmihog: CPU%d returns from its NMI handler after %llu ms\n", cpu, ns / NSEC_PER_MSEC);
+	pr_info("stallmon-nmihog: CPU%d returns from its NMI handler after %llu ms (%lu steps, %u clock anomalies)\n",
+		cpu, ns / NSEC_PER_MSEC, steps, clock_anomalies);
 	atomic_dec(&inside);
 	/* Not ours to claim: the NMI is the backtrace handler's (it answered NMI_HANDLED). */
 	return NMI_DONE;
