@@ -289,13 +289,29 @@ def apply_fault(fault, name, cpu):
             p.wait(timeout=60)
         return t, undo
     if fault == "irqoff":
+        # The command returns before the module loads, and the onset is the module's own console
+        # line: once a CPU spins with interrupts off, a guest command may never answer (seen on
+        # 6.12 with 2 vCPUs, 4 of 4: the control loop hangs behind the IRQs-off CPU, e.g. in an
+        # IPI it must answer), which is the fault itself, not a failed injection.
         mask = "%x" % (((1 << VCPUS) - 1) & ~(1 << cpu))
+        from_len = len(testbed("console", name, check=False).stdout)
         r = guest_run(name, "for p in $(ls /proc | grep '^[0-9][0-9]*$'); do taskset -a -p %s $p >/dev/null 2>&1; done; "
                             "for f in /proc/irq/*/smp_affinity; do echo %s > $f 2>/dev/null; done; "
-                            "insmod /irqoff.ko cpu=%d </dev/null >/dev/null 2>&1 &" % (mask, mask, cpu))
+                            "(sleep 1; insmod /irqoff.ko cpu=%d) </dev/null >/dev/null 2>&1 &" % (mask, mask, cpu))
         if r.returncode != 0:
             raise RuntimeError("irqoff: " + r.stderr[-300:])
-        return time.monotonic(), lambda: None  # cannot be undone: the guest is destroyed after
+        line = "stallmon-irqoff: spinning with IRQs off on CPU%d" % cpu
+        # The onset came after the previous poll read the console without the line: counting from
+        # when that poll began never understates the detection time (by ~0.3 s at most).
+        t_prev = time.monotonic()
+        deadline = t_prev + 30
+        while time.monotonic() < deadline:
+            t_poll = time.monotonic()
+            if line in testbed("console", name, check=False).stdout[from_len:]:
+                return t_prev, lambda: None  # cannot be undone: the guest is destroyed after
+            t_prev = t_poll
+            time.sleep(0.1)
+        raise RuntimeError("irqoff: no %r on the console within 30 s" % line)
     if fault == "panic":
         guest_run(name, "(sleep 0.3; taskset -c %d sh -c 'echo c > /proc/sysrq-trigger') </dev/null >/dev/null 2>&1 &"
                   % cpu, timeout=10)
