@@ -249,7 +249,8 @@ void add_inspect_command(CLI::App& app, std::function<int()>& run) {
   c->add_option("--btf", a->btf, "BTF file (default: BTF from guest memory)");
   c->add_option("--profile", a->profile, "type profile file (stallctl profile make) instead of the guest's BTF");
   c->add_option("--profile-dir", a->profile_dir,
-                "directory of type profiles (<BUILD-ID>.profile), tried when the guest has no BTF");
+                "directory of type profiles (<BUILD-ID>.profile), tried when the guest has no BTF, and of System.maps "
+                "(<BUILD-ID>.System.map, or <OSRELEASE>.System.map for kernels before 5.9), tried when its kallsyms cannot be read");
   c->add_option("--debug-dir", a->debug_dir,
                 "debuginfo directory searched by BUILD-ID (.build-id/xx/yyyy.debug) after the profiles ('' to skip)")
       ->capture_default_str();

@@ -69,7 +69,8 @@ struct DaemonConfig {
   std::chrono::nanoseconds read_deadline{std::chrono::milliseconds(250)};
   int memory_budget_mib = 64;  // per domain: guest-sized symbols, types, tables, buffers
   // Types for guests without BTF (introspect/README.md, "Type profiles"): <profile_dir>/<BUILD-ID>.profile,
-  // then the vmlinux with that BUILD-ID under debug_dir. "" skips a step.
+  // then the vmlinux with that BUILD-ID under debug_dir. "" skips a step. Also System.maps for
+  // kernels without kallsyms in VMCOREINFO: <BUILD-ID>.System.map, <OSRELEASE>.System.map.
   std::string profile_dir;
   std::string debug_dir = "/usr/lib/debug";
   bool ignore_guest_btf = false;  // acceptance runs: types from the profile even when the guest has BTF

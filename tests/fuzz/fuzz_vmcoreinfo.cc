@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// libFuzzer entry: VMCOREINFO note parsing and both RAM scans (first note, every candidate)
-// over arbitrary bytes as page-aligned guest RAM.
+// libFuzzer entry: VMCOREINFO note parsing, the GNU build id among a .notes section's notes, and
+// both RAM scans (first note, every candidate) over arbitrary bytes as page-aligned guest RAM.
 #include <cstdint>
 #include <cstring>
 
@@ -9,6 +9,7 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace stallmon::introspect;
   (void)parse_vmcoreinfo_note(std::span<const uint8_t>(data, size));
+  (void)gnu_build_id_from_notes(std::span<const uint8_t>(data, size));
   auto parsed = parse_vmcoreinfo(std::string_view(reinterpret_cast<const char*>(data), size));
   if (parsed.ok()) {
     (void)parsed->symbol("init_top_pgt");

@@ -75,6 +75,12 @@ std::string lower(std::string s) {
   return s;
 }
 
+// OSRELEASE comes from the guest: used in a host path only as one plain file name component.
+bool plain_file_name(const std::string& s) {
+  return !s.empty() && s.size() < 128 && s.find('/') == std::string::npos && s[0] != '.' &&
+         s.find('\0') == std::string::npos;
+}
+
 Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, const VmcoreInfo& info,
                                                         const DiscoverOptions& options, const SymbolLimits& limits) {
   SharedCache& cache = SharedCache::get();
@@ -103,16 +109,24 @@ Result<std::shared_ptr<const SymbolTable>> load_symbols(KernelMemory& kmem, cons
     return std::shared_ptr<const SymbolTable>(std::move(table));
   };
   auto guest = from_kallsyms();
-  if (guest.ok() || options.profile_dir.empty() || info.build_id.empty()) return guest;
-  // Kallsyms that cannot be decoded (an older or unusual encoding): the build's System.map kept
-  // beside its type profile, relocated like any System.map and validated like kallsyms.
-  const std::string map = options.profile_dir + "/" + lower(info.build_id) + ".System.map";
+  if (guest.ok() || options.profile_dir.empty()) return guest;
+  // Kallsyms that cannot be decoded (an older or unusual encoding, or not located: VMCOREINFO
+  // names them from 6.0 on): the build's System.map kept beside its type profile, named by the
+  // BUILD-ID, or by OSRELEASE for kernels whose VMCOREINFO has no BUILD-ID (before 5.9; as
+  // /boot/System.map-OSRELEASE is named). Relocated like any System.map and validated like
+  // kallsyms; a map of another build under the same release fails that check or, at the
+  // latest, yields no build id from the guest's .notes to find types with.
+  const bool by_id = !info.build_id.empty();
+  if (!by_id && !plain_file_name(info.osrelease)) return guest;
+  const std::string map =
+      options.profile_dir + "/" + (by_id ? lower(info.build_id) : info.osrelease) + ".System.map";
   const std::string key = "system.map:" + map + "@" + hex(info.kernel_offset);
   if (auto hit = shared ? cache.symbols(key) : nullptr) return hit;
   auto t = SymbolTable::from_system_map(map, limits);
   if (!t.ok()) {
     Error e = std::move(guest).error();
-    e.message += "; and no System.map for BUILD-ID " + info.build_id + " (" + t.error().message + ")";
+    e.message += "; and no System.map for " + (by_id ? "BUILD-ID " + info.build_id : "OSRELEASE " + info.osrelease) +
+                 " (" + t.error().message + ")";
     return e;
   }
   auto table = std::make_shared<const SymbolTable>(t->relocate(info.kernel_offset));
@@ -150,6 +164,20 @@ Result<void> validate_kernel(const SymbolTable& symbols, const VmcoreInfo& info,
                                           ", phys_base says " + hex(expected_pa));
   }
   return Ok();
+}
+
+// The GNU build id in the kernel's own .notes section (__start_notes..__stop_notes: a few
+// hundred bytes; more than 64 KiB is not a kernel's).
+Result<std::string> notes_build_id(KernelMemory& kmem, const SymbolTable& symbols) {
+  STALLMON_TRY(uint64_t start, symbols.address("__start_notes"));
+  STALLMON_TRY(uint64_t stop, symbols.address("__stop_notes"));
+  constexpr uint64_t kMaxNotes = 64 << 10;
+  if (stop <= start || stop - start > kMaxNotes) {
+    return Error(ErrorCode::kCorrupt, "implausible .notes " + hex(start) + ".." + hex(stop));
+  }
+  std::vector<uint8_t> notes(stop - start);
+  STALLMON_TRY_VOID(kmem.read(start, notes.data(), notes.size()));
+  return gnu_build_id_from_notes(notes);
 }
 
 }  // namespace
@@ -192,6 +220,11 @@ Result<std::unique_ptr<Kernel>> Kernel::build(std::shared_ptr<PhysicalMemory> me
   STALLMON_TRY(k->symbols_charge_, MemoryCharge::take(options.budget, "kernel symbols", k->symbols_->memory_bytes()));
   auto valid = validate_kernel(*k->symbols_, info, *k->kmem_);
   if (!valid.ok()) return std::move(valid).error();
+  // Kernels before 5.9 write no BUILD-ID into VMCOREINFO; their .notes section, found through
+  // the symbols just validated, carries it, and the type lookups key on it.
+  if (info.build_id.empty()) {
+    if (auto id = notes_build_id(*k->kmem_, *k->symbols_); id.ok()) k->info_.build_id = *id;
+  }
 
   // The image's real extent: the kernel unmaps what lies outside [_text, _end) rounded to
   // 2 MiB (cleanup_highmap), so only that is translated without a walk.
@@ -259,8 +292,7 @@ Result<std::shared_ptr<const Types>> profile_types(const std::string& path, cons
 std::vector<std::string> debug_vmlinux_candidates(const std::string& dir, const std::string& build_id,
                                                   const std::string& osrelease) {
   std::vector<std::string> out{debug_file_for_build_id(dir, lower(build_id))};
-  // OSRELEASE comes from the guest: only a plain file name component is used.
-  if (!osrelease.empty() && osrelease.size() < 128 && osrelease.find('/') == std::string::npos && osrelease[0] != '.') {
+  if (plain_file_name(osrelease)) {
     out.push_back(dir + "/boot/vmlinux-" + osrelease);
     out.push_back(dir + "/lib/modules/" + osrelease + "/vmlinux");
   }

@@ -138,6 +138,41 @@ Result<VmcoreInfo> parse_vmcoreinfo_note(std::span<const uint8_t> note) {
   return parse_vmcoreinfo(text);
 }
 
+Result<std::string> gnu_build_id_from_notes(std::span<const uint8_t> notes) {
+  constexpr uint32_t kBuildIdType = 3;  // NT_GNU_BUILD_ID
+  auto pad4 = [](uint64_t n) { return (n + 3) & ~uint64_t{3}; };
+  size_t at = 0;
+  // Each note advances by at least its 12-byte header: the walk ends within size/12 steps.
+  while (notes.size() - at >= kNoteHeader) {
+    uint32_t namesz, descsz, type;
+    std::memcpy(&namesz, notes.data() + at, 4);
+    std::memcpy(&descsz, notes.data() + at + 4, 4);
+    std::memcpy(&type, notes.data() + at + 8, 4);
+    const uint64_t left = notes.size() - at - kNoteHeader;
+    const uint64_t name_len = pad4(namesz), desc_len = pad4(descsz);
+    if (name_len > left || desc_len > left - name_len) {
+      return Error(ErrorCode::kCorrupt, "note at +" + std::to_string(at) + " runs past the notes section (namesz " +
+                                            std::to_string(namesz) + ", descsz " + std::to_string(descsz) + ")");
+    }
+    const uint8_t* name = notes.data() + at + kNoteHeader;
+    if (type == kBuildIdType && namesz == 4 && std::memcmp(name, "GNU", 4) == 0) {
+      if (descsz == 0 || descsz > 64) {
+        return Error(ErrorCode::kCorrupt, "GNU build id of " + std::to_string(descsz) + " bytes");
+      }
+      static constexpr char kHex[] = "0123456789abcdef";
+      std::string hex;
+      for (uint32_t i = 0; i < descsz; ++i) {
+        const uint8_t b = name[name_len + i];
+        hex += kHex[b >> 4];
+        hex += kHex[b & 15];
+      }
+      return hex;
+    }
+    at += kNoteHeader + name_len + desc_len;
+  }
+  return Error(ErrorCode::kNotFound, "no GNU build id among the notes");
+}
+
 namespace {
 
 // Cheap header test at a page start: namesz 11, descsz plausible, name, "OSRELEASE=".

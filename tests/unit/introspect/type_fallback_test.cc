@@ -82,6 +82,66 @@ TEST_F(TypeFallback, AnotherKernelsProfileIsRefusedAndEveryStepIsNamed) {
   EXPECT_NE(m.find(".build-id/0a/1b2c3d4e5f60718293a4b5c6d7e8f901234567.debug: cannot open"), std::string::npos) << m;
 }
 
+// Kernels before 5.9 (CentOS 7's 3.10 among them) write neither BUILD-ID nor, before 6.0, the
+// kallsyms symbols into VMCOREINFO: the profile directory's System.map is found by OSRELEASE (as
+// /boot/System.map-OSRELEASE is named), the BUILD-ID read from the kernel's own .notes through it,
+// and the type profile found by that BUILD-ID, with nothing named on the command line.
+TEST_F(TypeFallback, KernelWithoutBuildIdOrKallsymsInVmcoreinfoIsFoundByOsreleaseAndNotes) {
+  FakeGuestOptions o;
+  o.vmcoreinfo_build_id = false;
+  o.vmcoreinfo_kallsyms = false;
+  FakeGuest g(o);
+  ASSERT_EQ(g.vmcoreinfo_text().find("BUILD-ID"), std::string::npos);
+  auto write_map = [&](uint64_t shift) {
+    std::ofstream f(dir_ / (o.osrelease + ".System.map"));
+    for (const Symbol& sym : g.symbols()) {
+      const uint64_t a = sym.type == 'A' ? sym.address : sym.address - o.kaslr_offset + shift;
+      char line[160];
+      std::snprintf(line, sizeof line, "%016llx %c %s\n", static_cast<unsigned long long>(a), sym.type, sym.name.c_str());
+      f << line;
+    }
+  };
+  // No map: the error says what was looked for.
+  auto none = Kernel::discover(g.memory(), options());
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.error().message.find("no System.map for OSRELEASE " + o.osrelease), std::string::npos)
+      << none.error().message;
+
+  write_map(0);
+  write_profile(o.build_id, o.build_id, 8);
+  auto k = Kernel::discover(g.memory(), options());
+  ASSERT_TRUE(k.ok()) << k.error().to_string();
+  EXPECT_EQ((*k)->vmcoreinfo().build_id, o.build_id);  // from .notes
+  EXPECT_EQ(*(*k)->symbol("_stext"), g.text_va());
+  EXPECT_EQ((*k)->types().origin(), "profile 0a1b2c3d");
+  EXPECT_EQ(*(*k)->types().member_offset("rq", "nr_running"), FakeGuest::kRqNrRunning + 8);
+
+  // Another build's map under the same release fails VMCOREINFO's symbol check.
+  clear_shared_kernel_cache();
+  write_map(0x200000);
+  auto other = Kernel::discover(g.memory(), options());
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.error().code, ErrorCode::kCorrupt) << other.error().to_string();
+
+  // Notes the guest garbled: symbols, but no BUILD-ID to find types by.
+  clear_shared_kernel_cache();
+  write_map(0);
+  g.put_va<uint32_t>(g.symbol("__start_notes"), 0x7fffffffu);  // the first note's namesz
+  auto garbled = Kernel::discover(g.memory(), options());
+  ASSERT_FALSE(garbled.ok());
+  EXPECT_NE(garbled.error().message.find("no type information for BUILD-ID (none)"), std::string::npos)
+      << garbled.error().message;
+
+  // An OSRELEASE that is not a plain file name never names a host path.
+  clear_shared_kernel_cache();
+  FakeGuestOptions p = o;
+  p.osrelease = "../" + o.osrelease;
+  FakeGuest h(p);
+  auto outside = Kernel::discover(h.memory(), options());
+  ASSERT_FALSE(outside.ok());
+  EXPECT_EQ(outside.error().message.find("no System.map for OSRELEASE"), std::string::npos) << outside.error().message;
+}
+
 TEST_F(TypeFallback, ExplicitProfileMustMatchTheGuest) {
   FakeGuest g;
   write_profile("other", "ffff0000");

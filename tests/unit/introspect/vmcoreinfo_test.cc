@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "fake_guest.h"
 
 namespace stallmon::introspect {
@@ -176,6 +178,54 @@ TEST(FindVmcoreinfo, NoteAtTheVeryEndOfRam) {
   auto r = find_vmcoreinfo(*mem);
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(*r->note_gpa, 0xf000u);
+}
+
+// ELF notes as a kernel's .notes section holds them (linux/elfnote.h: 4-byte aligned).
+std::vector<uint8_t> elf_note(uint32_t namesz, const std::string& name, uint32_t type, std::vector<uint8_t> desc,
+                              uint32_t descsz = UINT32_MAX) {
+  if (descsz == UINT32_MAX) descsz = static_cast<uint32_t>(desc.size());
+  std::vector<uint8_t> n(12);
+  std::memcpy(n.data(), &namesz, 4);
+  std::memcpy(n.data() + 4, &descsz, 4);
+  std::memcpy(n.data() + 8, &type, 4);
+  n.insert(n.end(), name.begin(), name.end());
+  n.resize((n.size() + 3) & ~size_t{3});
+  n.insert(n.end(), desc.begin(), desc.end());
+  n.resize((n.size() + 3) & ~size_t{3});
+  return n;
+}
+
+TEST(NotesBuildId, FoundAfterOtherNotes) {
+  auto notes = elf_note(4, std::string("Xen\0", 4), 6, {'l', 'i', 'n', 'u', 'x', 0});
+  auto linux_note = elf_note(6, std::string("Linux\0", 6), 0x100, {1, 2, 3, 4});
+  notes.insert(notes.end(), linux_note.begin(), linux_note.end());
+  auto gnu = elf_note(4, std::string("GNU\0", 4), 3, {0xde, 0xad, 0xbe, 0xef, 0x01});
+  notes.insert(notes.end(), gnu.begin(), gnu.end());
+  auto id = gnu_build_id_from_notes(notes);
+  ASSERT_TRUE(id.ok()) << id.error().to_string();
+  EXPECT_EQ(*id, "deadbeef01");
+}
+
+TEST(NotesBuildId, BoundedAndNamedErrors) {
+  EXPECT_EQ(gnu_build_id_from_notes({}).error().code, ErrorCode::kNotFound);
+  auto xen = elf_note(4, std::string("Xen\0", 4), 6, {1, 2, 3, 4});
+  EXPECT_EQ(gnu_build_id_from_notes(xen).error().code, ErrorCode::kNotFound);
+  // Type 3 under another name is not a build id.
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNX\0", 4), 3, {1})).error().code, ErrorCode::kNotFound);
+  // Sizes past the section: namesz, descsz (also the 32-bit wrap of padding), a truncated header.
+  auto huge_name = elf_note(0xfffffffdu, std::string("GNU\0", 4), 3, {1});
+  auto r = gnu_build_id_from_notes(huge_name);
+  EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+  EXPECT_NE(r.error().message.find("runs past the notes section"), std::string::npos) << r.error().message;
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, {1, 2}, 64)).error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, {}, 0xffffffffu - 1)).error().code,
+            ErrorCode::kCorrupt);
+  auto gnu = elf_note(4, std::string("GNU\0", 4), 3, {1, 2, 3, 4});
+  EXPECT_EQ(gnu_build_id_from_notes(std::span<const uint8_t>(gnu.data(), 11)).error().code, ErrorCode::kNotFound);
+  // An empty or oversized build id.
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, {})).error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, std::vector<uint8_t>(68, 1))).error().code,
+            ErrorCode::kCorrupt);
 }
 
 }  // namespace

@@ -53,6 +53,12 @@ Result<VmcoreInfo> parse_vmcoreinfo(std::string_view text);
 // then the text). `note` may extend past the note's end (e.g. a whole page).
 Result<VmcoreInfo> parse_vmcoreinfo_note(std::span<const uint8_t> note);
 
+// The GNU build id (type NT_GNU_BUILD_ID 3, name "GNU") among the ELF notes of a kernel's
+// .notes section (__start_notes..__stop_notes), as lowercase hex: the BUILD-ID of kernels whose
+// VMCOREINFO has none (before 5.9). Every note's sizes are checked against what is left of
+// `notes`; a build id is 1..64 bytes. kNotFound if no note is one.
+Result<std::string> gnu_build_id_from_notes(std::span<const uint8_t> notes);
+
 struct VmcoreInfoScanOptions {
   // Bytes per physical read during the scan (rounded to pages). Large reads are what make the
   // scan fast on a live qemu.

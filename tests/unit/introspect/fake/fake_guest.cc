@@ -131,6 +131,27 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
   add_symbol("__start_BTF", 'R', v);
   add_symbol("__stop_BTF", 'R', v + btf_bytes_.size());
 
+  // .notes: a Xen note first (as in a Debian vmlinux), then the GNU build id.
+  {
+    std::vector<uint8_t> notes;
+    auto note = [&](const char* name, uint32_t type, const std::vector<uint8_t>& desc) {
+      const uint32_t namesz = static_cast<uint32_t>(std::strlen(name) + 1), descsz = static_cast<uint32_t>(desc.size());
+      for (uint32_t x : {namesz, descsz, type}) notes.insert(notes.end(), reinterpret_cast<uint8_t*>(&x), reinterpret_cast<uint8_t*>(&x) + 4);
+      notes.insert(notes.end(), name, name + namesz);
+      notes.resize((notes.size() + 3) & ~size_t{3});
+      notes.insert(notes.end(), desc.begin(), desc.end());
+      notes.resize((notes.size() + 3) & ~size_t{3});
+    };
+    note("Xen", 6, {'l', 'i', 'n', 'u', 'x', 0});
+    std::vector<uint8_t> id;
+    for (size_t i = 0; i + 1 < opt_.build_id.size(); i += 2) id.push_back(static_cast<uint8_t>(std::stoul(opt_.build_id.substr(i, 2), nullptr, 16)));
+    note("GNU", 3, id);
+    v = alloc_image(notes.size(), 8);
+    write_va(v, notes.data(), notes.size());
+    add_symbol("__start_notes", 'R', v);
+    add_symbol("__stop_notes", 'R', v + notes.size());
+  }
+
   // kallsyms: the tables are symbols too, so encode once to learn the sizes, place the tables,
   // then encode again with their final addresses (names do not depend on addresses).
   const char* kTables[] = {"kallsyms_offsets", "kallsyms_relative_base", "kallsyms_num_syms",
@@ -162,7 +183,7 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
   // VMCOREINFO (the lines a Debian 6.1 kernel writes that discovery uses, plus some others).
   std::string t;
   t += "OSRELEASE=" + opt_.osrelease + "\n";
-  t += "BUILD-ID=" + opt_.build_id + "\n";
+  if (opt_.vmcoreinfo_build_id) t += "BUILD-ID=" + opt_.build_id + "\n";
   t += "PAGESIZE=4096\n";
   t += "SYMBOL(init_uts_ns)=" + hexs(text_va() + 0x900000) + "\n";
   t += "OFFSET(uts_namespace.name)=4\n";
@@ -170,7 +191,7 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
   t += "SYMBOL(_stext)=" + hexs(text_va()) + "\n";
   for (const char* name : {"kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table", "kallsyms_token_index",
                            "kallsyms_offsets", "kallsyms_relative_base"}) {
-    t += std::string("SYMBOL(") + name + ")=" + hexs(symbol(name)) + "\n";
+    if (opt_.vmcoreinfo_kallsyms) t += std::string("SYMBOL(") + name + ")=" + hexs(symbol(name)) + "\n";
   }
   t += "SYMBOL(prb)=" + hexs(text_va() + 0x910000) + "\n";
   t += "SIZE(printk_ringbuffer)=80\nOFFSET(printk_ringbuffer.desc_ring)=0\n";

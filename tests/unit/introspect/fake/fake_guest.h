@@ -32,6 +32,10 @@ struct FakeGuestOptions {
   uint32_t filler_symbols = 2000;     // realistic volume for kallsyms
   bool absolute_percpu = true;        // CONFIG_KALLSYMS_ABSOLUTE_PERCPU (x86-64 SMP before 6.15)
   bool vmcoreinfo_image_size = true;  // write NUMBER(KERNEL_IMAGE_SIZE)
+  // Kernels before 5.9 write no BUILD-ID line, before 6.0 no kallsyms SYMBOL() lines (the .notes
+  // section, __start_notes..__stop_notes, always holds build_id as a GNU note).
+  bool vmcoreinfo_build_id = true;
+  bool vmcoreinfo_kallsyms = true;
 };
 
 class FakeGuest {
