@@ -3,7 +3,7 @@
 
 #include <openssl/evp.h>
 
-#include <cstdio>
+#include "text.h"
 
 namespace stallmon::introspect::detail {
 
@@ -23,13 +23,7 @@ std::string Sha256::hex_digest() {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   EVP_DigestFinal_ex(ctx_->md, out, &n);
-  std::string s;
-  char b[3];
-  for (unsigned i = 0; i < n; ++i) {
-    snprintf(b, sizeof b, "%02x", out[i]);
-    s += b;
-  }
-  return s;
+  return hex_bytes(std::span<const uint8_t>(out, n));
 }
 
 }  // namespace stallmon::introspect::detail

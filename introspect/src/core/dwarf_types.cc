@@ -8,8 +8,9 @@
 #include <libelf.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <unordered_map>
+
+#include "text.h"
 
 namespace stallmon::introspect {
 
@@ -31,16 +32,6 @@ class Fd {
  private:
   int fd_;
 };
-
-std::string hex_bytes(const void* p, size_t n) {
-  std::string out;
-  char b[3];
-  for (size_t i = 0; i < n; ++i) {
-    std::snprintf(b, sizeof b, "%02x", static_cast<const unsigned char*>(p)[i]);
-    out += b;
-  }
-  return out;
-}
 
 MemberLayout::Kind kind_of(int tag) {
   switch (tag) {
@@ -255,7 +246,7 @@ Result<std::string> elf_build_id(const std::string& path) {
   if (!elf) return Error(ErrorCode::kCorrupt, path + ": not an ELF file");
   const void* id = nullptr;
   ssize_t n = dwelf_elf_gnu_build_id(elf, &id);
-  std::string out = n > 0 && n <= 64 ? hex_bytes(id, static_cast<size_t>(n)) : std::string();
+  std::string out = n > 0 && n <= 64 ? detail::hex_bytes(std::span<const uint8_t>(static_cast<const uint8_t*>(id), static_cast<size_t>(n))) : std::string();
   elf_end(elf);
   if (out.empty()) return Error(ErrorCode::kNotFound, path + ": no .note.gnu.build-id");
   return out;

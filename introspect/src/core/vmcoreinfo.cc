@@ -159,14 +159,7 @@ Result<std::string> gnu_build_id_from_notes(std::span<const uint8_t> notes) {
       if (descsz == 0 || descsz > 64) {
         return Error(ErrorCode::kCorrupt, "GNU build id of " + std::to_string(descsz) + " bytes");
       }
-      static constexpr char kHex[] = "0123456789abcdef";
-      std::string hex;
-      for (uint32_t i = 0; i < descsz; ++i) {
-        const uint8_t b = name[name_len + i];
-        hex += kHex[b >> 4];
-        hex += kHex[b & 15];
-      }
-      return hex;
+      return detail::hex_bytes(std::span<const uint8_t>(name + name_len, descsz));
     }
     at += kNoteHeader + name_len + desc_len;
   }
