@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <optional>
 
 #include "fake_guest.h"
 
@@ -180,26 +181,20 @@ TEST(FindVmcoreinfo, NoteAtTheVeryEndOfRam) {
   EXPECT_EQ(*r->note_gpa, 0xf000u);
 }
 
-// ELF notes as a kernel's .notes section holds them (linux/elfnote.h: 4-byte aligned).
-std::vector<uint8_t> elf_note(uint32_t namesz, const std::string& name, uint32_t type, std::vector<uint8_t> desc,
-                              uint32_t descsz = UINT32_MAX) {
-  if (descsz == UINT32_MAX) descsz = static_cast<uint32_t>(desc.size());
-  std::vector<uint8_t> n(12);
-  std::memcpy(n.data(), &namesz, 4);
-  std::memcpy(n.data() + 4, &descsz, 4);
-  std::memcpy(n.data() + 8, &type, 4);
-  n.insert(n.end(), name.begin(), name.end());
-  n.resize((n.size() + 3) & ~size_t{3});
-  n.insert(n.end(), desc.begin(), desc.end());
-  n.resize((n.size() + 3) & ~size_t{3});
+// An ELF note (fake::make_elf_note) whose header then claims other sizes, as a guest may write.
+std::vector<uint8_t> elf_note(const std::string& name, uint32_t type, const std::vector<uint8_t>& desc,
+                              std::optional<uint32_t> namesz = std::nullopt, std::optional<uint32_t> descsz = std::nullopt) {
+  auto n = fake::make_elf_note(name, type, desc);
+  if (namesz) std::memcpy(n.data(), &*namesz, 4);
+  if (descsz) std::memcpy(n.data() + 4, &*descsz, 4);
   return n;
 }
 
 TEST(NotesBuildId, FoundAfterOtherNotes) {
-  auto notes = elf_note(4, std::string("Xen\0", 4), 6, {'l', 'i', 'n', 'u', 'x', 0});
-  auto linux_note = elf_note(6, std::string("Linux\0", 6), 0x100, {1, 2, 3, 4});
+  auto notes = elf_note("Xen", 6, {'l', 'i', 'n', 'u', 'x', 0});
+  auto linux_note = elf_note("Linux", 0x100, {1, 2, 3, 4});
   notes.insert(notes.end(), linux_note.begin(), linux_note.end());
-  auto gnu = elf_note(4, std::string("GNU\0", 4), 3, {0xde, 0xad, 0xbe, 0xef, 0x01});
+  auto gnu = elf_note("GNU", 3, {0xde, 0xad, 0xbe, 0xef, 0x01});
   notes.insert(notes.end(), gnu.begin(), gnu.end());
   auto id = gnu_build_id_from_notes(notes);
   ASSERT_TRUE(id.ok()) << id.error().to_string();
@@ -208,23 +203,23 @@ TEST(NotesBuildId, FoundAfterOtherNotes) {
 
 TEST(NotesBuildId, BoundedAndNamedErrors) {
   EXPECT_EQ(gnu_build_id_from_notes({}).error().code, ErrorCode::kNotFound);
-  auto xen = elf_note(4, std::string("Xen\0", 4), 6, {1, 2, 3, 4});
+  auto xen = elf_note("Xen", 6, {1, 2, 3, 4});
   EXPECT_EQ(gnu_build_id_from_notes(xen).error().code, ErrorCode::kNotFound);
   // Type 3 under another name is not a build id.
-  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNX\0", 4), 3, {1})).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note("GNX", 3, {1})).error().code, ErrorCode::kNotFound);
   // Sizes past the section: namesz, descsz (also the 32-bit wrap of padding), a truncated header.
-  auto huge_name = elf_note(0xfffffffdu, std::string("GNU\0", 4), 3, {1});
+  auto huge_name = elf_note("GNU", 3, {1}, 0xfffffffdu);
   auto r = gnu_build_id_from_notes(huge_name);
   EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
   EXPECT_NE(r.error().message.find("runs past the notes section"), std::string::npos) << r.error().message;
-  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, {1, 2}, 64)).error().code, ErrorCode::kCorrupt);
-  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, {}, 0xffffffffu - 1)).error().code,
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note("GNU", 3, {1, 2}, std::nullopt, 64)).error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note("GNU", 3, {}, std::nullopt, 0xffffffffu - 1)).error().code,
             ErrorCode::kCorrupt);
-  auto gnu = elf_note(4, std::string("GNU\0", 4), 3, {1, 2, 3, 4});
+  auto gnu = elf_note("GNU", 3, {1, 2, 3, 4});
   EXPECT_EQ(gnu_build_id_from_notes(std::span<const uint8_t>(gnu.data(), 11)).error().code, ErrorCode::kNotFound);
   // An empty or oversized build id.
-  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, {})).error().code, ErrorCode::kCorrupt);
-  EXPECT_EQ(gnu_build_id_from_notes(elf_note(4, std::string("GNU\0", 4), 3, std::vector<uint8_t>(68, 1))).error().code,
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note("GNU", 3, {})).error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(gnu_build_id_from_notes(elf_note("GNU", 3, std::vector<uint8_t>(68, 1))).error().code,
             ErrorCode::kCorrupt);
 }
 

@@ -31,13 +31,20 @@ std::string hexs(uint64_t v) {
 
 }  // namespace
 
-std::vector<uint8_t> make_vmcoreinfo_note(const std::string& text) {
-  std::vector<uint8_t> note(24 + ((text.size() + 3) & ~size_t{3}));
-  uint32_t hdr[3] = {11, static_cast<uint32_t>(text.size()), 0};
+std::vector<uint8_t> make_elf_note(std::string_view name, uint32_t type, std::span<const uint8_t> desc) {
+  const uint32_t hdr[3] = {static_cast<uint32_t>(name.size() + 1), static_cast<uint32_t>(desc.size()), type};
+  std::vector<uint8_t> note(12);
   std::memcpy(note.data(), hdr, 12);
-  std::memcpy(note.data() + 12, "VMCOREINFO", 11);
-  std::memcpy(note.data() + 24, text.data(), text.size());
+  note.insert(note.end(), name.begin(), name.end());
+  note.push_back(0);
+  note.resize((note.size() + 3) & ~size_t{3});
+  note.insert(note.end(), desc.begin(), desc.end());
+  note.resize((note.size() + 3) & ~size_t{3});
   return note;
+}
+
+std::vector<uint8_t> make_vmcoreinfo_note(const std::string& text) {
+  return make_elf_note("VMCOREINFO", 0, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
 }
 
 FakeGuest::~FakeGuest() = default;
@@ -133,19 +140,12 @@ FakeGuest::FakeGuest(FakeGuestOptions options) : opt_(std::move(options)) {
 
   // .notes: a Xen note first (as in a Debian vmlinux), then the GNU build id.
   {
-    std::vector<uint8_t> notes;
-    auto note = [&](const char* name, uint32_t type, const std::vector<uint8_t>& desc) {
-      const uint32_t namesz = static_cast<uint32_t>(std::strlen(name) + 1), descsz = static_cast<uint32_t>(desc.size());
-      for (uint32_t x : {namesz, descsz, type}) notes.insert(notes.end(), reinterpret_cast<uint8_t*>(&x), reinterpret_cast<uint8_t*>(&x) + 4);
-      notes.insert(notes.end(), name, name + namesz);
-      notes.resize((notes.size() + 3) & ~size_t{3});
-      notes.insert(notes.end(), desc.begin(), desc.end());
-      notes.resize((notes.size() + 3) & ~size_t{3});
-    };
-    note("Xen", 6, {'l', 'i', 'n', 'u', 'x', 0});
+    const uint8_t xen_desc[] = {'l', 'i', 'n', 'u', 'x', 0};
+    std::vector<uint8_t> notes = make_elf_note("Xen", 6, xen_desc);
     std::vector<uint8_t> id;
     for (size_t i = 0; i + 1 < opt_.build_id.size(); i += 2) id.push_back(static_cast<uint8_t>(std::stoul(opt_.build_id.substr(i, 2), nullptr, 16)));
-    note("GNU", 3, id);
+    const auto gnu = make_elf_note("GNU", 3, id);
+    notes.insert(notes.end(), gnu.begin(), gnu.end());
     v = alloc_image(notes.size(), 8);
     write_va(v, notes.data(), notes.size());
     add_symbol("__start_notes", 'R', v);

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "stallmon/introspect/physical_memory.h"
@@ -106,7 +108,10 @@ class FakeGuest {
   std::vector<uint8_t> btf_bytes_;
 };
 
-// Appends a VMCOREINFO ELF note (header, padded name, text) for `text`.
+// One ELF note as the kernel lays them out (linux/elfnote.h): namesz (with the NUL), descsz,
+// type, then the name and the description, each padded to 4 bytes.
+std::vector<uint8_t> make_elf_note(std::string_view name, uint32_t type, std::span<const uint8_t> desc);
+// A VMCOREINFO ELF note (name "VMCOREINFO", type 0) for `text`.
 std::vector<uint8_t> make_vmcoreinfo_note(const std::string& text);
 
 }  // namespace stallmon::introspect::fake
