@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 // One pass over the kernel's tasks (iter/task) that writes, for every thread of the thread
 // groups in `watched_tgids`, the fields stallmon's /proc sampler reads from stat, schedstat and
-// status, plus the kernel stack of threads in the states user space asks for (the wchan and
+// status, the ids of its cgroups (what /proc/TID/cgroup names), plus the kernel stack of threads in the states user space asks for (the wchan and
 // /proc/TID/stack equivalent). Records go to the iterator's seq_file; user space read()s them.
 //
 // CO-RE against the running kernel's BTF: fields that moved or were renamed between kernels
@@ -70,6 +70,31 @@ static __always_inline __u32 task_state_raw(struct task_struct *t) {
   return (__u32)BPF_CORE_READ(old, state);
 }
 
+// A cgroup's kernfs id. Before 5.5 kernfs_node.id was a union (ino + generation): then 0, and
+// user space keeps re-reading memberships on its own schedule.
+static __always_inline __u64 cgroup_kn_id(struct cgroup *cg) {
+  if (!cg) return 0;
+  struct kernfs_node *kn = BPF_CORE_READ(cg, kn);
+  if (!kn || !bpf_core_field_exists(kn->id)) return 0;
+  if (bpf_core_field_size(kn->id) != sizeof(__u64)) return 0;
+  return BPF_CORE_READ(kn, id);
+}
+
+static __always_inline void task_cgroup_ids(struct task_struct *t, __u64 *v2_id, __u64 *cpu_id) {
+  *v2_id = 0;
+  *cpu_id = 0;
+  struct css_set *cs = BPF_CORE_READ(t, cgroups);
+  if (!cs) return;
+  *v2_id = cgroup_kn_id(BPF_CORE_READ(cs, dfl_cgrp));
+  // Kernels without CONFIG_CGROUP_SCHED have no cpu controller.
+  if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, cpu_cgrp_id)) return;
+  const int idx = bpf_core_enum_value(enum cgroup_subsys_id, cpu_cgrp_id);
+  if (idx < 0 || idx >= (int)(bpf_core_field_size(cs->subsys) / sizeof(void *))) return;
+  struct cgroup_subsys_state *css = NULL;
+  bpf_core_read(&css, sizeof css, &cs->subsys[idx]);
+  if (css) *cpu_id = cgroup_kn_id(BPF_CORE_READ(css, cgroup));
+}
+
 // Scratch for one record (stack included): too big for the 512-byte BPF stack.
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -104,6 +129,7 @@ int stallmon_task_stats(struct bpf_iter__task *ctx) {
   r->start_boottime_ns = task_start_boottime(task);
   // Direct loads from the trusted task pointer: cheaper than a probe_read per field.
   __builtin_memcpy(r->comm, task->comm, sizeof r->comm);
+  task_cgroup_ids(task, &r->cgroup_v2_id, &r->cpu_cgroup_id);
   r->stack_bytes = 0;
 
   __u32 report = stallmon_report_state(r->state, r->exit_state);

@@ -26,11 +26,16 @@ struct stallmon_task_record {
   __u64 nivcsw;
   __u64 start_boottime_ns;  // /proc stat field 22, in ns
   char comm[16];
+  // Kernfs ids (the cgroup directory's inode number) of the thread's cgroup in the unified (v2)
+  // hierarchy and of its cpu controller's cgroup (v1 or v2); 0 when the kernel cannot say. They
+  // change when the thread moves: user space re-reads /proc/TID/cgroup only then.
+  __u64 cgroup_v2_id;
+  __u64 cpu_cgroup_id;
   __u32 stack_bytes;
   __u32 pad;
   __u64 stack[STALLMON_BPF_MAX_STACK];
 };
-#define STALLMON_REC_FIXED_BYTES 96  // offsetof(struct stallmon_task_record, stack)
+#define STALLMON_REC_FIXED_BYTES 112  // offsetof(struct stallmon_task_record, stack)
 
 // The /proc state index (fs/proc/array.c task_state_array, "RSDTtXZPI"): the kernel's
 // task_state_index(). Flag values have been stable since 4.14 (TASK_REPORT_IDLE etc.).

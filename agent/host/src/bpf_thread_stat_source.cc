@@ -261,6 +261,8 @@ Result<void> BpfThreadStatSource::run_pass(ThreadStatPass& out) {
     t.start_boottime_ns = r.start_boottime_ns;
     std::memcpy(t.comm, r.comm, sizeof t.comm);
     t.comm[sizeof t.comm - 1] = '\0';
+    t.cgroup_v2_id = r.cgroup_v2_id;
+    t.cpu_cgroup_id = r.cpu_cgroup_id;
     t.stack_read = (r.flags & (STALLMON_REC_STACK | STALLMON_REC_STACK_ERROR)) != 0;
     t.stack_error = (r.flags & STALLMON_REC_STACK_ERROR) != 0;
     if (r.flags & STALLMON_REC_STACK) {

@@ -99,8 +99,16 @@ Result<void> ThreadSampler::open_files() {
   return Ok();
 }
 
-void ThreadSampler::refresh_cgroup(const CpuCgroup& process_cgroup) {
+bool ThreadSampler::cgroup_current(uint64_t v2_id, uint64_t cpu_id) const {
+  return v2_id != 0 && cpu_id != 0 && v2_id == cgroup_v2_id_ && cpu_id == cpu_cgroup_id_ &&
+         !cgroup_lost_;
+}
+
+void ThreadSampler::refresh_cgroup(const CpuCgroup& process_cgroup, uint64_t v2_id, uint64_t cpu_id) {
   if (!want_cgroup_) return;
+  cgroup_v2_id_ = v2_id;
+  cpu_cgroup_id_ = cpu_id;
+  cgroup_lost_ = false;
   CpuCgroup mine;
   if (Result<std::string> text = read_whole(fs_, dir_ + "cgroup"); text.ok()) {
     if (auto m = parse_proc_cgroup(*text); m.ok()) mine = find_cpu_cgroup(*m);
@@ -259,6 +267,7 @@ void ThreadSampler::read_cgroup_stat(ThreadSample& s) {
       // The cgroup was removed (libvirt tore it down, a test injector cleaned up): the thread
       // is no longer in it. The next refresh_cgroup() finds where it went.
       close_fd(fs_, cgroup_fd_);
+      cgroup_lost_ = true;
     }
   }
 }
@@ -406,7 +415,7 @@ Result<void> ProcessSampler::enumerate(int64_t now_ns, const ThreadStatPass* pas
   } else {
     STALLMON_TRY_VOID(list_threads(proc_dir, task_dir, listed));
   }
-  return adopt_threads(listed, task_dir);
+  return adopt_threads(listed, task_dir, pass);
 }
 
 Result<void> ProcessSampler::list_threads(const std::string& proc_dir, const std::string& task_dir,
@@ -439,7 +448,7 @@ Result<void> ProcessSampler::list_threads(const std::string& proc_dir, const std
 }
 
 Result<void> ProcessSampler::adopt_threads(const std::set<int32_t>& listed,
-                                           const std::string& task_dir) {
+                                           const std::string& task_dir, const ThreadStatPass* pass) {
   std::set<int32_t> vcpu_tids;
   for (auto& [i, t] : vcpus_) {
     vcpu_tids.insert(t->tid_);
@@ -461,15 +470,36 @@ Result<void> ProcessSampler::adopt_threads(const std::set<int32_t>& listed,
   }
 
   // vCPU cgroups are compared with the process's own (the main thread's): only a cgroup of the
-  // vCPU's own says anything about that vCPU's quota.
+  // vCPU's own says anything about that vCPU's quota. With a pass that carries cgroup ids (the
+  // BPF source) a membership is re-read only when the thread moved: reading /proc/TID/cgroup for
+  // every vCPU at every listing was about a fifth of the monitor's CPU per 16-vCPU domain
+  // (tests/scale/README.md). Without ids, at every listing.
   if (!vcpus_.empty()) {
-    CpuCgroup process_cg;
-    std::string path = task_dir + "/" + std::to_string(pid_) + "/cgroup";
-    if (Result<std::string> text = read_whole(fs_, path); text.ok()) {
-      if (auto m = parse_proc_cgroup(*text); m.ok()) process_cg = find_cpu_cgroup(*m);
+    auto ids_of = [&](int32_t tid) -> std::pair<uint64_t, uint64_t> {
+      const ThreadStat* st = pass ? pass->find(pid_, tid) : nullptr;
+      return st ? std::pair{st->cgroup_v2_id, st->cpu_cgroup_id} : std::pair<uint64_t, uint64_t>{0, 0};
+    };
+    const auto [main_v2, main_cpu] = ids_of(pid_);
+    const bool reread_process = main_v2 == 0 || main_cpu == 0 || main_v2 != process_cgroup_v2_id_ ||
+                                main_cpu != process_cpu_cgroup_id_;
+    if (reread_process) {
+      process_cgroup_ = {};
+      process_cgroup_v2_id_ = process_cpu_cgroup_id_ = 0;
+      std::string path = task_dir + "/" + std::to_string(pid_) + "/cgroup";
+      if (Result<std::string> text = read_whole(fs_, path); text.ok()) {
+        if (auto m = parse_proc_cgroup(*text); m.ok()) {
+          process_cgroup_ = find_cpu_cgroup(*m);
+          process_cgroup_v2_id_ = main_v2;
+          process_cpu_cgroup_id_ = main_cpu;
+        }
+      }
     }
     for (auto& [i, t] : vcpus_) {
-      if (t->present_) t->sampler_->refresh_cgroup(process_cg);
+      if (!t->present_) continue;
+      const auto [v2, cpu] = ids_of(t->tid_);
+      if (reread_process || !t->sampler_->cgroup_current(v2, cpu)) {
+        t->sampler_->refresh_cgroup(process_cgroup_, v2, cpu);
+      }
     }
   }
   return Ok();

@@ -3,10 +3,15 @@
 #include "stallmon/host/sampler.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <map>
+#include <tuple>
 
 #include "fake_proc.h"
+#include "stallmon/host/thread_stat_source.h"
 
 namespace stallmon::host {
 namespace {
@@ -557,6 +562,93 @@ TEST_F(CgroupTest, ThreadMovedIntoAThrottledCgroupIsNoticedAtTheNextListing) {
   EXPECT_FALSE(s->vcpu(0)->sampler().own_cgroup());
   EXPECT_FALSE(s->vcpu(0)->history().newest().flags & ThreadSample::kHasCgroup);
   EXPECT_EQ(s->vcpu(0)->errors(), 0u);
+}
+
+// Passes built from the test's FakeThreads, with the cgroup ids a test gives each thread (what
+// the BPF source reads from the kernel).
+class TableSource final : public ThreadStatSource {
+ public:
+  std::string_view kind() const override { return "table"; }
+  std::string description() const override { return "the test's threads"; }
+  Result<void> watch(int32_t tgid) override {
+    watched_ = tgid;
+    return Ok();
+  }
+  void unwatch(int32_t) override {}
+
+  std::vector<const FakeThread*> threads;
+  std::map<int32_t, std::pair<uint64_t, uint64_t>> ids;  // tid → (v2 id, cpu id)
+
+ protected:
+  Result<void> run_pass(ThreadStatPass& out) override {
+    out.watched.push_back(watched_);
+    for (const FakeThread* t : threads) {
+      ThreadStat st;
+      st.tgid = watched_;
+      st.tid = t->tid;
+      st.state = t->state;
+      st.run_ns = t->run_ns;
+      st.wait_ns = t->wait_ns;
+      st.start_boottime_ns = t->starttime * (1'000'000'000ULL / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
+      std::strncpy(st.comm, t->comm.c_str(), sizeof st.comm - 1);
+      if (auto it = ids.find(t->tid); it != ids.end()) std::tie(st.cgroup_v2_id, st.cpu_cgroup_id) = it->second;
+      out.threads.push_back(st);
+    }
+    return Ok();
+  }
+
+ private:
+  int32_t watched_ = 0;
+};
+
+TEST_F(CgroupTest, WithCgroupIdsFromThePassMembershipsAreReReadOnlyWhenAThreadMoves) {
+  v1_layout("/machine/vm/vcpu0");
+  v1_stat(1, 5);
+  TableSource src;
+  src.threads = {&main_, &io_, &vcpu0_, &vcpu1_};
+  src.ids = {{kPid, {1, 10}}, {501, {1, 10}}, {502, {1, 20}}, {503, {0, 0}}};  // vCPU 1: unknown
+  auto s = make();
+  s->set_stat_source(&src);
+  auto listings = [&](int n) {
+    for (int i = 0; i < 10 * n; ++i) tick(*s);
+  };
+  const std::string main_cg = task_dir(kPid, kPid) + "/cgroup";
+  const std::string vcpu0_cg = task_dir(kPid, 502) + "/cgroup";
+  const std::string vcpu1_cg = task_dir(kPid, 503) + "/cgroup";
+  listings(3);
+  EXPECT_EQ(s->source_errors(), 0u);
+  EXPECT_TRUE(s->vcpu(0)->sampler().own_cgroup());
+  EXPECT_EQ(s->vcpu(0)->history().newest().nr_throttled, 1u);
+  EXPECT_EQ(fs_.opens(main_cg), 1u);    // ids unchanged: read at the first listing only
+  EXPECT_EQ(fs_.opens(vcpu0_cg), 1u);
+  EXPECT_EQ(fs_.opens(vcpu1_cg), 3u);   // ids unknown: every listing, as without a pass
+
+  // vCPU 0 moves to another cgroup: its cpu cgroup id changes, and only it is re-read.
+  vcpu0_.cgroup = "2:cpu,cpuacct:/machine/vm/vcpu0-new\n";
+  cg_dir_ = "sys/fs/cgroup/cpu,cpuacct/machine/vm/vcpu0-new";
+  v1_stat(7, 9);
+  src.ids[502] = {1, 21};
+  listings(1);
+  EXPECT_EQ(s->vcpu(0)->sampler().cgroup().path, "/machine/vm/vcpu0-new");
+  EXPECT_EQ(s->vcpu(0)->history().newest().nr_throttled, 7u);
+  EXPECT_EQ(fs_.opens(vcpu0_cg), 2u);
+  EXPECT_EQ(fs_.opens(main_cg), 1u);
+
+  // Its cpu.stat is lost (a read fails): the next listing re-reads the membership, ids or not.
+  fs_.remove(cg_dir_);
+  tick(*s);
+  EXPECT_FALSE(s->vcpu(0)->sampler().own_cgroup());
+  v1_stat(8, 10);
+  listings(1);
+  EXPECT_EQ(fs_.opens(vcpu0_cg), 3u);
+  EXPECT_TRUE(s->vcpu(0)->sampler().own_cgroup());
+  EXPECT_EQ(s->vcpu(0)->history().newest().nr_throttled, 8u);
+
+  // The main thread moves: every vCPU's membership is compared again.
+  src.ids[kPid] = {1, 11};
+  listings(1);
+  EXPECT_EQ(fs_.opens(main_cg), 2u);
+  EXPECT_EQ(fs_.opens(vcpu0_cg), 4u);
 }
 
 TEST_F(CgroupTest, RootCgroupIsNeverOwn) {

@@ -6,6 +6,7 @@
 // BPF the comparison must run; it skips only without root or without BPF compiled in.
 #include <gtest/gtest.h>
 #include <sys/ptrace.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <csignal>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -436,6 +438,84 @@ TEST(BpfThreadStatSource, ProcessSamplerGivesTheSameSamplesThroughEitherPath) {
   for (auto* t : via_proc.other_threads()) a.insert(t->tid());
   for (auto* t : via_bpf.other_threads()) b.insert(t->tid());
   EXPECT_EQ(a, b);
+}
+
+// The inode number of the first of these directories that exists (0: none).
+uint64_t dir_ino(std::initializer_list<std::string> dirs) {
+  for (const std::string& d : dirs) {
+    struct stat st{};
+    if (::stat(d.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return st.st_ino;
+  }
+  return 0;
+}
+
+// The cgroupfs directory of a process's cpu controller cgroup plus `child`, on this host's
+// layout (v1 by controller list or "cpu", v2 at the root or "unified").
+std::string cpu_cgroup_dir(pid_t pid, const std::string& child = "") {
+  auto m = parse_proc_cgroup(slurp("/proc/" + std::to_string(pid) + "/cgroup"));
+  if (!m.ok()) return "";
+  CpuCgroup cg = find_cpu_cgroup(*m);
+  const std::string path = (cg.path == "/" ? "" : cg.path) + child;
+  std::vector<std::string> candidates;
+  if (cg.version == CgroupVersion::kV1) {
+    std::string list;
+    for (const std::string& c : cg.controllers) list += (list.empty() ? "" : ",") + c;
+    candidates = {"/sys/fs/cgroup/" + list + path, "/sys/fs/cgroup/cpu" + path};
+  } else if (cg.version == CgroupVersion::kV2) {
+    candidates = {"/sys/fs/cgroup" + path, "/sys/fs/cgroup/unified" + path};
+  }
+  for (const std::string& d : candidates) {
+    if (dir_ino({d}) != 0 || !child.empty()) return d;
+  }
+  return "";
+}
+
+// The ids the pass carries are the kernfs ids of the thread's cgroups, which are the cgroupfs
+// directories' inode numbers, and they follow a move (what lets the sampler skip re-reading
+// /proc/TID/cgroup while they stay the same).
+TEST(BpfThreadStatSource, CgroupIdsAreTheCgroupDirectoriesInodesAndFollowAMove) {
+  auto src = bpf_or_skip();
+  SKIP_WITHOUT_BPF(src);
+  const std::string here = cpu_cgroup_dir(getpid());
+  if (here.empty()) GTEST_SKIP() << "no cpu controller cgroup found for this process";
+  pid_t child = fork();
+  if (child == 0) {
+    for (;;) pause();
+  }
+  ASSERT_GT(child, 0);
+  ASSERT_TRUE(src->watch(child).ok());
+  auto before = src->collect(now_ns());
+  ASSERT_TRUE(before.ok());
+  const ThreadStat* b = (*before)->find(child, child);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->cpu_cgroup_id, dir_ino({here}));
+  EXPECT_NE(b->cgroup_v2_id, 0u);
+
+  const std::string moved = cpu_cgroup_dir(getpid(), "/stallmon-unit-" + std::to_string(getpid()));
+  ASSERT_EQ(::mkdir(moved.c_str(), 0755), 0) << moved << ": " << strerror(errno);
+  {
+    std::ofstream procs(moved + "/cgroup.procs");
+    procs << child << "\n";
+  }
+  auto after = src->collect(now_ns());
+  ASSERT_TRUE(after.ok());
+  const ThreadStat* a = (*after)->find(child, child);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(cpu_cgroup_dir(child), moved);
+  auto m = parse_proc_cgroup(slurp("/proc/" + std::to_string(child) + "/cgroup"));
+  ASSERT_TRUE(m.ok());
+  if (find_cpu_cgroup(*m).version == CgroupVersion::kV1) {
+    EXPECT_EQ(a->cpu_cgroup_id, dir_ino({moved}));
+    EXPECT_NE(a->cpu_cgroup_id, b->cpu_cgroup_id);
+    EXPECT_EQ(a->cgroup_v2_id, b->cgroup_v2_id);  // the unified hierarchy did not change
+  } else {
+    EXPECT_EQ(a->cgroup_v2_id, dir_ino({moved}));
+    // The cpu controller's cgroup is the new one only where the parent enables it for children.
+    EXPECT_TRUE(a->cpu_cgroup_id == dir_ino({moved}) || a->cpu_cgroup_id == b->cpu_cgroup_id);
+  }
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  EXPECT_EQ(::rmdir(moved.c_str()), 0) << moved << ": " << strerror(errno);
 }
 
 }  // namespace

@@ -96,8 +96,13 @@ class ThreadSampler {
                                    ThreadStatSource& source);
 
   // Re-reads the thread's cgroup membership. The thread has its own cgroup when its cpu cgroup
-  // differs from the process's (libvirt's .../vcpuN, or a cgroup a test moved it into).
-  void refresh_cgroup(const CpuCgroup& process_cgroup);
+  // differs from the process's (libvirt's .../vcpuN, or a cgroup a test moved it into). v2_id,
+  // cpu_id: the thread's cgroup ids in the pass this listing came from (ThreadStat; 0 unknown),
+  // kept for cgroup_current().
+  void refresh_cgroup(const CpuCgroup& process_cgroup, uint64_t v2_id = 0, uint64_t cpu_id = 0);
+  // Whether the membership read last is still the thread's: a pass knows its cgroup ids and they
+  // are those of that read (the thread has not moved), and its kept cpu.stat was not lost since.
+  bool cgroup_current(uint64_t v2_id, uint64_t cpu_id) const;
 
   // Releases the descriptors; sample() reopens them.
   void close();
@@ -128,6 +133,8 @@ class ThreadSampler {
   CpuCgroup cgroup_;
   std::string cgroup_stat_path_;
   bool cgroup_changed_ = false;
+  uint64_t cgroup_v2_id_ = 0, cpu_cgroup_id_ = 0;  // the ids of the last refresh_cgroup()
+  bool cgroup_lost_ = false;                       // the kept cpu.stat failed since
   bool started_ = false;
   bool reused_ = false;
   uint64_t starttime_ = 0;
@@ -235,7 +242,8 @@ class ProcessSampler {
   Result<void> enumerate(int64_t now_ns, const ThreadStatPass* pass);
   Result<void> list_threads(const std::string& proc_dir, const std::string& task_dir,
                             std::set<int32_t>& listed);
-  Result<void> adopt_threads(const std::set<int32_t>& listed, const std::string& task_dir);
+  Result<void> adopt_threads(const std::set<int32_t>& listed, const std::string& task_dir,
+                             const ThreadStatPass* pass);
   Error mark_gone(const std::string& why);
   void sample_thread(TrackedThread& t);
   void sample_thread_from(TrackedThread& t, const ThreadStatPass& pass);
@@ -252,6 +260,9 @@ class ProcessSampler {
   bool enumerated_ = false;
   bool gone_ = false;
   std::optional<uint64_t> process_starttime_;
+  // The main thread's cpu cgroup, and its cgroup ids when it was read (0: re-read next listing).
+  CpuCgroup process_cgroup_;
+  uint64_t process_cgroup_v2_id_ = 0, process_cpu_cgroup_id_ = 0;
   uint64_t ticks_ = 0;
   ThreadStatSource* source_ = nullptr;
   uint64_t source_errors_ = 0;

@@ -36,6 +36,11 @@ struct ThreadStat {
   uint64_t involuntary_switches = 0;  // status nonvoluntary_ctxt_switches (nivcsw)
   uint64_t start_boottime_ns = 0;   // stat field 22 × ns per clock tick, before rounding
   char comm[16] = {};
+  // Kernfs ids (cgroupfs inode numbers) of the thread's unified-hierarchy cgroup and of its cpu
+  // controller's cgroup, when the source can read them (the BPF source); 0 = unknown. A thread's
+  // /proc/TID/cgroup needs re-reading only when one of them changed.
+  uint64_t cgroup_v2_id = 0;
+  uint64_t cpu_cgroup_id = 0;
   // The kernel stack (return addresses, innermost first, scheduler functions skipped as in
   // /proc/TID/stack), present only for threads in the source's stack states and at most once
   // per stack interval per thread (and again when the thread's state letter changes).
