@@ -164,9 +164,12 @@ void SleepWchanReader::fill(const std::string& proc_root, int32_t pid, const hos
 
 void SleepWchanReader::retain_only(const std::vector<int32_t>& tids) {
   if (cache_.empty()) return;
-  std::set<int32_t> keep(tids.begin(), tids.end());
+  // A sorted copy rather than a std::set: this runs every tick (a node per thread was ~6,000
+  // instructions a 16-vCPU tick, callgrind, tests/scale).
+  std::vector<int32_t> keep(tids);
+  std::sort(keep.begin(), keep.end());
   for (auto it = cache_.begin(); it != cache_.end();) {
-    if (keep.count(it->first)) {
+    if (std::binary_search(keep.begin(), keep.end(), it->first)) {
       ++it;
     } else {
       close(it->second);

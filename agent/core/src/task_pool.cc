@@ -82,12 +82,25 @@ void TaskPool::stop() {
 }
 
 void TaskPool::post(int64_t due_ns, PoolTask task) {
+  bool earliest, untimed;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (stop_) return;
-    queue_.push(Entry{due_ns, seq_++, std::make_shared<PoolTask>(std::move(task))});
+    const uint64_t seq = seq_++;
+    queue_.push(Entry{due_ns, seq, std::make_shared<PoolTask>(std::move(task))});
+    earliest = queue_.top().seq == seq;
+    untimed = untimed_waiters_ > 0;
   }
-  cv_.notify_one();
+  // An idle worker sleeps until the earliest entry is due, or, with an empty queue, until woken.
+  // So only a new earliest entry, or a worker with no timer at all, needs a wake: waking one for
+  // every post (each domain posts its next tick) was a futex round trip per tick, ~13 % of the
+  // monitor's CPU at 10 domains (tests/scale/README.md). Every worker without a timer is woken
+  // (notify_one might pick a timed one and leave it asleep while the entry comes due).
+  if (untimed) {
+    cv_.notify_all();
+  } else if (earliest) {
+    cv_.notify_one();
+  }
 }
 
 size_t TaskPool::threads() const {
@@ -108,7 +121,9 @@ void TaskPool::worker_loop(Worker* self) {
   std::unique_lock<std::mutex> lk(mu_);
   while (!stop_) {
     if (queue_.empty()) {
+      ++untimed_waiters_;
       cv_.wait(lk);
+      --untimed_waiters_;
       continue;
     }
     const int64_t now = opt_.mono->now_ns();

@@ -144,6 +144,7 @@ class TaskPool {
   std::condition_variable sup_cv_;
   std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> queue_;
   uint64_t seq_ = 0;
+  size_t untimed_waiters_ = 0;  // idle workers waiting with an empty queue (no timer)
   std::list<Worker> workers_;
   size_t live_ = 0;  // workers not abandoned
   bool started_ = false, stop_ = false;
