@@ -332,8 +332,8 @@ class Scenario : public ::testing::Test {
   void seed_case1(tb::GuestOptions o, const std::string& expect_build_id_from = {},
                   const std::function<void()>& before_monitor = {});
   // Seed case 1's fault: vCPU 2 frozen while halted, the rest of the VM running (both decided by
-  // the injector from host thread states; it retries until it has them). `t_freeze`: when its
-  // thread was first seen in D.
+  // the injector from host thread states; it retries until it has them), after every process was
+  // moved off CPU 2. `t_freeze`: when its thread was first seen in D.
   void freeze_idle_vcpu2(tb::Injector& f, std::optional<Clock::time_point>& t_freeze);
   // stackend.ko mode=spin twice on CPU1: GUEST_STACK_OVERFLOW each time (issue 12 item 3).
   void stack_end_overwritten_twice(const std::string& tag, const std::string& kernel_package);
@@ -397,6 +397,13 @@ uint64_t process_ticks(pid_t pid) {
 // (want_case), both decided by the injector from host thread states. `expect_build_id`: the
 // BUILD-ID the monitor must have found (the real kernel's), when the guest planted forgeries.
 void Scenario::freeze_idle_vcpu2(tb::Injector& f, std::optional<Clock::time_point>& t_freeze) {
+  // No process on CPU 2 (ipigen, the load's kthread, is bound to CPU 0): the injector's "halted"
+  // is its thread asleep, which under TCG is also a vCPU waiting for QEMU's lock or for another
+  // vCPU's exclusive work. Seen 2026-12-06 (i440fx variant, 1 run): a freeze "while halted"
+  // stopped CPU 2 in the testbed's control loop (tb-ctl, mid page fault), so CPU 2 was not idle
+  // and GUEST_IDLE_WITH_PENDING_WORK could not be. With only kernel threads left there, asleep
+  // means halted.
+  ASSERT_TRUE(guest().leave_cpu_to(2, "ipigen"));
   FirstSeen frozen = state_watch(guest().qemu_pid(), guest().vcpu_tid(2), 'D');
   f = guest().freeze_vcpu(2, {.want_case = "vcpu-only", .attempts = 5, .want_idle = true});
   ASSERT_TRUE(f.applied()) << f.error();
