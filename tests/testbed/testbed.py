@@ -775,8 +775,8 @@ def read_console(name):
 
 
 class GuestBootUnhealthy(TestbedError):
-    """The guest kernel failed its own boot (it vanished: panic, triple fault; or it timed out
-    with an Oops/BUG/panic on its console) before the ready marker, before any fault and without
+    """The guest kernel failed its own boot (it vanished: panic, triple fault; or its console
+    showed an Oops/BUG/panic) before the ready marker, before any fault and without
     stallmon: the same verdict as the boot-health gate, which replaces such a guest. A boot that
     merely times out with a clean console stays a plain error (a host or testbed problem)."""
 
@@ -785,8 +785,17 @@ def wait_ready(name, timeout=120, t0=None, marker=READY_MARKER):
     t0 = time.monotonic() if t0 is None else t0
     deadline = t0 + timeout
     while True:
-        if marker in read_console(name):
+        text = read_console(name)
+        if marker in text:
             return round(time.monotonic() - t0, 2)
+        # A fault line before the marker already decides the boot-health gate (it fails any
+        # console with one): say so now instead of at the timeout. Seen 2026-12-06: a 6.1 boot
+        # whose static-key patching (text_poke_bp_batch) waited forever on an IPI printed a soft
+        # lockup at 68 s, and the gate replaced the guest only after the 180-s boot timeout.
+        faults = console_faults(text)
+        if faults:
+            raise GuestBootUnhealthy("domain %s: console faults while booting: %s; console tail:\n%s"
+                                     % (name, faults, text[-2000:]))
         if time.monotonic() > deadline:
             text = read_console(name)
             faults = console_faults(text)
