@@ -472,7 +472,7 @@ Result<void> ProcessSampler::adopt_threads(const std::set<int32_t>& listed,
   // vCPU cgroups are compared with the process's own (the main thread's): only a cgroup of the
   // vCPU's own says anything about that vCPU's quota. With a pass that carries cgroup ids (the
   // BPF source) a membership is re-read only when the thread moved: reading /proc/TID/cgroup for
-  // every vCPU at every listing was about a fifth of the monitor's CPU per 16-vCPU domain
+  // every vCPU at every listing was ~17 % of perf's samples of the monitor at 10 domains
   // (tests/scale/README.md). Without ids, at every listing.
   if (!vcpus_.empty()) {
     auto ids_of = [&](int32_t tid) -> std::pair<uint64_t, uint64_t> {
