@@ -75,26 +75,12 @@ class FakeStatSource final : public host::ThreadStatSource {
       --fail_left_;
       return Error(ErrorCode::kIo, "fake pass failure");
     }
-    static const uint64_t ns_per_tick = 1'000'000'000ULL / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
     for (int32_t tgid : watched_) {
       out.watched.push_back(tgid);
       const FakeQemu* q = find(tgid);
       if (q == nullptr) continue;  // not running: the pass has no thread of it
       for (const host::testing::FakeThread& t : q->threads()) {
-        host::ThreadStat st;
-        st.tgid = tgid;
-        st.tid = t.tid;
-        st.state = t.state;
-        st.traced = t.tracer != 0;
-        st.cpu = t.cpu;
-        st.run_ns = t.run_ns;
-        st.wait_ns = t.wait_ns;
-        st.timeslices = t.timeslices;
-        st.voluntary_switches = t.voluntary;
-        st.involuntary_switches = t.involuntary;
-        st.start_boottime_ns = t.starttime * ns_per_tick;
-        std::strncpy(st.comm, t.comm.c_str(), sizeof st.comm - 1);
-        out.threads.push_back(st);
+        out.threads.push_back(host::testing::thread_stat(tgid, t));
       }
     }
     return Ok();

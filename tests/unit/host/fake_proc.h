@@ -2,11 +2,15 @@
 // Builds fake /proc/PID/task/TID trees (and cgroup files) in a FakeHostFs or in a directory.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "stallmon/host/host_fs.h"
+#include "stallmon/host/thread_stat_source.h"
 
 namespace stallmon::host::testing {
 
@@ -77,6 +81,25 @@ inline void put_thread(FakeHostFs& fs, int32_t pid, const FakeThread& t) {
   fs.set_file(d + "/stack", t.stack);
   // The main thread's stat is also the process's.
   if (t.tid == pid) fs.set_file("proc/" + std::to_string(pid) + "/stat", stat_text(t));
+}
+
+// What a ThreadStatSource pass reports for the thread (the fake sources of the unit tests).
+inline ThreadStat thread_stat(int32_t tgid, const FakeThread& t) {
+  static const uint64_t ns_per_tick = 1'000'000'000ULL / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  ThreadStat st;
+  st.tgid = tgid;
+  st.tid = t.tid;
+  st.state = t.state;
+  st.traced = t.tracer != 0;
+  st.cpu = t.cpu;
+  st.run_ns = t.run_ns;
+  st.wait_ns = t.wait_ns;
+  st.timeslices = t.timeslices;
+  st.voluntary_switches = t.voluntary;
+  st.involuntary_switches = t.involuntary;
+  st.start_boottime_ns = t.starttime * ns_per_tick;
+  std::strncpy(st.comm, t.comm.c_str(), sizeof st.comm - 1);
+  return st;
 }
 
 }  // namespace stallmon::host::testing

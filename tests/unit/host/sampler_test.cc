@@ -3,10 +3,8 @@
 #include "stallmon/host/sampler.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <map>
 #include <tuple>
 
@@ -583,14 +581,7 @@ class TableSource final : public ThreadStatSource {
   Result<void> run_pass(ThreadStatPass& out) override {
     out.watched.push_back(watched_);
     for (const FakeThread* t : threads) {
-      ThreadStat st;
-      st.tgid = watched_;
-      st.tid = t->tid;
-      st.state = t->state;
-      st.run_ns = t->run_ns;
-      st.wait_ns = t->wait_ns;
-      st.start_boottime_ns = t->starttime * (1'000'000'000ULL / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
-      std::strncpy(st.comm, t->comm.c_str(), sizeof st.comm - 1);
+      ThreadStat st = testing::thread_stat(watched_, *t);
       if (auto it = ids.find(t->tid); it != ids.end()) std::tie(st.cgroup_v2_id, st.cpu_cgroup_id) = it->second;
       out.threads.push_back(st);
     }
