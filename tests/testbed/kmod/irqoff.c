@@ -8,15 +8,39 @@
 #include <linux/kthread.h>
 #include <linux/irqflags.h>
 #include <linux/err.h>
+#include <linux/io.h>
 
 static int cpu = 1;
 module_param(cpu, int, 0444);
 MODULE_PARM_DESC(cpu, "CPU on which to spin with interrupts disabled");
 
+/*
+ * The testbed times the fault by the marker line on the serial console. On PREEMPT_RT the
+ * console is printed by a kthread, which may never get to run once this CPU spins (another CPU
+ * waiting for this one in an IPI keeps it off that CPU too): the line stays in the ring buffer.
+ * So the marker is also written straight to the first serial port (polled, 0x3f8), with
+ * interrupts already off here so that nothing on this CPU comes between it and the spin.
+ */
+static void com1_write(const char *s)
+{
+	for (; *s; s++) {
+		int spins = 1000000;
+
+		while (!(inb(0x3f8 + 5) & 0x20) && --spins)  /* LSR: transmit holding register empty */
+			cpu_relax();
+		outb(*s, 0x3f8);
+	}
+}
+
 static int irqoff_fn(void *unused)
 {
+	char line[80];
+
+	snprintf(line, sizeof(line), "\r\nstallmon-irqoff: spinning with IRQs off on CPU%d\r\n",
+		 smp_processor_id());
 	pr_info("stallmon-irqoff: spinning with IRQs off on CPU%d\n", smp_processor_id());
 	local_irq_disable();
+	com1_write(line);
 	for (;;)
 		cpu_relax();
 	return 0;
