@@ -34,13 +34,15 @@ static void com1_write(const char *s)
 
 static int irqoff_fn(void *unused)
 {
-	char line[80];
+	char marker[64];
 
-	snprintf(line, sizeof(line), "\r\nstallmon-irqoff: spinning with IRQs off on CPU%d\r\n",
+	snprintf(marker, sizeof(marker), "stallmon-irqoff: spinning with IRQs off on CPU%d",
 		 smp_processor_id());
-	pr_info("stallmon-irqoff: spinning with IRQs off on CPU%d\n", smp_processor_id());
+	pr_info("%s\n", marker);
 	local_irq_disable();
-	com1_write(line);
+	com1_write("\r\n");
+	com1_write(marker);
+	com1_write("\r\n");
 	for (;;)
 		cpu_relax();
 	return 0;
